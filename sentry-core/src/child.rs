@@ -1,0 +1,253 @@
+//! Starting one child process and watching it: [`spawn`] forks and execs an
+//! entry's command with the environment, process group, signal state and
+//! credentials SPEC asks for; [`Monitor`] is the one thread per child that
+//! polls its pidfd, its stdout and stderr pipes and a stop fd. The thread never
+//! reaps: it tells the core that the child exited and the core reaps, so no
+//! exit status can be lost. This module knows nothing of entries' slots or of
+//! restart policy.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::thread::JoinHandle;
+
+use crate::config::EntryConfig;
+use crate::output::{LineSink, LineSplitter};
+use crate::sys;
+
+/// Stack size of a monitor thread (stacks are touched lazily; this bounds VSZ).
+const MONITOR_STACK: usize = 128 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What a monitor thread tells the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChildNote {
+    /// The child exited and waits, unreaped, for the core to reap it.
+    Exited { pid: i32 },
+    /// Both pipes reached end of file after the exit: the monitor has ended.
+    Closed { pid: i32 },
+}
+
+/// A freshly started child and the read ends of its output pipes.
+pub(crate) struct Spawned {
+    pub pid: i32,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Starts `entry`'s command in slot `index`.
+pub(crate) fn spawn(entry: &EntryConfig, index: usize) -> io::Result<Spawned> {
+    let mut cmd = Command::new(&entry.command);
+    cmd.args(&entry.args)
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            !k.starts_with("SENTRY_") && !k.starts_with("CARGO_")
+        }))
+        .envs(entry.env.iter().map(|(k, v)| (k, v)))
+        .env("SENTRY_ENTRY", &entry.name)
+        .env("SENTRY_INDEX", index.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(cwd) = &entry.cwd {
+        cmd.current_dir(cwd);
+    }
+    set_credentials(&mut cmd, entry)?;
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe calls (sigprocmask, signal, prctl).
+    unsafe {
+        cmd.pre_exec(|| {
+            let empty: libc::sigset_t = {
+                let mut set = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                set
+            };
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            // After any setuid (std applies credentials before this closure),
+            // since a change of credentials clears PDEATHSIG.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id() as i32;
+    // The pipes were asked for above, so they are there.
+    let stdout = child.stdout.take().expect("piped stdout").into();
+    let stderr = child.stderr.take().expect("piped stderr").into();
+    // Dropping `child` neither waits nor kills: the core reaps by PID.
+    drop(child);
+    Ok(Spawned { pid, stdout, stderr })
+}
+
+fn set_credentials(cmd: &mut Command, entry: &EntryConfig) -> io::Result<()> {
+    use nix::unistd::{Group, User};
+    let not_found = |what: &str, name: &str| {
+        io::Error::new(io::ErrorKind::NotFound, format!("no such {what} {name:?}"))
+    };
+    if let Some(name) = &entry.user {
+        let user = User::from_name(name)
+            .map_err(io::Error::from)?
+            .ok_or_else(|| not_found("user", name))?;
+        cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+    }
+    if let Some(name) = &entry.group {
+        let group = Group::from_name(name)
+            .map_err(io::Error::from)?
+            .ok_or_else(|| not_found("group", name))?;
+        cmd.gid(group.gid.as_raw());
+    }
+    Ok(())
+}
+
+/// One output pipe of a child, with the bytes read from it that are not yet a line.
+pub(crate) struct Stream {
+    pub fd: OwnedFd,
+    pub splitter: LineSplitter,
+}
+
+/// What a monitor hands back when it is stopped before the end of its child.
+pub(crate) struct Quiesced {
+    /// Output pipes still open, with their unwritten bytes.
+    pub streams: Vec<Stream>,
+    pub sink: Option<LineSink>,
+}
+
+impl Quiesced {
+    /// Writes whatever the pipes hold right now and the unfinished last
+    /// lines, then closes the pipes (the end of supervision: nothing lost).
+    pub fn drain_and_finish(self) {
+        let Some(sink) = self.sink else { return };
+        let mut buf = vec![0u8; READ_CHUNK];
+        for mut stream in self.streams {
+            if nix::fcntl::fcntl(&stream.fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).is_ok() {
+                while read_lines(&mut stream, &mut buf, &sink) == Read::Data {}
+            }
+            let mut last = Vec::new();
+            stream.splitter.finish(|l| last.push(l.to_vec()));
+            sink.write(&last);
+        }
+    }
+}
+
+/// The thread watching one child.
+pub(crate) struct Monitor {
+    stop: OwnedFd,
+    thread: JoinHandle<Quiesced>,
+}
+
+impl Monitor {
+    /// Starts watching `pid` (which must be our unreaped child).
+    pub fn start(
+        pid: i32,
+        streams: Vec<Stream>,
+        sink: LineSink,
+        notify: impl Fn(ChildNote) + Send + 'static,
+    ) -> io::Result<Monitor> {
+        let pidfd = sys::pidfd_open(pid)?;
+        let stop = sys::eventfd()?;
+        let stop_for_thread = stop.try_clone()?;
+        let thread = std::thread::Builder::new()
+            .name(format!("sentry-{}.{pid}", sink.entry))
+            .stack_size(MONITOR_STACK)
+            .spawn(move || run(pid, pidfd, streams, stop_for_thread, sink, notify))?;
+        Ok(Monitor { stop, thread })
+    }
+
+    /// Stops the thread wherever it is and takes back the open pipes and
+    /// their unwritten bytes. Lines already complete have been written.
+    pub fn quiesce(self) -> Quiesced {
+        sys::eventfd_signal(self.stop.as_fd());
+        self.join()
+    }
+
+    /// Waits for a monitor that said [`ChildNote::Closed`].
+    pub fn join(self) -> Quiesced {
+        self.thread.join().unwrap_or(Quiesced { streams: Vec::new(), sink: None })
+    }
+}
+
+fn run(
+    pid: i32,
+    pidfd: OwnedFd,
+    mut streams: Vec<Stream>,
+    stop: OwnedFd,
+    sink: LineSink,
+    notify: impl Fn(ChildNote),
+) -> Quiesced {
+    let mut exited = false;
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        if exited && streams.is_empty() {
+            notify(ChildNote::Closed { pid });
+            return Quiesced { streams, sink: Some(sink) };
+        }
+        let mut fds: Vec<libc::pollfd> = streams
+            .iter()
+            .map(|s| pollfd(s.fd.as_raw_fd()))
+            .chain([pollfd(stop.as_raw_fd())])
+            .chain((!exited).then(|| pollfd(pidfd.as_raw_fd())))
+            .collect();
+        if sys::poll(&mut fds, -1).is_err() {
+            continue;
+        }
+        if fds[streams.len()].revents != 0 {
+            return Quiesced { streams, sink: Some(sink) };
+        }
+        // Pipes before the exit, so a child's last lines come before "Exited".
+        let mut closed = Vec::new();
+        for (i, stream) in streams.iter_mut().enumerate() {
+            if fds[i].revents == 0 {
+                continue;
+            }
+            if read_lines(stream, &mut buf, &sink) == Read::End {
+                closed.push(i);
+            }
+        }
+        for i in closed.into_iter().rev() {
+            let mut stream = streams.remove(i);
+            let mut last = Vec::new();
+            stream.splitter.finish(|l| last.push(l.to_vec()));
+            sink.write(&last);
+        }
+        if !exited && fds.last().is_some_and(|p| p.revents != 0) && sys::has_exited(pid) {
+            exited = true;
+            notify(ChildNote::Exited { pid });
+        }
+    }
+}
+
+fn pollfd(fd: i32) -> libc::pollfd {
+    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
+}
+
+#[derive(PartialEq, Eq)]
+enum Read {
+    Data,
+    Empty,
+    End,
+}
+
+/// Reads one chunk and writes its complete lines.
+fn read_lines(stream: &mut Stream, buf: &mut [u8], sink: &LineSink) -> Read {
+    let n = loop {
+        match nix::unistd::read(&stream.fd, buf) {
+            Ok(n) => break n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => return Read::Empty,
+            Err(_) => break 0,
+        }
+    };
+    if n == 0 {
+        return Read::End;
+    }
+    let mut lines = Vec::new();
+    stream.splitter.push(&buf[..n], |l| lines.push(l.to_vec()));
+    sink.write(&lines);
+    Read::Data
+}

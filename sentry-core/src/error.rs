@@ -1,0 +1,77 @@
+//! The crate's error type: every fallible public call returns [`Error`], a value
+//! that carries enough context (which entry, which file, which text) to be shown
+//! to a user as is. This module knows nothing of how errors are reported.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// What went wrong, with the context a user needs to act on it.
+#[derive(Debug)]
+pub enum Error {
+    /// The configuration is invalid; each string names one offending item.
+    InvalidConfig(Vec<String>),
+    /// No entry of that name exists.
+    UnknownEntry(String),
+    /// A process count outside `0..=MAX_COUNT`, or not a number.
+    BadCount(String),
+    /// Another instance holds the pidfile lock.
+    AlreadyRunning { pidfile: PathBuf, pid: Option<u32> },
+    /// No instance is running for this run directory.
+    NotRunning { pidfile: PathBuf },
+    /// The control address could not be bound.
+    Bind { addr: String, source: io::Error },
+    /// An I/O operation on a file or a process failed.
+    Io { context: String, source: io::Error },
+    /// The control interface answered with an error.
+    Control { status: u16, message: String },
+    /// The supervisor core is gone (it shut down or panicked).
+    CoreGone,
+}
+
+impl Error {
+    /// Wraps an I/O error with a sentence saying what was being done.
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::Io { context: context.into(), source }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidConfig(problems) => {
+                write!(f, "invalid configuration:")?;
+                for p in problems {
+                    write!(f, "\n  - {p}")?;
+                }
+                Ok(())
+            }
+            Error::UnknownEntry(name) => write!(f, "unknown entry {name:?}"),
+            Error::BadCount(text) => write!(
+                f,
+                "bad count {text:?}: expected an integer from 0 to {}",
+                crate::spec::MAX_COUNT
+            ),
+            Error::AlreadyRunning { pidfile, pid } => match pid {
+                Some(pid) => write!(f, "already running (PID {pid}, {})", pidfile.display()),
+                None => write!(f, "already running ({} is locked)", pidfile.display()),
+            },
+            Error::NotRunning { pidfile } => {
+                write!(f, "not running (no live instance holds {})", pidfile.display())
+            }
+            Error::Bind { addr, source } => write!(f, "cannot bind {addr}: {source}"),
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Control { status, message } => write!(f, "{message} (HTTP {status})"),
+            Error::CoreGone => write!(f, "the supervisor has shut down"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Bind { source, .. } | Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! One configuration's instance on disk: finding CRATE (the configuration
+//! crate) and DIR (the run directory) as SPEC orders them, and the files in
+//! DIR — `NAME.pid` under an exclusive `flock` for the instance's whole life,
+//! `NAME.addr`, `NAME.token`. Nothing is ever signalled on the word of a
+//! pidfile nobody holds locked. This module knows nothing of the core.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::Error;
+
+/// Where one configuration lives and runs.
+#[derive(Clone, Debug)]
+pub(crate) struct Paths {
+    /// The configuration binary's name (`NAME`).
+    pub name: String,
+    /// The configuration crate, if it could be found.
+    pub crate_dir: Option<PathBuf>,
+    /// The run directory.
+    pub dir: PathBuf,
+}
+
+impl Paths {
+    /// Resolves CRATE and DIR from flags, the environment and the executable's path.
+    pub fn resolve(dir_flag: Option<PathBuf>, crate_flag: Option<PathBuf>) -> Paths {
+        let exe = executable();
+        let name = exe
+            .as_deref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_string())
+            .unwrap_or_else(|| "sentry".to_string());
+        let crate_dir = crate_flag
+            .or_else(|| env_path("SENTRY_CRATE"))
+            .map(absolute)
+            .or_else(|| env_path("CARGO_MANIFEST_DIR").filter(|d| defines_bin(d, &name)))
+            .or_else(|| exe.as_deref().and_then(|e| crate_above(e, &name)));
+        let dir = dir_flag
+            .or_else(|| env_path("SENTRY_DIR"))
+            .map(absolute)
+            .or_else(|| crate_dir.clone())
+            .or_else(|| exe.as_deref().and_then(|e| e.parent()).map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."));
+        Paths { name, crate_dir, dir }
+    }
+
+    pub fn pidfile(&self) -> PathBuf {
+        self.dir.join(format!("{}.pid", self.name))
+    }
+
+    pub fn addr_file(&self) -> PathBuf {
+        self.dir.join(format!("{}.addr", self.name))
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.join(format!("{}.token", self.name))
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+}
+
+fn executable() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let text = exe.to_string_lossy();
+    Some(match text.strip_suffix(" (deleted)") {
+        Some(live) => PathBuf::from(live),
+        None => exe,
+    })
+}
+
+fn env_path(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    if path.is_absolute() {
+        path
+    } else {
+        std::env::current_dir().map(|d| d.join(&path)).unwrap_or(path)
+    }
+}
+
+/// Walks up from the executable to a `Cargo.toml`: that package if it defines
+/// `name`, else the workspace member that does (asked of `cargo metadata`).
+fn crate_above(exe: &Path, name: &str) -> Option<PathBuf> {
+    let manifest_dir = exe.ancestors().skip(1).find(|d| d.join("Cargo.toml").is_file())?;
+    if defines_bin(manifest_dir, name) {
+        return Some(manifest_dir.to_path_buf());
+    }
+    let output = std::process::Command::new("cargo")
+        .args(["metadata", "--no-deps", "--format-version", "1", "--manifest-path"])
+        .arg(manifest_dir.join("Cargo.toml"))
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    metadata["packages"].as_array()?.iter().find_map(|package| {
+        let defines = package["targets"].as_array()?.iter().any(|t| {
+            t["name"] == name && t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin"))
+        });
+        let manifest = PathBuf::from(package["manifest_path"].as_str()?);
+        defines.then(|| manifest.parent().map(Path::to_path_buf)).flatten()
+    })
+}
+
+/// Whether the package in `dir` builds a binary called `name` (by cargo's
+/// conventions, or a `[[bin]]` section naming it).
+fn defines_bin(dir: &Path, name: &str) -> bool {
+    let Ok(manifest) = fs::read_to_string(dir.join("Cargo.toml")) else { return false };
+    if dir.join(format!("src/bin/{name}.rs")).is_file() || dir.join(format!("src/bin/{name}/main.rs")).is_file() {
+        return true;
+    }
+    let mut section = String::new();
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line.to_string();
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else { continue };
+        let value = value.trim().trim_matches('"');
+        if key.trim() == "name" && value == name {
+            if section == "[[bin]]" {
+                return true;
+            }
+            if section == "[package]" && dir.join("src/main.rs").is_file() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The pidfile, held under an exclusive `flock` while the instance lives.
+pub(crate) struct PidLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl PidLock {
+    /// Takes the lock and writes our PID, or says who holds it.
+    pub fn acquire(path: &Path) -> Result<PidLock, Error> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path)
+            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        if let Err(e) = flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                return Err(Error::AlreadyRunning { pidfile: path.to_path_buf(), pid: read_pid(path) });
+            }
+            return Err(Error::io(format!("cannot lock {}", path.display()), e));
+        }
+        let mut lock = PidLock { file, path: path.to_path_buf() };
+        lock.write_pid().map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        Ok(lock)
+    }
+
+    fn write_pid(&mut self) -> io::Result<()> {
+        self.file.set_len(0)?;
+        (&self.file).write_all(format!("{}\n", std::process::id()).as_bytes())
+    }
+
+    /// Removes the pidfile while still holding the lock, then lets go.
+    pub fn release(self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn flock(file: &File, how: libc::c_int) -> io::Result<()> {
+    // SAFETY: a valid open fd.
+    if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    let mut text = String::new();
+    File::open(path).ok()?.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+/// The PID of the live instance whose pidfile is `path`: only if some process
+/// holds the pidfile's lock. A pidfile nobody holds is stale.
+pub(crate) fn live_pid(path: &Path) -> Result<u32, Error> {
+    let not_running = || Error::NotRunning { pidfile: path.to_path_buf() };
+    let file = File::open(path).map_err(|_| not_running())?;
+    match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
+        Ok(()) => Err(not_running()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            // The holder writes its PID right after locking: give it a moment.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                if let Some(pid) = read_pid(path) {
+                    return Ok(pid);
+                }
+                if Instant::now() > deadline {
+                    return Err(not_running());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Err(e) => Err(Error::io(format!("cannot check the lock of {}", path.display()), e)),
+    }
+}
+
+/// Whether some process holds the lock of the pidfile `path`.
+pub(crate) fn is_locked(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else { return false };
+    matches!(flock(&file, libc::LOCK_SH | libc::LOCK_NB), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// Writes `text` to `path` with `mode`, replacing it whole.
+pub(crate) fn write_private(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
+    file.write_all(text.as_bytes()).map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot create {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sentry-instance-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_held_pidfile_is_live_and_refuses_a_second_lock() {
+        let dir = temp_dir("lock");
+        let path = dir.join("x.pid");
+        let lock = PidLock::acquire(&path).unwrap();
+        assert_eq!(live_pid(&path).unwrap(), std::process::id());
+        assert!(matches!(PidLock::acquire(&path), Err(Error::AlreadyRunning { .. })));
+        lock.release();
+        assert!(matches!(live_pid(&path), Err(Error::NotRunning { .. })));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_stale_pidfile_is_not_live_and_is_replaced() {
+        let dir = temp_dir("stale");
+        let path = dir.join("x.pid");
+        fs::write(&path, "1\n").unwrap();
+        assert!(matches!(live_pid(&path), Err(Error::NotRunning { .. })));
+        let lock = PidLock::acquire(&path).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), format!("{}\n", std::process::id()));
+        lock.release();
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn binaries_are_found_by_cargo_conventions() {
+        let dir = temp_dir("bins");
+        fs::create_dir_all(dir.join("src/bin")).unwrap();
+        fs::write(dir.join("Cargo.toml"), "[package]\nname = \"conf\"\n\n[[bin]]\nname = \"other\"\npath = \"x.rs\"\n").unwrap();
+        fs::write(dir.join("src/main.rs"), "").unwrap();
+        fs::write(dir.join("src/bin/tool.rs"), "").unwrap();
+        for (name, yes) in [("conf", true), ("other", true), ("tool", true), ("nope", false)] {
+            assert_eq!(defines_bin(&dir, name), yes, "{name}");
+        }
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,76 @@
+//! Sentry: a process supervisor for Linux whose configuration is a compiled
+//! Rust program.
+//!
+//! A configuration is a tiny `main` that calls [`sentry`] with a list of
+//! [`Spec`]s; the resulting binary is the supervisor and its own command line
+//! (`start`, `stop`, `status`, `scale`, `restart`, `check`, …):
+//!
+//! ```no_run
+//! use sentry_core::prelude::*;
+//!
+//! fn main() {
+//!     sentry(vec![
+//!         entry("dummy", "sleep", ["4"], 1000, 1),
+//!         entry("web", "python3", ["-m", "http.server"], 500, 2)
+//!             .env("PYTHONUNBUFFERED", "1"),
+//!     ]);
+//! }
+//! ```
+//!
+//! The same core can be embedded with [`Supervisor::start`].
+//!
+//! # Layout
+//!
+//! - `spec`, `config`, `rule`: the configuration language, its validation,
+//!   and the trigger/action languages of rules.
+//! - `lifecycle`: the life of one slot as a pure function.
+//! - `core`: the loop that owns all run-time state and performs effects;
+//!   `child`: spawning one child and the thread that watches it;
+//!   `output`: console and log files.
+//! - `supervisor`: the command channel every outer layer uses, and the
+//!   embedding API; `http`: the control interface; `cli`, `instance`,
+//!   `client`, `signals`: the command line and its files.
+//!
+//! # Theory of operation
+//!
+//! One core loop owns every entry's slots and reads commands from a channel.
+//! Each child has one monitor thread that polls its pidfd, its output pipes
+//! and a stop fd; it writes output lines to the log itself (so a slow disk
+//! slows the child, not the core) and, when the child exits, tells the core
+//! *without reaping*. The core reaps, feeds the exit to the slot's pure
+//! transition function and performs the effects (spawn, signal, vacate).
+//! In CLI mode the core runs on the main thread, which is the only thread
+//! that forks children.
+
+mod child;
+mod cli;
+mod client;
+mod config;
+mod core;
+mod error;
+mod http;
+mod instance;
+mod lifecycle;
+mod output;
+pub mod rule;
+mod signals;
+mod spec;
+mod status;
+mod supervisor;
+mod sys;
+
+pub use cli::sentry;
+pub use error::Error;
+pub use lifecycle::ChildExit;
+pub use nix::sys::signal::Signal;
+pub use spec::{entry, watch, IntoAction, IntoArgs, IntoPattern, IntoTrigger, Restart, Spec, MAX_COUNT};
+pub use status::{
+    EntryState, EntryStatus, MatchedProcess, ProcessStatus, ReloadOutcome, RuleStatus, Status, WatchStatus,
+};
+pub use supervisor::{Options, Supervisor};
+
+/// Everything a configuration's `main.rs` needs.
+pub mod prelude {
+    pub use crate::{entry, sentry, watch, Error, Restart, Signal, Spec, Status, Supervisor};
+    pub use std::time::Duration;
+}

@@ -1,0 +1,414 @@
+//! The life of one slot of an entry, as a pure function: [`step`] takes a
+//! [`Slot`], the entry's [`Policy`] and an [`Event`] and returns the next slot
+//! and the [`Effect`]s to perform. It owns the restart policy, crash-loop
+//! back-off and graceful stop; it knows nothing of processes, threads, clocks
+//! or I/O — time arrives inside events, and the core performs the effects.
+
+use std::time::{Duration, Instant};
+
+use crate::spec::Restart;
+use crate::Signal;
+
+/// A run shorter than this counts as a crash.
+pub(crate) const CRASH_RUN: Duration = Duration::from_secs(1);
+/// A run at least this long forgets earlier crashes.
+pub(crate) const HEALTHY_RUN: Duration = Duration::from_secs(10);
+/// First back-off step after one crash; doubles with each further crash.
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// The longest back-off.
+pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// How one entry's processes are restarted and stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Policy {
+    pub restart: Restart,
+    pub delay: Duration,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+}
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ChildExit {
+    /// It exited with this status.
+    Code(i32),
+    /// It was killed by this signal number.
+    Signal(i32),
+    /// It was gone without a status we could read (e.g. reaped elsewhere).
+    Unknown,
+}
+
+impl ChildExit {
+    /// Whether the exit counts as a success for [`Restart::OnFailure`].
+    pub fn success(self) -> bool {
+        self == ChildExit::Code(0)
+    }
+}
+
+/// What happens once a stopping process has exited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AfterStop {
+    /// Start a new process in the slot (a restart).
+    Respawn,
+    /// Remove the slot (a scale-down, an entry removed, or shutdown).
+    Vacate,
+}
+
+/// Where a slot is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// No process and none due (policy said not to restart).
+    Idle,
+    /// A process is to be started at `due`.
+    Pending { due: Instant },
+    /// A process is running.
+    Running { pid: i32, since: Instant },
+    /// The stop signal was sent; SIGKILL follows at `kill_at`.
+    Stopping { pid: i32, since: Instant, kill_at: Instant, then: AfterStop },
+    /// SIGKILL was sent; waiting for the exit.
+    Killing { pid: i32, since: Instant, then: AfterStop },
+}
+
+/// One slot (`SENTRY_INDEX`) of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub phase: Phase,
+    /// Consecutive crashes (runs shorter than [`CRASH_RUN`]).
+    pub crashes: u32,
+}
+
+/// Something that happened to a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// Time passed; `now` may be at or past the slot's deadline.
+    Due { now: Instant },
+    /// The core started the process asked for by [`Effect::Spawn`].
+    Spawned { pid: i32, now: Instant },
+    /// The core could not start it.
+    SpawnFailed { now: Instant },
+    /// The slot's process exited (and was reaped).
+    Exited { exit: ChildExit, now: Instant },
+    /// Stop the process and remove the slot.
+    Stop { now: Instant },
+    /// Stop the process gracefully, then start it again.
+    Restart { now: Instant },
+}
+
+/// What the core must do after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// Start a process now and report [`Event::Spawned`] or [`Event::SpawnFailed`].
+    Spawn,
+    /// Send `signal` to the process group of `pid`.
+    Signal { pid: i32, signal: Signal },
+    /// Count one restart of the entry.
+    CountRestart,
+    /// The slot is finished: remove it.
+    Vacate,
+}
+
+impl Slot {
+    /// A new slot whose first process is due at `now`.
+    pub fn new(now: Instant) -> Slot {
+        Slot { phase: Phase::Pending { due: now }, crashes: 0 }
+    }
+
+    /// The next instant at which [`Event::Due`] changes something.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Pending { due } => Some(due),
+            Phase::Stopping { kill_at, .. } => Some(kill_at),
+            _ => None,
+        }
+    }
+
+    /// The slot's process, if one is alive.
+    pub fn pid(&self) -> Option<i32> {
+        match self.phase {
+            Phase::Running { pid, .. } | Phase::Stopping { pid, .. } | Phase::Killing { pid, .. } => {
+                Some(pid)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The delay before starting again after `crashes` consecutive crashes.
+pub(crate) fn restart_delay(delay: Duration, crashes: u32) -> Duration {
+    if crashes == 0 {
+        return delay;
+    }
+    let backoff = BACKOFF_BASE
+        .checked_mul(1u32.checked_shl(crashes - 1).unwrap_or(u32::MAX))
+        .unwrap_or(BACKOFF_CAP)
+        .min(BACKOFF_CAP);
+    delay.max(backoff)
+}
+
+/// The transition function: `slot × event → slot + effects`.
+pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effect>) {
+    use Phase::*;
+    let Slot { phase, crashes } = slot;
+    let same = (slot, Vec::new());
+    match (phase, event) {
+        (Pending { due }, Event::Due { now }) if now >= due => (slot, vec![Effect::Spawn]),
+        (Pending { .. }, Event::Spawned { pid, now }) => {
+            (Slot { phase: Running { pid, since: now }, crashes }, Vec::new())
+        }
+        (Pending { .. }, Event::SpawnFailed { now }) => {
+            let crashes = crashes.saturating_add(1);
+            let due = now + restart_delay(policy.delay, crashes);
+            (Slot { phase: Pending { due }, crashes }, Vec::new())
+        }
+        (Running { since, .. }, Event::Exited { exit, now }) => {
+            let run = now.saturating_duration_since(since);
+            let crashes = if run < CRASH_RUN {
+                crashes.saturating_add(1)
+            } else if run >= HEALTHY_RUN {
+                0
+            } else {
+                crashes
+            };
+            let again = match policy.restart {
+                Restart::Always => true,
+                Restart::OnFailure => !exit.success(),
+                Restart::Never => false,
+            };
+            if again {
+                let due = now + restart_delay(policy.delay, crashes);
+                (Slot { phase: Pending { due }, crashes }, vec![Effect::CountRestart])
+            } else {
+                (Slot { phase: Idle, crashes }, Vec::new())
+            }
+        }
+        (Stopping { then, .. } | Killing { then, .. }, Event::Exited { now, .. }) => match then {
+            AfterStop::Respawn => {
+                (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRestart])
+            }
+            AfterStop::Vacate => (Slot { phase: Idle, crashes }, vec![Effect::Vacate]),
+        },
+        (Running { pid, since }, Event::Stop { now } | Event::Restart { now }) => {
+            let then = if matches!(event, Event::Stop { .. }) {
+                AfterStop::Vacate
+            } else {
+                AfterStop::Respawn
+            };
+            let kill_at = now + policy.stop_timeout;
+            (
+                Slot { phase: Stopping { pid, since, kill_at, then }, crashes },
+                vec![Effect::Signal { pid, signal: policy.stop_signal }],
+            )
+        }
+        (Stopping { pid, since, kill_at, .. }, Event::Due { now }) if now >= kill_at => (
+            Slot { phase: Killing { pid, since, then: stopping_then(phase) }, crashes },
+            vec![Effect::Signal { pid, signal: Signal::SIGKILL }],
+        ),
+        (Stopping { pid, since, kill_at, .. }, Event::Stop { .. }) => (
+            Slot { phase: Stopping { pid, since, kill_at, then: AfterStop::Vacate }, crashes },
+            Vec::new(),
+        ),
+        (Killing { pid, since, .. }, Event::Stop { .. }) => (
+            Slot { phase: Killing { pid, since, then: AfterStop::Vacate }, crashes },
+            Vec::new(),
+        ),
+        (Idle | Pending { .. }, Event::Stop { .. }) => (Slot { phase: Idle, crashes }, vec![Effect::Vacate]),
+        (Idle | Pending { .. }, Event::Restart { now }) => {
+            (Slot { phase: Pending { due: now }, crashes: 0 }, Vec::new())
+        }
+        _ => same,
+    }
+}
+
+fn stopping_then(phase: Phase) -> AfterStop {
+    match phase {
+        Phase::Stopping { then, .. } | Phase::Killing { then, .. } => then,
+        _ => AfterStop::Vacate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(restart: Restart, delay_ms: u64) -> Policy {
+        Policy {
+            restart,
+            delay: Duration::from_millis(delay_ms),
+            stop_signal: Signal::SIGTERM,
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn ms(t0: Instant, n: u64) -> Instant {
+        t0 + Duration::from_millis(n)
+    }
+
+    /// Runs a child for `run_ms` and lets it exit with `exit`; returns the slot after.
+    fn run_and_exit(p: &Policy, slot: Slot, t: Instant, run_ms: u64, exit: ChildExit) -> (Slot, Vec<Effect>) {
+        let (slot, fx) = step(slot, p, Event::Due { now: t });
+        assert_eq!(fx, vec![Effect::Spawn]);
+        let (slot, _) = step(slot, p, Event::Spawned { pid: 42, now: t });
+        step(slot, p, Event::Exited { exit, now: ms(t, run_ms) })
+    }
+
+    #[test]
+    fn restart_policy_table() {
+        let t0 = Instant::now();
+        let table = [
+            (Restart::Always, ChildExit::Code(0), true),
+            (Restart::Always, ChildExit::Code(3), true),
+            (Restart::Always, ChildExit::Signal(9), true),
+            (Restart::OnFailure, ChildExit::Code(0), false),
+            (Restart::OnFailure, ChildExit::Code(3), true),
+            (Restart::OnFailure, ChildExit::Signal(15), true),
+            (Restart::OnFailure, ChildExit::Unknown, true),
+            (Restart::Never, ChildExit::Code(3), false),
+            (Restart::Never, ChildExit::Code(0), false),
+        ];
+        for (restart, exit, again) in table {
+            let p = policy(restart, 1000);
+            let (slot, fx) = run_and_exit(&p, Slot::new(t0), t0, 4000, exit);
+            if again {
+                assert_eq!(slot.phase, Phase::Pending { due: ms(t0, 5000) }, "{restart:?} {exit:?}");
+                assert_eq!(fx, vec![Effect::CountRestart]);
+            } else {
+                assert_eq!(slot.phase, Phase::Idle, "{restart:?} {exit:?}");
+                assert!(fx.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn the_sample_is_never_backed_off() {
+        let p = policy(Restart::Always, 1000);
+        let t0 = Instant::now();
+        let mut slot = Slot::new(t0);
+        let mut t = t0;
+        for _ in 0..20 {
+            let (next, _) = run_and_exit(&p, slot, t, 4000, ChildExit::Code(0));
+            let Phase::Pending { due } = next.phase else { panic!() };
+            assert_eq!(due, ms(t, 5000));
+            assert_eq!(next.crashes, 0);
+            slot = next;
+            t = due;
+        }
+    }
+
+    #[test]
+    fn crash_loop_backs_off_exponentially_then_caps_and_resets() {
+        let p = policy(Restart::Always, 0);
+        let t0 = Instant::now();
+        let mut slot = Slot::new(t0);
+        let mut t = t0;
+        let mut delays = Vec::new();
+        for _ in 0..12 {
+            let (next, _) = run_and_exit(&p, slot, t, 5, ChildExit::Code(3));
+            let Phase::Pending { due } = next.phase else { panic!() };
+            delays.push(due.duration_since(ms(t, 5)).as_millis() as u64);
+            slot = next;
+            t = due;
+        }
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000]
+        );
+        // A run between 1 s and 10 s keeps the count; 10 s of uptime resets it.
+        let (kept, _) = run_and_exit(&p, slot, t, 2000, ChildExit::Code(3));
+        assert_eq!(kept.crashes, slot.crashes);
+        let (reset, _) = run_and_exit(&p, slot, t, 10_000, ChildExit::Code(3));
+        assert_eq!(reset.crashes, 0);
+        assert_eq!(reset.phase, Phase::Pending { due: ms(t, 10_000) });
+    }
+
+    #[test]
+    fn backoff_is_at_least_the_entry_delay() {
+        assert_eq!(restart_delay(Duration::from_secs(5), 1), Duration::from_secs(5));
+        assert_eq!(restart_delay(Duration::from_secs(60), 30), Duration::from_secs(60));
+        assert_eq!(restart_delay(Duration::ZERO, u32::MAX), BACKOFF_CAP);
+    }
+
+    #[test]
+    fn graceful_stop_then_kill_then_vacate() {
+        let p = policy(Restart::Always, 0);
+        let t0 = Instant::now();
+        let slot = Slot { phase: Phase::Running { pid: 7, since: t0 }, crashes: 0 };
+        let (slot, fx) = step(slot, &p, Event::Stop { now: ms(t0, 100) });
+        assert_eq!(fx, vec![Effect::Signal { pid: 7, signal: Signal::SIGTERM }]);
+        assert_eq!(slot.deadline(), Some(ms(t0, 10_100)));
+        assert!(matches!(slot.phase, Phase::Stopping { .. }));
+        // Not yet due: nothing happens.
+        let (slot, fx) = step(slot, &p, Event::Due { now: ms(t0, 5000) });
+        assert!(fx.is_empty());
+        let (slot, fx) = step(slot, &p, Event::Due { now: ms(t0, 10_100) });
+        assert_eq!(fx, vec![Effect::Signal { pid: 7, signal: Signal::SIGKILL }]);
+        assert_eq!(slot.deadline(), None);
+        let (slot, fx) =
+            step(slot, &p, Event::Exited { exit: ChildExit::Signal(9), now: ms(t0, 10_101) });
+        assert_eq!(fx, vec![Effect::Vacate]);
+        assert_eq!(slot.phase, Phase::Idle);
+    }
+
+    #[test]
+    fn restart_stops_then_starts_at_once_and_counts() {
+        let p = policy(Restart::Never, 1000);
+        let t0 = Instant::now();
+        let slot = Slot { phase: Phase::Running { pid: 7, since: t0 }, crashes: 3 };
+        let (slot, fx) = step(slot, &p, Event::Restart { now: t0 });
+        assert_eq!(fx, vec![Effect::Signal { pid: 7, signal: Signal::SIGTERM }]);
+        let (slot, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Signal(15), now: ms(t0, 20) });
+        assert_eq!(fx, vec![Effect::CountRestart]);
+        assert_eq!(slot, Slot { phase: Phase::Pending { due: ms(t0, 20) }, crashes: 0 });
+    }
+
+    #[test]
+    fn stop_wins_over_a_restart_in_progress() {
+        let p = policy(Restart::Always, 0);
+        let t0 = Instant::now();
+        let slot = Slot { phase: Phase::Running { pid: 7, since: t0 }, crashes: 0 };
+        let (slot, _) = step(slot, &p, Event::Restart { now: t0 });
+        let (slot, fx) = step(slot, &p, Event::Stop { now: t0 });
+        assert!(fx.is_empty(), "no second signal");
+        let (_, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Code(0), now: t0 });
+        assert_eq!(fx, vec![Effect::Vacate]);
+    }
+
+    #[test]
+    fn stopping_an_idle_or_pending_slot_vacates_it_at_once() {
+        let p = policy(Restart::Always, 0);
+        let t0 = Instant::now();
+        for phase in [Phase::Idle, Phase::Pending { due: ms(t0, 500) }] {
+            let (_, fx) = step(Slot { phase, crashes: 0 }, &p, Event::Stop { now: t0 });
+            assert_eq!(fx, vec![Effect::Vacate]);
+        }
+    }
+
+    #[test]
+    fn restart_of_an_idle_or_backed_off_slot_starts_now() {
+        let p = policy(Restart::Never, 0);
+        let t0 = Instant::now();
+        for phase in [Phase::Idle, Phase::Pending { due: ms(t0, 30_000) }] {
+            let (slot, _) = step(Slot { phase, crashes: 9 }, &p, Event::Restart { now: t0 });
+            assert_eq!(slot, Slot { phase: Phase::Pending { due: t0 }, crashes: 0 });
+        }
+    }
+
+    #[test]
+    fn a_failed_spawn_counts_as_a_crash() {
+        let p = policy(Restart::Always, 0);
+        let t0 = Instant::now();
+        let (slot, _) = step(Slot::new(t0), &p, Event::SpawnFailed { now: t0 });
+        assert_eq!(slot, Slot { phase: Phase::Pending { due: ms(t0, 100) }, crashes: 1 });
+    }
+
+    #[test]
+    fn events_that_do_not_apply_change_nothing() {
+        let p = policy(Restart::Always, 0);
+        let t0 = Instant::now();
+        let pending = Slot { phase: Phase::Pending { due: ms(t0, 50) }, crashes: 0 };
+        assert_eq!(step(pending, &p, Event::Due { now: t0 }), (pending, vec![]));
+        let idle = Slot { phase: Phase::Idle, crashes: 0 };
+        assert_eq!(step(idle, &p, Event::Due { now: t0 }), (idle, vec![]));
+        let running = Slot { phase: Phase::Running { pid: 1, since: t0 }, crashes: 0 };
+        assert_eq!(step(running, &p, Event::Due { now: ms(t0, 99_999) }), (running, vec![]));
+    }
+}

@@ -1,0 +1,337 @@
+//! The configuration language: [`entry`], [`watch`] and the builder methods of
+//! [`Spec`]. Builders never fail — they record what they were given, mistakes
+//! included — and [`crate::config::Config::from_specs`] validates a whole list
+//! at once. This module knows nothing of processes or of the command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::rule::{Action, Trigger};
+use crate::Signal;
+
+/// The largest number of processes one entry may ask for.
+pub const MAX_COUNT: usize = 10_000;
+
+/// When a child that exited is started again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Restart {
+    /// After any exit (the default).
+    Always,
+    /// After a non-zero exit status or a death by signal.
+    OnFailure,
+    /// Never: the slot stays empty until the entry is scaled or restarted.
+    Never,
+}
+
+/// One item of a configuration: an entry (processes Sentry starts and keeps
+/// running) or a watch (processes found by a regex on their command line).
+///
+/// ```
+/// use sentry_core::prelude::*;
+/// let web = entry("web", "python3", ["-m", "http.server"], 500, 2)
+///     .env("PYTHONUNBUFFERED", "1")
+///     .stop_timeout(Duration::from_secs(5));
+/// assert_eq!(web.name(), "web");
+/// ```
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub(crate) name: String,
+    pub(crate) kind: SpecKind,
+    pub(crate) children: bool,
+    pub(crate) rules: Vec<RuleText>,
+    /// Builder mistakes (such as an entry-only method on a watch), reported by validation.
+    pub(crate) problems: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum SpecKind {
+    Entry(EntryFields),
+    Watch(WatchFields),
+}
+
+/// What an entry declares, before validation.
+#[derive(Clone, Debug)]
+pub(crate) struct EntryFields {
+    pub command: String,
+    pub args: Vec<String>,
+    pub delay_ms: u64,
+    pub count: usize,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    pub restart: Restart,
+    pub user: Option<String>,
+    pub group: Option<String>,
+}
+
+/// What a watch declares, before validation.
+#[derive(Clone, Debug)]
+pub(crate) struct WatchFields {
+    pub pattern: String,
+    pub every: Duration,
+}
+
+/// A rule as given to `.on(trigger, action)`: parsed, or the reason it does not parse.
+#[derive(Clone, Debug)]
+pub(crate) struct RuleText {
+    pub trigger: Result<Trigger, String>,
+    pub action: Result<Action, String>,
+}
+
+/// Starts an entry: `count` copies of `command args…`, each restarted
+/// `restart_delay_ms` milliseconds after it exits.
+///
+/// ```
+/// use sentry_core::prelude::*;
+/// let specs = vec![
+///     entry("dummy", "sleep", ["4"], 1000, 1),
+///     entry("idle", "sleep", vec!["infinity".to_string()], 0, 3),
+///     entry("true", "true", [], 0, 0),
+/// ];
+/// assert_eq!(specs.len(), 3);
+/// ```
+pub fn entry(
+    name: &str,
+    command: &str,
+    args: impl IntoArgs,
+    restart_delay_ms: u64,
+    count: usize,
+) -> Spec {
+    Spec {
+        name: name.to_string(),
+        kind: SpecKind::Entry(EntryFields {
+            command: command.to_string(),
+            args: args.into_args(),
+            delay_ms: restart_delay_ms,
+            count,
+            env: Vec::new(),
+            cwd: None,
+            stop_signal: Signal::SIGTERM,
+            stop_timeout: Duration::from_secs(10),
+            restart: Restart::Always,
+            user: None,
+            group: None,
+        }),
+        children: false,
+        rules: Vec::new(),
+        problems: Vec::new(),
+    }
+}
+
+/// Starts a watch: the running processes whose command line (arguments joined
+/// by single spaces) contains a match of `pattern`.
+///
+/// ```
+/// use sentry_core::prelude::*;
+/// let w = watch("conkeror", r"xulrunner-bin .*conkeror")
+///     .children(true)
+///     .on("rmem > 900m", "term");
+/// assert_eq!(w.name(), "conkeror");
+/// ```
+pub fn watch(name: &str, pattern: impl IntoPattern) -> Spec {
+    Spec {
+        name: name.to_string(),
+        kind: SpecKind::Watch(WatchFields {
+            pattern: pattern.into_pattern(),
+            every: Duration::from_secs(1),
+        }),
+        children: false,
+        rules: Vec::new(),
+        problems: Vec::new(),
+    }
+}
+
+impl Spec {
+    /// The entry's or watch's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this is an entry (as opposed to a watch).
+    pub fn is_entry(&self) -> bool {
+        matches!(self.kind, SpecKind::Entry(_))
+    }
+
+    /// Adds a rule: when `trigger` holds for a process, run `action`.
+    pub fn on(mut self, trigger: impl IntoTrigger, action: impl IntoAction) -> Spec {
+        self.rules.push(RuleText {
+            trigger: trigger.into_trigger(),
+            action: action.into_action(),
+        });
+        self
+    }
+
+    /// Also apply the rules to every descendant of a matched process.
+    pub fn children(mut self, yes: bool) -> Spec {
+        self.children = yes;
+        self
+    }
+
+    /// How often a watch scans `/proc` (default 1 s). Watches only.
+    pub fn every(mut self, interval: Duration) -> Spec {
+        match &mut self.kind {
+            SpecKind::Watch(w) => w.every = interval,
+            SpecKind::Entry(_) => self.problems.push(format!(
+                "entry {:?}: .every() applies to watches only",
+                self.name
+            )),
+        }
+        self
+    }
+
+    /// Sets an environment variable for the entry's processes (repeatable).
+    pub fn env(self, key: &str, value: &str) -> Spec {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.entry_only("env", |e| e.env.push((key, value)))
+    }
+
+    /// The working directory of the entry's processes.
+    pub fn cwd(self, path: impl Into<PathBuf>) -> Spec {
+        let path = path.into();
+        self.entry_only("cwd", |e| e.cwd = Some(path))
+    }
+
+    /// The signal that asks the entry's processes to stop (default SIGTERM).
+    pub fn stop_signal(self, signal: Signal) -> Spec {
+        self.entry_only("stop_signal", |e| e.stop_signal = signal)
+    }
+
+    /// How long a process may take to stop before it is killed (default 10 s).
+    pub fn stop_timeout(self, timeout: Duration) -> Spec {
+        self.entry_only("stop_timeout", |e| e.stop_timeout = timeout)
+    }
+
+    /// When an exited process is started again (default [`Restart::Always`]).
+    pub fn restart(self, policy: Restart) -> Spec {
+        self.entry_only("restart", |e| e.restart = policy)
+    }
+
+    /// Runs the entry's processes as this user (Sentry must run as root).
+    pub fn user(self, name: &str) -> Spec {
+        let name = name.to_string();
+        self.entry_only("user", |e| e.user = Some(name))
+    }
+
+    /// Runs the entry's processes with this group (Sentry must run as root).
+    pub fn group(self, name: &str) -> Spec {
+        let name = name.to_string();
+        self.entry_only("group", |e| e.group = Some(name))
+    }
+
+    fn entry_only(mut self, method: &str, set: impl FnOnce(&mut EntryFields)) -> Spec {
+        match &mut self.kind {
+            SpecKind::Entry(e) => set(e),
+            SpecKind::Watch(_) => self.problems.push(format!(
+                "watch {:?}: .{method}() applies to entries only",
+                self.name
+            )),
+        }
+        self
+    }
+}
+
+/// Anything that can be the argument list of an entry:
+/// `["4"]`, `[]`, `&["a", "b"]`, `vec!["a"]`, `Vec<String>`.
+pub trait IntoArgs {
+    /// The arguments as owned strings.
+    fn into_args(self) -> Vec<String>;
+}
+
+impl<const N: usize> IntoArgs for [&str; N] {
+    fn into_args(self) -> Vec<String> {
+        self.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+impl<const N: usize> IntoArgs for &[&str; N] {
+    fn into_args(self) -> Vec<String> {
+        self.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+impl IntoArgs for &[&str] {
+    fn into_args(self) -> Vec<String> {
+        self.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+impl IntoArgs for Vec<&str> {
+    fn into_args(self) -> Vec<String> {
+        self.into_iter().map(str::to_string).collect()
+    }
+}
+
+impl IntoArgs for Vec<String> {
+    fn into_args(self) -> Vec<String> {
+        self
+    }
+}
+
+/// Anything that can be a watch's pattern: a regex as `&str` or `String`.
+pub trait IntoPattern {
+    /// The regex source text.
+    fn into_pattern(self) -> String;
+}
+
+impl IntoPattern for &str {
+    fn into_pattern(self) -> String {
+        self.to_string()
+    }
+}
+
+impl IntoPattern for String {
+    fn into_pattern(self) -> String {
+        self
+    }
+}
+
+/// Anything that can be a rule's trigger: trigger text such as `"rmem > 900m"`,
+/// or an already parsed [`Trigger`].
+pub trait IntoTrigger {
+    /// The trigger, or why the text is not one.
+    fn into_trigger(self) -> Result<Trigger, String>;
+}
+
+impl IntoTrigger for &str {
+    fn into_trigger(self) -> Result<Trigger, String> {
+        Trigger::parse(self)
+    }
+}
+
+impl IntoTrigger for String {
+    fn into_trigger(self) -> Result<Trigger, String> {
+        Trigger::parse(&self)
+    }
+}
+
+impl IntoTrigger for Trigger {
+    fn into_trigger(self) -> Result<Trigger, String> {
+        Ok(self)
+    }
+}
+
+/// Anything that can be a rule's action: action text such as `"stop @ 10m"`,
+/// or an already parsed [`Action`].
+pub trait IntoAction {
+    /// The action, or why the text is not one.
+    fn into_action(self) -> Result<Action, String>;
+}
+
+impl IntoAction for &str {
+    fn into_action(self) -> Result<Action, String> {
+        Action::parse(self)
+    }
+}
+
+impl IntoAction for String {
+    fn into_action(self) -> Result<Action, String> {
+        Action::parse(&self)
+    }
+}
+
+impl IntoAction for Action {
+    fn into_action(self) -> Result<Action, String> {
+        Ok(self)
+    }
+}

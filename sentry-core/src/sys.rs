@@ -1,0 +1,182 @@
+//! Thin, safe wrappers over the Linux calls the rest of the crate needs and
+//! that `std` does not offer: pidfds, waiting without reaping, reaping one PID,
+//! process-group signals, eventfds, local time and a few /proc reads. Each
+//! function does one call and turns errno into `io::Error`; no policy lives here.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::killpg;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::lifecycle::ChildExit;
+use crate::Signal;
+
+/// `pidfd_open(pid, 0)`: an fd that polls readable when `pid` exits (CLOEXEC).
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: a plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this fd and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Whether the child `pid` has exited, without reaping it (`waitid … WNOWAIT`).
+pub(crate) fn has_exited(pid: i32) -> bool {
+    // SAFETY: siginfo_t is plain data; waitid only writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointer to a zeroed siginfo_t.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+            )
+        };
+        if r == 0 {
+            // SAFETY: waitid filled `info` (si_pid stays 0 when nothing exited).
+            return unsafe { info.si_pid() } != 0;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            // ECHILD: not our child any more; treat as exited so it is accounted for.
+            return true;
+        }
+    }
+}
+
+/// Reaps the child `pid` (which must have exited) and says how it ended.
+pub(crate) fn reap(pid: i32) -> ChildExit {
+    loop {
+        match waitpid(Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => return ChildExit::Code(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return ChildExit::Signal(sig as i32),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return ChildExit::Unknown,
+        }
+    }
+}
+
+/// Sends `signal` to the process group led by `pgid`. A missing group is fine.
+pub(crate) fn signal_group(pgid: i32, signal: Signal) {
+    if pgid > 1 {
+        let _ = killpg(Pid::from_raw(pgid), signal);
+    }
+}
+
+/// Whether any process is left in the process group `pgid`.
+pub(crate) fn group_exists(pgid: i32) -> bool {
+    pgid > 1 && killpg(Pid::from_raw(pgid), None).is_ok()
+}
+
+/// A non-blocking eventfd, used to wake a thread blocked in `poll`.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes an eventfd readable.
+pub(crate) fn eventfd_signal(fd: BorrowedFd<'_>) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a valid u64.
+    unsafe { libc::write(fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+}
+
+/// `poll` on `fds`, retrying on EINTR; `timeout_ms` < 0 waits forever.
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    loop {
+        // SAFETY: `fds` is a valid slice of pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// `HH:MM:SS` of a Unix time, in local time.
+pub(crate) fn local_hms(unix: u64) -> String {
+    match local_tm(unix) {
+        Some(tm) => format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec),
+        None => "??:??:??".to_string(),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` of a Unix time, in local time.
+pub(crate) fn local_datetime(unix: u64) -> String {
+    match local_tm(unix) {
+        Some(tm) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday,
+            tm.tm_hour,
+            tm.tm_min,
+            tm.tm_sec
+        ),
+        None => "????-??-?? ??:??:??".to_string(),
+    }
+}
+
+fn local_tm(unix: u64) -> Option<libc::tm> {
+    let t = unix as libc::time_t;
+    // SAFETY: tm is plain data; localtime_r writes into it.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers.
+    let ok = !unsafe { libc::localtime_r(&t, &mut tm) }.is_null();
+    ok.then_some(tm)
+}
+
+/// Reads the time zone once, so that `local_hms` uses it.
+pub(crate) fn init_local_time() {
+    extern "C" {
+        fn tzset();
+    }
+    // SAFETY: called once at start, before threads that format time.
+    unsafe { tzset() };
+}
+
+/// Resident set size of `pid` in bytes, from `/proc/PID/statm`.
+pub(crate) fn rss_bytes(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as u64
+    } else {
+        4096
+    }
+}
+
+/// `n` random bytes from the kernel, as lowercase hex.
+pub(crate) fn random_hex(n: usize) -> io::Result<String> {
+    let mut bytes = vec![0u8; n];
+    File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,55 @@
+//! The configurations the integration tests run, one per scenario, chosen by
+//! the `TCONF` environment variable. Each is an ordinary compiled
+//! configuration: the tests drive this binary exactly as a user drives theirs.
+
+use sentry_core::prelude::*;
+
+fn specs(scenario: &str) -> Vec<Spec> {
+    match scenario {
+        // Two long sleepers and one that exits at once with a failure.
+        "basic" => vec![
+            entry("idle", "sleep", ["1000"], 0, 2),
+            entry("other", "sleep", ["1000"], 0, 1),
+        ],
+        // A crash loop with no delay: must be backed off, not spin.
+        "crash" => vec![entry("crash", "sh", ["-c", "exit 3"], 0, 1)],
+        // Restart policies.
+        "policy" => vec![
+            entry("ok-onfailure", "sh", ["-c", "exit 0"], 0, 1).restart(Restart::OnFailure),
+            entry("bad-onfailure", "sh", ["-c", "sleep 0.2; exit 3"], 0, 1).restart(Restart::OnFailure),
+            entry("bad-never", "sh", ["-c", "exit 3"], 0, 1).restart(Restart::Never),
+        ],
+        // Output: many lines fast, then a partial last line, then exit.
+        "output" => vec![entry(
+            "talk",
+            "sh",
+            ["-c", "i=0; while [ $i -lt 20000 ]; do echo \"line $i\"; i=$((i+1)); done; echo err-line >&2; printf partial; exec sleep 1000"],
+            0,
+            1,
+        )],
+        // A child that ignores the stop signal.
+        "stubborn" => vec![entry("stubborn", "sh", ["-c", "trap '' TERM; echo ready; while :; do sleep 1; done"], 0, 1)
+            .stop_timeout(Duration::from_millis(1500))],
+        // A child that leaves a member of its process group behind.
+        "leftover" => vec![entry("parent", "sh", ["-c", "sleep 1000 & echo \"left $!\"; sleep 0.5; exit 0"], 60_000, 1)],
+        // Children's environment and process state.
+        "env" => vec![entry("probe", "sleep", ["1000"], 0, 1).env("GREETING", "hello world").cwd("/tmp")],
+        // Every kind of mistake at once.
+        "invalid" => vec![
+            entry("bad name!", "sleep", ["1"], 0, 1),
+            entry("twice", "", [], 0, 1),
+            watch("twice", "(unclosed").stop_timeout(Duration::from_secs(1)),
+            entry("toomany", "sleep", ["1"], 0, 1_000_000).on("rss > 1g", "stop"),
+            watch("w", "x").on("rmem > 1g", "restart"),
+        ],
+        other => {
+            eprintln!("tconf: unknown scenario {other:?}");
+            std::process::exit(3)
+        }
+    }
+}
+
+fn main() {
+    let scenario = std::env::var("TCONF").unwrap_or_else(|_| "basic".to_string());
+    sentry(specs(&scenario));
+}
