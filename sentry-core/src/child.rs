@@ -57,7 +57,7 @@ pub(crate) fn spawn(entry: &EntryConfig, index: usize) -> io::Result<Spawned> {
     }
     set_credentials(&mut cmd, entry)?;
     // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe calls (sigprocmask, signal, prctl).
+    // async-signal-safe calls (sigprocmask, signal, prctl, close_range).
     unsafe {
         cmd.pre_exec(|| {
             let empty: libc::sigset_t = {
@@ -67,6 +67,9 @@ pub(crate) fn spawn(entry: &EntryConfig, index: usize) -> io::Result<Spawned> {
             };
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            // Fds Sentry inherited without CLOEXEC (a jobserver, a shell's
+            // spare fds) must not reach children: only 0, 1, 2 cross exec.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
             // After any setuid (std applies credentials before this closure),
             // since a change of credentials clears PDEATHSIG.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {

@@ -212,7 +212,10 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
             Vec::new(),
         ),
         (Idle | Pending { .. }, Event::Stop { .. }) => (Slot { phase: Idle, crashes }, vec![Effect::Vacate]),
-        (Idle | Pending { .. }, Event::Restart { now }) => {
+        (Idle, Event::Restart { now }) => {
+            (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRestart])
+        }
+        (Pending { .. }, Event::Restart { now }) => {
             (Slot { phase: Pending { due: now }, crashes: 0 }, Vec::new())
         }
         _ => same,
@@ -386,9 +389,11 @@ mod tests {
     fn restart_of_an_idle_or_backed_off_slot_starts_now() {
         let p = policy(Restart::Never, 0);
         let t0 = Instant::now();
-        for phase in [Phase::Idle, Phase::Pending { due: ms(t0, 30_000) }] {
-            let (slot, _) = step(Slot { phase, crashes: 9 }, &p, Event::Restart { now: t0 });
+        // An idle slot counts a restart; a pending one had counted it already.
+        for (phase, counted) in [(Phase::Idle, true), (Phase::Pending { due: ms(t0, 30_000) }, false)] {
+            let (slot, fx) = step(Slot { phase, crashes: 9 }, &p, Event::Restart { now: t0 });
             assert_eq!(slot, Slot { phase: Phase::Pending { due: t0 }, crashes: 0 });
+            assert_eq!(fx.contains(&Effect::CountRestart), counted);
         }
     }
 

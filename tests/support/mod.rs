@@ -1,1 +1,242 @@
-//! Test support.
+//! Shared helpers of the integration tests: temporary directories, starting
+//! a configuration binary in its own session, polling with deadlines, reading
+//! /proc, and killing every process of a test's session on drop — even when
+//! the test fails. Included with `#[path]` by each test file.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any condition may take on a slow, busy machine.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("sentry-test-{tag}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create a temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `probe` until it returns `Some`, or panics after `PATIENCE` saying `what`.
+pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    wait_for_within(what, PATIENCE, &mut probe)
+}
+
+pub fn wait_for_within<T>(what: &str, patience: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {patience:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Fields of `/proc/PID/stat` after the command name: [state, ppid, pgrp, session, …].
+pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
+/// Whether `pid` is alive (exists and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    stat_fields(pid).is_some_and(|f| f[0] != "Z")
+}
+
+/// Every process of session `sid`.
+pub fn session_pids(sid: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if stat_fields(pid).is_some_and(|f| f[3] == sid.to_string()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Children (any state) whose parent is `ppid`.
+pub fn children_of(ppid: i32) -> Vec<(i32, String)> {
+    let mut kids = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if let Some(f) = stat_fields(pid) {
+            if f[1] == ppid.to_string() {
+                kids.push((pid, f[0].clone()));
+            }
+        }
+    }
+    kids
+}
+
+/// SIGKILLs every process of session `sid`, by PID.
+pub fn kill_session(sid: i32) {
+    for _ in 0..3 {
+        for pid in session_pids(sid) {
+            // SAFETY: plain kill of a PID our test started (its session).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A line of `/proc/PID/status`, such as `SigBlk`.
+pub fn proc_status(pid: i32, key: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string()))
+}
+
+/// Number of open fds of `pid`.
+pub fn fd_count(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// A configuration binary running `start` in a session of its own.
+pub struct Sentry {
+    pub dir: TempDir,
+    pub bin: PathBuf,
+    pub scenario: String,
+    child: Child,
+}
+
+impl Sentry {
+    /// Starts `bin start --dir TMP ARGS…` with `TCONF=scenario`; waits until it answers.
+    pub fn start(bin: &str, scenario: &str, args: &[&str]) -> Sentry {
+        let sentry = Sentry::spawn(bin, scenario, args);
+        wait_for("the instance to answer", || {
+            let out = sentry.cli(&["status", "--json"]);
+            out.status.success().then_some(())
+        });
+        sentry
+    }
+
+    /// Starts it without waiting.
+    pub fn spawn(bin: &str, scenario: &str, args: &[&str]) -> Sentry {
+        let dir = TempDir::new(scenario);
+        let console = fs::File::create(dir.path().join("console.txt")).expect("console file");
+        let mut cmd = Command::new(bin);
+        cmd.arg("start")
+            .arg("--dir")
+            .arg(dir.path())
+            .args(args)
+            .env("TCONF", scenario)
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().expect("dup"))
+            .stderr(console);
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start the configuration binary");
+        Sentry { dir, bin: bin.into(), scenario: scenario.into(), child }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Runs `bin ARGS… --dir DIR` with the same scenario.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(args)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .env("TCONF", &self.scenario)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the configuration binary")
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status is JSON")
+    }
+
+    pub fn entry(&self, name: &str) -> Value {
+        let status = self.status();
+        status["entries"].as_array().unwrap().iter().find(|e| e["name"] == name).cloned().unwrap_or(Value::Null)
+    }
+
+    /// The PIDs of an entry's processes, in slot order.
+    pub fn pids(&self, name: &str) -> Vec<i32> {
+        let entry = self.entry(name);
+        let mut procs: Vec<(u64, i32)> = entry["processes"]
+            .as_array()
+            .map(|a| a.iter().map(|p| (p["index"].as_u64().unwrap(), p["pid"].as_i64().unwrap() as i32)).collect())
+            .unwrap_or_default();
+        procs.sort();
+        procs.into_iter().map(|(_, pid)| pid).collect()
+    }
+
+    pub fn console(&self) -> String {
+        fs::read_to_string(self.dir.path().join("console.txt")).unwrap_or_default()
+    }
+
+    pub fn log(&self, entry: &str) -> String {
+        fs::read_to_string(self.dir.path().join("log").join(format!("{entry}.log"))).unwrap_or_default()
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Waits for the supervisor process to exit and returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                panic!("the supervisor did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sentry {
+    fn drop(&mut self) {
+        kill_session(self.pid());
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `cmd` and returns its output, with stdin closed.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run a command")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
