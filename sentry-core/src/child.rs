@@ -69,7 +69,12 @@ pub(crate) fn spawn(entry: &EntryConfig, index: usize) -> io::Result<Spawned> {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             // Fds Sentry inherited without CLOEXEC (a jobserver, a shell's
             // spare fds) must not reach children: only 0, 1, 2 cross exec.
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             // After any setuid (std applies credentials before this closure),
             // since a change of credentials clears PDEATHSIG.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
@@ -85,7 +90,11 @@ pub(crate) fn spawn(entry: &EntryConfig, index: usize) -> io::Result<Spawned> {
     let stderr = child.stderr.take().expect("piped stderr").into();
     // Dropping `child` neither waits nor kills: the core reaps by PID.
     drop(child);
-    Ok(Spawned { pid, stdout, stderr })
+    Ok(Spawned {
+        pid,
+        stdout,
+        stderr,
+    })
 }
 
 fn set_credentials(cmd: &mut Command, entry: &EntryConfig) -> io::Result<()> {
@@ -128,7 +137,12 @@ impl Quiesced {
         let Some(sink) = self.sink else { return };
         let mut buf = vec![0u8; READ_CHUNK];
         for mut stream in self.streams {
-            if nix::fcntl::fcntl(&stream.fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).is_ok() {
+            if nix::fcntl::fcntl(
+                &stream.fd,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+            .is_ok()
+            {
                 while read_lines(&mut stream, &mut buf, &sink) == Read::Data {}
             }
             let mut last = Vec::new();
@@ -171,7 +185,10 @@ impl Monitor {
 
     /// Waits for a monitor that said [`ChildNote::Closed`].
     pub fn join(self) -> Quiesced {
-        self.thread.join().unwrap_or(Quiesced { streams: Vec::new(), sink: None })
+        self.thread.join().unwrap_or(Quiesced {
+            streams: Vec::new(),
+            sink: None,
+        })
     }
 }
 
@@ -188,7 +205,10 @@ fn run(
     loop {
         if exited && streams.is_empty() {
             notify(ChildNote::Closed { pid });
-            return Quiesced { streams, sink: Some(sink) };
+            return Quiesced {
+                streams,
+                sink: Some(sink),
+            };
         }
         let mut fds: Vec<libc::pollfd> = streams
             .iter()
@@ -200,7 +220,10 @@ fn run(
             continue;
         }
         if fds[streams.len()].revents != 0 {
-            return Quiesced { streams, sink: Some(sink) };
+            return Quiesced {
+                streams,
+                sink: Some(sink),
+            };
         }
         // Pipes before the exit, so a child's last lines come before "Exited".
         let mut closed = Vec::new();
@@ -226,7 +249,11 @@ fn run(
 }
 
 fn pollfd(fd: i32) -> libc::pollfd {
-    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
 }
 
 #[derive(PartialEq, Eq)]

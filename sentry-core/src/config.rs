@@ -128,12 +128,18 @@ impl Config {
 
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn first_line(text: &str) -> String {
     // regex errors are multi-line drawings; the last line says what is wrong.
-    text.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(text).trim().to_string()
+    text.lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or(text)
+        .trim()
+        .to_string()
 }
 
 fn validate_entry(name: &str, e: &EntryFields, problems: &mut Vec<String>) {
@@ -141,7 +147,9 @@ fn validate_entry(name: &str, e: &EntryFields, problems: &mut Vec<String>) {
         problems.push(format!("entry {name:?}: the command is empty"));
     }
     if e.command.contains('\0') || e.args.iter().any(|a| a.contains('\0')) {
-        problems.push(format!("entry {name:?}: the command or an argument contains a NUL byte"));
+        problems.push(format!(
+            "entry {name:?}: the command or an argument contains a NUL byte"
+        ));
     }
     if e.count > MAX_COUNT {
         problems.push(format!(
@@ -151,7 +159,9 @@ fn validate_entry(name: &str, e: &EntryFields, problems: &mut Vec<String>) {
     }
     for (key, value) in &e.env {
         if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
-            problems.push(format!("entry {name:?}: invalid environment variable {key:?}"));
+            problems.push(format!(
+                "entry {name:?}: invalid environment variable {key:?}"
+            ));
         }
     }
     for (what, value) in [("user", &e.user), ("group", &e.group)] {
@@ -175,10 +185,16 @@ fn validate_rules(spec: &Spec, problems: &mut Vec<String>) -> Vec<Rule> {
                         action.to_string()
                     ));
                 }
-                rules.push(Rule { trigger: trigger.clone(), action: action.clone() });
+                rules.push(Rule {
+                    trigger: trigger.clone(),
+                    action: action.clone(),
+                });
             }
             (trigger, action) => {
-                for e in [trigger.as_ref().err(), action.as_ref().err()].into_iter().flatten() {
+                for e in [trigger.as_ref().err(), action.as_ref().err()]
+                    .into_iter()
+                    .flatten()
+                {
                     problems.push(format!("{:?}: {e}", spec.name));
                 }
             }
@@ -213,7 +229,9 @@ mod tests {
             entry("bad name", "sleep", ["1"], 0, 1),
             entry("dup", "", [], 0, MAX_COUNT + 1),
             watch("dup", "(unclosed").env("A", "b"),
-            entry("rules", "true", [], 0, 1).on("rss > 1g", "term").on("rmem > 1g", "stop"),
+            entry("rules", "true", [], 0, 1)
+                .on("rss > 1g", "term")
+                .on("rmem > 1g", "stop"),
             watch("w", "x").on("rmem > 1g", "restart"),
         ]);
         let all = p.join("\n");

@@ -27,9 +27,16 @@ pub(crate) enum Command {
     /// From a child's monitor thread.
     Child(ChildNote),
     /// Set an entry's number of processes; answered once the change is done.
-    Scale { entry: String, count: usize, reply: Sender<Result<EntryStatus, Error>> },
+    Scale {
+        entry: String,
+        count: usize,
+        reply: Sender<Result<EntryStatus, Error>>,
+    },
     /// Gracefully restart an entry's processes; answered once they are back.
-    Restart { entry: String, reply: Sender<Result<EntryStatus, Error>> },
+    Restart {
+        entry: String,
+        reply: Sender<Result<EntryStatus, Error>>,
+    },
     /// Report the state.
     Status { reply: Sender<Status> },
     /// Stop every child, then return from [`Core::run`].
@@ -88,7 +95,12 @@ pub(crate) struct Core {
 
 impl Core {
     /// A core for `config`, reading commands from `rx` (`tx` is handed to monitors).
-    pub fn new(config: Config, options: CoreOptions, tx: Sender<Command>, rx: Receiver<Command>) -> Core {
+    pub fn new(
+        config: Config,
+        options: CoreOptions,
+        tx: Sender<Command>,
+        rx: Receiver<Command>,
+    ) -> Core {
         let entries = config
             .entries
             .iter()
@@ -134,7 +146,10 @@ impl Core {
                 break;
             }
             let command = match self.next_deadline() {
-                Some(at) => match self.rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Some(at) => match self
+                    .rx
+                    .recv_timeout(at.saturating_duration_since(Instant::now()))
+                {
                     Ok(c) => Some(c),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => Some(Command::Shutdown),
@@ -157,7 +172,11 @@ impl Core {
                     m.join();
                 }
             }
-            Command::Scale { entry, count, reply } => {
+            Command::Scale {
+                entry,
+                count,
+                reply,
+            } => {
                 let Some(i) = self.index_of(&entry) else {
                     let _ = reply.send(Err(Error::UnknownEntry(entry)));
                     return;
@@ -198,11 +217,22 @@ impl Core {
 
     /// Adds missing slots below the target and stops those at or above it.
     fn reconcile(&mut self, i: usize, now: Instant) {
-        let target = if self.shutting_down { 0 } else { self.entries[i].target };
+        let target = if self.shutting_down {
+            0
+        } else {
+            self.entries[i].target
+        };
         for index in 0..target {
-            self.entries[i].slots.entry(index).or_insert(SlotRun { slot: Slot::new(now), started_at: 0 });
+            self.entries[i].slots.entry(index).or_insert(SlotRun {
+                slot: Slot::new(now),
+                started_at: 0,
+            });
         }
-        let extra: Vec<usize> = self.entries[i].slots.range(target..).map(|(k, _)| *k).collect();
+        let extra: Vec<usize> = self.entries[i]
+            .slots
+            .range(target..)
+            .map(|(k, _)| *k)
+            .collect();
         for index in extra.into_iter().rev() {
             self.apply(i, index, Event::Stop { now });
         }
@@ -220,7 +250,11 @@ impl Core {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let slots = self.entries.iter().flat_map(|e| e.slots.values()).filter_map(|s| s.slot.deadline());
+        let slots = self
+            .entries
+            .iter()
+            .flat_map(|e| e.slots.values())
+            .filter_map(|s| s.slot.deadline());
         let leftovers = self.leftovers.iter().map(|l| l.kill_at);
         slots.chain(leftovers).min()
     }
@@ -249,7 +283,9 @@ impl Core {
     /// Feeds `event` to slot `index` of entry `i` and performs the effects.
     fn apply(&mut self, i: usize, index: usize, event: Event) {
         let entry = &mut self.entries[i];
-        let Some(run) = entry.slots.get_mut(&index) else { return };
+        let Some(run) = entry.slots.get_mut(&index) else {
+            return;
+        };
         let policy = policy_of(&entry.config);
         let (next, effects) = lifecycle::step(run.slot, &policy, event);
         run.slot = next;
@@ -275,8 +311,13 @@ impl Core {
         let spawned = match child::spawn(config, index) {
             Ok(s) => s,
             Err(e) => {
-                self.options.console.tagged(&format!("{name}.?"), &format!("Cannot start {:?}: {e}.", config.command));
-                return Event::SpawnFailed { now: Instant::now() };
+                self.options.console.tagged(
+                    &format!("{name}.?"),
+                    &format!("Cannot start {:?}: {e}.", config.command),
+                );
+                return Event::SpawnFailed {
+                    now: Instant::now(),
+                };
             }
         };
         let pid = spawned.pid;
@@ -285,11 +326,24 @@ impl Core {
         if let Some(run) = self.entries[i].slots.get_mut(&index) {
             run.started_at = started_at;
         }
-        self.options.console.event(&name, pid, &format!("Started at {started_at}."));
-        let sink = LineSink { entry: name.clone(), pid, log: self.log_of(&name), console: self.options.console.clone() };
+        self.options
+            .console
+            .event(&name, pid, &format!("Started at {started_at}."));
+        let sink = LineSink {
+            entry: name.clone(),
+            pid,
+            log: self.log_of(&name),
+            console: self.options.console.clone(),
+        };
         let streams = vec![
-            Stream { fd: spawned.stdout, splitter: LineSplitter::default() },
-            Stream { fd: spawned.stderr, splitter: LineSplitter::default() },
+            Stream {
+                fd: spawned.stdout,
+                splitter: LineSplitter::default(),
+            },
+            Stream {
+                fd: spawned.stderr,
+                splitter: LineSplitter::default(),
+            },
         ];
         let tx = self.tx.clone();
         match Monitor::start(pid, streams, sink, move |note| {
@@ -332,15 +386,24 @@ impl Core {
     fn child_exited(&mut self, pid: i32, now: Instant) {
         let exit = sys::reap(pid);
         let owner = self.entries.iter().enumerate().find_map(|(i, e)| {
-            e.slots.iter().find(|(_, s)| s.slot.pid() == Some(pid)).map(|(index, _)| (i, *index))
+            e.slots
+                .iter()
+                .find(|(_, s)| s.slot.pid() == Some(pid))
+                .map(|(index, _)| (i, *index))
         });
         let Some((i, index)) = owner else { return };
         let config = &self.entries[i].config;
-        let (name, stop_signal, stop_timeout) = (config.name.clone(), config.stop_signal, config.stop_timeout);
-        self.options.console.event(&name, pid, &exit_text(exit, sys::unix_now()));
+        let (name, stop_signal, stop_timeout) =
+            (config.name.clone(), config.stop_signal, config.stop_timeout);
+        self.options
+            .console
+            .event(&name, pid, &exit_text(exit, sys::unix_now()));
         if sys::group_exists(pid) {
             sys::signal_group(pid, stop_signal);
-            self.leftovers.push(Leftover { pgid: pid, kill_at: now + stop_timeout });
+            self.leftovers.push(Leftover {
+                pgid: pid,
+                kill_at: now + stop_timeout,
+            });
         }
         self.apply(i, index, Event::Exited { exit, now });
     }
@@ -397,7 +460,11 @@ impl Core {
                     rules: w
                         .rules
                         .iter()
-                        .map(|r| RuleStatus { trigger: r.trigger.to_string(), action: r.action.to_string(), fired: 0 })
+                        .map(|r| RuleStatus {
+                            trigger: r.trigger.to_string(),
+                            action: r.action.to_string(),
+                            fired: 0,
+                        })
                         .collect(),
                 })
                 .collect(),
@@ -406,13 +473,26 @@ impl Core {
 }
 
 fn policy_of(c: &EntryConfig) -> Policy {
-    Policy { restart: c.restart, delay: c.delay, stop_signal: c.stop_signal, stop_timeout: c.stop_timeout }
+    Policy {
+        restart: c.restart,
+        delay: c.delay,
+        stop_signal: c.stop_signal,
+        stop_timeout: c.stop_timeout,
+    }
 }
 
 fn entry_status(e: &EntryRun) -> EntryStatus {
-    let state = if e.slots.values().any(|s| matches!(s.slot.phase, Phase::Pending { .. }) && s.slot.crashes > 0) {
+    let state = if e
+        .slots
+        .values()
+        .any(|s| matches!(s.slot.phase, Phase::Pending { .. }) && s.slot.crashes > 0)
+    {
         EntryState::Backoff
-    } else if e.slots.values().any(|s| !matches!(s.slot.phase, Phase::Idle)) {
+    } else if e
+        .slots
+        .values()
+        .any(|s| !matches!(s.slot.phase, Phase::Idle))
+    {
         EntryState::Running
     } else {
         EntryState::Stopped
@@ -444,7 +524,11 @@ fn entry_status(e: &EntryRun) -> EntryStatus {
             .rules
             .iter()
             .zip(&e.fired)
-            .map(|(r, fired)| RuleStatus { trigger: r.trigger.to_string(), action: r.action.to_string(), fired: *fired })
+            .map(|(r, fired)| RuleStatus {
+                trigger: r.trigger.to_string(),
+                action: r.action.to_string(),
+                fired: *fired,
+            })
             .collect(),
     }
 }
@@ -455,7 +539,9 @@ pub(crate) fn exit_text(exit: ChildExit, at: u64) -> String {
         ChildExit::Code(0) => format!("Exited at {at} with ExitSuccess."),
         ChildExit::Code(code) => format!("Exited at {at} with ExitFailure {code}."),
         ChildExit::Signal(sig) => {
-            let name = Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {sig}"));
+            let name = Signal::try_from(sig)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| format!("signal {sig}"));
             format!("Exited at {at}, killed by {name}.")
         }
         ChildExit::Unknown => format!("Exited at {at} with an unknown status."),
@@ -464,5 +550,11 @@ pub(crate) fn exit_text(exit: ChildExit, at: u64) -> String {
 
 /// How long a stop of every child may take: the largest stop timeout, plus margin.
 pub(crate) fn max_stop_wait(config: &Config) -> Duration {
-    config.entries.iter().map(|e| e.stop_timeout).max().unwrap_or_default() + Duration::from_secs(10)
+    config
+        .entries
+        .iter()
+        .map(|e| e.stop_timeout)
+        .max()
+        .unwrap_or_default()
+        + Duration::from_secs(10)
 }

@@ -32,7 +32,10 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with a sentence saying what was being done.
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Error {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -57,7 +60,11 @@ impl fmt::Display for Error {
                 None => write!(f, "already running ({} is locked)", pidfile.display()),
             },
             Error::NotRunning { pidfile } => {
-                write!(f, "not running (no live instance holds {})", pidfile.display())
+                write!(
+                    f,
+                    "not running (no live instance holds {})",
+                    pidfile.display()
+                )
             }
             Error::Bind { addr, source } => write!(f, "cannot bind {addr}: {source}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),

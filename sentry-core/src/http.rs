@@ -31,16 +31,27 @@ pub(crate) struct ControlServer {
 
 impl ControlServer {
     /// Serves on `listener`, driving `core`, accepting changes only with `token`.
-    pub fn start(listener: TcpListener, core: CoreHandle, token: String) -> Result<ControlServer, Error> {
-        let addr = listener.local_addr().map_err(|e| Error::io("cannot read the bound address", e))?;
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| Error::io("cannot start the HTTP server", std::io::Error::other(e.to_string())))?;
+    pub fn start(
+        listener: TcpListener,
+        core: CoreHandle,
+        token: String,
+    ) -> Result<ControlServer, Error> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("cannot read the bound address", e))?;
+        let server = tiny_http::Server::from_listener(listener, None).map_err(|e| {
+            Error::io(
+                "cannot start the HTTP server",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
         let server = Arc::new(server);
         let closing = Arc::new(AtomicBool::new(false));
         let token = Arc::new(token);
         let mut workers = Vec::new();
         for n in 0..WORKERS {
-            let (server, closing, core, token) = (server.clone(), closing.clone(), core.clone(), token.clone());
+            let (server, closing, core, token) =
+                (server.clone(), closing.clone(), core.clone(), token.clone());
             let worker = std::thread::Builder::new()
                 .name(format!("sentry-http-{n}"))
                 .spawn(move || {
@@ -55,7 +66,12 @@ impl ControlServer {
                 .map_err(|e| Error::io("cannot start an HTTP worker", e))?;
             workers.push(worker);
         }
-        Ok(ControlServer { server, workers, closing, addr })
+        Ok(ControlServer {
+            server,
+            workers,
+            closing,
+            addr,
+        })
     }
 
     /// The address the server listens on.
@@ -91,7 +107,9 @@ fn serve(mut request: Request, core: &CoreHandle, token: &str) {
                 Ok(body) => change_entry(core, name, action, &body),
             }
         }
-        (_, ["status"]) | (_, ["entries", _, "scale" | "restart"]) => (405, error_body("method not allowed")),
+        (_, ["status"]) | (_, ["entries", _, "scale" | "restart"]) => {
+            (405, error_body("method not allowed"))
+        }
         _ => (404, error_body(&format!("no such resource: {path}"))),
     };
     let _ = request.respond(json(code, &body));
@@ -121,20 +139,31 @@ fn parse_count(body: &str) -> Result<usize, String> {
     let count = value.get("count").ok_or("the body has no \"count\"")?;
     match count.as_u64() {
         Some(n) if n <= MAX_COUNT as u64 => Ok(n as usize),
-        _ => Err(format!("bad count {count}: expected an integer from 0 to {MAX_COUNT}")),
+        _ => Err(format!(
+            "bad count {count}: expected an integer from 0 to {MAX_COUNT}"
+        )),
     }
 }
 
 fn authorize(request: &Request, token: &str) -> Result<(), (u16, String)> {
     let header = |name: &'static str| {
-        request.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().trim().to_string())
+        request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv(name))
+            .map(|h| h.value.as_str().trim().to_string())
     };
     let expected = format!("Bearer {token}");
     if header("Authorization").as_deref() != Some(expected.as_str()) {
         return Err((401, "missing or wrong bearer token".to_string()));
     }
-    let json_type = header("Content-Type")
-        .is_some_and(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"));
+    let json_type = header("Content-Type").is_some_and(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case("application/json")
+    });
     if !json_type {
         return Err((415, "Content-Type must be application/json".to_string()));
     }
@@ -144,7 +173,9 @@ fn authorize(request: &Request, token: &str) -> Result<(), (u16, String)> {
 fn read_body(request: &mut Request) -> Result<String, (u16, String)> {
     let mut body = String::new();
     let mut reader = request.as_reader().take(MAX_BODY + 1);
-    reader.read_to_string(&mut body).map_err(|e| (400, format!("cannot read the body: {e}")))?;
+    reader
+        .read_to_string(&mut body)
+        .map_err(|e| (400, format!("cannot read the body: {e}")))?;
     if body.len() as u64 > MAX_BODY {
         return Err((413, "the body is too large".to_string()));
     }
@@ -157,7 +188,9 @@ fn error_body(message: &str) -> String {
 
 fn json(code: u16, body: &str) -> Response<std::io::Cursor<Vec<u8>>> {
     let header = Header::from_bytes("Content-Type", "application/json").expect("a valid header");
-    Response::from_string(body).with_status_code(code).with_header(header)
+    Response::from_string(body)
+        .with_status_code(code)
+        .with_header(header)
 }
 
 #[cfg(test)]
@@ -168,8 +201,15 @@ mod tests {
     fn counts_are_checked() {
         assert_eq!(parse_count(r#"{"count": 3}"#), Ok(3));
         assert_eq!(parse_count(r#"{"count": 0}"#), Ok(0));
-        for bad in [r#"{"count": -1}"#, r#"{"count": 1.5}"#, r#"{"count": "2"}"#, r#"{}"#, "", "[", r#"{"count": 99999999}"#]
-        {
+        for bad in [
+            r#"{"count": -1}"#,
+            r#"{"count": 1.5}"#,
+            r#"{"count": "2"}"#,
+            r#"{}"#,
+            "",
+            "[",
+            r#"{"count": 99999999}"#,
+        ] {
             assert!(parse_count(bad).is_err(), "{bad}");
         }
     }

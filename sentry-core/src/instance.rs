@@ -31,7 +31,11 @@ impl Paths {
         let name = exe
             .as_deref()
             .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_string())
+            .map(|n| {
+                n.to_string_lossy()
+                    .trim_end_matches(" (deleted)")
+                    .to_string()
+            })
             .unwrap_or_else(|| "sentry".to_string());
         let crate_dir = crate_flag
             .or_else(|| env_path("SENTRY_CRATE"))
@@ -42,9 +46,17 @@ impl Paths {
             .or_else(|| env_path("SENTRY_DIR"))
             .map(absolute)
             .or_else(|| crate_dir.clone())
-            .or_else(|| exe.as_deref().and_then(|e| e.parent()).map(Path::to_path_buf))
+            .or_else(|| {
+                exe.as_deref()
+                    .and_then(|e| e.parent())
+                    .map(Path::to_path_buf)
+            })
             .unwrap_or_else(|| PathBuf::from("."));
-        Paths { name, crate_dir, dir }
+        Paths {
+            name,
+            crate_dir,
+            dir,
+        }
     }
 
     pub fn pidfile(&self) -> PathBuf {
@@ -74,26 +86,39 @@ fn executable() -> Option<PathBuf> {
 }
 
 fn env_path(var: &str) -> Option<PathBuf> {
-    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 fn absolute(path: PathBuf) -> PathBuf {
     if path.is_absolute() {
         path
     } else {
-        std::env::current_dir().map(|d| d.join(&path)).unwrap_or(path)
+        std::env::current_dir()
+            .map(|d| d.join(&path))
+            .unwrap_or(path)
     }
 }
 
 /// Walks up from the executable to a `Cargo.toml`: that package if it defines
 /// `name`, else the workspace member that does (asked of `cargo metadata`).
 fn crate_above(exe: &Path, name: &str) -> Option<PathBuf> {
-    let manifest_dir = exe.ancestors().skip(1).find(|d| d.join("Cargo.toml").is_file())?;
+    let manifest_dir = exe
+        .ancestors()
+        .skip(1)
+        .find(|d| d.join("Cargo.toml").is_file())?;
     if defines_bin(manifest_dir, name) {
         return Some(manifest_dir.to_path_buf());
     }
     let output = std::process::Command::new("cargo")
-        .args(["metadata", "--no-deps", "--format-version", "1", "--manifest-path"])
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--manifest-path",
+        ])
         .arg(manifest_dir.join("Cargo.toml"))
         .stderr(std::process::Stdio::null())
         .output()
@@ -101,18 +126,27 @@ fn crate_above(exe: &Path, name: &str) -> Option<PathBuf> {
     let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
     metadata["packages"].as_array()?.iter().find_map(|package| {
         let defines = package["targets"].as_array()?.iter().any(|t| {
-            t["name"] == name && t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin"))
+            t["name"] == name
+                && t["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == "bin"))
         });
         let manifest = PathBuf::from(package["manifest_path"].as_str()?);
-        defines.then(|| manifest.parent().map(Path::to_path_buf)).flatten()
+        defines
+            .then(|| manifest.parent().map(Path::to_path_buf))
+            .flatten()
     })
 }
 
 /// Whether the package in `dir` builds a binary called `name` (by cargo's
 /// conventions, or a `[[bin]]` section naming it).
 fn defines_bin(dir: &Path, name: &str) -> bool {
-    let Ok(manifest) = fs::read_to_string(dir.join("Cargo.toml")) else { return false };
-    if dir.join(format!("src/bin/{name}.rs")).is_file() || dir.join(format!("src/bin/{name}/main.rs")).is_file() {
+    let Ok(manifest) = fs::read_to_string(dir.join("Cargo.toml")) else {
+        return false;
+    };
+    if dir.join(format!("src/bin/{name}.rs")).is_file()
+        || dir.join(format!("src/bin/{name}/main.rs")).is_file()
+    {
         return true;
     }
     let mut section = String::new();
@@ -121,7 +155,9 @@ fn defines_bin(dir: &Path, name: &str) -> bool {
             section = line.to_string();
             continue;
         }
-        let Some((key, value)) = line.split_once('=') else { continue };
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
         let value = value.trim().trim_matches('"');
         if key.trim() == "name" && value == name {
             if section == "[[bin]]" {
@@ -154,12 +190,19 @@ impl PidLock {
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         if let Err(e) = flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
             if e.kind() == io::ErrorKind::WouldBlock {
-                return Err(Error::AlreadyRunning { pidfile: path.to_path_buf(), pid: read_pid(path) });
+                return Err(Error::AlreadyRunning {
+                    pidfile: path.to_path_buf(),
+                    pid: read_pid(path),
+                });
             }
             return Err(Error::io(format!("cannot lock {}", path.display()), e));
         }
-        let mut lock = PidLock { file, path: path.to_path_buf() };
-        lock.write_pid().map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        let mut lock = PidLock {
+            file,
+            path: path.to_path_buf(),
+        };
+        lock.write_pid()
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
         Ok(lock)
     }
 
@@ -192,7 +235,9 @@ fn read_pid(path: &Path) -> Option<u32> {
 /// The PID of the live instance whose pidfile is `path`: only if some process
 /// holds the pidfile's lock. A pidfile nobody holds is stale.
 pub(crate) fn live_pid(path: &Path) -> Result<u32, Error> {
-    let not_running = || Error::NotRunning { pidfile: path.to_path_buf() };
+    let not_running = || Error::NotRunning {
+        pidfile: path.to_path_buf(),
+    };
     let file = File::open(path).map_err(|_| not_running())?;
     match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
         Ok(()) => Err(not_running()),
@@ -209,13 +254,18 @@ pub(crate) fn live_pid(path: &Path) -> Result<u32, Error> {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        Err(e) => Err(Error::io(format!("cannot check the lock of {}", path.display()), e)),
+        Err(e) => Err(Error::io(
+            format!("cannot check the lock of {}", path.display()),
+            e,
+        )),
     }
 }
 
 /// Whether some process holds the lock of the pidfile `path`.
 pub(crate) fn is_locked(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else { return false };
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
     matches!(flock(&file, libc::LOCK_SH | libc::LOCK_NB), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
@@ -229,7 +279,8 @@ pub(crate) fn write_private(path: &Path, text: &str, mode: u32) -> Result<(), Er
         .mode(mode)
         .open(&tmp)
         .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
-    file.write_all(text.as_bytes()).map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot create {}", path.display()), e))
 }
 
@@ -238,7 +289,8 @@ mod tests {
     use super::*;
 
     fn temp_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sentry-instance-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("sentry-instance-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
@@ -250,7 +302,10 @@ mod tests {
         let path = dir.join("x.pid");
         let lock = PidLock::acquire(&path).unwrap();
         assert_eq!(live_pid(&path).unwrap(), std::process::id());
-        assert!(matches!(PidLock::acquire(&path), Err(Error::AlreadyRunning { .. })));
+        assert!(matches!(
+            PidLock::acquire(&path),
+            Err(Error::AlreadyRunning { .. })
+        ));
         lock.release();
         assert!(matches!(live_pid(&path), Err(Error::NotRunning { .. })));
         fs::remove_dir_all(dir).unwrap();
@@ -263,7 +318,10 @@ mod tests {
         fs::write(&path, "1\n").unwrap();
         assert!(matches!(live_pid(&path), Err(Error::NotRunning { .. })));
         let lock = PidLock::acquire(&path).unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), format!("{}\n", std::process::id()));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
         lock.release();
         fs::remove_dir_all(dir).unwrap();
     }
@@ -272,10 +330,19 @@ mod tests {
     fn binaries_are_found_by_cargo_conventions() {
         let dir = temp_dir("bins");
         fs::create_dir_all(dir.join("src/bin")).unwrap();
-        fs::write(dir.join("Cargo.toml"), "[package]\nname = \"conf\"\n\n[[bin]]\nname = \"other\"\npath = \"x.rs\"\n").unwrap();
+        fs::write(
+            dir.join("Cargo.toml"),
+            "[package]\nname = \"conf\"\n\n[[bin]]\nname = \"other\"\npath = \"x.rs\"\n",
+        )
+        .unwrap();
         fs::write(dir.join("src/main.rs"), "").unwrap();
         fs::write(dir.join("src/bin/tool.rs"), "").unwrap();
-        for (name, yes) in [("conf", true), ("other", true), ("tool", true), ("nope", false)] {
+        for (name, yes) in [
+            ("conf", true),
+            ("other", true),
+            ("tool", true),
+            ("nope", false),
+        ] {
             assert_eq!(defines_bin(&dir, name), yes, "{name}");
         }
         fs::remove_dir_all(dir).unwrap();

@@ -63,9 +63,12 @@ pub use cli::sentry;
 pub use error::Error;
 pub use lifecycle::ChildExit;
 pub use nix::sys::signal::Signal;
-pub use spec::{entry, watch, IntoAction, IntoArgs, IntoPattern, IntoTrigger, Restart, Spec, MAX_COUNT};
+pub use spec::{
+    entry, watch, IntoAction, IntoArgs, IntoPattern, IntoTrigger, Restart, Spec, MAX_COUNT,
+};
 pub use status::{
-    EntryState, EntryStatus, MatchedProcess, ProcessStatus, ReloadOutcome, RuleStatus, Status, WatchStatus,
+    EntryState, EntryStatus, MatchedProcess, ProcessStatus, ReloadOutcome, RuleStatus, Status,
+    WatchStatus,
 };
 pub use supervisor::{Options, Supervisor};
 

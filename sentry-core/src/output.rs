@@ -49,11 +49,16 @@ impl Console {
                 let _ = out.flush();
             })
             .ok();
-        Console { tx: thread.as_ref().map(|_| tx), thread }
+        Console {
+            tx: thread.as_ref().map(|_| tx),
+            thread,
+        }
     }
 
     pub fn handle(&self) -> ConsoleHandle {
-        ConsoleHandle { tx: self.tx.clone() }
+        ConsoleHandle {
+            tx: self.tx.clone(),
+        }
     }
 
     /// Writes what is queued, then stops the writer thread.
@@ -83,7 +88,10 @@ impl ConsoleHandle {
     /// Queues an event line about `tag` (such as `name.PID` or `name.?`).
     pub fn tagged(&self, tag: &str, text: &str) {
         if self.tx.is_some() {
-            self.say(&format!("{} {tag:<15} {text}", sys::local_hms(sys::unix_now())));
+            self.say(&format!(
+                "{} {tag:<15} {text}",
+                sys::local_hms(sys::unix_now())
+            ));
         }
     }
 
@@ -156,7 +164,8 @@ impl LineSink {
         let now = sys::unix_now();
         if let Some(log) = &self.log {
             let prefix = format!("{} {}.{} ", sys::local_datetime(now), self.entry, self.pid);
-            let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + prefix.len() + 1).sum());
+            let mut buf =
+                Vec::with_capacity(lines.iter().map(|l| l.len() + prefix.len() + 1).sum());
             for line in lines {
                 buf.extend_from_slice(prefix.as_bytes());
                 buf.extend_from_slice(line);
@@ -169,7 +178,8 @@ impl LineSink {
         }
         if !self.console.is_silent() {
             for line in lines {
-                self.console.event(&self.entry, self.pid, &String::from_utf8_lossy(line));
+                self.console
+                    .event(&self.entry, self.pid, &String::from_utf8_lossy(line));
             }
         }
     }

@@ -386,7 +386,7 @@ fn format_bytes(bytes: u64) -> String {
     const UNITS: [(&str, u64); 3] = [("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)];
     match UNITS
         .iter()
-        .find(|(_, size)| bytes != 0 && bytes % size == 0)
+        .find(|(_, size)| bytes != 0 && bytes.is_multiple_of(*size))
     {
         Some((unit, size)) => format!("{}{unit}", bytes / size),
         None => bytes.to_string(),
@@ -462,7 +462,7 @@ fn format_duration(duration: Duration) -> String {
     let seconds = duration.as_secs();
     match UNITS
         .iter()
-        .find(|(_, size)| seconds != 0 && seconds % size == 0)
+        .find(|(_, size)| seconds != 0 && seconds.is_multiple_of(*size))
     {
         Some((unit, size)) => format!("{}{unit}", seconds / size),
         None => format!("{seconds}s"),

@@ -1,0 +1,79 @@
+//! The seed's example, end to end: `sample` is built by a real `cargo build`
+//! of `conf-examples`, started, watched through two cycles of `sleep 4`, and
+//! stopped with SIGINT as Ctrl-C would.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+/// Builds `conf-examples`' `sample` with cargo and returns its path.
+fn build_sample() -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = run(Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "conf-examples",
+            "--bin",
+            "sample",
+            "--message-format=json",
+        ])
+        .current_dir(&workspace));
+    assert!(
+        out.status.success(),
+        "cargo build failed: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|m| {
+            m["executable"]
+                .as_str()
+                .filter(|e| e.ends_with("/sample"))
+                .map(PathBuf::from)
+        })
+        .expect("cargo reports the sample executable")
+}
+
+#[test]
+fn sample_restarts_its_sleeper_and_says_bye_on_ctrl_c() {
+    let bin = build_sample();
+    let mut s = Sentry::start(bin.to_str().unwrap(), "sample", &[]);
+    let console = wait_for_within("two runs of dummy", Duration::from_secs(40), || {
+        let c = s.console();
+        (c.matches("with ExitSuccess.").count() >= 2 && c.matches("Started at").count() >= 3)
+            .then_some(c)
+    });
+    let lines: Vec<&str> = console.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("Sentry started (PID: {} saved in ", s.pid())),
+        "{console}"
+    );
+    assert!(lines[0].ends_with("/sample.pid)."), "{console}");
+    let started: Vec<&&str> = lines.iter().filter(|l| l.contains("Started at")).collect();
+    // `20:17:51 dummy.1514      Started at 1334081871.`
+    let words: Vec<&str> = started[0].split_whitespace().collect();
+    assert_eq!(words[0].len(), 8, "{}", started[0]);
+    assert!(words[1].starts_with("dummy."), "{}", started[0]);
+    assert_eq!(
+        &started[0][9..25].trim_end(),
+        &words[1],
+        "name.PID padded to 16 columns"
+    );
+    // Never backed off: every restart waits the entry's 1 s, the state stays running.
+    assert_eq!(s.entry("dummy")["state"], "running");
+    let child = s.pids("dummy");
+    unsafe { libc::kill(s.pid(), libc::SIGINT) };
+    assert_eq!(s.wait_exit(), Some(0));
+    assert!(s.console().trim_end().ends_with("Bye."), "{}", s.console());
+    for pid in child {
+        assert!(!alive(pid), "the child was stopped");
+    }
+}
