@@ -266,3 +266,35 @@ fn no_zombie_and_no_fd_leak_across_many_restarts() {
     // main, console, signals, 4 HTTP workers, tiny_http's acceptor and pool, one monitor per child.
     assert!(threads <= 3 + 4 + 6 + 3, "{threads} threads");
 }
+
+#[test]
+fn user_and_group_drop_privileges_and_keep_pdeathsig() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut s = Sentry::start(TCONF, "user", &[]);
+    let pid = wait_for("the unprivileged child", || {
+        s.pids("as-nobody").first().copied()
+    });
+    let uid = proc_status(pid, "Uid").unwrap();
+    let gid = proc_status(pid, "Gid").unwrap();
+    assert!(uid.split_whitespace().all(|u| u == "65534"), "{uid}");
+    assert!(gid.split_whitespace().all(|g| g == "65534"), "{gid}");
+    assert_eq!(
+        proc_status(pid, "Groups").unwrap_or_default(),
+        "",
+        "supplementary groups dropped"
+    );
+    // An unknown user is a failed start (backed off), not a crash of Sentry.
+    wait_for("the unknown user to be reported", || {
+        s.console().contains("no such user").then_some(())
+    });
+    assert_eq!(s.entry("as-ghost")["state"], "backoff");
+    // PDEATHSIG survives the change of credentials.
+    unsafe { libc::kill(s.pid(), libc::SIGKILL) };
+    s.wait_exit();
+    wait_for("the unprivileged child to die with Sentry", || {
+        (!alive(pid)).then_some(())
+    });
+}

@@ -34,6 +34,23 @@ fn specs(scenario: &str) -> Vec<Spec> {
         "leftover" => vec![entry("parent", "sh", ["-c", "sleep 1000 & echo \"left $!\"; sleep 0.5; exit 0"], 60_000, 1)],
         // Children's environment and process state.
         "env" => vec![entry("probe", "sleep", ["1000"], 0, 1).env("GREETING", "hello world").cwd("/tmp")],
+        // Measurements: N sleepers (N from TCOUNT), and a restart-latency probe.
+        "many" => {
+            let n = std::env::var("TCOUNT").ok().and_then(|n| n.parse().ok()).unwrap_or(100);
+            vec![entry("sleepers", "sleep", ["100000"], 0, n)]
+        }
+        "latency" => vec![entry(
+            "probe",
+            "sh",
+            ["-c", "echo start $(date +%s%N); sleep 1.1; echo end $(date +%s%N)"],
+            0,
+            1,
+        )],
+        // Credentials (the tests run as root).
+        "user" => vec![
+            entry("as-nobody", "sleep", ["1000"], 0, 1).user("nobody").group("nogroup"),
+            entry("as-ghost", "sleep", ["1000"], 0, 1).user("no-such-user-here"),
+        ],
         // Every kind of mistake at once.
         "invalid" => vec![
             entry("bad name!", "sleep", ["1"], 0, 1),
