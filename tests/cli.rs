@@ -462,7 +462,13 @@ fn crate_and_dir_are_found_from_the_binary_or_cargo_run() {
             Ok(())
         });
     }
-    let mut child = start.stdout(std::process::Stdio::null()).spawn().unwrap();
+    // A copied binary can be "text file busy" while another test's fork still
+    // holds the copy's write fd: retry then.
+    let mut child = wait_for("the copied binary to start", || match start.stdout(std::process::Stdio::null()).spawn() {
+        Ok(c) => Some(c),
+        Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => None,
+        Err(e) => panic!("{e}"),
+    });
     let sid = child.id() as i32;
     struct Cleanup(i32);
     impl Drop for Cleanup {

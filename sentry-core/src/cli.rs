@@ -14,7 +14,7 @@ use crossbeam_channel::unbounded;
 use crate::client::Client;
 use crate::config::Config;
 use crate::core::{max_stop_wait, Command, Core, CoreOptions};
-use crate::http::ControlServer;
+use crate::http::{ControlServer, Routes};
 use crate::instance::{self, Paths, PidLock};
 use crate::output::Console;
 use crate::spec::MAX_COUNT;
@@ -318,7 +318,7 @@ fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Outcome {
     );
     let server = installed
         .map_err(|e| Error::io("cannot install signal handlers", e))
-        .and_then(|()| ControlServer::start(listener, CoreHandle::new(tx.clone()), token));
+        .and_then(|()| ControlServer::start(listener, Routes { core: CoreHandle::new(tx.clone()), token, reload: None }));
     let server = match server {
         Ok(s) => s,
         Err(e) => {
