@@ -21,21 +21,12 @@ fn http(addr: &str, request: &str) -> (u16, String) {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     let code = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
 }
 
 fn post(addr: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
-    http(
-        addr,
-        &format!(
-            "POST {path} HTTP/1.0\r\n{headers}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    )
+    http(addr, &format!("POST {path} HTTP/1.0\r\n{headers}Content-Length: {}\r\n\r\n{body}", body.len()))
 }
 
 fn tconf(args: &[&str], scenario: &str) -> std::process::Output {
@@ -68,35 +59,21 @@ fn check_reports_every_problem_with_its_text() {
 fn an_invalid_configuration_starts_nothing() {
     let mut s = Sentry::spawn(TCONF, "invalid", &[]);
     assert_eq!(s.wait_exit(), Some(1));
-    assert!(
-        s.console().contains("invalid configuration"),
-        "{}",
-        s.console()
-    );
+    assert!(s.console().contains("invalid configuration"), "{}", s.console());
     assert!(!s.file("tconf.pid").exists());
     assert!(children_of(s.pid()).is_empty());
 }
 
 #[test]
 fn usage_errors_exit_64_and_help_works_everywhere() {
-    for args in [
-        &[][..],
-        &["frobnicate"],
-        &["start", "--bogus"],
-        &["scale", "idle"],
-        &["restart"],
-        &["status", "extra"],
-    ] {
+    for args in
+        [&[][..], &["frobnicate"], &["start", "--bogus"], &["scale", "idle"], &["restart"], &["status", "extra"]]
+    {
         let out = tconf(args, "basic");
         assert_eq!(out.status.code(), Some(64), "{args:?}");
         assert!(text(&out.stderr).contains("Usage:"), "{args:?}");
     }
-    for args in [
-        &["--help"][..],
-        &["start", "--help"],
-        &["scale", "--help"],
-        &["reload", "--help"],
-    ] {
+    for args in [&["--help"][..], &["start", "--help"], &["scale", "--help"], &["reload", "--help"]] {
         let out = tconf(args, "basic");
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         assert!(text(&out.stdout).contains("scale ENTRY COUNT"));
@@ -108,28 +85,11 @@ fn commands_without_an_instance_say_not_running() {
     let dir = TempDir::new("idle");
     let d = dir.path().to_str().unwrap();
     // A stale pidfile naming a live process (this test) is never signalled.
-    std::fs::write(
-        dir.path().join("tconf.pid"),
-        format!("{}\n", std::process::id()),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("tconf.pid"), format!("{}\n", std::process::id())).unwrap();
     assert_eq!(tconf(&["stop", "--dir", d], "basic").status.code(), Some(0));
-    assert_eq!(
-        tconf(&["status", "--dir", d], "basic").status.code(),
-        Some(2)
-    );
-    assert_eq!(
-        tconf(&["scale", "idle", "3", "--dir", d], "basic")
-            .status
-            .code(),
-        Some(2)
-    );
-    assert_eq!(
-        tconf(&["restart", "idle", "--dir", d], "basic")
-            .status
-            .code(),
-        Some(2)
-    );
+    assert_eq!(tconf(&["status", "--dir", d], "basic").status.code(), Some(2));
+    assert_eq!(tconf(&["scale", "idle", "3", "--dir", d], "basic").status.code(), Some(2));
+    assert_eq!(tconf(&["restart", "idle", "--dir", d], "basic").status.code(), Some(2));
 }
 
 #[test]
@@ -139,36 +99,16 @@ fn the_pidfile_lock_refuses_a_second_instance_and_replaces_a_stale_one() {
     assert_eq!(pidfile, format!("{}\n", s.pid()));
     let again = s.cli(&["start"]);
     assert_eq!(again.status.code(), Some(1));
-    assert!(
-        text(&again.stderr).contains("already running"),
-        "{}",
-        text(&again.stderr)
-    );
-    assert_eq!(
-        s.status()["pid"],
-        s.pid(),
-        "the first instance is untouched"
-    );
-    assert_eq!(
-        std::fs::metadata(s.file("tconf.token"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
+    assert!(text(&again.stderr).contains("already running"), "{}", text(&again.stderr));
+    assert_eq!(s.status()["pid"], s.pid(), "the first instance is untouched");
+    assert_eq!(std::fs::metadata(s.file("tconf.token")).unwrap().permissions().mode() & 0o777, 0o600);
 
     // A stale pidfile (nobody holds its lock) is replaced.
     let stale = TempDir::new("stale");
     std::fs::write(stale.path().join("tconf.pid"), "1\n").unwrap();
     let mut s2 = Sentry::spawn_in(stale, TCONF, "basic", &[]);
-    wait_for("the second instance", || {
-        s2.cli(&["status"]).status.success().then_some(())
-    });
-    assert_eq!(
-        std::fs::read_to_string(s2.file("tconf.pid")).unwrap(),
-        format!("{}\n", s2.pid())
-    );
+    wait_for("the second instance", || s2.cli(&["status"]).status.success().then_some(()));
+    assert_eq!(std::fs::read_to_string(s2.file("tconf.pid")).unwrap(), format!("{}\n", s2.pid()));
     assert_eq!(s2.cli(&["stop"]).status.code(), Some(0));
     assert_eq!(s2.wait_exit(), Some(0));
 }
@@ -188,17 +128,10 @@ fn scale_up_and_down_keeps_the_lowest_slots() {
     assert_eq!(four.len(), 4, "scale returns once the processes run");
     assert_eq!(&four[..2], &first[..]);
     let entry = s.entry("idle");
-    assert_eq!(
-        (entry["count"].as_u64(), entry["configured_count"].as_u64()),
-        (Some(4), Some(2))
-    );
+    assert_eq!((entry["count"].as_u64(), entry["configured_count"].as_u64()), (Some(4), Some(2)));
 
     assert!(s.cli(&["scale", "idle", "1"]).status.success());
-    assert_eq!(
-        s.pids("idle"),
-        vec![first[0]],
-        "the highest slots stopped first"
-    );
+    assert_eq!(s.pids("idle"), vec![first[0]], "the highest slots stopped first");
     for pid in &four[1..] {
         assert!(!alive(*pid), "scale-down waits for the stop");
     }
@@ -213,12 +146,7 @@ fn scale_up_and_down_keeps_the_lowest_slots() {
         (&["restart", "nope"], 1),
     ] {
         let out = s.cli(args);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "{args:?}: {}",
-            text(&out.stderr)
-        );
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text(&out.stderr));
     }
     assert_eq!(s.entry("idle")["count"], 0, "bad input changed nothing");
 }
@@ -244,61 +172,20 @@ fn restart_replaces_every_process_gracefully() {
 #[test]
 fn bad_http_requests_get_4xx_and_change_nothing() {
     let s = Sentry::start(TCONF, "basic", &[]);
-    let addr = std::fs::read_to_string(s.file("tconf.addr"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let token = std::fs::read_to_string(s.file("tconf.token"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let addr = std::fs::read_to_string(s.file("tconf.addr")).unwrap().trim().to_string();
+    let token = std::fs::read_to_string(s.file("tconf.token")).unwrap().trim().to_string();
     let auth = format!("Authorization: Bearer {token}\r\n");
     let json = "Content-Type: application/json\r\n";
     let both = format!("{auth}{json}");
     let cases: Vec<(String, String, &str, u16)> = vec![
-        (
-            "/entries/idle/scale".into(),
-            json.into(),
-            r#"{"count": 5}"#,
-            401,
-        ),
-        (
-            "/entries/idle/scale".into(),
-            format!("Authorization: Bearer wrong\r\n{json}"),
-            r#"{"count": 5}"#,
-            401,
-        ),
-        (
-            "/entries/idle/scale".into(),
-            auth.clone(),
-            r#"{"count": 5}"#,
-            415,
-        ),
+        ("/entries/idle/scale".into(), json.into(), r#"{"count": 5}"#, 401),
+        ("/entries/idle/scale".into(), format!("Authorization: Bearer wrong\r\n{json}"), r#"{"count": 5}"#, 401),
+        ("/entries/idle/scale".into(), auth.clone(), r#"{"count": 5}"#, 415),
         ("/entries/idle/scale".into(), both.clone(), "not json", 400),
-        (
-            "/entries/idle/scale".into(),
-            both.clone(),
-            r#"{"count": -2}"#,
-            400,
-        ),
-        (
-            "/entries/idle/scale".into(),
-            both.clone(),
-            r#"{"count": 1e9}"#,
-            400,
-        ),
-        (
-            "/entries/idle/scale".into(),
-            both.clone(),
-            r#"{"cont": 5}"#,
-            400,
-        ),
-        (
-            "/entries/nope/scale".into(),
-            both.clone(),
-            r#"{"count": 5}"#,
-            404,
-        ),
+        ("/entries/idle/scale".into(), both.clone(), r#"{"count": -2}"#, 400),
+        ("/entries/idle/scale".into(), both.clone(), r#"{"count": 1e9}"#, 400),
+        ("/entries/idle/scale".into(), both.clone(), r#"{"cont": 5}"#, 400),
+        ("/entries/nope/scale".into(), both.clone(), r#"{"count": 5}"#, 404),
         ("/entries/nope/restart".into(), both.clone(), "{}", 404),
         ("/nothing".into(), both.clone(), "{}", 404),
     ];
@@ -328,30 +215,13 @@ fn status_has_the_spec_fields() {
     let s = Sentry::start(TCONF, "basic", &[]);
     wait_for("processes", || (s.pids("idle").len() == 2).then_some(()));
     let st = s.status();
-    for key in [
-        "pid",
-        "started_at",
-        "reexec_count",
-        "reexeced_at",
-        "last_reload",
-        "entries",
-        "watches",
-    ] {
+    for key in ["pid", "started_at", "reexec_count", "reexeced_at", "last_reload", "entries", "watches"] {
         assert!(st.get(key).is_some(), "{key} missing from {st}");
     }
     let e = s.entry("idle");
-    for key in [
-        "name",
-        "command",
-        "args",
-        "delay_ms",
-        "count",
-        "configured_count",
-        "restarts",
-        "state",
-        "processes",
-        "rules",
-    ] {
+    for key in
+        ["name", "command", "args", "delay_ms", "count", "configured_count", "restarts", "state", "processes", "rules"]
+    {
         assert!(e.get(key).is_some(), "{key} missing from {e}");
     }
     let p = &e["processes"][0];
@@ -361,10 +231,7 @@ fn status_has_the_spec_fields() {
     assert!(p["rss_bytes"].as_u64().unwrap() > 0);
     assert_eq!(e["args"], serde_json::json!(["1000"]));
     let table = text(&s.cli(&["status"]).stdout);
-    assert!(
-        table.contains("idle") && table.contains("running"),
-        "{table}"
-    );
+    assert!(table.contains("idle") && table.contains("running"), "{table}");
 }
 
 #[test]
@@ -374,10 +241,7 @@ fn an_address_in_use_fails_before_any_child_starts() {
     let mut s = Sentry::spawn(TCONF, "basic", &["--http", &addr]);
     assert_eq!(s.wait_exit(), Some(1));
     assert!(s.console().contains("cannot bind"), "{}", s.console());
-    assert!(
-        !s.file("tconf.pid").exists(),
-        "the lock was released and the file removed"
-    );
+    assert!(!s.file("tconf.pid").exists(), "the lock was released and the file removed");
     assert!(!s.console().contains("Started at"));
 }
 
@@ -387,11 +251,7 @@ fn daemon_mode_returns_once_the_instance_answers() {
     let d = dir.path().to_str().unwrap();
     let out = tconf(&["start", "--daemon", "--dir", d], "basic");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let pid: i32 = std::fs::read_to_string(dir.path().join("tconf.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = std::fs::read_to_string(dir.path().join("tconf.pid")).unwrap().trim().parse().unwrap();
     struct Cleanup(i32);
     impl Drop for Cleanup {
         fn drop(&mut self) {
@@ -399,21 +259,11 @@ fn daemon_mode_returns_once_the_instance_answers() {
         }
     }
     let _cleanup = Cleanup(pid);
-    assert_eq!(
-        stat_fields(pid).unwrap()[3],
-        pid.to_string(),
-        "the daemon leads its own session"
-    );
-    assert_eq!(
-        tconf(&["status", "--dir", d], "basic").status.code(),
-        Some(0)
-    );
+    assert_eq!(stat_fields(pid).unwrap()[3], pid.to_string(), "the daemon leads its own session");
+    assert_eq!(tconf(&["status", "--dir", d], "basic").status.code(), Some(0));
     assert_eq!(tconf(&["stop", "--dir", d], "basic").status.code(), Some(0));
     wait_for("the daemon to exit", || (!alive(pid)).then_some(()));
-    assert_eq!(
-        tconf(&["status", "--dir", d], "basic").status.code(),
-        Some(2)
-    );
+    assert_eq!(tconf(&["status", "--dir", d], "basic").status.code(), Some(2));
 }
 
 /// A throwaway workspace whose member `conf` defines the binary `tconf`,
@@ -421,11 +271,7 @@ fn daemon_mode_returns_once_the_instance_answers() {
 fn fake_workspace(root: &Path) -> std::path::PathBuf {
     std::fs::create_dir_all(root.join("conf/src/bin")).unwrap();
     std::fs::create_dir_all(root.join("target/debug")).unwrap();
-    std::fs::write(
-        root.join("Cargo.toml"),
-        "[workspace]\nmembers = [\"conf\"]\nresolver = \"2\"\n",
-    )
-    .unwrap();
+    std::fs::write(root.join("Cargo.toml"), "[workspace]\nmembers = [\"conf\"]\nresolver = \"2\"\n").unwrap();
     std::fs::write(
         root.join("conf/Cargo.toml"),
         "[package]\nname = \"conf\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
@@ -464,11 +310,12 @@ fn crate_and_dir_are_found_from_the_binary_or_cargo_run() {
     }
     // A copied binary can be "text file busy" while another test's fork still
     // holds the copy's write fd: retry then.
-    let mut child = wait_for("the copied binary to start", || match start.stdout(std::process::Stdio::null()).spawn() {
-        Ok(c) => Some(c),
-        Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => None,
-        Err(e) => panic!("{e}"),
-    });
+    let mut child =
+        wait_for("the copied binary to start", || match start.stdout(std::process::Stdio::null()).spawn() {
+            Ok(c) => Some(c),
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => None,
+            Err(e) => panic!("{e}"),
+        });
     let sid = child.id() as i32;
     struct Cleanup(i32);
     impl Drop for Cleanup {
@@ -477,15 +324,11 @@ fn crate_and_dir_are_found_from_the_binary_or_cargo_run() {
         }
     }
     let _cleanup = Cleanup(sid);
-    wait_for("the pidfile in the member crate", || {
-        member.join("tconf.pid").exists().then_some(())
-    });
+    wait_for("the pidfile in the member crate", || member.join("tconf.pid").exists().then_some(()));
     let mut status = Command::new(&bin);
     status.arg("status");
     clean(&mut status);
-    wait_for("status from another directory", || {
-        run(&mut status).status.success().then_some(())
-    });
+    wait_for("status from another directory", || run(&mut status).status.success().then_some(()));
     // `cargo run` sets CARGO_MANIFEST_DIR: it names the same crate.
     let mut via_cargo = Command::new(TCONF);
     via_cargo.arg("status");

@@ -17,16 +17,8 @@ fn threads() -> usize {
 
 fn pids(sup: &Supervisor, name: &str) -> Vec<i32> {
     let status = sup.status();
-    let entry = status
-        .entries
-        .iter()
-        .find(|e| e.name == name)
-        .expect("entry");
-    let mut procs: Vec<_> = entry
-        .processes
-        .iter()
-        .map(|p| (p.index, p.pid as i32))
-        .collect();
+    let entry = status.entries.iter().find(|e| e.name == name).expect("entry");
+    let mut procs: Vec<_> = entry.processes.iter().map(|p| (p.index, p.pid as i32)).collect();
     procs.sort();
     procs.into_iter().map(|(_, pid)| pid).collect()
 }
@@ -47,20 +39,9 @@ fn an_embedded_supervisor_runs_scales_restarts_and_cleans_up() {
     let sup = Supervisor::start_with(
         vec![
             entry("idle", "sleep", ["1000"], 0, 2),
-            entry(
-                "talk",
-                "sh",
-                [
-                    "-c",
-                    "echo hello from $SENTRY_ENTRY.$SENTRY_INDEX; exec sleep 1000",
-                ],
-                0,
-                1,
-            ),
+            entry("talk", "sh", ["-c", "echo hello from $SENTRY_ENTRY.$SENTRY_INDEX; exec sleep 1000"], 0, 1),
         ],
-        Options {
-            log_dir: Some(logs.path().to_path_buf()),
-        },
+        Options { log_dir: Some(logs.path().to_path_buf()) },
     )
     .expect("start");
     let two = wait_for("two idle children", || {
@@ -68,24 +49,14 @@ fn an_embedded_supervisor_runs_scales_restarts_and_cleans_up() {
         (p.len() == 2).then_some(p)
     });
     wait_for("the output in the log", || {
-        std::fs::read_to_string(logs.path().join("talk.log"))
-            .ok()?
-            .contains("hello from talk.0")
-            .then_some(())
+        std::fs::read_to_string(logs.path().join("talk.log")).ok()?.contains("hello from talk.0").then_some(())
     });
-    assert!(
-        two.iter()
-            .all(|p| stat_fields(*p).unwrap()[1] == me.to_string()),
-        "children of this process"
-    );
+    assert!(two.iter().all(|p| stat_fields(*p).unwrap()[1] == me.to_string()), "children of this process");
 
     sup.scale("idle", 3).unwrap();
     assert_eq!(pids(&sup, "idle").len(), 3);
     assert!(matches!(sup.scale("nope", 1), Err(Error::UnknownEntry(_))));
-    assert!(matches!(
-        sup.scale("idle", MAX_COUNT + 1),
-        Err(Error::BadCount(_))
-    ));
+    assert!(matches!(sup.scale("idle", MAX_COUNT + 1), Err(Error::BadCount(_))));
     assert!(matches!(sup.restart("nope"), Err(Error::UnknownEntry(_))));
     sup.restart("idle").unwrap();
     let after = pids(&sup, "idle");
@@ -102,13 +73,8 @@ fn an_embedded_supervisor_runs_scales_restarts_and_cleans_up() {
     for pid in &all {
         assert!(!alive(*pid), "shutdown returns once every child is gone");
     }
-    assert!(
-        children_of(me).is_empty(),
-        "no zombie left: every child was reaped"
-    );
-    wait_for("every thread to be joined", || {
-        (threads() == baseline).then_some(())
-    });
+    assert!(children_of(me).is_empty(), "no zombie left: every child was reaped");
+    wait_for("every thread to be joined", || (threads() == baseline).then_some(()));
 
     // Dropping does the same as shutdown.
     let dropped = Supervisor::start(vec![entry("idle", "sleep", ["1000"], 0, 2)]).unwrap();
@@ -119,7 +85,5 @@ fn an_embedded_supervisor_runs_scales_restarts_and_cleans_up() {
     drop(dropped);
     assert!(p.iter().all(|p| !alive(*p)));
     assert!(children_of(me).is_empty());
-    wait_for("every thread to be joined", || {
-        (threads() == baseline).then_some(())
-    });
+    wait_for("every thread to be joined", || (threads() == baseline).then_some(()));
 }

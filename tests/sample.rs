@@ -15,30 +15,13 @@ use support::*;
 fn build_sample() -> PathBuf {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = run(Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "conf-examples",
-            "--bin",
-            "sample",
-            "--message-format=json",
-        ])
+        .args(["build", "--quiet", "-p", "conf-examples", "--bin", "sample", "--message-format=json"])
         .current_dir(&workspace));
-    assert!(
-        out.status.success(),
-        "cargo build failed: {}",
-        text(&out.stderr)
-    );
+    assert!(out.status.success(), "cargo build failed: {}", text(&out.stderr));
     text(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|m| {
-            m["executable"]
-                .as_str()
-                .filter(|e| e.ends_with("/sample"))
-                .map(PathBuf::from)
-        })
+        .find_map(|m| m["executable"].as_str().filter(|e| e.ends_with("/sample")).map(PathBuf::from))
         .expect("cargo reports the sample executable")
 }
 
@@ -48,25 +31,17 @@ fn sample_restarts_its_sleeper_and_says_bye_on_ctrl_c() {
     let mut s = Sentry::start(bin.to_str().unwrap(), "sample", &[]);
     let console = wait_for_within("two runs of dummy", Duration::from_secs(40), || {
         let c = s.console();
-        (c.matches("with ExitSuccess.").count() >= 2 && c.matches("Started at").count() >= 3)
-            .then_some(c)
+        (c.matches("with ExitSuccess.").count() >= 2 && c.matches("Started at").count() >= 3).then_some(c)
     });
     let lines: Vec<&str> = console.lines().collect();
-    assert!(
-        lines[0].starts_with(&format!("Sentry started (PID: {} saved in ", s.pid())),
-        "{console}"
-    );
+    assert!(lines[0].starts_with(&format!("Sentry started (PID: {} saved in ", s.pid())), "{console}");
     assert!(lines[0].ends_with("/sample.pid)."), "{console}");
     let started: Vec<&&str> = lines.iter().filter(|l| l.contains("Started at")).collect();
     // `20:17:51 dummy.1514      Started at 1334081871.`
     let words: Vec<&str> = started[0].split_whitespace().collect();
     assert_eq!(words[0].len(), 8, "{}", started[0]);
     assert!(words[1].starts_with("dummy."), "{}", started[0]);
-    assert_eq!(
-        &started[0][9..25].trim_end(),
-        &words[1],
-        "name.PID padded to 16 columns"
-    );
+    assert_eq!(&started[0][9..25].trim_end(), &words[1], "name.PID padded to 16 columns");
     // Never backed off: every restart waits the entry's 1 s, the state stays running.
     assert_eq!(s.entry("dummy")["state"], "running");
     let child = s.pids("dummy");

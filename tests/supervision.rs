@@ -40,31 +40,21 @@ fn a_dead_child_is_restarted_with_a_new_pid() {
 #[test]
 fn a_crash_loop_is_backed_off() {
     let s = Sentry::start(TCONF, "crash", &[]);
-    wait_for("the crash loop to show as backoff", || {
-        (s.entry("crash")["state"] == "backoff").then_some(())
-    });
+    wait_for("the crash loop to show as backoff", || (s.entry("crash")["state"] == "backoff").then_some(()));
     // Without back-off a delay-0 `exit 3` restarts hundreds of times a second.
     // With it, the waits are 100, 200, 400, 800, 1600 ms…: few restarts in 2 s.
     std::thread::sleep(Duration::from_secs(2));
     let n = restarts(&s, "crash");
     assert!((2..=12).contains(&n), "{n} restarts in about 2 s");
-    assert!(
-        s.console().contains("with ExitFailure 3."),
-        "{}",
-        s.console()
-    );
+    assert!(s.console().contains("with ExitFailure 3."), "{}", s.console());
 }
 
 #[test]
 fn restart_policies_are_followed() {
     let s = Sentry::start(TCONF, "policy", &[]);
-    wait_for("bad-onfailure to restart twice", || {
-        (restarts(&s, "bad-onfailure") >= 2).then_some(())
-    });
+    wait_for("bad-onfailure to restart twice", || (restarts(&s, "bad-onfailure") >= 2).then_some(()));
     for name in ["ok-onfailure", "bad-never"] {
-        wait_for("a finished entry to show as stopped", || {
-            (s.entry(name)["state"] == "stopped").then_some(())
-        });
+        wait_for("a finished entry to show as stopped", || (s.entry(name)["state"] == "stopped").then_some(()));
         assert_eq!(restarts(&s, name), 0, "{name}");
         assert!(s.pids(name).is_empty(), "{name}");
     }
@@ -84,42 +74,25 @@ fn output_is_captured_whole_and_in_order() {
     let pid = s.pids("talk")[0];
     let mut expected = 0;
     for line in log.lines() {
-        let text = line
-            .split_once(&format!("talk.{pid} "))
-            .expect("prefixed line")
-            .1;
+        let text = line.split_once(&format!("talk.{pid} ")).expect("prefixed line").1;
         if let Some(n) = text.strip_prefix("line ") {
-            assert_eq!(
-                n.parse::<usize>().unwrap(),
-                expected,
-                "lines lost or reordered"
-            );
+            assert_eq!(n.parse::<usize>().unwrap(), expected, "lines lost or reordered");
             expected += 1;
         }
     }
     assert_eq!(expected, 20_000);
-    assert!(
-        !log.contains("partial"),
-        "an unfinished line waits for its end"
-    );
+    assert!(!log.contains("partial"), "an unfinished line waits for its end");
     // The stream ends when the child is stopped: the partial line is written then.
     let mut s = s;
     assert!(s.cli(&["stop"]).status.success());
     assert_eq!(s.wait_exit(), Some(0));
-    assert!(s
-        .log("talk")
-        .lines()
-        .last()
-        .unwrap()
-        .ends_with(&format!("talk.{pid} partial")));
+    assert!(s.log("talk").lines().last().unwrap().ends_with(&format!("talk.{pid} partial")));
 }
 
 #[test]
 fn a_stubborn_child_is_killed_after_the_stop_timeout() {
     let mut s = Sentry::start(TCONF, "stubborn", &[]);
-    wait_for("the child to trap TERM", || {
-        s.log("stubborn").contains("ready").then_some(())
-    });
+    wait_for("the child to trap TERM", || s.log("stubborn").contains("ready").then_some(()));
     let pid = s.pids("stubborn")[0];
     let out = s.cli(&["stop"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -138,20 +111,11 @@ fn what_is_left_of_a_process_group_is_stopped() {
     let s = Sentry::start(TCONF, "leftover", &[]);
     let left: i32 = wait_for("the background sleep's PID", || {
         let log = s.log("parent");
-        let word = log
-            .split("left ")
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .to_string();
+        let word = log.split("left ").nth(1)?.split_whitespace().next()?.to_string();
         word.parse().ok()
     });
-    wait_for("the parent to exit", || {
-        s.console().contains("with ExitSuccess").then_some(())
-    });
-    wait_for("the leftover sleep to be stopped", || {
-        (!alive(left)).then_some(())
-    });
+    wait_for("the parent to exit", || s.console().contains("with ExitSuccess").then_some(()));
+    wait_for("the leftover sleep to be stopped", || (!alive(left)).then_some(()));
 }
 
 #[test]
@@ -160,56 +124,26 @@ fn children_get_a_clean_process_state() {
     let pid = wait_for("the probe", || s.pids("probe").first().copied());
     let f = stat_fields(pid).unwrap();
     assert_eq!(f[2], pid.to_string(), "own process group");
-    assert_eq!(
-        proc_status(pid, "SigBlk").unwrap(),
-        "0000000000000000",
-        "clean signal mask"
-    );
+    assert_eq!(proc_status(pid, "SigBlk").unwrap(), "0000000000000000", "clean signal mask");
     let ignored = u64::from_str_radix(&proc_status(pid, "SigIgn").unwrap(), 16).unwrap();
     assert_eq!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "default SIGPIPE");
-    assert_eq!(
-        std::fs::read_link(format!("/proc/{pid}/fd/0"))
-            .unwrap()
-            .to_str(),
-        Some("/dev/null")
-    );
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap().to_str(), Some("/dev/null"));
     assert_eq!(fd_count(pid), 3, "no fd leaked into the child");
-    assert_eq!(
-        std::fs::read_link(format!("/proc/{pid}/cwd"))
-            .unwrap()
-            .to_str(),
-        Some("/tmp")
-    );
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap().to_str(), Some("/tmp"));
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    let vars: Vec<String> = environ
-        .split(|&b| b == 0)
-        .map(text)
-        .filter(|v| !v.is_empty())
-        .collect();
-    for want in [
-        "SENTRY_ENTRY=probe",
-        "SENTRY_INDEX=0",
-        "GREETING=hello world",
-    ] {
-        assert!(
-            vars.iter().any(|v| v == want),
-            "{want} missing from {vars:?}"
-        );
+    let vars: Vec<String> = environ.split(|&b| b == 0).map(text).filter(|v| !v.is_empty()).collect();
+    for want in ["SENTRY_ENTRY=probe", "SENTRY_INDEX=0", "GREETING=hello world"] {
+        assert!(vars.iter().any(|v| v == want), "{want} missing from {vars:?}");
     }
     let leaked: Vec<&String> = vars
         .iter()
         .filter(|v| {
-            (v.starts_with("SENTRY_")
-                && !v.starts_with("SENTRY_ENTRY=")
-                && !v.starts_with("SENTRY_INDEX="))
+            (v.starts_with("SENTRY_") && !v.starts_with("SENTRY_ENTRY=") && !v.starts_with("SENTRY_INDEX="))
                 || v.starts_with("CARGO_")
         })
         .collect();
     assert!(leaked.is_empty(), "{leaked:?}");
-    assert!(
-        vars.iter().any(|v| v == "TCONF=env"),
-        "Sentry's own environment is passed on"
-    );
+    assert!(vars.iter().any(|v| v == "TCONF=env"), "Sentry's own environment is passed on");
 }
 
 #[test]
@@ -220,18 +154,14 @@ fn children_die_with_a_sigkilled_supervisor() {
     unsafe { libc::kill(s.pid(), libc::SIGKILL) };
     s.wait_exit();
     for pid in pids {
-        wait_for("PDEATHSIG to kill the child", || {
-            (!alive(pid)).then_some(())
-        });
+        wait_for("PDEATHSIG to kill the child", || (!alive(pid)).then_some(()));
     }
 }
 
 #[test]
 fn no_zombie_and_no_fd_leak_across_many_restarts() {
     let s = Sentry::start(TCONF, "basic", &[]);
-    wait_for("three processes", || {
-        (s.pids("idle").len() == 2 && s.pids("other").len() == 1).then_some(())
-    });
+    wait_for("three processes", || (s.pids("idle").len() == 2 && s.pids("other").len() == 1).then_some(()));
     let fds_before = fd_count(s.pid());
     // Quick deaths back off (up to 30 s), so most rounds are graceful restarts.
     for round in 0..15 {
@@ -248,20 +178,11 @@ fn no_zombie_and_no_fd_leak_across_many_restarts() {
         assert_eq!(restarts(&s, "other"), round + 1);
     }
     wait_for("no zombie children", || {
-        let zombies: Vec<_> = children_of(s.pid())
-            .into_iter()
-            .filter(|(_, st)| st == "Z")
-            .collect();
+        let zombies: Vec<_> = children_of(s.pid()).into_iter().filter(|(_, st)| st == "Z").collect();
         zombies.is_empty().then_some(())
     });
-    assert_eq!(
-        children_of(s.pid()).len(),
-        3,
-        "exactly the three supervised children"
-    );
-    wait_for("the fd count to settle", || {
-        (fd_count(s.pid()) <= fds_before).then_some(())
-    });
+    assert_eq!(children_of(s.pid()).len(), 3, "exactly the three supervised children");
+    wait_for("the fd count to settle", || (fd_count(s.pid()) <= fds_before).then_some(()));
     let threads: usize = proc_status(s.pid(), "Threads").unwrap().parse().unwrap();
     // main, console, signals, 4 HTTP workers, tiny_http's acceptor and pool, one monitor per child.
     assert!(threads <= 3 + 4 + 6 + 3, "{threads} threads");
@@ -274,27 +195,17 @@ fn user_and_group_drop_privileges_and_keep_pdeathsig() {
         return;
     }
     let mut s = Sentry::start(TCONF, "user", &[]);
-    let pid = wait_for("the unprivileged child", || {
-        s.pids("as-nobody").first().copied()
-    });
+    let pid = wait_for("the unprivileged child", || s.pids("as-nobody").first().copied());
     let uid = proc_status(pid, "Uid").unwrap();
     let gid = proc_status(pid, "Gid").unwrap();
     assert!(uid.split_whitespace().all(|u| u == "65534"), "{uid}");
     assert!(gid.split_whitespace().all(|g| g == "65534"), "{gid}");
-    assert_eq!(
-        proc_status(pid, "Groups").unwrap_or_default(),
-        "",
-        "supplementary groups dropped"
-    );
+    assert_eq!(proc_status(pid, "Groups").unwrap_or_default(), "", "supplementary groups dropped");
     // An unknown user is a failed start (backed off), not a crash of Sentry.
-    wait_for("the unknown user to be reported", || {
-        s.console().contains("no such user").then_some(())
-    });
+    wait_for("the unknown user to be reported", || s.console().contains("no such user").then_some(()));
     assert_eq!(s.entry("as-ghost")["state"], "backoff");
     // PDEATHSIG survives the change of credentials.
     unsafe { libc::kill(s.pid(), libc::SIGKILL) };
     s.wait_exit();
-    wait_for("the unprivileged child to die with Sentry", || {
-        (!alive(pid)).then_some(())
-    });
+    wait_for("the unprivileged child to die with Sentry", || (!alive(pid)).then_some(()));
 }

@@ -69,12 +69,7 @@ pub(crate) fn spawn(entry: &EntryConfig, index: usize) -> io::Result<Spawned> {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             // Fds Sentry inherited without CLOEXEC (a jobserver, a shell's
             // spare fds) must not reach children: only 0, 1, 2 cross exec.
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
             // After any setuid (std applies credentials before this closure),
             // since a change of credentials clears PDEATHSIG.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
@@ -90,28 +85,19 @@ pub(crate) fn spawn(entry: &EntryConfig, index: usize) -> io::Result<Spawned> {
     let stderr = child.stderr.take().expect("piped stderr").into();
     // Dropping `child` neither waits nor kills: the core reaps by PID.
     drop(child);
-    Ok(Spawned {
-        pid,
-        stdout,
-        stderr,
-    })
+    Ok(Spawned { pid, stdout, stderr })
 }
 
 fn set_credentials(cmd: &mut Command, entry: &EntryConfig) -> io::Result<()> {
     use nix::unistd::{Group, User};
-    let not_found = |what: &str, name: &str| {
-        io::Error::new(io::ErrorKind::NotFound, format!("no such {what} {name:?}"))
-    };
+    let not_found =
+        |what: &str, name: &str| io::Error::new(io::ErrorKind::NotFound, format!("no such {what} {name:?}"));
     if let Some(name) = &entry.user {
-        let user = User::from_name(name)
-            .map_err(io::Error::from)?
-            .ok_or_else(|| not_found("user", name))?;
+        let user = User::from_name(name).map_err(io::Error::from)?.ok_or_else(|| not_found("user", name))?;
         cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
     }
     if let Some(name) = &entry.group {
-        let group = Group::from_name(name)
-            .map_err(io::Error::from)?
-            .ok_or_else(|| not_found("group", name))?;
+        let group = Group::from_name(name).map_err(io::Error::from)?.ok_or_else(|| not_found("group", name))?;
         cmd.gid(group.gid.as_raw());
     }
     Ok(())
@@ -137,12 +123,7 @@ impl Quiesced {
         let Some(sink) = self.sink else { return };
         let mut buf = vec![0u8; READ_CHUNK];
         for mut stream in self.streams {
-            if nix::fcntl::fcntl(
-                &stream.fd,
-                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-            )
-            .is_ok()
-            {
+            if nix::fcntl::fcntl(&stream.fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).is_ok() {
                 while read_lines(&mut stream, &mut buf, &sink) == Read::Data {}
             }
             let mut last = Vec::new();
@@ -159,14 +140,16 @@ pub(crate) struct Monitor {
 }
 
 impl Monitor {
-    /// Starts watching `pid` (which must be our unreaped child).
+    /// Starts watching `pid` (which must be our unreaped child), or only
+    /// its pipes when `reaped` (the child is gone, its pipes may not be).
     pub fn start(
         pid: i32,
         streams: Vec<Stream>,
         sink: LineSink,
+        reaped: bool,
         notify: impl Fn(ChildNote) + Send + 'static,
     ) -> io::Result<Monitor> {
-        let pidfd = sys::pidfd_open(pid)?;
+        let pidfd = if reaped { None } else { Some(sys::pidfd_open(pid)?) };
         let stop = sys::eventfd()?;
         let stop_for_thread = stop.try_clone()?;
         let thread = std::thread::Builder::new()
@@ -185,45 +168,36 @@ impl Monitor {
 
     /// Waits for a monitor that said [`ChildNote::Closed`].
     pub fn join(self) -> Quiesced {
-        self.thread.join().unwrap_or(Quiesced {
-            streams: Vec::new(),
-            sink: None,
-        })
+        self.thread.join().unwrap_or(Quiesced { streams: Vec::new(), sink: None })
     }
 }
 
 fn run(
     pid: i32,
-    pidfd: OwnedFd,
+    pidfd: Option<OwnedFd>,
     mut streams: Vec<Stream>,
     stop: OwnedFd,
     sink: LineSink,
     notify: impl Fn(ChildNote),
 ) -> Quiesced {
-    let mut exited = false;
+    let mut exited = pidfd.is_none();
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         if exited && streams.is_empty() {
             notify(ChildNote::Closed { pid });
-            return Quiesced {
-                streams,
-                sink: Some(sink),
-            };
+            return Quiesced { streams, sink: Some(sink) };
         }
         let mut fds: Vec<libc::pollfd> = streams
             .iter()
             .map(|s| pollfd(s.fd.as_raw_fd()))
             .chain([pollfd(stop.as_raw_fd())])
-            .chain((!exited).then(|| pollfd(pidfd.as_raw_fd())))
+            .chain(pidfd.as_ref().filter(|_| !exited).map(|p| pollfd(p.as_raw_fd())))
             .collect();
         if sys::poll(&mut fds, -1).is_err() {
             continue;
         }
         if fds[streams.len()].revents != 0 {
-            return Quiesced {
-                streams,
-                sink: Some(sink),
-            };
+            return Quiesced { streams, sink: Some(sink) };
         }
         // Pipes before the exit, so a child's last lines come before "Exited".
         let mut closed = Vec::new();
@@ -249,11 +223,7 @@ fn run(
 }
 
 fn pollfd(fd: i32) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
+    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
 }
 
 #[derive(PartialEq, Eq)]

@@ -26,43 +26,25 @@ impl Client {
         self.request("POST", path, Some(body))
     }
 
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-    ) -> Result<(u16, String), Error> {
+    fn request(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), Error> {
         let context = |what: &str| format!("cannot {what} the control interface at {}", self.addr);
-        let mut stream =
-            TcpStream::connect(&self.addr).map_err(|e| Error::io(context("reach"), e))?;
+        let mut stream = TcpStream::connect(&self.addr).map_err(|e| Error::io(context("reach"), e))?;
         // Scale and restart answer once stops are done: allow for long stop timeouts.
         let _ = stream.set_read_timeout(Some(Duration::from_secs(600)));
-        let mut head = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
-        );
+        let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n", self.addr);
         if let Some(body) = body {
             if let Some(token) = &self.token {
                 head.push_str(&format!("Authorization: Bearer {token}\r\n"));
             }
-            head.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
+            head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
         }
         head.push_str("\r\n");
         head.push_str(body.unwrap_or(""));
-        stream
-            .write_all(head.as_bytes())
-            .map_err(|e| Error::io(context("write to"), e))?;
+        stream.write_all(head.as_bytes()).map_err(|e| Error::io(context("write to"), e))?;
         let mut answer = Vec::new();
-        stream
-            .read_to_end(&mut answer)
-            .map_err(|e| Error::io(context("read from"), e))?;
-        parse_response(&answer).ok_or_else(|| Error::Control {
-            status: 0,
-            message: format!("malformed answer from {}", self.addr),
-        })
+        stream.read_to_end(&mut answer).map_err(|e| Error::io(context("read from"), e))?;
+        parse_response(&answer)
+            .ok_or_else(|| Error::Control { status: 0, message: format!("malformed answer from {}", self.addr) })
     }
 }
 
@@ -76,11 +58,7 @@ fn parse_response(raw: &[u8]) -> Option<(u16, String)> {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
+    let body = if chunked { dechunk(body)? } else { body.to_vec() };
     Some((code, String::from_utf8_lossy(&body).into_owned()))
 }
 

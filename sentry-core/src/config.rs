@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::handoff::EntryConfigSnapshot;
 use crate::rule::{Action, Trigger};
 use crate::spec::{EntryFields, Restart, Spec, SpecKind, MAX_COUNT};
 use crate::{Error, Signal};
@@ -64,10 +65,7 @@ impl Config {
         for spec in specs {
             let what = if spec.is_entry() { "entry" } else { "watch" };
             if !valid_name(&spec.name) {
-                problems.push(format!(
-                    "{what} name {:?} must be 1 to 64 characters from A-Z a-z 0-9 _ -",
-                    spec.name
-                ));
+                problems.push(format!("{what} name {:?} must be 1 to 64 characters from A-Z a-z 0-9 _ -", spec.name));
             } else if !seen.insert(spec.name.clone()) {
                 problems.push(format!("name {:?} is used more than once", spec.name));
             }
@@ -96,10 +94,8 @@ impl Config {
                 SpecKind::Watch(w) => match regex::Regex::new(&w.pattern) {
                     Ok(pattern) => {
                         if w.every < Duration::from_millis(100) {
-                            problems.push(format!(
-                                "watch {:?}: .every({:?}) is shorter than 100ms",
-                                spec.name, w.every
-                            ));
+                            problems
+                                .push(format!("watch {:?}: .every({:?}) is shorter than 100ms", spec.name, w.every));
                         }
                         config.watches.push(WatchConfig {
                             name: spec.name.clone(),
@@ -126,20 +122,67 @@ impl Config {
     }
 }
 
+impl EntryConfig {
+    /// The configuration as data, to cross an exec.
+    pub fn to_snapshot(&self) -> EntryConfigSnapshot {
+        EntryConfigSnapshot {
+            name: self.name.clone(),
+            command: self.command.clone(),
+            args: self.args.clone(),
+            delay_ms: self.delay.as_millis() as u64,
+            count: self.count,
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
+            stop_signal: self.stop_signal as i32,
+            stop_timeout_ms: self.stop_timeout.as_millis() as u64,
+            restart: self.restart,
+            user: self.user.clone(),
+            group: self.group.clone(),
+            children: self.children,
+            rules: self.rules.iter().map(|r| (r.trigger.to_string(), r.action.to_string())).collect(),
+        }
+    }
+
+    /// Back from data; `Err` if a rule no longer parses.
+    pub fn from_snapshot(s: &EntryConfigSnapshot) -> Result<EntryConfig, String> {
+        let rules = s
+            .rules
+            .iter()
+            .map(|(t, a)| Ok(Rule { trigger: Trigger::parse(t)?, action: Action::parse(a)? }))
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(EntryConfig {
+            name: s.name.clone(),
+            command: s.command.clone(),
+            args: s.args.clone(),
+            delay: Duration::from_millis(s.delay_ms),
+            count: s.count,
+            env: s.env.clone(),
+            cwd: s.cwd.clone(),
+            stop_signal: Signal::try_from(s.stop_signal).unwrap_or(Signal::SIGTERM),
+            stop_timeout: Duration::from_millis(s.stop_timeout_ms),
+            restart: s.restart,
+            user: s.user.clone(),
+            group: s.group.clone(),
+            children: s.children,
+            rules,
+        })
+    }
+
+    /// Whether a change from `self` to `new` needs the processes restarted
+    /// (what the process is made of changed; not delay, stop settings or rules).
+    pub fn needs_restart_for(&self, new: &EntryConfig) -> bool {
+        (&self.command, &self.args, &self.env, &self.cwd, &self.user, &self.group)
+            != (&new.command, &new.args, &new.env, &new.cwd, &new.user, &new.group)
+    }
+}
+
 fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn first_line(text: &str) -> String {
     // regex errors are multi-line drawings; the last line says what is wrong.
-    text.lines()
-        .rfind(|l| !l.trim().is_empty())
-        .unwrap_or(text)
-        .trim()
-        .to_string()
+    text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(text).trim().to_string()
 }
 
 fn validate_entry(name: &str, e: &EntryFields, problems: &mut Vec<String>) {
@@ -147,21 +190,14 @@ fn validate_entry(name: &str, e: &EntryFields, problems: &mut Vec<String>) {
         problems.push(format!("entry {name:?}: the command is empty"));
     }
     if e.command.contains('\0') || e.args.iter().any(|a| a.contains('\0')) {
-        problems.push(format!(
-            "entry {name:?}: the command or an argument contains a NUL byte"
-        ));
+        problems.push(format!("entry {name:?}: the command or an argument contains a NUL byte"));
     }
     if e.count > MAX_COUNT {
-        problems.push(format!(
-            "entry {name:?}: count {} is above the maximum of {MAX_COUNT}",
-            e.count
-        ));
+        problems.push(format!("entry {name:?}: count {} is above the maximum of {MAX_COUNT}", e.count));
     }
     for (key, value) in &e.env {
         if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
-            problems.push(format!(
-                "entry {name:?}: invalid environment variable {key:?}"
-            ));
+            problems.push(format!("entry {name:?}: invalid environment variable {key:?}"));
         }
     }
     for (what, value) in [("user", &e.user), ("group", &e.group)] {
@@ -185,16 +221,10 @@ fn validate_rules(spec: &Spec, problems: &mut Vec<String>) -> Vec<Rule> {
                         action.to_string()
                     ));
                 }
-                rules.push(Rule {
-                    trigger: trigger.clone(),
-                    action: action.clone(),
-                });
+                rules.push(Rule { trigger: trigger.clone(), action: action.clone() });
             }
             (trigger, action) => {
-                for e in [trigger.as_ref().err(), action.as_ref().err()]
-                    .into_iter()
-                    .flatten()
-                {
+                for e in [trigger.as_ref().err(), action.as_ref().err()].into_iter().flatten() {
                     problems.push(format!("{:?}: {e}", spec.name));
                 }
             }
@@ -229,9 +259,7 @@ mod tests {
             entry("bad name", "sleep", ["1"], 0, 1),
             entry("dup", "", [], 0, MAX_COUNT + 1),
             watch("dup", "(unclosed").env("A", "b"),
-            entry("rules", "true", [], 0, 1)
-                .on("rss > 1g", "term")
-                .on("rmem > 1g", "stop"),
+            entry("rules", "true", [], 0, 1).on("rss > 1g", "term").on("rmem > 1g", "stop"),
             watch("w", "x").on("rmem > 1g", "restart"),
         ]);
         let all = p.join("\n");

@@ -4,22 +4,30 @@
 //! spawning, signalling, reaping. It is the only place that forks children
 //! and the only place that reaps them. It runs on whatever thread calls
 //! [`Core::run`]: the main thread in CLI mode, a background thread when
-//! embedded. It knows nothing of HTTP, the command line, pidfiles or re-exec;
-//! those talk to it through [`Command`] and read [`Status`].
+//! embedded. It can *suspend* — stop its monitors and return its whole state
+//! as a [`CoreSnapshot`] — be rebuilt from one with [`Core::restore`], and
+//! apply a new configuration as a difference with [`Core::reconfigure`]. It
+//! knows nothing of HTTP, the command line, pidfiles or re-exec; those talk
+//! to it through [`Command`] and read [`Status`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::child::{self, ChildNote, Monitor, Stream};
+use crate::child::{self, ChildNote, Monitor, Quiesced, Stream};
 use crate::config::{Config, EntryConfig};
-use crate::lifecycle::{self, ChildExit, Effect, Event, Phase, Policy, Slot};
+use crate::handoff::{
+    CoreSnapshot, DrainingSnapshot, EntrySnapshot, InfoSnapshot, KeptFd, LeftoverSnapshot, PhaseSnapshot,
+    ProcessSnapshot, SlotSnapshot, StreamSnapshot,
+};
+use crate::lifecycle::{self, AfterStop, ChildExit, Effect, Event, Phase, Policy, Slot};
 use crate::output::{ConsoleHandle, LineSink, LineSplitter};
-use crate::status::{EntryState, EntryStatus, ProcessStatus, RuleStatus, Status, WatchStatus};
+use crate::status::{EntryState, EntryStatus, ProcessStatus, ReloadOutcome, RuleStatus, Status, WatchStatus};
 use crate::{sys, Error, Signal};
 
 /// A request to the core. Replies travel on the channel inside the command.
@@ -27,20 +35,32 @@ pub(crate) enum Command {
     /// From a child's monitor thread.
     Child(ChildNote),
     /// Set an entry's number of processes; answered once the change is done.
-    Scale {
-        entry: String,
-        count: usize,
-        reply: Sender<Result<EntryStatus, Error>>,
-    },
+    Scale { entry: String, count: usize, reply: Sender<Result<EntryStatus, Error>> },
     /// Gracefully restart an entry's processes; answered once they are back.
-    Restart {
-        entry: String,
-        reply: Sender<Result<EntryStatus, Error>>,
-    },
+    Restart { entry: String, reply: Sender<Result<EntryStatus, Error>> },
     /// Report the state.
     Status { reply: Sender<Status> },
     /// Stop every child, then return from [`Core::run`].
     Shutdown,
+    /// Record how a reload attempt ended (reported by status).
+    ReloadOutcome(ReloadOutcome),
+    /// Once pending requests are answered, stop the monitors and return the
+    /// whole state from [`Core::run`]; the children keep running.
+    Suspend,
+}
+
+/// Why [`Core::run`] returned.
+pub(crate) enum CoreExit {
+    /// Every child was stopped and reaped.
+    Shutdown,
+    /// The state was handed over; the children still run.
+    Suspended(Suspended),
+}
+
+/// A suspended core: its state, and the fds the snapshot refers to by number.
+pub(crate) struct Suspended {
+    pub snapshot: CoreSnapshot,
+    pub fds: Vec<OwnedFd>,
 }
 
 /// What the core needs from whoever runs it.
@@ -48,7 +68,8 @@ pub(crate) struct CoreOptions {
     /// Where `ENTRY.log` files go; `None` discards children's output.
     pub log_dir: Option<PathBuf>,
     pub console: ConsoleHandle,
-    pub started_at: u64,
+    /// Start and re-exec times, last reload: reported by status.
+    pub info: InfoSnapshot,
 }
 
 /// An entry at run time: its configuration, target count and slots.
@@ -58,7 +79,22 @@ struct EntryRun {
     target: usize,
     restarts: u64,
     fired: Vec<u64>,
+    /// No longer in the configuration: stopping, then dropped.
+    removed: bool,
     slots: BTreeMap<usize, SlotRun>,
+}
+
+impl EntryRun {
+    fn new(config: EntryConfig) -> EntryRun {
+        EntryRun {
+            target: config.count,
+            restarts: 0,
+            fired: vec![0; config.rules.len()],
+            removed: false,
+            slots: BTreeMap::new(),
+            config,
+        }
+    }
 }
 
 struct SlotRun {
@@ -88,6 +124,7 @@ pub(crate) struct Core {
     waiters: Vec<Waiter>,
     logs: HashMap<String, Arc<File>>,
     shutting_down: bool,
+    suspending: bool,
     options: CoreOptions,
     tx: Sender<Command>,
     rx: Receiver<Command>,
@@ -95,23 +132,8 @@ pub(crate) struct Core {
 
 impl Core {
     /// A core for `config`, reading commands from `rx` (`tx` is handed to monitors).
-    pub fn new(
-        config: Config,
-        options: CoreOptions,
-        tx: Sender<Command>,
-        rx: Receiver<Command>,
-    ) -> Core {
-        let entries = config
-            .entries
-            .iter()
-            .map(|c| EntryRun {
-                config: c.clone(),
-                target: c.count,
-                restarts: 0,
-                fired: vec![0; c.rules.len()],
-                slots: BTreeMap::new(),
-            })
-            .collect();
+    pub fn new(config: Config, options: CoreOptions, tx: Sender<Command>, rx: Receiver<Command>) -> Core {
+        let entries = config.entries.iter().cloned().map(EntryRun::new).collect();
         Core {
             config,
             entries,
@@ -120,16 +142,17 @@ impl Core {
             waiters: Vec::new(),
             logs: HashMap::new(),
             shutting_down: false,
+            suspending: false,
             options,
             tx,
             rx,
         }
     }
 
-    /// Supervises until [`Command::Shutdown`] (or until every sender is gone),
-    /// then stops every child and returns once all are reaped and every
-    /// monitor thread is joined.
-    pub fn run(mut self) {
+    /// Supervises until [`Command::Shutdown`] (or until every sender is
+    /// gone), then stops every child and returns once all are reaped and every
+    /// monitor thread is joined — or until [`Command::Suspend`].
+    pub fn run(mut self) -> CoreExit {
         if let Some(dir) = &self.options.log_dir {
             if let Err(e) = std::fs::create_dir_all(dir) {
                 log::warn!("cannot create the log directory {}: {e}", dir.display());
@@ -140,16 +163,17 @@ impl Core {
         }
         loop {
             let now = Instant::now();
+            self.entries.retain(|e| !(e.removed && e.slots.is_empty()));
             self.fire_due(now);
             self.answer_waiters(now);
             if self.shutting_down && self.finished() {
                 break;
             }
+            if self.suspending && !self.shutting_down && self.waiters.is_empty() {
+                return CoreExit::Suspended(self.suspend());
+            }
             let command = match self.next_deadline() {
-                Some(at) => match self
-                    .rx
-                    .recv_timeout(at.saturating_duration_since(Instant::now()))
-                {
+                Some(at) => match self.rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(c) => Some(c),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => Some(Command::Shutdown),
@@ -161,6 +185,7 @@ impl Core {
             }
         }
         self.close_monitors();
+        CoreExit::Shutdown
     }
 
     fn handle(&mut self, command: Command) {
@@ -172,11 +197,7 @@ impl Core {
                     m.join();
                 }
             }
-            Command::Scale {
-                entry,
-                count,
-                reply,
-            } => {
+            Command::Scale { entry, count, reply } => {
                 let Some(i) = self.index_of(&entry) else {
                     let _ = reply.send(Err(Error::UnknownEntry(entry)));
                     return;
@@ -205,6 +226,8 @@ impl Core {
                 let _ = reply.send(self.status());
             }
             Command::Shutdown => self.begin_shutdown(now),
+            Command::ReloadOutcome(outcome) => self.options.info.last_reload = Some(outcome),
+            Command::Suspend => self.suspending = true,
         }
     }
 
@@ -217,22 +240,12 @@ impl Core {
 
     /// Adds missing slots below the target and stops those at or above it.
     fn reconcile(&mut self, i: usize, now: Instant) {
-        let target = if self.shutting_down {
-            0
-        } else {
-            self.entries[i].target
-        };
+        let e = &self.entries[i];
+        let target = if self.shutting_down || e.removed { 0 } else { e.target };
         for index in 0..target {
-            self.entries[i].slots.entry(index).or_insert(SlotRun {
-                slot: Slot::new(now),
-                started_at: 0,
-            });
+            self.entries[i].slots.entry(index).or_insert(SlotRun { slot: Slot::new(now), started_at: 0 });
         }
-        let extra: Vec<usize> = self.entries[i]
-            .slots
-            .range(target..)
-            .map(|(k, _)| *k)
-            .collect();
+        let extra: Vec<usize> = self.entries[i].slots.range(target..).map(|(k, _)| *k).collect();
         for index in extra.into_iter().rev() {
             self.apply(i, index, Event::Stop { now });
         }
@@ -250,11 +263,7 @@ impl Core {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let slots = self
-            .entries
-            .iter()
-            .flat_map(|e| e.slots.values())
-            .filter_map(|s| s.slot.deadline());
+        let slots = self.entries.iter().flat_map(|e| e.slots.values()).filter_map(|s| s.slot.deadline());
         let leftovers = self.leftovers.iter().map(|l| l.kill_at);
         slots.chain(leftovers).min()
     }
@@ -311,13 +320,8 @@ impl Core {
         let spawned = match child::spawn(config, index) {
             Ok(s) => s,
             Err(e) => {
-                self.options.console.tagged(
-                    &format!("{name}.?"),
-                    &format!("Cannot start {:?}: {e}.", config.command),
-                );
-                return Event::SpawnFailed {
-                    now: Instant::now(),
-                };
+                self.options.console.tagged(&format!("{name}.?"), &format!("Cannot start {:?}: {e}.", config.command));
+                return Event::SpawnFailed { now: Instant::now() };
             }
         };
         let pid = spawned.pid;
@@ -326,32 +330,14 @@ impl Core {
         if let Some(run) = self.entries[i].slots.get_mut(&index) {
             run.started_at = started_at;
         }
-        self.options
-            .console
-            .event(&name, pid, &format!("Started at {started_at}."));
-        let sink = LineSink {
-            entry: name.clone(),
-            pid,
-            log: self.log_of(&name),
-            console: self.options.console.clone(),
-        };
+        self.options.console.event(&name, pid, &format!("Started at {started_at}."));
+        let sink = self.sink(&name, pid);
         let streams = vec![
-            Stream {
-                fd: spawned.stdout,
-                splitter: LineSplitter::default(),
-            },
-            Stream {
-                fd: spawned.stderr,
-                splitter: LineSplitter::default(),
-            },
+            Stream { fd: spawned.stdout, splitter: LineSplitter::default() },
+            Stream { fd: spawned.stderr, splitter: LineSplitter::default() },
         ];
-        let tx = self.tx.clone();
-        match Monitor::start(pid, streams, sink, move |note| {
-            let _ = tx.send(Command::Child(note));
-        }) {
-            Ok(m) => {
-                self.monitors.insert(pid, m);
-            }
+        match self.watch(pid, streams, sink, false) {
+            Ok(()) => {}
             Err(e) => {
                 // Without a monitor nobody would notice the exit: stop it now.
                 log::error!("cannot watch {name}.{pid}: {e}");
@@ -361,6 +347,20 @@ impl Core {
             }
         }
         Event::Spawned { pid, now }
+    }
+
+    /// Starts the monitor of `pid` and remembers it.
+    fn watch(&mut self, pid: i32, streams: Vec<Stream>, sink: LineSink, reaped: bool) -> std::io::Result<()> {
+        let tx = self.tx.clone();
+        let monitor = Monitor::start(pid, streams, sink, reaped, move |note| {
+            let _ = tx.send(Command::Child(note));
+        })?;
+        self.monitors.insert(pid, monitor);
+        Ok(())
+    }
+
+    fn sink(&mut self, entry: &str, pid: i32) -> LineSink {
+        LineSink { entry: entry.to_string(), pid, log: self.log_of(entry), console: self.options.console.clone() }
     }
 
     fn log_of(&mut self, entry: &str) -> Option<Arc<File>> {
@@ -385,25 +385,17 @@ impl Core {
     /// Reaps `pid`, tells its slot, and stops what is left of its process group.
     fn child_exited(&mut self, pid: i32, now: Instant) {
         let exit = sys::reap(pid);
-        let owner = self.entries.iter().enumerate().find_map(|(i, e)| {
-            e.slots
-                .iter()
-                .find(|(_, s)| s.slot.pid() == Some(pid))
-                .map(|(index, _)| (i, *index))
-        });
+        let owner =
+            self.entries.iter().enumerate().find_map(|(i, e)| {
+                e.slots.iter().find(|(_, s)| s.slot.pid() == Some(pid)).map(|(index, _)| (i, *index))
+            });
         let Some((i, index)) = owner else { return };
         let config = &self.entries[i].config;
-        let (name, stop_signal, stop_timeout) =
-            (config.name.clone(), config.stop_signal, config.stop_timeout);
-        self.options
-            .console
-            .event(&name, pid, &exit_text(exit, sys::unix_now()));
+        let (name, stop_signal, stop_timeout) = (config.name.clone(), config.stop_signal, config.stop_timeout);
+        self.options.console.event(&name, pid, &exit_text(exit, sys::unix_now()));
         if sys::group_exists(pid) {
             sys::signal_group(pid, stop_signal);
-            self.leftovers.push(Leftover {
-                pgid: pid,
-                kill_at: now + stop_timeout,
-            });
+            self.leftovers.push(Leftover { pgid: pid, kill_at: now + stop_timeout });
         }
         self.apply(i, index, Event::Exited { exit, now });
     }
@@ -439,14 +431,211 @@ impl Core {
         }
     }
 
+    /// Applies a new configuration as a difference: unchanged entries keep
+    /// their processes; a changed count scales (a run-time override survives
+    /// while the configured count stays the same); a changed command, args,
+    /// env, cwd, user or group restarts the entry's processes; delay, stop
+    /// settings and rules change in place; removed entries stop; new ones start.
+    pub fn reconfigure(&mut self, new: Config) {
+        let now = Instant::now();
+        for config in &new.entries {
+            let Some(i) = self.entries.iter().position(|e| e.config.name == config.name) else {
+                self.entries.push(EntryRun::new(config.clone()));
+                continue;
+            };
+            let e = &mut self.entries[i];
+            let restart = e.config.needs_restart_for(config);
+            if e.removed || config.count != e.config.count {
+                e.target = config.count;
+            }
+            if e.config.rules != config.rules {
+                e.fired = vec![0; config.rules.len()];
+            }
+            e.removed = false;
+            e.config = config.clone();
+            if restart {
+                let indexes: Vec<usize> = e.slots.keys().copied().collect();
+                for index in indexes {
+                    self.apply(i, index, Event::Restart { now });
+                }
+            }
+        }
+        for e in &mut self.entries {
+            e.removed = new.entries.iter().all(|c| c.name != e.config.name);
+        }
+        let order = |e: &EntryRun| new.entries.iter().position(|c| c.name == e.config.name).unwrap_or(usize::MAX);
+        self.entries.sort_by_key(order);
+        self.config = new;
+        for i in 0..self.entries.len() {
+            self.reconcile(i, now);
+        }
+    }
+
+    /// Stops every monitor (lines already complete are written; the rest is
+    /// kept as bytes) and describes the whole state. The children run on.
+    fn suspend(&mut self) -> Suspended {
+        let now = Instant::now();
+        let mut quiesced: HashMap<i32, Quiesced> = self.monitors.drain().map(|(pid, m)| (pid, m.quiesce())).collect();
+        let mut fds = Vec::new();
+        let mut keep = |q: Option<Quiesced>| -> Vec<StreamSnapshot> {
+            let streams = q.map(|q| q.streams).unwrap_or_default();
+            streams
+                .into_iter()
+                .filter_map(|mut s| {
+                    let fd = KeptFd::of(&s.fd).ok()?;
+                    let pending = s.splitter.take_remainder();
+                    fds.push(s.fd);
+                    Some(StreamSnapshot { fd, pending })
+                })
+                .collect()
+        };
+        let left = |at: Instant| at.saturating_duration_since(now).as_millis() as u64;
+        let process = |pid: i32, since: Instant| ProcessSnapshot {
+            pid,
+            starttime: sys::parent_and_starttime(pid).map(|(_, t)| t).unwrap_or(0),
+            up_ms: now.saturating_duration_since(since).as_millis() as u64,
+        };
+        let mut entries = Vec::new();
+        for e in &self.entries {
+            let mut slots = Vec::new();
+            for (index, run) in &e.slots {
+                let phase = match run.slot.phase {
+                    Phase::Idle => PhaseSnapshot::Idle,
+                    Phase::Pending { due } => PhaseSnapshot::Pending { due_in_ms: left(due) },
+                    Phase::Running { pid, since } => PhaseSnapshot::Running { process: process(pid, since) },
+                    Phase::Stopping { pid, since, kill_at, then } => PhaseSnapshot::Stopping {
+                        process: process(pid, since),
+                        kill_in_ms: left(kill_at),
+                        respawn: then == AfterStop::Respawn,
+                    },
+                    Phase::Killing { pid, since, then } => {
+                        PhaseSnapshot::Killing { process: process(pid, since), respawn: then == AfterStop::Respawn }
+                    }
+                };
+                let streams = run.slot.pid().map(|pid| keep(quiesced.remove(&pid))).unwrap_or_default();
+                slots.push(SlotSnapshot {
+                    index: *index,
+                    crashes: run.slot.crashes,
+                    started_at: run.started_at,
+                    phase,
+                    streams,
+                });
+            }
+            entries.push(EntrySnapshot {
+                config: e.config.to_snapshot(),
+                target: e.target,
+                restarts: e.restarts,
+                fired: e.fired.clone(),
+                removed: e.removed,
+                slots,
+            });
+        }
+        let pids: Vec<i32> = quiesced.keys().copied().collect();
+        let draining = pids
+            .into_iter()
+            .filter_map(|pid| {
+                let q = quiesced.remove(&pid)?;
+                let entry = q.sink.as_ref()?.entry.clone();
+                Some(DrainingSnapshot { entry, pid, streams: keep(Some(q)) })
+            })
+            .collect();
+        let leftovers =
+            self.leftovers.iter().map(|l| LeftoverSnapshot { pgid: l.pgid, kill_in_ms: left(l.kill_at) }).collect();
+        Suspended { snapshot: CoreSnapshot { info: self.options.info.clone(), entries, draining, leftovers }, fds }
+    }
+
+    /// Rebuilds a core from a snapshot taken by a previous image (or by this
+    /// one, when an exec failed): verifies each child (still our child, same
+    /// starttime), adopts its pipes and bytes in hand, and watches it again.
+    /// A child that is gone counts as an exit. Returns what could not be kept.
+    pub fn restore(
+        snapshot: CoreSnapshot,
+        mut options: CoreOptions,
+        tx: Sender<Command>,
+        rx: Receiver<Command>,
+    ) -> (Core, Vec<String>) {
+        let now = Instant::now();
+        let mut warnings = Vec::new();
+        options.info = snapshot.info.clone();
+        let mut core = Core::new(Config::default(), options, tx, rx);
+        let me = std::process::id() as i32;
+        let mut gone = Vec::new();
+        for (i, es) in snapshot.entries.into_iter().enumerate() {
+            let config = EntryConfig::from_snapshot(&es.config).unwrap_or_else(|e| {
+                warnings.push(format!("entry {}: {e}; its rules are dropped", es.config.name));
+                let mut bare = es.config.clone();
+                bare.rules.clear();
+                EntryConfig::from_snapshot(&bare).expect("an entry without rules always parses")
+            });
+            let name = config.name.clone();
+            core.entries.push(EntryRun {
+                target: es.target,
+                restarts: es.restarts,
+                fired: es.fired,
+                removed: es.removed,
+                slots: BTreeMap::new(),
+                config,
+            });
+            for ss in es.slots {
+                let at = |ms: u64| now + Duration::from_millis(ms);
+                let since = |p: &ProcessSnapshot| now.checked_sub(Duration::from_millis(p.up_ms)).unwrap_or(now);
+                let then = |respawn: bool| if respawn { AfterStop::Respawn } else { AfterStop::Vacate };
+                let (phase, process) = match &ss.phase {
+                    PhaseSnapshot::Idle => (Phase::Idle, None),
+                    PhaseSnapshot::Pending { due_in_ms } => (Phase::Pending { due: at(*due_in_ms) }, None),
+                    PhaseSnapshot::Running { process: p } => (Phase::Running { pid: p.pid, since: since(p) }, Some(*p)),
+                    PhaseSnapshot::Stopping { process: p, kill_in_ms, respawn } => (
+                        Phase::Stopping { pid: p.pid, since: since(p), kill_at: at(*kill_in_ms), then: then(*respawn) },
+                        Some(*p),
+                    ),
+                    PhaseSnapshot::Killing { process: p, respawn } => {
+                        (Phase::Killing { pid: p.pid, since: since(p), then: then(*respawn) }, Some(*p))
+                    }
+                };
+                core.entries[i]
+                    .slots
+                    .insert(ss.index, SlotRun { slot: Slot { phase, crashes: ss.crashes }, started_at: ss.started_at });
+                let streams = adopt_streams(&ss.streams, &mut warnings);
+                let Some(p) = process else { continue };
+                let ours = sys::parent_and_starttime(p.pid) == Some((me, p.starttime));
+                if !ours {
+                    warnings.push(format!("{name}.{} is no longer our child: counted as an exit", p.pid));
+                    gone.push((i, ss.index));
+                }
+                let sink = core.sink(&name, p.pid);
+                if let Err(e) = core.watch(p.pid, streams, sink, !ours) {
+                    warnings.push(format!("cannot watch {name}.{}: {e}", p.pid));
+                }
+            }
+        }
+        for d in snapshot.draining {
+            let streams = adopt_streams(&d.streams, &mut warnings);
+            let sink = core.sink(&d.entry, d.pid);
+            if let Err(e) = core.watch(d.pid, streams, sink, true) {
+                warnings.push(format!("cannot drain {}.{}: {e}", d.entry, d.pid));
+            }
+        }
+        core.leftovers = snapshot
+            .leftovers
+            .iter()
+            .map(|l| Leftover { pgid: l.pgid, kill_at: now + Duration::from_millis(l.kill_in_ms) })
+            .collect();
+        core.config.entries = core.entries.iter().map(|e| e.config.clone()).collect();
+        for (i, index) in gone {
+            core.apply(i, index, Event::Exited { exit: ChildExit::Unknown, now });
+        }
+        (core, warnings)
+    }
+
     /// The whole state, as `GET /status` shows it.
     pub fn status(&self) -> Status {
+        let info = &self.options.info;
         Status {
             pid: std::process::id(),
-            started_at: self.options.started_at,
-            reexec_count: 0,
-            reexeced_at: None,
-            last_reload: None,
+            started_at: info.started_at,
+            reexec_count: info.reexec_count,
+            reexeced_at: info.reexeced_at,
+            last_reload: info.last_reload.clone(),
             entries: self.entries.iter().map(entry_status).collect(),
             watches: self
                 .config
@@ -460,11 +649,7 @@ impl Core {
                     rules: w
                         .rules
                         .iter()
-                        .map(|r| RuleStatus {
-                            trigger: r.trigger.to_string(),
-                            action: r.action.to_string(),
-                            fired: 0,
-                        })
+                        .map(|r| RuleStatus { trigger: r.trigger.to_string(), action: r.action.to_string(), fired: 0 })
                         .collect(),
                 })
                 .collect(),
@@ -472,27 +657,28 @@ impl Core {
     }
 }
 
+/// Takes back kept pipes; a pipe that is not what was recorded is dropped.
+fn adopt_streams(snapshots: &[StreamSnapshot], warnings: &mut Vec<String>) -> Vec<Stream> {
+    snapshots
+        .iter()
+        .filter_map(|s| match s.fd.adopt() {
+            Some(fd) => Some(Stream { fd, splitter: LineSplitter::with_remainder(s.pending.clone()) }),
+            None => {
+                warnings.push(format!("output pipe fd {} did not survive: dropped", s.fd.fd));
+                None
+            }
+        })
+        .collect()
+}
+
 fn policy_of(c: &EntryConfig) -> Policy {
-    Policy {
-        restart: c.restart,
-        delay: c.delay,
-        stop_signal: c.stop_signal,
-        stop_timeout: c.stop_timeout,
-    }
+    Policy { restart: c.restart, delay: c.delay, stop_signal: c.stop_signal, stop_timeout: c.stop_timeout }
 }
 
 fn entry_status(e: &EntryRun) -> EntryStatus {
-    let state = if e
-        .slots
-        .values()
-        .any(|s| matches!(s.slot.phase, Phase::Pending { .. }) && s.slot.crashes > 0)
-    {
+    let state = if e.slots.values().any(|s| matches!(s.slot.phase, Phase::Pending { .. }) && s.slot.crashes > 0) {
         EntryState::Backoff
-    } else if e
-        .slots
-        .values()
-        .any(|s| !matches!(s.slot.phase, Phase::Idle))
-    {
+    } else if e.slots.values().any(|s| !matches!(s.slot.phase, Phase::Idle)) {
         EntryState::Running
     } else {
         EntryState::Stopped
@@ -539,9 +725,8 @@ pub(crate) fn exit_text(exit: ChildExit, at: u64) -> String {
         ChildExit::Code(0) => format!("Exited at {at} with ExitSuccess."),
         ChildExit::Code(code) => format!("Exited at {at} with ExitFailure {code}."),
         ChildExit::Signal(sig) => {
-            let name = Signal::try_from(sig)
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|_| format!("signal {sig}"));
+            let name =
+                Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {sig}"));
             format!("Exited at {at}, killed by {name}.")
         }
         ChildExit::Unknown => format!("Exited at {at} with an unknown status."),
@@ -550,11 +735,5 @@ pub(crate) fn exit_text(exit: ChildExit, at: u64) -> String {
 
 /// How long a stop of every child may take: the largest stop timeout, plus margin.
 pub(crate) fn max_stop_wait(config: &Config) -> Duration {
-    config
-        .entries
-        .iter()
-        .map(|e| e.stop_timeout)
-        .max()
-        .unwrap_or_default()
-        + Duration::from_secs(10)
+    config.entries.iter().map(|e| e.stop_timeout).max().unwrap_or_default() + Duration::from_secs(10)
 }

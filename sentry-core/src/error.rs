@@ -32,10 +32,7 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with a sentence saying what was being done.
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Error {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        Error::Io { context: context.into(), source }
     }
 }
 
@@ -50,21 +47,15 @@ impl fmt::Display for Error {
                 Ok(())
             }
             Error::UnknownEntry(name) => write!(f, "unknown entry {name:?}"),
-            Error::BadCount(text) => write!(
-                f,
-                "bad count {text:?}: expected an integer from 0 to {}",
-                crate::spec::MAX_COUNT
-            ),
+            Error::BadCount(text) => {
+                write!(f, "bad count {text:?}: expected an integer from 0 to {}", crate::spec::MAX_COUNT)
+            }
             Error::AlreadyRunning { pidfile, pid } => match pid {
                 Some(pid) => write!(f, "already running (PID {pid}, {})", pidfile.display()),
                 None => write!(f, "already running ({} is locked)", pidfile.display()),
             },
             Error::NotRunning { pidfile } => {
-                write!(
-                    f,
-                    "not running (no live instance holds {})",
-                    pidfile.display()
-                )
+                write!(f, "not running (no live instance holds {})", pidfile.display())
             }
             Error::Bind { addr, source } => write!(f, "cannot bind {addr}: {source}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),

@@ -265,14 +265,11 @@ fn change_entry(core: &CoreHandle, name: &str, action: &str, body: &str) -> (u16
 
 /// `{"count": N}` with `0 <= N <= MAX_COUNT`.
 fn parse_count(body: &str) -> Result<usize, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let value: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("the body is not JSON: {e}"))?;
     let count = value.get("count").ok_or("the body has no \"count\"")?;
     match count.as_u64() {
         Some(n) if n <= MAX_COUNT as u64 => Ok(n as usize),
-        _ => Err(format!(
-            "bad count {count}: expected an integer from 0 to {MAX_COUNT}"
-        )),
+        _ => Err(format!("bad count {count}: expected an integer from 0 to {MAX_COUNT}")),
     }
 }
 
@@ -302,15 +299,9 @@ mod tests {
     fn counts_are_checked() {
         assert_eq!(parse_count(r#"{"count": 3}"#), Ok(3));
         assert_eq!(parse_count(r#"{"count": 0}"#), Ok(0));
-        for bad in [
-            r#"{"count": -1}"#,
-            r#"{"count": 1.5}"#,
-            r#"{"count": "2"}"#,
-            r#"{}"#,
-            "",
-            "[",
-            r#"{"count": 99999999}"#,
-        ] {
+        for bad in
+            [r#"{"count": -1}"#, r#"{"count": 1.5}"#, r#"{"count": "2"}"#, r#"{}"#, "", "[", r#"{"count": 99999999}"#]
+        {
             assert!(parse_count(bad).is_err(), "{bad}");
         }
     }

@@ -31,11 +31,7 @@ impl Paths {
         let name = exe
             .as_deref()
             .and_then(|p| p.file_name())
-            .map(|n| {
-                n.to_string_lossy()
-                    .trim_end_matches(" (deleted)")
-                    .to_string()
-            })
+            .map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_string())
             .unwrap_or_else(|| "sentry".to_string());
         let crate_dir = crate_flag
             .or_else(|| env_path("SENTRY_CRATE"))
@@ -46,17 +42,9 @@ impl Paths {
             .or_else(|| env_path("SENTRY_DIR"))
             .map(absolute)
             .or_else(|| crate_dir.clone())
-            .or_else(|| {
-                exe.as_deref()
-                    .and_then(|e| e.parent())
-                    .map(Path::to_path_buf)
-            })
+            .or_else(|| exe.as_deref().and_then(|e| e.parent()).map(Path::to_path_buf))
             .unwrap_or_else(|| PathBuf::from("."));
-        Paths {
-            name,
-            crate_dir,
-            dir,
-        }
+        Paths { name, crate_dir, dir }
     }
 
     pub fn pidfile(&self) -> PathBuf {
@@ -86,55 +74,38 @@ fn executable() -> Option<PathBuf> {
 }
 
 fn env_path(var: &str) -> Option<PathBuf> {
-    std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 fn absolute(path: PathBuf) -> PathBuf {
     if path.is_absolute() {
         path
     } else {
-        std::env::current_dir()
-            .map(|d| d.join(&path))
-            .unwrap_or(path)
+        std::env::current_dir().map(|d| d.join(&path)).unwrap_or(path)
     }
 }
 
 /// Walks up from the executable to a `Cargo.toml`: that package if it defines
 /// `name`, else the workspace member that does (asked of `cargo metadata`).
 fn crate_above(exe: &Path, name: &str) -> Option<PathBuf> {
-    let manifest_dir = exe
-        .ancestors()
-        .skip(1)
-        .find(|d| d.join("Cargo.toml").is_file())?;
+    let manifest_dir = exe.ancestors().skip(1).find(|d| d.join("Cargo.toml").is_file())?;
     if defines_bin(manifest_dir, name) {
         return Some(manifest_dir.to_path_buf());
     }
     let output = std::process::Command::new("cargo")
-        .args([
-            "metadata",
-            "--no-deps",
-            "--format-version",
-            "1",
-            "--manifest-path",
-        ])
+        .args(["metadata", "--no-deps", "--format-version", "1", "--manifest-path"])
         .arg(manifest_dir.join("Cargo.toml"))
         .stderr(std::process::Stdio::null())
         .output()
         .ok()?;
     let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
     metadata["packages"].as_array()?.iter().find_map(|package| {
-        let defines = package["targets"].as_array()?.iter().any(|t| {
-            t["name"] == name
-                && t["kind"]
-                    .as_array()
-                    .is_some_and(|k| k.iter().any(|k| k == "bin"))
-        });
+        let defines = package["targets"]
+            .as_array()?
+            .iter()
+            .any(|t| t["name"] == name && t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")));
         let manifest = PathBuf::from(package["manifest_path"].as_str()?);
-        defines
-            .then(|| manifest.parent().map(Path::to_path_buf))
-            .flatten()
+        defines.then(|| manifest.parent().map(Path::to_path_buf)).flatten()
     })
 }
 
@@ -144,9 +115,7 @@ fn defines_bin(dir: &Path, name: &str) -> bool {
     let Ok(manifest) = fs::read_to_string(dir.join("Cargo.toml")) else {
         return false;
     };
-    if dir.join(format!("src/bin/{name}.rs")).is_file()
-        || dir.join(format!("src/bin/{name}/main.rs")).is_file()
-    {
+    if dir.join(format!("src/bin/{name}.rs")).is_file() || dir.join(format!("src/bin/{name}/main.rs")).is_file() {
         return true;
     }
     let mut section = String::new();
@@ -190,19 +159,12 @@ impl PidLock {
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         if let Err(e) = flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
             if e.kind() == io::ErrorKind::WouldBlock {
-                return Err(Error::AlreadyRunning {
-                    pidfile: path.to_path_buf(),
-                    pid: read_pid(path),
-                });
+                return Err(Error::AlreadyRunning { pidfile: path.to_path_buf(), pid: read_pid(path) });
             }
             return Err(Error::io(format!("cannot lock {}", path.display()), e));
         }
-        let mut lock = PidLock {
-            file,
-            path: path.to_path_buf(),
-        };
-        lock.write_pid()
-            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        let mut lock = PidLock { file, path: path.to_path_buf() };
+        lock.write_pid().map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
         Ok(lock)
     }
 
@@ -235,9 +197,7 @@ fn read_pid(path: &Path) -> Option<u32> {
 /// The PID of the live instance whose pidfile is `path`: only if some process
 /// holds the pidfile's lock. A pidfile nobody holds is stale.
 pub(crate) fn live_pid(path: &Path) -> Result<u32, Error> {
-    let not_running = || Error::NotRunning {
-        pidfile: path.to_path_buf(),
-    };
+    let not_running = || Error::NotRunning { pidfile: path.to_path_buf() };
     let file = File::open(path).map_err(|_| not_running())?;
     match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
         Ok(()) => Err(not_running()),
@@ -254,10 +214,7 @@ pub(crate) fn live_pid(path: &Path) -> Result<u32, Error> {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        Err(e) => Err(Error::io(
-            format!("cannot check the lock of {}", path.display()),
-            e,
-        )),
+        Err(e) => Err(Error::io(format!("cannot check the lock of {}", path.display()), e)),
     }
 }
 
@@ -279,8 +236,7 @@ pub(crate) fn write_private(path: &Path, text: &str, mode: u32) -> Result<(), Er
         .mode(mode)
         .open(&tmp)
         .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
-    file.write_all(text.as_bytes())
-        .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
+    file.write_all(text.as_bytes()).map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot create {}", path.display()), e))
 }
 
@@ -289,8 +245,7 @@ mod tests {
     use super::*;
 
     fn temp_dir(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("sentry-instance-{tag}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("sentry-instance-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
@@ -302,10 +257,7 @@ mod tests {
         let path = dir.join("x.pid");
         let lock = PidLock::acquire(&path).unwrap();
         assert_eq!(live_pid(&path).unwrap(), std::process::id());
-        assert!(matches!(
-            PidLock::acquire(&path),
-            Err(Error::AlreadyRunning { .. })
-        ));
+        assert!(matches!(PidLock::acquire(&path), Err(Error::AlreadyRunning { .. })));
         lock.release();
         assert!(matches!(live_pid(&path), Err(Error::NotRunning { .. })));
         fs::remove_dir_all(dir).unwrap();
@@ -318,10 +270,7 @@ mod tests {
         fs::write(&path, "1\n").unwrap();
         assert!(matches!(live_pid(&path), Err(Error::NotRunning { .. })));
         let lock = PidLock::acquire(&path).unwrap();
-        assert_eq!(
-            fs::read_to_string(&path).unwrap(),
-            format!("{}\n", std::process::id())
-        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), format!("{}\n", std::process::id()));
         lock.release();
         fs::remove_dir_all(dir).unwrap();
     }
@@ -330,19 +279,11 @@ mod tests {
     fn binaries_are_found_by_cargo_conventions() {
         let dir = temp_dir("bins");
         fs::create_dir_all(dir.join("src/bin")).unwrap();
-        fs::write(
-            dir.join("Cargo.toml"),
-            "[package]\nname = \"conf\"\n\n[[bin]]\nname = \"other\"\npath = \"x.rs\"\n",
-        )
-        .unwrap();
+        fs::write(dir.join("Cargo.toml"), "[package]\nname = \"conf\"\n\n[[bin]]\nname = \"other\"\npath = \"x.rs\"\n")
+            .unwrap();
         fs::write(dir.join("src/main.rs"), "").unwrap();
         fs::write(dir.join("src/bin/tool.rs"), "").unwrap();
-        for (name, yes) in [
-            ("conf", true),
-            ("other", true),
-            ("tool", true),
-            ("nope", false),
-        ] {
+        for (name, yes) in [("conf", true), ("other", true), ("tool", true), ("nope", false)] {
             assert_eq!(defines_bin(&dir, name), yes, "{name}");
         }
         fs::remove_dir_all(dir).unwrap();

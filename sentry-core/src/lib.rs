@@ -48,6 +48,7 @@ mod client;
 mod config;
 mod core;
 mod error;
+mod handoff;
 mod http;
 mod instance;
 mod lifecycle;
@@ -63,12 +64,9 @@ pub use cli::sentry;
 pub use error::Error;
 pub use lifecycle::ChildExit;
 pub use nix::sys::signal::Signal;
-pub use spec::{
-    entry, watch, IntoAction, IntoArgs, IntoPattern, IntoTrigger, Restart, Spec, MAX_COUNT,
-};
+pub use spec::{entry, watch, IntoAction, IntoArgs, IntoPattern, IntoTrigger, Restart, Spec, MAX_COUNT};
 pub use status::{
-    EntryState, EntryStatus, MatchedProcess, ProcessStatus, ReloadOutcome, RuleStatus, Status,
-    WatchStatus,
+    EntryState, EntryStatus, MatchedProcess, ProcessStatus, ReloadOutcome, RuleStatus, Status, WatchStatus,
 };
 pub use supervisor::{Options, Supervisor};
 

@@ -64,18 +64,9 @@ pub(crate) enum Phase {
     /// A process is running.
     Running { pid: i32, since: Instant },
     /// The stop signal was sent; SIGKILL follows at `kill_at`.
-    Stopping {
-        pid: i32,
-        since: Instant,
-        kill_at: Instant,
-        then: AfterStop,
-    },
+    Stopping { pid: i32, since: Instant, kill_at: Instant, then: AfterStop },
     /// SIGKILL was sent; waiting for the exit.
-    Killing {
-        pid: i32,
-        since: Instant,
-        then: AfterStop,
-    },
+    Killing { pid: i32, since: Instant, then: AfterStop },
 }
 
 /// One slot (`SENTRY_INDEX`) of an entry.
@@ -119,10 +110,7 @@ pub(crate) enum Effect {
 impl Slot {
     /// A new slot whose first process is due at `now`.
     pub fn new(now: Instant) -> Slot {
-        Slot {
-            phase: Phase::Pending { due: now },
-            crashes: 0,
-        }
+        Slot { phase: Phase::Pending { due: now }, crashes: 0 }
     }
 
     /// The next instant at which [`Event::Due`] changes something.
@@ -137,9 +125,7 @@ impl Slot {
     /// The slot's process, if one is alive.
     pub fn pid(&self) -> Option<i32> {
         match self.phase {
-            Phase::Running { pid, .. }
-            | Phase::Stopping { pid, .. }
-            | Phase::Killing { pid, .. } => Some(pid),
+            Phase::Running { pid, .. } | Phase::Stopping { pid, .. } | Phase::Killing { pid, .. } => Some(pid),
             _ => None,
         }
     }
@@ -164,23 +150,13 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
     let same = (slot, Vec::new());
     match (phase, event) {
         (Pending { due }, Event::Due { now }) if now >= due => (slot, vec![Effect::Spawn]),
-        (Pending { .. }, Event::Spawned { pid, now }) => (
-            Slot {
-                phase: Running { pid, since: now },
-                crashes,
-            },
-            Vec::new(),
-        ),
+        (Pending { .. }, Event::Spawned { pid, now }) => {
+            (Slot { phase: Running { pid, since: now }, crashes }, Vec::new())
+        }
         (Pending { .. }, Event::SpawnFailed { now }) => {
             let crashes = crashes.saturating_add(1);
             let due = now + restart_delay(policy.delay, crashes);
-            (
-                Slot {
-                    phase: Pending { due },
-                    crashes,
-                },
-                Vec::new(),
-            )
+            (Slot { phase: Pending { due }, crashes }, Vec::new())
         }
         (Running { since, .. }, Event::Exited { exit, now }) => {
             let run = now.saturating_duration_since(since);
@@ -198,136 +174,38 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
             };
             if again {
                 let due = now + restart_delay(policy.delay, crashes);
-                (
-                    Slot {
-                        phase: Pending { due },
-                        crashes,
-                    },
-                    vec![Effect::CountRestart],
-                )
+                (Slot { phase: Pending { due }, crashes }, vec![Effect::CountRestart])
             } else {
-                (
-                    Slot {
-                        phase: Idle,
-                        crashes,
-                    },
-                    Vec::new(),
-                )
+                (Slot { phase: Idle, crashes }, Vec::new())
             }
         }
         (Stopping { then, .. } | Killing { then, .. }, Event::Exited { now, .. }) => match then {
-            AfterStop::Respawn => (
-                Slot {
-                    phase: Pending { due: now },
-                    crashes: 0,
-                },
-                vec![Effect::CountRestart],
-            ),
-            AfterStop::Vacate => (
-                Slot {
-                    phase: Idle,
-                    crashes,
-                },
-                vec![Effect::Vacate],
-            ),
+            AfterStop::Respawn => (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRestart]),
+            AfterStop::Vacate => (Slot { phase: Idle, crashes }, vec![Effect::Vacate]),
         },
         (Running { pid, since }, Event::Stop { now } | Event::Restart { now }) => {
-            let then = if matches!(event, Event::Stop { .. }) {
-                AfterStop::Vacate
-            } else {
-                AfterStop::Respawn
-            };
+            let then = if matches!(event, Event::Stop { .. }) { AfterStop::Vacate } else { AfterStop::Respawn };
             let kill_at = now + policy.stop_timeout;
             (
-                Slot {
-                    phase: Stopping {
-                        pid,
-                        since,
-                        kill_at,
-                        then,
-                    },
-                    crashes,
-                },
-                vec![Effect::Signal {
-                    pid,
-                    signal: policy.stop_signal,
-                }],
+                Slot { phase: Stopping { pid, since, kill_at, then }, crashes },
+                vec![Effect::Signal { pid, signal: policy.stop_signal }],
             )
         }
-        (
-            Stopping {
-                pid,
-                since,
-                kill_at,
-                ..
-            },
-            Event::Due { now },
-        ) if now >= kill_at => (
-            Slot {
-                phase: Killing {
-                    pid,
-                    since,
-                    then: stopping_then(phase),
-                },
-                crashes,
-            },
-            vec![Effect::Signal {
-                pid,
-                signal: Signal::SIGKILL,
-            }],
+        (Stopping { pid, since, kill_at, .. }, Event::Due { now }) if now >= kill_at => (
+            Slot { phase: Killing { pid, since, then: stopping_then(phase) }, crashes },
+            vec![Effect::Signal { pid, signal: Signal::SIGKILL }],
         ),
-        (
-            Stopping {
-                pid,
-                since,
-                kill_at,
-                ..
-            },
-            Event::Stop { .. },
-        ) => (
-            Slot {
-                phase: Stopping {
-                    pid,
-                    since,
-                    kill_at,
-                    then: AfterStop::Vacate,
-                },
-                crashes,
-            },
-            Vec::new(),
-        ),
-        (Killing { pid, since, .. }, Event::Stop { .. }) => (
-            Slot {
-                phase: Killing {
-                    pid,
-                    since,
-                    then: AfterStop::Vacate,
-                },
-                crashes,
-            },
-            Vec::new(),
-        ),
-        (Idle | Pending { .. }, Event::Stop { .. }) => (
-            Slot {
-                phase: Idle,
-                crashes,
-            },
-            vec![Effect::Vacate],
-        ),
-        (Idle, Event::Restart { now }) => (
-            Slot {
-                phase: Pending { due: now },
-                crashes: 0,
-            },
-            vec![Effect::CountRestart],
-        ),
-        (Pending { .. }, Event::Restart { now }) => (
-            Slot {
-                phase: Pending { due: now },
-                crashes: 0,
-            },
-            Vec::new(),
-        ),
+        (Stopping { pid, since, kill_at, .. }, Event::Stop { .. }) => {
+            (Slot { phase: Stopping { pid, since, kill_at, then: AfterStop::Vacate }, crashes }, Vec::new())
+        }
+        (Killing { pid, since, .. }, Event::Stop { .. }) => {
+            (Slot { phase: Killing { pid, since, then: AfterStop::Vacate }, crashes }, Vec::new())
+        }
+        (Idle | Pending { .. }, Event::Stop { .. }) => (Slot { phase: Idle, crashes }, vec![Effect::Vacate]),
+        (Idle, Event::Restart { now }) => {
+            (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRestart])
+        }
+        (Pending { .. }, Event::Restart { now }) => (Slot { phase: Pending { due: now }, crashes: 0 }, Vec::new()),
         _ => same,
     }
 }
@@ -357,24 +235,11 @@ mod tests {
     }
 
     /// Runs a child for `run_ms` and lets it exit with `exit`; returns the slot after.
-    fn run_and_exit(
-        p: &Policy,
-        slot: Slot,
-        t: Instant,
-        run_ms: u64,
-        exit: ChildExit,
-    ) -> (Slot, Vec<Effect>) {
+    fn run_and_exit(p: &Policy, slot: Slot, t: Instant, run_ms: u64, exit: ChildExit) -> (Slot, Vec<Effect>) {
         let (slot, fx) = step(slot, p, Event::Due { now: t });
         assert_eq!(fx, vec![Effect::Spawn]);
         let (slot, _) = step(slot, p, Event::Spawned { pid: 42, now: t });
-        step(
-            slot,
-            p,
-            Event::Exited {
-                exit,
-                now: ms(t, run_ms),
-            },
-        )
+        step(slot, p, Event::Exited { exit, now: ms(t, run_ms) })
     }
 
     #[test]
@@ -395,11 +260,7 @@ mod tests {
             let p = policy(restart, 1000);
             let (slot, fx) = run_and_exit(&p, Slot::new(t0), t0, 4000, exit);
             if again {
-                assert_eq!(
-                    slot.phase,
-                    Phase::Pending { due: ms(t0, 5000) },
-                    "{restart:?} {exit:?}"
-                );
+                assert_eq!(slot.phase, Phase::Pending { due: ms(t0, 5000) }, "{restart:?} {exit:?}");
                 assert_eq!(fx, vec![Effect::CountRestart]);
             } else {
                 assert_eq!(slot.phase, Phase::Idle, "{restart:?} {exit:?}");
@@ -416,9 +277,7 @@ mod tests {
         let mut t = t0;
         for _ in 0..20 {
             let (next, _) = run_and_exit(&p, slot, t, 4000, ChildExit::Code(0));
-            let Phase::Pending { due } = next.phase else {
-                panic!()
-            };
+            let Phase::Pending { due } = next.phase else { panic!() };
             assert_eq!(due, ms(t, 5000));
             assert_eq!(next.crashes, 0);
             slot = next;
@@ -435,17 +294,12 @@ mod tests {
         let mut delays = Vec::new();
         for _ in 0..12 {
             let (next, _) = run_and_exit(&p, slot, t, 5, ChildExit::Code(3));
-            let Phase::Pending { due } = next.phase else {
-                panic!()
-            };
+            let Phase::Pending { due } = next.phase else { panic!() };
             delays.push(due.duration_since(ms(t, 5)).as_millis() as u64);
             slot = next;
             t = due;
         }
-        assert_eq!(
-            delays,
-            [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000]
-        );
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000]);
         // A run between 1 s and 10 s keeps the count; 10 s of uptime resets it.
         let (kept, _) = run_and_exit(&p, slot, t, 2000, ChildExit::Code(3));
         assert_eq!(kept.crashes, slot.crashes);
@@ -456,14 +310,8 @@ mod tests {
 
     #[test]
     fn backoff_is_at_least_the_entry_delay() {
-        assert_eq!(
-            restart_delay(Duration::from_secs(5), 1),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            restart_delay(Duration::from_secs(60), 30),
-            Duration::from_secs(60)
-        );
+        assert_eq!(restart_delay(Duration::from_secs(5), 1), Duration::from_secs(5));
+        assert_eq!(restart_delay(Duration::from_secs(60), 30), Duration::from_secs(60));
         assert_eq!(restart_delay(Duration::ZERO, u32::MAX), BACKOFF_CAP);
     }
 
@@ -471,46 +319,18 @@ mod tests {
     fn graceful_stop_then_kill_then_vacate() {
         let p = policy(Restart::Always, 0);
         let t0 = Instant::now();
-        let slot = Slot {
-            phase: Phase::Running { pid: 7, since: t0 },
-            crashes: 0,
-        };
+        let slot = Slot { phase: Phase::Running { pid: 7, since: t0 }, crashes: 0 };
         let (slot, fx) = step(slot, &p, Event::Stop { now: ms(t0, 100) });
-        assert_eq!(
-            fx,
-            vec![Effect::Signal {
-                pid: 7,
-                signal: Signal::SIGTERM
-            }]
-        );
+        assert_eq!(fx, vec![Effect::Signal { pid: 7, signal: Signal::SIGTERM }]);
         assert_eq!(slot.deadline(), Some(ms(t0, 10_100)));
         assert!(matches!(slot.phase, Phase::Stopping { .. }));
         // Not yet due: nothing happens.
         let (slot, fx) = step(slot, &p, Event::Due { now: ms(t0, 5000) });
         assert!(fx.is_empty());
-        let (slot, fx) = step(
-            slot,
-            &p,
-            Event::Due {
-                now: ms(t0, 10_100),
-            },
-        );
-        assert_eq!(
-            fx,
-            vec![Effect::Signal {
-                pid: 7,
-                signal: Signal::SIGKILL
-            }]
-        );
+        let (slot, fx) = step(slot, &p, Event::Due { now: ms(t0, 10_100) });
+        assert_eq!(fx, vec![Effect::Signal { pid: 7, signal: Signal::SIGKILL }]);
         assert_eq!(slot.deadline(), None);
-        let (slot, fx) = step(
-            slot,
-            &p,
-            Event::Exited {
-                exit: ChildExit::Signal(9),
-                now: ms(t0, 10_101),
-            },
-        );
+        let (slot, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Signal(9), now: ms(t0, 10_101) });
         assert_eq!(fx, vec![Effect::Vacate]);
         assert_eq!(slot.phase, Phase::Idle);
     }
@@ -519,55 +339,23 @@ mod tests {
     fn restart_stops_then_starts_at_once_and_counts() {
         let p = policy(Restart::Never, 1000);
         let t0 = Instant::now();
-        let slot = Slot {
-            phase: Phase::Running { pid: 7, since: t0 },
-            crashes: 3,
-        };
+        let slot = Slot { phase: Phase::Running { pid: 7, since: t0 }, crashes: 3 };
         let (slot, fx) = step(slot, &p, Event::Restart { now: t0 });
-        assert_eq!(
-            fx,
-            vec![Effect::Signal {
-                pid: 7,
-                signal: Signal::SIGTERM
-            }]
-        );
-        let (slot, fx) = step(
-            slot,
-            &p,
-            Event::Exited {
-                exit: ChildExit::Signal(15),
-                now: ms(t0, 20),
-            },
-        );
+        assert_eq!(fx, vec![Effect::Signal { pid: 7, signal: Signal::SIGTERM }]);
+        let (slot, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Signal(15), now: ms(t0, 20) });
         assert_eq!(fx, vec![Effect::CountRestart]);
-        assert_eq!(
-            slot,
-            Slot {
-                phase: Phase::Pending { due: ms(t0, 20) },
-                crashes: 0
-            }
-        );
+        assert_eq!(slot, Slot { phase: Phase::Pending { due: ms(t0, 20) }, crashes: 0 });
     }
 
     #[test]
     fn stop_wins_over_a_restart_in_progress() {
         let p = policy(Restart::Always, 0);
         let t0 = Instant::now();
-        let slot = Slot {
-            phase: Phase::Running { pid: 7, since: t0 },
-            crashes: 0,
-        };
+        let slot = Slot { phase: Phase::Running { pid: 7, since: t0 }, crashes: 0 };
         let (slot, _) = step(slot, &p, Event::Restart { now: t0 });
         let (slot, fx) = step(slot, &p, Event::Stop { now: t0 });
         assert!(fx.is_empty(), "no second signal");
-        let (_, fx) = step(
-            slot,
-            &p,
-            Event::Exited {
-                exit: ChildExit::Code(0),
-                now: t0,
-            },
-        );
+        let (_, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Code(0), now: t0 });
         assert_eq!(fx, vec![Effect::Vacate]);
     }
 
@@ -586,23 +374,9 @@ mod tests {
         let p = policy(Restart::Never, 0);
         let t0 = Instant::now();
         // An idle slot counts a restart; a pending one had counted it already.
-        for (phase, counted) in [
-            (Phase::Idle, true),
-            (
-                Phase::Pending {
-                    due: ms(t0, 30_000),
-                },
-                false,
-            ),
-        ] {
+        for (phase, counted) in [(Phase::Idle, true), (Phase::Pending { due: ms(t0, 30_000) }, false)] {
             let (slot, fx) = step(Slot { phase, crashes: 9 }, &p, Event::Restart { now: t0 });
-            assert_eq!(
-                slot,
-                Slot {
-                    phase: Phase::Pending { due: t0 },
-                    crashes: 0
-                }
-            );
+            assert_eq!(slot, Slot { phase: Phase::Pending { due: t0 }, crashes: 0 });
             assert_eq!(fx.contains(&Effect::CountRestart), counted);
         }
     }
@@ -612,42 +386,18 @@ mod tests {
         let p = policy(Restart::Always, 0);
         let t0 = Instant::now();
         let (slot, _) = step(Slot::new(t0), &p, Event::SpawnFailed { now: t0 });
-        assert_eq!(
-            slot,
-            Slot {
-                phase: Phase::Pending { due: ms(t0, 100) },
-                crashes: 1
-            }
-        );
+        assert_eq!(slot, Slot { phase: Phase::Pending { due: ms(t0, 100) }, crashes: 1 });
     }
 
     #[test]
     fn events_that_do_not_apply_change_nothing() {
         let p = policy(Restart::Always, 0);
         let t0 = Instant::now();
-        let pending = Slot {
-            phase: Phase::Pending { due: ms(t0, 50) },
-            crashes: 0,
-        };
+        let pending = Slot { phase: Phase::Pending { due: ms(t0, 50) }, crashes: 0 };
         assert_eq!(step(pending, &p, Event::Due { now: t0 }), (pending, vec![]));
-        let idle = Slot {
-            phase: Phase::Idle,
-            crashes: 0,
-        };
+        let idle = Slot { phase: Phase::Idle, crashes: 0 };
         assert_eq!(step(idle, &p, Event::Due { now: t0 }), (idle, vec![]));
-        let running = Slot {
-            phase: Phase::Running { pid: 1, since: t0 },
-            crashes: 0,
-        };
-        assert_eq!(
-            step(
-                running,
-                &p,
-                Event::Due {
-                    now: ms(t0, 99_999)
-                }
-            ),
-            (running, vec![])
-        );
+        let running = Slot { phase: Phase::Running { pid: 1, since: t0 }, crashes: 0 };
+        assert_eq!(step(running, &p, Event::Due { now: ms(t0, 99_999) }), (running, vec![]));
     }
 }

@@ -49,16 +49,11 @@ impl Console {
                 let _ = out.flush();
             })
             .ok();
-        Console {
-            tx: thread.as_ref().map(|_| tx),
-            thread,
-        }
+        Console { tx: thread.as_ref().map(|_| tx), thread }
     }
 
     pub fn handle(&self) -> ConsoleHandle {
-        ConsoleHandle {
-            tx: self.tx.clone(),
-        }
+        ConsoleHandle { tx: self.tx.clone() }
     }
 
     /// Writes what is queued, then stops the writer thread.
@@ -88,10 +83,7 @@ impl ConsoleHandle {
     /// Queues an event line about `tag` (such as `name.PID` or `name.?`).
     pub fn tagged(&self, tag: &str, text: &str) {
         if self.tx.is_some() {
-            self.say(&format!(
-                "{} {tag:<15} {text}",
-                sys::local_hms(sys::unix_now())
-            ));
+            self.say(&format!("{} {tag:<15} {text}", sys::local_hms(sys::unix_now())));
         }
     }
 
@@ -115,6 +107,11 @@ pub(crate) struct LineSplitter {
 }
 
 impl LineSplitter {
+    /// A splitter that starts with `rest` (bytes read earlier, not yet a line).
+    pub fn with_remainder(rest: Vec<u8>) -> LineSplitter {
+        LineSplitter { pending: rest }
+    }
+
     /// Adds `chunk`; calls `emit` with each complete line (without `\n`).
     pub fn push(&mut self, chunk: &[u8], mut emit: impl FnMut(&[u8])) {
         self.pending.extend_from_slice(chunk);
@@ -139,7 +136,6 @@ impl LineSplitter {
     }
 
     /// Takes the bytes read but not yet emitted.
-    #[cfg(test)]
     pub fn take_remainder(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.pending)
     }
@@ -164,8 +160,7 @@ impl LineSink {
         let now = sys::unix_now();
         if let Some(log) = &self.log {
             let prefix = format!("{} {}.{} ", sys::local_datetime(now), self.entry, self.pid);
-            let mut buf =
-                Vec::with_capacity(lines.iter().map(|l| l.len() + prefix.len() + 1).sum());
+            let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + prefix.len() + 1).sum());
             for line in lines {
                 buf.extend_from_slice(prefix.as_bytes());
                 buf.extend_from_slice(line);
@@ -178,8 +173,7 @@ impl LineSink {
         }
         if !self.console.is_silent() {
             for line in lines {
-                self.console
-                    .event(&self.entry, self.pid, &String::from_utf8_lossy(line));
+                self.console.event(&self.entry, self.pid, &String::from_utf8_lossy(line));
             }
         }
     }
@@ -203,6 +197,14 @@ mod tests {
         let (lines, rest) = split(&[b"a\nb", b"c\n\nd", b"e"]);
         assert_eq!(lines, ["a", "bc", ""]);
         assert_eq!(rest, b"de");
+    }
+
+    #[test]
+    fn a_remainder_is_prepended() {
+        let mut s = LineSplitter::with_remainder(b"\xe2\x82".to_vec());
+        let mut lines = Vec::new();
+        s.push(b"\xac!\n", |l| lines.push(l.to_vec()));
+        assert_eq!(lines, [b"\xe2\x82\xac!".to_vec()]);
     }
 
     #[test]

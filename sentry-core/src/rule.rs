@@ -164,13 +164,7 @@ impl fmt::Display for Trigger {
             Quantity::Cpu => format!("{}%", self.threshold),
             Quantity::Rmem | Quantity::Vmem => format_bytes(self.threshold),
         };
-        write!(
-            f,
-            "{} {} {}",
-            self.quantity.keyword(),
-            self.comparison.symbol(),
-            value
-        )
+        write!(f, "{} {} {}", self.quantity.keyword(), self.comparison.symbol(), value)
     }
 }
 
@@ -205,29 +199,20 @@ fn parse_trigger(text: &str) -> Result<Trigger, String> {
     }
     let operator_at = find_operator(&tokens)?;
     let symbol = tokens[operator_at].text();
-    let comparison = Comparison::from_symbol(symbol).ok_or_else(|| {
-        format!("unknown comparison operator {symbol:?} (expected >, >=, < or <=)")
-    })?;
+    let comparison = Comparison::from_symbol(symbol)
+        .ok_or_else(|| format!("unknown comparison operator {symbol:?} (expected >, >=, < or <=)"))?;
     let left = side_operand(&tokens[..operator_at])?;
     let right = side_operand(&tokens[operator_at + 1..])?;
     let (quantity, comparison, value) = match (left, right) {
-        (Some(Operand::Quantity(quantity)), Some(Operand::Value(value))) => {
-            (quantity, comparison, value)
-        }
-        (Some(Operand::Value(value)), Some(Operand::Quantity(quantity))) => {
-            (quantity, comparison.flipped(), value)
-        }
+        (Some(Operand::Quantity(quantity)), Some(Operand::Value(value))) => (quantity, comparison, value),
+        (Some(Operand::Value(value)), Some(Operand::Quantity(quantity))) => (quantity, comparison.flipped(), value),
         (left, right) => return Err(misplaced_operands(left, right, symbol)),
     };
     let threshold = match quantity {
         Quantity::Cpu => parse_percent(value)?,
         Quantity::Rmem | Quantity::Vmem => parse_bytes(value)?,
     };
-    Ok(Trigger {
-        quantity,
-        comparison,
-        threshold,
-    })
+    Ok(Trigger { quantity, comparison, threshold })
 }
 
 fn is_operator_char(c: char) -> bool {
@@ -240,15 +225,9 @@ fn lex_trigger(text: &str) -> Vec<TriggerToken<'_>> {
     let mut rest = text.trim_start();
     while let Some(first) = rest.chars().next() {
         let operator = is_operator_char(first);
-        let end = rest
-            .find(|c: char| c.is_whitespace() || is_operator_char(c) != operator)
-            .unwrap_or(rest.len());
+        let end = rest.find(|c: char| c.is_whitespace() || is_operator_char(c) != operator).unwrap_or(rest.len());
         let (token, tail) = rest.split_at(end);
-        tokens.push(if operator {
-            TriggerToken::Operator(token)
-        } else {
-            TriggerToken::Word(token)
-        });
+        tokens.push(if operator { TriggerToken::Operator(token) } else { TriggerToken::Word(token) });
         rest = tail.trim_start();
     }
     tokens
@@ -273,11 +252,7 @@ fn side_operand<'a>(tokens: &[TriggerToken<'a>]) -> Result<Option<Operand<'a>>, 
     match tokens {
         [] => Ok(None),
         [only] => classify_operand(only.text()).map(Some),
-        [first, extra, ..] => Err(format!(
-            "unexpected {:?} after {:?}",
-            extra.text(),
-            first.text()
-        )),
+        [first, extra, ..] => Err(format!("unexpected {:?} after {:?}", extra.text(), first.text())),
     }
 }
 
@@ -292,11 +267,7 @@ fn classify_operand(word: &str) -> Result<Operand<'_>, String> {
 }
 
 /// The error for operands that are not one quantity and one value.
-fn misplaced_operands(
-    left: Option<Operand<'_>>,
-    right: Option<Operand<'_>>,
-    symbol: &str,
-) -> String {
+fn misplaced_operands(left: Option<Operand<'_>>, right: Option<Operand<'_>>, symbol: &str) -> String {
     match (left, right) {
         (Some(Operand::Quantity(_)), Some(Operand::Quantity(_))) => {
             "two quantities (one side must be a value, e.g. rmem > 900m)".to_string()
@@ -313,9 +284,7 @@ fn misplaced_operands(
 
 /// Splits a leading non-negative decimal integer from its suffix.
 fn split_number(value: &str) -> Result<(u64, &str), String> {
-    let digits_end = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
+    let digits_end = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
     let (digits, suffix) = value.split_at(digits_end);
     if digits.is_empty() {
         return Err(if value.starts_with('-') {
@@ -327,9 +296,7 @@ fn split_number(value: &str) -> Result<(u64, &str), String> {
     if suffix.starts_with(['.', ',']) {
         return Err(format!("fractional numbers are not allowed ({value:?})"));
     }
-    let number = digits
-        .parse::<u64>()
-        .map_err(|_| format!("value {value:?} is too large"))?;
+    let number = digits.parse::<u64>().map_err(|_| format!("value {value:?} is too large"))?;
     Ok((number, suffix))
 }
 
@@ -342,19 +309,11 @@ fn parse_bytes(value: &str) -> Result<u64, String> {
         "m" | "M" => 1 << 20,
         "g" | "G" => 1 << 30,
         _ if unit.contains('%') => {
-            return Err(format!(
-                "a percent sign is only valid for cpu, not for memory ({value:?})"
-            ))
+            return Err(format!("a percent sign is only valid for cpu, not for memory ({value:?})"))
         }
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {value:?} (expected k, m or g)"
-            ))
-        }
+        _ => return Err(format!("unknown unit {unit:?} in {value:?} (expected k, m or g)")),
     };
-    number
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("value {value:?} is too large"))
+    number.checked_mul(multiplier).ok_or_else(|| format!("value {value:?} is too large"))
 }
 
 /// Parses a cpu percentage: `90%`, `250%`.
@@ -362,21 +321,11 @@ fn parse_percent(value: &str) -> Result<u64, String> {
     let (number, suffix) = split_number(value)?;
     match suffix {
         "%" => {}
-        "" => {
-            return Err(format!(
-                "cpu values need a percent sign, e.g. cpu > {number}%"
-            ))
-        }
-        _ => {
-            return Err(format!(
-                "invalid cpu value {value:?} (expected a percentage such as 90%)"
-            ))
-        }
+        "" => return Err(format!("cpu values need a percent sign, e.g. cpu > {number}%")),
+        _ => return Err(format!("invalid cpu value {value:?} (expected a percentage such as 90%)")),
     }
     if number > MAX_CPU_PERCENT {
-        return Err(format!(
-            "cpu value {value:?} is too large (at most {MAX_CPU_PERCENT}%)"
-        ));
+        return Err(format!("cpu value {value:?} is too large (at most {MAX_CPU_PERCENT}%)"));
     }
     Ok(number)
 }
@@ -384,10 +333,7 @@ fn parse_percent(value: &str) -> Result<u64, String> {
 /// Writes a byte count with the largest unit that divides it exactly.
 fn format_bytes(bytes: u64) -> String {
     const UNITS: [(&str, u64); 3] = [("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)];
-    match UNITS
-        .iter()
-        .find(|(_, size)| bytes != 0 && bytes.is_multiple_of(*size))
-    {
+    match UNITS.iter().find(|(_, size)| bytes != 0 && bytes.is_multiple_of(*size)) {
         Some((unit, size)) => format!("{}{unit}", bytes / size),
         None => bytes.to_string(),
     }
@@ -423,9 +369,7 @@ fn duration_seconds(text: &str) -> Result<u64, String> {
     if text.is_empty() {
         return Err(format!("empty ({EXPECTED})"));
     }
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(digits_end);
     if digits.is_empty() {
         return Err(EXPECTED.to_string());
@@ -436,9 +380,7 @@ fn duration_seconds(text: &str) -> Result<u64, String> {
         "h" => 3_600,
         "d" => 86_400,
         "" => return Err("missing unit (expected s, m, h or d), e.g. 10m".to_string()),
-        _ if unit.starts_with(['.', ',']) => {
-            return Err("fractional numbers are not allowed".to_string())
-        }
+        _ if unit.starts_with(['.', ',']) => return Err("fractional numbers are not allowed".to_string()),
         _ if unit.starts_with(char::is_whitespace) => {
             return Err("the unit must follow the number immediately, e.g. 10m".to_string())
         }
@@ -460,10 +402,7 @@ fn duration_seconds(text: &str) -> Result<u64, String> {
 fn format_duration(duration: Duration) -> String {
     const UNITS: [(&str, u64); 3] = [("d", 86_400), ("h", 3_600), ("m", 60)];
     let seconds = duration.as_secs();
-    match UNITS
-        .iter()
-        .find(|(_, size)| seconds != 0 && seconds.is_multiple_of(*size))
-    {
+    match UNITS.iter().find(|(_, size)| seconds != 0 && seconds.is_multiple_of(*size)) {
         Some((unit, size)) => format!("{}{unit}", seconds / size),
         None => format!("{seconds}s"),
     }
@@ -567,9 +506,9 @@ impl Action {
     pub fn parse(text: &str) -> Result<Action, String> {
         parse_action(text).map_err(|error| match error {
             ActionError::Invalid(detail) => format!("invalid action {text:?}: {detail}"),
-            ActionError::UnknownVariable(variable) => format!(
-                "unknown variable {variable} in exec action {text:?} (known: {KNOWN_VARIABLES})"
-            ),
+            ActionError::UnknownVariable(variable) => {
+                format!("unknown variable {variable} in exec action {text:?} (known: {KNOWN_VARIABLES})")
+            }
         })
     }
 
@@ -602,9 +541,7 @@ impl Action {
     #[must_use]
     pub fn argv(&self, vars: &ExecVars) -> Option<Vec<String>> {
         match self {
-            Action::Exec { words, .. } => {
-                Some(words.iter().map(|word| word.expand(vars)).collect())
-            }
+            Action::Exec { words, .. } => Some(words.iter().map(|word| word.expand(vars)).collect()),
             Action::Term | Action::Kill | Action::Stop { .. } | Action::Restart => None,
         }
     }
@@ -636,9 +573,7 @@ fn parse_action(text: &str) -> Result<Action, ActionError> {
     if text.trim_end().is_empty() {
         return Err("empty action (expected term, kill, stop @ DURATION, restart or exec)".into());
     }
-    let verb_end = text
-        .find(|c: char| c.is_whitespace() || c == '@')
-        .unwrap_or(text.len());
+    let verb_end = text.find(|c: char| c.is_whitespace() || c == '@').unwrap_or(text.len());
     let (word, rest) = text.split_at(verb_end);
     let verb = Verb::from_word(word).ok_or_else(|| {
         format!(
@@ -832,9 +767,7 @@ impl Quoting {
         }
         let literal = pieces.iter().all(|piece| matches!(piece, Piece::Text(_)));
         let has_single_quote = pieces.iter().any(|piece| !texts_only(piece, |c| c != '\''));
-        let needs_escapes = !pieces
-            .iter()
-            .all(|piece| texts_only(piece, |c| !needs_escape(c)));
+        let needs_escapes = !pieces.iter().all(|piece| texts_only(piece, |c| !needs_escape(c)));
         if literal && !has_single_quote && needs_escapes {
             Quoting::Single
         } else {
@@ -947,9 +880,7 @@ fn split_words(text: &str) -> Result<Vec<Word>, ActionError> {
             '"' => read_double_quoted(&mut chars, &mut word)?,
             '$' => read_variable(&mut chars, &mut word)?,
             '\\' => {
-                let escaped = chars
-                    .next()
-                    .ok_or("trailing backslash (nothing to escape)")?;
+                let escaped = chars.next().ok_or("trailing backslash (nothing to escape)")?;
                 word.push_char(escaped);
             }
             c if c.is_whitespace() => word.finish_into(&mut words),
@@ -995,13 +926,9 @@ fn read_variable(chars: &mut Chars<'_>, word: &mut WordBuilder) -> Result<(), Ac
     if chars.next_if_eq(&'{').is_some() {
         let name = take_name(chars);
         if name.is_empty() || chars.next_if_eq(&'}').is_none() {
-            return Err(format!(
-                "invalid variable reference \"${{{name}\" (expected e.g. ${{NAME}})"
-            )
-            .into());
+            return Err(format!("invalid variable reference \"${{{name}\" (expected e.g. ${{NAME}})").into());
         }
-        let var =
-            Var::from_name(&name).ok_or(ActionError::UnknownVariable(format!("${{{name}}}")))?;
+        let var = Var::from_name(&name).ok_or(ActionError::UnknownVariable(format!("${{{name}}}")))?;
         word.push_var(var);
         return Ok(());
     }
@@ -1037,11 +964,7 @@ mod tests {
     const G: u64 = 1 << 30;
 
     fn trigger(quantity: Quantity, comparison: Comparison, threshold: u64) -> Trigger {
-        Trigger {
-            quantity,
-            comparison,
-            threshold,
-        }
+        Trigger { quantity, comparison, threshold }
     }
 
     fn text(s: &str) -> Piece {
@@ -1083,10 +1006,7 @@ mod tests {
             ("1k > rmem", trigger(Rmem, Less, K)),
             ("10 >= rmem", trigger(Rmem, LessOrEqual, 10)),
             ("1g<=vmem", trigger(Vmem, GreaterOrEqual, G)),
-            (
-                "rmem > 17179869183g",
-                trigger(Rmem, Greater, 17_179_869_183 * G),
-            ),
+            ("rmem > 17179869183g", trigger(Rmem, Greater, 17_179_869_183 * G)),
         ];
         for (input, expected) in table {
             assert_eq!(Trigger::parse(input), Ok(expected), "parsing {input:?}");
@@ -1098,10 +1018,7 @@ mod tests {
         let table = [
             ("", "empty trigger"),
             ("   ", "empty trigger"),
-            (
-                "rss > 1g",
-                "unknown quantity \"rss\" (expected rmem, vmem or cpu)",
-            ),
+            ("rss > 1g", "unknown quantity \"rss\" (expected rmem, vmem or cpu)"),
             ("Rmem > 1g", "unknown quantity"),
             ("rmem > 1x", "unknown unit \"x\""),
             ("rmem > 1gb", "unknown unit \"gb\""),
@@ -1135,15 +1052,9 @@ mod tests {
         ];
         for (input, fragment) in table {
             let error = Trigger::parse(input).expect_err(input);
-            assert!(
-                error.contains(fragment),
-                "{input:?}: {error:?} lacks {fragment:?}"
-            );
+            assert!(error.contains(fragment), "{input:?}: {error:?} lacks {fragment:?}");
             let quoted = format!("invalid trigger {input:?}: ");
-            assert!(
-                error.starts_with(&quoted),
-                "{input:?}: {error:?} does not quote the text"
-            );
+            assert!(error.starts_with(&quoted), "{input:?}: {error:?} does not quote the text");
         }
     }
 
@@ -1151,8 +1062,7 @@ mod tests {
     fn trigger_error_message_is_exact() {
         assert_eq!(
             Trigger::parse("rss > 1g"),
-            Err(r#"invalid trigger "rss > 1g": unknown quantity "rss" (expected rmem, vmem or cpu)"#
-                .to_string())
+            Err(r#"invalid trigger "rss > 1g": unknown quantity "rss" (expected rmem, vmem or cpu)"#.to_string())
         );
     }
 
@@ -1225,11 +1135,7 @@ mod tests {
             ("36500d", MAX_DURATION_SECS),
         ];
         for (input, seconds) in table {
-            assert_eq!(
-                parse_duration(input),
-                Ok(Duration::from_secs(seconds)),
-                "{input:?}"
-            );
+            assert_eq!(parse_duration(input), Ok(Duration::from_secs(seconds)), "{input:?}");
         }
     }
 
@@ -1253,28 +1159,15 @@ mod tests {
         ];
         for (input, fragment) in table {
             let error = parse_duration(input).expect_err(input);
-            assert!(
-                error.contains(fragment),
-                "{input:?}: {error:?} lacks {fragment:?}"
-            );
-            assert!(
-                error.starts_with(&format!("invalid duration {input:?}: ")),
-                "{error:?}"
-            );
+            assert!(error.contains(fragment), "{input:?}: {error:?} lacks {fragment:?}");
+            assert!(error.starts_with(&format!("invalid duration {input:?}: ")), "{error:?}");
         }
     }
 
     #[test]
     fn duration_display() {
-        let table = [
-            (30, "30s"),
-            (60, "1m"),
-            (90, "90s"),
-            (600, "10m"),
-            (3_600, "1h"),
-            (5_400, "90m"),
-            (172_800, "2d"),
-        ];
+        let table =
+            [(30, "30s"), (60, "1m"), (90, "90s"), (600, "10m"), (3_600, "1h"), (5_400, "90m"), (172_800, "2d")];
         for (seconds, canonical) in table {
             let duration = Duration::from_secs(seconds);
             assert_eq!(format_duration(duration), canonical);
@@ -1287,12 +1180,8 @@ mod tests {
     #[test]
     fn valid_actions() {
         let hour = Some(Duration::from_secs(3_600));
-        let too_much = Word(vec![
-            Piece::Var(Var::Name),
-            text(" ("),
-            Piece::Var(Var::Pid),
-            text(") is using too much ram"),
-        ]);
+        let too_much =
+            Word(vec![Piece::Var(Var::Name), text(" ("), Piece::Var(Var::Pid), text(") is using too much ram")]);
         let table = [
             ("term", Action::Term),
             ("kill", Action::Kill),
@@ -1313,44 +1202,17 @@ mod tests {
             ),
             (
                 r#"exec logger "program is using too much ram""#,
-                exec(
-                    None,
-                    vec![plain("logger"), plain("program is using too much ram")],
-                ),
+                exec(None, vec![plain("logger"), plain("program is using too much ram")]),
             ),
-            (
-                "exec@1h logger x",
-                exec(hour, vec![plain("logger"), plain("x")]),
-            ),
-            (
-                "exec @1h   logger   x  ",
-                exec(hour, vec![plain("logger"), plain("x")]),
-            ),
+            ("exec@1h logger x", exec(hour, vec![plain("logger"), plain("x")])),
+            ("exec @1h   logger   x  ", exec(hour, vec![plain("logger"), plain("x")])),
             (r#"exec a"b c"'d'"#, exec(None, vec![plain("ab cd")])),
-            (
-                r#"exec echo """#,
-                exec(None, vec![plain("echo"), Word(vec![])]),
-            ),
-            (
-                r"exec echo '' x",
-                exec(None, vec![plain("echo"), Word(vec![]), plain("x")]),
-            ),
-            (
-                r"exec echo \$PID",
-                exec(None, vec![plain("echo"), plain("$PID")]),
-            ),
-            (
-                r"exec echo '$PID'",
-                exec(None, vec![plain("echo"), plain("$PID")]),
-            ),
-            (
-                r"exec echo a\ b",
-                exec(None, vec![plain("echo"), plain("a b")]),
-            ),
-            (
-                r#"exec echo "\$PID \" \\ \n""#,
-                exec(None, vec![plain("echo"), plain(r#"$PID " \ \n"#)]),
-            ),
+            (r#"exec echo """#, exec(None, vec![plain("echo"), Word(vec![])])),
+            (r"exec echo '' x", exec(None, vec![plain("echo"), Word(vec![]), plain("x")])),
+            (r"exec echo \$PID", exec(None, vec![plain("echo"), plain("$PID")])),
+            (r"exec echo '$PID'", exec(None, vec![plain("echo"), plain("$PID")])),
+            (r"exec echo a\ b", exec(None, vec![plain("echo"), plain("a b")])),
+            (r#"exec echo "\$PID \" \\ \n""#, exec(None, vec![plain("echo"), plain(r#"$PID " \ \n"#)])),
             (
                 r"exec echo ${NAME}x $NAME.log",
                 exec(
@@ -1364,16 +1226,7 @@ mod tests {
             ),
             (
                 r#"exec echo $ a$ "$" $"x""#,
-                exec(
-                    None,
-                    vec![
-                        plain("echo"),
-                        plain("$"),
-                        plain("a$"),
-                        plain("$"),
-                        plain("$x"),
-                    ],
-                ),
+                exec(None, vec![plain("echo"), plain("$"), plain("a$"), plain("$"), plain("$x")]),
             ),
             (
                 r"exec echo ${RMEM}${VMEM}$CMDLINE",
@@ -1381,11 +1234,7 @@ mod tests {
                     None,
                     vec![
                         plain("echo"),
-                        Word(vec![
-                            Piece::Var(Var::Rmem),
-                            Piece::Var(Var::Vmem),
-                            Piece::Var(Var::Cmdline),
-                        ]),
+                        Word(vec![Piece::Var(Var::Rmem), Piece::Var(Var::Vmem), Piece::Var(Var::Cmdline)]),
                     ],
                 ),
             ),
@@ -1433,15 +1282,9 @@ mod tests {
         ];
         for (input, fragment) in table {
             let error = Action::parse(input).expect_err(input);
-            assert!(
-                error.contains(fragment),
-                "{input:?}: {error:?} lacks {fragment:?}"
-            );
+            assert!(error.contains(fragment), "{input:?}: {error:?} lacks {fragment:?}");
             let quoted = format!("invalid action {input:?}: ");
-            assert!(
-                error.starts_with(&quoted),
-                "{input:?}: {error:?} does not quote the text"
-            );
+            assert!(error.starts_with(&quoted), "{input:?}: {error:?} does not quote the text");
         }
     }
 
@@ -1471,11 +1314,7 @@ mod tests {
             ("restart", None, true),
             ("stop @ 10m", Some(minutes(10)), false),
             ("exec logger x", None, false),
-            (
-                "exec @ 2d logger x",
-                Some(Duration::from_secs(172_800)),
-                false,
-            ),
+            ("exec @ 2d logger x", Some(Duration::from_secs(172_800)), false),
         ];
         for (input, every, entry_only) in table {
             let action = Action::parse(input).expect(input);
@@ -1502,22 +1341,13 @@ mod tests {
                 r#"exec  @1h  logger "$NAME ($PID) is using too much ram""#,
                 r#"exec @ 1h logger "$NAME ($PID) is using too much ram""#,
             ),
-            (
-                r#"exec logger "program is using too much ram""#,
-                r#"exec logger "program is using too much ram""#,
-            ),
+            (r#"exec logger "program is using too much ram""#, r#"exec logger "program is using too much ram""#),
             (r#"exec a"b c"'d'"#, r#"exec "ab cd""#),
             (r#"exec echo "" ''"#, r#"exec echo "" """#),
             (r"exec echo \$PID", r"exec echo '$PID'"),
             (r#"exec echo "it's \$5""#, r#"exec echo "it's \$5""#),
-            (
-                "exec echo ${NAME}x $NAME.log",
-                "exec echo ${NAME}x $NAME.log",
-            ),
-            (
-                r#"exec echo "${NAME}_1 $PID""#,
-                r#"exec echo "${NAME}_1 $PID""#,
-            ),
+            ("exec echo ${NAME}x $NAME.log", "exec echo ${NAME}x $NAME.log"),
+            (r#"exec echo "${NAME}_1 $PID""#, r#"exec echo "${NAME}_1 $PID""#),
             (r#"exec "@x" $"#, r#"exec "@x" '$'"#),
             ("exec echo 'été'", r#"exec echo "été""#),
         ];
@@ -1535,17 +1365,8 @@ mod tests {
             plain("a'b\"c\\d$e f"),
             plain("'"),
             plain("\n\t"),
-            Word(vec![
-                Piece::Var(Var::Cmdline),
-                text("'$x'"),
-                Piece::Var(Var::Pid),
-            ]),
-            Word(vec![
-                text("x"),
-                Piece::Var(Var::Rmem),
-                text("_"),
-                Piece::Var(Var::Vmem),
-            ]),
+            Word(vec![Piece::Var(Var::Cmdline), text("'$x'"), Piece::Var(Var::Pid)]),
+            Word(vec![text("x"), Piece::Var(Var::Rmem), text("_"), Piece::Var(Var::Vmem)]),
             Word(vec![]),
         ];
         let action = exec(Some(Duration::from_secs(45)), words);
@@ -1557,21 +1378,14 @@ mod tests {
     const HOSTILE: &str = r#"x; rm -rf / $(touch /tmp/pwned) `id` "q" 'r'"#;
 
     fn vars() -> ExecVars<'static> {
-        ExecVars {
-            name: "web",
-            pid: 42,
-            rmem: 1_048_576,
-            vmem: 4_194_304,
-            cmdline: HOSTILE,
-        }
+        ExecVars { name: "web", pid: 42, rmem: 1_048_576, vmem: 4_194_304, cmdline: HOSTILE }
     }
 
     #[test]
     fn expansion_keeps_a_hostile_cmdline_in_one_argument() {
-        let action = Action::parse(
-            r#"exec logger "$NAME ($PID) uses $RMEM/$VMEM bytes: $CMDLINE" $CMDLINE ${CMDLINE}"#,
-        )
-        .expect("valid");
+        let action =
+            Action::parse(r#"exec logger "$NAME ($PID) uses $RMEM/$VMEM bytes: $CMDLINE" $CMDLINE ${CMDLINE}"#)
+                .expect("valid");
         let argv = action.argv(&vars()).expect("exec has an argv");
         assert_eq!(
             argv,
@@ -1671,20 +1485,12 @@ mod tests {
         let trigger = Trigger::parse(input);
         if let Ok(parsed) = &trigger {
             let shown = parsed.to_string();
-            assert_eq!(
-                Trigger::parse(&shown).as_ref(),
-                Ok(parsed),
-                "{input:?} → {shown:?}"
-            );
+            assert_eq!(Trigger::parse(&shown).as_ref(), Ok(parsed), "{input:?} → {shown:?}");
         }
         let action = Action::parse(input);
         if let Ok(parsed) = &action {
             let shown = parsed.to_string();
-            assert_eq!(
-                Action::parse(&shown).as_ref(),
-                Ok(parsed),
-                "{input:?} → {shown:?}"
-            );
+            assert_eq!(Action::parse(&shown).as_ref(), Ok(parsed), "{input:?} → {shown:?}");
         }
         let duration = parse_duration(input);
         if let Ok(parsed) = duration {
@@ -1700,20 +1506,13 @@ mod tests {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let mut accepted = [0usize; 3];
         for round in 0..20_000 {
-            let input = if round % 2 == 0 {
-                random_string(&mut rng, &alphabet)
-            } else {
-                mutate(&mut rng, &alphabet)
-            };
+            let input = if round % 2 == 0 { random_string(&mut rng, &alphabet) } else { mutate(&mut rng, &alphabet) };
             for (count, ok) in accepted.iter_mut().zip(check_round_trips(&input)) {
                 *count += usize::from(ok);
             }
         }
         // The generator must reach the valid parts of each language.
-        assert!(
-            accepted.iter().all(|&count| count > 50),
-            "accepted counts: {accepted:?}"
-        );
+        assert!(accepted.iter().all(|&count| count > 50), "accepted counts: {accepted:?}");
     }
 
     fn random_word(rng: &mut Rng, alphabet: &[char]) -> Word {

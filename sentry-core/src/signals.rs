@@ -30,34 +30,21 @@ extern "C" fn on_signal(signal: libc::c_int) {
 /// Installs handlers for `signals`, unblocks them (a re-exec may leave them
 /// blocked), and calls `deliver` on a dedicated thread for each one received.
 /// Call once, from the main thread, before other threads start.
-pub(crate) fn forward(
-    signals: &[Signal],
-    deliver: impl Fn(Signal) + Send + 'static,
-) -> io::Result<()> {
+pub(crate) fn forward(signals: &[Signal], deliver: impl Fn(Signal) + Send + 'static) -> io::Result<()> {
     let (read, write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-            .map_err(io::Error::from)?;
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK).map_err(io::Error::from)?;
     // The write end lives as long as the process: the handler may run at any time.
     WRITE_FD.store(write.into_raw_fd(), Ordering::Relaxed);
     // Reads block: only the write end is non-blocking (a full pipe drops a signal, never blocks a handler).
-    nix::fcntl::fcntl(
-        &read,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-    )
-    .map_err(io::Error::from)?;
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
+    nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty())).map_err(io::Error::from)?;
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
     let mut set = SigSet::empty();
     for &signal in signals {
         // SAFETY: the handler only does async-signal-safe work.
         unsafe { sigaction(signal, &action) }.map_err(io::Error::from)?;
         set.add(signal);
     }
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None)
-        .map_err(io::Error::from)?;
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None).map_err(io::Error::from)?;
     std::thread::Builder::new()
         .name("sentry-signals".into())
         .stack_size(64 * 1024)

@@ -91,13 +91,7 @@ pub(crate) struct RuleText {
 /// ];
 /// assert_eq!(specs.len(), 3);
 /// ```
-pub fn entry(
-    name: &str,
-    command: &str,
-    args: impl IntoArgs,
-    restart_delay_ms: u64,
-    count: usize,
-) -> Spec {
+pub fn entry(name: &str, command: &str, args: impl IntoArgs, restart_delay_ms: u64, count: usize) -> Spec {
     Spec {
         name: name.to_string(),
         kind: SpecKind::Entry(EntryFields {
@@ -132,10 +126,7 @@ pub fn entry(
 pub fn watch(name: &str, pattern: impl IntoPattern) -> Spec {
     Spec {
         name: name.to_string(),
-        kind: SpecKind::Watch(WatchFields {
-            pattern: pattern.into_pattern(),
-            every: Duration::from_secs(1),
-        }),
+        kind: SpecKind::Watch(WatchFields { pattern: pattern.into_pattern(), every: Duration::from_secs(1) }),
         children: false,
         rules: Vec::new(),
         problems: Vec::new(),
@@ -155,10 +146,7 @@ impl Spec {
 
     /// Adds a rule: when `trigger` holds for a process, run `action`.
     pub fn on(mut self, trigger: impl IntoTrigger, action: impl IntoAction) -> Spec {
-        self.rules.push(RuleText {
-            trigger: trigger.into_trigger(),
-            action: action.into_action(),
-        });
+        self.rules.push(RuleText { trigger: trigger.into_trigger(), action: action.into_action() });
         self
     }
 
@@ -172,10 +160,9 @@ impl Spec {
     pub fn every(mut self, interval: Duration) -> Spec {
         match &mut self.kind {
             SpecKind::Watch(w) => w.every = interval,
-            SpecKind::Entry(_) => self.problems.push(format!(
-                "entry {:?}: .every() applies to watches only",
-                self.name
-            )),
+            SpecKind::Entry(_) => {
+                self.problems.push(format!("entry {:?}: .every() applies to watches only", self.name))
+            }
         }
         self
     }
@@ -222,10 +209,9 @@ impl Spec {
     fn entry_only(mut self, method: &str, set: impl FnOnce(&mut EntryFields)) -> Spec {
         match &mut self.kind {
             SpecKind::Entry(e) => set(e),
-            SpecKind::Watch(_) => self.problems.push(format!(
-                "watch {:?}: .{method}() applies to entries only",
-                self.name
-            )),
+            SpecKind::Watch(_) => {
+                self.problems.push(format!("watch {:?}: .{method}() applies to entries only", self.name))
+            }
         }
         self
     }

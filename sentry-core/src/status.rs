@@ -22,6 +22,9 @@ pub struct ReloadOutcome {
     pub at: u64,
     pub ok: bool,
     pub error: Option<String>,
+    /// The build's number; `reload` waits for the one its request got.
+    #[serde(default)]
+    pub id: u64,
 }
 
 /// One entry.

@@ -11,6 +11,7 @@ use crossbeam_channel::{bounded, unbounded, Sender};
 
 use crate::config::Config;
 use crate::core::{Command, Core, CoreOptions};
+use crate::handoff::InfoSnapshot;
 use crate::output::ConsoleHandle;
 use crate::status::{EntryStatus, Status};
 use crate::{sys, Error, Spec};
@@ -28,29 +29,20 @@ impl CoreHandle {
 
     pub fn status(&self) -> Result<Status, Error> {
         let (reply, answer) = bounded(1);
-        self.tx
-            .send(Command::Status { reply })
-            .map_err(|_| Error::CoreGone)?;
+        self.tx.send(Command::Status { reply }).map_err(|_| Error::CoreGone)?;
         answer.recv().map_err(|_| Error::CoreGone)
     }
 
     pub fn scale(&self, entry: &str, count: usize) -> Result<EntryStatus, Error> {
         let (reply, answer) = bounded(1);
-        let command = Command::Scale {
-            entry: entry.to_string(),
-            count,
-            reply,
-        };
+        let command = Command::Scale { entry: entry.to_string(), count, reply };
         self.tx.send(command).map_err(|_| Error::CoreGone)?;
         answer.recv().map_err(|_| Error::CoreGone)?
     }
 
     pub fn restart(&self, entry: &str) -> Result<EntryStatus, Error> {
         let (reply, answer) = bounded(1);
-        let command = Command::Restart {
-            entry: entry.to_string(),
-            reply,
-        };
+        let command = Command::Restart { entry: entry.to_string(), reply };
         self.tx.send(command).map_err(|_| Error::CoreGone)?;
         answer.recv().map_err(|_| Error::CoreGone)?
     }
@@ -98,17 +90,17 @@ impl Supervisor {
         let core_options = CoreOptions {
             log_dir: options.log_dir,
             console: ConsoleHandle::default(),
-            started_at: sys::unix_now(),
+            info: InfoSnapshot { started_at: sys::unix_now(), ..InfoSnapshot::default() },
         };
         let core = Core::new(config, core_options, tx.clone(), rx);
         let thread = std::thread::Builder::new()
             .name("sentry-core".into())
-            .spawn(move || core.run())
+            .spawn(move || {
+                // Embedded cores are never suspended: only shutdown ends them.
+                core.run();
+            })
             .map_err(|e| Error::io("cannot start the supervisor thread", e))?;
-        Ok(Supervisor {
-            handle: CoreHandle::new(tx),
-            thread: Some(thread),
-        })
+        Ok(Supervisor { handle: CoreHandle::new(tx), thread: Some(thread) })
     }
 
     /// The current state (the shape of `GET /status`).

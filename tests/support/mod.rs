@@ -23,8 +23,7 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
-        let dir =
-            std::env::temp_dir().join(format!("sentry-test-{tag}-{}-{n}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("sentry-test-{tag}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create a temp dir");
         TempDir(dir)
@@ -46,11 +45,7 @@ pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     wait_for_within(what, PATIENCE, &mut probe)
 }
 
-pub fn wait_for_within<T>(
-    what: &str,
-    patience: Duration,
-    mut probe: impl FnMut() -> Option<T>,
-) -> T {
+pub fn wait_for_within<T>(what: &str, patience: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + patience;
     loop {
         if let Some(v) = probe() {
@@ -118,17 +113,12 @@ pub fn kill_session(sid: i32) {
 /// A line of `/proc/PID/status`, such as `SigBlk`.
 pub fn proc_status(pid: i32, key: &str) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines().find_map(|l| {
-        l.strip_prefix(&format!("{key}:"))
-            .map(|v| v.trim().to_string())
-    })
+    text.lines().find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string()))
 }
 
 /// Number of open fds of `pid`.
 pub fn fd_count(pid: i32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
 /// A configuration binary running `start` in a session of its own.
@@ -175,12 +165,7 @@ impl Sentry {
             });
         }
         let child = cmd.spawn().expect("start the configuration binary");
-        Sentry {
-            dir,
-            bin: bin.into(),
-            scenario: scenario.into(),
-            child,
-        }
+        Sentry { dir, bin: bin.into(), scenario: scenario.into(), child }
     }
 
     pub fn pid(&self) -> i32 {
@@ -201,23 +186,13 @@ impl Sentry {
 
     pub fn status(&self) -> Value {
         let out = self.cli(&["status", "--json"]);
-        assert!(
-            out.status.success(),
-            "status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("status is JSON")
     }
 
     pub fn entry(&self, name: &str) -> Value {
         let status = self.status();
-        status["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .cloned()
-            .unwrap_or(Value::Null)
+        status["entries"].as_array().unwrap().iter().find(|e| e["name"] == name).cloned().unwrap_or(Value::Null)
     }
 
     /// The PIDs of an entry's processes, in slot order.
@@ -225,16 +200,7 @@ impl Sentry {
         let entry = self.entry(name);
         let mut procs: Vec<(u64, i32)> = entry["processes"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|p| {
-                        (
-                            p["index"].as_u64().unwrap(),
-                            p["pid"].as_i64().unwrap() as i32,
-                        )
-                    })
-                    .collect()
-            })
+            .map(|a| a.iter().map(|p| (p["index"].as_u64().unwrap(), p["pid"].as_i64().unwrap() as i32)).collect())
             .unwrap_or_default();
         procs.sort();
         procs.into_iter().map(|(_, pid)| pid).collect()
@@ -245,8 +211,7 @@ impl Sentry {
     }
 
     pub fn log(&self, entry: &str) -> String {
-        fs::read_to_string(self.dir.path().join("log").join(format!("{entry}.log")))
-            .unwrap_or_default()
+        fs::read_to_string(self.dir.path().join("log").join(format!("{entry}.log"))).unwrap_or_default()
     }
 
     pub fn file(&self, name: &str) -> PathBuf {

@@ -1,0 +1,328 @@
+//! The state that crosses `execve` on a reload: plain, versioned serde data,
+//! separate from the run-time types (the seed's TODO). Every field added
+//! after version 1 must carry `#[serde(default)]`, so that a newer binary
+//! reads an older snapshot. Instants become durations relative to the moment
+//! of the snapshot; kept fds travel as numbers with their `(dev, ino)` so the
+//! new image can verify them. Also: writing and reading the snapshot through
+//! a memfd, and adopting a kept fd. Nothing here decides anything.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::Restart;
+use crate::status::ReloadOutcome;
+
+/// The snapshot format this binary writes; it reads this and every older one.
+pub(crate) const HANDOFF_VERSION: u32 = 1;
+
+/// Everything the new image needs to go on as if nothing happened.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Handoff {
+    pub version: u32,
+    pub instance: InstanceSnapshot,
+    pub core: CoreSnapshot,
+}
+
+/// The CLI instance: files, listener, identity, reload bookkeeping.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct InstanceSnapshot {
+    pub name: String,
+    pub dir: PathBuf,
+    pub crate_dir: Option<PathBuf>,
+    /// The binary Sentry was first started from (re-exec'd when there is no toolchain).
+    pub exe: PathBuf,
+    pub token: String,
+    pub pidfile: KeptFd,
+    pub listener: KeptFd,
+    /// The self-pipe of the signal handlers (read end, write end): signals
+    /// that arrive during the exec window wait in it.
+    pub signal_pipe: (KeptFd, KeptFd),
+    /// The id the next build will get.
+    pub next_reload_id: u64,
+    /// A reload was asked for while the previous one was being exec'd.
+    pub pending_reload: bool,
+    /// The build that produced the new image.
+    pub reload_id: u64,
+}
+
+/// The supervision core's state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct CoreSnapshot {
+    pub info: InfoSnapshot,
+    pub entries: Vec<EntrySnapshot>,
+    /// Monitors of children already reaped whose pipes were still open.
+    pub draining: Vec<DrainingSnapshot>,
+    /// Process groups whose leader exited, waiting for their SIGKILL.
+    pub leftovers: Vec<LeftoverSnapshot>,
+}
+
+/// What `status` reports about the instance's history.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct InfoSnapshot {
+    pub started_at: u64,
+    pub reexec_count: u64,
+    pub reexeced_at: Option<u64>,
+    pub last_reload: Option<ReloadOutcome>,
+}
+
+/// One entry: its (old) configuration and run-time state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct EntrySnapshot {
+    pub config: EntryConfigSnapshot,
+    pub target: usize,
+    pub restarts: u64,
+    pub fired: Vec<u64>,
+    pub removed: bool,
+    pub slots: Vec<SlotSnapshot>,
+}
+
+/// An entry's configuration as data.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct EntryConfigSnapshot {
+    pub name: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub delay_ms: u64,
+    pub count: usize,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub stop_signal: i32,
+    pub stop_timeout_ms: u64,
+    pub restart: Restart,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub children: bool,
+    /// (trigger, action) as text.
+    pub rules: Vec<(String, String)>,
+}
+
+/// One slot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct SlotSnapshot {
+    pub index: usize,
+    pub crashes: u32,
+    pub started_at: u64,
+    pub phase: PhaseSnapshot,
+    /// The running process's output pipes.
+    pub streams: Vec<StreamSnapshot>,
+}
+
+/// A slot's phase, with instants as durations from the snapshot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum PhaseSnapshot {
+    Idle,
+    Pending { due_in_ms: u64 },
+    Running { process: ProcessSnapshot },
+    Stopping { process: ProcessSnapshot, kill_in_ms: u64, respawn: bool },
+    Killing { process: ProcessSnapshot, respawn: bool },
+}
+
+/// A child process, identified by (pid, starttime).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(crate) struct ProcessSnapshot {
+    pub pid: i32,
+    /// `/proc/PID/stat` starttime (clock ticks after boot).
+    pub starttime: u64,
+    pub up_ms: u64,
+}
+
+/// One output pipe and the bytes read from it that are not yet a line.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct StreamSnapshot {
+    pub fd: KeptFd,
+    pub pending: Vec<u8>,
+}
+
+/// A monitor of a reaped child whose pipes are still open.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct DrainingSnapshot {
+    pub entry: String,
+    pub pid: i32,
+    pub streams: Vec<StreamSnapshot>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(crate) struct LeftoverSnapshot {
+    pub pgid: i32,
+    pub kill_in_ms: u64,
+}
+
+/// An fd kept open across exec, with what it must still be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KeptFd {
+    pub fd: RawFd,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl KeptFd {
+    /// Describes `fd` for the other side.
+    pub fn of(fd: &impl AsRawFd) -> io::Result<KeptFd> {
+        let st = nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) })
+            .map_err(io::Error::from)?;
+        Ok(KeptFd { fd: fd.as_raw_fd(), dev: st.st_dev, ino: st.st_ino })
+    }
+
+    /// Takes ownership of the fd if it still is what was recorded, and
+    /// makes it close-on-exec again. `None` leaves the number untouched.
+    pub fn adopt(self) -> Option<OwnedFd> {
+        // SAFETY: only fstat and fcntl on a number; ownership is taken only
+        // once the (dev, ino) pair proves it is the recorded file.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+        let st = nix::sys::stat::fstat(borrowed).ok()?;
+        if (st.st_dev, st.st_ino) != (self.dev, self.ino) {
+            return None;
+        }
+        set_cloexec(self.fd, true).ok()?;
+        // SAFETY: verified above; the previous image handed it to us.
+        Some(unsafe { OwnedFd::from_raw_fd(self.fd) })
+    }
+}
+
+/// Sets or clears `FD_CLOEXEC`.
+pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl on an fd number; failure is reported.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Writes `handoff` into a new memfd that survives exec (no CLOEXEC).
+pub(crate) fn to_memfd(handoff: &Handoff) -> io::Result<OwnedFd> {
+    let json = serde_json::to_vec(handoff).map_err(io::Error::other)?;
+    // SAFETY: a plain syscall with a NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(c"sentry-handoff".as_ptr(), 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd owned by nobody else.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(&json)?;
+    file.rewind()?;
+    Ok(file.into())
+}
+
+/// Reads and closes the memfd `fd`. Any failure means an unreadable snapshot.
+pub(crate) fn from_memfd(fd: RawFd) -> Result<Handoff, String> {
+    // SAFETY: the previous image passed this fd number for us to consume;
+    // fstat first so that a bad number is reported, not adopted blindly.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::sys::stat::fstat(borrowed).map_err(|e| format!("handoff fd {fd}: {e}"))?;
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| format!("cannot read the handoff: {e}"))?;
+    let probe: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("the handoff is not JSON: {e}"))?;
+    let version = probe["version"].as_u64().ok_or("the handoff has no version")?;
+    if version > HANDOFF_VERSION as u64 || version == 0 {
+        return Err(format!("handoff version {version} is not one this binary reads (1..={HANDOFF_VERSION})"));
+    }
+    serde_json::from_value(probe).map_err(|e| format!("the handoff does not parse: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Handoff {
+        let fd = KeptFd { fd: 3, dev: 1, ino: 2 };
+        Handoff {
+            version: HANDOFF_VERSION,
+            instance: InstanceSnapshot {
+                name: "x".into(),
+                dir: "/d".into(),
+                crate_dir: None,
+                exe: "/e".into(),
+                token: "t".into(),
+                pidfile: fd,
+                listener: fd,
+                signal_pipe: (fd, fd),
+                next_reload_id: 4,
+                pending_reload: false,
+                reload_id: 3,
+            },
+            core: CoreSnapshot {
+                entries: vec![EntrySnapshot {
+                    config: EntryConfigSnapshot {
+                        name: "e".into(),
+                        command: "sleep".into(),
+                        args: vec!["1".into()],
+                        delay_ms: 0,
+                        count: 1,
+                        env: vec![],
+                        cwd: None,
+                        stop_signal: 15,
+                        stop_timeout_ms: 10_000,
+                        restart: Restart::Always,
+                        user: None,
+                        group: None,
+                        children: false,
+                        rules: vec![],
+                    },
+                    target: 2,
+                    restarts: 1,
+                    fired: vec![],
+                    removed: false,
+                    slots: vec![SlotSnapshot {
+                        index: 0,
+                        crashes: 0,
+                        started_at: 5,
+                        phase: PhaseSnapshot::Running { process: ProcessSnapshot { pid: 9, starttime: 7, up_ms: 8 } },
+                        streams: vec![StreamSnapshot { fd, pending: vec![0xe2, 0x82] }],
+                    }],
+                }],
+                ..CoreSnapshot::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_through_a_memfd() {
+        let fd = to_memfd(&sample()).unwrap();
+        let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
+        let back = from_memfd(raw).unwrap();
+        assert_eq!(back.core.entries[0].target, 2);
+        assert_eq!(back.core.entries[0].slots[0].streams[0].pending, vec![0xe2, 0x82]);
+        assert_eq!(back.instance.next_reload_id, 4);
+    }
+
+    #[test]
+    fn unreadable_or_future_snapshots_are_refused() {
+        let mut h = sample();
+        h.version = HANDOFF_VERSION + 1;
+        let raw = std::os::fd::IntoRawFd::into_raw_fd(to_memfd(&h).unwrap());
+        assert!(from_memfd(raw).unwrap_err().contains("not one this binary reads"));
+        assert!(from_memfd(9999).is_err());
+    }
+
+    #[test]
+    fn a_kept_fd_is_adopted_only_if_it_is_the_same_file() {
+        let file = tempfile_in_tmp();
+        let kept = KeptFd::of(&file).unwrap();
+        let wrong = KeptFd { ino: kept.ino + 1, ..kept };
+        assert!(wrong.adopt().is_none());
+        set_cloexec(kept.fd, false).unwrap();
+        let raw = std::os::fd::IntoRawFd::into_raw_fd(file);
+        let owned = KeptFd { fd: raw, ..kept }.adopt().expect("same file");
+        let flags = unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(flags & libc::FD_CLOEXEC, 0, "CLOEXEC set again");
+    }
+
+    fn tempfile_in_tmp() -> File {
+        let path = std::env::temp_dir().join(format!("sentry-handoff-test-{}", std::process::id()));
+        let f = File::create(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+}
