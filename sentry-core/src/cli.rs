@@ -5,22 +5,16 @@
 //! the other subcommands talk to a running instance through its pidfile and
 //! control interface. Exit codes follow SPEC's table.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::unbounded;
-
 use crate::client::Client;
 use crate::config::Config;
-use crate::core::{max_stop_wait, Command, Core, CoreOptions};
-use crate::http::{ControlServer, Routes};
-use crate::instance::{self, Paths, PidLock};
-use crate::output::Console;
+use crate::core::max_stop_wait;
+use crate::instance::{self, Paths};
 use crate::spec::MAX_COUNT;
 use crate::status::Status;
-use crate::supervisor::CoreHandle;
-use crate::{signals, sys, Error, Signal, Spec};
+use crate::{run, sys, Error, Signal, Spec};
 
 const EXIT_OK: i32 = 0;
 const EXIT_FAIL: i32 = 1;
@@ -67,13 +61,13 @@ enum Invocation {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Subcommand {
-    Start { http: Option<String>, daemon: bool },
+    Start { http: Option<String>, daemon: bool, handoff: Option<i32> },
     Stop,
     Reload { exec: Option<PathBuf> },
     Status { json: bool },
     Scale { entry: String, count: String },
     Restart { entry: String },
-    Check,
+    Check { handoff_version: bool },
     Explain,
 }
 
@@ -112,7 +106,8 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
     let mut crate_dir = None;
     let mut http = None;
     let mut exec = None;
-    let (mut daemon, mut json) = (false, false);
+    let (mut daemon, mut json, mut handoff_version) = (false, false, false);
+    let mut handoff = None;
     let mut words = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -129,6 +124,12 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
             "--http" => http = Some(value("--http")?),
             "--exec" => exec = Some(PathBuf::from(value("--exec")?)),
             "--daemon" => daemon = true,
+            // Internal: how a re-exec'd image finds its snapshot, and how a
+            // reload asks a new binary which snapshots it reads.
+            "--handoff-fd" => {
+                handoff = Some(value("--handoff-fd")?.parse().map_err(|_| "--handoff-fd needs a number")?)
+            }
+            "--handoff-version" => handoff_version = true,
             "--json" => json = true,
             f if f.starts_with('-') && f.len() > 1 && !f[1..].starts_with(|c: char| c.is_ascii_digit()) => {
                 return Err(format!("unknown option {arg:?}"))
@@ -140,18 +141,24 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
     let name = words.next().ok_or("missing command")?;
     let mut positional = |what: &str| words.next().ok_or_else(|| format!("{name}: missing {what}"));
     let command = match name.as_str() {
-        "start" => Subcommand::Start { http: http.take(), daemon },
+        "start" => Subcommand::Start { http: http.take(), daemon, handoff },
         "stop" => Subcommand::Stop,
         "reload" => Subcommand::Reload { exec: exec.take() },
         "status" => Subcommand::Status { json },
         "scale" => Subcommand::Scale { entry: positional("ENTRY")?, count: positional("COUNT")? },
         "restart" => Subcommand::Restart { entry: positional("ENTRY")? },
-        "check" => Subcommand::Check,
+        "check" => Subcommand::Check { handoff_version },
         "explain" => Subcommand::Explain,
         other => return Err(format!("unknown command {other:?}")),
     };
     if let Some(extra) = words.next() {
         return Err(format!("{name}: unexpected argument {extra:?}"));
+    }
+    if handoff.is_some() && !matches!(command, Subcommand::Start { daemon: false, .. }) {
+        return Err(format!("{name} does not take --handoff-fd"));
+    }
+    if handoff_version && !matches!(command, Subcommand::Check { .. }) {
+        return Err(format!("{name} does not take --handoff-version"));
     }
     let misplaced = match &command {
         Subcommand::Start { .. } => (exec.is_some() || json).then_some("--exec/--json"),
@@ -167,15 +174,16 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
 
 fn run(command: Subcommand, specs: Vec<Spec>, paths: &Paths) -> i32 {
     let result = match command {
-        Subcommand::Check => check(&specs),
+        Subcommand::Check { handoff_version } => check(&specs, handoff_version),
         Subcommand::Explain => explain(&specs),
-        Subcommand::Start { http, daemon: false } => start(&specs, paths, http),
-        Subcommand::Start { http, daemon: true } => start_daemon(&specs, paths, http),
+        Subcommand::Start { handoff: Some(fd), .. } => run::resume(&specs, paths, fd).map_err(fail),
+        Subcommand::Start { http, daemon: false, .. } => run::start(&specs, paths, http).map_err(fail),
+        Subcommand::Start { http, daemon: true, .. } => start_daemon(&specs, paths, http),
         Subcommand::Stop => stop(&specs, paths),
         Subcommand::Status { json } => status(paths, json),
         Subcommand::Scale { entry, count } => scale(paths, &entry, &count),
         Subcommand::Restart { entry } => restart(paths, &entry),
-        Subcommand::Reload { .. } => Err((EXIT_FAIL, "reload is not available in this version yet".to_string())),
+        Subcommand::Reload { exec } => reload(paths, exec),
     };
     match result {
         Ok(()) => EXIT_OK,
@@ -197,8 +205,11 @@ fn fail(e: Error) -> (i32, String) {
     (code, e.to_string())
 }
 
-fn check(specs: &[Spec]) -> Outcome {
+fn check(specs: &[Spec], handoff_version: bool) -> Outcome {
     let config = Config::from_specs(specs).map_err(fail)?;
+    if handoff_version {
+        println!("handoff-version {}", crate::handoff::HANDOFF_VERSION);
+    }
     println!("The configuration is valid: {} entries, {} watches.", config.entries.len(), config.watches.len());
     Ok(())
 }
@@ -212,74 +223,6 @@ fn explain(specs: &[Spec]) -> Outcome {
         println!("entry {} ({} rules)", e.name, e.rules.len());
     }
     println!("Matching and firing are not available in this version yet.");
-    Ok(())
-}
-
-fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Outcome {
-    let config = Config::from_specs(specs).map_err(fail)?;
-    std::fs::create_dir_all(&paths.dir)
-        .map_err(|e| fail(Error::io(format!("cannot create {}", paths.dir.display()), e)))?;
-    let lock = PidLock::acquire(&paths.pidfile()).map_err(fail)?;
-    let addr = http.or_else(|| std::env::var("SENTRY_HTTP").ok()).unwrap_or_else(|| "127.0.0.1:0".to_string());
-    let prepared =
-        TcpListener::bind(&addr).map_err(|source| Error::Bind { addr: addr.clone(), source }).and_then(|listener| {
-            let token = sys::random_hex(16).map_err(|e| Error::io("cannot read /dev/urandom", e))?;
-            instance::write_private(&paths.token_file(), &format!("{token}\n"), 0o600)?;
-            Ok((listener, token))
-        });
-    let (listener, token) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            lock.release();
-            return Err(fail(e));
-        }
-    };
-
-    let console = Console::stdout();
-    let (tx, rx) = unbounded();
-    let deliver = tx.clone();
-    let say = console.handle();
-    let installed = signals::forward(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP], move |signal| {
-        if signal == Signal::SIGHUP {
-            say.say("SIGHUP received: reload is not available in this version yet.");
-        } else {
-            let _ = deliver.send(Command::Shutdown);
-        }
-    });
-    let server = installed.map_err(|e| Error::io("cannot install signal handlers", e)).and_then(|()| {
-        ControlServer::start(listener, Routes { core: CoreHandle::new(tx.clone()), token, reload: None })
-    });
-    let server = match server {
-        Ok(s) => s,
-        Err(e) => {
-            console.close();
-            let _ = std::fs::remove_file(paths.token_file());
-            lock.release();
-            return Err(fail(e));
-        }
-    };
-    let bound = server.addr().to_string();
-    let wrote_addr = instance::write_private(&paths.addr_file(), &format!("{bound}\n"), 0o644);
-    if let Err(e) = wrote_addr {
-        log::error!("{e}");
-    }
-    let say = console.handle();
-    say.say(&format!("Sentry started (PID: {} saved in {}).", std::process::id(), paths.pidfile().display()));
-    say.say(&format!("Control interface on http://{bound}/ (token in {}).", paths.token_file().display()));
-
-    let options = CoreOptions {
-        log_dir: Some(paths.log_dir()),
-        console: console.handle(),
-        info: crate::handoff::InfoSnapshot { started_at: sys::unix_now(), ..Default::default() },
-    };
-    Core::new(config, options, tx, rx).run();
-
-    server.stop();
-    let _ = std::fs::remove_file(paths.addr_file());
-    let _ = std::fs::remove_file(paths.token_file());
-    say.say("Bye.");
-    console.close();
-    lock.release();
     Ok(())
 }
 
@@ -370,11 +313,15 @@ fn answer<T: serde::de::DeserializeOwned>(code: u16, body: &str) -> Result<T, Er
     if code == 200 {
         return serde_json::from_str(body).map_err(|e| Error::Control { status: code, message: e.to_string() });
     }
+    Err(answer_error(code, body))
+}
+
+fn answer_error(code: u16, body: &str) -> Error {
     let message = serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_string))
         .unwrap_or_else(|| body.to_string());
-    Err(Error::Control { status: code, message })
+    Error::Control { status: code, message }
 }
 
 fn status(paths: &Paths, json: bool) -> Outcome {
@@ -438,6 +385,40 @@ fn scale(paths: &Paths, entry: &str, count: &str) -> Outcome {
     let e: crate::status::EntryStatus = answer(code, &body).map_err(fail)?;
     println!("{}: {} processes.", e.name, e.count);
     Ok(())
+}
+
+/// Asks for a reload and waits for the build that answers it.
+fn reload(paths: &Paths, exec: Option<PathBuf>) -> Outcome {
+    let c = client(paths).map_err(fail)?;
+    let exec = exec.map(|p| if p.is_absolute() { p } else { std::env::current_dir().unwrap_or_default().join(p) });
+    let body = serde_json::json!({ "exec": exec }).to_string();
+    let (code, accepted) = c.post("/reload", &body).map_err(fail)?;
+    if code != 202 {
+        return Err(fail(answer_error(code, &accepted)));
+    }
+    let ticket =
+        serde_json::from_str::<serde_json::Value>(&accepted).ok().and_then(|v| v["reload"].as_u64()).unwrap_or(0);
+    println!("Reloading…");
+    let deadline = Instant::now() + crate::build::BUILD_TIMEOUT + Duration::from_secs(60);
+    loop {
+        // During the exec the listener is kept: a connection waits in its backlog.
+        let status =
+            client(paths).and_then(|c| c.get("/status")).and_then(|(code, body)| answer::<Status>(code, &body));
+        if let Some((outcome, status)) =
+            status.ok().and_then(|s| Some((s.last_reload.clone().filter(|o| o.id >= ticket)?, s)))
+        {
+            if outcome.ok {
+                println!("Reloaded: re-exec'd {} times, PID {}.", status.reexec_count, status.pid);
+                return Ok(());
+            }
+            let error = outcome.error.unwrap_or_default();
+            return Err((EXIT_FAIL, format!("reload failed; the old configuration runs on:\n{error}")));
+        }
+        if Instant::now() > deadline {
+            return Err((EXIT_FAIL, "no reload outcome in time".to_string()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn restart(paths: &Paths, entry: &str) -> Outcome {

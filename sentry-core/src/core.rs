@@ -63,6 +63,15 @@ pub(crate) struct Suspended {
     pub fds: Vec<OwnedFd>,
 }
 
+/// A child found in /proc (after an unreadable snapshot), to adopt or stop.
+pub(crate) struct FoundChild {
+    pub pid: i32,
+    pub cmdline: Vec<String>,
+    /// Its `SENTRY_ENTRY` and `SENTRY_INDEX`.
+    pub entry: Option<String>,
+    pub index: Option<usize>,
+}
+
 /// What the core needs from whoever runs it.
 pub(crate) struct CoreOptions {
     /// Where `ENTRY.log` files go; `None` discards children's output.
@@ -429,6 +438,60 @@ impl Core {
         for w in self.waiters.drain(..) {
             let _ = w.reply.send(Err(Error::CoreGone));
         }
+    }
+
+    /// Replaces what status reports about the instance's history.
+    pub fn set_info(&mut self, info: InfoSnapshot) {
+        self.options.info = info;
+    }
+
+    /// Records how a reload attempt ended.
+    pub fn record_reload(&mut self, outcome: ReloadOutcome) {
+        self.options.info.last_reload = Some(outcome);
+    }
+
+    /// Takes over children a previous image left without a readable
+    /// snapshot: each whose entry and command line match (and whose slot is
+    /// free) runs on in its slot; every other is stopped and reaped.
+    /// Returns a line per child saying which.
+    pub fn adopt(&mut self, found: Vec<FoundChild>) -> Vec<String> {
+        let now = Instant::now();
+        let mut report = Vec::new();
+        for child in found {
+            let slot = self.entries.iter().position(|e| {
+                let argv: Vec<&String> = std::iter::once(&e.config.command).chain(&e.config.args).collect();
+                child.entry.as_deref() == Some(e.config.name.as_str())
+                    && child.cmdline.iter().collect::<Vec<_>>() == argv
+            });
+            let placed = slot.and_then(|i| {
+                let index = child.index?;
+                let e = &mut self.entries[i];
+                if index >= e.target || e.slots.contains_key(&index) {
+                    return None;
+                }
+                e.slots.insert(
+                    index,
+                    SlotRun {
+                        slot: Slot { phase: Phase::Running { pid: child.pid, since: now }, crashes: 0 },
+                        started_at: sys::unix_now(),
+                    },
+                );
+                Some((e.config.name.clone(), e.config.stop_timeout))
+            });
+            let name = placed.as_ref().map(|(n, _)| n.clone()).unwrap_or_else(|| "stray".to_string());
+            let sink = self.sink(&name, child.pid);
+            if let Err(e) = self.watch(child.pid, Vec::new(), sink, false) {
+                report.push(format!("cannot watch {name}.{}: {e}", child.pid));
+            }
+            if placed.is_some() {
+                report.push(format!("Adopted {name}.{} ({}).", child.pid, child.cmdline.join(" ")));
+            } else {
+                sys::signal_group(child.pid, Signal::SIGTERM);
+                self.leftovers.push(Leftover { pgid: child.pid, kill_at: now + Duration::from_secs(10) });
+                report.push(format!("Stopping {} ({}): it matches no free slot.", child.pid, child.cmdline.join(" ")));
+            }
+        }
+        report
     }
 
     /// Applies a new configuration as a difference: unchanged entries keep

@@ -173,6 +173,16 @@ impl PidLock {
         (&self.file).write_all(format!("{}\n", std::process::id()).as_bytes())
     }
 
+    /// Takes over a lock handed across exec (the same open file, still locked).
+    pub fn adopt(fd: std::os::fd::OwnedFd, path: PathBuf) -> PidLock {
+        PidLock { file: File::from(fd), path }
+    }
+
+    /// The locked file, to keep across exec.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Removes the pidfile while still holding the lock, then lets go.
     pub fn release(self) {
         let _ = fs::remove_file(&self.path);

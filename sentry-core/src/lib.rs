@@ -42,6 +42,7 @@
 //! In CLI mode the core runs on the main thread, which is the only thread
 //! that forks children.
 
+pub mod build;
 mod child;
 mod cli;
 mod client;
@@ -53,7 +54,9 @@ mod http;
 mod instance;
 mod lifecycle;
 mod output;
+mod reload;
 pub mod rule;
+mod run;
 mod signals;
 mod spec;
 mod status;

@@ -1,12 +1,16 @@
 //! Turning Unix signals into calls on an ordinary thread, for the CLI only:
 //! a handler that writes the signal number into a pipe (the self-pipe trick,
-//! async-signal-safe) and a thread that reads it and calls back. Embedded
-//! supervisors never come here. This module knows nothing of what a signal means.
+//! async-signal-safe) and a thread that reads it and calls back. The pipe
+//! outlives the thread, so it can cross a re-exec with the signals that
+//! arrived meanwhile still in it. Embedded supervisors never come here. This
+//! module knows nothing of what a signal means.
 
 use std::io;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::thread::JoinHandle;
 
+use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow};
 
 use crate::Signal;
@@ -27,16 +31,34 @@ extern "C" fn on_signal(signal: libc::c_int) {
     }
 }
 
-/// Installs handlers for `signals`, unblocks them (a re-exec may leave them
-/// blocked), and calls `deliver` on a dedicated thread for each one received.
-/// Call once, from the main thread, before other threads start.
-pub(crate) fn forward(signals: &[Signal], deliver: impl Fn(Signal) + Send + 'static) -> io::Result<()> {
-    let (read, write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK).map_err(io::Error::from)?;
-    // The write end lives as long as the process: the handler may run at any time.
-    WRITE_FD.store(write.into_raw_fd(), Ordering::Relaxed);
-    // Reads block: only the write end is non-blocking (a full pipe drops a signal, never blocks a handler).
-    nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty())).map_err(io::Error::from)?;
+/// The thread that reads the self-pipe.
+pub(crate) struct SignalThread {
+    write: OwnedFd,
+    thread: JoinHandle<OwnedFd>,
+}
+
+/// The self-pipe, (read end, write end).
+pub(crate) type SignalPipe = (OwnedFd, OwnedFd);
+
+/// Installs handlers for `signals`, unblocks them (a re-exec leaves them
+/// blocked), and calls `deliver` on a dedicated thread for each one
+/// received. `pipe` is the self-pipe handed over by a previous image (its
+/// unread signals are delivered first), or `None` for a new one. Call from
+/// the main thread.
+pub(crate) fn forward(
+    pipe: Option<SignalPipe>,
+    signals: &[Signal],
+    deliver: impl Fn(Signal) + Send + 'static,
+) -> io::Result<SignalThread> {
+    let (read, write) = match pipe {
+        Some(p) => p,
+        None => nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?,
+    };
+    // Only the write end is non-blocking: a full pipe drops a signal rather
+    // than block a handler; the reader blocks.
+    nix::fcntl::fcntl(&write, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
+    nix::fcntl::fcntl(&read, FcntlArg::F_SETFL(OFlag::empty())).map_err(io::Error::from)?;
+    WRITE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
     let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
     let mut set = SigSet::empty();
     for &signal in signals {
@@ -44,18 +66,40 @@ pub(crate) fn forward(signals: &[Signal], deliver: impl Fn(Signal) + Send + 'sta
         unsafe { sigaction(signal, &action) }.map_err(io::Error::from)?;
         set.add(signal);
     }
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None).map_err(io::Error::from)?;
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("sentry-signals".into())
         .stack_size(64 * 1024)
         .spawn(move || read_loop(read, deliver))?;
-    Ok(())
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None).map_err(io::Error::from)?;
+    Ok(SignalThread { write, thread })
 }
 
-fn read_loop(read: OwnedFd, deliver: impl Fn(Signal)) {
+/// Blocks `signals` in the calling thread (before an exec: they stay
+/// pending until the new image has its handlers).
+pub(crate) fn block(signals: &[Signal]) {
+    let mut set = SigSet::empty();
+    for &s in signals {
+        set.add(s);
+    }
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+}
+
+impl SignalThread {
+    /// Stops the reader. The handlers stay: signals arriving from now on
+    /// wait in the pipe, which is returned for the next reader.
+    pub fn stop(self) -> SignalPipe {
+        let stop = [0u8];
+        let _ = nix::unistd::write(&self.write, &stop);
+        let read = self.thread.join().expect("the signal thread does not panic");
+        (read, self.write)
+    }
+}
+
+fn read_loop(read: OwnedFd, deliver: impl Fn(Signal)) -> OwnedFd {
     let mut byte = [0u8; 1];
     loop {
         match nix::unistd::read(&read, &mut byte) {
+            Ok(1) if byte[0] == 0 => return read,
             Ok(1) => {
                 if let Ok(signal) = Signal::try_from(byte[0] as i32) {
                     deliver(signal);
@@ -64,7 +108,7 @@ fn read_loop(read: OwnedFd, deliver: impl Fn(Signal)) {
             Err(nix::errno::Errno::EINTR) => continue,
             _ => {
                 log::error!("the signal pipe {} closed", read.as_raw_fd());
-                return;
+                return read;
             }
         }
     }

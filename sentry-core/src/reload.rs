@@ -1,0 +1,175 @@
+//! The reloader: one background thread that turns reload requests (the
+//! `reload` command, `POST /reload`, SIGHUP) into a rebuild of the
+//! configuration crate and a vetted binary, while supervision goes on.
+//! Requests that arrive during a build are answered by the next build that
+//! starts after them: each request gets a *ticket*, the id of the build that
+//! will answer it, and `last_reload.id` tells when that build is done. On
+//! success it stops the HTTP server (keeping its listener), leaves an
+//! [`ExecPlan`] and asks the core to suspend; the main thread then execs.
+//! It knows nothing of how the exec is done.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+use crate::build::{self, BuildError};
+use crate::core::Command;
+use crate::handoff::HANDOFF_VERSION;
+use crate::http::ControlServer;
+use crate::output::ConsoleHandle;
+use crate::status::ReloadOutcome;
+use crate::sys;
+
+/// What the main thread must exec, once the core has suspended.
+pub(crate) struct ExecPlan {
+    pub binary: PathBuf,
+    pub reload_id: u64,
+}
+
+/// The HTTP server, shared so the reloader can stop it before a suspend,
+/// and its listener once stopped.
+#[derive(Default)]
+pub(crate) struct Http {
+    pub server: Option<ControlServer>,
+    pub listener: Option<TcpListener>,
+}
+
+/// Where the reloader finds what it builds and whom it tells.
+pub(crate) struct ReloadContext {
+    pub name: String,
+    pub crate_dir: Option<PathBuf>,
+    /// The binary Sentry was first started from: re-exec'd when nothing can be built.
+    pub exe: PathBuf,
+    pub core: Sender<Command>,
+    pub console: ConsoleHandle,
+    pub http: Arc<Mutex<Http>>,
+}
+
+/// A handle to ask for reloads.
+#[derive(Clone)]
+pub(crate) struct Reloader {
+    requests: Sender<Option<PathBuf>>,
+    pending: Receiver<Option<PathBuf>>,
+    next_id: Arc<Mutex<u64>>,
+    plan: Arc<Mutex<Option<ExecPlan>>>,
+    resume: Sender<()>,
+}
+
+impl Reloader {
+    /// Starts the reloader thread; builds get ids from `next_id` on.
+    pub fn spawn(context: ReloadContext, next_id: u64) -> std::io::Result<Reloader> {
+        let (requests, pending) = unbounded();
+        let (resume, resumed) = unbounded();
+        let reloader = Reloader {
+            requests,
+            pending: pending.clone(),
+            next_id: Arc::new(Mutex::new(next_id)),
+            plan: Arc::new(Mutex::new(None)),
+            resume,
+        };
+        let this = reloader.clone();
+        std::thread::Builder::new().name("sentry-reload".into()).spawn(move || this.run(context, pending, resumed))?;
+        Ok(reloader)
+    }
+
+    /// Asks for a rebuild (`None`) or for a re-exec of `exec`; returns the
+    /// ticket: the id of the build that will answer this request.
+    pub fn request(&self, exec: Option<PathBuf>) -> u64 {
+        let next = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.requests.send(exec);
+        *next
+    }
+
+    /// The id the next build will get.
+    pub fn next_id(&self) -> u64 {
+        *self.next_id.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether requests wait for a build that has not started.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The plan left by a successful build, for the main thread.
+    pub fn take_plan(&self) -> Option<ExecPlan> {
+        self.plan.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// After a failed exec: go on serving requests.
+    pub fn resume(&self) {
+        let _ = self.resume.send(());
+    }
+
+    fn run(self, context: ReloadContext, pending: Receiver<Option<PathBuf>>, resumed: Receiver<()>) {
+        while let Ok(first) = pending.recv() {
+            let (id, exec) = {
+                let mut next = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
+                let id = *next;
+                *next += 1;
+                // Everything queued so far is answered by this build; the last word wins.
+                (id, pending.try_iter().fold(first, |_, later| later))
+            };
+            match prepare(&context, exec) {
+                Ok(binary) => {
+                    {
+                        let mut http = context.http.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(server) = http.server.take() {
+                            http.listener = server.stop();
+                        }
+                    }
+                    *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(ExecPlan { binary, reload_id: id });
+                    let _ = context.core.send(Command::Suspend);
+                    // Returns only if the exec failed (or the instance is shutting down).
+                    if resumed.recv().is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    context.console.say(&format!("Reload failed:\n{error}"));
+                    let outcome = ReloadOutcome { at: sys::unix_now(), ok: false, error: Some(error), id };
+                    let _ = context.core.send(Command::ReloadOutcome(outcome));
+                }
+            }
+        }
+    }
+}
+
+/// Builds and vets the binary to exec.
+fn prepare(context: &ReloadContext, exec: Option<PathBuf>) -> Result<PathBuf, String> {
+    let check = |binary: &Path| build::check_binary(binary, &[], HANDOFF_VERSION).map_err(|e| e.to_string());
+    if let Some(binary) = exec {
+        check(&binary)?;
+        return Ok(binary);
+    }
+    let fallback = |why: String| {
+        context.console.say(&format!("{why}: re-exec'ing {} after its check.", context.exe.display()));
+        check(&context.exe).map(|()| context.exe.clone())
+    };
+    let Some(crate_dir) = &context.crate_dir else {
+        return fallback("No configuration crate known".to_string());
+    };
+    if !crate_dir.join("Cargo.toml").is_file() {
+        return fallback(format!("No Cargo.toml in {}", crate_dir.display()));
+    }
+    match build::build(crate_dir, &context.name, build::is_release(&context.exe), build::BUILD_TIMEOUT) {
+        Ok(binary) => {
+            check(&binary)?;
+            context.console.say(&format!("{} successfully compiled.", source_of(crate_dir, &context.name).display()));
+            Ok(binary)
+        }
+        Err(BuildError::NoToolchain(why)) => fallback(why),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The source file of binary `name` in `crate_dir`, for the console.
+fn source_of(crate_dir: &Path, name: &str) -> PathBuf {
+    let bin = crate_dir.join(format!("src/bin/{name}.rs"));
+    if bin.is_file() {
+        bin
+    } else {
+        crate_dir.join("src/main.rs")
+    }
+}

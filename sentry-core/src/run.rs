@@ -1,0 +1,505 @@
+//! The running instance behind `NAME start`: the process-wide pieces an
+//! embedded supervisor never touches — the pidfile lock, the listener and its
+//! HTTP server, the token, signal handlers, the console, the reloader — and
+//! the loop that runs the core on the main thread and, when the core
+//! suspends for a reload, re-execs the new binary *from that same thread*
+//! (children's PDEATHSIG is tied to it). The new image comes back here
+//! through [`resume`], rebuilds the core from the snapshot and applies the
+//! new configuration as a difference. If the exec fails, everything resumes
+//! as before. If the snapshot cannot be read, [`resume`] adopts what /proc
+//! shows and says so loudly.
+
+use std::ffi::CString;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+use crate::config::Config;
+use crate::core::{Command, Core, CoreExit, CoreOptions, FoundChild, Suspended};
+use crate::handoff::{self, Handoff, InfoSnapshot, InstanceSnapshot, KeptFd, HANDOFF_VERSION};
+use crate::http::{ControlServer, Routes};
+use crate::instance::{self, Paths, PidLock};
+use crate::output::Console;
+use crate::reload::{ExecPlan, Http, ReloadContext, Reloader};
+use crate::signals::{self, SignalPipe, SignalThread};
+use crate::status::ReloadOutcome;
+use crate::supervisor::CoreHandle;
+use crate::{sys, Error, Signal, Spec};
+
+/// The signals an instance handles.
+const HANDLED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+/// Starts a new instance in the foreground; returns after a clean stop.
+pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Result<(), Error> {
+    let config = Config::from_specs(specs)?;
+    std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(format!("cannot create {}", paths.dir.display()), e))?;
+    let lock = PidLock::acquire(&paths.pidfile())?;
+    let addr = http.or_else(|| std::env::var("SENTRY_HTTP").ok()).unwrap_or_else(|| "127.0.0.1:0".to_string());
+    let prepared =
+        TcpListener::bind(&addr).map_err(|source| Error::Bind { addr: addr.clone(), source }).and_then(|listener| {
+            let token = sys::random_hex(16).map_err(|e| Error::io("cannot read /dev/urandom", e))?;
+            instance::write_private(&paths.token_file(), &format!("{token}\n"), 0o600)?;
+            Ok((listener, token))
+        });
+    let (listener, token) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            lock.release();
+            return Err(e);
+        }
+    };
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(&paths.name));
+    let instance = match Instance::begin(paths.clone(), exe, lock, token, listener, None, 1) {
+        Ok(i) => i,
+        Err((e, lock)) => {
+            let _ = std::fs::remove_file(paths.token_file());
+            lock.release();
+            return Err(e);
+        }
+    };
+    instance.say(&format!("Sentry started (PID: {} saved in {}).", std::process::id(), paths.pidfile().display()));
+    let info = InfoSnapshot { started_at: sys::unix_now(), ..InfoSnapshot::default() };
+    let core = Core::new(config, instance.options(info), instance.tx.clone(), instance.rx.clone());
+    instance.supervise(core)
+}
+
+/// Continues an instance in a freshly exec'd image, from the snapshot in
+/// the memfd `fd`.
+pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Error> {
+    let handoff = match handoff::from_memfd(fd) {
+        Ok(h) => h,
+        Err(why) => return resume_without_snapshot(specs, paths, &why),
+    };
+    let kept = handoff.instance;
+    let paths = Paths { name: kept.name.clone(), dir: kept.dir.clone(), crate_dir: kept.crate_dir.clone() };
+    let lock = match kept.pidfile.adopt() {
+        Some(fd) => PidLock::adopt(fd, paths.pidfile()),
+        None => PidLock::acquire(&paths.pidfile())?,
+    };
+    let listener = match kept.listener.adopt() {
+        Some(fd) => TcpListener::from(fd),
+        None => rebind(&paths)?,
+    };
+    let pipe = match (kept.signal_pipe.0.adopt(), kept.signal_pipe.1.adopt()) {
+        (Some(read), Some(write)) => Some((read, write)),
+        _ => None,
+    };
+    let instance =
+        Instance::begin(paths, kept.exe.clone(), lock, kept.token.clone(), listener, pipe, kept.next_reload_id)
+            .map_err(|(e, _)| e)?;
+
+    let now = sys::unix_now();
+    let mut info = handoff.core.info.clone();
+    let previous = info.reexeced_at.unwrap_or(info.started_at);
+    info.reexec_count += 1;
+    info.reexeced_at = Some(now);
+    info.last_reload = Some(ReloadOutcome { at: now, ok: true, error: None, id: kept.reload_id });
+    let (mut core, warnings) =
+        Core::restore(handoff.core, instance.options(info.clone()), instance.tx.clone(), instance.rx.clone());
+    core.set_info(info.clone());
+    match Config::from_specs(specs) {
+        Ok(config) => core.reconfigure(config),
+        Err(e) => instance.say(&format!("The new configuration is invalid, keeping the old one: {e}")),
+    }
+    instance.say(&format!(
+        "Sentry reexec'd. Initially started at {} (Previously reexec'd at {previous}).",
+        info.started_at
+    ));
+    for w in warnings {
+        instance.say(&format!("Warning: {w}"));
+    }
+    if kept.pending_reload {
+        instance.reloader.request(None);
+    }
+    instance.supervise(core)
+}
+
+/// The new image could not read its snapshot: keep the lock and listener
+/// found among our fds, adopt the children that are ours and match an
+/// entry, stop the others. Loud, but never fatal.
+fn resume_without_snapshot(specs: &[Spec], paths: &Paths, why: &str) -> Result<(), Error> {
+    let config = Config::from_specs(specs)?;
+    let (lock_fd, listener_fd) = sort_out_inherited_fds(&paths.pidfile());
+    let lock = match lock_fd {
+        Some(fd) => PidLock::adopt(fd, paths.pidfile()),
+        None => PidLock::acquire(&paths.pidfile())?,
+    };
+    let listener = match listener_fd {
+        Some(fd) => TcpListener::from(fd),
+        None => rebind(paths)?,
+    };
+    let token = std::fs::read_to_string(paths.token_file())
+        .map(|t| t.trim().to_string())
+        .or_else(|_| sys::random_hex(16))
+        .map_err(|e| Error::io("cannot make a token", e))?;
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(&paths.name));
+    let instance = Instance::begin(paths.clone(), exe, lock, token, listener, None, 1).map_err(|(e, _)| e)?;
+    instance.say(&format!(
+        "WARNING: Sentry reexec'd but could not read its handed-over state ({why}). \
+         Adopting its children from /proc; output in flight may be lost."
+    ));
+    let now = sys::unix_now();
+    let info = InfoSnapshot { started_at: now, reexec_count: 1, reexeced_at: Some(now), last_reload: None };
+    let mut core = Core::new(config, instance.options(info), instance.tx.clone(), instance.rx.clone());
+    for line in core.adopt(our_children()) {
+        instance.say(&line);
+    }
+    instance.supervise(core)
+}
+
+/// Binds the address recorded in `NAME.addr` again (or a new ephemeral port).
+fn rebind(paths: &Paths) -> Result<TcpListener, Error> {
+    let addr = std::fs::read_to_string(paths.addr_file()).map(|a| a.trim().to_string()).unwrap_or_default();
+    let addr = if addr.is_empty() { "127.0.0.1:0".to_string() } else { addr };
+    TcpListener::bind(&addr).map_err(|source| Error::Bind { addr, source })
+}
+
+/// Among the fds a previous image left open: the pidfile's and a listening
+/// socket are kept; every other one is closed.
+fn sort_out_inherited_fds(pidfile: &Path) -> (Option<OwnedFd>, Option<OwnedFd>) {
+    let (mut lock, mut listener) = (None, None);
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else { continue };
+        if handoff::set_cloexec(fd, true).is_err() {
+            continue;
+        }
+        // SAFETY: the fd is open (just checked) and nobody in this fresh image owns it.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        if target == pidfile && lock.is_none() {
+            lock = Some(owned);
+        } else if target.to_string_lossy().starts_with("socket:") && listener.is_none() && is_listening(fd) {
+            listener = Some(owned);
+        }
+    }
+    (lock, listener)
+}
+
+fn is_listening(fd: RawFd) -> bool {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid pointers to an int and its length.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN, &mut value as *mut _ as *mut libc::c_void, &mut len)
+    };
+    r == 0 && value != 0
+}
+
+/// Our children as /proc shows them.
+fn our_children() -> Vec<FoundChild> {
+    let me = std::process::id() as i32;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if sys::parent_and_starttime(pid).map(|(ppid, _)| ppid) != Some(me) {
+            continue;
+        }
+        let words = |file: &str| -> Vec<String> {
+            std::fs::read(format!("/proc/{pid}/{file}"))
+                .map(|b| {
+                    b.split(|c| *c == 0)
+                        .filter(|w| !w.is_empty())
+                        .map(|w| String::from_utf8_lossy(w).into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let environ = words("environ");
+        let var = |key: &str| environ.iter().find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string));
+        found.push(FoundChild {
+            pid,
+            cmdline: words("cmdline"),
+            entry: var("SENTRY_ENTRY"),
+            index: var("SENTRY_INDEX").and_then(|i| i.parse().ok()),
+        });
+    }
+    found
+}
+
+/// The process-wide pieces of a running instance.
+struct Instance {
+    paths: Paths,
+    /// The binary first started (re-exec'd when nothing can be built).
+    exe: PathBuf,
+    lock: PidLock,
+    token: String,
+    console: Option<Console>,
+    tx: Sender<Command>,
+    rx: Receiver<Command>,
+    http: Arc<Mutex<Http>>,
+    reloader: Reloader,
+    signals: Option<SignalThread>,
+    /// The self-pipe while no thread reads it (during an exec attempt).
+    idle_pipe: Option<SignalPipe>,
+}
+
+impl Instance {
+    /// Sets up console, reloader, signal forwarding and the HTTP server.
+    /// On failure the lock is given back so the caller can release it.
+    fn begin(
+        paths: Paths,
+        exe: PathBuf,
+        lock: PidLock,
+        token: String,
+        listener: TcpListener,
+        pipe: Option<SignalPipe>,
+        next_reload_id: u64,
+    ) -> Result<Instance, (Error, PidLock)> {
+        let console = Console::stdout();
+        let (tx, rx) = unbounded();
+        let http = Arc::new(Mutex::new(Http::default()));
+        let context = ReloadContext {
+            name: paths.name.clone(),
+            crate_dir: paths.crate_dir.clone(),
+            exe: exe.clone(),
+            core: tx.clone(),
+            console: console.handle(),
+            http: http.clone(),
+        };
+        let reloader = match Reloader::spawn(context, next_reload_id) {
+            Ok(r) => r,
+            Err(e) => return Err((Error::io("cannot start the reloader", e), lock)),
+        };
+        let mut instance = Instance {
+            paths,
+            exe,
+            lock,
+            token,
+            console: Some(console),
+            tx,
+            rx,
+            http,
+            reloader,
+            signals: None,
+            idle_pipe: pipe,
+        };
+        if let Err(e) = instance.listen(listener).and_then(|()| instance.forward_signals()) {
+            if let Some(server) = instance.http.lock().unwrap_or_else(|p| p.into_inner()).server.take() {
+                server.stop();
+            }
+            instance.console.take().map(Console::close);
+            return Err((e, instance.lock));
+        }
+        Ok(instance)
+    }
+
+    fn say(&self, text: &str) {
+        if let Some(c) = &self.console {
+            c.handle().say(text);
+        }
+    }
+
+    fn options(&self, info: InfoSnapshot) -> CoreOptions {
+        let console = self.console.as_ref().map(Console::handle).unwrap_or_default();
+        CoreOptions { log_dir: Some(self.paths.log_dir()), console, info }
+    }
+
+    /// Serves the control interface on `listener` and records its address.
+    fn listen(&mut self, listener: TcpListener) -> Result<(), Error> {
+        let reloader = self.reloader.clone();
+        let routes = Routes {
+            core: CoreHandle::new(self.tx.clone()),
+            token: self.token.clone(),
+            reload: Some(Arc::new(move |exec| reloader.request(exec))),
+        };
+        let server = ControlServer::start(listener, routes)?;
+        let bound = server.addr().to_string();
+        instance::write_private(&self.paths.addr_file(), &format!("{bound}\n"), 0o644)?;
+        self.http.lock().unwrap_or_else(|p| p.into_inner()).server = Some(server);
+        Ok(())
+    }
+
+    fn forward_signals(&mut self) -> Result<(), Error> {
+        let (tx, reloader) = (self.tx.clone(), self.reloader.clone());
+        let thread = signals::forward(self.idle_pipe.take(), &HANDLED, move |signal| {
+            if signal == Signal::SIGHUP {
+                reloader.request(None);
+            } else {
+                let _ = tx.send(Command::Shutdown);
+            }
+        })
+        .map_err(|e| Error::io("cannot install signal handlers", e))?;
+        self.signals = Some(thread);
+        Ok(())
+    }
+
+    /// Runs the core on this (the main) thread until shutdown, re-exec'ing
+    /// whenever it suspends for a reload.
+    fn supervise(mut self, mut core: Core) -> Result<(), Error> {
+        loop {
+            match core.run() {
+                CoreExit::Shutdown => break,
+                CoreExit::Suspended(suspended) => {
+                    let (why, suspended, reload_id) = match self.reloader.take_plan() {
+                        Some(plan) => {
+                            let id = plan.reload_id;
+                            let (why, suspended) = self.reexec(suspended, plan);
+                            (why, suspended, id)
+                        }
+                        None => ("nothing to exec".to_string(), suspended, 0),
+                    };
+                    core = self.recover(suspended, &why, reload_id);
+                }
+            }
+        }
+        self.finish();
+        Ok(())
+    }
+
+    /// Hands everything to `plan.binary` and execs it. Returns only if that
+    /// could not happen, with the reason and the state to resume from.
+    fn reexec(&mut self, suspended: Suspended, plan: ExecPlan) -> (String, Suspended) {
+        signals::block(&HANDLED);
+        self.idle_pipe = self.signals.take().map(SignalThread::stop);
+        if self.rx.try_iter().any(|c| matches!(c, Command::Shutdown)) {
+            let _ = self.tx.send(Command::Shutdown);
+            return ("a shutdown was asked for".to_string(), suspended);
+        }
+        let listener = self.http.lock().unwrap_or_else(|p| p.into_inner()).listener.take();
+        let (Some(listener), Some(pipe)) = (listener, self.idle_pipe.as_ref()) else {
+            return ("the listener or the signal pipe is missing".to_string(), suspended);
+        };
+        let kept = (|| -> std::io::Result<InstanceSnapshot> {
+            Ok(InstanceSnapshot {
+                name: self.paths.name.clone(),
+                dir: self.paths.dir.clone(),
+                crate_dir: self.paths.crate_dir.clone(),
+                exe: self.exe.clone(),
+                token: self.token.clone(),
+                pidfile: KeptFd::of(self.lock.file())?,
+                listener: KeptFd::of(&listener)?,
+                signal_pipe: (KeptFd::of(&pipe.0)?, KeptFd::of(&pipe.1)?),
+                next_reload_id: self.reloader.next_id(),
+                pending_reload: self.reloader.has_pending(),
+                reload_id: plan.reload_id,
+            })
+        })();
+        let kept = match kept {
+            Ok(k) => k,
+            Err(e) => {
+                self.http.lock().unwrap_or_else(|p| p.into_inner()).listener = Some(listener);
+                return (format!("cannot describe the kept fds: {e}"), suspended);
+            }
+        };
+        let fds: Vec<RawFd> = [kept.pidfile.fd, kept.listener.fd, kept.signal_pipe.0.fd, kept.signal_pipe.1.fd]
+            .into_iter()
+            .chain(suspended.fds.iter().map(|f| f.as_raw_fd()))
+            .collect();
+        let Suspended { snapshot, fds: owned } = suspended;
+        let handoff = Handoff { version: HANDOFF_VERSION, instance: kept, core: snapshot };
+        let memfd = if std::env::var_os("SENTRY_TEST_CORRUPT_HANDOFF").is_some() {
+            // Test hook: exercise the new image's fallback for an unreadable snapshot.
+            corrupt_memfd()
+        } else {
+            handoff::to_memfd(&handoff)
+        };
+        let error = match memfd {
+            Err(e) => format!("cannot write the handoff: {e}"),
+            Ok(memfd) => {
+                for &fd in &fds {
+                    let _ = handoff::set_cloexec(fd, false);
+                }
+                // Everything said so far must reach the console before the exec.
+                self.console.take().map(Console::close);
+                let error = exec(&plan.binary, &self.paths, memfd.as_raw_fd());
+                for &fd in &fds {
+                    let _ = handoff::set_cloexec(fd, true);
+                }
+                self.console = Some(Console::stdout());
+                format!("cannot exec {}: {error}", plan.binary.display())
+            }
+        };
+        self.http.lock().unwrap_or_else(|p| p.into_inner()).listener = Some(listener);
+        (error, Suspended { snapshot: handoff.core, fds: owned })
+    }
+
+    /// Resumes after a failed exec: the same core state, the old configuration.
+    fn recover(&mut self, suspended: Suspended, why: &str, reload_id: u64) -> Core {
+        // The snapshot refers to these fds by number; restore takes them back.
+        for fd in suspended.fds {
+            let _ = fd.into_raw_fd();
+        }
+        let (mut core, warnings) =
+            Core::restore(suspended.snapshot, self.options(InfoSnapshot::default()), self.tx.clone(), self.rx.clone());
+        for w in warnings {
+            self.say(&format!("Warning: {w}"));
+        }
+        self.say(&format!("Reload failed: {why}"));
+        core.record_reload(ReloadOutcome {
+            at: sys::unix_now(),
+            ok: false,
+            error: Some(why.to_string()),
+            id: reload_id,
+        });
+        if let Err(e) = self.forward_signals() {
+            self.say(&format!("Warning: {e}"));
+        }
+        let listener = self.http.lock().unwrap_or_else(|p| p.into_inner()).listener.take();
+        if let Some(listener) = listener {
+            if let Err(e) = self.listen(listener) {
+                self.say(&format!("Warning: the control interface is down: {e}"));
+            }
+        }
+        self.reloader.resume();
+        core
+    }
+
+    /// After the core has stopped every child: remove the files, say bye.
+    fn finish(mut self) {
+        if let Some(server) = self.http.lock().unwrap_or_else(|p| p.into_inner()).server.take() {
+            server.stop();
+        }
+        let _ = std::fs::remove_file(self.paths.addr_file());
+        let _ = std::fs::remove_file(self.paths.token_file());
+        self.say("Bye.");
+        self.console.take().map(Console::close);
+        self.lock.release();
+    }
+}
+
+/// `execv(binary, [binary, start, --dir, DIR, (--crate, CRATE), --handoff-fd, FD])`;
+/// returns only on failure.
+fn exec(binary: &Path, paths: &Paths, memfd: RawFd) -> std::io::Error {
+    let c = |s: &[u8]| CString::new(s).map_err(std::io::Error::other);
+    let mut words: Vec<Vec<u8>> = vec![binary.as_os_str().as_bytes().to_vec(), b"start".to_vec(), b"--dir".to_vec()];
+    words.push(paths.dir.as_os_str().as_bytes().to_vec());
+    if let Some(crate_dir) = &paths.crate_dir {
+        words.push(b"--crate".to_vec());
+        words.push(crate_dir.as_os_str().as_bytes().to_vec());
+    }
+    words.push(b"--handoff-fd".to_vec());
+    words.push(memfd.to_string().into_bytes());
+    let argv: Result<Vec<CString>, _> = words.iter().map(|w| c(w)).collect();
+    let argv = match argv {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    // SAFETY: NUL-terminated strings and a NULL-terminated array that outlive the call.
+    unsafe { libc::execv(ptrs[0], ptrs.as_ptr()) };
+    std::io::Error::last_os_error()
+}
+
+fn corrupt_memfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the fd is owned right away.
+    let fd = unsafe { libc::memfd_create(c"sentry-handoff".as_ptr(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::unistd::write(&owned, b"{ this is not a snapshot").map_err(std::io::Error::from)?;
+    nix::unistd::lseek(&owned, 0, nix::unistd::Whence::SeekSet).map_err(std::io::Error::from)?;
+    Ok(owned)
+}
