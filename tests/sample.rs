@@ -47,7 +47,8 @@ fn sample_restarts_its_sleeper_and_says_bye_on_ctrl_c() {
     let child = s.pids("dummy");
     unsafe { libc::kill(s.pid(), libc::SIGINT) };
     assert_eq!(s.wait_exit(), Some(0));
-    assert!(s.console().trim_end().ends_with("Bye."), "{}", s.console());
+    let console = s.console();
+    assert!(console.trim_end().ends_with("Bye."), "{console:?}");
     for pid in child {
         assert!(!alive(pid), "the child was stopped");
     }

@@ -442,7 +442,7 @@ mod tests {
         assert_eq!(
             parse(&args("start --http 127.0.0.1:0 --dir /d")),
             Ok(Invocation::Run {
-                command: Subcommand::Start { http: Some("127.0.0.1:0".into()), daemon: false },
+                command: Subcommand::Start { http: Some("127.0.0.1:0".into()), daemon: false, handoff: None },
                 dir: Some("/d".into()),
                 crate_dir: None
             })

@@ -106,8 +106,10 @@ fn read_loop(read: OwnedFd, deliver: impl Fn(Signal)) -> OwnedFd {
                 }
             }
             Err(nix::errno::Errno::EINTR) => continue,
-            _ => {
-                log::error!("the signal pipe {} closed", read.as_raw_fd());
+            // End of file: the instance is going away.
+            Ok(_) => return read,
+            Err(e) => {
+                log::error!("cannot read the signal pipe {}: {e}", read.as_raw_fd());
                 return read;
             }
         }
