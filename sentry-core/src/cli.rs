@@ -409,6 +409,9 @@ fn reload(paths: &Paths, exec: Option<PathBuf>) -> Outcome {
         {
             if outcome.ok {
                 println!("Reloaded: re-exec'd {} times, PID {}.", status.reexec_count, status.pid);
+                if let Some(warning) = outcome.error {
+                    println!("Warning: {warning}");
+                }
                 return Ok(());
             }
             let error = outcome.error.unwrap_or_default();

@@ -137,13 +137,18 @@ fn resume_without_snapshot(specs: &[Spec], paths: &Paths, why: &str) -> Result<(
         .or_else(|_| sys::random_hex(16))
         .map_err(|e| Error::io("cannot make a token", e))?;
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(&paths.name));
-    let instance = Instance::begin(paths.clone(), exe, lock, token, listener, None, 1).map_err(|(e, _)| e)?;
+    // The build ids are lost with the snapshot: jump far ahead, so that the
+    // waiting `reload` sees this outcome and later tickets stay unique.
+    let id = u64::MAX / 2;
+    let instance = Instance::begin(paths.clone(), exe, lock, token, listener, None, id + 1).map_err(|(e, _)| e)?;
     instance.say(&format!(
         "WARNING: Sentry reexec'd but could not read its handed-over state ({why}). \
          Adopting its children from /proc; output in flight may be lost."
     ));
     let now = sys::unix_now();
-    let info = InfoSnapshot { started_at: now, reexec_count: 1, reexeced_at: Some(now), last_reload: None };
+    let error = format!("re-exec'd, but the handed-over state was unreadable ({why}); children adopted from /proc");
+    let last_reload = Some(ReloadOutcome { at: now, ok: true, error: Some(error), id });
+    let info = InfoSnapshot { started_at: now, reexec_count: 1, reexeced_at: Some(now), last_reload };
     let mut core = Core::new(config, instance.options(info), instance.tx.clone(), instance.rx.clone());
     for line in core.adopt(our_children()) {
         instance.say(&line);

@@ -147,6 +147,11 @@ impl Sentry {
 
     /// Starts it without waiting, in a run directory prepared by the caller.
     pub fn spawn_in(dir: TempDir, bin: &str, scenario: &str, args: &[&str]) -> Sentry {
+        Sentry::spawn_with(dir, bin, scenario, args, &[])
+    }
+
+    /// Same, with extra environment variables.
+    pub fn spawn_with(dir: TempDir, bin: &str, scenario: &str, args: &[&str], envs: &[(&str, &str)]) -> Sentry {
         let console = fs::File::create(dir.path().join("console.txt")).expect("console file");
         let mut cmd = Command::new(bin);
         cmd.arg("start")
@@ -154,6 +159,7 @@ impl Sentry {
             .arg(dir.path())
             .args(args)
             .env("TCONF", scenario)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(console.try_clone().expect("dup"))
             .stderr(console);
@@ -247,4 +253,66 @@ pub fn run(cmd: &mut Command) -> Output {
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A configuration crate in a temporary directory, depending on this
+/// checkout's sentry-core by path and built into a target directory shared
+/// by all tests (so only the first build compiles the dependencies).
+pub struct ConfCrate {
+    pub dir: TempDir,
+    pub name: String,
+}
+
+impl ConfCrate {
+    /// A crate whose binary is `name`, with `main` as its `src/main.rs`.
+    pub fn new(name: &str, main: &str) -> ConfCrate {
+        let dir = TempDir::new(name);
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        fs::create_dir_all(dir.path().join("src")).unwrap();
+        fs::write(
+            dir.path().join("Cargo.toml"),
+            format!(
+                "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+                 [dependencies]\nsentry-core = {{ path = {:?} }}\n\n[workspace]\n",
+                workspace.join("sentry-core")
+            ),
+        )
+        .unwrap();
+        // The workspace's lock file pins the same dependency versions: no resolution, shared artifacts.
+        fs::copy(workspace.join("Cargo.lock"), dir.path().join("Cargo.lock")).unwrap();
+        let c = ConfCrate { dir, name: name.to_string() };
+        c.write_main(main);
+        c
+    }
+
+    pub fn write_main(&self, main: &str) {
+        fs::write(self.dir.path().join("src/main.rs"), main).unwrap();
+    }
+
+    pub fn target_dir() -> PathBuf {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("conf-crates")
+    }
+
+    /// `cargo build`; returns the binary.
+    pub fn build(&self) -> PathBuf {
+        let out = run(Command::new(env!("CARGO"))
+            .args(["build", "--quiet"])
+            .current_dir(self.dir.path())
+            .env("CARGO_TARGET_DIR", ConfCrate::target_dir()));
+        assert!(out.status.success(), "cargo build of {} failed: {}", self.name, text(&out.stderr));
+        ConfCrate::target_dir().join("debug").join(&self.name)
+    }
+
+    /// Builds and starts it in its own session, with DIR = CRATE.
+    pub fn start(&self, envs: &[(&str, &str)]) -> Sentry {
+        let bin = self.build();
+        let crate_dir = self.dir.path().to_str().unwrap().to_string();
+        let target = ConfCrate::target_dir();
+        let mut all: Vec<(&str, &str)> = vec![("CARGO_TARGET_DIR", target.to_str().unwrap())];
+        all.extend_from_slice(envs);
+        let run_dir = TempDir::new(&format!("{}-run", self.name));
+        let s = Sentry::spawn_with(run_dir, bin.to_str().unwrap(), "-", &["--crate", &crate_dir], &all);
+        wait_for("the instance to answer", || s.cli(&["status", "--json"]).status.success().then_some(()));
+        s
+    }
 }

@@ -1,0 +1,328 @@
+//! Reload end to end: temporary configuration crates, real `cargo` rebuilds,
+//! real re-execs of the running supervisor — children that survive with the
+//! same PIDs, the new configuration applied as a difference, failures that
+//! change nothing, output that loses and doubles nothing, signals and HTTP
+//! requests during the exec window, `reload --exec`, an unreadable snapshot.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use support::*;
+
+/// A `main.rs` running `entries` (Rust expressions of `Spec`s).
+fn main_rs(entries: &[&str]) -> String {
+    format!(
+        "use sentry_core::prelude::*;\n\nfn main() {{\n    sentry(vec![\n        {},\n    ]);\n}}\n",
+        entries.join(",\n        ")
+    )
+}
+
+fn reload(s: &Sentry) -> (i32, String) {
+    let out = s.cli(&["reload"]);
+    (out.status.code().unwrap_or(-1), format!("{}{}", text(&out.stdout), text(&out.stderr)))
+}
+
+fn reload_ok(s: &Sentry) {
+    let (code, output) = reload(s);
+    assert_eq!(code, 0, "reload failed: {output}\nconsole:\n{}", s.console());
+}
+
+#[test]
+fn a_child_survives_twenty_reloads_with_the_same_pid() {
+    let keep = r#"entry("keep", "sleep", ["100000"], 0, 1)"#;
+    let c = ConfCrate::new(
+        "rl_twenty",
+        &main_rs(&[keep, r#"entry("a", "sleep", ["100001"], 0, 1)"#, r#"entry("b", "sleep", ["100002"], 0, 2)"#]),
+    );
+    let s = c.start(&[]);
+    let pid = wait_for("keep to run", || s.pids("keep").first().copied());
+    let supervisor = s.status()["pid"].clone();
+    for round in 0..20 {
+        // Every other round changes another entry's count: a real rebuild.
+        let b = if round % 2 == 0 { 3 } else { 2 };
+        c.write_main(&main_rs(&[
+            keep,
+            r#"entry("a", "sleep", ["100001"], 0, 1)"#,
+            &format!(r#"entry("b", "sleep", ["100002"], 0, {b})"#),
+        ]));
+        reload_ok(&s);
+        assert_eq!(s.pids("keep"), vec![pid], "round {round}");
+        assert_eq!(s.pids("b").len(), b, "round {round}");
+    }
+    let st = s.status();
+    assert_eq!(st["pid"], supervisor, "the same process throughout");
+    assert_eq!(st["reexec_count"], 20);
+    assert_eq!(st["last_reload"]["ok"], true);
+    assert!(alive(pid));
+    assert!(s.console().contains("successfully compiled."), "{}", s.console());
+    assert!(s.console().contains("Sentry reexec'd. Initially started at"), "{}", s.console());
+    let zombies = children_of(s.pid()).into_iter().filter(|(_, st)| st == "Z").count();
+    assert_eq!(zombies, 0);
+}
+
+#[test]
+fn the_new_configuration_applies_as_a_difference() {
+    let before = [
+        r#"entry("same", "sleep", ["100000"], 0, 1)"#,
+        r#"entry("scaled", "sleep", ["100001"], 0, 2)"#,
+        r#"entry("cmd", "sleep", ["100002"], 0, 1)"#,
+        r#"entry("envd", "sleep", ["100003"], 0, 1)"#,
+        r#"entry("tuned", "sleep", ["100004"], 100, 1)"#,
+        r#"entry("gone", "sleep", ["100005"], 0, 2)"#,
+        r#"entry("override", "sleep", ["100006"], 0, 1)"#,
+    ];
+    let c = ConfCrate::new("rl_diff", &main_rs(&before));
+    let s = c.start(&[]);
+    wait_for("all running", || (s.pids("gone").len() == 2 && s.pids("override").len() == 1).then_some(()));
+    assert!(s.cli(&["scale", "override", "3"]).status.success());
+    let pids = |name: &str| s.pids(name);
+    let (same, scaled, cmd, envd, tuned, gone, over) =
+        (pids("same"), pids("scaled"), pids("cmd"), pids("envd"), pids("tuned"), pids("gone"), pids("override"));
+    assert_eq!(over.len(), 3);
+
+    c.write_main(&main_rs(&[
+        r#"entry("same", "sleep", ["100000"], 0, 1)"#,
+        r#"entry("scaled", "sleep", ["100001"], 0, 4)"#,
+        r#"entry("cmd", "sleep", ["200002"], 0, 1)"#,
+        r#"entry("envd", "sleep", ["100003"], 0, 1).env("NEW", "1")"#,
+        r#"entry("tuned", "sleep", ["100004"], 2500, 1).stop_timeout(Duration::from_secs(3)).on("rmem > 1g", "restart")"#,
+        r#"entry("override", "sleep", ["100006"], 0, 1)"#,
+        r#"entry("fresh", "sleep", ["100007"], 0, 2)"#,
+    ]));
+    reload_ok(&s);
+    assert_eq!(pids("same"), same, "unchanged entries keep their processes");
+    let now_scaled = wait_for("scaled to 4", || Some(pids("scaled")).filter(|p| p.len() == 4));
+    assert_eq!(&now_scaled[..2], &scaled[..], "a changed count scales by the difference");
+    let new_cmd = wait_for("cmd restarted", || Some(pids("cmd")).filter(|p| p.len() == 1 && p != &cmd));
+    assert_eq!(
+        text(&std::fs::read(format!("/proc/{}/cmdline", new_cmd[0])).unwrap()).replace('\0', " ").trim(),
+        "sleep 200002"
+    );
+    let new_env = wait_for("envd restarted", || Some(pids("envd")).filter(|p| p.len() == 1 && p != &envd));
+    let environ = text(&std::fs::read(format!("/proc/{}/environ", new_env[0])).unwrap());
+    assert!(environ.split('\0').any(|v| v == "NEW=1"));
+    assert!(
+        !gone.iter().any(|p| alive(*p))
+            || wait_for("removed entry stopped", || gone.iter().all(|p| !alive(*p)).then_some(true))
+    );
+    wait_for("the removed entry to leave status", || s.entry("gone").is_null().then_some(()));
+    assert_eq!(pids("tuned"), tuned, "delay, stop settings and rules change in place");
+    let t = s.entry("tuned");
+    assert_eq!(t["delay_ms"], 2500);
+    assert_eq!(t["rules"][0]["action"], "restart");
+    assert_eq!(pids("override"), over, "the override survives: configured count unchanged");
+    assert_eq!(s.entry("override")["count"], 3);
+    wait_for("the new entry", || (pids("fresh").len() == 2).then_some(()));
+
+    // Changing the configured count replaces the override.
+    c.write_main(&main_rs(&[
+        r#"entry("same", "sleep", ["100000"], 0, 1)"#,
+        r#"entry("override", "sleep", ["100006"], 0, 2)"#,
+    ]));
+    reload_ok(&s);
+    wait_for("override at its new configured count", || (pids("override").len() == 2).then_some(()));
+    assert_eq!(pids("override"), over[..2].to_vec());
+    assert_eq!(pids("same"), same);
+    let names: Vec<String> = wait_for("removed entries gone", || {
+        let st = s.status();
+        let names: Vec<String> =
+            st["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect();
+        (names.len() == 2).then_some(names)
+    });
+    assert_eq!(names, ["same", "override"]);
+}
+
+#[test]
+fn a_compile_error_or_a_failed_check_changes_nothing() {
+    let good = main_rs(&[r#"entry("keep", "sleep", ["100000"], 0, 2)"#]);
+    let c = ConfCrate::new("rl_fail", &good);
+    let s = c.start(&[]);
+    let pids = wait_for("running", || Some(s.pids("keep")).filter(|p| p.len() == 2));
+
+    c.write_main(&good.replace("fn main() {", "fn main() {\n    let broken: u32 = \"not a number\";"));
+    let (code, output) = reload(&s);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("error[E0308]") && output.contains("mismatched types"), "{output}");
+    let st = s.status();
+    assert_eq!(st["last_reload"]["ok"], false);
+    assert!(st["last_reload"]["error"].as_str().unwrap().contains("E0308"));
+    assert_eq!(st["reexec_count"], 0);
+    assert_eq!(s.pids("keep"), pids);
+
+    // Compiles, but the configuration is invalid: the new binary's check fails.
+    c.write_main(&main_rs(&[r#"entry("keep", "sleep", ["100000"], 0, 2)"#, r#"entry("keep", "", [], 0, 1)"#]));
+    let (code, output) = reload(&s);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("used more than once"), "{output}");
+    assert_eq!(s.status()["reexec_count"], 0);
+    assert_eq!(s.pids("keep"), pids);
+
+    // A fixed configuration reloads fine afterwards.
+    c.write_main(&good);
+    reload_ok(&s);
+    assert_eq!(s.pids("keep"), pids);
+}
+
+#[test]
+fn output_across_ten_reloads_loses_and_doubles_nothing() {
+    let talker = r#"entry("talk", "python3", ["-u", "-c", "import time\ni = 0\nwhile True:\n    print('n', i)\n    i += 1\n    if i % 50 == 0:\n        time.sleep(0.005)"], 0, 1)"#;
+    let c = ConfCrate::new("rl_output", &main_rs(&[talker]));
+    let mut s = c.start(&[]);
+    wait_for("output", || s.log("talk").contains("n 100\n").then_some(()));
+    for _ in 0..10 {
+        reload_ok(&s);
+    }
+    let pid = s.pids("talk")[0];
+    assert!(s.cli(&["stop"]).status.success());
+    s.wait_exit();
+    let log = s.log("talk");
+    let mut seen = HashSet::new();
+    let mut last = None;
+    for line in log.lines() {
+        let (_, text) = line.split_once(&format!("talk.{pid} ")).expect("a prefixed line");
+        let Some(n) = text.strip_prefix("n ") else { continue };
+        let n: u64 = n.parse().unwrap_or_else(|_| panic!("a whole line: {line:?}"));
+        assert!(seen.insert(n), "line {n} doubled");
+        if let Some(prev) = last {
+            assert_eq!(n, prev + 1, "lines lost between {prev} and {n}");
+        }
+        last = Some(n);
+    }
+    assert!(last.unwrap() > 1000, "thousands of lines: {last:?}");
+    assert_eq!(seen.len() as u64, last.unwrap() + 1);
+}
+
+#[test]
+fn sighups_during_the_exec_window_are_neither_lost_nor_fatal() {
+    let c = ConfCrate::new("rl_sighup", &main_rs(&[r#"entry("keep", "sleep", ["100000"], 0, 1)"#]));
+    let s = c.start(&[]);
+    let pid = wait_for("keep", || s.pids("keep").first().copied());
+    let done = Arc::new(AtomicBool::new(false));
+    let supervisor = s.pid();
+    let hup = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            while !done.load(Ordering::SeqCst) {
+                unsafe { libc::kill(supervisor, libc::SIGHUP) };
+                sent += 1;
+                std::thread::sleep(std::time::Duration::from_millis(3));
+            }
+            sent
+        })
+    };
+    for _ in 0..3 {
+        reload_ok(&s);
+    }
+    done.store(true, Ordering::SeqCst);
+    let sent = hup.join().unwrap();
+    assert!(sent > 10);
+    // The last SIGHUPs ask for one more reload; wait for things to settle.
+    let count = wait_for("reloads to settle", || {
+        let a = s.status()["reexec_count"].as_u64()?;
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let b = s.status()["reexec_count"].as_u64()?;
+        (a == b).then_some(b)
+    });
+    assert!(count >= 4, "SIGHUPs caused reloads of their own: {count}");
+    assert!(alive(supervisor), "a SIGHUP in the window did not kill the new image");
+    assert_eq!(s.pids("keep"), vec![pid]);
+    assert_eq!(s.status()["last_reload"]["ok"], true);
+}
+
+#[test]
+fn http_requests_during_reloads_are_all_answered() {
+    let c = ConfCrate::new("rl_http", &main_rs(&[r#"entry("keep", "sleep", ["100000"], 0, 2)"#]));
+    let s = c.start(&[]);
+    wait_for("running", || (s.pids("keep").len() == 2).then_some(()));
+    let addr = std::fs::read_to_string(s.file(&format!("{}.addr", c.name))).unwrap().trim().to_string();
+    let token = std::fs::read_to_string(s.file(&format!("{}.token", c.name))).unwrap().trim().to_string();
+    let done = Arc::new(AtomicBool::new(false));
+    let hammer = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut answered = 0;
+            let mut failures = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                let request = if answered % 2 == 0 {
+                    "GET /status HTTP/1.0\r\n\r\n".to_string()
+                } else {
+                    let body = r#"{"count": 2}"#;
+                    format!("POST /entries/keep/scale HTTP/1.0\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                };
+                let result = TcpStream::connect(&addr).and_then(|mut conn| {
+                    conn.write_all(request.as_bytes())?;
+                    let mut answer = String::new();
+                    conn.read_to_string(&mut answer)?;
+                    Ok(answer)
+                });
+                match result {
+                    Ok(a) if a.starts_with("HTTP/1.1 200") => answered += 1,
+                    other => failures.push(format!("{other:?}")),
+                }
+            }
+            (answered, failures)
+        })
+    };
+    for _ in 0..3 {
+        reload_ok(&s);
+    }
+    done.store(true, Ordering::SeqCst);
+    let (answered, failures) = hammer.join().unwrap();
+    assert!(failures.is_empty(), "{} requests failed, e.g. {:?}", failures.len(), failures.first());
+    assert!(answered > 20, "{answered}");
+}
+
+#[test]
+fn reload_exec_runs_a_binary_built_elsewhere_after_its_check() {
+    let c = ConfCrate::new("rl_exec", &main_rs(&[r#"entry("keep", "sleep", ["100000"], 0, 1)"#]));
+    let s = c.start(&[]);
+    let pid = wait_for("keep", || s.pids("keep").first().copied());
+    let other = ConfCrate::new(
+        "rl_exec_other",
+        &main_rs(&[r#"entry("keep", "sleep", ["100000"], 0, 1)"#, r#"entry("extra", "sleep", ["100001"], 0, 1)"#]),
+    );
+    let bin = other.build();
+    let out = s.cli(&["reload", "--exec", bin.to_str().unwrap()]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(s.pids("keep"), vec![pid]);
+    wait_for("the other binary's entry", || (s.pids("extra").len() == 1).then_some(()));
+    let exe = std::fs::read_link(format!("/proc/{}/exe", s.pid())).unwrap();
+    assert!(exe.ends_with("rl_exec_other"), "{exe:?}");
+
+    // A binary other users can write is refused, and nothing changes.
+    let unsafe_copy = other.dir.path().join("world-writable");
+    std::fs::copy(&bin, &unsafe_copy).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&unsafe_copy, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = s.cli(&["reload", "--exec", unsafe_copy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("writable by other users"), "{}", text(&out.stderr));
+    // A binary whose check fails is refused too.
+    let out = s.cli(&["reload", "--exec", "/bin/false"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(s.status()["reexec_count"], 1);
+    assert_eq!(s.pids("keep"), vec![pid]);
+}
+
+#[test]
+fn an_unreadable_snapshot_adopts_the_children_and_says_so() {
+    let c = ConfCrate::new("rl_corrupt", &main_rs(&[r#"entry("keep", "sleep", ["100000"], 0, 2)"#]));
+    let s = c.start(&[("SENTRY_TEST_CORRUPT_HANDOFF", "1")]);
+    let pids = wait_for("running", || Some(s.pids("keep")).filter(|p| p.len() == 2));
+    let supervisor = s.pid();
+    // The new image cannot tell the outcome from its snapshot, so `reload` may
+    // not see it: ask over HTTP, then watch the console.
+    let _ = s.cli(&["reload"]);
+    wait_for("the loud warning", || s.console().contains("could not read its handed-over state").then_some(()));
+    assert!(alive(supervisor));
+    let now = wait_for("the children adopted", || Some(s.pids("keep")).filter(|p| p.len() == 2));
+    assert_eq!(now, pids, "same slots, same PIDs");
+    assert!(s.console().contains("Adopted keep."), "{}", s.console());
+}
