@@ -326,3 +326,15 @@ fn an_unreadable_snapshot_adopts_the_children_and_says_so() {
     assert_eq!(now, pids, "same slots, same PIDs");
     assert!(s.console().contains("Adopted keep."), "{}", s.console());
 }
+
+#[test]
+fn without_a_crate_reload_re_execs_the_started_binary_after_its_check() {
+    let tconf = env!("CARGO_BIN_EXE_tconf");
+    let s = Sentry::start(tconf, "basic", &["--crate", "/nonexistent-sentry-crate"]);
+    let pids = wait_for("running", || Some(s.pids("idle")).filter(|p| p.len() == 2));
+    let out = s.cli(&["reload"]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(s.console().contains("No Cargo.toml in /nonexistent-sentry-crate: re-exec'ing"), "{}", s.console());
+    assert_eq!(s.status()["reexec_count"], 1);
+    assert_eq!(s.pids("idle"), pids);
+}

@@ -440,6 +440,11 @@ impl Core {
         }
     }
 
+    /// How many children the slots hold.
+    pub fn process_count(&self) -> usize {
+        self.entries.iter().flat_map(|e| e.slots.values()).filter(|s| s.slot.pid().is_some()).count()
+    }
+
     /// Replaces what status reports about the instance's history.
     pub fn set_info(&mut self, info: InfoSnapshot) {
         self.options.info = info;

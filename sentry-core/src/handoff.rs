@@ -47,6 +47,10 @@ pub(crate) struct InstanceSnapshot {
     pub pending_reload: bool,
     /// The build that produced the new image.
     pub reload_id: u64,
+    /// When the old image called execve (Unix nanoseconds): the new image
+    /// reports how long the handover paused supervision.
+    #[serde(default)]
+    pub exec_at_ns: u64,
 }
 
 /// The supervision core's state.
@@ -251,6 +255,7 @@ mod tests {
                 next_reload_id: 4,
                 pending_reload: false,
                 reload_id: 3,
+                exec_at_ns: 0,
             },
             core: CoreSnapshot {
                 entries: vec![EntrySnapshot {

@@ -109,6 +109,10 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
         "Sentry reexec'd. Initially started at {} (Previously reexec'd at {previous}).",
         info.started_at
     ));
+    if kept.exec_at_ns > 0 {
+        let pause = sys::unix_now_ns().saturating_sub(kept.exec_at_ns) as f64 / 1e6;
+        instance.say(&format!("Handover took {pause:.1} ms ({} children re-adopted).", core.process_count()));
+    }
     for w in warnings {
         instance.say(&format!("Warning: {w}"));
     }
@@ -387,6 +391,7 @@ impl Instance {
                 next_reload_id: self.reloader.next_id(),
                 pending_reload: self.reloader.has_pending(),
                 reload_id: plan.reload_id,
+                exec_at_ns: 0,
             })
         })();
         let kept = match kept {
@@ -401,6 +406,7 @@ impl Instance {
             .chain(suspended.fds.iter().map(|f| f.as_raw_fd()))
             .collect();
         let Suspended { snapshot, fds: owned } = suspended;
+        let kept = InstanceSnapshot { exec_at_ns: sys::unix_now_ns(), ..kept };
         let handoff = Handoff { version: HANDOFF_VERSION, instance: kept, core: snapshot };
         let memfd = if std::env::var_os("SENTRY_TEST_CORRUPT_HANDOFF").is_some() {
             // Test hook: exercise the new image's fallback for an unreadable snapshot.
