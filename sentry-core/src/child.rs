@@ -40,22 +40,42 @@ pub(crate) struct Spawned {
 pub(crate) fn spawn(entry: &EntryConfig, index: usize) -> io::Result<Spawned> {
     let mut cmd = Command::new(&entry.command);
     cmd.args(&entry.args)
-        .env_clear()
-        .envs(std::env::vars_os().filter(|(k, _)| {
-            let k = k.to_string_lossy();
-            !k.starts_with("SENTRY_") && !k.starts_with("CARGO_")
-        }))
         .envs(entry.env.iter().map(|(k, v)| (k, v)))
         .env("SENTRY_ENTRY", &entry.name)
-        .env("SENTRY_INDEX", index.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .env("SENTRY_INDEX", index.to_string());
     if let Some(cwd) = &entry.cwd {
         cmd.current_dir(cwd);
     }
     set_credentials(&mut cmd, entry)?;
+    start(cmd)
+}
+
+/// Starts the program of an `exec` action (`argv` is not empty): never
+/// through a shell, in its own process group, with the same clean state as
+/// a child.
+pub(crate) fn spawn_helper(argv: &[String]) -> io::Result<Spawned> {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    start(cmd)
+}
+
+/// Spawns `cmd` with the environment and process state every child gets.
+fn start(mut cmd: Command) -> io::Result<Spawned> {
+    let inherited: Vec<_> = std::env::vars_os()
+        .filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            !k.starts_with("SENTRY_") && !k.starts_with("CARGO_")
+        })
+        .collect();
+    // The command's own variables (set above) win over inherited ones.
+    let own: Vec<_> = cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned()))).collect();
+    cmd.env_clear().envs(inherited);
+    for (k, v) in own {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     // SAFETY: the closure runs between fork and exec and only makes
     // async-signal-safe calls (sigprocmask, signal, prctl, close_range).
     unsafe {

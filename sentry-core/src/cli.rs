@@ -175,7 +175,7 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
 fn run(command: Subcommand, specs: Vec<Spec>, paths: &Paths) -> i32 {
     let result = match command {
         Subcommand::Check { handoff_version } => check(&specs, handoff_version),
-        Subcommand::Explain => explain(&specs),
+        Subcommand::Explain => explain(&specs, paths),
         Subcommand::Start { handoff: Some(fd), .. } => run::resume(&specs, paths, fd).map_err(fail),
         Subcommand::Start { http, daemon: false, .. } => run::start(&specs, paths, http).map_err(fail),
         Subcommand::Start { http, daemon: true, .. } => start_daemon(&specs, paths, http),
@@ -214,15 +214,62 @@ fn check(specs: &[Spec], handoff_version: bool) -> Outcome {
     Ok(())
 }
 
-fn explain(specs: &[Spec]) -> Outcome {
+/// A dry run: what each watch and rule matches now, and what would fire.
+fn explain(specs: &[Spec], paths: &Paths) -> Outcome {
+    use crate::watch::{evaluate, human_bytes, Scanner, State};
     let config = Config::from_specs(specs).map_err(fail)?;
-    for w in &config.watches {
-        println!("watch {} /{}/ ({} rules)", w.name, w.pattern.as_str(), w.rules.len());
+    let targets = crate::watch::targets(&config);
+    if targets.is_empty() {
+        println!("No watches and no rules: nothing to explain.");
+        return Ok(());
     }
-    for e in config.entries.iter().filter(|e| !e.rules.is_empty()) {
-        println!("entry {} ({} rules)", e.name, e.rules.len());
+    // Entries' processes are the running instance's children, if it runs.
+    let me = instance::live_pid(&paths.pidfile()).map(|p| p as i32).unwrap_or(std::process::id() as i32);
+    let mut scanner = Scanner::new(me);
+    scanner.scan();
+    std::thread::sleep(Duration::from_millis(500)); // so that cpu has an interval
+    let samples = scanner.scan();
+    let all_due = vec![true; targets.len()];
+    let now_ms = sys::unix_now_ns() / 1_000_000;
+    let (firings, _) = evaluate(&targets, &all_due, &samples, me, now_ms, &mut State::default(), false);
+    let matched = crate::watch::match_targets(&targets, &samples, me);
+    for (t, covered) in targets.iter().zip(&matched) {
+        match &t.pattern {
+            Some(p) => println!(
+                "watch {} /{}/{}: {} processes",
+                t.name,
+                p.as_str(),
+                if t.children { " with children" } else { "" },
+                covered.len()
+            ),
+            None => println!("entry {}: {} processes", t.name, covered.len()),
+        }
+        for &i in covered {
+            let s = &samples[i];
+            let cpu = s.cpu.map(|c| format!("{c}%")).unwrap_or_else(|| "?".into());
+            let cmdline: String = s.cmdline.chars().take(60).collect();
+            println!(
+                "  {:>7}  rmem {:>6}  vmem {:>6}  cpu {:>4}  {cmdline}",
+                s.pid,
+                human_bytes(s.rss),
+                human_bytes(s.vmem),
+                cpu
+            );
+        }
+        for (index, rule) in t.rules.iter().enumerate() {
+            let fires: Vec<String> = firings
+                .iter()
+                .filter(|f| f.target == t.name && f.rule == index)
+                .map(|f| format!("{} ({})", f.pid, f.description))
+                .collect();
+            if fires.is_empty() {
+                println!("  rule {} => {}: would fire for no process", rule.trigger, rule.action);
+            } else {
+                println!("  rule {} => {}: would fire for {}", rule.trigger, rule.action, fires.join(", "));
+            }
+        }
     }
-    println!("Matching and firing are not available in this version yet.");
+    println!("(A dry run: nothing was signalled or run.)");
     Ok(())
 }
 

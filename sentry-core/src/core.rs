@@ -20,14 +20,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::child::{self, ChildNote, Monitor, Quiesced, Stream};
-use crate::config::{Config, EntryConfig};
+use crate::config::{Config, EntryConfig, Rule};
 use crate::handoff::{
-    CoreSnapshot, DrainingSnapshot, EntrySnapshot, InfoSnapshot, KeptFd, LeftoverSnapshot, PhaseSnapshot,
-    ProcessSnapshot, SlotSnapshot, StreamSnapshot,
+    CoreSnapshot, DrainingSnapshot, EntrySnapshot, HelperSnapshot, InfoSnapshot, KeptFd, LeftoverSnapshot,
+    PhaseSnapshot, ProcessSnapshot, SlotSnapshot, StreamSnapshot,
 };
 use crate::lifecycle::{self, AfterStop, ChildExit, Effect, Event, Phase, Policy, Slot};
 use crate::output::{ConsoleHandle, LineSink, LineSplitter};
 use crate::status::{EntryState, EntryStatus, ProcessStatus, ReloadOutcome, RuleStatus, Status, WatchStatus};
+use crate::watch::{self, Hands, Report, Watcher};
 use crate::{sys, Error, Signal};
 
 /// A request to the core. Replies travel on the channel inside the command.
@@ -47,6 +48,41 @@ pub(crate) enum Command {
     /// Once pending requests are answered, stop the monitors and return the
     /// whole state from [`Core::run`]; the children keep running.
     Suspend,
+    /// Run an `exec` action's program; its output goes to `target`'s log.
+    RunHelper { target: String, argv: Vec<String> },
+    /// Gracefully restart the process `pid` of `entry` (a `restart` action).
+    RestartProcess { entry: String, pid: i32 },
+}
+
+/// How long an `exec` action's program may run before it is killed.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `exec` action program.
+struct Helper {
+    pid: i32,
+    target: String,
+    kill_at: Instant,
+}
+
+/// The watcher's way back into the core.
+struct CoreHands {
+    tx: Sender<Command>,
+    console: ConsoleHandle,
+}
+
+impl Hands for CoreHands {
+    fn run_helper(&self, target: &str, argv: Vec<String>) {
+        let _ = self.tx.send(Command::RunHelper { target: target.to_string(), argv });
+    }
+
+    fn restart(&self, entry: &str, pid: i32) {
+        let _ = self.tx.send(Command::RestartProcess { entry: entry.to_string(), pid });
+    }
+
+    fn say(&self, target: &str, pid: i32, text: &str) {
+        self.console.event(target, pid, text);
+        log::info!("{target}.{pid} {text}");
+    }
 }
 
 /// Why [`Core::run`] returned.
@@ -87,7 +123,6 @@ struct EntryRun {
     /// The current target: the configured count or a run-time override.
     target: usize,
     restarts: u64,
-    fired: Vec<u64>,
     /// No longer in the configuration: stopping, then dropped.
     removed: bool,
     slots: BTreeMap<usize, SlotRun>,
@@ -95,14 +130,7 @@ struct EntryRun {
 
 impl EntryRun {
     fn new(config: EntryConfig) -> EntryRun {
-        EntryRun {
-            target: config.count,
-            restarts: 0,
-            fired: vec![0; config.rules.len()],
-            removed: false,
-            slots: BTreeMap::new(),
-            config,
-        }
+        EntryRun { target: config.count, restarts: 0, removed: false, slots: BTreeMap::new(), config }
     }
 }
 
@@ -134,6 +162,11 @@ pub(crate) struct Core {
     logs: HashMap<String, Arc<File>>,
     shutting_down: bool,
     suspending: bool,
+    /// The watch thread, while any watch or rule exists.
+    watcher: Option<Watcher>,
+    /// Rate-limit clocks and counters while no watcher runs.
+    watch_state: watch::State,
+    helpers: Vec<Helper>,
     options: CoreOptions,
     tx: Sender<Command>,
     rx: Receiver<Command>,
@@ -152,6 +185,9 @@ impl Core {
             logs: HashMap::new(),
             shutting_down: false,
             suspending: false,
+            watcher: None,
+            watch_state: watch::State::default(),
+            helpers: Vec::new(),
             options,
             tx,
             rx,
@@ -170,6 +206,7 @@ impl Core {
         for i in 0..self.entries.len() {
             self.reconcile(i, Instant::now());
         }
+        self.restart_watcher();
         loop {
             let now = Instant::now();
             self.entries.retain(|e| !(e.removed && e.slots.is_empty()));
@@ -193,8 +230,53 @@ impl Core {
                 self.handle(command);
             }
         }
+        self.stop_watcher();
         self.close_monitors();
         CoreExit::Shutdown
+    }
+
+    /// (Re)starts the watch thread for the current configuration, keeping clocks.
+    fn restart_watcher(&mut self) {
+        self.stop_watcher();
+        let targets = watch::targets(&self.config);
+        if targets.is_empty() {
+            return;
+        }
+        let hands = CoreHands { tx: self.tx.clone(), console: self.options.console.clone() };
+        match Watcher::start(targets, std::mem::take(&mut self.watch_state), hands) {
+            Ok(w) => self.watcher = Some(w),
+            Err(e) => log::error!("cannot start the watch thread: {e}"),
+        }
+    }
+
+    fn stop_watcher(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            self.watch_state = w.stop();
+        }
+    }
+
+    /// Starts an `exec` action's program, watched like a child and reaped by the core.
+    fn run_helper(&mut self, target: &str, argv: Vec<String>) {
+        let spawned = match child::spawn_helper(&argv) {
+            Ok(s) => s,
+            Err(e) => {
+                self.options.console.tagged(&format!("{target}.?"), &format!("Cannot run {:?}: {e}.", argv[0]));
+                return;
+            }
+        };
+        let pid = spawned.pid;
+        let sink = self.sink(target, pid);
+        let streams = vec![
+            Stream { fd: spawned.stdout, splitter: LineSplitter::default() },
+            Stream { fd: spawned.stderr, splitter: LineSplitter::default() },
+        ];
+        if let Err(e) = self.watch(pid, streams, sink, false) {
+            log::error!("cannot watch helper {target}.{pid}: {e}");
+            sys::signal_group(pid, Signal::SIGKILL);
+            sys::reap(pid);
+            return;
+        }
+        self.helpers.push(Helper { pid, target: target.to_string(), kill_at: Instant::now() + HELPER_TIMEOUT });
     }
 
     fn handle(&mut self, command: Command) {
@@ -237,6 +319,18 @@ impl Core {
             Command::Shutdown => self.begin_shutdown(now),
             Command::ReloadOutcome(outcome) => self.options.info.last_reload = Some(outcome),
             Command::Suspend => self.suspending = true,
+            Command::RunHelper { target, argv } => {
+                if !self.shutting_down && !argv.is_empty() {
+                    self.run_helper(&target, argv);
+                }
+            }
+            Command::RestartProcess { entry, pid } => {
+                let Some(i) = self.index_of(&entry) else { return };
+                let slot = self.entries[i].slots.iter().find(|(_, s)| s.slot.pid() == Some(pid)).map(|(k, _)| *k);
+                if let Some(index) = slot {
+                    self.apply(i, index, Event::Restart { now });
+                }
+            }
         }
     }
 
@@ -262,19 +356,25 @@ impl Core {
 
     fn begin_shutdown(&mut self, now: Instant) {
         self.shutting_down = true;
+        self.stop_watcher();
+        for h in &mut self.helpers {
+            sys::signal_group(h.pid, Signal::SIGTERM);
+            h.kill_at = h.kill_at.min(now + Duration::from_secs(5));
+        }
         for i in 0..self.entries.len() {
             self.reconcile(i, now);
         }
     }
 
     fn finished(&self) -> bool {
-        self.entries.iter().all(|e| e.slots.is_empty()) && self.leftovers.is_empty()
+        self.entries.iter().all(|e| e.slots.is_empty()) && self.leftovers.is_empty() && self.helpers.is_empty()
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         let slots = self.entries.iter().flat_map(|e| e.slots.values()).filter_map(|s| s.slot.deadline());
         let leftovers = self.leftovers.iter().map(|l| l.kill_at);
-        slots.chain(leftovers).min()
+        let helpers = self.helpers.iter().map(|h| h.kill_at);
+        slots.chain(leftovers).chain(helpers).min()
     }
 
     fn fire_due(&mut self, now: Instant) {
@@ -288,6 +388,10 @@ impl Core {
             for index in due {
                 self.apply(i, index, Event::Due { now });
             }
+        }
+        for h in self.helpers.iter_mut().filter(|h| h.kill_at <= now) {
+            sys::signal_group(h.pid, Signal::SIGKILL);
+            h.kill_at = now + Duration::from_secs(3600);
         }
         self.leftovers.retain(|l| {
             if l.kill_at > now {
@@ -398,7 +502,17 @@ impl Core {
             self.entries.iter().enumerate().find_map(|(i, e)| {
                 e.slots.iter().find(|(_, s)| s.slot.pid() == Some(pid)).map(|(index, _)| (i, *index))
             });
-        let Some((i, index)) = owner else { return };
+        let Some((i, index)) = owner else {
+            if let Some(at) = self.helpers.iter().position(|h| h.pid == pid) {
+                let helper = self.helpers.remove(at);
+                let text = exit_text(exit, sys::unix_now()).replacen("Exited", "Action program exited", 1);
+                self.options.console.event(&helper.target, pid, &text);
+                if sys::group_exists(pid) {
+                    sys::signal_group(pid, Signal::SIGKILL);
+                }
+            }
+            return;
+        };
         let config = &self.entries[i].config;
         let (name, stop_signal, stop_timeout) = (config.name.clone(), config.stop_signal, config.stop_timeout);
         self.options.console.event(&name, pid, &exit_text(exit, sys::unix_now()));
@@ -410,6 +524,10 @@ impl Core {
     }
 
     fn answer_waiters(&mut self, now: Instant) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let report = self.watcher.as_ref().map(Watcher::report).unwrap_or_default();
         let mut waiting = std::mem::take(&mut self.waiters);
         waiting.retain(|w| {
             let Some(e) = self.entries.iter().find(|e| e.config.name == w.entry) else {
@@ -422,7 +540,7 @@ impl Core {
                 _ => true,
             });
             if settled {
-                let _ = w.reply.send(Ok(entry_status(e)));
+                let _ = w.reply.send(Ok(entry_status(e, &report)));
             }
             !settled
         });
@@ -516,9 +634,6 @@ impl Core {
             if e.removed || config.count != e.config.count {
                 e.target = config.count;
             }
-            if e.config.rules != config.rules {
-                e.fired = vec![0; config.rules.len()];
-            }
             e.removed = false;
             e.config = config.clone();
             if restart {
@@ -537,11 +652,15 @@ impl Core {
         for i in 0..self.entries.len() {
             self.reconcile(i, now);
         }
+        if self.watcher.is_some() {
+            self.restart_watcher();
+        }
     }
 
     /// Stops every monitor (lines already complete are written; the rest is
     /// kept as bytes) and describes the whole state. The children run on.
     fn suspend(&mut self) -> Suspended {
+        self.stop_watcher();
         let now = Instant::now();
         let mut quiesced: HashMap<i32, Quiesced> = self.monitors.drain().map(|(pid, m)| (pid, m.quiesce())).collect();
         let mut fds = Vec::new();
@@ -593,11 +712,23 @@ impl Core {
                 config: e.config.to_snapshot(),
                 target: e.target,
                 restarts: e.restarts,
-                fired: e.fired.clone(),
                 removed: e.removed,
                 slots,
             });
         }
+        let leftovers =
+            self.leftovers.iter().map(|l| LeftoverSnapshot { pgid: l.pgid, kill_in_ms: left(l.kill_at) }).collect();
+        let helpers = self
+            .helpers
+            .iter()
+            .map(|h| HelperSnapshot {
+                target: h.target.clone(),
+                pid: h.pid,
+                starttime: sys::parent_and_starttime(h.pid).map(|(_, t)| t).unwrap_or(0),
+                kill_in_ms: left(h.kill_at),
+                streams: keep(quiesced.remove(&h.pid)),
+            })
+            .collect();
         let pids: Vec<i32> = quiesced.keys().copied().collect();
         let draining = pids
             .into_iter()
@@ -607,9 +738,15 @@ impl Core {
                 Some(DrainingSnapshot { entry, pid, streams: keep(Some(q)) })
             })
             .collect();
-        let leftovers =
-            self.leftovers.iter().map(|l| LeftoverSnapshot { pgid: l.pgid, kill_in_ms: left(l.kill_at) }).collect();
-        Suspended { snapshot: CoreSnapshot { info: self.options.info.clone(), entries, draining, leftovers }, fds }
+        let snapshot = CoreSnapshot {
+            info: self.options.info.clone(),
+            entries,
+            draining,
+            leftovers,
+            watch: self.watch_state.to_memory(),
+            helpers,
+        };
+        Suspended { snapshot, fds }
     }
 
     /// Rebuilds a core from a snapshot taken by a previous image (or by this
@@ -639,7 +776,6 @@ impl Core {
             core.entries.push(EntryRun {
                 target: es.target,
                 restarts: es.restarts,
-                fired: es.fired,
                 removed: es.removed,
                 slots: BTreeMap::new(),
                 config,
@@ -683,6 +819,19 @@ impl Core {
                 warnings.push(format!("cannot drain {}.{}: {e}", d.entry, d.pid));
             }
         }
+        for h in snapshot.helpers {
+            let streams = adopt_streams(&h.streams, &mut warnings);
+            let ours = sys::parent_and_starttime(h.pid) == Some((me, h.starttime));
+            let sink = core.sink(&h.target, h.pid);
+            if ours && core.watch(h.pid, streams, sink, false).is_ok() {
+                core.helpers.push(Helper {
+                    pid: h.pid,
+                    target: h.target,
+                    kill_at: now + Duration::from_millis(h.kill_in_ms),
+                });
+            }
+        }
+        core.watch_state = watch::State::from_memory(snapshot.watch);
         core.leftovers = snapshot
             .leftovers
             .iter()
@@ -698,13 +847,14 @@ impl Core {
     /// The whole state, as `GET /status` shows it.
     pub fn status(&self) -> Status {
         let info = &self.options.info;
+        let report = self.watcher.as_ref().map(Watcher::report).unwrap_or_default();
         Status {
             pid: std::process::id(),
             started_at: info.started_at,
             reexec_count: info.reexec_count,
             reexeced_at: info.reexeced_at,
             last_reload: info.last_reload.clone(),
-            entries: self.entries.iter().map(entry_status).collect(),
+            entries: self.entries.iter().map(|e| entry_status(e, &report)).collect(),
             watches: self
                 .config
                 .watches
@@ -713,12 +863,8 @@ impl Core {
                     name: w.name.clone(),
                     pattern: w.pattern.as_str().to_string(),
                     children: w.children,
-                    matched: Vec::new(),
-                    rules: w
-                        .rules
-                        .iter()
-                        .map(|r| RuleStatus { trigger: r.trigger.to_string(), action: r.action.to_string(), fired: 0 })
-                        .collect(),
+                    matched: report.matched.get(&w.name).cloned().unwrap_or_default(),
+                    rules: rule_status(&w.name, &w.rules, &report),
                 })
                 .collect(),
         }
@@ -743,7 +889,18 @@ fn policy_of(c: &EntryConfig) -> Policy {
     Policy { restart: c.restart, delay: c.delay, stop_signal: c.stop_signal, stop_timeout: c.stop_timeout }
 }
 
-fn entry_status(e: &EntryRun) -> EntryStatus {
+fn rule_status(owner: &str, rules: &[Rule], report: &Report) -> Vec<RuleStatus> {
+    rules
+        .iter()
+        .map(|r| RuleStatus {
+            trigger: r.trigger.to_string(),
+            action: r.action.to_string(),
+            fired: report.fired(owner, r),
+        })
+        .collect()
+}
+
+fn entry_status(e: &EntryRun, report: &Report) -> EntryStatus {
     let state = if e.slots.values().any(|s| matches!(s.slot.phase, Phase::Pending { .. }) && s.slot.crashes > 0) {
         EntryState::Backoff
     } else if e.slots.values().any(|s| !matches!(s.slot.phase, Phase::Idle)) {
@@ -773,17 +930,7 @@ fn entry_status(e: &EntryRun) -> EntryStatus {
                 })
             })
             .collect(),
-        rules: e
-            .config
-            .rules
-            .iter()
-            .zip(&e.fired)
-            .map(|(r, fired)| RuleStatus {
-                trigger: r.trigger.to_string(),
-                action: r.action.to_string(),
-                fired: *fired,
-            })
-            .collect(),
+        rules: rule_status(&e.config.name, &e.config.rules, report),
     }
 }
 

@@ -62,6 +62,42 @@ pub(crate) struct CoreSnapshot {
     pub draining: Vec<DrainingSnapshot>,
     /// Process groups whose leader exited, waiting for their SIGKILL.
     pub leftovers: Vec<LeftoverSnapshot>,
+    /// Rate-limit clocks and counters of rules.
+    #[serde(default)]
+    pub watch: WatchMemory,
+    /// Running `exec` action programs.
+    #[serde(default)]
+    pub helpers: Vec<HelperSnapshot>,
+}
+
+/// The watcher's memory: when each (rule, process) last fired, and counts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct WatchMemory {
+    pub clocks: Vec<ClockSnapshot>,
+    /// (rule key, times fired).
+    pub fired: Vec<(String, u64)>,
+}
+
+/// The rate-limit clock of one rule for one process.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ClockSnapshot {
+    /// `owner: trigger => action`.
+    pub rule: String,
+    pub pid: i32,
+    pub starttime: u64,
+    /// Unix milliseconds.
+    pub last_fired_ms: Option<u64>,
+    pub holding: bool,
+}
+
+/// A running `exec` action program.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct HelperSnapshot {
+    pub target: String,
+    pub pid: i32,
+    pub starttime: u64,
+    pub kill_in_ms: u64,
+    pub streams: Vec<StreamSnapshot>,
 }
 
 /// What `status` reports about the instance's history.
@@ -79,7 +115,6 @@ pub(crate) struct EntrySnapshot {
     pub config: EntryConfigSnapshot,
     pub target: usize,
     pub restarts: u64,
-    pub fired: Vec<u64>,
     pub removed: bool,
     pub slots: Vec<SlotSnapshot>,
 }
@@ -277,7 +312,6 @@ mod tests {
                     },
                     target: 2,
                     restarts: 1,
-                    fired: vec![],
                     removed: false,
                     slots: vec![SlotSnapshot {
                         index: 0,

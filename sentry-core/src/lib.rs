@@ -62,6 +62,7 @@ mod spec;
 mod status;
 mod supervisor;
 mod sys;
+mod watch;
 
 pub use cli::sentry;
 pub use error::Error;
