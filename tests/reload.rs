@@ -338,3 +338,34 @@ fn without_a_crate_reload_re_execs_the_started_binary_after_its_check() {
     assert_eq!(s.status()["reexec_count"], 1);
     assert_eq!(s.pids("idle"), pids);
 }
+
+#[test]
+fn rate_limit_clocks_and_counts_survive_a_reload() {
+    let mark = format!("clk{}", std::process::id());
+    let rule = format!(
+        r#"watch("w", "{mark}").every(Duration::from_millis(200)).on("rmem > 50m", "exec @ 1h /bin/echo fired $PID")"#
+    );
+    let c = ConfCrate::new("rl_clocks", &main_rs(&[r#"entry("keep", "sleep", ["100000"], 0, 1)"#, &rule]));
+    let s = c.start(&[]);
+    let mut hog = std::process::Command::new("python3")
+        .args(["-c", "x = b'x' * (100 * 2**20)\nimport time\ntime.sleep(1000)", &mark])
+        .spawn()
+        .unwrap();
+    struct Reap<'a>(&'a mut std::process::Child);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let hog = Reap(&mut hog);
+    let line = format!("fired {}", hog.0.id());
+    wait_for("the first firing", || s.log("w").contains(&line).then_some(()));
+    reload_ok(&s);
+    reload_ok(&s);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(s.log("w").matches(&line).count(), 1, "fired again after a reload:\n{}", s.log("w"));
+    let w = s.status()["watches"][0].clone();
+    assert_eq!(w["rules"][0]["fired"], 1, "{w}");
+    assert_eq!(w["matched"].as_array().unwrap().len(), 1, "{w}");
+}

@@ -51,13 +51,31 @@ fn specs(scenario: &str) -> Vec<Spec> {
             entry("as-nobody", "sleep", ["1000"], 0, 1).user("nobody").group("nogroup"),
             entry("as-ghost", "sleep", ["1000"], 0, 1).user("no-such-user-here"),
         ],
+        // Watches of processes the tests start, told apart by TMARK.
+        "watch" => {
+            let m = std::env::var("TMARK").unwrap_or_else(|_| "unset".to_string());
+            let fast = Duration::from_millis(200);
+            vec![
+                watch("hog", format!("hog-{m}")).every(fast).on("rmem > 50m", "term"),
+                watch("killer", format!("kill-{m}")).every(fast).on("50m < rmem", "kill"),
+                watch("stopper", format!("stop-{m}")).every(fast).on("rmem > 50m", "stop @ 3s"),
+                watch("runner", format!("exec-{m}")).every(fast).on("rmem > 50m", "exec @ 2s /bin/echo fired $NAME $PID $RMEM"),
+                watch("once", format!("once-{m}")).every(fast).on("rmem > 50m", "exec /bin/echo crossing $PID"),
+                watch("family", format!("family-{m}")).every(fast).children(true).on("rmem > 50m", "term"),
+                watch("quoted", format!("inject-{m}")).every(fast).on("vmem > 1m", r#"exec /bin/echo "cmdline: $CMDLINE""#),
+            ]
+        }
+        // An entry that restarts itself when it grows.
+        "fat" => vec![entry("fat", "python3", ["-c", "x = b'x' * (60 * 2**20)\nimport time\ntime.sleep(1000)"], 0, 1)
+            .on("rmem > 30m", "restart")],
         // Every kind of mistake at once.
         "invalid" => vec![
             entry("bad name!", "sleep", ["1"], 0, 1),
             entry("twice", "", [], 0, 1),
             watch("twice", "(unclosed").stop_timeout(Duration::from_secs(1)),
             entry("toomany", "sleep", ["1"], 0, 1_000_000).on("rss > 1g", "stop"),
-            watch("w", "x").on("rmem > 1g", "restart"),
+            watch("w", "x").on("rmem > 1g", "restart").on("rmem > 1x", "term").on("rmem > 1g", "exec @ 5 echo")
+                .on("rmem > 1g", "exec echo $FOO").on("cpu > 90", "term"),
         ],
         other => {
             eprintln!("tconf: unknown scenario {other:?}");

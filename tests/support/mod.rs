@@ -178,6 +178,12 @@ impl Sentry {
         self.child.id() as i32
     }
 
+    /// Waits until the instance answers.
+    pub fn waiting(self) -> Sentry {
+        wait_for("the instance to answer", || self.cli(&["status", "--json"]).status.success().then_some(()));
+        self
+    }
+
     /// Runs `bin ARGS… --dir DIR` with the same scenario.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(&self.bin)

@@ -1,0 +1,217 @@
+//! Watches end to end: memory hogs started by the test outside Sentry, found
+//! by regex (and as descendants), and the actions fired on them — term, kill,
+//! stop with its rate limit, exec with variables — plus an entry restarted by
+//! its own rule, a hostile command line that injects nothing, and `explain`.
+//! Each test uses its own marker so that parallel tests never see each
+//! other's processes.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const TCONF: &str = env!("CARGO_BIN_EXE_tconf");
+/// Allocates 100 MiB, then sleeps.
+const HOG: &str = "x = b'x' * (100 * 2**20)\nimport time\ntime.sleep(1000)";
+const SMALL: &str = "import time\ntime.sleep(1000)";
+
+/// A process the test started outside Sentry; killed and reaped on drop.
+struct Foreign(Child);
+
+impl Foreign {
+    fn python(code: &str, tag: &str) -> Foreign {
+        Foreign(Command::new("python3").args(["-c", code, tag]).stdin(Stdio::null()).spawn().expect("python3"))
+    }
+
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    fn rss_above(&self, mib: u64) -> bool {
+        // VmRSS in KiB.
+        proc_status(self.pid(), "VmRSS")
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .is_some_and(|kb| kb > mib * 1024)
+    }
+
+    /// Waits for it to die and returns the signal that killed it.
+    fn killed_by(&mut self) -> Option<i32> {
+        let status = wait_for("the watched process to die", || self.0.try_wait().unwrap());
+        status.signal()
+    }
+
+    fn state(&self) -> String {
+        stat_fields(self.pid()).map(|f| f[0].clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Foreign {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn marker(test: &str) -> String {
+    format!("{test}{}", std::process::id())
+}
+
+fn start(mark: &str) -> Sentry {
+    Sentry::spawn_with(TempDir::new("watch"), TCONF, "watch", &[], &[("TMARK", mark)]).waiting()
+}
+
+fn watch_status(s: &Sentry, name: &str) -> serde_json::Value {
+    s.status()["watches"].as_array().unwrap().iter().find(|w| w["name"] == name).cloned().unwrap()
+}
+
+#[test]
+fn term_hits_the_hog_and_spares_the_innocent() {
+    let m = marker("t");
+    let s = start(&m);
+    let small = Foreign::python(SMALL, &format!("hog-{m}-small"));
+    let mut hog = Foreign::python(HOG, &format!("hog-{m}"));
+    assert_eq!(hog.killed_by(), Some(libc::SIGTERM));
+    let w = watch_status(&s, "hog");
+    assert_eq!(w["rules"][0]["fired"], 1, "{w}");
+    let matched = w["matched"].as_array().unwrap();
+    let entry = matched.iter().find(|p| p["pid"] == small.pid()).expect("the innocent is matched");
+    assert!(entry["rss_bytes"].as_u64().unwrap() > 0 && entry["vmem_bytes"].as_u64().unwrap() > 0);
+    assert!(alive(small.pid()), "under the threshold: untouched");
+    let console = s.console();
+    let line = console.lines().find(|l| l.contains(&format!("hog.{}", hog.pid()))).unwrap_or_default();
+    assert!(line.contains("rmem ") && line.ends_with("> 50m: term."), "{console}");
+}
+
+#[test]
+fn kill_sends_sigkill() {
+    let m = marker("k");
+    let _s = start(&m);
+    let mut hog = Foreign::python(HOG, &format!("kill-{m}"));
+    assert_eq!(hog.killed_by(), Some(libc::SIGKILL));
+}
+
+#[test]
+fn stop_is_rate_limited_even_after_a_sigcont() {
+    let m = marker("s");
+    let s = start(&m);
+    let hog = Foreign::python(HOG, &format!("stop-{m}"));
+    wait_for("the first stop", || (hog.state() == "T").then_some(()));
+    let first = Instant::now();
+    unsafe { libc::kill(hog.pid(), libc::SIGCONT) };
+    wait_for("it to run again", || (hog.state() != "T").then_some(()));
+    // Within the 3 s the same process is not stopped again, although it still qualifies.
+    while first.elapsed() < Duration::from_millis(2300) {
+        assert_ne!(hog.state(), "T", "stopped again after {:?}", first.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for("the second stop, after the rate limit", || (hog.state() == "T").then_some(()));
+    assert!(first.elapsed() >= Duration::from_millis(2800), "{:?}", first.elapsed());
+    assert_eq!(watch_status(&s, "stopper")["rules"][0]["fired"], 2);
+    unsafe { libc::kill(hog.pid(), libc::SIGCONT) };
+}
+
+#[test]
+fn exec_runs_with_the_variables_and_its_rate_limit() {
+    let m = marker("e");
+    let s = start(&m);
+    let hog = Foreign::python(HOG, &format!("exec-{m}"));
+    let once = Foreign::python(HOG, &format!("once-{m}"));
+    wait_for("the first exec", || s.log("runner").contains("fired runner").then_some(()));
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(4500));
+    let elapsed = t0.elapsed();
+    let log = s.log("runner");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("fired runner")).collect();
+    // At most once per 2 s: the first, then one at ~2 s and ~4 s after it.
+    let most = 1 + elapsed.as_millis() as usize / 2000;
+    assert!((2..=most).contains(&lines.len()), "{} firings in {elapsed:?}:\n{log}", lines.len());
+    let words: Vec<&str> = lines[0].split_whitespace().collect();
+    let (pid, rmem): (i32, u64) = (words[words.len() - 2].parse().unwrap(), words[words.len() - 1].parse().unwrap());
+    assert_eq!(pid, hog.pid());
+    assert!(rmem > 50 << 20, "$RMEM in bytes: {rmem}");
+    // Without `@`, a rule fires once per crossing: the hog stays above, so once.
+    let crossings = s.log("once").lines().filter(|l| l.contains(&format!("crossing {}", once.pid()))).count();
+    assert_eq!(crossings, 1, "{}", s.log("once"));
+    assert!(alive(hog.pid()) && alive(once.pid()));
+    assert!(s.console().contains("Action program exited"), "the helpers are reaped: {}", s.console());
+    let zombies = children_of(s.pid()).into_iter().filter(|(_, st)| st == "Z").count();
+    assert_eq!(zombies, 0);
+}
+
+#[test]
+fn children_of_a_match_are_watched_too() {
+    let m = marker("c");
+    let s = start(&m);
+    let dir = TempDir::new("family");
+    let pidfile = dir.path().join("hog.pid");
+    // The small parent matches; its hog child does not, but is a descendant.
+    let script = format!("python3 -c \"$1\" & echo $! > {}; wait; exec sleep 1000", pidfile.display());
+    let parent = Foreign(
+        Command::new("sh").args(["-c", &script, &format!("family-{m}"), HOG]).stdin(Stdio::null()).spawn().unwrap(),
+    );
+    let hog: i32 = wait_for("the hog's PID", || std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok());
+    wait_for("the descendant to be terminated", || s.console().contains(&format!("family.{hog}")).then_some(()));
+    let console = s.console();
+    assert!(console.lines().any(|l| l.contains(&format!("family.{hog}")) && l.ends_with(": term.")), "{console}");
+    wait_for("the hog to be gone", || (!alive(hog)).then_some(()));
+    assert!(alive(parent.pid()), "the small parent is spared");
+    assert!(!console.contains(&format!("family.{} ", parent.pid())), "{console}");
+}
+
+#[test]
+fn a_hostile_command_line_injects_nothing() {
+    let m = marker("i");
+    let dir = TempDir::new("inject");
+    let f = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let hostile =
+        format!("inject-{m} $(touch {}) `touch {}`; touch {} \"q\" 'r' && touch {}", f("a"), f("b"), f("c"), f("d"));
+    let s = start(&m);
+    let victim = Foreign::python(SMALL, &hostile);
+    let log = wait_for("the exec action", || {
+        let log = s.log("quoted");
+        log.contains("cmdline: ").then_some(log)
+    });
+    assert!(log.contains(&hostile), "the command line arrives verbatim, as one word:\n{log}");
+    std::thread::sleep(Duration::from_millis(500));
+    for name in ["a", "b", "c", "d"] {
+        assert!(!dir.path().join(name).exists(), "{name} was created: injection");
+    }
+    assert!(alive(victim.pid()));
+}
+
+#[test]
+fn an_entry_over_its_threshold_is_restarted() {
+    let s = Sentry::start(TCONF, "fat", &[]);
+    let first = wait_for("fat", || s.pids("fat").first().copied());
+    let second = wait_for("a restart by the rule", || s.pids("fat").first().copied().filter(|p| *p != first));
+    assert!(!alive(first));
+    assert_ne!(second, first);
+    let e = s.entry("fat");
+    assert!(e["restarts"].as_u64().unwrap() >= 1);
+    assert!(e["rules"][0]["fired"].as_u64().unwrap() >= 1, "{e}");
+    assert!(s.console().contains(": restart."), "{}", s.console());
+}
+
+#[test]
+fn explain_lists_matches_and_would_fire_without_acting() {
+    let m = marker("x");
+    let hog = Foreign::python(HOG, &format!("hog-{m}"));
+    let small = Foreign::python(SMALL, &format!("hog-{m}-small"));
+    wait_for("the hog to grow", || hog.rss_above(60).then_some(()));
+    let out = run(Command::new(TCONF).arg("explain").env("TCONF", "watch").env("TMARK", &m));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(report.contains(&format!("watch hog /hog-{m}/: 2 processes")), "{report}");
+    assert!(report.contains(&hog.pid().to_string()) && report.contains(&small.pid().to_string()), "{report}");
+    let rule = report.lines().find(|l| l.contains("rule rmem > 50m => term")).unwrap();
+    assert!(
+        rule.contains(&format!("would fire for {}", hog.pid())) && !rule.contains(&small.pid().to_string()),
+        "{report}"
+    );
+    assert!(report.contains("nothing was signalled"));
+    assert!(alive(hog.pid()), "a dry run");
+}
