@@ -226,9 +226,9 @@ fn explain(specs: &[Spec], paths: &Paths) -> Outcome {
     // Entries' processes are the running instance's children, if it runs.
     let me = instance::live_pid(&paths.pidfile()).map(|p| p as i32).unwrap_or(std::process::id() as i32);
     let mut scanner = Scanner::new(me);
-    scanner.scan();
+    scanner.scan(None);
     std::thread::sleep(Duration::from_millis(500)); // so that cpu has an interval
-    let samples = scanner.scan();
+    let samples = scanner.scan(None);
     let all_due = vec![true; targets.len()];
     let now_ms = sys::unix_now_ns() / 1_000_000;
     let (firings, _) = evaluate(&targets, &all_due, &samples, me, now_ms, &mut State::default(), false);

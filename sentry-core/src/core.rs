@@ -90,7 +90,7 @@ pub(crate) enum CoreExit {
     /// Every child was stopped and reaped.
     Shutdown,
     /// The state was handed over; the children still run.
-    Suspended(Suspended),
+    Suspended(Box<Suspended>),
 }
 
 /// A suspended core: its state, and the fds the snapshot refers to by number.
@@ -216,7 +216,7 @@ impl Core {
                 break;
             }
             if self.suspending && !self.shutting_down && self.waiters.is_empty() {
-                return CoreExit::Suspended(self.suspend());
+                return CoreExit::Suspended(Box::new(self.suspend()));
             }
             let command = match self.next_deadline() {
                 Some(at) => match self.rx.recv_timeout(at.saturating_duration_since(Instant::now())) {

@@ -296,7 +296,9 @@ impl Instance {
             if let Some(server) = instance.http.lock().unwrap_or_else(|p| p.into_inner()).server.take() {
                 server.stop();
             }
-            instance.console.take().map(Console::close);
+            if let Some(c) = instance.console.take() {
+                c.close();
+            }
             return Err((e, instance.lock));
         }
         Ok(instance)
@@ -349,6 +351,7 @@ impl Instance {
             match core.run() {
                 CoreExit::Shutdown => break,
                 CoreExit::Suspended(suspended) => {
+                    let suspended = *suspended;
                     let (why, suspended, reload_id) = match self.reloader.take_plan() {
                         Some(plan) => {
                             let id = plan.reload_id;
@@ -421,7 +424,9 @@ impl Instance {
                     let _ = handoff::set_cloexec(fd, false);
                 }
                 // Everything said so far must reach the console before the exec.
-                self.console.take().map(Console::close);
+                if let Some(c) = self.console.take() {
+                    c.close();
+                }
                 let error = exec(&plan.binary, &self.paths, memfd.as_raw_fd());
                 for &fd in &fds {
                     let _ = handoff::set_cloexec(fd, true);
@@ -473,7 +478,9 @@ impl Instance {
         let _ = std::fs::remove_file(self.paths.addr_file());
         let _ = std::fs::remove_file(self.paths.token_file());
         self.say("Bye.");
-        self.console.take().map(Console::close);
+        if let Some(c) = self.console.take() {
+            c.close();
+        }
         self.lock.release();
     }
 }
