@@ -84,6 +84,25 @@ fn term_hits_the_hog_and_spares_the_innocent() {
     let console = s.console();
     let line = console.lines().find(|l| l.contains(&format!("hog.{}", hog.pid()))).unwrap_or_default();
     assert!(line.contains("rmem ") && line.ends_with("> 50m: term."), "{console}");
+    let log = s.log("hog");
+    assert!(log.lines().any(|l| l.contains(&format!("hog.{} rmem ", hog.pid())) && l.ends_with(": term.")), "{log}");
+}
+
+#[test]
+fn no_watch_thread_runs_without_watches_or_rules() {
+    let thread_names = |pid: i32| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|n| n.trim().to_string())
+            .collect()
+    };
+    let plain = Sentry::start(TCONF, "basic", &[]);
+    assert!(!thread_names(plain.pid()).contains(&"sentry-watch".to_string()), "no periodic wake-ups without rules");
+    let m = marker("n");
+    let watching = start(&m);
+    assert!(thread_names(watching.pid()).contains(&"sentry-watch".to_string()));
 }
 
 #[test]

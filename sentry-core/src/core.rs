@@ -52,6 +52,8 @@ pub(crate) enum Command {
     RunHelper { target: String, argv: Vec<String> },
     /// Gracefully restart the process `pid` of `entry` (a `restart` action).
     RestartProcess { entry: String, pid: i32 },
+    /// A rule fired: say so on the console and in `target`'s log.
+    Fired { target: String, pid: i32, text: String },
 }
 
 /// How long an `exec` action's program may run before it is killed.
@@ -67,7 +69,6 @@ struct Helper {
 /// The watcher's way back into the core.
 struct CoreHands {
     tx: Sender<Command>,
-    console: ConsoleHandle,
 }
 
 impl Hands for CoreHands {
@@ -80,8 +81,7 @@ impl Hands for CoreHands {
     }
 
     fn say(&self, target: &str, pid: i32, text: &str) {
-        self.console.event(target, pid, text);
-        log::info!("{target}.{pid} {text}");
+        let _ = self.tx.send(Command::Fired { target: target.to_string(), pid, text: text.to_string() });
     }
 }
 
@@ -242,7 +242,7 @@ impl Core {
         if targets.is_empty() {
             return;
         }
-        let hands = CoreHands { tx: self.tx.clone(), console: self.options.console.clone() };
+        let hands = CoreHands { tx: self.tx.clone() };
         match Watcher::start(targets, std::mem::take(&mut self.watch_state), hands) {
             Ok(w) => self.watcher = Some(w),
             Err(e) => log::error!("cannot start the watch thread: {e}"),
@@ -323,6 +323,10 @@ impl Core {
                 if !self.shutting_down && !argv.is_empty() {
                     self.run_helper(&target, argv);
                 }
+            }
+            Command::Fired { target, pid, text } => {
+                let sink = self.sink(&target, pid);
+                sink.write(&[text.into_bytes()]);
             }
             Command::RestartProcess { entry, pid } => {
                 let Some(i) = self.index_of(&entry) else { return };
