@@ -252,13 +252,7 @@ fn daemon_mode_returns_once_the_instance_answers() {
     let out = tconf(&["start", "--daemon", "--dir", d], "basic");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let pid: i32 = std::fs::read_to_string(dir.path().join("tconf.pid")).unwrap().trim().parse().unwrap();
-    struct Cleanup(i32);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            kill_session(self.0);
-        }
-    }
-    let _cleanup = Cleanup(pid);
+    let _cleanup = SessionGuard(pid);
     assert_eq!(stat_fields(pid).unwrap()[3], pid.to_string(), "the daemon leads its own session");
     assert_eq!(tconf(&["status", "--dir", d], "basic").status.code(), Some(0));
     assert_eq!(tconf(&["stop", "--dir", d], "basic").status.code(), Some(0));
@@ -317,13 +311,7 @@ fn crate_and_dir_are_found_from_the_binary_or_cargo_run() {
             Err(e) => panic!("{e}"),
         });
     let sid = child.id() as i32;
-    struct Cleanup(i32);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            kill_session(self.0);
-        }
-    }
-    let _cleanup = Cleanup(sid);
+    let _cleanup = SessionGuard(sid);
     wait_for("the pidfile in the member crate", || member.join("tconf.pid").exists().then_some(()));
     let mut status = Command::new(&bin);
     status.arg("status");

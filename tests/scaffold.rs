@@ -54,13 +54,7 @@ fn a_scaffolded_crate_starts_and_reloads_from_anywhere() {
         });
     }
     let mut cargo_run = start.spawn().unwrap();
-    struct Cleanup(i32);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            kill_session(self.0);
-        }
-    }
-    let _cleanup = Cleanup(cargo_run.id() as i32);
+    let _cleanup = SessionGuard(cargo_run.id() as i32);
     let bin = dir.join("target/debug/myconf");
     let cli = |args: &[&str]| run(clean(&bin).args(args).current_dir("/"));
     let status = |args: &[&str]| -> serde_json::Value {

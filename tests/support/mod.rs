@@ -110,6 +110,16 @@ pub fn kill_session(sid: i32) {
     }
 }
 
+/// Kills every process of a session on drop (for sessions a test started
+/// other than through [`Sentry`]).
+pub struct SessionGuard(pub i32);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        kill_session(self.0);
+    }
+}
+
 /// A line of `/proc/PID/status`, such as `SigBlk`.
 pub fn proc_status(pid: i32, key: &str) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
