@@ -128,7 +128,7 @@ fn stop_is_rate_limited_even_after_a_sigcont() {
         std::thread::sleep(Duration::from_millis(50));
     }
     wait_for("the second stop, after the rate limit", || (hog.state() == "T").then_some(()));
-    assert!(first.elapsed() >= Duration::from_millis(2800), "{:?}", first.elapsed());
+    assert!(first.elapsed() >= Duration::from_millis(2500), "{:?}", first.elapsed());
     assert_eq!(watch_status(&s, "stopper")["rules"][0]["fired"], 2);
     unsafe { libc::kill(hog.pid(), libc::SIGCONT) };
 }
@@ -137,10 +137,11 @@ fn stop_is_rate_limited_even_after_a_sigcont() {
 fn exec_runs_with_the_variables_and_its_rate_limit() {
     let m = marker("e");
     let s = start(&m);
+    // The first firing comes after the hog started: bound the count from there.
+    let t0 = Instant::now();
     let hog = Foreign::python(HOG, &format!("exec-{m}"));
     let once = Foreign::python(HOG, &format!("once-{m}"));
     wait_for("the first exec", || s.log("runner").contains("fired runner").then_some(()));
-    let t0 = Instant::now();
     std::thread::sleep(Duration::from_millis(4500));
     let elapsed = t0.elapsed();
     let log = s.log("runner");
