@@ -369,3 +369,30 @@ fn rate_limit_clocks_and_counts_survive_a_reload() {
     assert_eq!(w["rules"][0]["fired"], 1, "{w}");
     assert_eq!(w["matched"].as_array().unwrap().len(), 1, "{w}");
 }
+
+#[test]
+fn a_failed_exec_resumes_everything_as_before() {
+    let talker = r#"entry("talk", "sh", ["-c", "i=0; while :; do echo \"n $i\"; i=$((i+1)); sleep 0.01; done"], 0, 1)"#;
+    let c = ConfCrate::new("rl_noexec", &main_rs(&[r#"entry("keep", "sleep", ["100000"], 0, 2)"#, talker]));
+    let mut s = c.start(&[("SENTRY_TEST_FAIL_EXEC", "1")]);
+    let pids = wait_for("running", || Some(s.pids("keep")).filter(|p| p.len() == 2));
+    let talk = s.pids("talk");
+    let (code, output) = reload(&s);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("cannot exec"), "{output}");
+    let st = s.status();
+    assert_eq!((st["reexec_count"].as_u64(), st["last_reload"]["ok"].as_bool()), (Some(0), Some(false)));
+    assert_eq!(s.pids("keep"), pids, "the children run on");
+    assert_eq!(s.pids("talk"), talk);
+    // Supervision, output, the control interface and signals all resumed.
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    wait_for("a replacement", || Some(s.pids("keep")).filter(|p| p.len() == 2 && p[0] != pids[0]));
+    assert!(s.cli(&["scale", "keep", "3"]).status.success());
+    let before = s.log("talk").lines().count();
+    wait_for("more output", || (s.log("talk").lines().count() > before + 20).then_some(()));
+    assert!(s.cli(&["stop"]).status.success(), "SIGTERM is handled again");
+    assert_eq!(s.wait_exit(), Some(0));
+    let log = s.log("talk");
+    let numbers: Vec<u64> = log.lines().filter_map(|l| l.rsplit_once("n ")?.1.parse().ok()).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "no line lost or doubled around the failed exec");
+}

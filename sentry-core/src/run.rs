@@ -427,7 +427,12 @@ impl Instance {
                 if let Some(c) = self.console.take() {
                     c.close();
                 }
-                let error = exec(&plan.binary, &self.paths, memfd.as_raw_fd());
+                let error = if std::env::var_os("SENTRY_TEST_FAIL_EXEC").is_some() {
+                    // Test hook: exercise the path of an execve that fails.
+                    std::io::Error::from_raw_os_error(libc::ENOEXEC)
+                } else {
+                    exec(&plan.binary, &self.paths, memfd.as_raw_fd())
+                };
                 for &fd in &fds {
                     let _ = handoff::set_cloexec(fd, true);
                 }
