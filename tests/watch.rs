@@ -17,7 +17,8 @@ use support::*;
 const TCONF: &str = env!("CARGO_BIN_EXE_tconf");
 /// Allocates 100 MiB, then sleeps.
 const HOG: &str = "x = b'x' * (100 * 2**20)\nimport time\ntime.sleep(1000)";
-const SMALL: &str = "import time\ntime.sleep(1000)";
+/// Small, and on one line (so that `$CMDLINE` echoes as one line).
+const SMALL: &str = "import time; time.sleep(1000)";
 
 /// A process the test started outside Sentry; killed and reaped on drop.
 struct Foreign(Child);
@@ -193,9 +194,12 @@ fn a_hostile_command_line_injects_nothing() {
     let victim = Foreign::python(SMALL, &hostile);
     let log = wait_for("the exec action", || {
         let log = s.log("quoted");
-        log.contains("cmdline: ").then_some(log)
+        log.lines().any(|l| l.contains("cmdline: ") && l.contains(&format!("inject-{m}"))).then_some(log)
     });
-    assert!(log.contains(&hostile), "the command line arrives verbatim, as one word:\n{log}");
+    assert!(
+        log.contains(&format!(" -c {SMALL} {hostile}\n")),
+        "the command line arrives verbatim, as one word:\n{log}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     for name in ["a", "b", "c", "d"] {
         assert!(!dir.path().join(name).exists(), "{name} was created: injection");

@@ -27,9 +27,15 @@
 //! - `core`: the loop that owns all run-time state and performs effects;
 //!   `child`: spawning one child and the thread that watches it;
 //!   `output`: console and log files.
+//! - `watch`: the /proc scanner, matching, triggers, rate limits and the
+//!   watcher thread.
 //! - `supervisor`: the command channel every outer layer uses, and the
 //!   embedding API; `http`: the control interface; `cli`, `instance`,
 //!   `client`, `signals`: the command line and its files.
+//! - `run`: the running instance (`start`): the core on the main thread,
+//!   re-exec and resume; `reload`: the reloader thread; [`build`]: cargo
+//!   builds and binary checks; `handoff`: the versioned state that crosses
+//!   `execve`.
 //!
 //! # Theory of operation
 //!
@@ -40,7 +46,8 @@
 //! *without reaping*. The core reaps, feeds the exit to the slot's pure
 //! transition function and performs the effects (spawn, signal, vacate).
 //! In CLI mode the core runs on the main thread, which is the only thread
-//! that forks children.
+//! that forks children — and, on a reload, the thread that execs the new
+//! binary once the core has returned its state as a snapshot.
 
 pub mod build;
 mod child;

@@ -39,6 +39,11 @@ pub(crate) struct Sample {
 struct Known {
     starttime: u64,
     ppid: i32,
+    /// The executable's name (`comm`): it changes when the process execs.
+    comm: Box<[u8]>,
+    /// Scans left during which it is re-read whatever: a process seen between
+    /// its fork and its exec still shows its parent's command line.
+    young: u8,
     cmdline: Arc<str>,
     entry: Option<Arc<str>>,
     rss: u64,
@@ -46,6 +51,9 @@ struct Known {
     ticks: u64,
     at: Instant,
 }
+
+/// How many scans a new process is re-read in (to see it exec).
+const YOUNG_SCANS: u8 = 3;
 
 /// Known processes re-read per scan even when no rule covers them, as a
 /// share (1 in N): a PID reused between two scans is noticed within N scans.
@@ -91,10 +99,10 @@ impl Scanner {
         for entry in dir.flatten() {
             let name = entry.file_name();
             let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-            let fresh =
+            let due =
                 covered.is_none_or(|c| c.contains(&pid)) || (pid as u64 + self.round).is_multiple_of(VERIFY_ONE_IN);
             let cpu = match self.known.get_mut(&pid) {
-                Some(_) if !fresh => {
+                Some(k) if !due && k.young == 0 => {
                     seen.insert(pid);
                     None
                 }
@@ -105,6 +113,13 @@ impl Scanner {
                     let (rss, vmem) = (stat.rss_pages * self.page_size, stat.vsize);
                     match known {
                         Some(k) if k.starttime == stat.starttime => {
+                            k.young = k.young.saturating_sub(1);
+                            if *k.comm != *stat.comm {
+                                // It exec'd: what it is now is what counts.
+                                k.comm = stat.comm.into();
+                                k.cmdline = cmdline_of(pid).into();
+                                k.entry = (stat.ppid == self.me).then(|| entry_of(pid)).flatten();
+                            }
                             let elapsed = now.duration_since(k.at).as_secs_f64();
                             let used = ticks.saturating_sub(k.ticks) as f64 / self.ticks_per_second as f64;
                             (k.rss, k.vmem, k.ticks, k.at, k.ppid) = (rss, vmem, ticks, now, stat.ppid);
@@ -117,6 +132,8 @@ impl Scanner {
                             let k = Known {
                                 starttime: stat.starttime,
                                 ppid: stat.ppid,
+                                comm: stat.comm.into(),
+                                young: YOUNG_SCANS,
                                 cmdline,
                                 entry,
                                 rss,
@@ -148,7 +165,8 @@ impl Scanner {
 }
 
 /// The fields of `/proc/PID/stat` a scan needs.
-struct Stat {
+struct Stat<'a> {
+    comm: &'a [u8],
     ppid: i32,
     utime: u64,
     stime: u64,
@@ -158,7 +176,7 @@ struct Stat {
 }
 
 /// Reads and parses `/proc/PID/stat`; `None` if the process is gone.
-fn read_stat(pid: i32, path: &mut String, buf: &mut [u8]) -> Option<Stat> {
+fn read_stat<'a>(pid: i32, path: &mut String, buf: &'a mut [u8]) -> Option<Stat<'a>> {
     use std::fmt::Write as _;
     use std::io::Read as _;
     path.clear();
@@ -169,12 +187,14 @@ fn read_stat(pid: i32, path: &mut String, buf: &mut [u8]) -> Option<Stat> {
 }
 
 /// Parses the text of `/proc/PID/stat` (the command name may hold spaces and parentheses).
-fn parse_stat(text: &[u8]) -> Option<Stat> {
+fn parse_stat(text: &[u8]) -> Option<Stat<'_>> {
+    let open = text.iter().position(|&b| b == b'(')?;
     let close = text.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(text.get(close + 2..)?).ok()?;
     let f: Vec<&str> = rest.split_ascii_whitespace().take(22).collect();
     let num = |i: usize| f.get(i)?.parse::<u64>().ok();
     Some(Stat {
+        comm: text.get(open + 1..close)?,
         ppid: f.get(1)?.parse().ok()?,
         utime: num(11)?,
         stime: num(12)?,
@@ -733,6 +753,7 @@ mod tests {
         let line = b"4242 (we(ird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 123456 10485760 256 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
         let s = parse_stat(line).unwrap();
         assert_eq!((s.ppid, s.utime, s.stime, s.starttime, s.vsize, s.rss_pages), (1, 7, 3, 123456, 10485760, 256));
+        assert_eq!(s.comm, b"we(ird) name");
         assert!(parse_stat(b"garbage").is_none());
         assert!(parse_stat(b"1 (x) S").is_none());
     }
@@ -748,6 +769,22 @@ mod tests {
         assert_eq!(mine.cpu, None, "no CPU figure on first sight");
         let again = scanner.scan(None);
         assert!(again.iter().find(|s| s.pid == me).unwrap().cpu.is_some());
+    }
+
+    #[test]
+    fn a_process_that_execs_is_seen_as_what_it_became() {
+        let mut child = std::process::Command::new("sh").args(["-c", "sleep 0.3; exec sleep 7.5"]).spawn().unwrap();
+        let pid = child.id() as i32;
+        let mut scanner = Scanner::new(1);
+        let nobody = HashSet::new();
+        let cmdline = |samples: Vec<Sample>| samples.into_iter().find(|s| s.pid == pid).map(|s| s.cmdline.to_string());
+        let before = cmdline(scanner.scan(Some(&nobody)));
+        std::thread::sleep(Duration::from_millis(800));
+        let after = cmdline(scanner.scan(Some(&nobody)));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(before.as_deref(), Some("sh -c sleep 0.3; exec sleep 7.5"));
+        assert_eq!(after.as_deref(), Some("sleep 7.5"), "even though no rule covers it");
     }
 
     #[test]
