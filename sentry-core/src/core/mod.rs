@@ -10,6 +10,8 @@
 //! knows nothing of HTTP, the command line, pidfiles or re-exec; those talk
 //! to it through [`Command`] and read [`Status`].
 
+mod handover;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::os::fd::OwnedFd;
@@ -19,13 +21,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::child::{self, ChildNote, Monitor, Quiesced, Stream};
+use crate::child::{self, ChildNote, Monitor, Stream};
 use crate::config::{Config, EntryConfig, Rule};
-use crate::handoff::{
-    CoreSnapshot, DrainingSnapshot, EntrySnapshot, HelperSnapshot, InfoSnapshot, KeptFd, LeftoverSnapshot,
-    PhaseSnapshot, ProcessSnapshot, SlotSnapshot, StreamSnapshot,
-};
-use crate::lifecycle::{self, AfterStop, ChildExit, Effect, Event, Phase, Policy, Slot};
+use crate::handoff::{CoreSnapshot, InfoSnapshot};
+use crate::lifecycle::{self, ChildExit, Effect, Event, Phase, Policy, Slot};
 use crate::output::{ConsoleHandle, LineSink, LineSplitter};
 use crate::status::{EntryState, EntryStatus, ProcessStatus, ReloadOutcome, RuleStatus, Status, WatchStatus};
 use crate::watch::{self, Hands, Report, Watcher};
@@ -577,277 +576,6 @@ impl Core {
         self.options.info.last_reload = Some(outcome);
     }
 
-    /// Takes over children a previous image left without a readable
-    /// snapshot: each whose entry and command line match (and whose slot is
-    /// free) runs on in its slot; every other is stopped and reaped.
-    /// Returns a line per child saying which.
-    pub fn adopt(&mut self, found: Vec<FoundChild>) -> Vec<String> {
-        let now = Instant::now();
-        let mut report = Vec::new();
-        for child in found {
-            let slot = self.entries.iter().position(|e| {
-                let argv: Vec<&String> = std::iter::once(&e.config.command).chain(&e.config.args).collect();
-                child.entry.as_deref() == Some(e.config.name.as_str())
-                    && child.cmdline.iter().collect::<Vec<_>>() == argv
-            });
-            let placed = slot.and_then(|i| {
-                let index = child.index?;
-                let e = &mut self.entries[i];
-                if index >= e.target || e.slots.contains_key(&index) {
-                    return None;
-                }
-                e.slots.insert(
-                    index,
-                    SlotRun {
-                        slot: Slot { phase: Phase::Running { pid: child.pid, since: now }, crashes: 0 },
-                        started_at: sys::unix_now(),
-                    },
-                );
-                Some((e.config.name.clone(), e.config.stop_timeout))
-            });
-            let name = placed.as_ref().map(|(n, _)| n.clone()).unwrap_or_else(|| "stray".to_string());
-            let sink = self.sink(&name, child.pid);
-            if let Err(e) = self.watch(child.pid, Vec::new(), sink, false) {
-                report.push(format!("cannot watch {name}.{}: {e}", child.pid));
-            }
-            if placed.is_some() {
-                report.push(format!("Adopted {name}.{} ({}).", child.pid, child.cmdline.join(" ")));
-            } else {
-                sys::signal_group(child.pid, Signal::SIGTERM);
-                self.leftovers.push(Leftover { pgid: child.pid, kill_at: now + Duration::from_secs(10) });
-                report.push(format!("Stopping {} ({}): it matches no free slot.", child.pid, child.cmdline.join(" ")));
-            }
-        }
-        report
-    }
-
-    /// Applies a new configuration as a difference: unchanged entries keep
-    /// their processes; a changed count scales (a run-time override survives
-    /// while the configured count stays the same); a changed command, args,
-    /// env, cwd, user or group restarts the entry's processes; delay, stop
-    /// settings and rules change in place; removed entries stop; new ones start.
-    pub fn reconfigure(&mut self, new: Config) {
-        let now = Instant::now();
-        for config in &new.entries {
-            let Some(i) = self.entries.iter().position(|e| e.config.name == config.name) else {
-                self.entries.push(EntryRun::new(config.clone()));
-                continue;
-            };
-            let e = &mut self.entries[i];
-            let restart = e.config.needs_restart_for(config);
-            if e.removed || config.count != e.config.count {
-                e.target = config.count;
-            }
-            e.removed = false;
-            e.config = config.clone();
-            if restart {
-                let indexes: Vec<usize> = e.slots.keys().copied().collect();
-                for index in indexes {
-                    self.apply(i, index, Event::Restart { now });
-                }
-            }
-        }
-        for e in &mut self.entries {
-            e.removed = new.entries.iter().all(|c| c.name != e.config.name);
-        }
-        let order = |e: &EntryRun| new.entries.iter().position(|c| c.name == e.config.name).unwrap_or(usize::MAX);
-        self.entries.sort_by_key(order);
-        self.config = new;
-        for i in 0..self.entries.len() {
-            self.reconcile(i, now);
-        }
-        if self.watcher.is_some() {
-            self.restart_watcher();
-        }
-    }
-
-    /// Stops every monitor (lines already complete are written; the rest is
-    /// kept as bytes) and describes the whole state. The children run on.
-    fn suspend(&mut self) -> Suspended {
-        self.stop_watcher();
-        let now = Instant::now();
-        let mut quiesced: HashMap<i32, Quiesced> = self.monitors.drain().map(|(pid, m)| (pid, m.quiesce())).collect();
-        let mut fds = Vec::new();
-        let mut keep = |q: Option<Quiesced>| -> Vec<StreamSnapshot> {
-            let streams = q.map(|q| q.streams).unwrap_or_default();
-            streams
-                .into_iter()
-                .filter_map(|mut s| {
-                    let fd = KeptFd::of(&s.fd).ok()?;
-                    let pending = s.splitter.take_remainder();
-                    fds.push(s.fd);
-                    Some(StreamSnapshot { fd, pending })
-                })
-                .collect()
-        };
-        let left = |at: Instant| at.saturating_duration_since(now).as_millis() as u64;
-        let process = |pid: i32, since: Instant| ProcessSnapshot {
-            pid,
-            starttime: sys::parent_and_starttime(pid).map(|(_, t)| t).unwrap_or(0),
-            up_ms: now.saturating_duration_since(since).as_millis() as u64,
-        };
-        let mut entries = Vec::new();
-        for e in &self.entries {
-            let mut slots = Vec::new();
-            for (index, run) in &e.slots {
-                let phase = match run.slot.phase {
-                    Phase::Idle => PhaseSnapshot::Idle,
-                    Phase::Pending { due } => PhaseSnapshot::Pending { due_in_ms: left(due) },
-                    Phase::Running { pid, since } => PhaseSnapshot::Running { process: process(pid, since) },
-                    Phase::Stopping { pid, since, kill_at, then } => PhaseSnapshot::Stopping {
-                        process: process(pid, since),
-                        kill_in_ms: left(kill_at),
-                        respawn: then == AfterStop::Respawn,
-                    },
-                    Phase::Killing { pid, since, then } => {
-                        PhaseSnapshot::Killing { process: process(pid, since), respawn: then == AfterStop::Respawn }
-                    }
-                };
-                let streams = run.slot.pid().map(|pid| keep(quiesced.remove(&pid))).unwrap_or_default();
-                slots.push(SlotSnapshot {
-                    index: *index,
-                    crashes: run.slot.crashes,
-                    started_at: run.started_at,
-                    phase,
-                    streams,
-                });
-            }
-            entries.push(EntrySnapshot {
-                config: e.config.to_snapshot(),
-                target: e.target,
-                restarts: e.restarts,
-                removed: e.removed,
-                slots,
-            });
-        }
-        let leftovers =
-            self.leftovers.iter().map(|l| LeftoverSnapshot { pgid: l.pgid, kill_in_ms: left(l.kill_at) }).collect();
-        let helpers = self
-            .helpers
-            .iter()
-            .map(|h| HelperSnapshot {
-                target: h.target.clone(),
-                pid: h.pid,
-                starttime: sys::parent_and_starttime(h.pid).map(|(_, t)| t).unwrap_or(0),
-                kill_in_ms: left(h.kill_at),
-                streams: keep(quiesced.remove(&h.pid)),
-            })
-            .collect();
-        let pids: Vec<i32> = quiesced.keys().copied().collect();
-        let draining = pids
-            .into_iter()
-            .filter_map(|pid| {
-                let q = quiesced.remove(&pid)?;
-                let entry = q.sink.as_ref()?.entry.clone();
-                Some(DrainingSnapshot { entry, pid, streams: keep(Some(q)) })
-            })
-            .collect();
-        let snapshot = CoreSnapshot {
-            info: self.options.info.clone(),
-            entries,
-            draining,
-            leftovers,
-            watch: self.watch_state.to_memory(),
-            helpers,
-        };
-        Suspended { snapshot, fds }
-    }
-
-    /// Rebuilds a core from a snapshot taken by a previous image (or by this
-    /// one, when an exec failed): verifies each child (still our child, same
-    /// starttime), adopts its pipes and bytes in hand, and watches it again.
-    /// A child that is gone counts as an exit. Returns what could not be kept.
-    pub fn restore(
-        snapshot: CoreSnapshot,
-        mut options: CoreOptions,
-        tx: Sender<Command>,
-        rx: Receiver<Command>,
-    ) -> (Core, Vec<String>) {
-        let now = Instant::now();
-        let mut warnings = Vec::new();
-        options.info = snapshot.info.clone();
-        let mut core = Core::new(Config::default(), options, tx, rx);
-        let me = std::process::id() as i32;
-        let mut gone = Vec::new();
-        for (i, es) in snapshot.entries.into_iter().enumerate() {
-            let config = EntryConfig::from_snapshot(&es.config).unwrap_or_else(|e| {
-                warnings.push(format!("entry {}: {e}; its rules are dropped", es.config.name));
-                let mut bare = es.config.clone();
-                bare.rules.clear();
-                EntryConfig::from_snapshot(&bare).expect("an entry without rules always parses")
-            });
-            let name = config.name.clone();
-            core.entries.push(EntryRun {
-                target: es.target,
-                restarts: es.restarts,
-                removed: es.removed,
-                slots: BTreeMap::new(),
-                config,
-            });
-            for ss in es.slots {
-                let at = |ms: u64| now + Duration::from_millis(ms);
-                let since = |p: &ProcessSnapshot| now.checked_sub(Duration::from_millis(p.up_ms)).unwrap_or(now);
-                let then = |respawn: bool| if respawn { AfterStop::Respawn } else { AfterStop::Vacate };
-                let (phase, process) = match &ss.phase {
-                    PhaseSnapshot::Idle => (Phase::Idle, None),
-                    PhaseSnapshot::Pending { due_in_ms } => (Phase::Pending { due: at(*due_in_ms) }, None),
-                    PhaseSnapshot::Running { process: p } => (Phase::Running { pid: p.pid, since: since(p) }, Some(*p)),
-                    PhaseSnapshot::Stopping { process: p, kill_in_ms, respawn } => (
-                        Phase::Stopping { pid: p.pid, since: since(p), kill_at: at(*kill_in_ms), then: then(*respawn) },
-                        Some(*p),
-                    ),
-                    PhaseSnapshot::Killing { process: p, respawn } => {
-                        (Phase::Killing { pid: p.pid, since: since(p), then: then(*respawn) }, Some(*p))
-                    }
-                };
-                core.entries[i]
-                    .slots
-                    .insert(ss.index, SlotRun { slot: Slot { phase, crashes: ss.crashes }, started_at: ss.started_at });
-                let streams = adopt_streams(&ss.streams, &mut warnings);
-                let Some(p) = process else { continue };
-                let ours = sys::parent_and_starttime(p.pid) == Some((me, p.starttime));
-                if !ours {
-                    warnings.push(format!("{name}.{} is no longer our child: counted as an exit", p.pid));
-                    gone.push((i, ss.index));
-                }
-                let sink = core.sink(&name, p.pid);
-                if let Err(e) = core.watch(p.pid, streams, sink, !ours) {
-                    warnings.push(format!("cannot watch {name}.{}: {e}", p.pid));
-                }
-            }
-        }
-        for d in snapshot.draining {
-            let streams = adopt_streams(&d.streams, &mut warnings);
-            let sink = core.sink(&d.entry, d.pid);
-            if let Err(e) = core.watch(d.pid, streams, sink, true) {
-                warnings.push(format!("cannot drain {}.{}: {e}", d.entry, d.pid));
-            }
-        }
-        for h in snapshot.helpers {
-            let streams = adopt_streams(&h.streams, &mut warnings);
-            let ours = sys::parent_and_starttime(h.pid) == Some((me, h.starttime));
-            let sink = core.sink(&h.target, h.pid);
-            if ours && core.watch(h.pid, streams, sink, false).is_ok() {
-                core.helpers.push(Helper {
-                    pid: h.pid,
-                    target: h.target,
-                    kill_at: now + Duration::from_millis(h.kill_in_ms),
-                });
-            }
-        }
-        core.watch_state = watch::State::from_memory(snapshot.watch);
-        core.leftovers = snapshot
-            .leftovers
-            .iter()
-            .map(|l| Leftover { pgid: l.pgid, kill_at: now + Duration::from_millis(l.kill_in_ms) })
-            .collect();
-        core.config.entries = core.entries.iter().map(|e| e.config.clone()).collect();
-        for (i, index) in gone {
-            core.apply(i, index, Event::Exited { exit: ChildExit::Unknown, now });
-        }
-        (core, warnings)
-    }
-
     /// The whole state, as `GET /status` shows it.
     pub fn status(&self) -> Status {
         let info = &self.options.info;
@@ -873,20 +601,6 @@ impl Core {
                 .collect(),
         }
     }
-}
-
-/// Takes back kept pipes; a pipe that is not what was recorded is dropped.
-fn adopt_streams(snapshots: &[StreamSnapshot], warnings: &mut Vec<String>) -> Vec<Stream> {
-    snapshots
-        .iter()
-        .filter_map(|s| match s.fd.adopt() {
-            Some(fd) => Some(Stream { fd, splitter: LineSplitter::with_remainder(s.pending.clone()) }),
-            None => {
-                warnings.push(format!("output pipe fd {} did not survive: dropped", s.fd.fd));
-                None
-            }
-        })
-        .collect()
 }
 
 fn policy_of(c: &EntryConfig) -> Policy {
