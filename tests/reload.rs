@@ -40,7 +40,7 @@ fn a_child_survives_twenty_reloads_with_the_same_pid() {
         "rl_twenty",
         &main_rs(&[keep, r#"entry("a", "sleep", ["100001"], 0, 1)"#, r#"entry("b", "sleep", ["100002"], 0, 2)"#]),
     );
-    let s = c.start(&[]);
+    let mut s = c.start(&[]);
     let pid = wait_for("keep to run", || s.pids("keep").first().copied());
     let supervisor = s.status()["pid"].clone();
     for round in 0..20 {
@@ -64,6 +64,13 @@ fn a_child_survives_twenty_reloads_with_the_same_pid() {
     assert!(s.console().contains("Sentry reexec'd. Initially started at"), "{}", s.console());
     let zombies = children_of(s.pid()).into_iter().filter(|(_, st)| st == "Z").count();
     assert_eq!(zombies, 0);
+    // PDEATHSIG still holds after 20 re-execs: a SIGKILLed supervisor takes its children along.
+    let children: Vec<i32> = ["keep", "a", "b"].iter().flat_map(|e| s.pids(e)).collect();
+    unsafe { libc::kill(s.pid(), libc::SIGKILL) };
+    s.wait_exit();
+    for pid in children {
+        wait_for("PDEATHSIG after reloads", || (!alive(pid)).then_some(()));
+    }
 }
 
 #[test]
