@@ -146,9 +146,7 @@ impl Quiesced {
             if nix::fcntl::fcntl(&stream.fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).is_ok() {
                 while read_lines(&mut stream, &mut buf, &sink) == Read::Data {}
             }
-            let mut last = Vec::new();
-            stream.splitter.finish(|l| last.push(l.to_vec()));
-            sink.write(&last);
+            write_last_line(&mut stream, &sink);
         }
     }
 }
@@ -230,10 +228,7 @@ fn run(
             }
         }
         for i in closed.into_iter().rev() {
-            let mut stream = streams.remove(i);
-            let mut last = Vec::new();
-            stream.splitter.finish(|l| last.push(l.to_vec()));
-            sink.write(&last);
+            write_last_line(&mut streams.remove(i), &sink);
         }
         if !exited && fds.last().is_some_and(|p| p.revents != 0) && sys::has_exited(pid) {
             exited = true;
@@ -244,6 +239,13 @@ fn run(
 
 fn pollfd(fd: i32) -> libc::pollfd {
     libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
+}
+
+/// The stream has ended: writes its unfinished last line, if any.
+fn write_last_line(stream: &mut Stream, sink: &LineSink) {
+    let mut last = Vec::new();
+    stream.splitter.finish(|l| last.push(l.to_vec()));
+    sink.write(&last);
 }
 
 #[derive(PartialEq, Eq)]

@@ -236,8 +236,9 @@ pub(crate) fn is_locked(path: &Path) -> bool {
     matches!(flock(&file, libc::LOCK_SH | libc::LOCK_NB), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
-/// Writes `text` to `path` with `mode`, replacing it whole.
-pub(crate) fn write_private(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
+/// Writes `text` to `path` with `mode`, replacing it whole (through a
+/// rename, so a reader never sees half a file).
+pub(crate) fn write_replacing(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut file = OpenOptions::new()

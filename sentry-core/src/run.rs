@@ -42,7 +42,7 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Resu
     let prepared =
         TcpListener::bind(&addr).map_err(|source| Error::Bind { addr: addr.clone(), source }).and_then(|listener| {
             let token = sys::random_hex(16).map_err(|e| Error::io("cannot read /dev/urandom", e))?;
-            instance::write_private(&paths.token_file(), &format!("{token}\n"), 0o600)?;
+            instance::write_replacing(&paths.token_file(), &format!("{token}\n"), 0o600)?;
             Ok((listener, token))
         });
     let (listener, token) = match prepared {
@@ -213,21 +213,11 @@ fn our_children() -> Vec<FoundChild> {
         if sys::parent_and_starttime(pid).map(|(ppid, _)| ppid) != Some(me) {
             continue;
         }
-        let words = |file: &str| -> Vec<String> {
-            std::fs::read(format!("/proc/{pid}/{file}"))
-                .map(|b| {
-                    b.split(|c| *c == 0)
-                        .filter(|w| !w.is_empty())
-                        .map(|w| String::from_utf8_lossy(w).into_owned())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let environ = words("environ");
+        let environ = sys::proc_words(pid, "environ");
         let var = |key: &str| environ.iter().find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string));
         found.push(FoundChild {
             pid,
-            cmdline: words("cmdline"),
+            cmdline: sys::proc_words(pid, "cmdline"),
             entry: var("SENTRY_ENTRY"),
             index: var("SENTRY_INDEX").and_then(|i| i.parse().ok()),
         });
@@ -325,7 +315,7 @@ impl Instance {
         };
         let server = ControlServer::start(listener, routes)?;
         let bound = server.addr().to_string();
-        instance::write_private(&self.paths.addr_file(), &format!("{bound}\n"), 0o644)?;
+        instance::write_replacing(&self.paths.addr_file(), &format!("{bound}\n"), 0o644)?;
         self.http.lock().unwrap_or_else(|p| p.into_inner()).server = Some(server);
         Ok(())
     }

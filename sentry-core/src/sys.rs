@@ -79,6 +79,13 @@ pub(crate) fn parent_and_starttime(pid: i32) -> Option<(i32, u64)> {
     Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
 }
 
+/// The NUL-separated words of `/proc/PID/FILE` (`cmdline`, `environ`);
+/// empty when the process is gone or the file is unreadable.
+pub(crate) fn proc_words(pid: i32, file: &str) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    raw.split(|b| *b == 0).filter(|w| !w.is_empty()).map(|w| String::from_utf8_lossy(w).into_owned()).collect()
+}
+
 /// A non-blocking eventfd, used to wake a thread blocked in `poll`.
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall.

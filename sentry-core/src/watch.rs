@@ -206,19 +206,12 @@ fn parse_stat(text: &[u8]) -> Option<Stat<'_>> {
 
 /// The arguments joined by single spaces ("" for kernel threads or when gone).
 fn cmdline_of(pid: i32) -> String {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let words: Vec<String> =
-        raw.split(|b| *b == 0).filter(|w| !w.is_empty()).map(|w| String::from_utf8_lossy(w).into_owned()).collect();
-    words.join(" ")
+    crate::sys::proc_words(pid, "cmdline").join(" ")
 }
 
 /// `SENTRY_ENTRY` from a child's environment.
 fn entry_of(pid: i32) -> Option<Arc<str>> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    environ
-        .split(|b| *b == 0)
-        .find_map(|kv| kv.strip_prefix(b"SENTRY_ENTRY="))
-        .map(|v| String::from_utf8_lossy(v).into())
+    crate::sys::proc_words(pid, "environ").iter().find_map(|kv| kv.strip_prefix("SENTRY_ENTRY=").map(Arc::from))
 }
 
 /// Whose rules: a watch, or an entry.
