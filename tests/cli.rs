@@ -7,6 +7,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -77,6 +78,17 @@ fn usage_errors_exit_64_and_help_works_everywhere() {
         let out = tconf(args, "basic");
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         assert!(text(&out.stdout).contains("scale ENTRY COUNT"));
+    }
+}
+
+#[test]
+fn output_to_a_closed_pipe_ends_a_command_quietly() {
+    for args in [&["--help"][..], &["check"], &["explain"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(TCONF).args(args).env("TCONF", "watch").stdout(writer).output().unwrap();
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {out:?}");
+        assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
     }
 }
 

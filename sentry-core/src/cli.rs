@@ -35,7 +35,11 @@ pub fn sentry(specs: Vec<Spec>) -> ! {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).try_init();
     sys::init_local_time();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match parse(&args) {
+    let invocation = parse(&args);
+    if !matches!(invocation, Ok(Invocation::Run { command: Subcommand::Start { daemon: false, .. }, .. })) {
+        sys::default_sigpipe();
+    }
+    let code = match invocation {
         Ok(Invocation::Help) => {
             print!("{}", usage());
             EXIT_OK
@@ -455,7 +459,7 @@ fn reload(paths: &Paths, exec: Option<PathBuf>) -> Outcome {
             status.ok().and_then(|s| Some((s.last_reload.clone().filter(|o| o.id >= ticket)?, s)))
         {
             if outcome.ok {
-                println!("Reloaded: re-exec'd {} times, PID {}.", status.reexec_count, status.pid);
+                println!("Reloaded: PID {} re-exec'd (re-exec #{}).", status.pid, status.reexec_count);
                 if let Some(warning) = outcome.error {
                     println!("Warning: {warning}");
                 }

@@ -111,7 +111,11 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     ));
     if kept.exec_at_ns > 0 {
         let pause = sys::unix_now_ns().saturating_sub(kept.exec_at_ns) as f64 / 1e6;
-        instance.say(&format!("Handover took {pause:.1} ms ({} children re-adopted).", core.process_count()));
+        let adopted = match core.process_count() {
+            1 => "1 child".to_string(),
+            n => format!("{n} children"),
+        };
+        instance.say(&format!("Handover took {pause:.1} ms ({adopted} re-adopted)."));
     }
     for w in warnings {
         instance.say(&format!("Warning: {w}"));

@@ -87,6 +87,15 @@ pub(crate) fn proc_words(pid: i32, file: &str) -> Vec<String> {
 }
 
 /// A non-blocking eventfd, used to wake a thread blocked in `poll`.
+/// Restores the default SIGPIPE disposition, which Rust's runtime sets to
+/// ignore: a short-lived command whose output goes to a closed pipe
+/// (`status | head -1`) then ends quietly, as Unix tools do, rather than
+/// panicking in `println!`. Never for the supervisor itself.
+pub(crate) fn default_sigpipe() {
+    // SAFETY: setting a signal disposition to its default has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
