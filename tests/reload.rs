@@ -64,6 +64,10 @@ fn a_child_survives_twenty_reloads_with_the_same_pid() {
     assert!(s.console().contains("Sentry reexec'd. Initially started at"), "{}", s.console());
     let zombies = children_of(s.pid()).into_iter().filter(|(_, st)| st == "Z").count();
     assert_eq!(zombies, 0);
+    // The fds kept across the execs are close-on-exec again (else they leak
+    // into every `cargo build` and `check`).
+    let inheritable = inheritable_fds(s.pid());
+    assert!(inheritable.is_empty(), "fds without O_CLOEXEC after 20 re-execs: {inheritable:?}");
     // PDEATHSIG still holds after 20 re-execs: a SIGKILLed supervisor takes its children along.
     let children: Vec<i32> = ["keep", "a", "b"].iter().flat_map(|e| s.pids(e)).collect();
     unsafe { libc::kill(s.pid(), libc::SIGKILL) };

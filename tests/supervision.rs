@@ -120,7 +120,9 @@ fn what_is_left_of_a_process_group_is_stopped() {
 
 #[test]
 fn children_get_a_clean_process_state() {
-    let s = Sentry::start(TCONF, "env", &[]);
+    // Sentry's own SENTRY_* and CARGO_* variables stay with it.
+    let probes = [("SENTRY_LEAK_PROBE", "1"), ("CARGO_LEAK_PROBE", "1")];
+    let s = Sentry::spawn_with(TempDir::new("env"), TCONF, "env", &[], &probes).waiting();
     let pid = wait_for("the probe", || s.pids("probe").first().copied());
     let f = stat_fields(pid).unwrap();
     assert_eq!(f[2], pid.to_string(), "own process group");
@@ -129,6 +131,8 @@ fn children_get_a_clean_process_state() {
     assert_eq!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "default SIGPIPE");
     assert_eq!(std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap().to_str(), Some("/dev/null"));
     assert_eq!(fd_count(pid), 3, "no fd leaked into the child");
+    assert!(std::fs::read_link(format!("/proc/{}/fd/{INHERITED_FD}", s.pid())).is_ok(), "Sentry inherited it");
+    assert_eq!(inheritable_fds(s.pid()), vec![], "inherited fds are close-on-exec in Sentry too");
     assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap().to_str(), Some("/tmp"));
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let vars: Vec<String> = environ.split(|&b| b == 0).map(text).filter(|v| !v.is_empty()).collect();

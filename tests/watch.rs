@@ -107,6 +107,21 @@ fn no_watch_thread_runs_without_watches_or_rules() {
 }
 
 #[test]
+fn sentrys_own_tree_never_matches_a_watch() {
+    let m = marker("o");
+    let s = start(&m);
+    let own = wait_for("the entry", || s.pids("own").first().copied());
+    // A foreign process with the same command line is caught: the watch works.
+    let mut foreign = Foreign::python(SMALL, &format!("own-{m}"));
+    assert_eq!(foreign.killed_by(), Some(libc::SIGTERM));
+    assert_eq!(s.pids("own"), vec![own]);
+    assert_eq!(s.entry("own")["restarts"], 0);
+    let matched = watch_status(&s, "mine")["matched"].clone();
+    let pids: Vec<i64> = matched.as_array().unwrap().iter().filter_map(|p| p["pid"].as_i64()).collect();
+    assert!(!pids.contains(&(own as i64)) && !pids.contains(&(s.pid() as i64)), "{matched}");
+}
+
+#[test]
 fn kill_sends_sigkill() {
     let m = marker("k");
     let _s = start(&m);

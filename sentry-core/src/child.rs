@@ -89,7 +89,7 @@ fn start(mut cmd: Command) -> io::Result<Spawned> {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             // Fds Sentry inherited without CLOEXEC (a jobserver, a shell's
             // spare fds) must not reach children: only 0, 1, 2 cross exec.
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            sys::cloexec_inherited();
             // After any setuid (std applies credentials before this closure),
             // since a change of credentials clears PDEATHSIG.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {

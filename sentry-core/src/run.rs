@@ -36,6 +36,9 @@ const HANDLED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
 /// Starts a new instance in the foreground; returns after a clean stop.
 pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Result<(), Error> {
     let config = Config::from_specs(specs)?;
+    // What the caller left open (a shell's or cargo's jobserver fds) is not
+    // passed on to builds, checks or the next image.
+    sys::cloexec_inherited();
     std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(format!("cannot create {}", paths.dir.display()), e))?;
     let lock = PidLock::acquire(&paths.pidfile())?;
     let addr = http.or_else(|| std::env::var("SENTRY_HTTP").ok()).unwrap_or_else(|| "127.0.0.1:0".to_string());

@@ -87,6 +87,13 @@ pub(crate) fn proc_words(pid: i32, file: &str) -> Vec<String> {
 }
 
 /// A non-blocking eventfd, used to wake a thread blocked in `poll`.
+/// Marks every fd above 2 close-on-exec: at a fresh start, for what the
+/// caller left open; in a forked child, before its exec (async-signal-safe).
+pub(crate) fn cloexec_inherited() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on fds.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+}
+
 /// Restores the default SIGPIPE disposition, which Rust's runtime sets to
 /// ignore: a short-lived command whose output goes to a closed pipe
 /// (`status | head -1`) then ends quietly, as Unix tools do, rather than

@@ -56,6 +56,9 @@ fn specs(scenario: &str) -> Vec<Spec> {
             let m = std::env::var("TMARK").unwrap_or_else(|_| "unset".to_string());
             let fast = Duration::from_millis(200);
             vec![
+                // Sentry's own child, matched by the pattern of the watch below.
+                entry("own", "python3", ["-c", "import time; time.sleep(1000)", &format!("own-{m}")], 0, 1),
+                watch("mine", format!("own-{m}")).every(fast).on("vmem > 1m", "term"),
                 watch("hog", format!("hog-{m}")).every(fast).on("rmem > 50m", "term"),
                 watch("killer", format!("kill-{m}")).every(fast).on("50m < rmem", "kill"),
                 watch("stopper", format!("stop-{m}")).every(fast).on("rmem > 50m", "stop @ 3s"),

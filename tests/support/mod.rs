@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The fd every started Sentry inherits without CLOEXEC (see [`Sentry::spawn_with`]).
+pub const INHERITED_FD: i32 = 200;
+
 /// How long any condition may take on a slow, busy machine.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -120,6 +123,21 @@ impl Drop for SessionGuard {
     }
 }
 
+/// The fds above 2 of a process that lack O_CLOEXEC, with what they are.
+pub fn inheritable_fds(pid: i32) -> Vec<(i32, PathBuf)> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return Vec::new() };
+    let mut open = Vec::new();
+    for fd in dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).filter(|&fd| fd > 2) {
+        let Ok(info) = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else { continue };
+        let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).map(|f| f.trim().to_string());
+        let flags = flags.and_then(|f| i64::from_str_radix(&f, 8).ok()).unwrap_or(0);
+        if flags & libc::O_CLOEXEC as i64 == 0 {
+            open.push((fd, fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap_or_default()));
+        }
+    }
+    open
+}
+
 /// A line of `/proc/PID/status`, such as `SigBlk`.
 pub fn proc_status(pid: i32, key: &str) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -173,14 +191,20 @@ impl Sentry {
             .stdin(Stdio::null())
             .stdout(console.try_clone().expect("dup"))
             .stderr(console);
-        // SAFETY: setsid is async-signal-safe.
+        // Like a shell's spare fds or cargo's jobserver: an fd left open
+        // without CLOEXEC, which Sentry must not pass on.
+        let spare = fs::File::open("/dev/null").expect("/dev/null");
+        let spare_fd = std::os::fd::AsRawFd::as_raw_fd(&spare);
+        // SAFETY: setsid and dup2 are async-signal-safe.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::setsid();
+                libc::dup2(spare_fd, INHERITED_FD);
                 Ok(())
             });
         }
         let child = cmd.spawn().expect("start the configuration binary");
+        drop(spare);
         Sentry { dir, bin: bin.into(), scenario: scenario.into(), child }
     }
 
@@ -196,14 +220,10 @@ impl Sentry {
 
     /// Runs `bin ARGS… --dir DIR` with the same scenario.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
-            .args(args)
-            .arg("--dir")
-            .arg(self.dir.path())
-            .env("TCONF", &self.scenario)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run the configuration binary")
+        run_within(
+            Command::new(&self.bin).args(args).arg("--dir").arg(self.dir.path()).env("TCONF", &self.scenario),
+            Duration::from_secs(120),
+        )
     }
 
     pub fn status(&self) -> Value {
@@ -263,8 +283,40 @@ impl Drop for Sentry {
 }
 
 /// Runs `cmd` and returns its output, with stdin closed.
+/// How long a command the tests run may take (cold cargo builds included)
+/// before it counts as hung.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(600);
+
+/// Runs a command to completion in a session of its own and returns its
+/// output; a command still running after [`COMMAND_LIMIT`] fails the test,
+/// with every process of its session killed (a `start` that should have
+/// been refused must not hang the suite).
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null()).output().expect("run a command")
+    run_within(cmd, COMMAND_LIMIT)
+}
+
+pub fn run_within(cmd: &mut Command, limit: Duration) -> Output {
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        })
+    };
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run a command");
+    let sid = child.id() as i32;
+    let (done, finished) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let output = child.wait_with_output();
+        let _ = done.send(());
+        output
+    });
+    if finished.recv_timeout(limit).is_err() {
+        kill_session(sid);
+        let output = waiter.join().unwrap().expect("wait for a command");
+        panic!("{cmd:?} still running after {limit:?}; its output:\n{}{}", text(&output.stdout), text(&output.stderr));
+    }
+    waiter.join().unwrap().expect("wait for a command")
 }
 
 pub fn text(bytes: &[u8]) -> String {
