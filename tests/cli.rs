@@ -115,6 +115,17 @@ fn the_pidfile_lock_refuses_a_second_instance_and_replaces_a_stale_one() {
     assert_eq!(s.status()["pid"], s.pid(), "the first instance is untouched");
     assert_eq!(std::fs::metadata(s.file("tconf.token")).unwrap().permissions().mode() & 0o777, 0o600);
 
+    // A locked pidfile edited by hand to name another process: `stop` signals nobody.
+    let (mut decoy, _decoy_guard) = spawn_in_session(Command::new("sleep").arg("1000"));
+    std::fs::write(s.file("tconf.pid"), format!("{}\n", decoy.id())).unwrap();
+    let stop = s.cli(&["stop"]);
+    assert_eq!(stop.status.code(), Some(1));
+    assert!(text(&stop.stderr).contains("nothing was signalled"), "{}", text(&stop.stderr));
+    assert!(decoy.try_wait().unwrap().is_none(), "the decoy was not signalled");
+    assert_eq!(s.status()["pid"], s.pid(), "the instance is untouched and still answers");
+    decoy.kill().unwrap();
+    decoy.wait().unwrap();
+
     // A stale pidfile (nobody holds its lock) is replaced.
     let stale = TempDir::new("stale");
     std::fs::write(stale.path().join("tconf.pid"), "1\n").unwrap();

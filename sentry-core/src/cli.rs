@@ -351,9 +351,12 @@ fn stop(specs: &[Spec], paths: &Paths) -> Outcome {
     Ok(())
 }
 
-/// A client for the live instance, or `NotRunning`.
+/// A client for the live instance, or `NotRunning`. (It signals nothing,
+/// so the lock alone says the instance lives; its PID is not needed.)
 fn client(paths: &Paths) -> Result<Client, Error> {
-    instance::live_pid(&paths.pidfile())?;
+    if !instance::is_locked(&paths.pidfile()) {
+        return Err(Error::NotRunning { pidfile: paths.pidfile() });
+    }
     let read = |path: PathBuf| std::fs::read_to_string(&path).map(|t| t.trim().to_string());
     let addr = read(paths.addr_file()).map_err(|_| Error::NotRunning { pidfile: paths.pidfile() })?;
     let token = read(paths.token_file()).ok();

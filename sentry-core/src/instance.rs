@@ -205,7 +205,8 @@ fn read_pid(path: &Path) -> Option<u32> {
 }
 
 /// The PID of the live instance whose pidfile is `path`: only if some process
-/// holds the pidfile's lock. A pidfile nobody holds is stale.
+/// holds the pidfile's lock, and only if that process is the one the file
+/// names. A pidfile nobody holds is stale.
 pub(crate) fn live_pid(path: &Path) -> Result<u32, Error> {
     let not_running = || Error::NotRunning { pidfile: path.to_path_buf() };
     let file = File::open(path).map_err(|_| not_running())?;
@@ -216,7 +217,7 @@ pub(crate) fn live_pid(path: &Path) -> Result<u32, Error> {
             let deadline = Instant::now() + Duration::from_secs(2);
             loop {
                 if let Some(pid) = read_pid(path) {
-                    return Ok(pid);
+                    return check_holder(path, &file, pid);
                 }
                 if Instant::now() > deadline {
                     return Err(not_running());
@@ -225,6 +226,28 @@ pub(crate) fn live_pid(path: &Path) -> Result<u32, Error> {
             }
         }
         Err(e) => Err(Error::io(format!("cannot check the lock of {}", path.display()), e)),
+    }
+}
+
+/// `pid` if /proc/locks shows it holding the flock of `file`; an error
+/// naming the real holders if it shows others (or none: a holder in another
+/// PID namespace, whose PIDs mean nothing here).
+fn check_holder(path: &Path, file: &File, pid: u32) -> Result<u32, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
+    let key = format!("{:02x}:{:02x}:{}", libc::major(meta.dev()), libc::minor(meta.dev()), meta.ino());
+    let locks = fs::read_to_string("/proc/locks").map_err(|e| Error::io("cannot read /proc/locks", e))?;
+    let holders: Vec<u32> = locks
+        .lines()
+        .filter_map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+            [_, "FLOCK", _, _, holder, file_key, ..] if file_key == key => holder.parse().ok(),
+            _ => None,
+        })
+        .collect();
+    if holders.contains(&pid) {
+        Ok(pid)
+    } else {
+        Err(Error::PidfileMismatch { pidfile: path.to_path_buf(), pid, holders })
     }
 }
 
@@ -269,6 +292,12 @@ mod tests {
         let lock = PidLock::acquire(&path).unwrap();
         assert_eq!(live_pid(&path).unwrap(), std::process::id());
         assert!(matches!(PidLock::acquire(&path), Err(Error::AlreadyRunning { .. })));
+        // Edited in place to name another process: refused, naming the holder.
+        fs::write(&path, "1\n").unwrap();
+        match live_pid(&path) {
+            Err(Error::PidfileMismatch { pid: 1, holders, .. }) => assert_eq!(holders, vec![std::process::id()]),
+            other => panic!("{other:?}"),
+        }
         lock.release();
         assert!(matches!(live_pid(&path), Err(Error::NotRunning { .. })));
         fs::remove_dir_all(dir).unwrap();

@@ -138,6 +138,21 @@ pub fn inheritable_fds(pid: i32) -> Vec<(i32, PathBuf)> {
     open
 }
 
+/// Starts a command in a session of its own, with no output (so nothing
+/// holds the harness's pipes), killed with its session when the guard drops.
+pub fn spawn_in_session(cmd: &mut Command) -> (Child, SessionGuard) {
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        })
+    };
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+    let guard = SessionGuard(child.id() as i32);
+    (child, guard)
+}
+
 /// A line of `/proc/PID/status`, such as `SigBlk`.
 pub fn proc_status(pid: i32, key: &str) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
