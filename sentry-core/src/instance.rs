@@ -209,54 +209,52 @@ fn read_pid(path: &Path) -> Option<u32> {
 /// names. A pidfile nobody holds is stale.
 pub(crate) fn live_pid(path: &Path) -> Result<u32, Error> {
     let not_running = || Error::NotRunning { pidfile: path.to_path_buf() };
-    let file = File::open(path).map_err(|_| not_running())?;
-    match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
-        Ok(()) => Err(not_running()),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            // The holder writes its PID right after locking: give it a moment.
-            let deadline = Instant::now() + Duration::from_secs(2);
-            loop {
-                if let Some(pid) = read_pid(path) {
-                    return check_holder(path, &file, pid);
-                }
-                if Instant::now() > deadline {
-                    return Err(not_running());
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        Err(e) => Err(Error::io(format!("cannot check the lock of {}", path.display()), e)),
+    if lock_holders(path)?.is_empty() {
+        return Err(not_running());
     }
-}
-
-/// `pid` if /proc/locks shows it holding the flock of `file`; an error
-/// naming the real holders if it shows others (or none: a holder in another
-/// PID namespace, whose PIDs mean nothing here).
-fn check_holder(path: &Path, file: &File, pid: u32) -> Result<u32, Error> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = file.metadata().map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
-    let key = format!("{:02x}:{:02x}:{}", libc::major(meta.dev()), libc::minor(meta.dev()), meta.ino());
-    let locks = fs::read_to_string("/proc/locks").map_err(|e| Error::io("cannot read /proc/locks", e))?;
-    let holders: Vec<u32> = locks
-        .lines()
-        .filter_map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
-            [_, "FLOCK", _, _, holder, file_key, ..] if file_key == key => holder.parse().ok(),
-            _ => None,
-        })
-        .collect();
-    if holders.contains(&pid) {
-        Ok(pid)
-    } else {
-        Err(Error::PidfileMismatch { pidfile: path.to_path_buf(), pid, holders })
+    // The holder writes its PID right after locking: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some(pid) = read_pid(path) {
+            let holders = lock_holders(path)?;
+            return match holders.contains(&pid) {
+                true => Ok(pid),
+                false if holders.is_empty() => Err(not_running()),
+                false => Err(Error::PidfileMismatch { pidfile: path.to_path_buf(), pid, holders }),
+            };
+        }
+        if Instant::now() > deadline {
+            return Err(not_running());
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 /// Whether some process holds the lock of the pidfile `path`.
 pub(crate) fn is_locked(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else {
-        return false;
+    lock_holders(path).is_ok_and(|holders| !holders.is_empty())
+}
+
+/// The PIDs holding a flock on the file at `path` (none if it does not
+/// exist), as /proc/locks lists them. Unlike a trial lock, reading them
+/// cannot make an instance that starts at that moment believe another one
+/// holds the pidfile. A holder in another PID namespace shows as PID 0.
+fn lock_holders(path: &Path) -> Result<Vec<u32>, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("cannot stat {}", path.display()), e)),
     };
-    matches!(flock(&file, libc::LOCK_SH | libc::LOCK_NB), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    let key = format!("{:02x}:{:02x}:{}", libc::major(meta.dev()), libc::minor(meta.dev()), meta.ino());
+    let locks = fs::read_to_string("/proc/locks").map_err(|e| Error::io("cannot read /proc/locks", e))?;
+    Ok(locks
+        .lines()
+        .filter_map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+            [_, "FLOCK", _, _, holder, file_key, ..] if file_key == key => holder.parse().ok(),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Writes `text` to `path` with `mode`, replacing it whole (through a
@@ -283,6 +281,28 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn probing_a_pidfile_never_refuses_an_instance_that_starts_meanwhile() {
+        let dir = temp_dir("probe");
+        let path = dir.join("x.pid");
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let prober = {
+            let (path, done) = (path.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = is_locked(&path);
+                }
+            })
+        };
+        for round in 0..300 {
+            let lock = PidLock::acquire(&path).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            lock.release();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        prober.join().unwrap();
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
