@@ -21,7 +21,7 @@ pub enum Error {
     NotRunning { pidfile: PathBuf },
     /// A locked pidfile names a process other than the lock's holder (it was
     /// edited by hand): nothing is signalled on its word.
-    PidfileMismatch { pidfile: PathBuf, pid: u32, holders: Vec<u32> },
+    PidfileMismatch { pidfile: PathBuf, pid: u32 },
     /// The control address could not be bound.
     Bind { addr: String, source: io::Error },
     /// An I/O operation on a file or a process failed.
@@ -60,11 +60,9 @@ impl fmt::Display for Error {
             Error::NotRunning { pidfile } => {
                 write!(f, "not running (no live instance holds {})", pidfile.display())
             }
-            Error::PidfileMismatch { pidfile, pid, holders } => write!(
-                f,
-                "{} names PID {pid}, but its lock is held by {holders:?}: nothing was signalled",
-                pidfile.display()
-            ),
+            Error::PidfileMismatch { pidfile, pid } => {
+                write!(f, "{} names PID {pid}, which does not hold its lock: nothing was signalled", pidfile.display())
+            }
             Error::Bind { addr, source } => write!(f, "cannot bind {addr}: {source}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::Control { status, message } => write!(f, "{message} (HTTP {status})"),

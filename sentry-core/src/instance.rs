@@ -140,6 +140,10 @@ fn defines_bin(dir: &Path, name: &str) -> bool {
     false
 }
 
+/// How long a starting instance retries a pidfile lock that is held: a
+/// client's probe holds a shared lock for microseconds; an instance, forever.
+const PROBE_GRACE: Duration = Duration::from_millis(500);
+
 /// The pidfile, held under an exclusive `flock` while the instance lives.
 pub(crate) struct PidLock {
     file: File,
@@ -157,11 +161,18 @@ impl PidLock {
             .mode(0o644)
             .open(path)
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-        if let Err(e) = flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                return Err(Error::AlreadyRunning { pidfile: path.to_path_buf(), pid: read_pid(path) });
+        let deadline = Instant::now() + PROBE_GRACE;
+        loop {
+            match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(Error::AlreadyRunning { pidfile: path.to_path_buf(), pid: read_pid(path) });
+                }
+                Err(e) => return Err(Error::io(format!("cannot lock {}", path.display()), e)),
             }
-            return Err(Error::io(format!("cannot lock {}", path.display()), e));
         }
         let mut lock = PidLock { file, path: path.to_path_buf() };
         lock.write_pid().map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
@@ -208,19 +219,21 @@ fn read_pid(path: &Path) -> Option<u32> {
 /// holds the pidfile's lock, and only if that process is the one the file
 /// names. A pidfile nobody holds is stale.
 pub(crate) fn live_pid(path: &Path) -> Result<u32, Error> {
+    use std::os::unix::fs::MetadataExt;
     let not_running = || Error::NotRunning { pidfile: path.to_path_buf() };
-    if lock_holders(path)?.is_empty() {
+    let file = File::open(path).map_err(|_| not_running())?;
+    if !is_held(&file) {
         return Err(not_running());
     }
+    let meta = file.metadata().map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
     // The holder writes its PID right after locking: give it a moment.
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         if let Some(pid) = read_pid(path) {
-            let holders = lock_holders(path)?;
-            return match holders.contains(&pid) {
+            return match holds_lock(pid, meta.dev(), meta.ino()) {
                 true => Ok(pid),
-                false if holders.is_empty() => Err(not_running()),
-                false => Err(Error::PidfileMismatch { pidfile: path.to_path_buf(), pid, holders }),
+                false if !is_held(&file) => Err(not_running()),
+                false => Err(Error::PidfileMismatch { pidfile: path.to_path_buf(), pid }),
             };
         }
         if Instant::now() > deadline {
@@ -232,29 +245,34 @@ pub(crate) fn live_pid(path: &Path) -> Result<u32, Error> {
 
 /// Whether some process holds the lock of the pidfile `path`.
 pub(crate) fn is_locked(path: &Path) -> bool {
-    lock_holders(path).is_ok_and(|holders| !holders.is_empty())
+    File::open(path).is_ok_and(|file| is_held(&file))
 }
 
-/// The PIDs holding a flock on the file at `path` (none if it does not
-/// exist), as /proc/locks lists them. Unlike a trial lock, reading them
-/// cannot make an instance that starts at that moment believe another one
-/// holds the pidfile. A holder in another PID namespace shows as PID 0.
-fn lock_holders(path: &Path) -> Result<Vec<u32>, Error> {
+/// Whether another open file holds a lock on `file`, by a trial shared lock
+/// released at once. (An instance starting at that very moment retries its
+/// own lock for [`PROBE_GRACE`], so a probe never makes it refuse to run.)
+fn is_held(file: &File) -> bool {
+    match flock(file, libc::LOCK_SH | libc::LOCK_NB) {
+        Ok(()) => {
+            let _ = flock(file, libc::LOCK_UN);
+            false
+        }
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    }
+}
+
+/// Whether process `pid` holds a flock on the file (`dev`, `ino`): one of its
+/// fds is that file and its fdinfo shows the lock. Read per process, so it
+/// cannot miss the lock the way a read of /proc/locks can while other locks
+/// come and go.
+fn holds_lock(pid: u32, dev: u64, ino: u64) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let meta = match fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("cannot stat {}", path.display()), e)),
-    };
-    let key = format!("{:02x}:{:02x}:{}", libc::major(meta.dev()), libc::minor(meta.dev()), meta.ino());
-    let locks = fs::read_to_string("/proc/locks").map_err(|e| Error::io("cannot read /proc/locks", e))?;
-    Ok(locks
-        .lines()
-        .filter_map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
-            [_, "FLOCK", _, _, holder, file_key, ..] if file_key == key => holder.parse().ok(),
-            _ => None,
-        })
-        .collect())
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|fd| {
+        fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+            && fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()))
+                .is_ok_and(|info| info.lines().any(|l| l.starts_with("lock:") && l.contains(" FLOCK ")))
+    })
 }
 
 /// Writes `text` to `path` with `mode`, replacing it whole (through a
@@ -314,10 +332,7 @@ mod tests {
         assert!(matches!(PidLock::acquire(&path), Err(Error::AlreadyRunning { .. })));
         // Edited in place to name another process: refused, naming the holder.
         fs::write(&path, "1\n").unwrap();
-        match live_pid(&path) {
-            Err(Error::PidfileMismatch { pid: 1, holders, .. }) => assert_eq!(holders, vec![std::process::id()]),
-            other => panic!("{other:?}"),
-        }
+        assert!(matches!(live_pid(&path), Err(Error::PidfileMismatch { pid: 1, .. })));
         lock.release();
         assert!(matches!(live_pid(&path), Err(Error::NotRunning { .. })));
         fs::remove_dir_all(dir).unwrap();

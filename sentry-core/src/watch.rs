@@ -61,9 +61,11 @@ const VERIFY_ONE_IN: u64 = 8;
 
 /// Scans `/proc`: one directory listing per pass; `/proc/PID/stat` for new
 /// processes, for the processes some target covers, and for a rotating
-/// share of the rest; the command line only the first time a process is
-/// seen. (Reading one `stat` costs ~16 µs of kernel time on these machines:
-/// reading all of 2 000 each second would cost 33 ms.)
+/// share of the rest; the command line when a process is first seen, for
+/// its first few scans, and whenever a `stat` read shows a new `comm` (it
+/// exec'd): at once while covered or young, else within [`VERIFY_ONE_IN`]
+/// scans. (Reading one `stat` costs ~16 µs of kernel time on these
+/// machines: reading all of 2 000 each second would cost 33 ms.)
 pub(crate) struct Scanner {
     me: i32,
     known: HashMap<i32, Known>,
@@ -766,18 +768,35 @@ mod tests {
 
     #[test]
     fn a_process_that_execs_is_seen_as_what_it_became() {
-        let mut child = std::process::Command::new("sh").args(["-c", "sleep 0.3; exec sleep 7.5"]).spawn().unwrap();
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read go; exec sleep 7.5"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         let pid = child.id() as i32;
+        let comm_is = |want: &str| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim() != want {
+                assert!(std::time::Instant::now() < deadline, "{pid} never became {want}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
         let mut scanner = Scanner::new(1);
         let nobody = HashSet::new();
         let cmdline = |samples: Vec<Sample>| samples.into_iter().find(|s| s.pid == pid).map(|s| s.cmdline.to_string());
-        let before = cmdline(scanner.scan(Some(&nobody)));
-        std::thread::sleep(Duration::from_millis(800));
-        let after = cmdline(scanner.scan(Some(&nobody)));
+        comm_is("sh");
+        // Past the scans that re-read every young process.
+        let before: Vec<_> = (0..4).map(|_| cmdline(scanner.scan(Some(&nobody)))).collect();
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        comm_is("sleep");
+        // Uncovered and no longer young, its stat is read once in
+        // VERIFY_ONE_IN scans: by then its new comm has been noticed.
+        let after: Vec<_> = (0..VERIFY_ONE_IN).map(|_| cmdline(scanner.scan(Some(&nobody)))).collect();
         let _ = child.kill();
         let _ = child.wait();
-        assert_eq!(before.as_deref(), Some("sh -c sleep 0.3; exec sleep 7.5"));
-        assert_eq!(after.as_deref(), Some("sleep 7.5"), "even though no rule covers it");
+        assert!(before.iter().all(|b| b.as_deref() == Some("sh -c read go; exec sleep 7.5")), "{before:?}");
+        assert_eq!(after.last().unwrap().as_deref(), Some("sleep 7.5"), "even though no rule covers it: {after:?}");
     }
 
     #[test]
