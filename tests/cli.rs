@@ -317,14 +317,7 @@ fn crate_and_dir_are_found_from_the_binary_or_cargo_run() {
     let mut start = Command::new(&bin);
     start.arg("start");
     clean(&mut start);
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        start.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    in_own_session(&mut start);
     // A copied binary can be "text file busy" while another test's fork still
     // holds the copy's write fd: retry then.
     let mut child =

@@ -6,7 +6,6 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -46,13 +45,7 @@ fn a_scaffolded_crate_starts_and_reloads_from_anywhere() {
         .stdin(Stdio::null())
         .stdout(console.try_clone().unwrap())
         .stderr(console);
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        start.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    in_own_session(&mut start);
     let mut cargo_run = start.spawn().unwrap();
     let _cleanup = SessionGuard(cargo_run.id() as i32);
     let bin = dir.join("target/debug/myconf");

@@ -138,16 +138,22 @@ pub fn inheritable_fds(pid: i32) -> Vec<(i32, PathBuf)> {
     open
 }
 
-/// Starts a command in a session of its own, with no output (so nothing
-/// holds the harness's pipes), killed with its session when the guard drops.
-pub fn spawn_in_session(cmd: &mut Command) -> (Child, SessionGuard) {
+/// Makes `cmd` start a session of its own (so [`kill_session`] can find
+/// every process it leaves behind).
+pub fn in_own_session(cmd: &mut Command) -> &mut Command {
     // SAFETY: setsid is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
             Ok(())
         })
-    };
+    }
+}
+
+/// Starts a command in a session of its own, with no output (so nothing
+/// holds the harness's pipes), killed with its session when the guard drops.
+pub fn spawn_in_session(cmd: &mut Command) -> (Child, SessionGuard) {
+    in_own_session(cmd);
     let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
     let guard = SessionGuard(child.id() as i32);
     (child, guard)
@@ -210,10 +216,9 @@ impl Sentry {
         // without CLOEXEC, which Sentry must not pass on.
         let spare = fs::File::open("/dev/null").expect("/dev/null");
         let spare_fd = std::os::fd::AsRawFd::as_raw_fd(&spare);
-        // SAFETY: setsid and dup2 are async-signal-safe.
+        // SAFETY: dup2 is async-signal-safe.
         unsafe {
-            cmd.pre_exec(move || {
-                libc::setsid();
+            in_own_session(&mut cmd).pre_exec(move || {
                 libc::dup2(spare_fd, INHERITED_FD);
                 Ok(())
             });
@@ -311,13 +316,7 @@ pub fn run(cmd: &mut Command) -> Output {
 }
 
 pub fn run_within(cmd: &mut Command, limit: Duration) -> Output {
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        })
-    };
+    in_own_session(cmd);
     let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run a command");
     let sid = child.id() as i32;
     let (done, finished) = std::sync::mpsc::channel();
