@@ -141,10 +141,7 @@ use std::os::unix::fs::PermissionsExt;
 #[test]
 fn scale_up_and_down_keeps_the_lowest_slots() {
     let s = Sentry::start(TCONF, "basic", &[]);
-    let first = wait_for("two idle processes", || {
-        let p = s.pids("idle");
-        (p.len() == 2).then_some(p)
-    });
+    let first = s.wait_pids("idle", 2);
     let out = s.cli(&["scale", "idle", "4"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let four = s.pids("idle");
@@ -177,10 +174,7 @@ fn scale_up_and_down_keeps_the_lowest_slots() {
 #[test]
 fn restart_replaces_every_process_gracefully() {
     let s = Sentry::start(TCONF, "basic", &[]);
-    let before = wait_for("two idle processes", || {
-        let p = s.pids("idle");
-        (p.len() == 2).then_some(p)
-    });
+    let before = s.wait_pids("idle", 2);
     let out = s.cli(&["restart", "idle"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let after = s.pids("idle");
@@ -236,7 +230,7 @@ fn bad_http_requests_get_4xx_and_change_nothing() {
 #[test]
 fn status_has_the_spec_fields() {
     let s = Sentry::start(TCONF, "basic", &[]);
-    wait_for("processes", || (s.pids("idle").len() == 2).then_some(()));
+    s.wait_pids("idle", 2);
     let st = s.status();
     for key in ["pid", "started_at", "reexec_count", "reexeced_at", "last_reload", "entries", "watches"] {
         assert!(st.get(key).is_some(), "{key} missing from {st}");

@@ -70,11 +70,7 @@ fn a_child_survives_twenty_reloads_with_the_same_pid() {
     assert!(inheritable.is_empty(), "fds without O_CLOEXEC after 20 re-execs: {inheritable:?}");
     // PDEATHSIG still holds after 20 re-execs: a SIGKILLed supervisor takes its children along.
     let children: Vec<i32> = ["keep", "a", "b"].iter().flat_map(|e| s.pids(e)).collect();
-    unsafe { libc::kill(s.pid(), libc::SIGKILL) };
-    s.wait_exit();
-    for pid in children {
-        wait_for("PDEATHSIG after reloads", || (!alive(pid)).then_some(()));
-    }
+    s.sigkill_taking_along(&children);
 }
 
 #[test]
@@ -129,7 +125,7 @@ fn the_new_configuration_applies_as_a_difference() {
     assert_eq!(t["rules"][0]["action"], "restart");
     assert_eq!(pids("override"), over, "the override survives: configured count unchanged");
     assert_eq!(s.entry("override")["count"], 3);
-    wait_for("the new entry", || (pids("fresh").len() == 2).then_some(()));
+    s.wait_pids("fresh", 2);
 
     // Changing the configured count replaces the override.
     c.write_main(&main_rs(&[
@@ -137,7 +133,7 @@ fn the_new_configuration_applies_as_a_difference() {
         r#"entry("override", "sleep", ["100006"], 0, 2)"#,
     ]));
     reload_ok(&s);
-    wait_for("override at its new configured count", || (pids("override").len() == 2).then_some(()));
+    s.wait_pids("override", 2);
     assert_eq!(pids("override"), over[..2].to_vec());
     assert_eq!(pids("same"), same);
     let names: Vec<String> = wait_for("removed entries gone", || {
@@ -259,7 +255,7 @@ fn sighups_during_the_exec_window_are_neither_lost_nor_fatal() {
 fn http_requests_during_reloads_are_all_answered() {
     let c = ConfCrate::new("rl_http", &main_rs(&[r#"entry("keep", "sleep", ["100000"], 0, 2)"#]));
     let s = c.start(&[]);
-    wait_for("running", || (s.pids("keep").len() == 2).then_some(()));
+    s.wait_pids("keep", 2);
     let addr = std::fs::read_to_string(s.file(&format!("{}.addr", c.name))).unwrap().trim().to_string();
     let token = std::fs::read_to_string(s.file(&format!("{}.token", c.name))).unwrap().trim().to_string();
     let done = Arc::new(AtomicBool::new(false));
@@ -311,7 +307,7 @@ fn reload_exec_runs_a_binary_built_elsewhere_after_its_check() {
     let out = s.cli(&["reload", "--exec", bin.to_str().unwrap()]);
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(s.pids("keep"), vec![pid]);
-    wait_for("the other binary's entry", || (s.pids("extra").len() == 1).then_some(()));
+    s.wait_pids("extra", 1);
     let exe = std::fs::read_link(format!("/proc/{}/exe", s.pid())).unwrap();
     assert!(exe.ends_with("rl_exec_other"), "{exe:?}");
 

@@ -18,10 +18,7 @@ fn restarts(s: &Sentry, entry: &str) -> u64 {
 #[test]
 fn a_dead_child_is_restarted_with_a_new_pid() {
     let s = Sentry::start(TCONF, "basic", &[]);
-    let before = wait_for("two idle processes", || {
-        let p = s.pids("idle");
-        (p.len() == 2).then_some(p)
-    });
+    let before = s.wait_pids("idle", 2);
     unsafe { libc::kill(before[1], libc::SIGKILL) };
     let after = wait_for("slot 1 to get a new process", || {
         let p = s.pids("idle");
@@ -155,11 +152,7 @@ fn children_die_with_a_sigkilled_supervisor() {
     let mut s = Sentry::start(TCONF, "basic", &[]);
     let pids: Vec<i32> = s.pids("idle").into_iter().chain(s.pids("other")).collect();
     assert_eq!(pids.len(), 3);
-    unsafe { libc::kill(s.pid(), libc::SIGKILL) };
-    s.wait_exit();
-    for pid in pids {
-        wait_for("PDEATHSIG to kill the child", || (!alive(pid)).then_some(()));
-    }
+    s.sigkill_taking_along(&pids);
 }
 
 #[test]
@@ -209,7 +202,5 @@ fn user_and_group_drop_privileges_and_keep_pdeathsig() {
     wait_for("the unknown user to be reported", || s.console().contains("no such user").then_some(()));
     assert_eq!(s.entry("as-ghost")["state"], "backoff");
     // PDEATHSIG survives the change of credentials.
-    unsafe { libc::kill(s.pid(), libc::SIGKILL) };
-    s.wait_exit();
-    wait_for("the unprivileged child to die with Sentry", || (!alive(pid)).then_some(()));
+    s.sigkill_taking_along(&[pid]);
 }

@@ -268,6 +268,22 @@ impl Sentry {
         procs.into_iter().map(|(_, pid)| pid).collect()
     }
 
+    /// Waits until entry `name` has exactly `n` processes; their PIDs by slot.
+    pub fn wait_pids(&self, name: &str, n: usize) -> Vec<i32> {
+        wait_for(&format!("{n} processes of {name}"), || Some(self.pids(name)).filter(|p| p.len() == n))
+    }
+
+    /// SIGKILLs the supervisor and waits for each of `children` to die with
+    /// it (PDEATHSIG).
+    pub fn sigkill_taking_along(&mut self, children: &[i32]) {
+        // SAFETY: plain kill of the supervisor this test started.
+        unsafe { libc::kill(self.pid(), libc::SIGKILL) };
+        self.wait_exit();
+        for &pid in children {
+            wait_for(&format!("PDEATHSIG to kill child {pid}"), || (!alive(pid)).then_some(()));
+        }
+    }
+
     pub fn console(&self) -> String {
         fs::read_to_string(self.dir.path().join("console.txt")).unwrap_or_default()
     }
