@@ -7,9 +7,11 @@
 //! restart policy.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::EntryConfig;
@@ -20,13 +22,16 @@ use crate::sys;
 const MONITOR_STACK: usize = 128 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
-/// What a monitor thread tells the core.
+/// What a monitor thread tells the core. `gen` is the monitor's generation,
+/// given by the core at [`Monitor::start`] and never reused: a late note can
+/// only ever concern the process it was about, even if its PID was reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ChildNote {
     /// The child exited and waits, unreaped, for the core to reap it.
-    Exited { pid: i32 },
-    /// Both pipes reached end of file after the exit: the monitor has ended.
-    Closed { pid: i32 },
+    Exited { gen: u64 },
+    /// The monitor has ended: both pipes reached end of file after the exit,
+    /// or it was told to [`Monitor::finish`].
+    Closed { gen: u64 },
 }
 
 /// A freshly started child and the read ends of its output pipes.
@@ -153,28 +158,45 @@ impl Quiesced {
 
 /// The thread watching one child.
 pub(crate) struct Monitor {
+    /// The child's pidfd, shared with the thread (none when only pipes are left).
+    pidfd: Option<Arc<OwnedFd>>,
     stop: OwnedFd,
+    /// Set before `stop` is signalled: read what is left, then end.
+    finish: Arc<AtomicBool>,
     thread: JoinHandle<Quiesced>,
 }
 
 impl Monitor {
     /// Starts watching `pid` (which must be our unreaped child), or only
     /// its pipes when `reaped` (the child is gone, its pipes may not be).
+    /// Its notes carry `gen`.
     pub fn start(
+        gen: u64,
         pid: i32,
         streams: Vec<Stream>,
         sink: LineSink,
         reaped: bool,
         notify: impl Fn(ChildNote) + Send + 'static,
     ) -> io::Result<Monitor> {
-        let pidfd = if reaped { None } else { Some(sys::pidfd_open(pid)?) };
+        let pidfd = if reaped { None } else { Some(Arc::new(sys::pidfd_open(pid)?)) };
+        let pidfd_for_thread = pidfd.clone();
         let stop = sys::eventfd()?;
         let stop_for_thread = stop.try_clone()?;
+        let finish = Arc::new(AtomicBool::new(false));
+        let finish_for_thread = finish.clone();
         let thread = std::thread::Builder::new()
             .name(format!("sentry-{}.{pid}", sink.entry))
             .stack_size(MONITOR_STACK)
-            .spawn(move || run(pid, pidfd, streams, stop_for_thread, sink, notify))?;
-        Ok(Monitor { stop, thread })
+            .spawn(move || {
+                let ends = Ends { gen, stop: stop_for_thread, finish: finish_for_thread };
+                run(pid, pidfd_for_thread, streams, ends, sink, notify)
+            })?;
+        Ok(Monitor { pidfd, stop, finish, thread })
+    }
+
+    /// The child's pidfd, for signals that must reach exactly this process.
+    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(|fd| fd.as_fd())
     }
 
     /// Stops the thread wherever it is and takes back the open pipes and
@@ -184,25 +206,43 @@ impl Monitor {
         self.join()
     }
 
+    /// Tells the thread that the child and its process group are gone: it
+    /// writes what the pipes hold now and the unfinished last lines, closes
+    /// them — whoever else still holds their write ends (a descendant that
+    /// left the group) gets EPIPE — and says [`ChildNote::Closed`]. So no
+    /// thread and no fd outlives a slot's process by more than a drain.
+    pub fn finish(&self) {
+        self.finish.store(true, Ordering::SeqCst);
+        sys::eventfd_signal(self.stop.as_fd());
+    }
+
     /// Waits for a monitor that said [`ChildNote::Closed`].
     pub fn join(self) -> Quiesced {
         self.thread.join().unwrap_or(Quiesced { streams: Vec::new(), sink: None })
     }
 }
 
+/// How a monitor thread is told to end, and what it signs its notes with.
+struct Ends {
+    gen: u64,
+    stop: OwnedFd,
+    finish: Arc<AtomicBool>,
+}
+
 fn run(
     pid: i32,
-    pidfd: Option<OwnedFd>,
+    pidfd: Option<Arc<OwnedFd>>,
     mut streams: Vec<Stream>,
-    stop: OwnedFd,
+    ends: Ends,
     sink: LineSink,
     notify: impl Fn(ChildNote),
 ) -> Quiesced {
+    let Ends { gen, stop, finish } = ends;
     let mut exited = pidfd.is_none();
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         if exited && streams.is_empty() {
-            notify(ChildNote::Closed { pid });
+            notify(ChildNote::Closed { gen });
             return Quiesced { streams, sink: Some(sink) };
         }
         let mut fds: Vec<libc::pollfd> = streams
@@ -215,6 +255,11 @@ fn run(
             continue;
         }
         if fds[streams.len()].revents != 0 {
+            if finish.load(Ordering::SeqCst) {
+                Quiesced { streams, sink: Some(sink) }.drain_and_finish();
+                notify(ChildNote::Closed { gen });
+                return Quiesced { streams: Vec::new(), sink: None };
+            }
             return Quiesced { streams, sink: Some(sink) };
         }
         // Pipes before the exit, so a child's last lines come before "Exited".
@@ -232,7 +277,7 @@ fn run(
         }
         if !exited && fds.last().is_some_and(|p| p.revents != 0) && sys::has_exited(pid) {
             exited = true;
-            notify(ChildNote::Exited { pid });
+            notify(ChildNote::Exited { gen });
         }
     }
 }

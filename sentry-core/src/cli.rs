@@ -203,7 +203,9 @@ type Outcome = Result<(), (i32, String)>;
 
 fn fail(e: Error) -> (i32, String) {
     let code = match e {
-        Error::NotRunning { .. } => EXIT_NOT_RUNNING,
+        Error::NotRunning { .. } | Error::ShuttingDown | Error::CoreGone => EXIT_NOT_RUNNING,
+        // The instance answered that it is shutting down.
+        Error::Control { status: 503, .. } => EXIT_NOT_RUNNING,
         _ => EXIT_FAIL,
     };
     (code, e.to_string())

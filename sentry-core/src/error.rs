@@ -30,6 +30,8 @@ pub enum Error {
     Control { status: u16, message: String },
     /// The supervisor core is gone (it shut down or panicked).
     CoreGone,
+    /// The supervisor is stopping every child: it takes no more requests.
+    ShuttingDown,
 }
 
 impl Error {
@@ -67,6 +69,7 @@ impl fmt::Display for Error {
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::Control { status, message } => write!(f, "{message} (HTTP {status})"),
             Error::CoreGone => write!(f, "the supervisor has shut down"),
+            Error::ShuttingDown => write!(f, "shutting down"),
         }
     }
 }

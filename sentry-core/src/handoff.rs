@@ -60,7 +60,9 @@ pub(crate) struct CoreSnapshot {
     pub entries: Vec<EntrySnapshot>,
     /// Monitors of children already reaped whose pipes were still open.
     pub draining: Vec<DrainingSnapshot>,
-    /// Process groups whose leader exited, waiting for their SIGKILL.
+    /// Written by images before process groups were pinned by their unreaped
+    /// leader; read and ignored (such a group number may have been reused).
+    #[serde(default)]
     pub leftovers: Vec<LeftoverSnapshot>,
     /// Rate-limit clocks and counters of rules.
     #[serde(default)]
@@ -98,6 +100,12 @@ pub(crate) struct HelperSnapshot {
     pub starttime: u64,
     pub kill_in_ms: u64,
     pub streams: Vec<StreamSnapshot>,
+    /// A child found in /proc that matched no slot, being stopped.
+    #[serde(default)]
+    pub stray: bool,
+    /// SIGKILL was sent already.
+    #[serde(default)]
+    pub killed: bool,
 }
 
 /// What `status` reports about the instance's history.
@@ -117,6 +125,21 @@ pub(crate) struct EntrySnapshot {
     pub restarts: u64,
     pub removed: bool,
     pub slots: Vec<SlotSnapshot>,
+    /// The last exit of each slot.
+    #[serde(default)]
+    pub last_exits: Vec<ExitSnapshot>,
+    /// How long ago each recent non-success exit was (ms), for `flapping`.
+    #[serde(default)]
+    pub failures_ms_ago: Vec<u64>,
+}
+
+/// How a slot's last process ended.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(crate) struct ExitSnapshot {
+    pub index: usize,
+    /// Unix seconds.
+    pub at: u64,
+    pub exit: crate::lifecycle::ChildExit,
 }
 
 /// An entry's configuration as data.
@@ -148,6 +171,9 @@ pub(crate) struct SlotSnapshot {
     pub phase: PhaseSnapshot,
     /// The running process's output pipes.
     pub streams: Vec<StreamSnapshot>,
+    /// The last spawn error, if the last attempt failed.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// A slot's phase, with instants as durations from the snapshot.
@@ -156,8 +182,24 @@ pub(crate) enum PhaseSnapshot {
     Idle,
     Pending { due_in_ms: u64 },
     Running { process: ProcessSnapshot },
-    Stopping { process: ProcessSnapshot, kill_in_ms: u64, respawn: bool },
-    Killing { process: ProcessSnapshot, respawn: bool },
+    /// `exited_ms_ago`: the leader exited on its own that long ago and its
+    /// group is being stopped; the restart policy applies once it is gone.
+    Stopping {
+        process: ProcessSnapshot,
+        kill_in_ms: u64,
+        respawn: bool,
+        #[serde(default)]
+        exited_ms_ago: Option<u64>,
+    },
+    Killing {
+        process: ProcessSnapshot,
+        respawn: bool,
+        #[serde(default)]
+        exited_ms_ago: Option<u64>,
+        #[serde(default)]
+        give_up_in_ms: u64,
+    },
+    Unkillable { process: ProcessSnapshot, respawn: bool, exited_ms_ago: Option<u64> },
 }
 
 /// A child process, identified by (pid, starttime).
@@ -319,7 +361,10 @@ mod tests {
                         started_at: 5,
                         phase: PhaseSnapshot::Running { process: ProcessSnapshot { pid: 9, starttime: 7, up_ms: 8 } },
                         streams: vec![StreamSnapshot { fd, pending: vec![0xe2, 0x82] }],
+                        error: None,
                     }],
+                    last_exits: vec![],
+                    failures_ms_ago: vec![],
                 }],
                 ..CoreSnapshot::default()
             },

@@ -208,7 +208,7 @@ fn route(request: &Request, routes: &Routes) -> (u16, String) {
     match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["status"]) => match routes.core.status() {
             Ok(status) => (200, serde_json::to_string(&status).unwrap_or_default()),
-            Err(e) => (503, error_body(&e.to_string())),
+            Err(e) => unavailable(e),
         },
         ("POST", ["entries", name, action @ ("scale" | "restart")]) => match authorize(request, &routes.token) {
             Err((code, message)) => (code, error_body(&message)),
@@ -259,7 +259,15 @@ fn change_entry(core: &CoreHandle, name: &str, action: &str, body: &str) -> (u16
         Ok(entry) => (200, serde_json::to_string(&entry).unwrap_or_default()),
         Err(e @ Error::UnknownEntry(_)) => (404, error_body(&e.to_string())),
         Err(e @ Error::BadCount(_)) => (400, error_body(&e.to_string())),
-        Err(e) => (503, error_body(&e.to_string())),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// 503 for a core that is stopping or gone: `{"error": "shutting down"}` (SPEC).
+fn unavailable(e: Error) -> (u16, String) {
+    match e {
+        Error::ShuttingDown | Error::CoreGone => (503, error_body(&Error::ShuttingDown.to_string())),
+        other => (503, error_body(&other.to_string())),
     }
 }
 

@@ -3,6 +3,14 @@
 //! and the [`Effect`]s to perform. It owns the restart policy, crash-loop
 //! back-off and graceful stop; it knows nothing of processes, threads, clocks
 //! or I/O — time arrives inside events, and the core performs the effects.
+//!
+//! A slot's process is *gone* ([`Event::Exited`]) only once its leader has
+//! exited **and** its process group is empty: a leader that exits on its own
+//! while members of its group live on ([`Event::LeaderExited`]) puts the slot
+//! in `Stopping` (stop signal, then SIGKILL at the stop timeout), and the
+//! restart policy applies when the last member is gone — so a replacement
+//! never starts on top of its predecessor's group. A group that survives
+//! SIGKILL for [`KILL_GRACE`] makes the slot `Unkillable`.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +25,10 @@ pub(crate) const HEALTHY_RUN: Duration = Duration::from_secs(10);
 pub(crate) const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// The longest back-off.
 pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// How long a process group may outlive SIGKILL before its slot is reported
+/// `unkillable` (a process in uninterruptible sleep, a frozen cgroup) and the
+/// requests waiting on it are answered.
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// How one entry's processes are restarted and stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +64,10 @@ pub(crate) enum AfterStop {
     Respawn,
     /// Remove the slot (a scale-down, an entry removed, or shutdown).
     Vacate,
+    /// The leader exited on its own at `exited_at` and the rest of its group
+    /// is being stopped: once it is gone, apply the restart policy as if the
+    /// process had ended then.
+    Policy { exited_at: Instant },
 }
 
 /// Where a slot is in its life.
@@ -65,8 +81,10 @@ pub(crate) enum Phase {
     Running { pid: i32, since: Instant },
     /// The stop signal was sent; SIGKILL follows at `kill_at`.
     Stopping { pid: i32, since: Instant, kill_at: Instant, then: AfterStop },
-    /// SIGKILL was sent; waiting for the exit.
-    Killing { pid: i32, since: Instant, then: AfterStop },
+    /// SIGKILL was sent; waiting for the group to be gone until `give_up_at`.
+    Killing { pid: i32, since: Instant, give_up_at: Instant, then: AfterStop },
+    /// The group outlived SIGKILL by [`KILL_GRACE`]; still waited for.
+    Unkillable { pid: i32, since: Instant, then: AfterStop },
 }
 
 /// One slot (`SENTRY_INDEX`) of an entry.
@@ -86,8 +104,11 @@ pub(crate) enum Event {
     Spawned { pid: i32, now: Instant },
     /// The core could not start it.
     SpawnFailed { now: Instant },
-    /// The slot's process exited (and was reaped).
+    /// The slot's process exited, its process group is empty, and the
+    /// process was reaped.
     Exited { exit: ChildExit, now: Instant },
+    /// The slot's process exited but members of its process group live on.
+    LeaderExited { now: Instant },
     /// Stop the process and remove the slot.
     Stop { now: Instant },
     /// Stop the process gracefully, then start it again.
@@ -118,6 +139,7 @@ impl Slot {
         match self.phase {
             Phase::Pending { due } => Some(due),
             Phase::Stopping { kill_at, .. } => Some(kill_at),
+            Phase::Killing { give_up_at, .. } => Some(give_up_at),
             _ => None,
         }
     }
@@ -125,7 +147,10 @@ impl Slot {
     /// The slot's process, if one is alive.
     pub fn pid(&self) -> Option<i32> {
         match self.phase {
-            Phase::Running { pid, .. } | Phase::Stopping { pid, .. } | Phase::Killing { pid, .. } => Some(pid),
+            Phase::Running { pid, .. }
+            | Phase::Stopping { pid, .. }
+            | Phase::Killing { pid, .. }
+            | Phase::Unkillable { pid, .. } => Some(pid),
             _ => None,
         }
     }
@@ -158,31 +183,21 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
             let due = now + restart_delay(policy.delay, crashes);
             (Slot { phase: Pending { due }, crashes }, Vec::new())
         }
-        (Running { since, .. }, Event::Exited { exit, now }) => {
-            let run = now.saturating_duration_since(since);
-            let crashes = if run < CRASH_RUN {
-                crashes.saturating_add(1)
-            } else if run >= HEALTHY_RUN {
-                0
-            } else {
-                crashes
-            };
-            let again = match policy.restart {
-                Restart::Always => true,
-                Restart::OnFailure => !exit.success(),
-                Restart::Never => false,
-            };
-            if again {
-                let due = now + restart_delay(policy.delay, crashes);
-                (Slot { phase: Pending { due }, crashes }, vec![Effect::CountRestart])
-            } else {
-                (Slot { phase: Idle, crashes }, Vec::new())
+        (Running { since, .. }, Event::Exited { exit, now }) => after_exit(crashes, since, exit, now, policy),
+        (Running { pid, since }, Event::LeaderExited { now }) => (
+            Slot {
+                phase: Stopping { pid, since, kill_at: now + policy.stop_timeout, then: AfterStop::Policy { exited_at: now } },
+                crashes,
+            },
+            vec![Effect::Signal { pid, signal: policy.stop_signal }],
+        ),
+        (Stopping { since, then, .. } | Killing { since, then, .. } | Unkillable { since, then, .. }, Event::Exited { exit, now }) => {
+            match then {
+                AfterStop::Respawn => (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRestart]),
+                AfterStop::Vacate => (Slot { phase: Idle, crashes }, vec![Effect::Vacate]),
+                AfterStop::Policy { exited_at } => after_exit(crashes, since, exit, exited_at, policy),
             }
         }
-        (Stopping { then, .. } | Killing { then, .. }, Event::Exited { now, .. }) => match then {
-            AfterStop::Respawn => (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRestart]),
-            AfterStop::Vacate => (Slot { phase: Idle, crashes }, vec![Effect::Vacate]),
-        },
         (Running { pid, since }, Event::Stop { now } | Event::Restart { now }) => {
             let then = if matches!(event, Event::Stop { .. }) { AfterStop::Vacate } else { AfterStop::Respawn };
             let kill_at = now + policy.stop_timeout;
@@ -191,15 +206,23 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
                 vec![Effect::Signal { pid, signal: policy.stop_signal }],
             )
         }
-        (Stopping { pid, since, kill_at, .. }, Event::Due { now }) if now >= kill_at => (
-            Slot { phase: Killing { pid, since, then: stopping_then(phase) }, crashes },
+        (Stopping { pid, since, kill_at, then }, Event::Due { now }) if now >= kill_at => (
+            Slot { phase: Killing { pid, since, give_up_at: now + KILL_GRACE, then }, crashes },
             vec![Effect::Signal { pid, signal: Signal::SIGKILL }],
         ),
-        (Stopping { pid, since, kill_at, .. }, Event::Stop { .. }) => {
-            (Slot { phase: Stopping { pid, since, kill_at, then: AfterStop::Vacate }, crashes }, Vec::new())
+        (Killing { pid, since, give_up_at, then }, Event::Due { now }) if now >= give_up_at => {
+            (Slot { phase: Unkillable { pid, since, then }, crashes }, Vec::new())
         }
-        (Killing { pid, since, .. }, Event::Stop { .. }) => {
-            (Slot { phase: Killing { pid, since, then: AfterStop::Vacate }, crashes }, Vec::new())
+        // A stop asked for while one is in progress: the process is not
+        // started again, whatever was planned.
+        (Stopping { .. } | Killing { .. } | Unkillable { .. }, Event::Stop { .. }) => {
+            (Slot { phase: with_then(phase, AfterStop::Vacate), crashes }, Vec::new())
+        }
+        // A restart asked for while the group of a process that exited on
+        // its own is being stopped: start again as soon as it is gone.
+        (Stopping { then: AfterStop::Policy { .. }, .. } | Killing { then: AfterStop::Policy { .. }, .. }, Event::Restart { .. })
+        | (Unkillable { then: AfterStop::Policy { .. }, .. }, Event::Restart { .. }) => {
+            (Slot { phase: with_then(phase, AfterStop::Respawn), crashes }, Vec::new())
         }
         (Idle | Pending { .. }, Event::Stop { .. }) => (Slot { phase: Idle, crashes }, vec![Effect::Vacate]),
         (Idle, Event::Restart { now }) => {
@@ -210,10 +233,36 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
     }
 }
 
-fn stopping_then(phase: Phase) -> AfterStop {
+/// The restart policy, applied to a process that ran from `since` to `ended`.
+fn after_exit(crashes: u32, since: Instant, exit: ChildExit, ended: Instant, policy: &Policy) -> (Slot, Vec<Effect>) {
+    let run = ended.saturating_duration_since(since);
+    let crashes = if run < CRASH_RUN {
+        crashes.saturating_add(1)
+    } else if run >= HEALTHY_RUN {
+        0
+    } else {
+        crashes
+    };
+    let again = match policy.restart {
+        Restart::Always => true,
+        Restart::OnFailure => !exit.success(),
+        Restart::Never => false,
+    };
+    if again {
+        let due = ended + restart_delay(policy.delay, crashes);
+        (Slot { phase: Phase::Pending { due }, crashes }, vec![Effect::CountRestart])
+    } else {
+        (Slot { phase: Phase::Idle, crashes }, Vec::new())
+    }
+}
+
+/// `phase` (a stop in progress) with what follows it replaced.
+fn with_then(phase: Phase, then: AfterStop) -> Phase {
     match phase {
-        Phase::Stopping { then, .. } | Phase::Killing { then, .. } => then,
-        _ => AfterStop::Vacate,
+        Phase::Stopping { pid, since, kill_at, .. } => Phase::Stopping { pid, since, kill_at, then },
+        Phase::Killing { pid, since, give_up_at, .. } => Phase::Killing { pid, since, give_up_at, then },
+        Phase::Unkillable { pid, since, .. } => Phase::Unkillable { pid, since, then },
+        other => other,
     }
 }
 
@@ -329,7 +378,7 @@ mod tests {
         assert!(fx.is_empty());
         let (slot, fx) = step(slot, &p, Event::Due { now: ms(t0, 10_100) });
         assert_eq!(fx, vec![Effect::Signal { pid: 7, signal: Signal::SIGKILL }]);
-        assert_eq!(slot.deadline(), None);
+        assert_eq!(slot.deadline(), Some(ms(t0, 10_100) + KILL_GRACE));
         let (slot, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Signal(9), now: ms(t0, 10_101) });
         assert_eq!(fx, vec![Effect::Vacate]);
         assert_eq!(slot.phase, Phase::Idle);
@@ -399,5 +448,71 @@ mod tests {
         assert_eq!(step(idle, &p, Event::Due { now: t0 }), (idle, vec![]));
         let running = Slot { phase: Phase::Running { pid: 1, since: t0 }, crashes: 0 };
         assert_eq!(step(running, &p, Event::Due { now: ms(t0, 99_999) }), (running, vec![]));
+    }
+    #[test]
+    fn a_leader_that_leaves_its_group_behind_is_restarted_only_once_the_group_is_gone() {
+        let p = policy(Restart::Always, 500);
+        let t0 = Instant::now();
+        let slot = Slot { phase: Phase::Running { pid: 7, since: t0 }, crashes: 0 };
+        // The leader exits after 4 s; members of its group live on.
+        let (slot, fx) = step(slot, &p, Event::LeaderExited { now: ms(t0, 4000) });
+        assert_eq!(fx, vec![Effect::Signal { pid: 7, signal: Signal::SIGTERM }]);
+        assert_eq!(slot.deadline(), Some(ms(t0, 14_000)));
+        assert_eq!(slot.pid(), Some(7), "the slot still holds the process");
+        // A second report changes nothing.
+        assert_eq!(step(slot, &p, Event::LeaderExited { now: ms(t0, 4001) }), (slot, vec![]));
+        // The group is gone at 7 s: the policy applies as of the leader's exit.
+        let (slot, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Code(0), now: ms(t0, 7000) });
+        assert_eq!(fx, vec![Effect::CountRestart]);
+        assert_eq!(slot, Slot { phase: Phase::Pending { due: ms(t0, 4500) }, crashes: 0 });
+    }
+
+    #[test]
+    fn a_short_run_whose_group_lingers_is_still_a_crash() {
+        let p = policy(Restart::OnFailure, 0);
+        let t0 = Instant::now();
+        let slot = Slot { phase: Phase::Running { pid: 7, since: t0 }, crashes: 2 };
+        let (slot, _) = step(slot, &p, Event::LeaderExited { now: ms(t0, 300) });
+        let (slot, _) = step(slot, &p, Event::Exited { exit: ChildExit::Code(1), now: ms(t0, 5000) });
+        assert_eq!(slot, Slot { phase: Phase::Pending { due: ms(t0, 700) }, crashes: 3 });
+        // A success under OnFailure leaves the slot idle, however long the group took.
+        let slot = Slot { phase: Phase::Running { pid: 8, since: t0 }, crashes: 0 };
+        let (slot, _) = step(slot, &p, Event::LeaderExited { now: ms(t0, 300) });
+        let (slot, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Code(0), now: ms(t0, 900) });
+        assert_eq!((slot.phase, fx), (Phase::Idle, vec![]));
+    }
+
+    #[test]
+    fn stop_and_restart_requests_while_a_group_drains() {
+        let p = policy(Restart::Never, 0);
+        let t0 = Instant::now();
+        let running = Slot { phase: Phase::Running { pid: 7, since: t0 }, crashes: 0 };
+        let (draining, _) = step(running, &p, Event::LeaderExited { now: t0 });
+        // restart: start again as soon as the group is gone (Never does not apply).
+        let (slot, fx) = step(draining, &p, Event::Restart { now: t0 });
+        assert!(fx.is_empty(), "no second signal");
+        let (slot, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Code(0), now: ms(t0, 50) });
+        assert_eq!((slot.phase, fx), (Phase::Pending { due: ms(t0, 50) }, vec![Effect::CountRestart]));
+        // stop: vacate once gone.
+        let (slot, _) = step(draining, &p, Event::Stop { now: t0 });
+        let (_, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Code(0), now: ms(t0, 50) });
+        assert_eq!(fx, vec![Effect::Vacate]);
+    }
+
+    #[test]
+    fn a_group_that_outlives_sigkill_makes_the_slot_unkillable_until_it_is_gone() {
+        let p = policy(Restart::Always, 0);
+        let t0 = Instant::now();
+        let slot = Slot { phase: Phase::Running { pid: 7, since: t0 }, crashes: 0 };
+        let (slot, _) = step(slot, &p, Event::Stop { now: t0 });
+        let (slot, _) = step(slot, &p, Event::Due { now: ms(t0, 10_000) });
+        let give_up = ms(t0, 10_000) + KILL_GRACE;
+        let (slot, fx) = step(slot, &p, Event::Due { now: give_up });
+        assert!(fx.is_empty());
+        assert!(matches!(slot.phase, Phase::Unkillable { pid: 7, then: AfterStop::Vacate, .. }));
+        assert_eq!(slot.deadline(), None, "nothing more to do but wait");
+        assert_eq!(slot.pid(), Some(7));
+        let (_, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Signal(9), now: ms(t0, 60_000) });
+        assert_eq!(fx, vec![Effect::Vacate]);
     }
 }

@@ -13,7 +13,27 @@ pub struct Status {
     pub reexeced_at: Option<u64>,
     pub last_reload: Option<ReloadOutcome>,
     pub entries: Vec<EntryStatus>,
+    /// What a slot's process tree is fenced by.
+    #[serde(default)]
+    pub containment: Containment,
     pub watches: Vec<WatchStatus>,
+}
+
+/// How the processes of a slot are held together: `kind` is `"cgroup"` or
+/// `"process-group"`; `reason` says why, when it is not a cgroup.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Containment {
+    pub kind: String,
+    pub reason: Option<String>,
+}
+
+impl Default for Containment {
+    fn default() -> Containment {
+        Containment {
+            kind: "process-group".to_string(),
+            reason: Some("cgroup containment is not built yet: each slot is its own process group".to_string()),
+        }
+    }
 }
 
 /// How the last reload ended.
@@ -38,10 +58,67 @@ pub struct EntryStatus {
     pub count: usize,
     /// What the configuration says.
     pub configured_count: usize,
+    /// Every restart: after an exit, on request, by a rule.
     pub restarts: u64,
     pub state: EntryState,
+    /// At least [`FLAPPING_EXITS`] non-success exits within the last minute.
+    #[serde(default)]
+    pub flapping: bool,
     pub processes: Vec<ProcessStatus>,
+    /// The last exit of each slot that has had one, by slot index.
+    #[serde(default)]
+    pub last_exits: Vec<ExitStatus>,
+    /// Every slot, by index.
+    #[serde(default)]
+    pub slots: Vec<SlotStatus>,
     pub rules: Vec<RuleStatus>,
+}
+
+/// Non-success exits within a minute that make an entry `flapping`.
+pub const FLAPPING_EXITS: usize = 5;
+
+/// How a slot's last process ended: `code` for an exit status, `signal`
+/// (the number) for a killing signal; both `null` when unknown.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExitStatus {
+    pub index: usize,
+    /// Unix seconds.
+    pub at: u64,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// One slot of an entry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SlotStatus {
+    pub index: usize,
+    pub state: SlotState,
+    /// The slot's process while it has one (running, stopping, unkillable).
+    pub pid: Option<u32>,
+    /// Readiness; `null` without a readiness probe.
+    pub ready: Option<bool>,
+    /// Why the last attempt to start a process failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Where a slot is in its life.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    /// Its process runs.
+    Running,
+    /// A process is due (first start, or a restart after the delay).
+    Pending,
+    /// A process is due after a crash loop's back-off.
+    Backoff,
+    /// Its process (or what is left of its process group) is being stopped.
+    Stopping,
+    /// Its process group outlived SIGKILL (uninterruptible sleep); still waited for.
+    Unkillable,
+    /// Given up on (after `.give_up`).
+    Failed,
+    /// No process and none due (the restart policy said no).
+    Idle,
 }
 
 /// A summary of an entry's slots.

@@ -30,7 +30,7 @@ impl CoreHandle {
     pub fn status(&self) -> Result<Status, Error> {
         let (reply, answer) = bounded(1);
         self.tx.send(Command::Status { reply }).map_err(|_| Error::CoreGone)?;
-        answer.recv().map_err(|_| Error::CoreGone)
+        answer.recv().map_err(|_| Error::CoreGone)?
     }
 
     pub fn scale(&self, entry: &str, count: usize) -> Result<EntryStatus, Error> {
@@ -112,6 +112,7 @@ impl Supervisor {
             reexeced_at: None,
             last_reload: None,
             entries: Vec::new(),
+            containment: Default::default(),
             watches: Vec::new(),
         })
     }

@@ -26,6 +26,50 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// `pidfd_send_signal(fd, signal, NULL, 0)`: signals exactly the process the
+/// pidfd refers to, never a later process that got the same PID
+/// (pidfd_send_signal(2)). ESRCH once it has exited.
+pub(crate) fn pidfd_send_signal(fd: BorrowedFd<'_>, signal: Signal) -> io::Result<()> {
+    // SAFETY: a plain syscall; a null siginfo means "as kill(2) would".
+    let r = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal as libc::c_int, std::ptr::null::<u8>(), 0)
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How the child `pid` ended, if it has, without reaping it
+/// (`waitid(P_PID, pid, WEXITED | WNOHANG | WNOWAIT)`): the zombie stays, and
+/// with it the PID and process-group number, until [`reap`].
+pub(crate) fn peek_exit(pid: i32) -> Option<ChildExit> {
+    // SAFETY: siginfo_t is plain data; waitid only writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointer to a zeroed siginfo_t.
+        let r = unsafe {
+            libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT | libc::WNOHANG)
+        };
+        if r == 0 {
+            // SAFETY: waitid filled `info` (si_pid stays 0 when nothing exited).
+            if unsafe { info.si_pid() } == 0 {
+                return None;
+            }
+            // SAFETY: as above; si_status is valid for a CLD_* code.
+            let status = unsafe { info.si_status() };
+            return Some(match info.si_code {
+                libc::CLD_EXITED => ChildExit::Code(status),
+                libc::CLD_KILLED | libc::CLD_DUMPED => ChildExit::Signal(status),
+                _ => ChildExit::Unknown,
+            });
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return Some(ChildExit::Unknown);
+        }
+    }
+}
+
 /// Whether the child `pid` has exited, without reaping it (`waitid … WNOWAIT`).
 pub(crate) fn has_exited(pid: i32) -> bool {
     // SAFETY: siginfo_t is plain data; waitid only writes into it.
@@ -60,17 +104,17 @@ pub(crate) fn reap(pid: i32) -> ChildExit {
     }
 }
 
-/// Sends `signal` to the process group led by `pgid`. A missing group is fine.
+/// Sends `signal` to the process group `pgid`. A missing group is fine.
+///
+/// Only call it while the number cannot have been reused: while the group's
+/// leader is our unreaped child (its zombie holds the number), or a member
+/// Sentry verified is still in it.
 pub(crate) fn signal_group(pgid: i32, signal: Signal) {
     if pgid > 1 {
         let _ = killpg(Pid::from_raw(pgid), signal);
     }
 }
 
-/// Whether any process is left in the process group `pgid`.
-pub(crate) fn group_exists(pgid: i32) -> bool {
-    pgid > 1 && killpg(Pid::from_raw(pgid), None).is_ok()
-}
 
 /// `(ppid, starttime)` of `pid` from `/proc/PID/stat`.
 pub(crate) fn parent_and_starttime(pid: i32) -> Option<(i32, u64)> {
@@ -209,4 +253,41 @@ pub(crate) fn random_hex(n: usize) -> io::Result<String> {
     let mut bytes = vec![0u8; n];
     File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The process group of `pid`, from `/proc/PID/stat`.
+pub(crate) fn process_group_of(pid: i32) -> Option<i32> {
+    let buf = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = buf.iter().rposition(|b| *b == b')')?;
+    let field = buf[close + 1..].split(|b| *b == b' ').filter(|f| !f.is_empty()).nth(2)?;
+    std::str::from_utf8(field).ok()?.parse().ok()
+}
+
+/// The process-group numbers of every live (not zombie) process, from one
+/// pass over `/proc/*/stat`. A group whose leader is our unreaped zombie is
+/// empty exactly when its number is absent here.
+pub(crate) fn live_process_groups() -> std::collections::HashSet<i32> {
+    let mut groups = std::collections::HashSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return groups };
+    let mut buf = Vec::with_capacity(512);
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        buf.clear();
+        let Ok(mut f) = File::open(format!("/proc/{pid}/stat")) else { continue };
+        if f.read_to_end(&mut buf).is_err() {
+            continue;
+        }
+        // After the last ')' (comm may hold any byte): " S PPID PGRP …".
+        let Some(close) = buf.iter().rposition(|b| *b == b')') else { continue };
+        let mut fields = buf[close + 1..].split(|b| *b == b' ').filter(|f| !f.is_empty());
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|f| std::str::from_utf8(f).ok()).and_then(|f| f.parse::<i32>().ok());
+        if let (Some(state), Some(pgrp)) = (state, pgrp) {
+            if state != b"Z" && state != b"X" {
+                groups.insert(pgrp);
+            }
+        }
+    }
+    groups
 }

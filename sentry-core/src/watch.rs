@@ -501,8 +501,8 @@ pub(crate) fn human_bytes(n: u64) -> String {
 pub(crate) trait Hands: Send + 'static {
     /// Run an `exec` helper for `target` (its output goes to the target's log).
     fn run_helper(&self, target: &str, argv: Vec<String>);
-    /// Gracefully restart entry `entry`'s process `pid`.
-    fn restart(&self, entry: &str, pid: i32);
+    /// Gracefully restart entry `entry`'s process (`pid`, `starttime`).
+    fn restart(&self, entry: &str, pid: i32, starttime: u64);
     /// Say something on the console about `target`'s process `pid`.
     fn say(&self, target: &str, pid: i32, text: &str);
 }
@@ -584,7 +584,7 @@ fn perform(f: &Firing, hands: &impl Hands) {
         Action::Kill => Some(libc::SIGKILL),
         Action::Stop { .. } => Some(libc::SIGSTOP),
         Action::Restart => {
-            hands.restart(&f.target, f.pid);
+            hands.restart(&f.target, f.pid, f.starttime);
             None
         }
         Action::Exec { .. } => {

@@ -6,16 +6,16 @@
 //! in /proc when no snapshot could be read. Split from the loop itself so
 //! each reads in one pass; it knows nothing of how the state crosses exec.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Command, Core, CoreOptions, EntryRun, FoundChild, Helper, Leftover, SlotRun, Suspended};
+use super::{Command, Core, CoreOptions, EntryRun, FoundChild, Role, SlotRun, Suspended};
 use crate::child::{Quiesced, Stream};
 use crate::config::{Config, EntryConfig};
 use crate::handoff::{
-    CoreSnapshot, DrainingSnapshot, EntrySnapshot, HelperSnapshot, KeptFd, LeftoverSnapshot, PhaseSnapshot,
+    CoreSnapshot, DrainingSnapshot, EntrySnapshot, ExitSnapshot, HelperSnapshot, KeptFd, PhaseSnapshot,
     ProcessSnapshot, SlotSnapshot, StreamSnapshot,
 };
 use crate::lifecycle::{AfterStop, ChildExit, Event, Phase, Slot};
@@ -47,20 +47,28 @@ impl Core {
                     SlotRun {
                         slot: Slot { phase: Phase::Running { pid: child.pid, since: now }, crashes: 0 },
                         started_at: sys::unix_now(),
+                        error: None,
                     },
                 );
-                Some((e.config.name.clone(), e.config.stop_timeout))
+                Some((e.config.name.clone(), index))
             });
-            let name = placed.as_ref().map(|(n, _)| n.clone()).unwrap_or_else(|| "stray".to_string());
-            let sink = self.sink(&name, child.pid);
-            if let Err(e) = self.watch(child.pid, Vec::new(), sink, false) {
+            let (role, name) = match &placed {
+                Some((name, index)) => (Role::Slot { entry: name.clone(), index: *index }, name.clone()),
+                None => (Role::Stray { kill_at: now + Duration::from_secs(10), killed: false }, "stray".to_string()),
+            };
+            if let Err(e) = self.adopt_process(child.pid, role, Vec::new(), &name) {
                 report.push(format!("cannot watch {name}.{}: {e}", child.pid));
+                if let Some((name, index)) = placed {
+                    if let Some(e) = self.entries.iter_mut().find(|e| e.config.name == name) {
+                        e.slots.remove(&index);
+                    }
+                }
+                continue;
             }
             if placed.is_some() {
                 report.push(format!("Adopted {name}.{} ({}).", child.pid, child.cmdline.join(" ")));
             } else {
                 sys::signal_group(child.pid, Signal::SIGTERM);
-                self.leftovers.push(Leftover { pgid: child.pid, kill_at: now + Duration::from_secs(10) });
                 report.push(format!("Stopping {} ({}): it matches no free slot.", child.pid, child.cmdline.join(" ")));
             }
         }
@@ -112,7 +120,7 @@ impl Core {
     pub(super) fn suspend(&mut self) -> Suspended {
         self.stop_watcher();
         let now = Instant::now();
-        let mut quiesced: HashMap<i32, Quiesced> = self.monitors.drain().map(|(pid, m)| (pid, m.quiesce())).collect();
+        let rows = std::mem::take(&mut self.procs);
         let mut fds = Vec::new();
         let mut keep = |q: Option<Quiesced>| -> Vec<StreamSnapshot> {
             let streams = q.map(|q| q.streams).unwrap_or_default();
@@ -126,11 +134,62 @@ impl Core {
                 })
                 .collect()
         };
+        // Every monitor stops; the pipes of unreaped processes go with their
+        // slot or helper, those of reaped ones are drained by the next image.
+        let mut quiesced: HashMap<i32, Quiesced> = HashMap::new();
+        let mut loose = Vec::new();
+        let mut draining = Vec::new();
+        for (_, row) in rows {
+            let q = row.monitor.map(|m| m.quiesce());
+            match (&row.role, row.reaped) {
+                (Role::Pipes { entry }, _) | (Role::Slot { entry, .. }, true) => {
+                    let streams = keep(q);
+                    if !streams.is_empty() {
+                        draining.push(DrainingSnapshot { entry: entry.clone(), pid: row.pid, streams });
+                    }
+                }
+                (Role::Helper { target, .. }, true) => {
+                    let streams = keep(q);
+                    if !streams.is_empty() {
+                        draining.push(DrainingSnapshot { entry: target.clone(), pid: row.pid, streams });
+                    }
+                }
+                (Role::Stray { .. }, true) => {}
+                (Role::Slot { .. }, false) => {
+                    if let Some(q) = q {
+                        quiesced.insert(row.pid, q);
+                    }
+                }
+                (Role::Helper { target, kill_at, killed }, false) => loose.push(HelperSnapshot {
+                    target: target.clone(),
+                    pid: row.pid,
+                    starttime: row.starttime,
+                    kill_in_ms: kill_at.saturating_duration_since(now).as_millis() as u64,
+                    streams: keep(q),
+                    stray: false,
+                    killed: *killed,
+                }),
+                (Role::Stray { kill_at, killed }, false) => loose.push(HelperSnapshot {
+                    target: "stray".to_string(),
+                    pid: row.pid,
+                    starttime: row.starttime,
+                    kill_in_ms: kill_at.saturating_duration_since(now).as_millis() as u64,
+                    streams: keep(q),
+                    stray: true,
+                    killed: *killed,
+                }),
+            }
+        }
         let left = |at: Instant| at.saturating_duration_since(now).as_millis() as u64;
+        let ago = |at: Instant| now.saturating_duration_since(at).as_millis() as u64;
         let process = |pid: i32, since: Instant| ProcessSnapshot {
             pid,
             starttime: sys::parent_and_starttime(pid).map(|(_, t)| t).unwrap_or(0),
             up_ms: now.saturating_duration_since(since).as_millis() as u64,
+        };
+        let exited_ms_ago = |then: AfterStop| match then {
+            AfterStop::Policy { exited_at } => Some(ago(exited_at)),
+            _ => None,
         };
         let mut entries = Vec::new();
         for e in &self.entries {
@@ -144,10 +203,19 @@ impl Core {
                         process: process(pid, since),
                         kill_in_ms: left(kill_at),
                         respawn: then == AfterStop::Respawn,
+                        exited_ms_ago: exited_ms_ago(then),
                     },
-                    Phase::Killing { pid, since, then } => {
-                        PhaseSnapshot::Killing { process: process(pid, since), respawn: then == AfterStop::Respawn }
-                    }
+                    Phase::Killing { pid, since, give_up_at, then } => PhaseSnapshot::Killing {
+                        process: process(pid, since),
+                        respawn: then == AfterStop::Respawn,
+                        exited_ms_ago: exited_ms_ago(then),
+                        give_up_in_ms: left(give_up_at),
+                    },
+                    Phase::Unkillable { pid, since, then } => PhaseSnapshot::Unkillable {
+                        process: process(pid, since),
+                        respawn: then == AfterStop::Respawn,
+                        exited_ms_ago: exited_ms_ago(then),
+                    },
                 };
                 let streams = run.slot.pid().map(|pid| keep(quiesced.remove(&pid))).unwrap_or_default();
                 slots.push(SlotSnapshot {
@@ -156,6 +224,7 @@ impl Core {
                     started_at: run.started_at,
                     phase,
                     streams,
+                    error: run.error.clone(),
                 });
             }
             entries.push(EntrySnapshot {
@@ -164,37 +233,21 @@ impl Core {
                 restarts: e.restarts,
                 removed: e.removed,
                 slots,
+                last_exits: e
+                    .last_exits
+                    .iter()
+                    .map(|(index, (at, exit))| ExitSnapshot { index: *index, at: *at, exit: *exit })
+                    .collect(),
+                failures_ms_ago: e.failures.iter().map(|t| ago(*t)).collect(),
             });
         }
-        let leftovers =
-            self.leftovers.iter().map(|l| LeftoverSnapshot { pgid: l.pgid, kill_in_ms: left(l.kill_at) }).collect();
-        let helpers = self
-            .helpers
-            .iter()
-            .map(|h| HelperSnapshot {
-                target: h.target.clone(),
-                pid: h.pid,
-                starttime: sys::parent_and_starttime(h.pid).map(|(_, t)| t).unwrap_or(0),
-                kill_in_ms: left(h.kill_at),
-                streams: keep(quiesced.remove(&h.pid)),
-            })
-            .collect();
-        let pids: Vec<i32> = quiesced.keys().copied().collect();
-        let draining = pids
-            .into_iter()
-            .filter_map(|pid| {
-                let q = quiesced.remove(&pid)?;
-                let entry = q.sink.as_ref()?.entry.clone();
-                Some(DrainingSnapshot { entry, pid, streams: keep(Some(q)) })
-            })
-            .collect();
         let snapshot = CoreSnapshot {
             info: self.options.info.clone(),
             entries,
             draining,
-            leftovers,
+            leftovers: Vec::new(),
             watch: self.watch_state.to_memory(),
-            helpers,
+            helpers: loose,
         };
         Suspended { snapshot, fds }
     }
@@ -223,70 +276,109 @@ impl Core {
                 EntryConfig::from_snapshot(&bare).expect("an entry without rules always parses")
             });
             let name = config.name.clone();
-            core.entries.push(EntryRun {
-                target: es.target,
-                restarts: es.restarts,
-                removed: es.removed,
-                slots: BTreeMap::new(),
-                config,
-            });
+            let mut run = EntryRun::new(config);
+            run.target = es.target;
+            run.restarts = es.restarts;
+            run.removed = es.removed;
+            run.last_exits = es.last_exits.iter().map(|x| (x.index, (x.at, x.exit))).collect();
+            run.failures = es
+                .failures_ms_ago
+                .iter()
+                .rev()
+                .filter_map(|ms| now.checked_sub(Duration::from_millis(*ms)))
+                .collect();
+            core.entries.push(run);
             for ss in es.slots {
                 let at = |ms: u64| now + Duration::from_millis(ms);
                 let since = |p: &ProcessSnapshot| now.checked_sub(Duration::from_millis(p.up_ms)).unwrap_or(now);
-                let then = |respawn: bool| if respawn { AfterStop::Respawn } else { AfterStop::Vacate };
+                let then = |respawn: bool, exited_ms_ago: Option<u64>| match exited_ms_ago {
+                    Some(ms) => AfterStop::Policy { exited_at: now.checked_sub(Duration::from_millis(ms)).unwrap_or(now) },
+                    None if respawn => AfterStop::Respawn,
+                    None => AfterStop::Vacate,
+                };
                 let (phase, process) = match &ss.phase {
                     PhaseSnapshot::Idle => (Phase::Idle, None),
                     PhaseSnapshot::Pending { due_in_ms } => (Phase::Pending { due: at(*due_in_ms) }, None),
                     PhaseSnapshot::Running { process: p } => (Phase::Running { pid: p.pid, since: since(p) }, Some(*p)),
-                    PhaseSnapshot::Stopping { process: p, kill_in_ms, respawn } => (
-                        Phase::Stopping { pid: p.pid, since: since(p), kill_at: at(*kill_in_ms), then: then(*respawn) },
+                    PhaseSnapshot::Stopping { process: p, kill_in_ms, respawn, exited_ms_ago } => (
+                        Phase::Stopping {
+                            pid: p.pid,
+                            since: since(p),
+                            kill_at: at(*kill_in_ms),
+                            then: then(*respawn, *exited_ms_ago),
+                        },
                         Some(*p),
                     ),
-                    PhaseSnapshot::Killing { process: p, respawn } => {
-                        (Phase::Killing { pid: p.pid, since: since(p), then: then(*respawn) }, Some(*p))
-                    }
+                    PhaseSnapshot::Killing { process: p, respawn, exited_ms_ago, give_up_in_ms } => (
+                        Phase::Killing {
+                            pid: p.pid,
+                            since: since(p),
+                            give_up_at: at(*give_up_in_ms),
+                            then: then(*respawn, *exited_ms_ago),
+                        },
+                        Some(*p),
+                    ),
+                    PhaseSnapshot::Unkillable { process: p, respawn, exited_ms_ago } => (
+                        Phase::Unkillable { pid: p.pid, since: since(p), then: then(*respawn, *exited_ms_ago) },
+                        Some(*p),
+                    ),
                 };
-                core.entries[i]
-                    .slots
-                    .insert(ss.index, SlotRun { slot: Slot { phase, crashes: ss.crashes }, started_at: ss.started_at });
+                core.entries[i].slots.insert(
+                    ss.index,
+                    SlotRun { slot: Slot { phase, crashes: ss.crashes }, started_at: ss.started_at, error: ss.error },
+                );
                 let streams = adopt_streams(&ss.streams, &mut warnings);
                 let Some(p) = process else { continue };
                 let ours = sys::parent_and_starttime(p.pid) == Some((me, p.starttime));
                 if !ours {
                     warnings.push(format!("{name}.{} is no longer our child: counted as an exit", p.pid));
                     gone.push((i, ss.index));
+                    if !streams.is_empty() {
+                        if let Err(e) = core.drain_pipes(&name, p.pid, streams) {
+                            warnings.push(format!("cannot drain {name}.{}: {e}", p.pid));
+                        }
+                    }
+                    continue;
                 }
-                let sink = core.sink(&name, p.pid);
-                if let Err(e) = core.watch(p.pid, streams, sink, !ours) {
-                    warnings.push(format!("cannot watch {name}.{}: {e}", p.pid));
+                let role = Role::Slot { entry: name.clone(), index: ss.index };
+                if let Err(e) = core.adopt_process(p.pid, role, streams, &name) {
+                    warnings.push(format!("cannot watch {name}.{}: {e}; it was stopped", p.pid));
+                    gone.push((i, ss.index));
                 }
             }
         }
         for d in snapshot.draining {
             let streams = adopt_streams(&d.streams, &mut warnings);
-            let sink = core.sink(&d.entry, d.pid);
-            if let Err(e) = core.watch(d.pid, streams, sink, true) {
+            if let Err(e) = core.drain_pipes(&d.entry, d.pid, streams) {
                 warnings.push(format!("cannot drain {}.{}: {e}", d.entry, d.pid));
             }
         }
         for h in snapshot.helpers {
             let streams = adopt_streams(&h.streams, &mut warnings);
             let ours = sys::parent_and_starttime(h.pid) == Some((me, h.starttime));
-            let sink = core.sink(&h.target, h.pid);
-            if ours && core.watch(h.pid, streams, sink, false).is_ok() {
-                core.helpers.push(Helper {
-                    pid: h.pid,
-                    target: h.target,
-                    kill_at: now + Duration::from_millis(h.kill_in_ms),
-                });
+            if !ours {
+                if !streams.is_empty() {
+                    let _ = core.drain_pipes(&h.target, h.pid, streams);
+                }
+                continue;
+            }
+            let kill_at = now + Duration::from_millis(h.kill_in_ms);
+            let role = if h.stray {
+                Role::Stray { kill_at, killed: h.killed }
+            } else {
+                Role::Helper { target: h.target.clone(), kill_at, killed: h.killed }
+            };
+            if let Err(e) = core.adopt_process(h.pid, role, streams, &h.target) {
+                warnings.push(format!("cannot watch {}.{}: {e}; it was stopped", h.target, h.pid));
             }
         }
+        if !snapshot.leftovers.is_empty() {
+            warnings.push(format!(
+                "{} process group(s) left by an older image are not signalled: their numbers may have been reused",
+                snapshot.leftovers.len()
+            ));
+        }
         core.watch_state = watch::State::from_memory(snapshot.watch);
-        core.leftovers = snapshot
-            .leftovers
-            .iter()
-            .map(|l| Leftover { pgid: l.pgid, kill_at: now + Duration::from_millis(l.kill_in_ms) })
-            .collect();
         core.config.entries = core.entries.iter().map(|e| e.config.clone()).collect();
         for (i, index) in gone {
             core.apply(i, index, Event::Exited { exit: ChildExit::Unknown, now });

@@ -9,10 +9,18 @@
 //! apply a new configuration as a difference with [`Core::reconfigure`]. It
 //! knows nothing of HTTP, the command line, pidfiles or re-exec; those talk
 //! to it through [`Command`] and read [`Status`].
+//!
+//! Every process the core started is a row of one *process table*
+//! ([`Proc`], keyed by a generation number that is never reused): slot
+//! children, `exec` helpers, strays being stopped, pipes still draining. A
+//! row's leader is reaped only once its process group has no live member, so
+//! while a row exists its PID and group number cannot belong to anyone else:
+//! signalling the group is always safe, and a note from a monitor names its
+//! row by generation, never by a PID that may have been reused.
 
 mod handover;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -24,9 +32,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::child::{self, ChildNote, Monitor, Stream};
 use crate::config::{Config, EntryConfig, Rule};
 use crate::handoff::{CoreSnapshot, InfoSnapshot};
-use crate::lifecycle::{self, ChildExit, Effect, Event, Phase, Policy, Slot};
+use crate::lifecycle::{self, ChildExit, Effect, Event, Phase, Policy, Slot, KILL_GRACE};
 use crate::output::{ConsoleHandle, LineSink, LineSplitter};
-use crate::status::{EntryState, EntryStatus, ProcessStatus, ReloadOutcome, RuleStatus, Status, WatchStatus};
+use crate::status::{
+    Containment, EntryState, EntryStatus, ExitStatus, ProcessStatus, ReloadOutcome, RuleStatus, SlotState, SlotStatus,
+    Status, WatchStatus, FLAPPING_EXITS,
+};
 use crate::watch::{self, Hands, Report, Watcher};
 use crate::{sys, Error, Signal};
 
@@ -38,8 +49,8 @@ pub(crate) enum Command {
     Scale { entry: String, count: usize, reply: Sender<Result<EntryStatus, Error>> },
     /// Gracefully restart an entry's processes; answered once they are back.
     Restart { entry: String, reply: Sender<Result<EntryStatus, Error>> },
-    /// Report the state.
-    Status { reply: Sender<Status> },
+    /// Report the state (an error once shutting down).
+    Status { reply: Sender<Result<Status, Error>> },
     /// Stop every child, then return from [`Core::run`].
     Shutdown,
     /// Record how a reload attempt ended (reported by status).
@@ -49,8 +60,9 @@ pub(crate) enum Command {
     Suspend,
     /// Run an `exec` action's program; its output goes to `target`'s log.
     RunHelper { target: String, argv: Vec<String> },
-    /// Gracefully restart the process `pid` of `entry` (a `restart` action).
-    RestartProcess { entry: String, pid: i32 },
+    /// Gracefully restart the process (`pid`, `starttime`) of `entry` (a
+    /// `restart` action); ignored if that process is no longer the slot's.
+    RestartProcess { entry: String, pid: i32, starttime: u64 },
     /// A rule fired: say so on the console and in `target`'s log.
     Fired { target: String, pid: i32, text: String },
 }
@@ -58,11 +70,64 @@ pub(crate) enum Command {
 /// How long an `exec` action's program may run before it is killed.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A running `exec` action program.
-struct Helper {
-    pid: i32,
-    target: String,
-    kill_at: Instant,
+/// How long an exited helper's or stray's group gets after SIGTERM.
+const LOOSE_GRACE: Duration = Duration::from_secs(5);
+/// First interval between looks for the live members of an exited leader's
+/// process group; it doubles up to [`GROUP_CHECK_MAX`].
+const GROUP_CHECK_MIN: Duration = Duration::from_millis(5);
+const GROUP_CHECK_MAX: Duration = Duration::from_millis(250);
+
+/// What a process in the table is to Sentry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The process of slot `index` of entry `entry`.
+    Slot { entry: String, index: usize },
+    /// An `exec` action's program, writing to `target`'s log.
+    Helper { target: String, kill_at: Instant, killed: bool },
+    /// A child found after an unreadable snapshot that fits no slot: stopped.
+    Stray { kill_at: Instant, killed: bool },
+    /// Reaped by an earlier image; only its output pipes are left to drain.
+    Pipes { entry: String },
+}
+
+/// One row of the process table.
+pub(crate) struct Proc {
+    pub pid: i32,
+    /// `/proc/PID/stat` starttime: (pid, starttime) is the process's identity.
+    pub starttime: u64,
+    pub role: Role,
+    /// The thread reading its pipes, until it says [`ChildNote::Closed`].
+    pub monitor: Option<Monitor>,
+    /// When its monitor saw the leader exit; it stays unreaped (pinning its
+    /// PID and group number) until no live process is left in its group.
+    pub exited: Option<Instant>,
+    pub reaped: bool,
+    /// The next look for live members of its group, and the interval after it.
+    pub check: Option<(Instant, Duration)>,
+    /// The group was found with live members once already.
+    pub lingering: bool,
+}
+
+impl Proc {
+    fn new(pid: i32, role: Role) -> Proc {
+        let starttime = sys::parent_and_starttime(pid).map(|(_, t)| t).unwrap_or(0);
+        Proc { pid, starttime, role, monitor: None, exited: None, reaped: false, check: None, lingering: false }
+    }
+
+    /// Sends `signal` to the process group the leader started, and to the
+    /// leader itself through its pidfd if it has left that group. Safe
+    /// because the row is unreaped: nobody else can hold this PID or this
+    /// group number.
+    fn signal(&self, signal: Signal) {
+        if self.reaped {
+            return;
+        }
+        sys::signal_group(self.pid, signal);
+        let left_its_group = sys::process_group_of(self.pid).is_some_and(|pgrp| pgrp != self.pid);
+        if let (true, Some(fd)) = (left_its_group, self.monitor.as_ref().and_then(Monitor::pidfd)) {
+            let _ = sys::pidfd_send_signal(fd, signal);
+        }
+    }
 }
 
 /// The watcher's way back into the core.
@@ -75,8 +140,8 @@ impl Hands for CoreHands {
         let _ = self.tx.send(Command::RunHelper { target: target.to_string(), argv });
     }
 
-    fn restart(&self, entry: &str, pid: i32) {
-        let _ = self.tx.send(Command::RestartProcess { entry: entry.to_string(), pid });
+    fn restart(&self, entry: &str, pid: i32, starttime: u64) {
+        let _ = self.tx.send(Command::RestartProcess { entry: entry.to_string(), pid, starttime });
     }
 
     fn say(&self, target: &str, pid: i32, text: &str) {
@@ -125,24 +190,59 @@ struct EntryRun {
     /// No longer in the configuration: stopping, then dropped.
     removed: bool,
     slots: BTreeMap<usize, SlotRun>,
+    /// How each slot's last process ended (kept when the slot goes).
+    last_exits: BTreeMap<usize, (u64, ChildExit)>,
+    /// When recent non-success exits happened (for `flapping`).
+    failures: VecDeque<Instant>,
 }
 
 impl EntryRun {
     fn new(config: EntryConfig) -> EntryRun {
-        EntryRun { target: config.count, restarts: 0, removed: false, slots: BTreeMap::new(), config }
+        EntryRun {
+            target: config.count,
+            restarts: 0,
+            removed: false,
+            slots: BTreeMap::new(),
+            last_exits: BTreeMap::new(),
+            failures: VecDeque::new(),
+            config,
+        }
+    }
+
+    /// Remembers how slot `index`'s process ended.
+    fn record_exit(&mut self, index: usize, exit: ChildExit, now: Instant) {
+        self.last_exits.insert(index, (sys::unix_now(), exit));
+        if !exit.success() {
+            self.failures.push_back(now);
+        }
+        while self.failures.front().is_some_and(|t| now.saturating_duration_since(*t) > FLAPPING_WINDOW) {
+            self.failures.pop_front();
+        }
+        while self.failures.len() > FLAPPING_EXITS {
+            self.failures.pop_front();
+        }
+    }
+
+    fn flapping(&self, now: Instant) -> bool {
+        self.failures.iter().filter(|t| now.saturating_duration_since(**t) <= FLAPPING_WINDOW).count() >= FLAPPING_EXITS
     }
 }
+
+/// The window of [`FLAPPING_EXITS`].
+const FLAPPING_WINDOW: Duration = Duration::from_secs(60);
 
 struct SlotRun {
     slot: Slot,
     /// Unix time the slot's current process started.
     started_at: u64,
+    /// Why the last attempt to start a process failed, until one starts.
+    error: Option<String>,
 }
 
-/// A process group whose leader exited with members left: SIGKILL at `kill_at`.
-struct Leftover {
-    pgid: i32,
-    kill_at: Instant,
+impl SlotRun {
+    fn new(now: Instant) -> SlotRun {
+        SlotRun { slot: Slot::new(now), started_at: 0, error: None }
+    }
 }
 
 /// A command answered once its entry has settled.
@@ -155,8 +255,9 @@ struct Waiter {
 pub(crate) struct Core {
     config: Config,
     entries: Vec<EntryRun>,
-    monitors: HashMap<i32, Monitor>,
-    leftovers: Vec<Leftover>,
+    /// The process table, by generation.
+    procs: BTreeMap<u64, Proc>,
+    next_gen: u64,
     waiters: Vec<Waiter>,
     logs: HashMap<String, Arc<File>>,
     shutting_down: bool,
@@ -165,7 +266,6 @@ pub(crate) struct Core {
     watcher: Option<Watcher>,
     /// Rate-limit clocks and counters while no watcher runs.
     watch_state: watch::State,
-    helpers: Vec<Helper>,
     options: CoreOptions,
     tx: Sender<Command>,
     rx: Receiver<Command>,
@@ -178,15 +278,14 @@ impl Core {
         Core {
             config,
             entries,
-            monitors: HashMap::new(),
-            leftovers: Vec::new(),
+            procs: BTreeMap::new(),
+            next_gen: 1,
             waiters: Vec::new(),
             logs: HashMap::new(),
             shutting_down: false,
             suspending: false,
             watcher: None,
             watch_state: watch::State::default(),
-            helpers: Vec::new(),
             options,
             tx,
             rx,
@@ -209,9 +308,10 @@ impl Core {
         loop {
             let now = Instant::now();
             self.entries.retain(|e| !(e.removed && e.slots.is_empty()));
+            self.check_groups(now);
             self.fire_due(now);
             self.answer_waiters(now);
-            if self.shutting_down && self.finished() {
+            if self.shutting_down && self.finished(now) {
                 break;
             }
             if self.suspending && !self.shutting_down && self.waiters.is_empty() {
@@ -264,28 +364,161 @@ impl Core {
             }
         };
         let pid = spawned.pid;
-        let sink = self.sink(target, pid);
-        let streams = vec![
-            Stream { fd: spawned.stdout, splitter: LineSplitter::default() },
-            Stream { fd: spawned.stderr, splitter: LineSplitter::default() },
-        ];
-        if let Err(e) = self.watch(pid, streams, sink, false) {
+        let role = Role::Helper { target: target.to_string(), kill_at: Instant::now() + HELPER_TIMEOUT, killed: false };
+        if let Err(e) = self.adopt_process(pid, role, streams_of(spawned), target) {
             log::error!("cannot watch helper {target}.{pid}: {e}");
-            sys::signal_group(pid, Signal::SIGKILL);
-            sys::reap(pid);
+        }
+    }
+
+    /// Puts `pid` (our unreaped child) in the process table and starts its
+    /// monitor. Without a monitor nobody would see it exit: then it is
+    /// killed and reaped at once, and the error returned.
+    fn adopt_process(&mut self, pid: i32, role: Role, streams: Vec<Stream>, log_as: &str) -> std::io::Result<u64> {
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        let mut row = Proc::new(pid, role);
+        let sink = self.sink(log_as, pid);
+        match self.monitor(gen, pid, streams, sink, false) {
+            Ok(m) => {
+                row.monitor = Some(m);
+                self.procs.insert(gen, row);
+                Ok(gen)
+            }
+            Err(e) => {
+                sys::signal_group(pid, Signal::SIGKILL);
+                sys::reap(pid);
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps draining the pipes of a process reaped by an earlier image.
+    fn drain_pipes(&mut self, entry: &str, pid: i32, streams: Vec<Stream>) -> std::io::Result<()> {
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        let sink = self.sink(entry, pid);
+        let monitor = self.monitor(gen, pid, streams, sink, true)?;
+        let mut row = Proc::new(pid, Role::Pipes { entry: entry.to_string() });
+        row.reaped = true;
+        row.starttime = 0;
+        row.monitor = Some(monitor);
+        self.procs.insert(gen, row);
+        Ok(())
+    }
+
+    /// The unreaped row of `pid`, if it has one.
+    fn row_of(&self, pid: i32) -> Option<u64> {
+        self.procs.iter().find(|(_, p)| p.pid == pid && !p.reaped).map(|(gen, _)| *gen)
+    }
+
+    /// A monitor told us its leader exited: say so now, and look for what
+    /// is left of its group at once.
+    fn leader_exited(&mut self, gen: u64, now: Instant) {
+        let Some(row) = self.procs.get_mut(&gen) else { return };
+        if row.reaped || row.exited.is_some() {
             return;
         }
-        self.helpers.push(Helper { pid, target: target.to_string(), kill_at: Instant::now() + HELPER_TIMEOUT });
+        row.exited = Some(now);
+        row.check = Some((now, GROUP_CHECK_MIN));
+        let exit = sys::peek_exit(row.pid).unwrap_or(ChildExit::Unknown);
+        let (pid, at) = (row.pid, sys::unix_now());
+        match &row.role {
+            Role::Slot { entry, .. } => {
+                let entry = entry.clone();
+                self.options.console.event(&entry, pid, &exit_text(exit, at));
+            }
+            Role::Helper { target, .. } => {
+                let target = target.clone();
+                let text = exit_text(exit, at).replacen("Exited", "Action program exited", 1);
+                self.options.console.event(&target, pid, &text);
+            }
+            Role::Stray { .. } | Role::Pipes { .. } => {}
+        }
+    }
+
+    /// Looks, once for every row that is due, for live members of exited
+    /// leaders' groups: an empty group's leader is reaped and its slot told;
+    /// a lingering one is stopped (once) and looked at again later.
+    fn check_groups(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| !p.reaped && p.check.is_some_and(|(at, _)| at <= now))
+            .map(|(gen, _)| *gen)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let live = sys::live_process_groups();
+        for gen in due {
+            let Some(row) = self.procs.get_mut(&gen) else { continue };
+            if !live.contains(&row.pid) {
+                self.group_gone(gen, now);
+                continue;
+            }
+            let (_, step) = row.check.unwrap_or((now, GROUP_CHECK_MIN));
+            row.check = Some((now + step, (step * 2).min(GROUP_CHECK_MAX)));
+            if std::mem::replace(&mut row.lingering, true) {
+                continue;
+            }
+            let exited_at = row.exited.unwrap_or(now);
+            match row.role.clone() {
+                Role::Slot { entry, index } => {
+                    if let Some(i) = self.entries.iter().position(|e| e.config.name == entry) {
+                        self.apply(i, index, Event::LeaderExited { now: exited_at });
+                    }
+                }
+                Role::Helper { .. } | Role::Stray { .. } => {
+                    row.signal(Signal::SIGTERM);
+                    if let Role::Helper { kill_at, .. } | Role::Stray { kill_at, .. } = &mut row.role {
+                        *kill_at = (*kill_at).min(now + LOOSE_GRACE);
+                    }
+                }
+                Role::Pipes { .. } => {}
+            }
+        }
+    }
+
+    /// The leader of row `gen` exited and its group is empty: reap it, let
+    /// its monitor drain and close the pipes, and tell its slot.
+    fn group_gone(&mut self, gen: u64, now: Instant) {
+        let Some(row) = self.procs.get_mut(&gen) else { return };
+        let exit = sys::reap(row.pid);
+        row.reaped = true;
+        row.check = None;
+        let (pid, role) = (row.pid, row.role.clone());
+        match &row.monitor {
+            Some(m) => m.finish(),
+            None => {
+                self.procs.remove(&gen);
+            }
+        }
+        if let Role::Slot { entry, index } = role {
+            let Some(i) = self.entries.iter().position(|e| e.config.name == entry) else { return };
+            let e = &mut self.entries[i];
+            if e.slots.get(&index).and_then(|s| s.slot.pid()) != Some(pid) {
+                return;
+            }
+            e.record_exit(index, exit, now);
+            self.apply(i, index, Event::Exited { exit, now });
+        }
     }
 
     fn handle(&mut self, command: Command) {
         let now = Instant::now();
         match command {
-            Command::Child(ChildNote::Exited { pid }) => self.child_exited(pid, now),
-            Command::Child(ChildNote::Closed { pid }) => {
-                if let Some(m) = self.monitors.remove(&pid) {
+            Command::Child(ChildNote::Exited { gen }) => self.leader_exited(gen, now),
+            Command::Child(ChildNote::Closed { gen }) => {
+                let Some(row) = self.procs.get_mut(&gen) else { return };
+                if let Some(m) = row.monitor.take() {
                     m.join();
                 }
+                if row.reaped {
+                    self.procs.remove(&gen);
+                }
+            }
+            Command::Scale { reply, .. } | Command::Restart { reply, .. } if self.shutting_down => {
+                let _ = reply.send(Err(Error::ShuttingDown));
             }
             Command::Scale { entry, count, reply } => {
                 let Some(i) = self.index_of(&entry) else {
@@ -313,7 +546,7 @@ impl Core {
                 self.waiters.push(Waiter { entry, reply });
             }
             Command::Status { reply } => {
-                let _ = reply.send(self.status());
+                let _ = reply.send(if self.shutting_down { Err(Error::ShuttingDown) } else { Ok(self.status()) });
             }
             Command::Shutdown => self.begin_shutdown(now),
             Command::ReloadOutcome(outcome) => self.options.info.last_reload = Some(outcome),
@@ -327,10 +560,11 @@ impl Core {
                 let sink = self.sink(&target, pid);
                 sink.write(&[text.into_bytes()]);
             }
-            Command::RestartProcess { entry, pid } => {
+            Command::RestartProcess { entry, pid, starttime } => {
                 let Some(i) = self.index_of(&entry) else { return };
+                let same = self.row_of(pid).is_some_and(|gen| self.procs[&gen].starttime == starttime);
                 let slot = self.entries[i].slots.iter().find(|(_, s)| s.slot.pid() == Some(pid)).map(|(k, _)| *k);
-                if let Some(index) = slot {
+                if let (true, Some(index)) = (same, slot) {
                     self.apply(i, index, Event::Restart { now });
                 }
             }
@@ -349,7 +583,7 @@ impl Core {
         let e = &self.entries[i];
         let target = if self.shutting_down || e.removed { 0 } else { e.target };
         for index in 0..target {
-            self.entries[i].slots.entry(index).or_insert(SlotRun { slot: Slot::new(now), started_at: 0 });
+            self.entries[i].slots.entry(index).or_insert_with(|| SlotRun::new(now));
         }
         let extra: Vec<usize> = self.entries[i].slots.range(target..).map(|(k, _)| *k).collect();
         for index in extra.into_iter().rev() {
@@ -358,26 +592,52 @@ impl Core {
     }
 
     fn begin_shutdown(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
         self.shutting_down = true;
         self.stop_watcher();
-        for h in &mut self.helpers {
-            sys::signal_group(h.pid, Signal::SIGTERM);
-            h.kill_at = h.kill_at.min(now + Duration::from_secs(5));
+        for w in self.waiters.drain(..) {
+            let _ = w.reply.send(Err(Error::ShuttingDown));
+        }
+        for row in self.procs.values_mut() {
+            if let Role::Helper { kill_at, killed: false, .. } | Role::Stray { kill_at, killed: false } = &mut row.role {
+                *kill_at = (*kill_at).min(now + LOOSE_GRACE);
+                row.signal(Signal::SIGTERM);
+            }
         }
         for i in 0..self.entries.len() {
             self.reconcile(i, now);
         }
     }
 
-    fn finished(&self) -> bool {
-        self.entries.iter().all(|e| e.slots.is_empty()) && self.leftovers.is_empty() && self.helpers.is_empty()
+    /// Shutdown is done when every slot is gone — or has outlived SIGKILL,
+    /// since nothing more can be done for it — and so is every helper.
+    fn finished(&self, now: Instant) -> bool {
+        let slots_done = self
+            .entries
+            .iter()
+            .flat_map(|e| e.slots.values())
+            .all(|s| matches!(s.slot.phase, Phase::Unkillable { .. }));
+        let loose_done = self.procs.values().all(|p| match p.role {
+            Role::Helper { kill_at, .. } | Role::Stray { kill_at, .. } => p.reaped || now >= kill_at + KILL_GRACE,
+            _ => true,
+        });
+        slots_done && loose_done
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         let slots = self.entries.iter().flat_map(|e| e.slots.values()).filter_map(|s| s.slot.deadline());
-        let leftovers = self.leftovers.iter().map(|l| l.kill_at);
-        let helpers = self.helpers.iter().map(|h| h.kill_at);
-        slots.chain(leftovers).chain(helpers).min()
+        let rows = self.procs.values().filter(|p| !p.reaped).flat_map(|p| {
+            let kill = match p.role {
+                Role::Helper { kill_at, killed, .. } | Role::Stray { kill_at, killed } => {
+                    Some(if killed { kill_at + KILL_GRACE } else { kill_at })
+                }
+                _ => None,
+            };
+            p.check.map(|(at, _)| at).into_iter().chain(kill)
+        });
+        slots.chain(rows).min()
     }
 
     fn fire_due(&mut self, now: Instant) {
@@ -392,17 +652,15 @@ impl Core {
                 self.apply(i, index, Event::Due { now });
             }
         }
-        for h in self.helpers.iter_mut().filter(|h| h.kill_at <= now) {
-            sys::signal_group(h.pid, Signal::SIGKILL);
-            h.kill_at = now + Duration::from_secs(3600);
-        }
-        self.leftovers.retain(|l| {
-            if l.kill_at > now {
-                return true;
+        for row in self.procs.values_mut().filter(|p| !p.reaped) {
+            if let Role::Helper { kill_at, killed, .. } | Role::Stray { kill_at, killed } = &mut row.role {
+                if *kill_at <= now && !*killed {
+                    *killed = true;
+                    *kill_at = now;
+                    row.signal(Signal::SIGKILL);
+                }
             }
-            sys::signal_group(l.pgid, Signal::SIGKILL);
-            false
-        });
+        }
     }
 
     /// Feeds `event` to slot `index` of entry `i` and performs the effects.
@@ -420,7 +678,10 @@ impl Core {
                     let event = self.spawn(i, index);
                     self.apply(i, index, event);
                 }
-                Effect::Signal { pid, signal } => sys::signal_group(pid, signal),
+                Effect::Signal { pid, signal } => match self.row_of(pid) {
+                    Some(gen) => self.procs[&gen].signal(signal),
+                    None => log::error!("no process table row for {pid}: {signal} not sent"),
+                },
                 Effect::CountRestart => self.entries[i].restarts += 1,
                 Effect::Vacate => {
                     self.entries[i].slots.remove(&index);
@@ -436,7 +697,11 @@ impl Core {
         let spawned = match child::spawn(config, index) {
             Ok(s) => s,
             Err(e) => {
-                self.options.console.tagged(&format!("{name}.?"), &format!("Cannot start {:?}: {e}.", config.command));
+                let command = config.command.clone();
+                self.options.console.tagged(&format!("{name}.?"), &format!("Cannot start {command:?}: {e}."));
+                if let Some(run) = self.entries[i].slots.get_mut(&index) {
+                    run.error = Some(format!("cannot start {command:?}: {e}"));
+                }
                 return Event::SpawnFailed { now: Instant::now() };
             }
         };
@@ -445,34 +710,33 @@ impl Core {
         let now = Instant::now();
         if let Some(run) = self.entries[i].slots.get_mut(&index) {
             run.started_at = started_at;
+            run.error = None;
         }
         self.options.console.event(&name, pid, &format!("Started at {started_at}."));
-        let sink = self.sink(&name, pid);
-        let streams = vec![
-            Stream { fd: spawned.stdout, splitter: LineSplitter::default() },
-            Stream { fd: spawned.stderr, splitter: LineSplitter::default() },
-        ];
-        match self.watch(pid, streams, sink, false) {
-            Ok(()) => {}
-            Err(e) => {
-                // Without a monitor nobody would notice the exit: stop it now.
-                log::error!("cannot watch {name}.{pid}: {e}");
-                sys::signal_group(pid, Signal::SIGKILL);
-                sys::reap(pid);
-                return Event::SpawnFailed { now };
+        let role = Role::Slot { entry: name.clone(), index };
+        if let Err(e) = self.adopt_process(pid, role, streams_of(spawned), &name) {
+            log::error!("cannot watch {name}.{pid}: {e}");
+            if let Some(run) = self.entries[i].slots.get_mut(&index) {
+                run.error = Some(format!("cannot watch the process: {e}"));
             }
+            return Event::SpawnFailed { now };
         }
         Event::Spawned { pid, now }
     }
 
-    /// Starts the monitor of `pid` and remembers it.
-    fn watch(&mut self, pid: i32, streams: Vec<Stream>, sink: LineSink, reaped: bool) -> std::io::Result<()> {
+    /// Starts a monitor whose notes carry `gen`.
+    fn monitor(
+        &mut self,
+        gen: u64,
+        pid: i32,
+        streams: Vec<Stream>,
+        sink: LineSink,
+        reaped: bool,
+    ) -> std::io::Result<Monitor> {
         let tx = self.tx.clone();
-        let monitor = Monitor::start(pid, streams, sink, reaped, move |note| {
+        Monitor::start(gen, pid, streams, sink, reaped, move |note| {
             let _ = tx.send(Command::Child(note));
-        })?;
-        self.monitors.insert(pid, monitor);
-        Ok(())
+        })
     }
 
     fn sink(&mut self, entry: &str, pid: i32) -> LineSink {
@@ -496,34 +760,6 @@ impl Core {
                 None
             }
         }
-    }
-
-    /// Reaps `pid`, tells its slot, and stops what is left of its process group.
-    fn child_exited(&mut self, pid: i32, now: Instant) {
-        let exit = sys::reap(pid);
-        let owner =
-            self.entries.iter().enumerate().find_map(|(i, e)| {
-                e.slots.iter().find(|(_, s)| s.slot.pid() == Some(pid)).map(|(index, _)| (i, *index))
-            });
-        let Some((i, index)) = owner else {
-            if let Some(at) = self.helpers.iter().position(|h| h.pid == pid) {
-                let helper = self.helpers.remove(at);
-                let text = exit_text(exit, sys::unix_now()).replacen("Exited", "Action program exited", 1);
-                self.options.console.event(&helper.target, pid, &text);
-                if sys::group_exists(pid) {
-                    sys::signal_group(pid, Signal::SIGKILL);
-                }
-            }
-            return;
-        };
-        let config = &self.entries[i].config;
-        let (name, stop_signal, stop_timeout) = (config.name.clone(), config.stop_signal, config.stop_timeout);
-        self.options.console.event(&name, pid, &exit_text(exit, sys::unix_now()));
-        if sys::group_exists(pid) {
-            sys::signal_group(pid, stop_signal);
-            self.leftovers.push(Leftover { pgid: pid, kill_at: now + stop_timeout });
-        }
-        self.apply(i, index, Event::Exited { exit, now });
     }
 
     fn answer_waiters(&mut self, now: Instant) {
@@ -553,8 +789,10 @@ impl Core {
     /// Stops monitors whose pipes are still held open (by escaped
     /// grandchildren) and writes what they had read, so no line is lost.
     fn close_monitors(&mut self) {
-        for (_, monitor) in self.monitors.drain() {
-            monitor.quiesce().drain_and_finish();
+        for (_, row) in std::mem::take(&mut self.procs) {
+            if let Some(monitor) = row.monitor {
+                monitor.quiesce().drain_and_finish();
+            }
         }
         for w in self.waiters.drain(..) {
             let _ = w.reply.send(Err(Error::CoreGone));
@@ -587,6 +825,7 @@ impl Core {
             reexeced_at: info.reexeced_at,
             last_reload: info.last_reload.clone(),
             entries: self.entries.iter().map(|e| entry_status(e, &report)).collect(),
+            containment: Containment::default(),
             watches: self
                 .config
                 .watches
@@ -619,6 +858,7 @@ fn rule_status(owner: &str, rules: &[Rule], report: &Report) -> Vec<RuleStatus> 
 }
 
 fn entry_status(e: &EntryRun, report: &Report) -> EntryStatus {
+    let now = Instant::now();
     let state = if e.slots.values().any(|s| matches!(s.slot.phase, Phase::Pending { .. }) && s.slot.crashes > 0) {
         EntryState::Backoff
     } else if e.slots.values().any(|s| !matches!(s.slot.phase, Phase::Idle)) {
@@ -635,11 +875,12 @@ fn entry_status(e: &EntryRun, report: &Report) -> EntryStatus {
         configured_count: e.config.count,
         restarts: e.restarts,
         state,
+        flapping: e.flapping(now),
         processes: e
             .slots
             .iter()
             .filter_map(|(index, s)| {
-                let pid = s.slot.pid()?;
+                let Phase::Running { pid, .. } = s.slot.phase else { return None };
                 Some(ProcessStatus {
                     pid: pid as u32,
                     index: *index,
@@ -648,8 +889,50 @@ fn entry_status(e: &EntryRun, report: &Report) -> EntryStatus {
                 })
             })
             .collect(),
+        last_exits: e
+            .last_exits
+            .iter()
+            .map(|(index, (at, exit))| {
+                let (code, signal) = match exit {
+                    ChildExit::Code(c) => (Some(*c), None),
+                    ChildExit::Signal(s) => (None, Some(*s)),
+                    ChildExit::Unknown => (None, None),
+                };
+                ExitStatus { index: *index, at: *at, code, signal }
+            })
+            .collect(),
+        slots: e
+            .slots
+            .iter()
+            .map(|(index, s)| SlotStatus {
+                index: *index,
+                state: slot_state(&s.slot),
+                pid: s.slot.pid().map(|p| p as u32),
+                ready: None,
+                error: s.error.clone(),
+            })
+            .collect(),
         rules: rule_status(&e.config.name, &e.config.rules, report),
     }
+}
+
+fn slot_state(slot: &Slot) -> SlotState {
+    match slot.phase {
+        Phase::Idle => SlotState::Idle,
+        Phase::Pending { .. } if slot.crashes > 0 => SlotState::Backoff,
+        Phase::Pending { .. } => SlotState::Pending,
+        Phase::Running { .. } => SlotState::Running,
+        Phase::Stopping { .. } | Phase::Killing { .. } => SlotState::Stopping,
+        Phase::Unkillable { .. } => SlotState::Unkillable,
+    }
+}
+
+/// The pipes of a freshly spawned process, nothing read yet.
+fn streams_of(spawned: child::Spawned) -> Vec<Stream> {
+    vec![
+        Stream { fd: spawned.stdout, splitter: LineSplitter::default() },
+        Stream { fd: spawned.stderr, splitter: LineSplitter::default() },
+    ]
 }
 
 /// The seed's exit line: `Exited at T with ExitSuccess.`
