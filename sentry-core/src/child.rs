@@ -55,12 +55,12 @@ pub(crate) fn spawn(entry: &EntryConfig, index: usize) -> io::Result<Spawned> {
     start(cmd)
 }
 
-/// Starts the program of an `exec` action (`argv` is not empty): never
-/// through a shell, in its own process group, with the same clean state as
-/// a child.
-pub(crate) fn spawn_helper(argv: &[String]) -> io::Result<Spawned> {
+/// Starts the program of an `exec` action (`argv` is not empty) for
+/// `target`: never through a shell, in its own process group, with the same
+/// clean state as a child and `SENTRY_ENTRY=target`.
+pub(crate) fn spawn_helper(target: &str, argv: &[String]) -> io::Result<Spawned> {
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
+    cmd.args(&argv[1..]).env("SENTRY_ENTRY", target);
     start(cmd)
 }
 

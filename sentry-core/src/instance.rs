@@ -59,6 +59,11 @@ impl Paths {
         self.dir.join(format!("{}.token", self.name))
     }
 
+    /// `DIR/NAME.procs`: the process groups the instance owns (see `leftovers`).
+    pub fn ledger_file(&self) -> PathBuf {
+        self.dir.join(format!("{}.procs", self.name))
+    }
+
     pub fn log_dir(&self) -> PathBuf {
         self.dir.join("log")
     }

@@ -59,6 +59,7 @@ mod error;
 mod handoff;
 mod http;
 mod instance;
+mod leftovers;
 mod lifecycle;
 mod output;
 mod reload;

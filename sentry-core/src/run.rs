@@ -65,6 +65,9 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Resu
         }
     };
     instance.say(&format!("Sentry started (PID: {} saved in {}).", std::process::id(), paths.pidfile().display()));
+    for line in crate::leftovers::stop_left(&paths.ledger_file()) {
+        instance.say(&line);
+    }
     let info = InfoSnapshot { started_at: sys::unix_now(), ..InfoSnapshot::default() };
     let core = Core::new(config, instance.options(info), instance.tx.clone(), instance.rx.clone());
     instance.supervise(core)
@@ -309,7 +312,7 @@ impl Instance {
 
     fn options(&self, info: InfoSnapshot) -> CoreOptions {
         let console = self.console.as_ref().map(Console::handle).unwrap_or_default();
-        CoreOptions { log_dir: Some(self.paths.log_dir()), console, info }
+        CoreOptions { log_dir: Some(self.paths.log_dir()), console, info, ledger: Some(self.paths.ledger_file()) }
     }
 
     /// Serves the control interface on `listener` and records its address.

@@ -91,6 +91,7 @@ impl Supervisor {
             log_dir: options.log_dir,
             console: ConsoleHandle::default(),
             info: InfoSnapshot { started_at: sys::unix_now(), ..InfoSnapshot::default() },
+            ledger: None,
         };
         let core = Core::new(config, core_options, tx.clone(), rx);
         let thread = std::thread::Builder::new()

@@ -291,3 +291,31 @@ pub(crate) fn live_process_groups() -> std::collections::HashSet<i32> {
     }
     groups
 }
+
+/// The fields of `/proc/PID/stat` after the command name (which may hold
+/// any byte, `)` included): `[state, ppid, pgrp, session, …]`, so that
+/// field N of proc(5) (1-based) is at index N − 3.
+pub(crate) fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let buf = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = buf.iter().rposition(|b| *b == b')')?;
+    Some(
+        buf[close + 1..]
+            .split(|b| *b == b' ' || *b == b'\n')
+            .filter(|f| !f.is_empty())
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect(),
+    )
+}
+
+/// `getsid(0)`: the session Sentry (and so every child) belongs to.
+pub(crate) fn own_session() -> i32 {
+    // SAFETY: getsid has no preconditions.
+    unsafe { libc::getsid(0) }
+}
+
+/// Every PID listed in `/proc` (processes, not threads).
+pub(crate) fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}

@@ -71,6 +71,42 @@ fn specs(scenario: &str) -> Vec<Spec> {
         // An entry that restarts itself when it grows.
         "fat" => vec![entry("fat", "python3", ["-c", "x = b'x' * (60 * 2**20)\nimport time\ntime.sleep(1000)"], 0, 1)
             .on("rmem > 30m", "restart")],
+        // Exact stops and restarts (tests/exact.rs).
+        // Five processes in one group, all gone at once on SIGTERM.
+        "workers" => vec![entry(
+            "workers",
+            "bash",
+            ["-c", "for i in 1 2 3 4; do sleep 1000 & done; exec sleep 1000"],
+            500,
+            1,
+        )],
+        // A launcher whose server (TSRV, port TPORT) drains for 3 s on SIGTERM.
+        "drain" => vec![entry("srv", "bash", ["-c", "trap 'exit 0' TERM; python3 -u \"$TSRV\" & wait"], 0, 1)],
+        // A leader that exits at once, leaving a member that ignores SIGTERM
+        // and ends by itself after 0.7 s.
+        "linger" => vec![entry("linger", "sh", ["-c", "echo leader $$; sh -c 'trap \"\" TERM; exec sleep 0.7' & exit 0"], 60_000, 1)
+            .stop_timeout(Duration::from_secs(4))],
+        // First run: a descendant escapes the group with the pipes (3 s), the
+        // leader fails; later runs stay up (TFLAG marks the first run).
+        "escape-once" => vec![entry(
+            "escape",
+            "sh",
+            ["-c", "echo leader $$; if [ -e \"$TFLAG\" ]; then exec sleep 1000; fi; touch \"$TFLAG\"; setsid sh -c 'sleep 3' & sleep 0.2; exit 1"],
+            1000,
+            1,
+        )],
+        // An escaping descendant at every run (runs of 1.2 s: no back-off).
+        "escape-always" => vec![entry("escape", "sh", ["-c", "setsid sleep 1000 & sleep 1.2; exit 1"], 0, 1)],
+        // A member of the group that outlives its leader's SIGKILLed supervisor.
+        "orphans" => vec![entry("orphans", "sh", ["-c", "sleep 1000 & echo member $!; exec sleep 1000"], 0, 1)],
+        // Short-lived processes, a failing spawn, a stubborn one (status fields, shutdown).
+        "exits" => vec![
+            entry("code", "sh", ["-c", "sleep 0.3; exit 3"], 60_000, 1),
+            entry("signal", "sh", ["-c", "sleep 0.3; kill -9 $$"], 60_000, 1),
+            entry("ghost", "/nonexistent/program", [], 0, 1),
+            entry("slow", "sh", ["-c", "trap 'echo stopping; sleep 2; exit 0' TERM; while :; do sleep 0.1; done"], 0, 1),
+        ],
+        "frozen" => vec![entry("frozen", "sleep", ["1000"], 0, 1).stop_timeout(Duration::from_millis(500))],
         // Every kind of mistake at once.
         "invalid" => vec![
             entry("bad name!", "sleep", ["1"], 0, 1),

@@ -201,8 +201,56 @@ impl Sentry {
 
     /// Same, with extra environment variables.
     pub fn spawn_with(dir: TempDir, bin: &str, scenario: &str, args: &[&str], envs: &[(&str, &str)]) -> Sentry {
+        Sentry::spawn_wrapped(dir, bin, scenario, &[], args, envs)
+    }
+
+    /// Starts it in a PID namespace of its own (`unshare --pid --fork
+    /// --mount-proc`, under a shell as the namespace's init), so a test may
+    /// steer PID reuse through `ns_last_pid` without touching the machine's
+    /// PIDs, and every process it leaves — escaped ones included — dies with
+    /// the namespace. PIDs in status and logs are the namespace's.
+    pub fn spawn_in_pid_namespace(bin: &str, scenario: &str, envs: &[(&str, &str)]) -> Sentry {
+        let wrapper = ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", "\"$0\" \"$@\"; exit $?"];
+        let s = Sentry::spawn_wrapped(TempDir::new(scenario), bin, scenario, &wrapper, &[], envs);
+        s.waiting()
+    }
+
+    /// The namespace's init (a shell) as PID 1, seen from outside.
+    pub fn namespace_init(&self) -> i32 {
+        wait_for("the namespace's init", || children_of(self.pid()).first().map(|(pid, _)| *pid))
+    }
+
+    /// Makes the next PID the namespace allocates `next` (root only).
+    pub fn set_next_pid(&self, next: i32) {
+        let init = self.namespace_init().to_string();
+        let out = run_within(
+            Command::new("nsenter").args(["--target", &init, "--pid", "--", "sh", "-c"]).arg(format!(
+                "echo {} > /proc/sys/kernel/ns_last_pid",
+                next - 1
+            )),
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "cannot set ns_last_pid: {}", text(&out.stderr));
+    }
+
+    /// `WRAPPER… BIN start --dir DIR ARGS…`, with the console in DIR/console.txt.
+    pub fn spawn_wrapped(
+        dir: TempDir,
+        bin: &str,
+        scenario: &str,
+        wrapper: &[&str],
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Sentry {
         let console = fs::File::create(dir.path().join("console.txt")).expect("console file");
-        let mut cmd = Command::new(bin);
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("start")
             .arg("--dir")
             .arg(dir.path())

@@ -39,7 +39,7 @@ use crate::status::{
     Status, WatchStatus, FLAPPING_EXITS,
 };
 use crate::watch::{self, Hands, Report, Watcher};
-use crate::{sys, Error, Signal};
+use crate::{leftovers, sys, Error, Signal};
 
 /// A request to the core. Replies travel on the channel inside the command.
 pub(crate) enum Command {
@@ -179,6 +179,9 @@ pub(crate) struct CoreOptions {
     pub console: ConsoleHandle,
     /// Start and re-exec times, last reload: reported by status.
     pub info: InfoSnapshot,
+    /// Where the process groups the core owns are recorded for the next
+    /// start, should this instance be SIGKILLed (`DIR/NAME.procs`).
+    pub ledger: Option<PathBuf>,
 }
 
 /// An entry at run time: its configuration, target count and slots.
@@ -258,6 +261,8 @@ pub(crate) struct Core {
     /// The process table, by generation.
     procs: BTreeMap<u64, Proc>,
     next_gen: u64,
+    /// The table changed since the ledger was last written.
+    ledger_dirty: bool,
     waiters: Vec<Waiter>,
     logs: HashMap<String, Arc<File>>,
     shutting_down: bool,
@@ -280,6 +285,7 @@ impl Core {
             entries,
             procs: BTreeMap::new(),
             next_gen: 1,
+            ledger_dirty: false,
             waiters: Vec::new(),
             logs: HashMap::new(),
             shutting_down: false,
@@ -317,6 +323,7 @@ impl Core {
             if self.suspending && !self.shutting_down && self.waiters.is_empty() {
                 return CoreExit::Suspended(Box::new(self.suspend()));
             }
+            self.write_ledger();
             let command = match self.next_deadline() {
                 Some(at) => match self.rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(c) => Some(c),
@@ -331,7 +338,33 @@ impl Core {
         }
         self.stop_watcher();
         self.close_monitors();
+        self.ledger_dirty = true;
+        self.write_ledger();
         CoreExit::Shutdown
+    }
+
+    /// Records the process groups the core owns, if they changed.
+    fn write_ledger(&mut self) {
+        if !std::mem::take(&mut self.ledger_dirty) {
+            return;
+        }
+        let Some(path) = &self.options.ledger else { return };
+        let groups = self
+            .procs
+            .values()
+            .filter(|p| !p.reaped)
+            .filter_map(|p| {
+                let entry = match &p.role {
+                    Role::Slot { entry, .. } => entry,
+                    Role::Helper { target, .. } => target,
+                    Role::Stray { .. } | Role::Pipes { .. } => return None,
+                };
+                Some(leftovers::Group { pgid: p.pid, starttime: p.starttime, entry: entry.clone() })
+            })
+            .collect();
+        if let Err(e) = leftovers::write(path, &leftovers::Ledger::new(groups)) {
+            log::warn!("cannot record the process groups in {}: {e}", path.display());
+        }
     }
 
     /// (Re)starts the watch thread for the current configuration, keeping clocks.
@@ -356,7 +389,7 @@ impl Core {
 
     /// Starts an `exec` action's program, watched like a child and reaped by the core.
     fn run_helper(&mut self, target: &str, argv: Vec<String>) {
-        let spawned = match child::spawn_helper(&argv) {
+        let spawned = match child::spawn_helper(target, &argv) {
             Ok(s) => s,
             Err(e) => {
                 self.options.console.tagged(&format!("{target}.?"), &format!("Cannot run {:?}: {e}.", argv[0]));
@@ -382,6 +415,7 @@ impl Core {
             Ok(m) => {
                 row.monitor = Some(m);
                 self.procs.insert(gen, row);
+                self.ledger_dirty = true;
                 Ok(gen)
             }
             Err(e) => {
@@ -487,6 +521,7 @@ impl Core {
         row.reaped = true;
         row.check = None;
         let (pid, role) = (row.pid, row.role.clone());
+        self.ledger_dirty = true;
         match &row.monitor {
             Some(m) => m.finish(),
             None => {

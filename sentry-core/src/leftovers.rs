@@ -1,0 +1,157 @@
+//! What an instance leaves behind if it is SIGKILLed: PDEATHSIG reaches only
+//! its direct children, so other members of their process groups live on.
+//! While it runs, an instance keeps `DIR/NAME.procs` — the identity of each
+//! process group it owns — up to date; the next `start` in the same DIR
+//! reads it, finds the survivors by identity and stops them, and says so.
+//! This module owns that file's format and the search; it knows nothing of
+//! slots or of the core's tables.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{sys, Signal};
+
+/// Version of the `NAME.procs` format.
+const VERSION: u32 = 1;
+/// How long survivors get after SIGTERM before SIGKILL.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// The groups an instance owns, as written to `DIR/NAME.procs`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Ledger {
+    pub version: u32,
+    /// The instance's session: its children's too (they never leave it by
+    /// Sentry's doing).
+    pub session: i32,
+    pub groups: Vec<Group>,
+}
+
+/// One process group Sentry started: its leader's identity and its entry
+/// (every member inherits `SENTRY_ENTRY=entry`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Group {
+    pub pgid: i32,
+    pub starttime: u64,
+    pub entry: String,
+}
+
+impl Ledger {
+    pub fn new(groups: Vec<Group>) -> Ledger {
+        Ledger { version: VERSION, session: sys::own_session(), groups }
+    }
+}
+
+/// Replaces the file at `path` with `ledger` (written aside, then renamed,
+/// so a reader never sees half of it); removes it when no group is left.
+pub(crate) fn write(path: &Path, ledger: &Ledger) -> io::Result<()> {
+    if ledger.groups.is_empty() {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let text = serde_json::to_string(ledger).map_err(io::Error::other)?;
+    let aside = path.with_extension("procs.new");
+    std::fs::write(&aside, text)?;
+    std::fs::rename(&aside, path)
+}
+
+/// Reads the ledger a previous instance left at `path` (none if it ended
+/// cleanly), stops every process that is still a member of one of its
+/// groups — verified by session, group, start time and `SENTRY_ENTRY`, and
+/// signalled through a pidfd — and removes the file. One line per process
+/// stopped.
+pub(crate) fn stop_left(path: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let _ = std::fs::remove_file(path);
+    let ledger: Ledger = match serde_json::from_str(&text) {
+        Ok(l) => l,
+        Err(e) => return vec![format!("{} is unreadable ({e}): nothing was stopped", path.display())],
+    };
+    let mut found: Vec<(OwnedFd, String)> = Vec::new();
+    for pid in sys::all_pids() {
+        let Some(g) = ledger.groups.iter().find(|g| member_of(pid, g, ledger.session)) else { continue };
+        let Ok(fd) = sys::pidfd_open(pid) else { continue };
+        // The pidfd pins the process: check it is still the one we verified.
+        if !member_of(pid, g, ledger.session) {
+            continue;
+        }
+        let cmdline = sys::proc_words(pid, "cmdline").join(" ");
+        if sys::pidfd_send_signal(fd.as_fd(), Signal::SIGTERM).is_ok() {
+            found.push((fd, format!("{pid} ({cmdline}) of {}", g.entry)));
+        }
+    }
+    if found.is_empty() {
+        return Vec::new();
+    }
+    let deadline = Instant::now() + GRACE;
+    let mut killed = Vec::new();
+    for (fd, what) in &found {
+        if !exited_by(fd, deadline) {
+            let _ = sys::pidfd_send_signal(fd.as_fd(), Signal::SIGKILL);
+            killed.push(what.clone());
+        }
+    }
+    let mut lines = vec![format!(
+        "Found {} process{} left by a previous instance: {}; stopped.",
+        found.len(),
+        if found.len() == 1 { "" } else { "es" },
+        found.iter().map(|(_, w)| w.as_str()).collect::<Vec<_>>().join(", ")
+    )];
+    if !killed.is_empty() {
+        lines.push(format!("SIGKILLed after {} s: {}.", GRACE.as_secs(), killed.join(", ")));
+    }
+    lines
+}
+
+/// Whether `pid` is a live member of group `g` started by an instance of
+/// session `session`.
+fn member_of(pid: i32, g: &Group, session: i32) -> bool {
+    let Some(f) = sys::stat_fields(pid) else { return false };
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
+    let live = f.first().is_some_and(|s| s != "Z" && s != "X");
+    // proc(5): pgrp is field 5, session 6, starttime 22.
+    let same_group = num(2) == Some(g.pgid as i64) && num(3) == Some(session as i64);
+    let not_older = num(19).is_some_and(|t| t as u64 >= g.starttime);
+    let marker = format!("SENTRY_ENTRY={}", g.entry);
+    live && same_group && not_older && sys::proc_words(pid, "environ").iter().any(|w| *w == marker)
+}
+
+/// Waits until the process behind `fd` exits, at most until `deadline`.
+fn exited_by(fd: &OwnedFd, deadline: Instant) -> bool {
+    let left = deadline.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32;
+    let mut fds = [libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+    sys::poll(&mut fds, left).is_ok_and(|n| n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_round_trips_and_an_empty_one_removes_the_file() {
+        let dir = std::env::temp_dir().join(format!("sentry-ledger-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.procs");
+        let ledger = Ledger::new(vec![Group { pgid: 42, starttime: 7, entry: "web".into() }]);
+        write(&path, &ledger).unwrap();
+        let back: Ledger = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back, ledger);
+        write(&path, &Ledger::new(vec![])).unwrap();
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stranger_with_the_groups_number_but_not_its_marks_is_left_alone() {
+        // This test process: its own group and session, but no SENTRY_ENTRY.
+        let me = std::process::id() as i32;
+        let f = sys::stat_fields(me).unwrap();
+        let g = Group { pgid: f[2].parse().unwrap(), starttime: 0, entry: "web".into() };
+        assert!(!member_of(me, &g, f[3].parse().unwrap()));
+    }
+}
