@@ -28,7 +28,7 @@ use crate::reload::{ExecPlan, Http, ReloadContext, Reloader};
 use crate::signals::{self, SignalPipe, SignalThread};
 use crate::status::ReloadOutcome;
 use crate::supervisor::CoreHandle;
-use crate::{sys, Error, Signal, Spec};
+use crate::{proc, sys, Error, Signal, Spec};
 
 /// The signals an instance handles.
 const HANDLED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
@@ -214,17 +214,17 @@ fn is_listening(fd: RawFd) -> bool {
 /// Our children as /proc shows them.
 fn our_children() -> Vec<FoundChild> {
     let me = std::process::id() as i32;
+    let mut reader = proc::StatReader::default();
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        if sys::parent_and_starttime(pid).map(|(ppid, _)| ppid) != Some(me) {
+    for pid in proc::pids() {
+        if reader.read(pid).map(|s| s.ppid) != Some(me) {
             continue;
         }
-        let environ = sys::proc_words(pid, "environ");
+        let environ = proc::environ(pid);
         let var = |key: &str| environ.iter().find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string));
         found.push(FoundChild {
             pid,
-            cmdline: sys::proc_words(pid, "cmdline"),
+            cmdline: proc::cmdline(pid),
             entry: var("SENTRY_ENTRY"),
             index: var("SENTRY_INDEX").and_then(|i| i.parse().ok()),
         });

@@ -1,6 +1,7 @@
 //! Thin, safe wrappers over the Linux calls the rest of the crate needs and
 //! that `std` does not offer: pidfds, waiting without reaping, reaping one PID,
-//! process-group signals, eventfds, local time and a few /proc reads. Each
+//! process-group signals, eventfds and local time (reading /proc is `proc`'s;
+//! the few /proc wrappers left here delegate to it). Each
 //! function does one call and turns errno into `io::Error`; no policy lives here.
 
 use std::fs::File;
@@ -24,6 +25,25 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     }
     // SAFETY: the kernel just gave us this fd and nobody else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_send_signal(fd, signal, NULL, 0)`: signals exactly the process the
+/// pidfd refers to, never a later process that reused its PID.
+pub(crate) fn pidfd_send_signal(fd: BorrowedFd<'_>, signal: Signal) -> io::Result<()> {
+    // SAFETY: a plain syscall; a null siginfo is allowed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            signal as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Whether the child `pid` has exited, without reaping it (`waitid … WNOWAIT`).
@@ -73,17 +93,20 @@ pub(crate) fn group_exists(pgid: i32) -> bool {
 }
 
 /// `(ppid, starttime)` of `pid` from `/proc/PID/stat`.
+/// Thin wrapper kept for existing callers: reads through [`crate::proc`].
 pub(crate) fn parent_and_starttime(pid: i32) -> Option<(i32, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = text[text.rfind(')')? + 2..].split_whitespace().collect();
-    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+    crate::proc::stat(pid).map(|s| (s.ppid, s.starttime))
 }
 
 /// The NUL-separated words of `/proc/PID/FILE` (`cmdline`, `environ`);
 /// empty when the process is gone or the file is unreadable.
+/// Thin wrapper kept for existing callers: reads through [`crate::proc`].
+#[allow(dead_code)] // kept while core/handover is rewritten in parallel
 pub(crate) fn proc_words(pid: i32, file: &str) -> Vec<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default();
-    raw.split(|b| *b == 0).filter(|w| !w.is_empty()).map(|w| String::from_utf8_lossy(w).into_owned()).collect()
+    match file {
+        "environ" => crate::proc::environ(pid),
+        _ => crate::proc::cmdline(pid),
+    }
 }
 
 /// A non-blocking eventfd, used to wake a thread blocked in `poll`.
@@ -188,20 +211,9 @@ pub(crate) fn init_local_time() {
 }
 
 /// Resident set size of `pid` in bytes, from `/proc/PID/statm`.
+/// Thin wrapper kept for existing callers: reads through [`crate::proc`].
 pub(crate) fn rss_bytes(pid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * page_size())
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as u64
-    } else {
-        4096
-    }
+    crate::proc::rss_bytes(pid)
 }
 
 /// `n` random bytes from the kernel, as lowercase hex.
