@@ -49,8 +49,9 @@ pub(crate) enum Command {
     Suspend,
     /// Run an `exec` action's program; its output goes to `target`'s log.
     RunHelper { target: String, argv: Vec<String> },
-    /// Gracefully restart the process `pid` of `entry` (a `restart` action).
-    RestartProcess { entry: String, pid: i32 },
+    /// Gracefully restart the process `pid` of `entry` (a `restart` action),
+    /// if it is still the process that started at `starttime`.
+    RestartProcess { entry: String, pid: i32, starttime: u64 },
     /// A rule fired: say so on the console and in `target`'s log.
     Fired { target: String, pid: i32, text: String },
 }
@@ -75,8 +76,8 @@ impl Hands for CoreHands {
         let _ = self.tx.send(Command::RunHelper { target: target.to_string(), argv });
     }
 
-    fn restart(&self, entry: &str, pid: i32) {
-        let _ = self.tx.send(Command::RestartProcess { entry: entry.to_string(), pid });
+    fn restart(&self, entry: &str, pid: i32, starttime: u64) {
+        let _ = self.tx.send(Command::RestartProcess { entry: entry.to_string(), pid, starttime });
     }
 
     fn say(&self, target: &str, pid: i32, text: &str) {
@@ -327,8 +328,12 @@ impl Core {
                 let sink = self.sink(&target, pid);
                 sink.write(&[text.into_bytes()]);
             }
-            Command::RestartProcess { entry, pid } => {
+            Command::RestartProcess { entry, pid, starttime } => {
                 let Some(i) = self.index_of(&entry) else { return };
+                // The rule measured that very process, not a later one with its PID.
+                if sys::parent_and_starttime(pid).map(|(_, t)| t) != Some(starttime) {
+                    return;
+                }
                 let slot = self.entries[i].slots.iter().find(|(_, s)| s.slot.pid() == Some(pid)).map(|(k, _)| *k);
                 if let Some(index) = slot {
                     self.apply(i, index, Event::Restart { now });
