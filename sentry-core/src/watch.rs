@@ -5,8 +5,10 @@
 //! pure function over a scan). The [`Watcher`] thread performs the signals
 //! itself and asks the core for what only the core may do (spawning an
 //! `exec` helper, restarting an entry's process). A process is identified by
-//! (pid, starttime), never pid alone. Sentry's own process tree never matches
-//! a watch. This module knows nothing of slots, HTTP or re-exec.
+//! (pid, starttime), never pid alone, and signalled through a pidfd. Sentry's
+//! own process tree and its ancestors never match a watch. Every /proc read
+//! goes through [`crate::proc`]; this module decides only which to make when.
+//! It knows nothing of slots, HTTP or re-exec.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
