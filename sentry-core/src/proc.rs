@@ -250,6 +250,19 @@ pub(crate) fn ancestors(pid: i32) -> Vec<ProcessId> {
     out
 }
 
+/// The fds listed in `dir` (a `/proc/…/fd`) with what each refers to.
+fn fds_in(dir: &str) -> Vec<(i32, std::path::PathBuf)> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let fds: Vec<i32> = entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    fds.into_iter().filter_map(|fd| Some((fd, fs::read_link(format!("{dir}/{fd}")).ok()?))).collect()
+}
+
+/// This process's open fds with what each refers to (`/proc/self/fd`),
+/// those that close while being listed left out.
+pub(crate) fn own_fds() -> Vec<(i32, std::path::PathBuf)> {
+    fds_in("/proc/self/fd")
+}
+
 /// Whether process `pid` holds a `flock` on the file (`dev`, `ino`): one of
 /// its fds (`/proc/PID/fd`) is that file and its `fdinfo` shows the lock.
 pub(crate) fn holds_flock(pid: u32, dev: u64, ino: u64) -> bool {
@@ -383,6 +396,9 @@ mod tests {
         assert_eq!(up.last().map(|a| a.pid), Some(1), "{up:?}");
         assert_eq!(up.first().map(|a| a.pid), Some(s.ppid));
         assert!(group_members(s.pgrp).contains(&s.id()));
+        let file = File::open("/proc/self/stat").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        assert!(own_fds().iter().any(|(f, target)| *f == fd && target.ends_with("stat")));
     }
 
     #[test]

@@ -178,15 +178,7 @@ fn rebind(paths: &Paths) -> Result<TcpListener, Error> {
 /// socket are kept; every other one is closed.
 fn sort_out_inherited_fds(pidfile: &Path) -> (Option<OwnedFd>, Option<OwnedFd>) {
     let (mut lock, mut listener) = (None, None);
-    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
-        .filter(|fd| *fd > 2)
-        .collect();
-    for fd in fds {
-        let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else { continue };
+    for (fd, target) in proc::own_fds().into_iter().filter(|(fd, _)| *fd > 2) {
         if handoff::set_cloexec(fd, true).is_err() {
             continue;
         }
