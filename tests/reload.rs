@@ -74,6 +74,27 @@ fn a_child_survives_twenty_reloads_with_the_same_pid() {
 }
 
 #[test]
+fn a_child_whose_name_is_cut_mid_character_survives_reloads_undoubled() {
+    // The kernel keeps the first 15 bytes of "мониторинг": not UTF-8.
+    let bin = TempDir::new("mon-bin");
+    let exe = copy_of_sleep(bin.path(), "мониторинг");
+    let c = ConfCrate::new(
+        "rl_mon",
+        &main_rs(&[&format!(r#"entry("mon", {:?}, ["100000"], 0, 1)"#, exe.to_str().unwrap())]),
+    );
+    let s = c.start(&[]);
+    let pid = wait_for("mon to run", || s.pids("mon").first().copied());
+    assert_eq!(processes_of(&exe), vec![pid]);
+    for _ in 0..2 {
+        reload_ok(&s);
+    }
+    assert_eq!(s.status()["reexec_count"], 2);
+    assert_eq!(s.pids("mon"), vec![pid], "adopted as our child, not counted as an exit:\n{}", s.console());
+    assert_eq!(processes_of(&exe), vec![pid], "exactly one such process, the same");
+    assert!(!s.console().contains("no longer our child"), "{}", s.console());
+}
+
+#[test]
 fn the_new_configuration_applies_as_a_difference() {
     let before = [
         r#"entry("same", "sleep", ["100000"], 0, 1)"#,

@@ -254,3 +254,82 @@ fn explain_lists_matches_and_would_fire_without_acting() {
     assert!(report.contains("nothing was signalled"));
     assert!(alive(hog.pid()), "a dry run");
 }
+
+#[test]
+fn a_process_whose_name_is_cut_mid_character_is_really_signalled() {
+    let m = marker("r");
+    let s = start(&m);
+    let dir = TempDir::new(&format!("mon-{m}"));
+    let exe = copy_of_sleep(dir.path(), "мониторинг");
+    // A copy just written may be "busy" while a fork elsewhere in this test
+    // process still holds the writing fd: retry.
+    let child =
+        wait_for("the copy of sleep to start", || match Command::new(&exe).arg("1000").stdin(Stdio::null()).spawn() {
+            Ok(c) => Some(c),
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => None,
+            Err(e) => panic!("{e}"),
+        });
+    let mut mon = Foreign(child);
+    // The name changes a moment after `spawn` returns (the kernel closes the
+    // CLOEXEC fds, which `spawn` waits for, before it renames the process).
+    let cut = [&"мониторинг".as_bytes()[..15], b"\n"].concat();
+    wait_for("the kernel to cut the name mid-character", || {
+        (std::fs::read(format!("/proc/{}/comm", mon.pid())).ok()? == cut).then_some(())
+    });
+    assert_eq!(mon.killed_by(), Some(libc::SIGTERM), "the term rule delivers SIGTERM, not only counts it");
+    assert_eq!(watch_status(&s, "cyrillic")["rules"][0]["fired"], 1);
+}
+
+#[test]
+fn sentrys_ancestors_are_never_acted_on_and_explain_says_so() {
+    let m = marker("a");
+    let dir = TempDir::new("ancestor");
+    let console = std::fs::File::create(dir.path().join("console.txt")).unwrap();
+    let bin_dir = dir.path().join("run");
+    let tag = format!("anc-{m}");
+    // The shell that starts Sentry carries the marker on its command line
+    // (as $0), and outlives it (`; true`: no exec of the last command).
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "\"$1\" start --dir \"$2\"; true", &tag, TCONF, bin_dir.to_str().unwrap()])
+        .env("TCONF", "watch")
+        .env("TMARK", &m)
+        .stdin(Stdio::null())
+        .stdout(console.try_clone().unwrap())
+        .stderr(console);
+    in_own_session(&mut cmd);
+    let mut shell = cmd.spawn().expect("sh");
+    let _guard = SessionGuard(shell.id() as i32);
+    let shell_pid = shell.id() as i32;
+    let cli = |args: &[&str]| {
+        run_within(
+            Command::new(TCONF).args(args).arg("--dir").arg(&bin_dir).env("TCONF", "watch").env("TMARK", &m),
+            Duration::from_secs(120),
+        )
+    };
+    let status: serde_json::Value = wait_for("the instance to answer", || {
+        let out = cli(&["status", "--json"]);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
+    });
+    let sentry = status["pid"].as_i64().unwrap() as i32;
+    assert_eq!(stat_fields(sentry).unwrap()[1], shell_pid.to_string(), "the shell is Sentry's parent");
+    // A foreign process with the same marker is caught: the watch works.
+    let mut foreign = Foreign::python(SMALL, &tag);
+    assert_eq!(foreign.killed_by(), Some(libc::SIGTERM));
+    std::thread::sleep(Duration::from_millis(1000)); // five more scans
+    assert!(shell.try_wait().unwrap().is_none() && alive(shell_pid), "the parent shell was signalled");
+    let out = cli(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let elder = status["watches"].as_array().unwrap().iter().find(|w| w["name"] == "elder").unwrap().clone();
+    let matched: Vec<i64> = elder["matched"].as_array().unwrap().iter().filter_map(|p| p["pid"].as_i64()).collect();
+    assert!(!matched.contains(&(shell_pid as i64)), "{elder}");
+    assert_eq!(elder["rules"][0]["fired"], 1, "only the foreign process: {elder}");
+    let out = cli(&["explain"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    let line = report.lines().find(|l| l.contains(&format!("(would also match {shell_pid} sh -c")));
+    assert!(
+        line.is_some_and(|l| l.ends_with(", an ancestor of Sentry: never acted on)")),
+        "explain names the spared ancestor:\n{report}"
+    );
+    assert!(alive(shell_pid));
+}

@@ -239,7 +239,8 @@ fn explain(specs: &[Spec], paths: &Paths) -> Outcome {
     let now_ms = sys::unix_now_ns() / 1_000_000;
     let (firings, _) = evaluate(&targets, &all_due, &samples, me, now_ms, &mut State::default(), false);
     let matched = crate::watch::match_targets(&targets, &samples, me);
-    for (t, covered) in targets.iter().zip(&matched) {
+    let spared = crate::watch::spared_matches(&targets, &samples, me);
+    for ((t, covered), spared) in targets.iter().zip(&matched).zip(&spared) {
         match &t.pattern {
             Some(p) => println!(
                 "watch {} /{}/{}: {} processes",
@@ -261,6 +262,16 @@ fn explain(specs: &[Spec], paths: &Paths) -> Outcome {
                 human_bytes(s.vmem),
                 cpu
             );
+        }
+        for &(i, kin) in spared {
+            let s = &samples[i];
+            let cmdline: String = s.cmdline.chars().take(60).collect();
+            let who = match kin {
+                crate::watch::Kin::Ancestor => "an ancestor of Sentry",
+                crate::watch::Kin::OwnTree if s.pid == me => "Sentry itself",
+                crate::watch::Kin::OwnTree => "one of Sentry's own processes",
+            };
+            println!("  (would also match {} {cmdline}, {who}: never acted on)", s.pid);
         }
         for (index, rule) in t.rules.iter().enumerate() {
             let fires: Vec<String> = firings

@@ -271,13 +271,7 @@ fn is_held(file: &File) -> bool {
 /// cannot miss the lock the way a read of /proc/locks can while other locks
 /// come and go.
 fn holds_lock(pid: u32, dev: u64, ino: u64) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-    fds.flatten().any(|fd| {
-        fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
-            && fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()))
-                .is_ok_and(|info| info.lines().any(|l| l.starts_with("lock:") && l.contains(" FLOCK ")))
-    })
+    crate::proc::holds_flock(pid, dev, ino)
 }
 
 /// Writes `text` to `path` with `mode`, replacing it whole (through a

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{sys, Signal};
+use crate::{proc, sys, Signal};
 
 /// Version of the `NAME.procs` format.
 const VERSION: u32 = 1;
@@ -73,14 +73,14 @@ pub(crate) fn stop_left(path: &Path) -> Vec<String> {
         Err(e) => return vec![format!("{} is unreadable ({e}): nothing was stopped", path.display())],
     };
     let mut found: Vec<(OwnedFd, String)> = Vec::new();
-    for pid in sys::all_pids() {
+    for pid in proc::pids() {
         let Some(g) = ledger.groups.iter().find(|g| member_of(pid, g, ledger.session)) else { continue };
         let Ok(fd) = sys::pidfd_open(pid) else { continue };
         // The pidfd pins the process: check it is still the one we verified.
         if !member_of(pid, g, ledger.session) {
             continue;
         }
-        let cmdline = sys::proc_words(pid, "cmdline").join(" ");
+        let cmdline = proc::cmdline(pid).join(" ");
         if sys::pidfd_send_signal(fd.as_fd(), Signal::SIGTERM).is_ok() {
             found.push((fd, format!("{pid} ({cmdline}) of {}", g.entry)));
         }
@@ -111,14 +111,12 @@ pub(crate) fn stop_left(path: &Path) -> Vec<String> {
 /// Whether `pid` is a live member of group `g` started by an instance of
 /// session `session`.
 fn member_of(pid: i32, g: &Group, session: i32) -> bool {
-    let Some(f) = sys::stat_fields(pid) else { return false };
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
-    let live = f.first().is_some_and(|s| s != "Z" && s != "X");
-    // proc(5): pgrp is field 5, session 6, starttime 22.
-    let same_group = num(2) == Some(g.pgid as i64) && num(3) == Some(session as i64);
-    let not_older = num(19).is_some_and(|t| t as u64 >= g.starttime);
-    let marker = format!("SENTRY_ENTRY={}", g.entry);
-    live && same_group && not_older && sys::proc_words(pid, "environ").iter().any(|w| *w == marker)
+    let Some(s) = proc::stat(pid) else { return false };
+    let same_group = s.pgrp == g.pgid && s.session == session;
+    !s.is_zombie()
+        && same_group
+        && s.starttime >= g.starttime
+        && proc::environ_var(pid, "SENTRY_ENTRY").as_deref() == Some(g.entry.as_str())
 }
 
 /// Waits until the process behind `fd` exits, at most until `deadline`.
@@ -149,9 +147,8 @@ mod tests {
     #[test]
     fn a_stranger_with_the_groups_number_but_not_its_marks_is_left_alone() {
         // This test process: its own group and session, but no SENTRY_ENTRY.
-        let me = std::process::id() as i32;
-        let f = sys::stat_fields(me).unwrap();
-        let g = Group { pgid: f[2].parse().unwrap(), starttime: 0, entry: "web".into() };
-        assert!(!member_of(me, &g, f[3].parse().unwrap()));
+        let me = proc::stat(std::process::id() as i32).unwrap();
+        let g = Group { pgid: me.pgrp, starttime: 0, entry: "web".into() };
+        assert!(!member_of(me.pid, &g, me.session));
     }
 }

@@ -27,6 +27,8 @@
 //! - `core`: the loop that owns all run-time state and performs effects;
 //!   `child`: spawning one child and the thread that watches it;
 //!   `output`: console and log files.
+//! - `proc`: the one reader of `/proc` (stat, statm, status, cmdline,
+//!   environ, fd, fdinfo), for everyone.
 //! - `watch`: the /proc scanner, matching, triggers, rate limits and the
 //!   watcher thread.
 //! - `supervisor`: the command channel every outer layer uses, and the
@@ -62,6 +64,7 @@ mod instance;
 mod leftovers;
 mod lifecycle;
 mod output;
+mod proc;
 mod reload;
 pub mod rule;
 mod run;

@@ -28,7 +28,7 @@ use crate::reload::{ExecPlan, Http, ReloadContext, Reloader};
 use crate::signals::{self, SignalPipe, SignalThread};
 use crate::status::ReloadOutcome;
 use crate::supervisor::CoreHandle;
-use crate::{sys, Error, Signal, Spec};
+use crate::{proc, sys, Error, Signal, Spec};
 
 /// The signals an instance handles.
 const HANDLED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
@@ -181,15 +181,7 @@ fn rebind(paths: &Paths) -> Result<TcpListener, Error> {
 /// socket are kept; every other one is closed.
 fn sort_out_inherited_fds(pidfile: &Path) -> (Option<OwnedFd>, Option<OwnedFd>) {
     let (mut lock, mut listener) = (None, None);
-    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
-        .filter(|fd| *fd > 2)
-        .collect();
-    for fd in fds {
-        let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else { continue };
+    for (fd, target) in proc::own_fds().into_iter().filter(|(fd, _)| *fd > 2) {
         if handoff::set_cloexec(fd, true).is_err() {
             continue;
         }
@@ -217,17 +209,17 @@ fn is_listening(fd: RawFd) -> bool {
 /// Our children as /proc shows them.
 fn our_children() -> Vec<FoundChild> {
     let me = std::process::id() as i32;
+    let mut reader = proc::StatReader::default();
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        if sys::parent_and_starttime(pid).map(|(ppid, _)| ppid) != Some(me) {
+    for pid in proc::pids() {
+        if reader.read(pid).map(|s| s.ppid) != Some(me) {
             continue;
         }
-        let environ = sys::proc_words(pid, "environ");
+        let environ = proc::environ(pid);
         let var = |key: &str| environ.iter().find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string));
         found.push(FoundChild {
             pid,
-            cmdline: sys::proc_words(pid, "cmdline"),
+            cmdline: proc::cmdline(pid),
             entry: var("SENTRY_ENTRY"),
             index: var("SENTRY_INDEX").and_then(|i| i.parse().ok()),
         });

@@ -1,6 +1,7 @@
 //! Thin, safe wrappers over the Linux calls the rest of the crate needs and
 //! that `std` does not offer: pidfds, waiting without reaping, reaping one PID,
-//! process-group signals, eventfds, local time and a few /proc reads. Each
+//! process-group signals, eventfds and local time (reading /proc is `proc`'s;
+//! the few /proc wrappers left here delegate to it). Each
 //! function does one call and turns errno into `io::Error`; no policy lives here.
 
 use std::fs::File;
@@ -27,12 +28,17 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 }
 
 /// `pidfd_send_signal(fd, signal, NULL, 0)`: signals exactly the process the
-/// pidfd refers to, never a later process that got the same PID
-/// (pidfd_send_signal(2)). ESRCH once it has exited.
+/// pidfd refers to, never a later process that reused its PID.
 pub(crate) fn pidfd_send_signal(fd: BorrowedFd<'_>, signal: Signal) -> io::Result<()> {
-    // SAFETY: a plain syscall; a null siginfo means "as kill(2) would".
+    // SAFETY: a plain syscall; a null siginfo is allowed.
     let r = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal as libc::c_int, std::ptr::null::<u8>(), 0)
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            signal as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
@@ -117,17 +123,20 @@ pub(crate) fn signal_group(pgid: i32, signal: Signal) {
 
 
 /// `(ppid, starttime)` of `pid` from `/proc/PID/stat`.
+/// Thin wrapper kept for existing callers: reads through [`crate::proc`].
 pub(crate) fn parent_and_starttime(pid: i32) -> Option<(i32, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = text[text.rfind(')')? + 2..].split_whitespace().collect();
-    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+    crate::proc::stat(pid).map(|s| (s.ppid, s.starttime))
 }
 
 /// The NUL-separated words of `/proc/PID/FILE` (`cmdline`, `environ`);
 /// empty when the process is gone or the file is unreadable.
+/// Thin wrapper kept for existing callers: reads through [`crate::proc`].
+#[allow(dead_code)] // kept while core/handover is rewritten in parallel
 pub(crate) fn proc_words(pid: i32, file: &str) -> Vec<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default();
-    raw.split(|b| *b == 0).filter(|w| !w.is_empty()).map(|w| String::from_utf8_lossy(w).into_owned()).collect()
+    match file {
+        "environ" => crate::proc::environ(pid),
+        _ => crate::proc::cmdline(pid),
+    }
 }
 
 /// A non-blocking eventfd, used to wake a thread blocked in `poll`.
@@ -232,20 +241,9 @@ pub(crate) fn init_local_time() {
 }
 
 /// Resident set size of `pid` in bytes, from `/proc/PID/statm`.
+/// Thin wrapper kept for existing callers: reads through [`crate::proc`].
 pub(crate) fn rss_bytes(pid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * page_size())
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as u64
-    } else {
-        4096
-    }
+    crate::proc::rss_bytes(pid)
 }
 
 /// `n` random bytes from the kernel, as lowercase hex.
@@ -255,67 +253,11 @@ pub(crate) fn random_hex(n: usize) -> io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The process group of `pid`, from `/proc/PID/stat`.
-pub(crate) fn process_group_of(pid: i32) -> Option<i32> {
-    let buf = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    let close = buf.iter().rposition(|b| *b == b')')?;
-    let field = buf[close + 1..].split(|b| *b == b' ').filter(|f| !f.is_empty()).nth(2)?;
-    std::str::from_utf8(field).ok()?.parse().ok()
-}
 
-/// The process-group numbers of every live (not zombie) process, from one
-/// pass over `/proc/*/stat`. A group whose leader is our unreaped zombie is
-/// empty exactly when its number is absent here.
-pub(crate) fn live_process_groups() -> std::collections::HashSet<i32> {
-    let mut groups = std::collections::HashSet::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return groups };
-    let mut buf = Vec::with_capacity(512);
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        buf.clear();
-        let Ok(mut f) = File::open(format!("/proc/{pid}/stat")) else { continue };
-        if f.read_to_end(&mut buf).is_err() {
-            continue;
-        }
-        // After the last ')' (comm may hold any byte): " S PPID PGRP …".
-        let Some(close) = buf.iter().rposition(|b| *b == b')') else { continue };
-        let mut fields = buf[close + 1..].split(|b| *b == b' ').filter(|f| !f.is_empty());
-        let state = fields.next();
-        let pgrp = fields.nth(1).and_then(|f| std::str::from_utf8(f).ok()).and_then(|f| f.parse::<i32>().ok());
-        if let (Some(state), Some(pgrp)) = (state, pgrp) {
-            if state != b"Z" && state != b"X" {
-                groups.insert(pgrp);
-            }
-        }
-    }
-    groups
-}
 
-/// The fields of `/proc/PID/stat` after the command name (which may hold
-/// any byte, `)` included): `[state, ppid, pgrp, session, …]`, so that
-/// field N of proc(5) (1-based) is at index N − 3.
-pub(crate) fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let buf = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    let close = buf.iter().rposition(|b| *b == b')')?;
-    Some(
-        buf[close + 1..]
-            .split(|b| *b == b' ' || *b == b'\n')
-            .filter(|f| !f.is_empty())
-            .map(|f| String::from_utf8_lossy(f).into_owned())
-            .collect(),
-    )
-}
 
 /// `getsid(0)`: the session Sentry (and so every child) belongs to.
 pub(crate) fn own_session() -> i32 {
     // SAFETY: getsid has no preconditions.
     unsafe { libc::getsid(0) }
-}
-
-/// Every PID listed in `/proc` (processes, not threads).
-pub(crate) fn all_pids() -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default()
 }

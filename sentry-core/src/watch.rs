@@ -5,8 +5,10 @@
 //! pure function over a scan). The [`Watcher`] thread performs the signals
 //! itself and asks the core for what only the core may do (spawning an
 //! `exec` helper, restarting an entry's process). A process is identified by
-//! (pid, starttime), never pid alone. Sentry's own process tree never matches
-//! a watch. This module knows nothing of slots, HTTP or re-exec.
+//! (pid, starttime), never pid alone, and signalled through a pidfd. Sentry's
+//! own process tree and its ancestors never match a watch. Every /proc read
+//! goes through [`crate::proc`]; this module decides only which to make when.
+//! It knows nothing of slots, HTTP or re-exec.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, Rule};
 use crate::handoff::{ClockSnapshot, WatchMemory};
+use crate::proc::{self, ProcessId};
 use crate::rule::{Action, Comparison, ExecVars, Quantity};
 use crate::status::MatchedProcess;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
@@ -72,19 +75,24 @@ pub(crate) struct Scanner {
     round: u64,
     page_size: u64,
     ticks_per_second: u64,
+    /// One path and buffer for every `stat` read.
+    reader: proc::StatReader,
+    /// Sentry and its ancestors as of the last scan: re-read every scan, so
+    /// that their `ppid` (the chain walked by [`lineage`]) is always fresh.
+    lineage: HashSet<i32>,
 }
 
 impl Scanner {
     /// A scanner for the supervisor `me` (whose children carry entries).
     pub fn new(me: i32) -> Scanner {
-        // SAFETY: sysconf has no preconditions.
-        let (page, hz) = unsafe { (libc::sysconf(libc::_SC_PAGESIZE), libc::sysconf(libc::_SC_CLK_TCK)) };
         Scanner {
             me,
             known: HashMap::new(),
             round: 0,
-            page_size: page.max(1) as u64,
-            ticks_per_second: hz.max(1) as u64,
+            page_size: proc::page_size(),
+            ticks_per_second: proc::ticks_per_second(),
+            reader: proc::StatReader::default(),
+            lineage: HashSet::new(),
         }
     }
 
@@ -95,21 +103,17 @@ impl Scanner {
         self.round += 1;
         let mut seen = HashSet::new();
         let mut samples = Vec::new();
-        let mut path = String::with_capacity(32);
-        let mut buf = [0u8; 1024];
-        let Ok(dir) = std::fs::read_dir("/proc") else { return samples };
-        for entry in dir.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-            let due =
-                covered.is_none_or(|c| c.contains(&pid)) || (pid as u64 + self.round).is_multiple_of(VERIFY_ONE_IN);
+        for pid in proc::pids() {
+            let due = covered.is_none_or(|c| c.contains(&pid))
+                || self.lineage.contains(&pid)
+                || (pid as u64 + self.round).is_multiple_of(VERIFY_ONE_IN);
             let cpu = match self.known.get_mut(&pid) {
                 Some(k) if !due && k.young == 0 => {
                     seen.insert(pid);
                     None
                 }
                 known => {
-                    let Some(stat) = read_stat(pid, &mut path, &mut buf) else { continue };
+                    let Some(stat) = self.reader.read(pid) else { continue };
                     seen.insert(pid);
                     let ticks = stat.utime + stat.stime;
                     let (rss, vmem) = (stat.rss_pages * self.page_size, stat.vsize);
@@ -118,7 +122,7 @@ impl Scanner {
                             k.young = k.young.saturating_sub(1);
                             if *k.comm != *stat.comm {
                                 // It exec'd: what it is now is what counts.
-                                k.comm = stat.comm.into();
+                                k.comm = stat.comm.into_boxed_slice();
                                 k.cmdline = cmdline_of(pid).into();
                                 k.entry = (stat.ppid == self.me).then(|| entry_of(pid)).flatten();
                             }
@@ -134,7 +138,7 @@ impl Scanner {
                             let k = Known {
                                 starttime: stat.starttime,
                                 ppid: stat.ppid,
-                                comm: stat.comm.into(),
+                                comm: stat.comm.into_boxed_slice(),
                                 young: YOUNG_SCANS,
                                 cmdline,
                                 entry,
@@ -162,58 +166,20 @@ impl Scanner {
             });
         }
         self.known.retain(|pid, _| seen.contains(pid));
+        self.lineage = lineage(&samples, self.me).into_iter().map(|i| samples[i].pid).chain([self.me]).collect();
         samples
     }
 }
 
 /// The fields of `/proc/PID/stat` a scan needs.
-struct Stat<'a> {
-    comm: &'a [u8],
-    ppid: i32,
-    utime: u64,
-    stime: u64,
-    starttime: u64,
-    vsize: u64,
-    rss_pages: u64,
-}
-
-/// Reads and parses `/proc/PID/stat`; `None` if the process is gone.
-fn read_stat<'a>(pid: i32, path: &mut String, buf: &'a mut [u8]) -> Option<Stat<'a>> {
-    use std::fmt::Write as _;
-    use std::io::Read as _;
-    path.clear();
-    let _ = write!(path, "/proc/{pid}/stat");
-    let mut file = std::fs::File::open(&*path).ok()?;
-    let n = file.read(buf).ok()?;
-    parse_stat(&buf[..n])
-}
-
-/// Parses the text of `/proc/PID/stat` (the command name may hold spaces and parentheses).
-fn parse_stat(text: &[u8]) -> Option<Stat<'_>> {
-    let open = text.iter().position(|&b| b == b'(')?;
-    let close = text.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(text.get(close + 2..)?).ok()?;
-    let f: Vec<&str> = rest.split_ascii_whitespace().take(22).collect();
-    let num = |i: usize| f.get(i)?.parse::<u64>().ok();
-    Some(Stat {
-        comm: text.get(open + 1..close)?,
-        ppid: f.get(1)?.parse().ok()?,
-        utime: num(11)?,
-        stime: num(12)?,
-        starttime: num(19)?,
-        vsize: num(20)?,
-        rss_pages: num(21)?,
-    })
-}
-
 /// The arguments joined by single spaces ("" for kernel threads or when gone).
 fn cmdline_of(pid: i32) -> String {
-    crate::sys::proc_words(pid, "cmdline").join(" ")
+    proc::cmdline(pid).join(" ")
 }
 
 /// `SENTRY_ENTRY` from a child's environment.
 fn entry_of(pid: i32) -> Option<Arc<str>> {
-    crate::sys::proc_words(pid, "environ").iter().find_map(|kv| kv.strip_prefix("SENTRY_ENTRY=").map(Arc::from))
+    proc::environ_var(pid, "SENTRY_ENTRY").map(Arc::from)
 }
 
 /// Whose rules: a watch, or an entry.
@@ -340,14 +306,58 @@ impl State {
     }
 }
 
-/// Which processes each target covers in `samples`. `me` is Sentry's PID:
-/// its tree never matches a watch; its direct children carry the entries.
-pub(crate) fn match_targets(targets: &[Target], samples: &[Sample], me: i32) -> Vec<Vec<usize>> {
+/// The ancestors of `me` in `samples` (indices, parent first, PID 1
+/// included): the shell or service manager that started Sentry, and theirs.
+/// The scanner re-reads them every scan, so the chain is that of this scan.
+pub(crate) fn lineage(samples: &[Sample], me: i32) -> Vec<usize> {
     let index: HashMap<i32, usize> = samples.iter().enumerate().map(|(i, s)| (s.pid, i)).collect();
+    let mut out = Vec::new();
+    let mut pid = index.get(&me).map(|&i| samples[i].ppid);
+    while let Some(&i) = pid.filter(|&p| p > 0).and_then(|p| index.get(&p)) {
+        if out.contains(&i) {
+            break; // not a tree: never loop
+        }
+        out.push(i);
+        pid = (samples[i].pid != 1).then_some(samples[i].ppid);
+    }
+    out
+}
+
+/// How a process is kin to Sentry, which spares it from every watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kin {
+    /// Sentry itself, its children (entries' processes, `exec` helpers) and theirs.
+    OwnTree,
+    /// A process Sentry descends from.
+    Ancestor,
+}
+
+/// Sentry's kin in `samples`: its own tree and its ancestors.
+fn kin(samples: &[Sample], me: i32, children: &HashMap<i32, Vec<usize>>) -> HashMap<usize, Kin> {
+    let mut out: HashMap<usize, Kin> = lineage(samples, me).into_iter().map(|i| (i, Kin::Ancestor)).collect();
+    let mut stack: Vec<usize> = samples.iter().position(|s| s.pid == me).into_iter().collect();
+    while let Some(i) = stack.pop() {
+        if out.insert(i, Kin::OwnTree) == Some(Kin::OwnTree) {
+            continue;
+        }
+        stack.extend(children.get(&samples[i].pid).into_iter().flatten().copied());
+    }
+    out
+}
+
+fn children_index(samples: &[Sample]) -> HashMap<i32, Vec<usize>> {
     let mut children: HashMap<i32, Vec<usize>> = HashMap::new();
     for (i, s) in samples.iter().enumerate() {
         children.entry(s.ppid).or_default().push(i);
     }
+    children
+}
+
+/// Which processes each target covers in `samples`. `me` is Sentry's PID:
+/// its tree and its ancestors never match a watch; its direct children
+/// carry the entries.
+pub(crate) fn match_targets(targets: &[Target], samples: &[Sample], me: i32) -> Vec<Vec<usize>> {
+    let children = children_index(samples);
     let descendants = |roots: Vec<usize>| -> Vec<usize> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
@@ -362,13 +372,13 @@ pub(crate) fn match_targets(targets: &[Target], samples: &[Sample], me: i32) -> 
         out.sort_unstable();
         out
     };
-    let own_tree: HashSet<usize> = descendants(index.get(&me).copied().into_iter().collect()).into_iter().collect();
+    let spared = kin(samples, me, &children);
     targets
         .iter()
         .map(|t| {
             let roots: Vec<usize> = match (&t.owner, &t.pattern) {
                 (Owner::Watch, Some(pattern)) => (0..samples.len())
-                    .filter(|i| !own_tree.contains(i))
+                    .filter(|i| !spared.contains_key(i))
                     .filter(|&i| !samples[i].cmdline.is_empty() && pattern.is_match(&samples[i].cmdline))
                     .collect(),
                 _ => (0..samples.len())
@@ -377,9 +387,28 @@ pub(crate) fn match_targets(targets: &[Target], samples: &[Sample], me: i32) -> 
             };
             let covered = if t.children { descendants(roots) } else { roots };
             match t.owner {
-                Owner::Watch => covered.into_iter().filter(|i| !own_tree.contains(i)).collect(),
+                Owner::Watch => covered.into_iter().filter(|i| !spared.contains_key(i)).collect(),
                 Owner::Entry => covered,
             }
+        })
+        .collect()
+}
+
+/// For each target: the processes of Sentry's kin its pattern matches —
+/// spared, never acted on (for `explain`).
+pub(crate) fn spared_matches(targets: &[Target], samples: &[Sample], me: i32) -> Vec<Vec<(usize, Kin)>> {
+    let spared = kin(samples, me, &children_index(samples));
+    let mut sorted: Vec<(usize, Kin)> = spared.into_iter().collect();
+    sorted.sort_unstable_by_key(|(i, _)| samples[*i].pid);
+    targets
+        .iter()
+        .map(|t| match (&t.owner, &t.pattern) {
+            (Owner::Watch, Some(pattern)) => sorted
+                .iter()
+                .filter(|(i, _)| !samples[*i].cmdline.is_empty() && pattern.is_match(&samples[*i].cmdline))
+                .copied()
+                .collect(),
+            _ => Vec::new(),
         })
         .collect()
 }
@@ -501,7 +530,8 @@ pub(crate) fn human_bytes(n: u64) -> String {
 pub(crate) trait Hands: Send + 'static {
     /// Run an `exec` helper for `target` (its output goes to the target's log).
     fn run_helper(&self, target: &str, argv: Vec<String>);
-    /// Gracefully restart entry `entry`'s process (`pid`, `starttime`).
+    /// Gracefully restart entry `entry`'s process `pid`, if it is still the
+    /// process that started at `starttime`.
     fn restart(&self, entry: &str, pid: i32, starttime: u64);
     /// Say something on the console about `target`'s process `pid`.
     fn say(&self, target: &str, pid: i32, text: &str);
@@ -580,9 +610,9 @@ fn run(
 fn perform(f: &Firing, hands: &impl Hands) {
     hands.say(&f.target, f.pid, &f.description);
     let signal = match &f.action {
-        Action::Term => Some(libc::SIGTERM),
-        Action::Kill => Some(libc::SIGKILL),
-        Action::Stop { .. } => Some(libc::SIGSTOP),
+        Action::Term => Some(crate::Signal::SIGTERM),
+        Action::Kill => Some(crate::Signal::SIGKILL),
+        Action::Stop { .. } => Some(crate::Signal::SIGSTOP),
         Action::Restart => {
             hands.restart(&f.target, f.pid, f.starttime);
             None
@@ -595,12 +625,22 @@ fn perform(f: &Firing, hands: &impl Hands) {
         }
     };
     if let Some(signal) = signal {
-        // The PID must still be the process we measured (PIDs are reused).
-        if crate::sys::parent_and_starttime(f.pid).map(|(_, t)| t) == Some(f.starttime) {
-            // SAFETY: plain kill of a verified PID.
-            unsafe { libc::kill(f.pid, signal) };
+        if let Err(e) = signal_exactly(ProcessId { pid: f.pid, starttime: f.starttime }, signal) {
+            log::debug!("{} not signalled ({signal}): {e}", f.pid);
         }
     }
+}
+
+/// Sends `signal` to the process `id` and to no other: a pidfd pins the
+/// process behind the PID, and its starttime, read after the pidfd was
+/// opened, says that it is still the one measured (PIDs are reused).
+fn signal_exactly(id: ProcessId, signal: crate::Signal) -> std::io::Result<()> {
+    use std::os::fd::AsFd as _;
+    let fd = crate::sys::pidfd_open(id.pid)?;
+    if proc::identity(id.pid) != Some(id) {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "another process now has that PID"));
+    }
+    crate::sys::pidfd_send_signal(fd.as_fd(), signal)
 }
 
 #[cfg(test)]
@@ -666,7 +706,7 @@ mod tests {
     fn kernel_threads_never_match() {
         let s = world();
         let m = match_targets(&[watch("all", ".*", false, &[])], &s, ME);
-        assert_eq!(pids(&s, &m[0]), [1, 200, 201, 202, 300]);
+        assert_eq!(pids(&s, &m[0]), [200, 201, 202, 300], "nor does PID 1, Sentry's parent here");
     }
 
     #[test]
@@ -744,13 +784,23 @@ mod tests {
     }
 
     #[test]
-    fn stat_lines_parse_even_with_odd_command_names() {
-        let line = b"4242 (we(ird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 123456 10485760 256 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
-        let s = parse_stat(line).unwrap();
-        assert_eq!((s.ppid, s.utime, s.stime, s.starttime, s.vsize, s.rss_pages), (1, 7, 3, 123456, 10485760, 256));
-        assert_eq!(s.comm, b"we(ird) name");
-        assert!(parse_stat(b"garbage").is_none());
-        assert!(parse_stat(b"1 (x) S").is_none());
+    fn sentrys_ancestors_never_match_a_watch() {
+        let mut s = world();
+        s.push(sample(400, 1, "sudo browser-launcher", 1));
+        s.push(sample(401, 400, "bash -c browser-launcher; true", 1));
+        s[2].ppid = 401; // Sentry was started by that shell
+        s.push(sample(402, 400, "browser-launcher sibling", 1));
+        let t = [watch("b", "browser-launcher|init", true, &[("rmem > 0", "term")])];
+        let m = match_targets(&t, &s, ME);
+        assert_eq!(pids(&s, &m[0]), [402], "ancestors (PID 1 included) are spared; a sibling is not");
+        assert_eq!(pids(&s, &lineage(&s, ME)), [401, 400, 1]);
+        let spared = spared_matches(&t, &s, ME);
+        let spared: Vec<(i32, Kin)> = spared[0].iter().map(|(i, k)| (s[*i].pid, *k)).collect();
+        assert_eq!(spared, [(1, Kin::Ancestor), (400, Kin::Ancestor), (401, Kin::Ancestor)]);
+        let (f, _) = evaluate(&t, &[true], &s, ME, 0, &mut State::default(), true);
+        assert_eq!(f.iter().map(|f| f.pid).collect::<Vec<_>>(), [402]);
+        let own = spared_matches(&[watch("o", "browser", false, &[])], &s, ME);
+        assert!(own[0].iter().any(|(i, k)| s[*i].pid == ME && *k == Kin::OwnTree), "{own:?}");
     }
 
     #[test]

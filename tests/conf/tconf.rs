@@ -66,6 +66,10 @@ fn specs(scenario: &str) -> Vec<Spec> {
                 watch("once", format!("once-{m}")).every(fast).on("rmem > 50m", "exec /bin/echo crossing $PID"),
                 watch("family", format!("family-{m}")).every(fast).children(true).on("rmem > 50m", "term"),
                 watch("quoted", format!("inject-{m}")).every(fast).on("vmem > 1m", r#"exec /bin/echo "cmdline: $CMDLINE""#),
+                // A process whose command name is not UTF-8 (cut mid-character).
+                watch("cyrillic", format!("mon-{m}.*/мониторинг")).every(fast).on("vmem > 1m", "term"),
+                // Matches the shell that started Sentry: an ancestor, never acted on.
+                watch("elder", format!("anc-{m}")).every(fast).on("vmem > 1m", "term"),
             ]
         }
         // An entry that restarts itself when it grows.

@@ -62,10 +62,31 @@ pub fn wait_for_within<T>(what: &str, patience: Duration, mut probe: impl FnMut(
 }
 
 /// Fields of `/proc/PID/stat` after the command name: [state, ppid, pgrp, session, …].
+/// (Read as bytes: the command name may be any bytes, not UTF-8.)
 pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    Some(rest.split_whitespace().map(String::from).collect())
+    let bytes = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let rest = bytes.get(bytes.iter().rposition(|&b| b == b')')? + 2..)?;
+    Some(String::from_utf8_lossy(rest).split_whitespace().map(String::from).collect())
+}
+
+/// A copy of `/bin/sleep` named `name` in `dir` (e.g. `мониторинг`, whose
+/// first 15 bytes — all the kernel keeps of a command name — end mid-character).
+pub fn copy_of_sleep(dir: &Path, name: &str) -> PathBuf {
+    let exe = dir.join(name);
+    fs::copy("/bin/sleep", &exe).expect("copy /bin/sleep");
+    exe
+}
+
+/// All live processes whose executable is `exe`.
+pub fn processes_of(exe: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe) && alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// Whether `pid` is alive (exists and is not a zombie).

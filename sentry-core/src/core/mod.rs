@@ -110,7 +110,7 @@ pub(crate) struct Proc {
 
 impl Proc {
     fn new(pid: i32, role: Role) -> Proc {
-        let starttime = sys::parent_and_starttime(pid).map(|(_, t)| t).unwrap_or(0);
+        let starttime = crate::proc::identity(pid).map(|id| id.starttime).unwrap_or(0);
         Proc { pid, starttime, role, monitor: None, exited: None, reaped: false, check: None, lingering: false }
     }
 
@@ -123,7 +123,7 @@ impl Proc {
             return;
         }
         sys::signal_group(self.pid, signal);
-        let left_its_group = sys::process_group_of(self.pid).is_some_and(|pgrp| pgrp != self.pid);
+        let left_its_group = crate::proc::stat(self.pid).is_some_and(|s| s.pgrp != self.pid);
         if let (true, Some(fd)) = (left_its_group, self.monitor.as_ref().and_then(Monitor::pidfd)) {
             let _ = sys::pidfd_send_signal(fd, signal);
         }
@@ -483,7 +483,7 @@ impl Core {
         if due.is_empty() {
             return;
         }
-        let live = sys::live_process_groups();
+        let live = crate::proc::live_groups();
         for gen in due {
             let Some(row) = self.procs.get_mut(&gen) else { continue };
             if !live.contains(&row.pid) {
