@@ -107,7 +107,10 @@ fn a_reused_process_group_number_is_never_signalled() {
     let leader = wait_for("the leader's PID", || numbers_after(&s.log("linger"), "leader").first().copied());
     let init = s.namespace_init();
     // The leader is reaped once the member has gone: its PID is free.
-    wait_for("the leader to be reaped", || (inside(init, &format!("test -e /proc/{leader} && echo present || echo gone")) == "gone").then_some(()));
+    let free = format!(
+        "test -e /proc/{leader} && echo busy && exit; cat /proc/[0-9]*/stat 2>/dev/null | awk '{{print $5}}' | grep -qx {leader} && echo busy || echo free"
+    );
+    wait_for("the group to be empty and its leader reaped", || (inside(init, &free) == "free").then_some(()));
     // A stranger gets the number and makes itself a session and group leader.
     let stranger: i32 = inside(
         init,
