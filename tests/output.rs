@@ -22,7 +22,8 @@ impl Mount {
     /// Mounts a tmpfs of `size` on `dir`, or says why not.
     fn tmpfs(dir: &Path, size: &str) -> Result<Mount, String> {
         fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let out = run(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"]).arg(dir));
+        let out =
+            run(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"]).arg(dir));
         if !out.status.success() {
             return Err(format!("mount -t tmpfs failed: {}", text(&out.stderr).trim()));
         }
@@ -45,7 +46,8 @@ fn reassemble(log: &str, tag: &str) -> Vec<String> {
     let mut lines = Vec::new();
     let mut current = String::new();
     for line in log.lines() {
-        let (_, rest) = line.split_once(&format!(" {tag}")).unwrap_or_else(|| panic!("not a line of {tag}: {line:.200}"));
+        let (_, rest) =
+            line.split_once(&format!(" {tag}")).unwrap_or_else(|| panic!("not a line of {tag}: {line:.200}"));
         if let Some(piece) = rest.strip_prefix("+ ") {
             current.push_str(piece);
         } else {
