@@ -291,6 +291,22 @@ mod tests {
     }
 
     #[test]
+    fn the_line_limit_is_checked_and_crosses_exec() {
+        let p = problems(vec![
+            entry("small", "sleep", ["1"], 0, 1).line_limit(100),
+            entry("huge", "sleep", ["1"], 0, 1).line_limit(64 << 20),
+            watch("w", "x").line_limit(4096),
+        ]);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].contains(".line_limit(100) is outside"), "{p:?}");
+        let config = Config::from_specs(&[entry("ok", "sleep", ["1"], 0, 1).line_limit(4096)]).unwrap();
+        assert_eq!(config.entries[0].line_limit, 4096);
+        assert_eq!(EntryConfig::from_snapshot(&config.entries[0].to_snapshot()).unwrap(), config.entries[0]);
+        let default = Config::from_specs(&[entry("d", "sleep", ["1"], 0, 1)]).unwrap();
+        assert_eq!(default.entries[0].line_limit, crate::LINE_LIMIT);
+    }
+
+    #[test]
     fn names_follow_the_rule() {
         assert!(valid_name("a-Z_0"));
         assert!(valid_name(&"x".repeat(64)));
