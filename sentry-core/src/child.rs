@@ -13,14 +13,17 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crate::config::EntryConfig;
-use crate::output::{LineSink, LineSplitter};
+use crate::output::{LineSink, LineSplitter, Outbox};
 use crate::sys;
 
 /// Stack size of a monitor thread (stacks are touched lazily; this bounds VSZ).
 const MONITOR_STACK: usize = 128 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
+/// At the end, how many chunks of a pipe are read at most.
+const DRAIN_CHUNKS: usize = 1024;
 
 /// What a monitor thread tells the core. `gen` is the monitor's generation,
 /// given by the core at [`Monitor::start`] and never reused: a late note can
@@ -144,15 +147,25 @@ pub(crate) struct Quiesced {
 impl Quiesced {
     /// Writes whatever the pipes hold right now and the unfinished last
     /// lines, then closes the pipes (the end of supervision: nothing lost).
+    /// A log that cannot take them is tried a few more times, for at most
+    /// about half a second, and then said so once.
     pub fn drain_and_finish(self) {
         let Some(sink) = self.sink else { return };
         let mut buf = vec![0u8; READ_CHUNK];
-        for mut stream in self.streams {
+        let mut out = Outbox::default();
+        for (i, mut stream) in self.streams.into_iter().enumerate() {
+            out.resume(&sink, i, &mut stream.splitter);
             if nix::fcntl::fcntl(&stream.fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).is_ok() {
-                while read_lines(&mut stream, &mut buf, &sink) == Read::Data {}
+                // Bounded: a writer that never stops must not hold up the end.
+                for _ in 0..DRAIN_CHUNKS {
+                    if read_lines(i, &mut stream, &mut buf, &sink, &mut out) != Read::Data {
+                        break;
+                    }
+                }
             }
-            write_last_line(&mut stream, &sink);
+            write_last_line(i, &mut stream, &sink, &mut out);
         }
+        out.flush_last(&sink);
     }
 }
 
@@ -240,57 +253,88 @@ fn run(
     let Ends { gen, stop, finish } = ends;
     let mut exited = pidfd.is_none();
     let mut buf = vec![0u8; READ_CHUNK];
+    // Lines read and not yet written; while it holds any, no stream is read.
+    let mut out = Outbox::default();
+    // Streams at end of file (kept, not polled, until their lines are written).
+    let mut ended = vec![false; streams.len()];
+    // What an earlier monitor left: a cut line's rest, whole lines it could not write.
+    for (i, stream) in streams.iter_mut().enumerate() {
+        out.resume(&sink, i, &mut stream.splitter);
+    }
+    out.flush(&sink);
     loop {
-        if exited && streams.is_empty() {
+        let done = |i: usize, out: &Outbox| ended[i] && !out.holds(i);
+        if exited && (0..streams.len()).all(|i| done(i, &out)) {
             notify(ChildNote::Closed { gen });
-            return Quiesced { streams, sink: Some(sink) };
+            return Quiesced { streams: Vec::new(), sink: Some(sink) };
         }
-        let mut fds: Vec<libc::pollfd> = streams
+        // Back-pressure: while lines wait for the log, the pipes are not read.
+        let reading: Vec<usize> =
+            if out.is_holding() { Vec::new() } else { (0..streams.len()).filter(|&i| !ended[i]).collect() };
+        let mut fds: Vec<libc::pollfd> = reading
             .iter()
-            .map(|s| pollfd(s.fd.as_raw_fd()))
+            .map(|&i| pollfd(streams[i].fd.as_raw_fd()))
             .chain([pollfd(stop.as_raw_fd())])
             .chain(pidfd.as_ref().filter(|_| !exited).map(|p| pollfd(p.as_raw_fd())))
             .collect();
-        if sys::poll(&mut fds, -1).is_err() {
+        if sys::poll(&mut fds, out.timeout_ms(Instant::now())).is_err() {
             continue;
         }
-        if fds[streams.len()].revents != 0 {
+        if fds[reading.len()].revents != 0 {
+            let left = give_back(streams, &ended, out, sink);
             if finish.load(Ordering::SeqCst) {
-                Quiesced { streams, sink: Some(sink) }.drain_and_finish();
+                left.drain_and_finish();
                 notify(ChildNote::Closed { gen });
                 return Quiesced { streams: Vec::new(), sink: None };
             }
-            return Quiesced { streams, sink: Some(sink) };
+            return left;
         }
-        // Pipes before the exit, so a child's last lines come before "Exited".
-        let mut closed = Vec::new();
-        for (i, stream) in streams.iter_mut().enumerate() {
-            if fds[i].revents == 0 {
-                continue;
+        if out.is_holding() {
+            if out.is_due(Instant::now()) {
+                out.flush(&sink);
             }
-            if read_lines(stream, &mut buf, &sink) == Read::End {
-                closed.push(i);
+        } else {
+            // Pipes before the exit, so a child's last lines come before "Exited".
+            for (k, &i) in reading.iter().enumerate() {
+                if fds[k].revents == 0 {
+                    continue;
+                }
+                if read_lines(i, &mut streams[i], &mut buf, &sink, &mut out) == Read::End {
+                    write_last_line(i, &mut streams[i], &sink, &mut out);
+                    ended[i] = true;
+                }
             }
+            // One write for what all pipes gave this round.
+            out.flush(&sink);
         }
-        for i in closed.into_iter().rev() {
-            write_last_line(&mut streams.remove(i), &sink);
-        }
-        if !exited && fds.last().is_some_and(|p| p.revents != 0) && sys::has_exited(pid) {
+        if !exited && pidfd.is_some() && fds.last().is_some_and(|p| p.revents != 0) && sys::has_exited(pid) {
             exited = true;
             notify(ChildNote::Exited { gen });
         }
     }
 }
 
+/// The monitor stops: each stream still open, or ended with lines unwritten,
+/// goes back with those lines in front of its splitter's remainder.
+fn give_back(streams: Vec<Stream>, ended: &[bool], mut out: Outbox, sink: LineSink) -> Quiesced {
+    let mut kept = Vec::new();
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        if !ended[i] || out.holds(i) {
+            out.give_back(&sink, i, &mut stream.splitter);
+            kept.push(stream);
+        }
+    }
+    let streams = kept;
+    Quiesced { streams, sink: Some(sink) }
+}
+
 fn pollfd(fd: i32) -> libc::pollfd {
     libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
 }
 
-/// The stream has ended: writes its unfinished last line, if any.
-fn write_last_line(stream: &mut Stream, sink: &LineSink) {
-    let mut last = Vec::new();
-    stream.splitter.finish(|l| last.push(l.to_vec()));
-    sink.write(&last);
+/// The stream has ended: queues its unfinished last line, if any.
+fn write_last_line(i: usize, stream: &mut Stream, sink: &LineSink, out: &mut Outbox) {
+    stream.splitter.finish(sink.line_limit, |r| out.add(sink, i, r));
 }
 
 #[derive(PartialEq, Eq)]
@@ -300,8 +344,8 @@ enum Read {
     End,
 }
 
-/// Reads one chunk and writes its complete lines.
-fn read_lines(stream: &mut Stream, buf: &mut [u8], sink: &LineSink) -> Read {
+/// Reads one chunk of stream `i` and queues its complete lines.
+fn read_lines(i: usize, stream: &mut Stream, buf: &mut [u8], sink: &LineSink, out: &mut Outbox) -> Read {
     let n = loop {
         match nix::unistd::read(&stream.fd, buf) {
             Ok(n) => break n,
@@ -313,8 +357,6 @@ fn read_lines(stream: &mut Stream, buf: &mut [u8], sink: &LineSink) -> Read {
     if n == 0 {
         return Read::End;
     }
-    let mut lines = Vec::new();
-    stream.splitter.push(&buf[..n], |l| lines.push(l.to_vec()));
-    sink.write(&lines);
+    stream.splitter.push(&buf[..n], sink.line_limit, |r| out.add(sink, i, r));
     Read::Data
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::handoff::EntryConfigSnapshot;
 use crate::rule::{Action, Trigger};
-use crate::spec::{EntryFields, Restart, Spec, SpecKind, MAX_COUNT};
+use crate::spec::{EntryFields, Restart, Spec, SpecKind, MAX_COUNT, MAX_LINE_LIMIT, MIN_LINE_LIMIT};
 use crate::{Error, Signal};
 
 /// A validated configuration.
@@ -36,6 +36,8 @@ pub(crate) struct EntryConfig {
     pub group: Option<String>,
     pub children: bool,
     pub rules: Vec<Rule>,
+    /// The longest piece of an output line one log line holds.
+    pub line_limit: usize,
 }
 
 /// A validated watch.
@@ -89,6 +91,7 @@ impl Config {
                         group: e.group.clone(),
                         children: spec.children,
                         rules,
+                        line_limit: e.line_limit,
                     });
                 }
                 SpecKind::Watch(w) => match regex::Regex::new(&w.pattern) {
@@ -140,6 +143,7 @@ impl EntryConfig {
             group: self.group.clone(),
             children: self.children,
             rules: self.rules.iter().map(|r| (r.trigger.to_string(), r.action.to_string())).collect(),
+            line_limit: self.line_limit,
         }
     }
 
@@ -165,6 +169,7 @@ impl EntryConfig {
             group: s.group.clone(),
             children: s.children,
             rules,
+            line_limit: s.line_limit.clamp(MIN_LINE_LIMIT, MAX_LINE_LIMIT),
         })
     }
 
@@ -199,6 +204,12 @@ fn validate_entry(name: &str, e: &EntryFields, problems: &mut Vec<String>) {
         if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
             problems.push(format!("entry {name:?}: invalid environment variable {key:?}"));
         }
+    }
+    if !(MIN_LINE_LIMIT..=MAX_LINE_LIMIT).contains(&e.line_limit) {
+        problems.push(format!(
+            "entry {name:?}: .line_limit({}) is outside {MIN_LINE_LIMIT}..={MAX_LINE_LIMIT} bytes",
+            e.line_limit
+        ));
     }
     for (what, value) in [("user", &e.user), ("group", &e.group)] {
         if let Some(v) = value {
@@ -277,6 +288,22 @@ mod tests {
             assert!(all.contains(needle), "{needle:?} missing from:\n{all}");
         }
         assert!(p.len() >= 8, "{p:#?}");
+    }
+
+    #[test]
+    fn the_line_limit_is_checked_and_crosses_exec() {
+        let p = problems(vec![
+            entry("small", "sleep", ["1"], 0, 1).line_limit(100),
+            entry("huge", "sleep", ["1"], 0, 1).line_limit(64 << 20),
+            watch("w", "x").line_limit(4096),
+        ]);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].contains(".line_limit(100) is outside"), "{p:?}");
+        let config = Config::from_specs(&[entry("ok", "sleep", ["1"], 0, 1).line_limit(4096)]).unwrap();
+        assert_eq!(config.entries[0].line_limit, 4096);
+        assert_eq!(EntryConfig::from_snapshot(&config.entries[0].to_snapshot()).unwrap(), config.entries[0]);
+        let default = Config::from_specs(&[entry("d", "sleep", ["1"], 0, 1)]).unwrap();
+        assert_eq!(default.entries[0].line_limit, crate::LINE_LIMIT);
     }
 
     #[test]

@@ -160,6 +160,13 @@ pub(crate) struct EntryConfigSnapshot {
     pub children: bool,
     /// (trigger, action) as text.
     pub rules: Vec<(String, String)>,
+    /// Bytes; older images did not record it.
+    #[serde(default = "default_line_limit")]
+    pub line_limit: usize,
+}
+
+fn default_line_limit() -> usize {
+    crate::spec::LINE_LIMIT
 }
 
 /// One slot.
@@ -215,7 +222,11 @@ pub(crate) struct ProcessSnapshot {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct StreamSnapshot {
     pub fd: KeptFd,
+    /// Bytes read and not written (whole lines included, when the log could not take them).
     pub pending: Vec<u8>,
+    /// The rest of a log line a short write cut, written before anything else.
+    #[serde(default)]
+    pub unfinished: Vec<u8>,
 }
 
 /// A monitor of a reaped child whose pipes are still open.
@@ -351,6 +362,7 @@ mod tests {
                         group: None,
                         children: false,
                         rules: vec![],
+                        line_limit: 4096,
                     },
                     target: 2,
                     restarts: 1,
@@ -360,7 +372,7 @@ mod tests {
                         crashes: 0,
                         started_at: 5,
                         phase: PhaseSnapshot::Running { process: ProcessSnapshot { pid: 9, starttime: 7, up_ms: 8 } },
-                        streams: vec![StreamSnapshot { fd, pending: vec![0xe2, 0x82] }],
+                        streams: vec![StreamSnapshot { fd, pending: vec![0xe2, 0x82], unfinished: b"t\n".to_vec() }],
                         error: None,
                     }],
                     last_exits: vec![],

@@ -79,7 +79,10 @@ pub use cli::sentry;
 pub use error::Error;
 pub use lifecycle::ChildExit;
 pub use nix::sys::signal::Signal;
-pub use spec::{entry, watch, IntoAction, IntoArgs, IntoPattern, IntoTrigger, Restart, Spec, MAX_COUNT};
+pub use spec::{
+    entry, watch, IntoAction, IntoArgs, IntoPattern, IntoTrigger, Restart, Spec, LINE_LIMIT, MAX_COUNT, MAX_LINE_LIMIT,
+    MIN_LINE_LIMIT,
+};
 pub use status::{
     EntryState, EntryStatus, MatchedProcess, ProcessStatus, ReloadOutcome, RuleStatus, Status, WatchStatus,
 };

@@ -4,10 +4,16 @@
 //! pipe). [`LineSplitter`] turns a byte stream into lines and keeps the
 //! unfinished rest. This module knows nothing of the core or of processes.
 
-use std::fs::File;
-use std::io::Write;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender, TrySendError};
 
@@ -15,8 +21,6 @@ use crate::sys;
 
 /// Lines waiting for the console writer; beyond this, console lines are dropped.
 const CONSOLE_BACKLOG: usize = 4096;
-/// A line longer than this is cut into pieces of this size.
-pub(crate) const MAX_LINE: usize = 64 * 1024;
 
 /// The console writer thread (or nothing, when embedded).
 pub(crate) struct Console {
@@ -100,45 +104,200 @@ impl ConsoleHandle {
     }
 }
 
-/// Splits a byte stream into lines; keeps an unfinished last line for later.
+/// How much of one unfinished line a stream holds, at most, before writing
+/// its pieces: every line up to this long has all its pieces in one write.
+const HOLD: usize = 1 << 20;
+/// The first wait before writing a log is tried again; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// At the very end (shutdown), how often held lines are tried once more.
+const LAST_TRIES: [Duration; 3] = [Duration::ZERO, Duration::from_millis(100), Duration::from_millis(300)];
+
+/// How much of an unfinished line is held before its pieces are written:
+/// a whole number of pieces, at least one.
+fn hold_for(limit: usize) -> usize {
+    (HOLD / limit).max(1) * limit
+}
+
+/// Opens a log file for appending, creating it with mode 0640 (children's
+/// output often holds secrets). A symbolic link there is not followed and
+/// anything but a regular file is refused. An existing file keeps its mode.
+pub(crate) fn open_log(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        // O_NONBLOCK: a FIFO planted there must not block the opening.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::other("it is a symbolic link, which is not followed"),
+            // A FIFO without a reader.
+            Some(libc::ENXIO) => io::Error::other("it is not a regular file"),
+            _ => e,
+        })?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::other("it is not a regular file"));
+    }
+    let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(file)
+}
+
+/// How a [`Record`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// A newline ended it (the newline is not part of the text).
+    Newline,
+    /// The stream ended without a newline.
+    Eof,
+    /// The line goes on: the stream gave more than the hold without a newline.
+    Open,
+}
+
+/// A line read from a stream (or, for a line longer than the hold, its part so far).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub text: Vec<u8>,
+    pub end: End,
+}
+
+impl Record {
+    /// Appends the bytes of the stream this record was made of.
+    fn raw_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.text);
+        if self.end == End::Newline {
+            out.push(b'\n');
+        }
+    }
+
+    /// Its pieces of at most `limit` bytes, each with whether the line goes on after it.
+    fn pieces(&self, limit: usize) -> impl Iterator<Item = (&[u8], bool)> {
+        let n = self.text.len().div_ceil(limit).max(1);
+        (0..n).map(move |k| {
+            let piece = &self.text[(k * limit).min(self.text.len())..((k + 1) * limit).min(self.text.len())];
+            (piece, k + 1 < n || self.end == End::Open)
+        })
+    }
+}
+
+/// Splits a byte stream into lines; keeps an unfinished last line for later,
+/// and (across a stop of its monitor) what a short write of the log left owed.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct LineSplitter {
     pending: Vec<u8>,
+    /// How many leading bytes of `pending` are known to hold no newline.
+    scanned: usize,
+    /// The formatted rest of a log line a short write cut: owed to the log
+    /// before anything else.
+    unfinished: Vec<u8>,
 }
 
 impl LineSplitter {
-    /// A splitter that starts with `rest` (bytes read earlier, not yet a line).
-    pub fn with_remainder(rest: Vec<u8>) -> LineSplitter {
-        LineSplitter { pending: rest }
+    /// A splitter that starts with `rest` (bytes read earlier, not yet
+    /// written) and the rest of a cut log line (see [`LineSplitter::take_unfinished`]).
+    pub fn resume(rest: Vec<u8>, unfinished: Vec<u8>) -> LineSplitter {
+        LineSplitter { pending: rest, scanned: 0, unfinished }
     }
 
-    /// Adds `chunk`; calls `emit` with each complete line (without `\n`).
-    pub fn push(&mut self, chunk: &[u8], mut emit: impl FnMut(&[u8])) {
+    /// Adds `chunk`; calls `emit` with each complete line and, when more than
+    /// the hold for `limit` has come without a newline, with that much of it.
+    pub fn push(&mut self, chunk: &[u8], limit: usize, mut emit: impl FnMut(Record)) {
+        let hold = hold_for(limit);
         self.pending.extend_from_slice(chunk);
         let mut start = 0;
-        while let Some(n) = self.pending[start..].iter().position(|&b| b == b'\n') {
-            emit(&self.pending[start..start + n]);
-            start += n + 1;
+        let mut from = self.scanned;
+        while let Some(n) = self.pending[from..].iter().position(|&b| b == b'\n') {
+            let end = from + n;
+            start = self.emit_open(start, end, hold, &mut emit);
+            emit(Record { text: self.pending[start..end].to_vec(), end: End::Newline });
+            start = end + 1;
+            from = start;
         }
-        while self.pending.len() - start >= MAX_LINE {
-            emit(&self.pending[start..start + MAX_LINE]);
-            start += MAX_LINE;
-        }
+        start = self.emit_open(start, self.pending.len(), hold, &mut emit);
         self.pending.drain(..start);
+        self.scanned = self.pending.len();
+    }
+
+    /// Emits `pending[start..end]` (no newline in it) as records of `hold`
+    /// bytes while more than `hold` is left; returns where the rest starts.
+    fn emit_open(&self, start: usize, end: usize, hold: usize, emit: &mut impl FnMut(Record)) -> usize {
+        let mut at = start;
+        while end - at > hold {
+            emit(Record { text: self.pending[at..at + hold].to_vec(), end: End::Open });
+            at += hold;
+        }
+        at
     }
 
     /// Emits the unfinished last line, if any (the stream has ended).
-    pub fn finish(&mut self, mut emit: impl FnMut(&[u8])) {
+    pub fn finish(&mut self, limit: usize, mut emit: impl FnMut(Record)) {
+        self.push(&[], limit, &mut emit);
         if !self.pending.is_empty() {
-            emit(&self.pending);
-            self.pending.clear();
+            emit(Record { text: std::mem::take(&mut self.pending), end: End::Eof });
         }
+        self.scanned = 0;
     }
 
-    /// Takes the bytes read but not yet emitted.
+    /// Takes the bytes read but not yet written.
     pub fn take_remainder(&mut self) -> Vec<u8> {
+        self.scanned = 0;
         std::mem::take(&mut self.pending)
     }
+
+    /// Takes the rest of a log line cut by a short write (written before anything else).
+    pub fn take_unfinished(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.unfinished)
+    }
+
+    /// Puts back, in front of what it holds, bytes read but not written.
+    fn put_back(&mut self, mut raw: Vec<u8>, unfinished: Vec<u8>) {
+        raw.append(&mut self.pending);
+        self.pending = raw;
+        self.scanned = 0;
+        self.unfinished = unfinished;
+    }
+}
+
+/// What Sentry knows about one log file, shared by every writer of it.
+#[derive(Default)]
+struct LogState {
+    /// The [`Outbox`] that owes the file the rest of a cut line: nobody
+    /// else writes until it has.
+    owed_by: Option<u64>,
+    /// The rest of a line a short write of [`LineSink::write`] cut: whoever
+    /// writes next writes it first.
+    orphan: Vec<u8>,
+    /// Since when writing fails (one warning when it starts, one when it ends).
+    failing_since: Option<Instant>,
+}
+
+impl LogState {
+    /// Writes the rest of a cut line nobody owns, if any.
+    fn write_orphan(&mut self, file: &File) -> io::Result<()> {
+        if self.orphan.is_empty() {
+            return Ok(());
+        }
+        let (n, error) = append(file, &self.orphan);
+        self.orphan.drain(..n);
+        error.map_or(Ok(()), Err)
+    }
+}
+
+/// The shared state of `file`'s log, by device and inode.
+fn log_state(file: &File) -> Arc<Mutex<LogState>> {
+    type States = Vec<((u64, u64), Weak<Mutex<LogState>>)>;
+    static STATES: Mutex<States> = Mutex::new(Vec::new());
+    let key = file.metadata().map(|m| (m.dev(), m.ino())).unwrap_or((0, 0));
+    let mut states = STATES.lock().unwrap_or_else(|e| e.into_inner());
+    states.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(state) = states.iter().find(|(k, _)| *k == key).and_then(|(_, w)| w.upgrade()) {
+        return state;
+    }
+    let state = Arc::new(Mutex::new(LogState::default()));
+    states.push((key, Arc::downgrade(&state)));
+    state
 }
 
 /// Where one child's lines go: its entry's log file and the console.
@@ -148,48 +307,308 @@ pub(crate) struct LineSink {
     pub pid: i32,
     pub log: Option<Arc<File>>,
     pub console: ConsoleHandle,
+    /// The longest piece of a line one log line holds.
+    pub line_limit: usize,
+    shared: Option<Arc<Mutex<LogState>>>,
 }
 
 impl LineSink {
-    /// Writes `lines` to the log as one append (so lines of several children
-    /// never interleave mid-line) and queues them for the console.
+    pub fn new(entry: &str, pid: i32, log: Option<Arc<File>>, console: ConsoleHandle, line_limit: usize) -> LineSink {
+        let shared = log.as_deref().map(log_state);
+        let line_limit = line_limit.clamp(crate::spec::MIN_LINE_LIMIT, crate::spec::MAX_LINE_LIMIT);
+        LineSink { entry: entry.to_string(), pid, log, console, line_limit, shared }
+    }
+
+    /// The log lines of `record`: `DATE TIME ENTRY.PID TEXT`, with `ENTRY.PID+`
+    /// on every piece after which the line goes on.
+    fn format_into(&self, record: &Record, date: &str, out: &mut Vec<u8>) {
+        for (piece, more) in record.pieces(self.line_limit) {
+            out.extend_from_slice(date.as_bytes());
+            out.extend_from_slice(format!(" {}.{}{} ", self.entry, self.pid, if more { "+" } else { "" }).as_bytes());
+            out.extend_from_slice(piece);
+            out.push(b'\n');
+        }
+    }
+
+    /// Writes `lines` (Sentry's own, such as a rule that fired) to the log
+    /// at once if it can take them, and to the console; never waits.
     pub fn write(&self, lines: &[Vec<u8>]) {
-        if lines.is_empty() {
+        let records: Vec<Record> = lines.iter().map(|l| Record { text: l.clone(), end: End::Newline }).collect();
+        records.iter().for_each(|r| self.show(r));
+        let (Some(file), Some(shared)) = (&self.log, &self.shared) else { return };
+        let mut state = lock(shared);
+        if state.owed_by.is_some() || state.failing_since.is_some() || state.write_orphan(file).is_err() {
             return;
         }
-        let now = sys::unix_now();
-        if let Some(log) = &self.log {
-            let prefix = format!("{} {}.{} ", sys::local_datetime(now), self.entry, self.pid);
-            let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + prefix.len() + 1).sum());
-            for line in lines {
-                buf.extend_from_slice(prefix.as_bytes());
-                buf.extend_from_slice(line);
-                buf.push(b'\n');
-            }
-            // A failing disk is reported once per batch; the child keeps running.
-            if let Err(e) = (&**log).write_all(&buf) {
-                log::warn!("cannot write the log of {}: {e}", self.entry);
+        let date = sys::local_datetime(sys::unix_now());
+        let mut buf = Vec::new();
+        records.iter().for_each(|r| self.format_into(r, &date, &mut buf));
+        let (n, _) = append(file, &buf);
+        if n > 0 && n < buf.len() {
+            state.orphan = buf[n..].to_vec();
+        }
+    }
+
+    /// Queues `record` for the console (best effort), marked the same way.
+    fn show(&self, record: &Record) {
+        if self.console.is_silent() {
+            return;
+        }
+        for (piece, more) in record.pieces(self.line_limit) {
+            let tag = format!("{}.{}{}", self.entry, self.pid, if more { "+" } else { "" });
+            self.console.tagged(&tag, &String::from_utf8_lossy(piece));
+        }
+    }
+}
+
+/// Lines of one child read and not yet in its log, in the order they were
+/// read (from any of its streams). While it holds any, its monitor reads no
+/// more (the child waits on its pipe) and tries again with back-off.
+pub(crate) struct Outbox {
+    id: u64,
+    queue: VecDeque<(usize, Record)>,
+    /// The rest of a log line a short write cut (and the stream it came from).
+    cut: Option<(usize, Vec<u8>)>,
+    /// When to try again, and the wait that led there.
+    retry: Option<(Instant, Duration)>,
+    /// Why the last try failed.
+    error: Option<io::Error>,
+}
+
+impl Default for Outbox {
+    fn default() -> Outbox {
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        Outbox { id: IDS.fetch_add(1, Ordering::Relaxed), queue: VecDeque::new(), cut: None, retry: None, error: None }
+    }
+}
+
+impl Outbox {
+    /// Takes over what a stopped monitor of `stream` left: the rest of a cut
+    /// line (owed to the log first) and the lines in the splitter's remainder.
+    pub fn resume(&mut self, sink: &LineSink, stream: usize, splitter: &mut LineSplitter) {
+        let unfinished = splitter.take_unfinished();
+        if !unfinished.is_empty() {
+            self.cut = Some((stream, unfinished));
+            if let Some(state) = &sink.shared {
+                lock(state).owed_by = Some(self.id);
             }
         }
-        if !self.console.is_silent() {
-            for line in lines {
-                self.console.event(&self.entry, self.pid, &String::from_utf8_lossy(line));
+        splitter.push(&[], sink.line_limit, |r| self.add(sink, stream, r));
+    }
+
+    /// Queues `record` of `stream` (and shows it on the console at once).
+    pub fn add(&mut self, sink: &LineSink, stream: usize, record: Record) {
+        sink.show(&record);
+        self.queue.push_back((stream, record));
+    }
+
+    /// Whether lines wait to be written.
+    pub fn is_holding(&self) -> bool {
+        !self.queue.is_empty() || self.cut.is_some()
+    }
+
+    /// Whether lines of `stream` wait to be written.
+    pub fn holds(&self, stream: usize) -> bool {
+        self.queue.iter().any(|(s, _)| *s == stream) || self.cut.as_ref().is_some_and(|(s, _)| *s == stream)
+    }
+
+    /// Milliseconds until the next try, for `poll` (-1: none is due).
+    pub fn timeout_ms(&self, now: Instant) -> i32 {
+        match self.retry {
+            Some((at, _)) if self.is_holding() => at.saturating_duration_since(now).as_millis().min(60_000) as i32,
+            _ => -1,
+        }
+    }
+
+    /// Whether it is time to try again.
+    pub fn is_due(&self, now: Instant) -> bool {
+        self.retry.is_none_or(|(at, _)| at <= now)
+    }
+
+    /// Writes what it holds to the log, whole lines only: a short write's
+    /// rest is owed first, nothing is written twice. Says `true` when all is
+    /// written; otherwise keeps the rest and plans the next try.
+    pub fn flush(&mut self, sink: &LineSink) -> bool {
+        if !self.is_holding() {
+            self.retry = None;
+            return true;
+        }
+        let (Some(file), Some(shared)) = (&sink.log, &sink.shared) else {
+            self.queue.clear();
+            self.cut = None;
+            return true;
+        };
+        let mut state = lock(shared);
+        match self.write_held(sink, file, &mut state) {
+            Ok(()) => {
+                self.retry = None;
+                self.error = None;
+                if let Some(since) = state.failing_since.take() {
+                    log::warn!(
+                        "the log of {} is written again after {:.1} s; no line was lost",
+                        sink.entry,
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                // Another writer owes the file the rest of a line: not a failure of the disk.
+                if e.kind() != io::ErrorKind::WouldBlock && state.failing_since.is_none() {
+                    state.failing_since = Some(Instant::now());
+                    log::warn!(
+                        "cannot write the log of {}: {e}; its output is held (the child waits on its pipe) and tried again",
+                        sink.entry
+                    );
+                }
+                let wait = self.retry.map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
+                self.retry = Some((Instant::now() + wait, wait));
+                self.error = Some(e);
+                false
             }
         }
     }
+
+    fn write_held(&mut self, sink: &LineSink, file: &File, state: &mut LogState) -> io::Result<()> {
+        if state.owed_by.is_some_and(|id| id != self.id) {
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, "another writer owes the rest of a line"));
+        }
+        state.write_orphan(file)?;
+        if let Some((_, rest)) = &mut self.cut {
+            let (n, error) = append(file, rest);
+            rest.drain(..n);
+            if let Some(e) = error {
+                return Err(e);
+            }
+            self.cut = None;
+            state.owed_by = None;
+        }
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        let date = sys::local_datetime(sys::unix_now());
+        let mut buf = Vec::new();
+        let mut ends = Vec::with_capacity(self.queue.len());
+        for (_, record) in &self.queue {
+            sink.format_into(record, &date, &mut buf);
+            ends.push(buf.len());
+        }
+        let (n, error) = append(file, &buf);
+        let done = ends.iter().take_while(|&&end| end <= n).count();
+        let written_to = if done == 0 { 0 } else { ends[done - 1] };
+        if done < ends.len() && n > written_to {
+            // A short write ended inside this record: its rest goes first, as is.
+            self.cut = Some((self.queue[done].0, buf[n..ends[done]].to_vec()));
+            state.owed_by = Some(self.id);
+            self.queue.drain(..=done);
+        } else {
+            self.queue.drain(..done);
+        }
+        error.map_or(Ok(()), Err)
+    }
+
+    /// The end of supervision: tries a few more times within a bounded time,
+    /// then says once what could not be written.
+    pub fn flush_last(&mut self, sink: &LineSink) {
+        for wait in LAST_TRIES {
+            std::thread::sleep(wait);
+            if self.flush(sink) {
+                return;
+            }
+        }
+        let lines = self.queue.len() + usize::from(self.cut.is_some());
+        let why = self.error.as_ref().map(|e| e.to_string()).unwrap_or_default();
+        log::warn!("{lines} line(s) of {}.{} could not be written to its log ({why}): lost", sink.entry, sink.pid);
+        if self.cut.take().is_some() {
+            if let Some(state) = &sink.shared {
+                lock(state).owed_by = None;
+            }
+        }
+        self.queue.clear();
+    }
+
+    /// Hands back what `stream` holds to its splitter (the monitor stops):
+    /// unwritten lines go in front of its remainder, a cut line's rest with it.
+    pub fn give_back(&mut self, sink: &LineSink, stream: usize, splitter: &mut LineSplitter) {
+        let mut raw = Vec::new();
+        self.queue.retain(|(s, record)| {
+            if *s == stream {
+                record.raw_into(&mut raw);
+            }
+            *s != stream
+        });
+        let unfinished = match self.cut.take() {
+            Some((s, rest)) if s == stream => {
+                if let Some(state) = &sink.shared {
+                    lock(state).owed_by = None;
+                }
+                rest
+            }
+            other => {
+                self.cut = other;
+                Vec::new()
+            }
+        };
+        splitter.put_back(raw, unfinished);
+    }
+}
+
+/// Appends `buf` with as few writes as the file allows, after reserving the
+/// space (so a full disk fails the reservation, not half a write). Returns
+/// how much was written and the error that stopped it.
+fn append(file: &File, buf: &[u8]) -> (usize, Option<io::Error>) {
+    if let Err(e) = reserve(file, buf.len()) {
+        return (0, Some(e));
+    }
+    let mut n = 0;
+    while n < buf.len() {
+        match (&*file).write(&buf[n..]) {
+            Ok(0) => return (n, Some(io::ErrorKind::WriteZero.into())),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (n, Some(e)),
+        }
+    }
+    (n, None)
+}
+
+/// Allocates `len` bytes after the end of `file` without changing its size;
+/// file systems that cannot are written to without.
+fn reserve(file: &File, len: usize) -> io::Result<()> {
+    let size = file.metadata()?.len();
+    // SAFETY: fallocate on an fd we own, with plain integer arguments.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, size as i64, len as i64) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL | libc::ENODEV | libc::EPERM | libc::ESPIPE) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+fn lock(state: &Mutex<LogState>) -> std::sync::MutexGuard<'_, LogState> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::LINE_LIMIT;
+
+    fn split_with(limit: usize, chunks: &[&[u8]]) -> (Vec<Record>, Vec<u8>) {
+        let mut s = LineSplitter::default();
+        let mut records = Vec::new();
+        for c in chunks {
+            s.push(c, limit, |r| records.push(r));
+        }
+        (records, s.take_remainder())
+    }
 
     fn split(chunks: &[&[u8]]) -> (Vec<String>, Vec<u8>) {
-        let mut s = LineSplitter::default();
-        let mut lines = Vec::new();
-        for c in chunks {
-            s.push(c, |l| lines.push(String::from_utf8_lossy(l).into_owned()));
-        }
-        (lines, s.take_remainder())
+        let (records, rest) = split_with(LINE_LIMIT, chunks);
+        (records.iter().map(|r| String::from_utf8_lossy(&r.text).into_owned()).collect(), rest)
     }
 
     #[test]
@@ -201,27 +620,160 @@ mod tests {
 
     #[test]
     fn a_remainder_is_prepended() {
-        let mut s = LineSplitter::with_remainder(b"\xe2\x82".to_vec());
+        let mut s = LineSplitter::resume(b"\xe2\x82".to_vec(), Vec::new());
         let mut lines = Vec::new();
-        s.push(b"\xac!\n", |l| lines.push(l.to_vec()));
+        s.push(b"\xac!\n", LINE_LIMIT, |r| lines.push(r.text));
         assert_eq!(lines, [b"\xe2\x82\xac!".to_vec()]);
     }
 
     #[test]
     fn finish_emits_a_partial_last_line() {
         let mut s = LineSplitter::default();
-        let mut lines = Vec::new();
-        s.push(b"x\ny", |l| lines.push(l.to_vec()));
-        s.finish(|l| lines.push(l.to_vec()));
-        assert_eq!(lines, [b"x".to_vec(), b"y".to_vec()]);
+        let mut records = Vec::new();
+        s.push(b"x\ny", LINE_LIMIT, |r| records.push(r));
+        s.finish(LINE_LIMIT, |r| records.push(r));
+        assert_eq!(records[0], Record { text: b"x".to_vec(), end: End::Newline });
+        assert_eq!(records[1], Record { text: b"y".to_vec(), end: End::Eof });
         assert!(s.take_remainder().is_empty());
     }
 
     #[test]
-    fn very_long_lines_are_cut() {
-        let long = vec![b'z'; MAX_LINE * 2 + 5];
-        let (lines, rest) = split(&[&long]);
-        assert_eq!(lines.len(), 2);
+    fn a_long_line_is_held_whole_up_to_the_hold() {
+        let limit = 1024;
+        let hold = hold_for(limit);
+        assert_eq!(hold, HOLD);
+        // Below the hold: nothing is emitted until the newline, then one record.
+        let mut long = vec![b'z'; hold - 1];
+        let (records, rest) = split_with(limit, &[&long]);
+        assert!(records.is_empty());
+        assert_eq!(rest.len(), hold - 1);
+        long.push(b'\n');
+        let (records, _) = split_with(limit, &[&long[..10], &long[10..]]);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].text.len(), hold - 1);
+        // Past the hold: held parts of `hold` bytes go out as open records.
+        let (records, rest) = split_with(limit, &[&vec![b'y'; 2 * hold + 5]]);
+        assert_eq!(records.len(), 2);
+        assert!(records.iter().all(|r| r.end == End::Open && r.text.len() == hold));
         assert_eq!(rest.len(), 5);
+    }
+
+    #[test]
+    fn pieces_are_marked_but_the_last() {
+        let r = Record { text: b"abcdefg".to_vec(), end: End::Newline };
+        let pieces: Vec<(&[u8], bool)> = r.pieces(3).collect();
+        assert_eq!(pieces, [(&b"abc"[..], true), (&b"def"[..], true), (&b"g"[..], false)]);
+        let r = Record { text: b"abcdef".to_vec(), end: End::Open };
+        assert!(r.pieces(3).all(|(_, more)| more));
+        let r = Record { text: Vec::new(), end: End::Newline };
+        assert_eq!(r.pieces(3).collect::<Vec<_>>(), [(&b""[..], false)]);
+    }
+
+    /// Joins a log's lines back into the child's lines.
+    fn reassemble(log: &str, tag: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut current = String::new();
+        for line in log.lines() {
+            let (_, rest) = line.split_once(&format!(" {tag}")).unwrap_or_else(|| panic!("prefixed: {line:?}"));
+            if let Some(piece) = rest.strip_prefix("+ ") {
+                current.push_str(piece);
+            } else {
+                current.push_str(rest.strip_prefix(' ').expect("a space after the tag"));
+                lines.push(std::mem::take(&mut current));
+            }
+        }
+        assert!(current.is_empty(), "a piece marked + ends the log");
+        lines
+    }
+
+    #[test]
+    fn a_short_write_is_finished_before_anything_else_and_nothing_is_doubled() {
+        // A pipe takes what fits (64 KiB) and then refuses: a short write.
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        nix::fcntl::fcntl(&writer, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
+        let mut reader = File::from(reader);
+        let sink = LineSink::new("e", 7, Some(Arc::new(File::from(writer))), ConsoleHandle::default(), 1024);
+        let sent: Vec<String> = (0..3000).map(|i| format!("line {i} {}", "x".repeat(i % 50))).collect();
+        let mut out = Outbox::default();
+        let mut splitter = LineSplitter::default();
+        let mut got = Vec::new();
+        let mut held_back = 0;
+        let mut cuts = 0;
+        let mut buf = vec![0u8; 7000];
+        for (k, chunk) in sent.chunks(700).enumerate() {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|l| format!("{l}\n").into_bytes()).collect();
+            splitter.push(&bytes, sink.line_limit, |r| out.add(&sink, 0, r));
+            while !out.flush(&sink) {
+                held_back += 1;
+                cuts += usize::from(out.cut.is_some());
+                assert!(out.is_holding());
+                // A stop of the monitor here: all goes back into the splitter and comes out again.
+                if (k + held_back) % 2 == 0 {
+                    out.give_back(&sink, 0, &mut splitter);
+                    assert!(!out.is_holding());
+                    let mut resumed = LineSplitter::resume(splitter.take_remainder(), splitter.take_unfinished());
+                    out = Outbox::default();
+                    out.resume(&sink, 0, &mut resumed);
+                    splitter = resumed;
+                }
+                // Some space frees up: the reader takes a little.
+                let n = std::io::Read::read(&mut reader, &mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+                out.retry = None;
+            }
+        }
+        nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
+        while let Ok(n @ 1..) = nix::unistd::read(&reader, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(cuts > 0, "no write was short");
+        assert!(held_back > 0, "the pipe never filled");
+        assert_eq!(reassemble(&String::from_utf8(got).unwrap(), "e.7"), sent);
+    }
+
+    #[test]
+    fn a_long_line_is_written_in_marked_pieces_in_one_go() {
+        let dir = std::env::temp_dir().join(format!("sentry-output-{}", std::process::id()));
+        let _ = std::fs::create_dir(&dir);
+        let path = dir.join("e.log");
+        let _ = std::fs::remove_file(&path);
+        let file = open_log(&path).unwrap();
+        let sink = LineSink::new("e", 3, Some(Arc::new(file)), ConsoleHandle::default(), 1024);
+        let long: String = (0..5000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let mut out = Outbox::default();
+        out.add(&sink, 0, Record { text: long.clone().into_bytes(), end: End::Newline });
+        out.add(&sink, 1, Record { text: b"short".to_vec(), end: End::Newline });
+        assert!(out.flush(&sink));
+        let log = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(log.lines().count(), 6, "{log}");
+        assert_eq!(log.lines().filter(|l| l.contains(" e.3+ ")).count(), 4);
+        assert_eq!(reassemble(&log, "e.3"), [long, "short".to_string()]);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o640 & !umask());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn umask() -> u32 {
+        // SAFETY: umask is always safe; set back at once.
+        unsafe {
+            let old = libc::umask(0o022);
+            libc::umask(old);
+            old
+        }
+    }
+
+    #[test]
+    fn a_log_path_that_is_a_symlink_is_not_followed() {
+        let dir = std::env::temp_dir().join(format!("sentry-output-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("target"), "precious\n").unwrap();
+        std::os::unix::fs::symlink(dir.join("target"), dir.join("e.log")).unwrap();
+        let e = open_log(&dir.join("e.log")).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(dir.join("target")).unwrap(), "precious\n");
+        nix::unistd::mkfifo(&dir.join("f.log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(open_log(&dir.join("f.log")).unwrap_err().to_string().contains("not a regular file"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,6 +12,14 @@ use crate::Signal;
 /// The largest number of processes one entry may ask for.
 pub const MAX_COUNT: usize = 10_000;
 
+/// The default line limit: a line of a child's output longer than this is
+/// written to its log in pieces of this size (see [`Spec::line_limit`]).
+pub const LINE_LIMIT: usize = 64 * 1024;
+/// The smallest line limit an entry may set.
+pub const MIN_LINE_LIMIT: usize = 1024;
+/// The largest line limit an entry may set.
+pub const MAX_LINE_LIMIT: usize = 16 * 1024 * 1024;
+
 /// When a child that exited is started again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Restart {
@@ -63,6 +71,7 @@ pub(crate) struct EntryFields {
     pub restart: Restart,
     pub user: Option<String>,
     pub group: Option<String>,
+    pub line_limit: usize,
 }
 
 /// What a watch declares, before validation.
@@ -106,6 +115,7 @@ pub fn entry(name: &str, command: &str, args: impl IntoArgs, restart_delay_ms: u
             restart: Restart::Always,
             user: None,
             group: None,
+            line_limit: LINE_LIMIT,
         }),
         children: false,
         rules: Vec::new(),
@@ -204,6 +214,14 @@ impl Spec {
     pub fn group(self, name: &str) -> Spec {
         let name = name.to_string();
         self.entry_only("group", |e| e.group = Some(name))
+    }
+
+    /// The longest piece of one output line a log line holds (default
+    /// [`LINE_LIMIT`], 64 KiB; from [`MIN_LINE_LIMIT`] to [`MAX_LINE_LIMIT`]).
+    /// A longer line is written as several log lines, one after the other;
+    /// each but the last has `+` right after `ENTRY.PID`.
+    pub fn line_limit(self, bytes: usize) -> Spec {
+        self.entry_only("line_limit", |e| e.line_limit = bytes)
     }
 
     fn entry_only(mut self, method: &str, set: impl FnOnce(&mut EntryFields)) -> Spec {

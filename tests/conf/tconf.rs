@@ -27,6 +27,37 @@ fn specs(scenario: &str) -> Vec<Spec> {
             0,
             1,
         )],
+        // Numbered lines, steadily; the last number written goes to TSIDE too
+        // (it stops advancing when the child blocks on its pipe).
+        "counter" => {
+            let side = std::env::var("TSIDE").unwrap_or_else(|_| "/dev/null".to_string());
+            let script = format!(
+                "pad=$(printf '%0150d' 0); i=0; while :; do echo \"n $i $pad\"; echo $i > {side}.tmp && mv {side}.tmp {side}; i=$((i+1)); if [ $((i % 20)) = 0 ]; then sleep 0.01; fi; done"
+            );
+            vec![entry("counter", "sh", ["-c", script.as_str()], 0, 1)]
+        }
+        // Three 200 KiB lines on stdout while stderr writes short lines.
+        "long" => vec![entry(
+            "long",
+            "python3",
+            [
+                "-c",
+                "import os, threading, time\n\
+                 stop = False\n\
+                 def chatter():\n    i = 0\n    while not stop:\n        os.write(2, b'err %d\\n' % i); i += 1; time.sleep(0.0005)\n\
+                 t = threading.Thread(target=chatter); t.start()\n\
+                 big = bytes(97 + i % 26 for i in range(200 * 1024))\n\
+                 for k in range(3):\n    os.write(1, b'BIG%d:' % k + big + b'\\n'); time.sleep(0.05)\n\
+                 stop = True; t.join(); os.write(1, b'done\\n'); time.sleep(1000)\n",
+            ],
+            0,
+            1,
+        )],
+        // Two talkers: one log is planted as a symbolic link by the test.
+        "logs" => vec![
+            entry("linked", "sh", ["-c", "echo hello from linked; exec sleep 1000"], 0, 1),
+            entry("plain", "sh", ["-c", "echo hello from plain; exec sleep 1000"], 0, 1),
+        ],
         // A child that ignores the stop signal.
         "stubborn" => vec![entry("stubborn", "sh", ["-c", "trap '' TERM; echo ready; while :; do sleep 1; done"], 0, 1)
             .stop_timeout(Duration::from_millis(1500))],

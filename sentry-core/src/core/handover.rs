@@ -129,8 +129,9 @@ impl Core {
                 .filter_map(|mut s| {
                     let fd = KeptFd::of(&s.fd).ok()?;
                     let pending = s.splitter.take_remainder();
+                    let unfinished = s.splitter.take_unfinished();
                     fds.push(s.fd);
-                    Some(StreamSnapshot { fd, pending })
+                    Some(StreamSnapshot { fd, pending, unfinished })
                 })
                 .collect()
         };
@@ -392,7 +393,7 @@ fn adopt_streams(snapshots: &[StreamSnapshot], warnings: &mut Vec<String>) -> Ve
     snapshots
         .iter()
         .filter_map(|s| match s.fd.adopt() {
-            Some(fd) => Some(Stream { fd, splitter: LineSplitter::with_remainder(s.pending.clone()) }),
+            Some(fd) => Some(Stream { fd, splitter: LineSplitter::resume(s.pending.clone(), s.unfinished.clone()) }),
             None => {
                 warnings.push(format!("output pipe fd {} did not survive: dropped", s.fd.fd));
                 None

@@ -21,7 +21,7 @@
 mod handover;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,13 +33,13 @@ use crate::child::{self, ChildNote, Monitor, Stream};
 use crate::config::{Config, EntryConfig, Rule};
 use crate::handoff::{CoreSnapshot, InfoSnapshot};
 use crate::lifecycle::{self, ChildExit, Effect, Event, Phase, Policy, Slot, KILL_GRACE};
-use crate::output::{ConsoleHandle, LineSink, LineSplitter};
+use crate::output::{self, ConsoleHandle, LineSink, LineSplitter};
 use crate::status::{
     Containment, EntryState, EntryStatus, ExitStatus, ProcessStatus, ReloadOutcome, RuleStatus, SlotState, SlotStatus,
     Status, WatchStatus, FLAPPING_EXITS,
 };
 use crate::watch::{self, Hands, Report, Watcher};
-use crate::{leftovers, sys, Error, Signal};
+use crate::{leftovers, sys, Error, Signal, LINE_LIMIT};
 
 /// A request to the core. Replies travel on the channel inside the command.
 pub(crate) enum Command {
@@ -775,7 +775,8 @@ impl Core {
     }
 
     fn sink(&mut self, entry: &str, pid: i32) -> LineSink {
-        LineSink { entry: entry.to_string(), pid, log: self.log_of(entry), console: self.options.console.clone() }
+        let limit = self.entries.iter().find(|e| e.config.name == entry).map_or(LINE_LIMIT, |e| e.config.line_limit);
+        LineSink::new(entry, pid, self.log_of(entry), self.options.console.clone(), limit)
     }
 
     fn log_of(&mut self, entry: &str) -> Option<Arc<File>> {
@@ -784,7 +785,7 @@ impl Core {
             return Some(f.clone());
         }
         let path = dir.join(format!("{entry}.log"));
-        match OpenOptions::new().create(true).append(true).open(&path) {
+        match output::open_log(&path) {
             Ok(f) => {
                 let f = Arc::new(f);
                 self.logs.insert(entry.to_string(), f.clone());

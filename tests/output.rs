@@ -1,0 +1,157 @@
+//! Children's output in the log, end to end: a full disk loses nothing and
+//! makes the child wait, a long line comes out in marked, contiguous pieces,
+//! and log files are private and never reached through a symbolic link.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+const TCONF: &str = env!("CARGO_BIN_EXE_tconf");
+
+/// A small tmpfs mounted by the test, unmounted on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    /// Mounts a tmpfs of `size` on `dir`, or says why not.
+    fn tmpfs(dir: &Path, size: &str) -> Result<Mount, String> {
+        fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out =
+            run(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"]).arg(dir));
+        if !out.status.success() {
+            return Err(format!("mount -t tmpfs failed: {}", text(&out.stderr).trim()));
+        }
+        Ok(Mount(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = run(Command::new("umount").arg("-l").arg(&self.0));
+    }
+}
+
+fn read_number(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The child's lines back from `log`: `+` pieces joined with what follows.
+fn reassemble(log: &str, tag: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for line in log.lines() {
+        let (_, rest) =
+            line.split_once(&format!(" {tag}")).unwrap_or_else(|| panic!("not a line of {tag}: {line:.200}"));
+        if let Some(piece) = rest.strip_prefix("+ ") {
+            current.push_str(piece);
+        } else {
+            current.push_str(rest.strip_prefix(' ').unwrap_or_else(|| panic!("no space after {tag}: {line:.200}")));
+            lines.push(std::mem::take(&mut current));
+        }
+    }
+    lines
+}
+
+#[test]
+fn a_full_disk_makes_the_child_wait_and_loses_no_line() {
+    let dir = TempDir::new("fulldisk");
+    // The logs (only: the console file stays readable) go to a small tmpfs.
+    let mount = match Mount::tmpfs(&dir.path().join("log"), "2m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let side = dir.path().join("counter.txt");
+    let s = Sentry::spawn_with(dir, TCONF, "counter", &[], &[("TSIDE", side.to_str().unwrap())]).waiting();
+    let pid = s.wait_pids("counter", 1)[0];
+    let tag = format!("counter.{pid}");
+    wait_for("some lines in the log", || (s.log("counter").lines().count() > 200).then_some(()));
+
+    // Fill the disk.
+    let filler = mount.0.join("filler");
+    let _ = run(Command::new("dd").args(["if=/dev/zero", "bs=64k"]).arg(format!("of={}", filler.display())));
+    let stalled = wait_for("the child to block on its pipe", || {
+        let before = read_number(&side)?;
+        std::thread::sleep(Duration::from_millis(700));
+        (read_number(&side)? == before).then_some(before)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(read_number(&side), Some(stalled), "the child kept writing into a full disk");
+    assert!(s.console().matches("cannot write the log of counter").count() == 1, "{}", s.console());
+
+    // Free the space: everything held comes out, and the child goes on.
+    fs::remove_file(&filler).unwrap();
+    wait_for("the child to go on", || (read_number(&side)? > stalled + 2000).then_some(()));
+    let log = s.log("counter");
+    let console = s.console();
+    let mut expected = 0u64;
+    let pad = "0".repeat(150);
+    for line in reassemble(&log, &tag) {
+        let Some(rest) = line.strip_prefix("n ") else { continue };
+        let (n, p) = rest.split_once(' ').unwrap_or_else(|| panic!("cut line {line:?}"));
+        assert_eq!(p, pad, "line {n} is not whole");
+        assert_eq!(n.parse::<u64>().unwrap(), expected, "a line lost, doubled or out of order");
+        expected += 1;
+    }
+    assert!(expected > stalled + 1000, "{expected} lines");
+    assert_eq!(console.matches("cannot write the log of counter").count(), 1, "{console}");
+    assert_eq!(console.matches("the log of counter is written again").count(), 1, "{console}");
+    drop(s);
+    drop(mount);
+}
+
+#[test]
+fn a_long_line_comes_out_in_marked_contiguous_pieces() {
+    let s = Sentry::start(TCONF, "long", &[]);
+    let pid = s.wait_pids("long", 1)[0];
+    let tag = format!("long.{pid}");
+    let log = wait_for("the long lines", || {
+        let log = s.log("long");
+        log.contains(&format!("{tag} done\n")).then_some(log)
+    });
+    let big: String = (0..200 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let lines = reassemble(&log, &tag);
+    for k in 0..3 {
+        let want = format!("BIG{k}:{big}");
+        assert_eq!(lines.iter().filter(|l| **l == want).count(), 1, "long line {k} not whole");
+    }
+    let errs: Vec<&String> = lines.iter().filter(|l| l.starts_with("err ")).collect();
+    assert!(errs.len() > 10, "stderr was not busy: {} lines", errs.len());
+    for (i, e) in errs.iter().enumerate() {
+        assert_eq!(**e, format!("err {i}"), "a short line was glued or cut");
+    }
+    assert_eq!(lines.len(), 3 + errs.len() + 1);
+    // Each piece is at most the limit (64 KiB), and pieces are marked.
+    assert!(log.lines().filter(|l| l.contains(&format!(" {tag}+ "))).count() >= 9);
+    assert!(log.lines().all(|l| l.len() < 64 * 1024 + 100));
+}
+
+#[test]
+fn logs_are_private_and_a_planted_symlink_is_not_followed() {
+    let dir = TempDir::new("logs");
+    fs::create_dir_all(dir.path().join("log")).unwrap();
+    let target = dir.path().join("precious.txt");
+    fs::write(&target, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&target, dir.path().join("log/linked.log")).unwrap();
+    let s = Sentry::spawn_in(dir, TCONF, "logs", &[]).waiting();
+    s.wait_pids("linked", 1);
+    s.wait_pids("plain", 1);
+    wait_for("plain's line", || s.log("plain").contains("hello from plain").then_some(()));
+    let console = wait_for("linked's line on the console", || {
+        let c = s.console();
+        c.contains("hello from linked").then_some(c)
+    });
+    assert!(console.contains("symbolic link"), "{console}");
+    assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
+    assert!(fs::symlink_metadata(s.file("log/linked.log")).unwrap().file_type().is_symlink());
+    let mode = fs::metadata(s.file("log/plain.log")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+}
