@@ -61,6 +61,27 @@ fn a_replacement_starts_only_once_its_predecessors_group_is_empty() {
     // A launcher shell whose server holds a TCP port and drains for 3 s on
     // SIGTERM, while the shell itself exits at once: a replacement started
     // when the shell exits would die with "address in use".
+    let (_dir, s) = start_draining_server();
+    wait_for("the server to listen", || (numbers_after(&s.log("srv"), "listening").len() == 1).then_some(()));
+    for round in 1..=3 {
+        let out = s.cli(&["restart", "srv"]);
+        assert!(out.status.success(), "restart {round}: {}", text(&out.stderr));
+        let log = wait_for("the new server to listen", || {
+            let log = s.log("srv");
+            (numbers_after(&log, "listening").len() == round + 1).then_some(log)
+        });
+        assert!(!log.contains("bind failed"), "a replacement started on top of its predecessor:\n{log}");
+        // The old server had drained completely before the new one bound.
+        let drained = log.find(&format!("drained {}", numbers_after(&log, "listening")[round - 1]));
+        let listening = log.rfind("listening");
+        assert!(drained.is_some() && drained < listening, "{log}");
+    }
+    assert_eq!(s.entry("srv")["restarts"], 3);
+}
+
+/// Starts the `drain` scenario: a launcher shell and its server, which holds
+/// a TCP port, prints `listening PID`, and on SIGTERM drains for 3 s.
+fn start_draining_server() -> (TempDir, Sentry) {
     let dir = TempDir::new("drain-srv");
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
     let srv = dir.path().join("srv.py");
@@ -79,21 +100,28 @@ fn a_replacement_starts_only_once_its_predecessors_group_is_empty() {
     .unwrap();
     let envs = [("TSRV", srv.to_str().unwrap()), ("TPORT", port.as_str())];
     let s = Sentry::spawn_with(TempDir::new("drain"), TCONF, "drain", &[], &envs).waiting();
-    wait_for("the server to listen", || (numbers_after(&s.log("srv"), "listening").len() == 1).then_some(()));
-    for round in 1..=3 {
-        let out = s.cli(&["restart", "srv"]);
-        assert!(out.status.success(), "restart {round}: {}", text(&out.stderr));
-        let log = wait_for("the new server to listen", || {
-            let log = s.log("srv");
-            (numbers_after(&log, "listening").len() == round + 1).then_some(log)
-        });
-        assert!(!log.contains("bind failed"), "a replacement started on top of its predecessor:\n{log}");
-        // The old server had drained completely before the new one bound.
-        let drained = log.find(&format!("drained {}", numbers_after(&log, "listening")[round - 1]));
-        let listening = log.rfind("listening");
-        assert!(drained.is_some() && drained < listening, "{log}");
-    }
-    assert_eq!(s.entry("srv")["restarts"], 3);
+    (dir, s)
+}
+
+#[test]
+fn a_leader_that_dies_first_leaves_no_server_to_collide_with() {
+    // Another case of the same kind: the launcher is killed outright, its
+    // server lives on holding the port. Sentry must stop the rest of the
+    // group (the server drains for 3 s) before it starts the replacement.
+    let (_dir, s) = start_draining_server();
+    let server = wait_for("the server to listen", || numbers_after(&s.log("srv"), "listening").first().copied());
+    let launcher = s.wait_pids("srv", 1)[0];
+    // SAFETY: SIGKILL to the launcher this test's Sentry started.
+    unsafe { libc::kill(launcher, libc::SIGKILL) };
+    let log = wait_for("a second server to listen", || {
+        let log = s.log("srv");
+        (numbers_after(&log, "listening").len() == 2).then_some(log)
+    });
+    assert!(!log.contains("bind failed"), "the replacement started on top of the old server:\n{log}");
+    assert!(log.find(&format!("drained {server}")) < log.rfind("listening"), "{log}");
+    assert!(!alive(server));
+    let e = s.entry("srv");
+    assert_eq!(e["last_exits"][0]["signal"], 9, "the slot's exit is the launcher's: {e}");
 }
 
 #[test]
