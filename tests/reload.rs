@@ -411,3 +411,58 @@ fn a_failed_exec_resumes_everything_as_before() {
     let numbers: Vec<u64> = log.lines().filter_map(|l| l.rsplit_once("n ")?.1.parse().ok()).collect();
     assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "no line lost or doubled around the failed exec");
 }
+
+/// A process the test starts whose command line carries `mark`, using
+/// 100 MB of resident memory; killed and reaped on drop.
+struct Hog(std::process::Child, SessionGuard);
+
+impl Hog {
+    fn start(mark: &str) -> Hog {
+        let (child, guard) = spawn_in_session(
+            std::process::Command::new("python3").args(["-c", "x = b'x' * (100 * 2**20)\nimport time\ntime.sleep(1000)", mark]),
+        );
+        Hog(child, guard)
+    }
+
+    /// Waits until it is killed by `signal`.
+    fn wait_killed_by(&mut self, signal: i32) {
+        use std::os::unix::process::ExitStatusExt;
+        let status = wait_for("the hog to be stopped by the watch", || self.0.try_wait().unwrap());
+        assert_eq!(status.signal(), Some(signal), "{status:?}");
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_failed_exec_keeps_watches_rules_and_their_counts() {
+    let mark = format!("fxw{}", std::process::id());
+    let rule = format!(r#"watch("w", "{mark}").every(Duration::from_millis(200)).on("rmem > 50m", "term")"#);
+    let c = ConfCrate::new("rl_noexec_watch", &main_rs(&[r#"entry("keep", "sleep", ["100000"], 0, 1)"#, &rule]));
+    let s = c.start(&[("SENTRY_TEST_FAIL_EXEC", "1")]);
+    let pid = wait_for("keep", || s.pids("keep").first().copied());
+    Hog::start(&mark).wait_killed_by(libc::SIGTERM);
+    let fired = |s: &Sentry| s.status()["watches"][0]["rules"][0]["fired"].as_u64();
+    wait_for("the firing counted", || (fired(&s) == Some(1)).then_some(()));
+
+    let (code, output) = reload(&s);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("cannot exec"), "{output}");
+    let st = s.status();
+    assert_eq!(st["last_reload"]["ok"], false);
+    let w = &st["watches"][0];
+    assert_eq!(w["name"], "w", "the watch survives the failed exec: {st}");
+    assert_eq!(w["pattern"], mark);
+    assert_eq!(w["rules"][0]["trigger"], "rmem > 50m");
+    assert_eq!(w["rules"][0]["action"], "term");
+    assert_eq!(w["rules"][0]["fired"], 1, "the count is kept: {w}");
+    // ...and it still acts.
+    Hog::start(&mark).wait_killed_by(libc::SIGTERM);
+    wait_for("the second firing counted", || (fired(&s) == Some(2)).then_some(()));
+    assert_eq!(s.pids("keep"), vec![pid]);
+}

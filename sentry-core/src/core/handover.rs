@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::{Command, Core, CoreOptions, EntryRun, FoundChild, Helper, Leftover, SlotRun, Suspended};
 use crate::child::{Quiesced, Stream};
-use crate::config::{Config, EntryConfig};
+use crate::config::{Config, EntryConfig, WatchConfig};
 use crate::handoff::{
     CoreSnapshot, DrainingSnapshot, EntrySnapshot, HelperSnapshot, KeptFd, LeftoverSnapshot, PhaseSnapshot,
     ProcessSnapshot, SlotSnapshot, StreamSnapshot,
@@ -195,6 +195,7 @@ impl Core {
             leftovers,
             watch: self.watch_state.to_memory(),
             helpers,
+            watches: self.config.watches.iter().map(|w| w.to_snapshot()).collect(),
         };
         Suspended { snapshot, fds }
     }
@@ -288,6 +289,17 @@ impl Core {
             .map(|l| Leftover { pgid: l.pgid, kill_at: now + Duration::from_millis(l.kill_in_ms) })
             .collect();
         core.config.entries = core.entries.iter().map(|e| e.config.clone()).collect();
+        // The watches come back with the entries: after a failed exec (or an
+        // invalid new configuration) the old configuration runs on whole.
+        core.config.watches = snapshot
+            .watches
+            .iter()
+            .filter_map(|w| {
+                WatchConfig::from_snapshot(w)
+                    .map_err(|e| warnings.push(format!("watch {}: {e}; dropped", w.name)))
+                    .ok()
+            })
+            .collect();
         for (i, index) in gone {
             core.apply(i, index, Event::Exited { exit: ChildExit::Unknown, now });
         }
@@ -307,4 +319,43 @@ fn adopt_streams(snapshots: &[StreamSnapshot], warnings: &mut Vec<String>) -> Ve
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::CoreExit;
+    use crate::handoff::InfoSnapshot;
+    use crate::output::ConsoleHandle;
+    use crate::prelude::*;
+    use crate::Spec;
+
+    fn core_for(specs: &[Spec], log_dir: Option<std::path::PathBuf>) -> (Core, Sender<Command>, Receiver<Command>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let options = CoreOptions { log_dir, console: ConsoleHandle::default(), info: InfoSnapshot::default() };
+        let config = Config::from_specs(specs).unwrap();
+        (Core::new(config, options, tx.clone(), rx.clone()), tx, rx)
+    }
+
+    #[test]
+    fn a_restored_core_has_the_watches_and_rules_it_suspended_with() {
+        let specs = [
+            entry("e", "true", [], 0, 0).on("rmem > 1g", "restart"),
+            watch("w", "^x").every(Duration::from_millis(250)).on("cpu > 90%", "exec @ 1h echo $NAME"),
+        ];
+        let (mut core, tx, rx) = core_for(&specs, None);
+        let suspended = core.suspend();
+        let json = serde_json::to_string(&suspended.snapshot).unwrap();
+        let options = CoreOptions { log_dir: None, console: ConsoleHandle::default(), info: InfoSnapshot::default() };
+        let (back, warnings) = Core::restore(serde_json::from_str(&json).unwrap(), options, tx, rx);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let status = back.status();
+        assert_eq!(status.watches.len(), 1);
+        let w = &status.watches[0];
+        assert_eq!((w.name.as_str(), w.pattern.as_str()), ("w", "^x"));
+        assert_eq!((w.rules[0].trigger.as_str(), w.rules[0].action.as_str()), ("cpu > 90%", "exec @ 1h echo $NAME"));
+        assert_eq!(back.config.watches[0].every, Duration::from_millis(250));
+        assert_eq!(status.entries[0].rules[0].action, "restart");
+        assert_eq!(watch::targets(&back.config).len(), 2, "the watcher will cover both again");
+    }
 }
