@@ -358,4 +358,24 @@ mod tests {
         assert_eq!(status.entries[0].rules[0].action, "restart");
         assert_eq!(watch::targets(&back.config).len(), 2, "the watcher will cover both again");
     }
+
+    #[test]
+    fn commands_queued_behind_a_suspend_are_not_lost() {
+        let dir = std::env::temp_dir().join(format!("sentry-drain-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (core, tx, _rx) = core_for(&[watch("w", "^x").on("rmem > 1g", "exec echo hi")], Some(dir.clone()));
+        // What the watcher sent just before it was stopped, behind the Suspend.
+        tx.send(Command::Suspend).unwrap();
+        tx.send(Command::Fired { target: "w".into(), pid: 4242, text: "rmem 2g > 1g: exec.".into() }).unwrap();
+        tx.send(Command::RunHelper { target: "w".into(), argv: vec!["sleep".into(), "5".into()] }).unwrap();
+        let CoreExit::Suspended(suspended) = core.run() else { panic!("the core did not suspend") };
+        let log = std::fs::read_to_string(dir.join("w.log")).unwrap_or_default();
+        assert!(log.contains("w.4242 rmem 2g > 1g: exec."), "the firing line reached the log: {log:?}");
+        let helpers = &suspended.snapshot.helpers;
+        assert_eq!(helpers.len(), 1, "the requested program runs and is handed over");
+        assert_eq!(helpers[0].target, "w");
+        sys::signal_group(helpers[0].pid, Signal::SIGKILL);
+        sys::reap(helpers[0].pid);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

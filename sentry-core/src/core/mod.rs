@@ -215,6 +215,9 @@ impl Core {
                 break;
             }
             if self.suspending && !self.shutting_down && self.waiters.is_empty() {
+                if self.drain_before_suspend() {
+                    continue;
+                }
                 return CoreExit::Suspended(Box::new(self.suspend()));
             }
             let command = match self.next_deadline() {
@@ -232,6 +235,22 @@ impl Core {
         self.stop_watcher();
         self.close_monitors();
         CoreExit::Shutdown
+    }
+
+    /// Before suspending: stops the watcher (nothing more comes from it) and
+    /// handles every command already queued — firing lines are written,
+    /// `exec` programs started (the snapshot carries them as helpers),
+    /// restarts begun, outcomes recorded, exits reaped — so that nothing sent
+    /// just before the exec dies with the channel. Returns whether anything
+    /// was handled (the loop then goes round again: waiters, a shutdown).
+    fn drain_before_suspend(&mut self) -> bool {
+        self.stop_watcher();
+        let queued: Vec<Command> = self.rx.try_iter().collect();
+        let handled = !queued.is_empty();
+        for command in queued {
+            self.handle(command);
+        }
+        handled
     }
 
     /// (Re)starts the watch thread for the current configuration, keeping clocks.
