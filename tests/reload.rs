@@ -466,3 +466,20 @@ fn a_failed_exec_keeps_watches_rules_and_their_counts() {
     wait_for("the second firing counted", || (fired(&s) == Some(2)).then_some(()));
     assert_eq!(s.pids("keep"), vec![pid]);
 }
+
+#[test]
+fn an_unreadable_snapshot_keeps_the_adopted_childrens_output_pipes() {
+    let talker = r#"entry("talk", "sh", ["-c", "i=0; while :; do echo \"n $i\"; i=$((i+1)); sleep 0.1; done"], 0, 1)"#;
+    let c = ConfCrate::new("rl_corrupt_pipes", &main_rs(&[talker]));
+    let s = c.start(&[("SENTRY_TEST_CORRUPT_HANDOFF", "1")]);
+    let pid = wait_for("talk", || s.pids("talk").first().copied());
+    wait_for("output", || s.log("talk").contains("n 5\n").then_some(()));
+    let _ = s.cli(&["reload"]);
+    wait_for("the loud warning", || s.console().contains("could not read its handed-over state").then_some(()));
+    let lines = |s: &Sentry| s.log("talk").lines().filter(|l| l.contains(&format!("talk.{pid} n "))).count();
+    let after_reload = lines(&s);
+    wait_for("more lines of the same child after the reload", || (lines(&s) >= after_reload + 10).then_some(()));
+    assert!(alive(pid), "the adopted child was not killed by SIGPIPE");
+    assert_eq!(s.pids("talk"), vec![pid], "same slot, same PID");
+    assert!(!s.console().contains("killed by SIGPIPE"), "{}", s.console());
+}

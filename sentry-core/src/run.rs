@@ -9,6 +9,7 @@
 //! as before. If the snapshot cannot be read, [`resume`] adopts what /proc
 //! shows and says so loudly.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -134,7 +135,7 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
 /// entry, stop the others. Loud, but never fatal.
 fn resume_without_snapshot(specs: &[Spec], paths: &Paths, why: &str) -> Result<(), Error> {
     let config = Config::from_specs(specs)?;
-    let (lock_fd, listener_fd) = sort_out_inherited_fds(&paths.pidfile());
+    let (lock_fd, listener_fd, mut pipes) = sort_out_inherited_fds(&paths.pidfile());
     let lock = match lock_fd {
         Some(fd) => PidLock::adopt(fd, paths.pidfile()),
         None => PidLock::acquire(&paths.pidfile())?,
@@ -161,9 +162,11 @@ fn resume_without_snapshot(specs: &[Spec], paths: &Paths, why: &str) -> Result<(
     let last_reload = Some(ReloadOutcome { at: now, ok: true, error: Some(error), id });
     let info = InfoSnapshot { started_at: now, reexec_count: 1, reexeced_at: Some(now), last_reload };
     let mut core = Core::new(config, instance.options(info), instance.tx.clone(), instance.rx.clone());
-    for line in core.adopt(our_children()) {
+    for line in core.adopt(our_children(&mut pipes)) {
         instance.say(&line);
     }
+    // Pipes no child writes to any more (a draining monitor's, a helper's) are closed.
+    drop(pipes);
     instance.supervise(core)
 }
 
@@ -175,9 +178,10 @@ fn rebind(paths: &Paths) -> Result<TcpListener, Error> {
 }
 
 /// Among the fds a previous image left open: the pidfile's and a listening
-/// socket are kept; every other one is closed.
-fn sort_out_inherited_fds(pidfile: &Path) -> (Option<OwnedFd>, Option<OwnedFd>) {
-    let (mut lock, mut listener) = (None, None);
+/// socket are kept, and every pipe, by inode (the children's output pipes,
+/// matched to them by [`our_children`]); every other one is closed.
+fn sort_out_inherited_fds(pidfile: &Path) -> (Option<OwnedFd>, Option<OwnedFd>, HashMap<u64, OwnedFd>) {
+    let (mut lock, mut listener, mut pipes) = (None, None, HashMap::new());
     let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
         .into_iter()
         .flatten()
@@ -196,9 +200,19 @@ fn sort_out_inherited_fds(pidfile: &Path) -> (Option<OwnedFd>, Option<OwnedFd>) 
             lock = Some(owned);
         } else if target.to_string_lossy().starts_with("socket:") && listener.is_none() && is_listening(fd) {
             listener = Some(owned);
+        } else if target.to_string_lossy().starts_with("pipe:") {
+            if let Ok(kept) = KeptFd::of(&owned) {
+                pipes.insert(kept.ino, owned);
+            }
         }
     }
-    (lock, listener)
+    (lock, listener, pipes)
+}
+
+/// The inode of the pipe `/proc/PID/fd/FD` is (`pipe:[INODE]`).
+fn pipe_inode(pid: i32, fd: i32) -> Option<u64> {
+    let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    target.to_str()?.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
 }
 
 fn is_listening(fd: RawFd) -> bool {
@@ -211,8 +225,10 @@ fn is_listening(fd: RawFd) -> bool {
     r == 0 && value != 0
 }
 
-/// Our children as /proc shows them.
-fn our_children() -> Vec<FoundChild> {
+/// Our children as /proc shows them, each with the inherited pipes (taken
+/// from `pipes`) its stdout and stderr write to: its monitor goes on reading
+/// them, so it does not die of SIGPIPE at its next line.
+fn our_children(pipes: &mut HashMap<u64, OwnedFd>) -> Vec<FoundChild> {
     let me = std::process::id() as i32;
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -227,6 +243,7 @@ fn our_children() -> Vec<FoundChild> {
             cmdline: sys::proc_words(pid, "cmdline"),
             entry: var("SENTRY_ENTRY"),
             index: var("SENTRY_INDEX").and_then(|i| i.parse().ok()),
+            pipes: [1, 2].iter().filter_map(|&fd| pipes.remove(&pipe_inode(pid, fd)?)).collect(),
         });
     }
     found

@@ -3,7 +3,8 @@
 //! [`Core::restore`] rebuilds a core from one (verifying every child and
 //! adopting every kept pipe); [`Core::reconfigure`] applies a new
 //! configuration as a difference; [`Core::adopt`] takes over children found
-//! in /proc when no snapshot could be read. Split from the loop itself so
+//! in /proc when no snapshot could be read, with the output pipes found among
+//! the inherited fds. Split from the loop itself so
 //! each reads in one pass; it knows nothing of how the state crosses exec.
 
 use std::collections::{BTreeMap, HashMap};
@@ -53,7 +54,11 @@ impl Core {
             });
             let name = placed.as_ref().map(|(n, _)| n.clone()).unwrap_or_else(|| "stray".to_string());
             let sink = self.sink(&name, child.pid);
-            if let Err(e) = self.watch(child.pid, Vec::new(), sink, false) {
+            // Its pipes, read on where the previous image stopped (the bytes
+            // that image held are lost with its snapshot).
+            let streams =
+                child.pipes.into_iter().map(|fd| Stream { fd, splitter: LineSplitter::default() }).collect();
+            if let Err(e) = self.watch(child.pid, streams, sink, false) {
                 report.push(format!("cannot watch {name}.{}: {e}", child.pid));
             }
             if placed.is_some() {

@@ -105,6 +105,8 @@ pub(crate) struct FoundChild {
     /// Its `SENTRY_ENTRY` and `SENTRY_INDEX`.
     pub entry: Option<String>,
     pub index: Option<usize>,
+    /// The output pipes it writes to, inherited from the previous image.
+    pub pipes: Vec<OwnedFd>,
 }
 
 /// What the core needs from whoever runs it.
