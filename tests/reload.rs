@@ -483,3 +483,36 @@ fn an_unreadable_snapshot_keeps_the_adopted_childrens_output_pipes() {
     assert_eq!(s.pids("talk"), vec![pid], "same slot, same PID");
     assert!(!s.console().contains("killed by SIGPIPE"), "{}", s.console());
 }
+
+#[test]
+fn a_console_nobody_reads_never_blocks_a_reload() {
+    let chatty = r#"entry("chatty", "sh", ["-c", "i=0; while [ $i -lt 20000 ]; do echo \"chatter line $i\"; i=$((i+1)); done; exec sleep 100000"], 0, 1)"#;
+    let c = ConfCrate::new("rl_full_stdout", &main_rs(&[chatty]));
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array with two new fds.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh fds owned by nobody else.
+    let (read_end, write_end) = unsafe {
+        use std::os::fd::FromRawFd;
+        (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1]))
+    };
+    let s = c.start_with_stdout(&[], Some(write_end.into()));
+    let pid = wait_for("chatty", || s.pids("chatty").first().copied());
+    wait_for("all lines logged", || s.log("chatty").contains("chatter line 19999\n").then_some(()));
+    let queued = || {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes an int.
+        unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&read_end), libc::FIONREAD, &mut n) };
+        n
+    };
+    wait_for("the stdout pipe to be full", || (queued() >= 60_000).then_some(()));
+    let out = run_within(
+        std::process::Command::new(&s.bin).args(["reload", "--dir"]).arg(s.dir.path()),
+        PATIENCE * 2,
+    );
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let st = s.status();
+    assert_eq!(st["reexec_count"], 1);
+    assert_eq!(s.pids("chatty"), vec![pid]);
+    drop(read_end);
+}

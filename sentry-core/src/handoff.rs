@@ -55,6 +55,10 @@ pub(crate) struct InstanceSnapshot {
     /// reports how long the handover paused supervision.
     #[serde(default)]
     pub exec_at_ns: u64,
+    /// Console lines the old image dropped because standard output would
+    /// not take them before the exec (the new image says so).
+    #[serde(default)]
+    pub console_dropped: u64,
 }
 
 /// The supervision core's state.
@@ -386,6 +390,7 @@ mod tests {
                 pending_reload: false,
                 reload_id: 3,
                 exec_at_ns: 0,
+                console_dropped: 0,
             },
             core: CoreSnapshot {
                 entries: vec![EntrySnapshot {

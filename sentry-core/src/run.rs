@@ -124,6 +124,7 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     for w in warnings {
         instance.say(&format!("Warning: {w}"));
     }
+    say_dropped(&instance, kept.console_dropped);
     if kept.pending_reload {
         instance.reloader.request(None);
     }
@@ -168,6 +169,15 @@ fn resume_without_snapshot(specs: &[Spec], paths: &Paths, why: &str) -> Result<(
     // Pipes no child writes to any more (a draining monitor's, a helper's) are closed.
     drop(pipes);
     instance.supervise(core)
+}
+
+/// Says that console lines were dropped when the console was closed for an exec.
+fn say_dropped(instance: &Instance, dropped: u64) {
+    if dropped > 0 {
+        instance.say(&format!(
+            "Warning: {dropped} console line(s) dropped before the exec: standard output is not being read."
+        ));
+    }
 }
 
 /// Binds the address recorded in `NAME.addr` again (or a new ephemeral port).
@@ -311,7 +321,7 @@ impl Instance {
                 server.stop();
             }
             if let Some(c) = instance.console.take() {
-                c.close();
+                let _ = c.close();
             }
             return Err((e, instance.lock));
         }
@@ -409,6 +419,7 @@ impl Instance {
                 pending_reload: self.reloader.has_pending(),
                 reload_id: plan.reload_id,
                 exec_at_ns: 0,
+                console_dropped: 0,
             })
         })();
         let kept = match kept {
@@ -423,7 +434,11 @@ impl Instance {
             .chain(suspended.fds.iter().map(|f| f.as_raw_fd()))
             .collect();
         let Suspended { snapshot, fds: owned } = suspended;
-        let kept = InstanceSnapshot { exec_at_ns: sys::unix_now_ns(), ..kept };
+        let exec_at_ns = sys::unix_now_ns();
+        // Everything said so far must reach the console before the exec —
+        // within a deadline: a stdout nobody reads must not block it.
+        let console_dropped = self.console.take().map(Console::close).unwrap_or(0) as u64;
+        let kept = InstanceSnapshot { exec_at_ns, console_dropped, ..kept };
         let handoff = Handoff { version: HANDOFF_VERSION, instance: kept, core: snapshot };
         let memfd = if std::env::var_os("SENTRY_TEST_CORRUPT_HANDOFF").is_some() {
             // Test hook: exercise the new image's fallback for an unreadable snapshot.
@@ -437,10 +452,6 @@ impl Instance {
                 for &fd in &fds {
                     let _ = handoff::set_cloexec(fd, false);
                 }
-                // Everything said so far must reach the console before the exec.
-                if let Some(c) = self.console.take() {
-                    c.close();
-                }
                 let error = if std::env::var_os("SENTRY_TEST_FAIL_EXEC").is_some() {
                     // Test hook: exercise the path of an execve that fails.
                     std::io::Error::from_raw_os_error(libc::ENOEXEC)
@@ -450,10 +461,11 @@ impl Instance {
                 for &fd in &fds {
                     let _ = handoff::set_cloexec(fd, true);
                 }
-                self.console = Some(Console::stdout());
                 format!("cannot exec {}: {error}", plan.binary.display())
             }
         };
+        self.console = Some(Console::stdout());
+        say_dropped(self, console_dropped);
         self.http.lock().unwrap_or_else(|p| p.into_inner()).listener = Some(listener);
         (error, Suspended { snapshot: handoff.core, fds: owned })
     }
@@ -498,7 +510,7 @@ impl Instance {
         let _ = std::fs::remove_file(self.paths.token_file());
         self.say("Bye.");
         if let Some(c) = self.console.take() {
-            c.close();
+            let _ = c.close();
         }
         self.lock.release();
     }

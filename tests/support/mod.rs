@@ -201,7 +201,21 @@ impl Sentry {
 
     /// Same, with extra environment variables.
     pub fn spawn_with(dir: TempDir, bin: &str, scenario: &str, args: &[&str], envs: &[(&str, &str)]) -> Sentry {
+        Sentry::spawn_with_stdout(dir, bin, scenario, args, envs, None)
+    }
+
+    /// Same, with standard output going to `stdout` instead of
+    /// `console.txt` (standard error still goes there).
+    pub fn spawn_with_stdout(
+        dir: TempDir,
+        bin: &str,
+        scenario: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        stdout: Option<Stdio>,
+    ) -> Sentry {
         let console = fs::File::create(dir.path().join("console.txt")).expect("console file");
+        let stdout = stdout.unwrap_or_else(|| console.try_clone().expect("dup").into());
         let mut cmd = Command::new(bin);
         cmd.arg("start")
             .arg("--dir")
@@ -210,7 +224,7 @@ impl Sentry {
             .env("TCONF", scenario)
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
-            .stdout(console.try_clone().expect("dup"))
+            .stdout(stdout)
             .stderr(console);
         // Like a shell's spare fds or cargo's jobserver: an fd left open
         // without CLOEXEC, which Sentry must not pass on.
@@ -403,13 +417,18 @@ impl ConfCrate {
 
     /// Builds and starts it in its own session, with DIR = CRATE.
     pub fn start(&self, envs: &[(&str, &str)]) -> Sentry {
+        self.start_with_stdout(envs, None)
+    }
+
+    /// Same, with standard output going to `stdout` (see [`Sentry::spawn_with_stdout`]).
+    pub fn start_with_stdout(&self, envs: &[(&str, &str)], stdout: Option<Stdio>) -> Sentry {
         let bin = self.build();
         let crate_dir = self.dir.path().to_str().unwrap().to_string();
         let target = ConfCrate::target_dir();
         let mut all: Vec<(&str, &str)> = vec![("CARGO_TARGET_DIR", target.to_str().unwrap())];
         all.extend_from_slice(envs);
         let run_dir = TempDir::new(&format!("{}-run", self.name));
-        let s = Sentry::spawn_with(run_dir, bin.to_str().unwrap(), "-", &["--crate", &crate_dir], &all);
+        let s = Sentry::spawn_with_stdout(run_dir, bin.to_str().unwrap(), "-", &["--crate", &crate_dir], &all, stdout);
         wait_for("the instance to answer", || s.cli(&["status", "--json"]).status.success().then_some(()));
         s
     }
