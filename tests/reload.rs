@@ -505,7 +505,15 @@ fn a_console_nobody_reads_never_blocks_a_reload() {
         unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&read_end), libc::FIONREAD, &mut n) };
         n
     };
-    wait_for("the stdout pipe to be full", || (queued() >= 60_000).then_some(()));
+    // Full: the console thread waits in a pipe write (how full in bytes
+    // depends on how the writes filled the pipe's pages).
+    let console_blocked = || {
+        std::fs::read_dir(format!("/proc/{}/task", s.pid())).into_iter().flatten().flatten().any(|t| {
+            let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+            read("comm").trim() == "sentry-console" && read("wchan").contains("pipe_write")
+        })
+    };
+    wait_for("the stdout pipe to be full", || (queued() > 0 && console_blocked()).then_some(()));
     let out = run_within(
         std::process::Command::new(&s.bin).args(["reload", "--dir"]).arg(s.dir.path()),
         PATIENCE * 2,
