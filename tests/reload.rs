@@ -432,3 +432,119 @@ fn a_failed_exec_resumes_everything_as_before() {
     let numbers: Vec<u64> = log.lines().filter_map(|l| l.rsplit_once("n ")?.1.parse().ok()).collect();
     assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "no line lost or doubled around the failed exec");
 }
+
+/// A process the test starts whose command line carries `mark`, using
+/// 100 MB of resident memory; killed and reaped on drop (its session too).
+struct Hog {
+    child: std::process::Child,
+    _session: SessionGuard,
+}
+
+impl Hog {
+    fn start(mark: &str) -> Hog {
+        let (child, guard) = spawn_in_session(
+            std::process::Command::new("python3").args(["-c", "x = b'x' * (100 * 2**20)\nimport time\ntime.sleep(1000)", mark]),
+        );
+        Hog { child, _session: guard }
+    }
+
+    /// Waits until it is killed by `signal`.
+    fn wait_killed_by(&mut self, signal: i32) {
+        use std::os::unix::process::ExitStatusExt;
+        let status = wait_for("the hog to be stopped by the watch", || self.child.try_wait().unwrap());
+        assert_eq!(status.signal(), Some(signal), "{status:?}");
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_failed_exec_keeps_watches_rules_and_their_counts() {
+    let mark = format!("fxw{}", std::process::id());
+    let rule = format!(r#"watch("w", "{mark}").every(Duration::from_millis(200)).on("rmem > 50m", "term")"#);
+    let c = ConfCrate::new("rl_noexec_watch", &main_rs(&[r#"entry("keep", "sleep", ["100000"], 0, 1)"#, &rule]));
+    let s = c.start(&[("SENTRY_TEST_FAIL_EXEC", "1")]);
+    let pid = wait_for("keep", || s.pids("keep").first().copied());
+    Hog::start(&mark).wait_killed_by(libc::SIGTERM);
+    let fired = |s: &Sentry| s.status()["watches"][0]["rules"][0]["fired"].as_u64();
+    wait_for("the firing counted", || (fired(&s) == Some(1)).then_some(()));
+
+    let (code, output) = reload(&s);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("cannot exec"), "{output}");
+    let st = s.status();
+    assert_eq!(st["last_reload"]["ok"], false);
+    let w = &st["watches"][0];
+    assert_eq!(w["name"], "w", "the watch survives the failed exec: {st}");
+    assert_eq!(w["pattern"], mark);
+    assert_eq!(w["rules"][0]["trigger"], "rmem > 50m");
+    assert_eq!(w["rules"][0]["action"], "term");
+    assert_eq!(w["rules"][0]["fired"], 1, "the count is kept: {w}");
+    // ...and it still acts.
+    Hog::start(&mark).wait_killed_by(libc::SIGTERM);
+    wait_for("the second firing counted", || (fired(&s) == Some(2)).then_some(()));
+    assert_eq!(s.pids("keep"), vec![pid]);
+}
+
+#[test]
+fn an_unreadable_snapshot_keeps_the_adopted_childrens_output_pipes() {
+    let talker = r#"entry("talk", "sh", ["-c", "i=0; while :; do echo \"n $i\"; i=$((i+1)); sleep 0.1; done"], 0, 1)"#;
+    let c = ConfCrate::new("rl_corrupt_pipes", &main_rs(&[talker]));
+    let s = c.start(&[("SENTRY_TEST_CORRUPT_HANDOFF", "1")]);
+    let pid = wait_for("talk", || s.pids("talk").first().copied());
+    wait_for("output", || s.log("talk").contains("n 5\n").then_some(()));
+    let _ = s.cli(&["reload"]);
+    wait_for("the loud warning", || s.console().contains("could not read its handed-over state").then_some(()));
+    let lines = |s: &Sentry| s.log("talk").lines().filter(|l| l.contains(&format!("talk.{pid} n "))).count();
+    let after_reload = lines(&s);
+    wait_for("more lines of the same child after the reload", || (lines(&s) >= after_reload + 10).then_some(()));
+    assert!(alive(pid), "the adopted child was not killed by SIGPIPE");
+    assert_eq!(s.pids("talk"), vec![pid], "same slot, same PID");
+    assert!(!s.console().contains("killed by SIGPIPE"), "{}", s.console());
+}
+
+#[test]
+fn a_console_nobody_reads_never_blocks_a_reload() {
+    let chatty = r#"entry("chatty", "sh", ["-c", "i=0; while [ $i -lt 20000 ]; do echo \"chatter line $i\"; i=$((i+1)); done; exec sleep 100000"], 0, 1)"#;
+    let c = ConfCrate::new("rl_full_stdout", &main_rs(&[chatty]));
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array with two new fds.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh fds owned by nobody else.
+    let (read_end, write_end) = unsafe {
+        use std::os::fd::FromRawFd;
+        (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1]))
+    };
+    let s = c.start_with_stdout(&[], Some(write_end.into()));
+    let pid = wait_for("chatty", || s.pids("chatty").first().copied());
+    wait_for("all lines logged", || s.log("chatty").contains("chatter line 19999\n").then_some(()));
+    let queued = || {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes an int.
+        unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&read_end), libc::FIONREAD, &mut n) };
+        n
+    };
+    // Full: the console thread waits in a pipe write (how full in bytes
+    // depends on how the writes filled the pipe's pages).
+    let console_blocked = || {
+        std::fs::read_dir(format!("/proc/{}/task", s.pid())).into_iter().flatten().flatten().any(|t| {
+            let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+            read("comm").trim() == "sentry-console" && read("wchan").contains("pipe_write")
+        })
+    };
+    wait_for("the stdout pipe to be full", || (queued() > 0 && console_blocked()).then_some(()));
+    let out = run_within(
+        std::process::Command::new(&s.bin).args(["reload", "--dir"]).arg(s.dir.path()),
+        PATIENCE * 2,
+    );
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let st = s.status();
+    assert_eq!(st["reexec_count"], 1);
+    assert_eq!(s.pids("chatty"), vec![pid]);
+    drop(read_end);
+}

@@ -7,8 +7,11 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::handoff::EntryConfigSnapshot;
-use crate::rule::{Action, Trigger};
+use crate::handoff::{
+    ActionSnapshot, EntryConfigSnapshot, OpSnapshot, PieceSnapshot, QuantitySnapshot, RuleForm, RuleSnapshot,
+    TriggerSnapshot, VarSnapshot, WatchConfigSnapshot,
+};
+use crate::rule::{Action, Comparison, Piece, Quantity, Trigger, Var, Word};
 use crate::spec::{EntryFields, Restart, Spec, SpecKind, MAX_COUNT, MAX_LINE_LIMIT, MIN_LINE_LIMIT};
 use crate::{Error, Signal};
 
@@ -142,18 +145,15 @@ impl EntryConfig {
             user: self.user.clone(),
             group: self.group.clone(),
             children: self.children,
-            rules: self.rules.iter().map(|r| (r.trigger.to_string(), r.action.to_string())).collect(),
+            rules: self.rules.iter().map(|r| RuleForm::Data(r.to_snapshot())).collect(),
             line_limit: self.line_limit,
         }
     }
 
-    /// Back from data; `Err` if a rule no longer parses.
+    /// Back from data; `Err` if a rule of a version 1 snapshot (text) no
+    /// longer parses.
     pub fn from_snapshot(s: &EntryConfigSnapshot) -> Result<EntryConfig, String> {
-        let rules = s
-            .rules
-            .iter()
-            .map(|(t, a)| Ok(Rule { trigger: Trigger::parse(t)?, action: Action::parse(a)? }))
-            .collect::<Result<Vec<_>, String>>()?;
+        let rules = s.rules.iter().map(Rule::from_form).collect::<Result<Vec<_>, String>>()?;
         Ok(EntryConfig {
             name: s.name.clone(),
             command: s.command.clone(),
@@ -178,6 +178,136 @@ impl EntryConfig {
     pub fn needs_restart_for(&self, new: &EntryConfig) -> bool {
         (&self.command, &self.args, &self.env, &self.cwd, &self.user, &self.group)
             != (&new.command, &new.args, &new.env, &new.cwd, &new.user, &new.group)
+    }
+}
+
+impl WatchConfig {
+    /// The configuration as data, to cross an exec.
+    pub fn to_snapshot(&self) -> WatchConfigSnapshot {
+        WatchConfigSnapshot {
+            name: self.name.clone(),
+            pattern: self.pattern.as_str().to_string(),
+            children: self.children,
+            every_ms: self.every.as_millis() as u64,
+            rules: self.rules.iter().map(Rule::to_snapshot).collect(),
+        }
+    }
+
+    /// Back from data; `Err` if the pattern no longer compiles.
+    pub fn from_snapshot(s: &WatchConfigSnapshot) -> Result<WatchConfig, String> {
+        let pattern = regex::Regex::new(&s.pattern).map_err(|e| first_line(&e.to_string()))?;
+        Ok(WatchConfig {
+            name: s.name.clone(),
+            pattern,
+            children: s.children,
+            every: Duration::from_millis(s.every_ms),
+            rules: s.rules.iter().map(Rule::from_snapshot).collect(),
+        })
+    }
+}
+
+impl Rule {
+    /// The rule as data (no text to parse back).
+    pub fn to_snapshot(&self) -> RuleSnapshot {
+        let t = &self.trigger;
+        let trigger = TriggerSnapshot {
+            quantity: match t.quantity {
+                Quantity::Rmem => QuantitySnapshot::Rmem,
+                Quantity::Vmem => QuantitySnapshot::Vmem,
+                Quantity::Cpu => QuantitySnapshot::Cpu,
+            },
+            op: match t.comparison {
+                Comparison::Greater => OpSnapshot::Greater,
+                Comparison::GreaterOrEqual => OpSnapshot::GreaterOrEqual,
+                Comparison::Less => OpSnapshot::Less,
+                Comparison::LessOrEqual => OpSnapshot::LessOrEqual,
+            },
+            value: t.threshold,
+        };
+        let ms = |d: Duration| d.as_millis() as u64;
+        let action = match &self.action {
+            Action::Term => ActionSnapshot::Term,
+            Action::Kill => ActionSnapshot::Kill,
+            Action::Restart => ActionSnapshot::Restart,
+            Action::Stop { every } => ActionSnapshot::Stop { every_ms: ms(*every) },
+            Action::Exec { every, words } => ActionSnapshot::Exec {
+                every_ms: every.map(ms),
+                words: words
+                    .iter()
+                    .map(|w| {
+                        w.0.iter()
+                            .map(|p| match p {
+                                Piece::Text(t) => PieceSnapshot::Text(t.clone()),
+                                Piece::Var(v) => PieceSnapshot::Var(match v {
+                                    Var::Name => VarSnapshot::Name,
+                                    Var::Pid => VarSnapshot::Pid,
+                                    Var::Rmem => VarSnapshot::Rmem,
+                                    Var::Vmem => VarSnapshot::Vmem,
+                                    Var::Cmdline => VarSnapshot::Cmdline,
+                                }),
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            },
+        };
+        RuleSnapshot { trigger, action }
+    }
+
+    /// Back from data; never fails.
+    pub fn from_snapshot(s: &RuleSnapshot) -> Rule {
+        let t = &s.trigger;
+        let trigger = Trigger {
+            quantity: match t.quantity {
+                QuantitySnapshot::Rmem => Quantity::Rmem,
+                QuantitySnapshot::Vmem => Quantity::Vmem,
+                QuantitySnapshot::Cpu => Quantity::Cpu,
+            },
+            comparison: match t.op {
+                OpSnapshot::Greater => Comparison::Greater,
+                OpSnapshot::GreaterOrEqual => Comparison::GreaterOrEqual,
+                OpSnapshot::Less => Comparison::Less,
+                OpSnapshot::LessOrEqual => Comparison::LessOrEqual,
+            },
+            threshold: t.value,
+        };
+        let action = match &s.action {
+            ActionSnapshot::Term => Action::Term,
+            ActionSnapshot::Kill => Action::Kill,
+            ActionSnapshot::Restart => Action::Restart,
+            ActionSnapshot::Stop { every_ms } => Action::Stop { every: Duration::from_millis(*every_ms) },
+            ActionSnapshot::Exec { every_ms, words } => Action::Exec {
+                every: every_ms.map(Duration::from_millis),
+                words: words
+                    .iter()
+                    .map(|w| {
+                        Word(
+                            w.iter()
+                                .map(|p| match p {
+                                    PieceSnapshot::Text(t) => Piece::Text(t.clone()),
+                                    PieceSnapshot::Var(v) => Piece::Var(match v {
+                                        VarSnapshot::Name => Var::Name,
+                                        VarSnapshot::Pid => Var::Pid,
+                                        VarSnapshot::Rmem => Var::Rmem,
+                                        VarSnapshot::Vmem => Var::Vmem,
+                                        VarSnapshot::Cmdline => Var::Cmdline,
+                                    }),
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            },
+        };
+        Rule { trigger, action }
+    }
+
+    /// A rule as a snapshot of any version carries it.
+    fn from_form(form: &RuleForm) -> Result<Rule, String> {
+        match form {
+            RuleForm::Data(data) => Ok(Rule::from_snapshot(data)),
+            RuleForm::Text(t, a) => Ok(Rule { trigger: Trigger::parse(t)?, action: Action::parse(a)? }),
+        }
     }
 }
 
@@ -304,6 +434,37 @@ mod tests {
         assert_eq!(EntryConfig::from_snapshot(&config.entries[0].to_snapshot()).unwrap(), config.entries[0]);
         let default = Config::from_specs(&[entry("d", "sleep", ["1"], 0, 1)]).unwrap();
         assert_eq!(default.entries[0].line_limit, crate::LINE_LIMIT);
+    }
+
+    #[test]
+    fn rules_and_watches_cross_as_data_and_come_back_equal() {
+        let specs = [
+            watch("w", "a(b|c)").every(Duration::from_millis(300)).children(true).on("900m < vmem", "kill").on(
+                "cpu >= 90%",
+                r#"exec @ 1h logger "$NAME ($PID) uses ${RMEM}b" '$HOME' "" x\ y"#,
+            ),
+            entry("e", "true", [], 0, 1).on("rmem > 1k", "stop @ 10m").on("rmem <= 2g", "restart"),
+        ];
+        let config = Config::from_specs(&specs).unwrap();
+        let w = &config.watches[0];
+        let json = serde_json::to_string(&w.to_snapshot()).unwrap();
+        assert!(!json.contains("logger \""), "words are data, not a command line: {json}");
+        let back = WatchConfig::from_snapshot(&serde_json::from_str(&json).unwrap()).unwrap();
+        assert_eq!((back.name.as_str(), back.pattern.as_str(), back.children), ("w", "a(b|c)", true));
+        assert_eq!((back.every, &back.rules), (w.every, &w.rules));
+        let e = &config.entries[0];
+        let json = serde_json::to_string(&e.to_snapshot()).unwrap();
+        assert_eq!(&EntryConfig::from_snapshot(&serde_json::from_str(&json).unwrap()).unwrap(), e);
+    }
+
+    #[test]
+    fn a_version_1_entry_with_rules_as_text_is_still_read() {
+        let v1 = r#"{"name":"e","command":"true","args":[],"delay_ms":0,"count":1,"env":[],"cwd":null,
+            "stop_signal":15,"stop_timeout_ms":10000,"restart":"Always","user":null,"group":null,
+            "children":false,"rules":[["rmem > 1g","exec @ 1h echo $PID"]]}"#;
+        let e = EntryConfig::from_snapshot(&serde_json::from_str(v1).unwrap()).unwrap();
+        assert_eq!(e.rules.len(), 1);
+        assert_eq!(e.rules[0].action.to_string(), "exec @ 1h echo $PID");
     }
 
     #[test]

@@ -17,7 +17,11 @@ use crate::spec::Restart;
 use crate::status::ReloadOutcome;
 
 /// The snapshot format this binary writes; it reads this and every older one.
-pub(crate) const HANDOFF_VERSION: u32 = 1;
+/// Version 2: rules travel as data ([`RuleSnapshot`]; version 1 had them as
+/// text, still read), and the watches travel too ([`CoreSnapshot::watches`]).
+/// A binary that reads only version 1 would drop the rules it cannot parse,
+/// so the new binary's `check --handoff-version` must say 2 or more.
+pub(crate) const HANDOFF_VERSION: u32 = 2;
 
 /// Everything the new image needs to go on as if nothing happened.
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +55,10 @@ pub(crate) struct InstanceSnapshot {
     /// reports how long the handover paused supervision.
     #[serde(default)]
     pub exec_at_ns: u64,
+    /// Console lines the old image dropped because standard output would
+    /// not take them before the exec (the new image says so).
+    #[serde(default)]
+    pub console_dropped: u64,
 }
 
 /// The supervision core's state.
@@ -70,6 +78,97 @@ pub(crate) struct CoreSnapshot {
     /// Running `exec` action programs.
     #[serde(default)]
     pub helpers: Vec<HelperSnapshot>,
+    /// The watches of the configuration that ran (version 2; a version 1
+    /// snapshot has none, and the new configuration brings them back).
+    #[serde(default)]
+    pub watches: Vec<WatchConfigSnapshot>,
+}
+
+/// A watch's configuration as data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WatchConfigSnapshot {
+    pub name: String,
+    /// The regex, as written.
+    pub pattern: String,
+    pub children: bool,
+    pub every_ms: u64,
+    pub rules: Vec<RuleSnapshot>,
+}
+
+/// A rule as data: `when trigger holds, do action`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RuleSnapshot {
+    pub trigger: TriggerSnapshot,
+    pub action: ActionSnapshot,
+}
+
+/// `measured OP value`: bytes for rmem and vmem, percent of one core for cpu.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TriggerSnapshot {
+    pub quantity: QuantitySnapshot,
+    pub op: OpSnapshot,
+    pub value: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum QuantitySnapshot {
+    Rmem,
+    Vmem,
+    Cpu,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum OpSnapshot {
+    #[serde(rename = ">")]
+    Greater,
+    #[serde(rename = ">=")]
+    GreaterOrEqual,
+    #[serde(rename = "<")]
+    Less,
+    #[serde(rename = "<=")]
+    LessOrEqual,
+}
+
+/// What a rule does; durations in milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub(crate) enum ActionSnapshot {
+    Term,
+    Kill,
+    Stop { every_ms: u64 },
+    Restart,
+    /// Each word is a list of pieces: literal text or a variable.
+    Exec { every_ms: Option<u64>, words: Vec<Vec<PieceSnapshot>> },
+}
+
+/// A piece of an `exec` word.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum PieceSnapshot {
+    Text(String),
+    /// `NAME`, `PID`, `RMEM`, `VMEM` or `CMDLINE`.
+    Var(VarSnapshot),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub(crate) enum VarSnapshot {
+    Name,
+    Pid,
+    Rmem,
+    Vmem,
+    Cmdline,
+}
+
+/// A rule as a version 2 snapshot has it (data), or as version 1 had it:
+/// `[trigger, action]` as text, parsed again when read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RuleForm {
+    /// Version 1 (read only).
+    Text(String, String),
+    Data(RuleSnapshot),
 }
 
 /// The watcher's memory: when each (rule, process) last fired, and counts.
@@ -158,8 +257,8 @@ pub(crate) struct EntryConfigSnapshot {
     pub user: Option<String>,
     pub group: Option<String>,
     pub children: bool,
-    /// (trigger, action) as text.
-    pub rules: Vec<(String, String)>,
+    /// Data since version 2; text in version 1.
+    pub rules: Vec<RuleForm>,
     /// Bytes; older images did not record it.
     #[serde(default = "default_line_limit")]
     pub line_limit: usize,
@@ -344,6 +443,7 @@ mod tests {
                 pending_reload: false,
                 reload_id: 3,
                 exec_at_ns: 0,
+                console_dropped: 0,
             },
             core: CoreSnapshot {
                 entries: vec![EntrySnapshot {

@@ -6,26 +6,35 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::io::{self, BufWriter, Write};
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::sys;
 
 /// Lines waiting for the console writer; beyond this, console lines are dropped.
 const CONSOLE_BACKLOG: usize = 4096;
 
+/// How long [`Console::close`] waits for what is queued to be written: a
+/// standard output nobody reads (a full pipe) must not block an exec or a stop.
+pub(crate) const CLOSE_PATIENCE: Duration = Duration::from_secs(1);
+
 /// The console writer thread (or nothing, when embedded).
 pub(crate) struct Console {
     tx: Option<Sender<Option<String>>>,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected when the thread ends.
+    done: Receiver<()>,
+    /// Set when `close` gave up: the thread writes nothing more.
+    abandoned: Arc<AtomicBool>,
 }
 
 /// A cheap handle to queue console lines.
@@ -37,13 +46,30 @@ pub(crate) struct ConsoleHandle {
 impl Console {
     /// A console that writes to standard output from its own thread.
     pub fn stdout() -> Console {
+        Console::writing_to(1)
+    }
+
+    /// A console writing to `fd`, which must stay open as long as the process.
+    fn writing_to(fd: std::os::fd::RawFd) -> Console {
         let (tx, rx) = bounded::<Option<String>>(CONSOLE_BACKLOG);
+        let (done_tx, done) = bounded::<()>(0);
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let stop = abandoned.clone();
         let thread = std::thread::Builder::new()
             .name("sentry-console".into())
             .stack_size(64 * 1024)
             .spawn(move || {
-                let mut out = std::io::stdout();
+                let _done = done_tx;
+                // fd 1 itself, not `std::io::stdout()`: a write stuck on a
+                // full pipe must not hold std's global stdout lock, which a
+                // later console (after a failed exec) would wait for.
+                // SAFETY: the fd stays open for the life of the process; never closed here.
+                let file = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
+                let mut out = BufWriter::new(&*file);
                 while let Ok(Some(line)) = rx.recv() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
                     // Best effort: a closed or broken stdout must not stop anything.
                     let _ = out.write_all(line.as_bytes());
                     if rx.is_empty() {
@@ -53,21 +79,35 @@ impl Console {
                 let _ = out.flush();
             })
             .ok();
-        Console { tx: thread.as_ref().map(|_| tx), thread }
+        Console { tx: thread.as_ref().map(|_| tx), thread, done, abandoned }
     }
 
     pub fn handle(&self) -> ConsoleHandle {
         ConsoleHandle { tx: self.tx.clone() }
     }
 
-    /// Writes what is queued, then stops the writer thread.
-    pub fn close(mut self) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(None);
+    /// Writes what is queued, then stops the writer thread — within
+    /// [`CLOSE_PATIENCE`]: if standard output does not take it all by then
+    /// (a pipe nobody reads), the rest is dropped and the thread, stuck in a
+    /// write, is left behind (an exec ends it). Returns how many queued
+    /// lines were dropped.
+    pub fn close(self) -> usize {
+        self.close_within(CLOSE_PATIENCE)
+    }
+
+    fn close_within(mut self, patience: Duration) -> usize {
+        let deadline = Instant::now() + patience;
+        let Some(tx) = self.tx.take() else { return 0 };
+        let sent = tx.send_deadline(None, deadline).is_ok();
+        if sent && self.done.recv_deadline(deadline) == Err(RecvTimeoutError::Disconnected) {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+            return 0;
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.abandoned.store(true, Ordering::Relaxed);
+        // The line being written counts too: it may never be whole.
+        tx.len().saturating_sub(usize::from(sent)) + 1
     }
 }
 
@@ -635,6 +675,27 @@ mod tests {
         assert_eq!(records[0], Record { text: b"x".to_vec(), end: End::Newline });
         assert_eq!(records[1], Record { text: b"y".to_vec(), end: End::Eof });
         assert!(s.take_remainder().is_empty());
+    }
+
+    #[test]
+    fn closing_a_console_whose_stdout_is_full_gives_up_in_time() {
+        // A console writing to a pipe nobody reads, filled up.
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        let console = Console::writing_to(fds[1]);
+        let line = "x".repeat(1000);
+        for _ in 0..200 {
+            console.handle().say(&line);
+        }
+        let started = Instant::now();
+        let dropped = console.close_within(Duration::from_millis(300));
+        let took = started.elapsed();
+        // The write end stays open: the abandoned thread may still be in a write.
+        // SAFETY: closing the read end this test owns; the stuck write then fails.
+        unsafe { libc::close(fds[0]) };
+        assert!(took < Duration::from_secs(2), "close blocked for {took:?}");
+        assert!((100..=200).contains(&dropped), "{dropped} of 200 lines of 1000 bytes dropped (a pipe holds 64 KiB)");
     }
 
     #[test]

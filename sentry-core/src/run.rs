@@ -9,6 +9,7 @@
 //! as before. If the snapshot cannot be read, [`resume`] adopts what /proc
 //! shows and says so loudly.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -126,6 +127,7 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     for w in warnings {
         instance.say(&format!("Warning: {w}"));
     }
+    say_dropped(&instance, kept.console_dropped);
     if kept.pending_reload {
         instance.reloader.request(None);
     }
@@ -137,7 +139,7 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
 /// entry, stop the others. Loud, but never fatal.
 fn resume_without_snapshot(specs: &[Spec], paths: &Paths, why: &str) -> Result<(), Error> {
     let config = Config::from_specs(specs)?;
-    let (lock_fd, listener_fd) = sort_out_inherited_fds(&paths.pidfile());
+    let (lock_fd, listener_fd, mut pipes) = sort_out_inherited_fds(&paths.pidfile());
     let lock = match lock_fd {
         Some(fd) => PidLock::adopt(fd, paths.pidfile()),
         None => PidLock::acquire(&paths.pidfile())?,
@@ -164,10 +166,21 @@ fn resume_without_snapshot(specs: &[Spec], paths: &Paths, why: &str) -> Result<(
     let last_reload = Some(ReloadOutcome { at: now, ok: true, error: Some(error), id });
     let info = InfoSnapshot { started_at: now, reexec_count: 1, reexeced_at: Some(now), last_reload };
     let mut core = Core::new(config, instance.options(info), instance.tx.clone(), instance.rx.clone());
-    for line in core.adopt(our_children()) {
+    for line in core.adopt(our_children(&mut pipes)) {
         instance.say(&line);
     }
+    // Pipes no child writes to any more (a draining monitor's, a helper's) are closed.
+    drop(pipes);
     instance.supervise(core)
+}
+
+/// Says that console lines were dropped when the console was closed for an exec.
+fn say_dropped(instance: &Instance, dropped: u64) {
+    if dropped > 0 {
+        instance.say(&format!(
+            "Warning: {dropped} console line(s) dropped before the exec: standard output is not being read."
+        ));
+    }
 }
 
 /// Binds the address recorded in `NAME.addr` again (or a new ephemeral port).
@@ -178,9 +191,10 @@ fn rebind(paths: &Paths) -> Result<TcpListener, Error> {
 }
 
 /// Among the fds a previous image left open: the pidfile's and a listening
-/// socket are kept; every other one is closed.
-fn sort_out_inherited_fds(pidfile: &Path) -> (Option<OwnedFd>, Option<OwnedFd>) {
-    let (mut lock, mut listener) = (None, None);
+/// socket are kept, and every pipe, by inode (the children's output pipes,
+/// matched to them by [`our_children`]); every other one is closed.
+fn sort_out_inherited_fds(pidfile: &Path) -> (Option<OwnedFd>, Option<OwnedFd>, HashMap<u64, OwnedFd>) {
+    let (mut lock, mut listener, mut pipes) = (None, None, HashMap::new());
     for (fd, target) in proc::own_fds().into_iter().filter(|(fd, _)| *fd > 2) {
         if handoff::set_cloexec(fd, true).is_err() {
             continue;
@@ -191,9 +205,19 @@ fn sort_out_inherited_fds(pidfile: &Path) -> (Option<OwnedFd>, Option<OwnedFd>) 
             lock = Some(owned);
         } else if target.to_string_lossy().starts_with("socket:") && listener.is_none() && is_listening(fd) {
             listener = Some(owned);
+        } else if target.to_string_lossy().starts_with("pipe:") {
+            if let Ok(kept) = KeptFd::of(&owned) {
+                pipes.insert(kept.ino, owned);
+            }
         }
     }
-    (lock, listener)
+    (lock, listener, pipes)
+}
+
+/// The inode of the pipe `/proc/PID/fd/FD` is (`pipe:[INODE]`).
+fn pipe_inode(pid: i32, fd: i32) -> Option<u64> {
+    let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    target.to_str()?.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
 }
 
 fn is_listening(fd: RawFd) -> bool {
@@ -206,8 +230,10 @@ fn is_listening(fd: RawFd) -> bool {
     r == 0 && value != 0
 }
 
-/// Our children as /proc shows them.
-fn our_children() -> Vec<FoundChild> {
+/// Our children as /proc shows them, each with the inherited pipes (taken
+/// from `pipes`) its stdout and stderr write to: its monitor goes on reading
+/// them, so it does not die of SIGPIPE at its next line.
+fn our_children(pipes: &mut HashMap<u64, OwnedFd>) -> Vec<FoundChild> {
     let me = std::process::id() as i32;
     let mut reader = proc::StatReader::default();
     let mut found = Vec::new();
@@ -222,6 +248,7 @@ fn our_children() -> Vec<FoundChild> {
             cmdline: proc::cmdline(pid),
             entry: var("SENTRY_ENTRY"),
             index: var("SENTRY_INDEX").and_then(|i| i.parse().ok()),
+            pipes: [1, 2].iter().filter_map(|&fd| pipes.remove(&pipe_inode(pid, fd)?)).collect(),
         });
     }
     found
@@ -289,7 +316,7 @@ impl Instance {
                 server.stop();
             }
             if let Some(c) = instance.console.take() {
-                c.close();
+                let _ = c.close();
             }
             return Err((e, instance.lock));
         }
@@ -387,6 +414,7 @@ impl Instance {
                 pending_reload: self.reloader.has_pending(),
                 reload_id: plan.reload_id,
                 exec_at_ns: 0,
+                console_dropped: 0,
             })
         })();
         let kept = match kept {
@@ -401,7 +429,11 @@ impl Instance {
             .chain(suspended.fds.iter().map(|f| f.as_raw_fd()))
             .collect();
         let Suspended { snapshot, fds: owned } = suspended;
-        let kept = InstanceSnapshot { exec_at_ns: sys::unix_now_ns(), ..kept };
+        let exec_at_ns = sys::unix_now_ns();
+        // Everything said so far must reach the console before the exec —
+        // within a deadline: a stdout nobody reads must not block it.
+        let console_dropped = self.console.take().map(Console::close).unwrap_or(0) as u64;
+        let kept = InstanceSnapshot { exec_at_ns, console_dropped, ..kept };
         let handoff = Handoff { version: HANDOFF_VERSION, instance: kept, core: snapshot };
         let memfd = if std::env::var_os("SENTRY_TEST_CORRUPT_HANDOFF").is_some() {
             // Test hook: exercise the new image's fallback for an unreadable snapshot.
@@ -415,10 +447,6 @@ impl Instance {
                 for &fd in &fds {
                     let _ = handoff::set_cloexec(fd, false);
                 }
-                // Everything said so far must reach the console before the exec.
-                if let Some(c) = self.console.take() {
-                    c.close();
-                }
                 let error = if std::env::var_os("SENTRY_TEST_FAIL_EXEC").is_some() {
                     // Test hook: exercise the path of an execve that fails.
                     std::io::Error::from_raw_os_error(libc::ENOEXEC)
@@ -428,10 +456,11 @@ impl Instance {
                 for &fd in &fds {
                     let _ = handoff::set_cloexec(fd, true);
                 }
-                self.console = Some(Console::stdout());
                 format!("cannot exec {}: {error}", plan.binary.display())
             }
         };
+        self.console = Some(Console::stdout());
+        say_dropped(self, console_dropped);
         self.http.lock().unwrap_or_else(|p| p.into_inner()).listener = Some(listener);
         (error, Suspended { snapshot: handoff.core, fds: owned })
     }
@@ -476,7 +505,7 @@ impl Instance {
         let _ = std::fs::remove_file(self.paths.token_file());
         self.say("Bye.");
         if let Some(c) = self.console.take() {
-            c.close();
+            let _ = c.close();
         }
         self.lock.release();
     }

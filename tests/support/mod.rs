@@ -222,7 +222,7 @@ impl Sentry {
 
     /// Same, with extra environment variables.
     pub fn spawn_with(dir: TempDir, bin: &str, scenario: &str, args: &[&str], envs: &[(&str, &str)]) -> Sentry {
-        Sentry::spawn_wrapped(dir, bin, scenario, &[], args, envs)
+        Sentry::spawn_wrapped(dir, bin, scenario, &[], args, envs, None)
     }
 
     /// Starts it in a PID namespace of its own (`unshare --pid --fork
@@ -232,7 +232,7 @@ impl Sentry {
     /// the namespace. PIDs in status and logs are the namespace's.
     pub fn spawn_in_pid_namespace(bin: &str, scenario: &str, envs: &[(&str, &str)]) -> Sentry {
         let wrapper = ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", "\"$0\" \"$@\"; exit $?"];
-        let s = Sentry::spawn_wrapped(TempDir::new(scenario), bin, scenario, &wrapper, &[], envs);
+        let s = Sentry::spawn_wrapped(TempDir::new(scenario), bin, scenario, &wrapper, &[], envs, None);
         s.waiting()
     }
 
@@ -254,7 +254,21 @@ impl Sentry {
         assert!(out.status.success(), "cannot set ns_last_pid: {}", text(&out.stderr));
     }
 
-    /// `WRAPPER… BIN start --dir DIR ARGS…`, with the console in DIR/console.txt.
+    /// Same, with standard output going to `stdout` instead of
+    /// `console.txt` (standard error still goes there).
+    pub fn spawn_with_stdout(
+        dir: TempDir,
+        bin: &str,
+        scenario: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        stdout: Option<Stdio>,
+    ) -> Sentry {
+        Sentry::spawn_wrapped(dir, bin, scenario, &[], args, envs, stdout)
+    }
+
+    /// `WRAPPER… BIN start --dir DIR ARGS…`, with the console in
+    /// DIR/console.txt (standard output in `stdout`, if given).
     pub fn spawn_wrapped(
         dir: TempDir,
         bin: &str,
@@ -262,8 +276,10 @@ impl Sentry {
         wrapper: &[&str],
         args: &[&str],
         envs: &[(&str, &str)],
+        stdout: Option<Stdio>,
     ) -> Sentry {
         let console = fs::File::create(dir.path().join("console.txt")).expect("console file");
+        let stdout = stdout.unwrap_or_else(|| console.try_clone().expect("dup").into());
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -279,7 +295,7 @@ impl Sentry {
             .env("TCONF", scenario)
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
-            .stdout(console.try_clone().expect("dup"))
+            .stdout(stdout)
             .stderr(console);
         // Like a shell's spare fds or cargo's jobserver: an fd left open
         // without CLOEXEC, which Sentry must not pass on.
@@ -472,13 +488,18 @@ impl ConfCrate {
 
     /// Builds and starts it in its own session, with DIR = CRATE.
     pub fn start(&self, envs: &[(&str, &str)]) -> Sentry {
+        self.start_with_stdout(envs, None)
+    }
+
+    /// Same, with standard output going to `stdout` (see [`Sentry::spawn_with_stdout`]).
+    pub fn start_with_stdout(&self, envs: &[(&str, &str)], stdout: Option<Stdio>) -> Sentry {
         let bin = self.build();
         let crate_dir = self.dir.path().to_str().unwrap().to_string();
         let target = ConfCrate::target_dir();
         let mut all: Vec<(&str, &str)> = vec![("CARGO_TARGET_DIR", target.to_str().unwrap())];
         all.extend_from_slice(envs);
         let run_dir = TempDir::new(&format!("{}-run", self.name));
-        let s = Sentry::spawn_with(run_dir, bin.to_str().unwrap(), "-", &["--crate", &crate_dir], &all);
+        let s = Sentry::spawn_with_stdout(run_dir, bin.to_str().unwrap(), "-", &["--crate", &crate_dir], &all, stdout);
         wait_for("the instance to answer", || s.cli(&["status", "--json"]).status.success().then_some(()));
         s
     }

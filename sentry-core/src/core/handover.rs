@@ -3,7 +3,8 @@
 //! [`Core::restore`] rebuilds a core from one (verifying every child and
 //! adopting every kept pipe); [`Core::reconfigure`] applies a new
 //! configuration as a difference; [`Core::adopt`] takes over children found
-//! in /proc when no snapshot could be read. Split from the loop itself so
+//! in /proc when no snapshot could be read, with the output pipes found among
+//! the inherited fds. Split from the loop itself so
 //! each reads in one pass; it knows nothing of how the state crosses exec.
 
 use std::collections::HashMap;
@@ -13,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::{Command, Core, CoreOptions, EntryRun, FoundChild, Role, SlotRun, Suspended};
 use crate::child::{Quiesced, Stream};
-use crate::config::{Config, EntryConfig};
+use crate::config::{Config, EntryConfig, WatchConfig};
 use crate::handoff::{
     CoreSnapshot, DrainingSnapshot, EntrySnapshot, ExitSnapshot, HelperSnapshot, KeptFd, PhaseSnapshot,
     ProcessSnapshot, SlotSnapshot, StreamSnapshot,
@@ -56,7 +57,11 @@ impl Core {
                 Some((name, index)) => (Role::Slot { entry: name.clone(), index: *index }, name.clone()),
                 None => (Role::Stray { kill_at: now + Duration::from_secs(10), killed: false }, "stray".to_string()),
             };
-            if let Err(e) = self.adopt_process(child.pid, role, Vec::new(), &name) {
+            // Its pipes, read on where the previous image stopped (the bytes
+            // that image held are lost with its snapshot).
+            let streams =
+                child.pipes.into_iter().map(|fd| Stream { fd, splitter: LineSplitter::default() }).collect();
+            if let Err(e) = self.adopt_process(child.pid, role, streams, &name) {
                 report.push(format!("cannot watch {name}.{}: {e}", child.pid));
                 if let Some((name, index)) = placed {
                     if let Some(e) = self.entries.iter_mut().find(|e| e.config.name == name) {
@@ -249,6 +254,7 @@ impl Core {
             leftovers: Vec::new(),
             watch: self.watch_state.to_memory(),
             helpers: loose,
+            watches: self.config.watches.iter().map(|w| w.to_snapshot()).collect(),
         };
         Suspended { snapshot, fds }
     }
@@ -381,6 +387,17 @@ impl Core {
         }
         core.watch_state = watch::State::from_memory(snapshot.watch);
         core.config.entries = core.entries.iter().map(|e| e.config.clone()).collect();
+        // The watches come back with the entries: after a failed exec (or an
+        // invalid new configuration) the old configuration runs on whole.
+        core.config.watches = snapshot
+            .watches
+            .iter()
+            .filter_map(|w| {
+                WatchConfig::from_snapshot(w)
+                    .map_err(|e| warnings.push(format!("watch {}: {e}; dropped", w.name)))
+                    .ok()
+            })
+            .collect();
         for (i, index) in gone {
             core.apply(i, index, Event::Exited { exit: ChildExit::Unknown, now });
         }
@@ -400,4 +417,63 @@ fn adopt_streams(snapshots: &[StreamSnapshot], warnings: &mut Vec<String>) -> Ve
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::CoreExit;
+    use crate::handoff::InfoSnapshot;
+    use crate::output::ConsoleHandle;
+    use crate::prelude::*;
+    use crate::Spec;
+
+    fn core_for(specs: &[Spec], log_dir: Option<std::path::PathBuf>) -> (Core, Sender<Command>, Receiver<Command>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let options = CoreOptions { log_dir, console: ConsoleHandle::default(), info: InfoSnapshot::default(), ledger: None };
+        let config = Config::from_specs(specs).unwrap();
+        (Core::new(config, options, tx.clone(), rx.clone()), tx, rx)
+    }
+
+    #[test]
+    fn a_restored_core_has_the_watches_and_rules_it_suspended_with() {
+        let specs = [
+            entry("e", "true", [], 0, 0).on("rmem > 1g", "restart"),
+            watch("w", "^x").every(Duration::from_millis(250)).on("cpu > 90%", "exec @ 1h echo $NAME"),
+        ];
+        let (mut core, tx, rx) = core_for(&specs, None);
+        let suspended = core.suspend();
+        let json = serde_json::to_string(&suspended.snapshot).unwrap();
+        let options = CoreOptions { log_dir: None, console: ConsoleHandle::default(), info: InfoSnapshot::default(), ledger: None };
+        let (back, warnings) = Core::restore(serde_json::from_str(&json).unwrap(), options, tx, rx);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let status = back.status();
+        assert_eq!(status.watches.len(), 1);
+        let w = &status.watches[0];
+        assert_eq!((w.name.as_str(), w.pattern.as_str()), ("w", "^x"));
+        assert_eq!((w.rules[0].trigger.as_str(), w.rules[0].action.as_str()), ("cpu > 90%", "exec @ 1h echo $NAME"));
+        assert_eq!(back.config.watches[0].every, Duration::from_millis(250));
+        assert_eq!(status.entries[0].rules[0].action, "restart");
+        assert_eq!(watch::targets(&back.config).len(), 2, "the watcher will cover both again");
+    }
+
+    #[test]
+    fn commands_queued_behind_a_suspend_are_not_lost() {
+        let dir = std::env::temp_dir().join(format!("sentry-drain-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (core, tx, _rx) = core_for(&[watch("w", "^x").on("rmem > 1g", "exec echo hi")], Some(dir.clone()));
+        // What the watcher sent just before it was stopped, behind the Suspend.
+        tx.send(Command::Suspend).unwrap();
+        tx.send(Command::Fired { target: "w".into(), pid: 4242, text: "rmem 2g > 1g: exec.".into() }).unwrap();
+        tx.send(Command::RunHelper { target: "w".into(), argv: vec!["sleep".into(), "5".into()] }).unwrap();
+        let CoreExit::Suspended(suspended) = core.run() else { panic!("the core did not suspend") };
+        let log = std::fs::read_to_string(dir.join("w.log")).unwrap_or_default();
+        assert!(log.contains("w.4242 rmem 2g > 1g: exec."), "the firing line reached the log: {log:?}");
+        let helpers = &suspended.snapshot.helpers;
+        assert_eq!(helpers.len(), 1, "the requested program runs and is handed over");
+        assert_eq!(helpers[0].target, "w");
+        sys::signal_group(helpers[0].pid, Signal::SIGKILL);
+        sys::reap(helpers[0].pid);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

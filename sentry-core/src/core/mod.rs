@@ -170,6 +170,8 @@ pub(crate) struct FoundChild {
     /// Its `SENTRY_ENTRY` and `SENTRY_INDEX`.
     pub entry: Option<String>,
     pub index: Option<usize>,
+    /// The output pipes it writes to, inherited from the previous image.
+    pub pipes: Vec<OwnedFd>,
 }
 
 /// What the core needs from whoever runs it.
@@ -321,6 +323,9 @@ impl Core {
                 break;
             }
             if self.suspending && !self.shutting_down && self.waiters.is_empty() {
+                if self.drain_before_suspend() {
+                    continue;
+                }
                 return CoreExit::Suspended(Box::new(self.suspend()));
             }
             self.write_ledger();
@@ -365,6 +370,22 @@ impl Core {
         if let Err(e) = leftovers::write(path, &leftovers::Ledger::new(groups)) {
             log::warn!("cannot record the process groups in {}: {e}", path.display());
         }
+    }
+
+    /// Before suspending: stops the watcher (nothing more comes from it) and
+    /// handles every command already queued — firing lines are written,
+    /// `exec` programs started (the snapshot carries them as helpers),
+    /// restarts begun, outcomes recorded, exits reaped — so that nothing sent
+    /// just before the exec dies with the channel. Returns whether anything
+    /// was handled (the loop then goes round again: waiters, a shutdown).
+    fn drain_before_suspend(&mut self) -> bool {
+        self.stop_watcher();
+        let queued: Vec<Command> = self.rx.try_iter().collect();
+        let handled = !queued.is_empty();
+        for command in queued {
+            self.handle(command);
+        }
+        handled
     }
 
     /// (Re)starts the watch thread for the current configuration, keeping clocks.
