@@ -55,7 +55,6 @@ impl ProcStat {
     }
 
     /// Whether it is a zombie (exited, not yet reaped).
-    #[allow(dead_code)] // API for the core
     pub fn is_zombie(&self) -> bool {
         self.state == 'Z'
     }
@@ -204,7 +203,7 @@ pub(crate) fn environ_var(pid: i32, key: &str) -> Option<String> {
 /// lossy. Read as bytes: its `Name:` line shows the command name with only
 /// some bytes escaped, so the file need not be UTF-8 (procfs-core's parser
 /// reads it as text and would fail on such a process).
-#[allow(dead_code)] // API for the core (being rewritten in parallel) and tests
+#[cfg(test)]
 pub(crate) fn status_value(pid: i32, key: &str) -> Option<String> {
     let raw = read(pid, "status")?;
     raw.split(|b| *b == b'\n').find_map(|line| {
@@ -219,7 +218,6 @@ pub(crate) fn pids() -> Vec<i32> {
     dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).collect()
 }
 
-
 /// The process-group numbers of every live (not zombie) process, from one
 /// pass over `/proc/*/stat`. A group whose leader is Sentry's unreaped
 /// zombie is empty exactly when its number is absent here.
@@ -231,7 +229,7 @@ pub(crate) fn live_groups() -> std::collections::HashSet<i32> {
 /// The ancestors of `pid`, parent first, up to and including PID 1 (by
 /// following `ppid`). Empty if `pid` is gone; cut short where a parent
 /// vanished mid-walk.
-#[allow(dead_code)] // API for the core (being rewritten in parallel) and tests
+#[cfg(test)]
 pub(crate) fn ancestors(pid: i32) -> Vec<ProcessId> {
     let mut reader = StatReader::default();
     let mut out: Vec<ProcessId> = Vec::new();

@@ -121,24 +121,6 @@ pub(crate) fn signal_group(pgid: i32, signal: Signal) {
     }
 }
 
-
-/// `(ppid, starttime)` of `pid` from `/proc/PID/stat`.
-/// Thin wrapper kept for existing callers: reads through [`crate::proc`].
-pub(crate) fn parent_and_starttime(pid: i32) -> Option<(i32, u64)> {
-    crate::proc::stat(pid).map(|s| (s.ppid, s.starttime))
-}
-
-/// The NUL-separated words of `/proc/PID/FILE` (`cmdline`, `environ`);
-/// empty when the process is gone or the file is unreadable.
-/// Thin wrapper kept for existing callers: reads through [`crate::proc`].
-#[allow(dead_code)] // kept while core/handover is rewritten in parallel
-pub(crate) fn proc_words(pid: i32, file: &str) -> Vec<String> {
-    match file {
-        "environ" => crate::proc::environ(pid),
-        _ => crate::proc::cmdline(pid),
-    }
-}
-
 /// A non-blocking eventfd, used to wake a thread blocked in `poll`.
 /// Marks every fd above 2 close-on-exec: at a fresh start, for what the
 /// caller left open; in a forked child, before its exec (async-signal-safe).
@@ -240,21 +222,12 @@ pub(crate) fn init_local_time() {
     unsafe { tzset() };
 }
 
-/// Resident set size of `pid` in bytes, from `/proc/PID/statm`.
-/// Thin wrapper kept for existing callers: reads through [`crate::proc`].
-pub(crate) fn rss_bytes(pid: i32) -> Option<u64> {
-    crate::proc::rss_bytes(pid)
-}
-
 /// `n` random bytes from the kernel, as lowercase hex.
 pub(crate) fn random_hex(n: usize) -> io::Result<String> {
     let mut bytes = vec![0u8; n];
     File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
-
-
-
 
 /// `getsid(0)`: the session Sentry (and so every child) belongs to.
 pub(crate) fn own_session() -> i32 {

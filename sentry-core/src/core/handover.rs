@@ -21,7 +21,7 @@ use crate::handoff::{
 };
 use crate::lifecycle::{AfterStop, ChildExit, Event, Phase, Slot};
 use crate::output::LineSplitter;
-use crate::{sys, watch, Signal};
+use crate::{proc, sys, watch, Signal};
 
 impl Core {
     /// Takes over children a previous image left without a readable
@@ -166,31 +166,28 @@ impl Core {
                         quiesced.insert(row.pid, q);
                     }
                 }
-                (Role::Helper { target, kill_at, killed }, false) => loose.push(HelperSnapshot {
-                    target: target.clone(),
-                    pid: row.pid,
-                    starttime: row.starttime,
-                    kill_in_ms: kill_at.saturating_duration_since(now).as_millis() as u64,
-                    streams: keep(q),
-                    stray: false,
-                    killed: *killed,
-                }),
-                (Role::Stray { kill_at, killed }, false) => loose.push(HelperSnapshot {
-                    target: "stray".to_string(),
-                    pid: row.pid,
-                    starttime: row.starttime,
-                    kill_in_ms: kill_at.saturating_duration_since(now).as_millis() as u64,
-                    streams: keep(q),
-                    stray: true,
-                    killed: *killed,
-                }),
+                (Role::Helper { kill_at, killed, .. } | Role::Stray { kill_at, killed }, false) => {
+                    let target = match &row.role {
+                        Role::Helper { target, .. } => target.clone(),
+                        _ => "stray".to_string(),
+                    };
+                    loose.push(HelperSnapshot {
+                        target,
+                        pid: row.pid,
+                        starttime: row.starttime,
+                        kill_in_ms: kill_at.saturating_duration_since(now).as_millis() as u64,
+                        streams: keep(q),
+                        stray: matches!(row.role, Role::Stray { .. }),
+                        killed: *killed,
+                    })
+                }
             }
         }
         let left = |at: Instant| at.saturating_duration_since(now).as_millis() as u64;
         let ago = |at: Instant| now.saturating_duration_since(at).as_millis() as u64;
         let process = |pid: i32, since: Instant| ProcessSnapshot {
             pid,
-            starttime: sys::parent_and_starttime(pid).map(|(_, t)| t).unwrap_or(0),
+            starttime: proc::identity(pid).map(|id| id.starttime).unwrap_or(0),
             up_ms: now.saturating_duration_since(since).as_millis() as u64,
         };
         let exited_ms_ago = |then: AfterStop| match then {
@@ -336,7 +333,7 @@ impl Core {
                 );
                 let streams = adopt_streams(&ss.streams, &mut warnings);
                 let Some(p) = process else { continue };
-                let ours = sys::parent_and_starttime(p.pid) == Some((me, p.starttime));
+                let ours = proc::stat(p.pid).is_some_and(|s| (s.ppid, s.starttime) == (me, p.starttime));
                 if !ours {
                     warnings.push(format!("{name}.{} is no longer our child: counted as an exit", p.pid));
                     gone.push((i, ss.index));
@@ -362,7 +359,7 @@ impl Core {
         }
         for h in snapshot.helpers {
             let streams = adopt_streams(&h.streams, &mut warnings);
-            let ours = sys::parent_and_starttime(h.pid) == Some((me, h.starttime));
+            let ours = proc::stat(h.pid).is_some_and(|s| (s.ppid, s.starttime) == (me, h.starttime));
             if !ours {
                 if !streams.is_empty() {
                     let _ = core.drain_pipes(&h.target, h.pid, streams);

@@ -942,7 +942,7 @@ fn entry_status(e: &EntryRun, report: &Report) -> EntryStatus {
                     pid: pid as u32,
                     index: *index,
                     started_at: s.started_at,
-                    rss_bytes: sys::rss_bytes(pid),
+                    rss_bytes: crate::proc::rss_bytes(pid),
                 })
             })
             .collect(),
