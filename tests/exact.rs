@@ -291,6 +291,8 @@ fn requests_during_shutdown_are_refused_as_such() {
     assert!(text(&out.stderr).contains("shutting down"), "{}", text(&out.stderr));
     let out = s.cli(&["scale", "slow", "2"]);
     assert_eq!(out.status.code(), Some(2), "scale during shutdown: {}", text(&out.stderr));
+    let out = s.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(2), "reload during shutdown: {}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(s.wait_exit(), Some(0));
 }
 
@@ -342,7 +344,8 @@ fn a_process_that_survives_sigkill_makes_its_slot_unkillable_and_answers_stay_bo
     let began = Instant::now();
     let out = s.cli(&["restart", "frozen"]);
     assert!(began.elapsed() < Duration::from_secs(20), "restart took {:?}", began.elapsed());
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "a restart that could not happen is an error");
+    assert!(text(&out.stderr).contains("unkillable"), "{}", text(&out.stderr));
     let e = s.entry("frozen");
     assert_eq!(slot(&e, 0)["state"], "unkillable", "{e}");
     assert_eq!(slot(&e, 0)["pid"], pid);
@@ -352,4 +355,19 @@ fn a_process_that_survives_sigkill_makes_its_slot_unkillable_and_answers_stay_bo
     let new = wait_for("a new process after the thaw", || s.pids("frozen").first().copied().filter(|p| *p != pid));
     assert!(!alive(pid) && new != pid);
     assert_eq!(slot(&s.entry("frozen"), 0)["state"], "running");
+}
+
+#[test]
+fn stop_waits_as_long_as_the_running_configuration_needs() {
+    // The instance runs a child that takes 17 s to stop (timeout 30 s); the
+    // `stop` command is this binary with another configuration (stop
+    // timeout 0.5 s), as after an edit and a rebuild without a reload.
+    let mut s = Sentry::start(TCONF, "slowstop", &[]);
+    wait_for("the child to be ready", || s.log("slowstop").contains("ready").then_some(()));
+    let out = run_within(
+        std::process::Command::new(TCONF).args(["stop", "--dir"]).arg(s.dir.path()).env("TCONF", "frozen"),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "stop gave up early: {}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(s.wait_exit(), Some(0));
 }

@@ -155,3 +155,47 @@ fn logs_are_private_and_a_planted_symlink_is_not_followed() {
     let mode = fs::metadata(s.file("log/plain.log")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
 }
+
+#[test]
+fn a_restart_while_the_disk_is_full_loses_none_of_the_old_processs_lines() {
+    let dir = TempDir::new("fullrestart");
+    let mount = match Mount::tmpfs(&dir.path().join("log"), "2m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let side = dir.path().join("counter.txt");
+    let s = Sentry::spawn_with(dir, TCONF, "counter", &[], &[("TSIDE", side.to_str().unwrap())]).waiting();
+    let old = s.wait_pids("counter", 1)[0];
+    wait_for("some lines in the log", || (s.log("counter").lines().count() > 200).then_some(()));
+    let filler = mount.0.join("filler");
+    let _ = run(Command::new("dd").args(["if=/dev/zero", "bs=64k"]).arg(format!("of={}", filler.display())));
+    // The old process blocks on its full pipe, lines held in Sentry.
+    let stalled = wait_for("the child to block on its pipe", || {
+        let before = read_number(&side)?;
+        std::thread::sleep(Duration::from_millis(700));
+        (read_number(&side)? == before).then_some(before)
+    });
+    // Restart it while the disk is still full: what it wrote must survive.
+    let out = s.cli(&["restart", "counter"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let new = wait_for("a new process", || s.pids("counter").first().copied().filter(|p| *p != old));
+    std::thread::sleep(Duration::from_secs(1));
+    fs::remove_file(&filler).unwrap();
+    let tag = format!("counter.{old}");
+    let numbers = wait_for("every line of the old process", || {
+        let log = s.log("counter");
+        let mine: String = log.lines().filter(|l| l.contains(&format!(" {tag} ")) || l.contains(&format!(" {tag}+ "))).map(|l| format!("{l}\n")).collect();
+        let numbers: Vec<u64> = reassemble(&mine, &tag)
+            .iter()
+            .filter_map(|l| l.strip_prefix("n ")?.split(' ').next()?.parse().ok())
+            .collect();
+        (numbers.last() == Some(&stalled)).then_some(numbers)
+    });
+    assert_eq!(numbers, (0..=stalled).collect::<Vec<u64>>(), "lines of {old} lost or doubled");
+    assert!(s.log("counter").contains(&format!("counter.{new} n 0 ")), "the new process's lines follow");
+    drop(s);
+    drop(mount);
+}

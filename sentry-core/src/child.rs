@@ -155,14 +155,7 @@ impl Quiesced {
         let mut out = Outbox::default();
         for (i, mut stream) in self.streams.into_iter().enumerate() {
             out.resume(&sink, i, &mut stream.splitter);
-            if nix::fcntl::fcntl(&stream.fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).is_ok() {
-                // Bounded: a writer that never stops must not hold up the end.
-                for _ in 0..DRAIN_CHUNKS {
-                    if read_lines(i, &mut stream, &mut buf, &sink, &mut out) != Read::Data {
-                        break;
-                    }
-                }
-            }
+            drain_now(i, &mut stream, &mut buf, &sink, &mut out);
             write_last_line(i, &mut stream, &sink, &mut out);
         }
         out.flush_last(&sink);
@@ -220,10 +213,11 @@ impl Monitor {
     }
 
     /// Tells the thread that the child and its process group are gone: it
-    /// writes what the pipes hold now and the unfinished last lines, closes
-    /// them — whoever else still holds their write ends (a descendant that
+    /// takes what the pipes hold now and the unfinished last lines, writes
+    /// them (retrying while the log cannot take them, as ever), closes the
+    /// pipes — whoever else still holds their write ends (a descendant that
     /// left the group) gets EPIPE — and says [`ChildNote::Closed`]. So no
-    /// thread and no fd outlives a slot's process by more than a drain.
+    /// thread and no fd outlives a slot's process by more than that.
     pub fn finish(&self) {
         self.finish.store(true, Ordering::SeqCst);
         sys::eventfd_signal(self.stop.as_fd());
@@ -281,13 +275,25 @@ fn run(
             continue;
         }
         if fds[reading.len()].revents != 0 {
-            let left = give_back(streams, &ended, out, sink);
-            if finish.load(Ordering::SeqCst) {
-                left.drain_and_finish();
-                notify(ChildNote::Closed { gen });
-                return Quiesced { streams: Vec::new(), sink: None };
+            // One count per request: `finish` (flag set first) and/or a stop.
+            let requests = sys::eventfd_take(stop.as_fd());
+            let finishing = finish.swap(false, Ordering::SeqCst);
+            if !finishing || requests > 1 {
+                return give_back(streams, &ended, out, sink);
             }
-            return left;
+            // The child and its group are gone: take what the pipes hold
+            // now, then end once every line is written — however long a
+            // full disk makes that take (a stop still ends it at once).
+            for i in 0..streams.len() {
+                if !ended[i] {
+                    drain_now(i, &mut streams[i], &mut buf, &sink, &mut out);
+                    write_last_line(i, &mut streams[i], &sink, &mut out);
+                    ended[i] = true;
+                }
+            }
+            out.flush(&sink);
+            exited = true;
+            continue;
         }
         if out.is_holding() {
             if out.is_due(Instant::now()) {
@@ -310,6 +316,19 @@ fn run(
         if !exited && pidfd.is_some() && fds.last().is_some_and(|p| p.revents != 0) && sys::has_exited(pid) {
             exited = true;
             notify(ChildNote::Exited { gen });
+        }
+    }
+}
+
+/// Reads what `stream` holds right now, without waiting (bounded: a writer
+/// that never stops must not hold the end up), into `out`.
+fn drain_now(i: usize, stream: &mut Stream, buf: &mut [u8], sink: &LineSink, out: &mut Outbox) {
+    if nix::fcntl::fcntl(&stream.fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).is_err() {
+        return;
+    }
+    for _ in 0..DRAIN_CHUNKS {
+        if read_lines(i, stream, buf, sink, out) != Read::Data {
+            break;
         }
     }
 }

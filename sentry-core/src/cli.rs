@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::Client;
 use crate::config::Config;
-use crate::core::max_stop_wait;
+use crate::core::{max_stop_wait, max_stop_wait_for};
 use crate::instance::{self, Paths};
 use crate::spec::MAX_COUNT;
 use crate::status::Status;
@@ -351,8 +351,8 @@ fn stop(specs: &[Spec], paths: &Paths) -> Outcome {
         Err(e) => return Err(fail(e)),
     };
     // The lock is held, so the PID is the live instance's.
+    let wait = stop_wait(specs, paths);
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM);
-    let wait = Config::from_specs(specs).map(|c| max_stop_wait(&c)).unwrap_or(Duration::from_secs(20));
     let deadline = Instant::now() + wait;
     while instance::is_locked(&pidfile) {
         if Instant::now() > deadline {
@@ -362,6 +362,21 @@ fn stop(specs: &[Spec], paths: &Paths) -> Outcome {
     }
     println!("Stopped (PID {pid}).");
     Ok(())
+}
+
+/// How long `stop` waits: the longest stop timeout, plus the grace of a
+/// group that outlives SIGKILL and a margin — of this binary's configuration
+/// or of the one the instance runs (it may have been edited and rebuilt
+/// since, without a reload), whichever is longer.
+fn stop_wait(specs: &[Spec], paths: &Paths) -> Duration {
+    let own = Config::from_specs(specs).map(|c| max_stop_wait(&c)).unwrap_or(Duration::from_secs(20));
+    let running = client(paths)
+        .and_then(|c| c.get("/status"))
+        .and_then(|(code, body)| answer::<Status>(code, &body))
+        .map(|s| s.entries.iter().map(|e| e.stop_timeout_ms).max().unwrap_or(0))
+        .map(|ms| max_stop_wait_for(Duration::from_millis(ms)))
+        .unwrap_or_default();
+    own.max(running)
 }
 
 /// A client for the live instance, or `NotRunning`. (It signals nothing,
@@ -471,6 +486,13 @@ fn reload(paths: &Paths, exec: Option<PathBuf>) -> Outcome {
         // During the exec the listener is kept: a connection waits in its backlog.
         let status =
             client(paths).and_then(|c| c.get("/status")).and_then(|(code, body)| answer::<Status>(code, &body));
+        let status = match status {
+            // The instance stopped, or is stopping: no reload will come.
+            Err(e @ (Error::NotRunning { .. } | Error::Control { status: 503, .. })) => {
+                return Err((EXIT_NOT_RUNNING, format!("no reload: {}", fail(e).1)))
+            }
+            other => other,
+        };
         if let Some((outcome, status)) =
             status.ok().and_then(|s| Some((s.last_reload.clone().filter(|o| o.id >= ticket)?, s)))
         {

@@ -32,6 +32,9 @@ pub enum Error {
     CoreGone,
     /// The supervisor is stopping every child: it takes no more requests.
     ShuttingDown,
+    /// Processes of `entry` outlived SIGKILL (uninterruptible sleep, a frozen
+    /// cgroup): their slots are `unkillable`, and what was asked is not done.
+    Unkillable { entry: String, pids: Vec<u32> },
 }
 
 impl Error {
@@ -70,6 +73,14 @@ impl fmt::Display for Error {
             Error::Control { status, message } => write!(f, "{message} (HTTP {status})"),
             Error::CoreGone => write!(f, "the supervisor has shut down"),
             Error::ShuttingDown => write!(f, "shutting down"),
+            Error::Unkillable { entry, pids } => {
+                let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                write!(
+                    f,
+                    "{entry}: PID {} outlived SIGKILL (uninterruptible sleep?); its slot is unkillable and waits for it",
+                    pids.join(", ")
+                )
+            }
         }
     }
 }

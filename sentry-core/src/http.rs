@@ -230,6 +230,10 @@ fn reload(routes: &Routes, body: &str) -> (u16, String) {
     let Some(hook) = &routes.reload else {
         return (503, error_body("this supervisor cannot reload (embedded)"));
     };
+    // A shutdown in progress takes no reload (the core says so).
+    if let Err(e) = routes.core.status() {
+        return unavailable(e);
+    }
     let exec = if body.trim().is_empty() {
         None
     } else {
@@ -259,6 +263,7 @@ fn change_entry(core: &CoreHandle, name: &str, action: &str, body: &str) -> (u16
         Ok(entry) => (200, serde_json::to_string(&entry).unwrap_or_default()),
         Err(e @ Error::UnknownEntry(_)) => (404, error_body(&e.to_string())),
         Err(e @ Error::BadCount(_)) => (400, error_body(&e.to_string())),
+        Err(e @ Error::Unkillable { .. }) => (409, error_body(&e.to_string())),
         Err(e) => unavailable(e),
     }
 }

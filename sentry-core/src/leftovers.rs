@@ -72,9 +72,13 @@ pub(crate) fn stop_left(path: &Path) -> Vec<String> {
         Ok(l) => l,
         Err(e) => return vec![format!("{} is unreadable ({e}): nothing was stopped", path.display())],
     };
+    // A group whose number now belongs to a process other than its recorded
+    // leader was reused: while any member of ours lived, the number could not
+    // be handed out again, so every process in it is someone else's.
+    let groups: Vec<&Group> = ledger.groups.iter().filter(|g| !reused(g)).collect();
     let mut found: Vec<(OwnedFd, String)> = Vec::new();
     for pid in proc::pids() {
-        let Some(g) = ledger.groups.iter().find(|g| member_of(pid, g, ledger.session)) else { continue };
+        let Some(g) = groups.iter().find(|g| member_of(pid, g, ledger.session)) else { continue };
         let Ok(fd) = sys::pidfd_open(pid) else { continue };
         // The pidfd pins the process: check it is still the one we verified.
         if !member_of(pid, g, ledger.session) {
@@ -106,6 +110,12 @@ pub(crate) fn stop_left(path: &Path) -> Vec<String> {
         lines.push(format!("SIGKILLed after {} s: {}.", GRACE.as_secs(), killed.join(", ")));
     }
     lines
+}
+
+/// Whether the number of group `g` now names another process than its
+/// leader (any state, a zombie too): the number was freed and reused.
+fn reused(g: &Group) -> bool {
+    proc::stat(g.pgid).is_some_and(|s| s.starttime != g.starttime)
 }
 
 /// Whether `pid` is a live member of group `g` started by an instance of
@@ -142,6 +152,13 @@ mod tests {
         write(&path, &Ledger::new(vec![])).unwrap();
         assert!(!path.exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_group_whose_number_names_another_leader_was_reused() {
+        let me = proc::stat(std::process::id() as i32).unwrap();
+        assert!(reused(&Group { pgid: me.pid, starttime: me.starttime + 1, entry: "q".into() }));
+        assert!(!reused(&Group { pgid: me.pid, starttime: me.starttime, entry: "q".into() }));
     }
 
     #[test]

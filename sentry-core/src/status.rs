@@ -54,6 +54,9 @@ pub struct EntryStatus {
     pub command: String,
     pub args: Vec<String>,
     pub delay_ms: u64,
+    /// How long a stop waits before SIGKILL (ms); `stop` waits accordingly.
+    #[serde(default)]
+    pub stop_timeout_ms: u64,
     /// The current target, run-time override included.
     pub count: usize,
     /// What the configuration says.

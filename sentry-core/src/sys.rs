@@ -155,6 +155,19 @@ pub(crate) fn eventfd_signal(fd: BorrowedFd<'_>) {
     unsafe { libc::write(fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
 }
 
+/// Reads and resets an eventfd's counter: how many times it was signalled
+/// since (0 if never).
+pub(crate) fn eventfd_take(fd: BorrowedFd<'_>) -> u64 {
+    let mut value: u64 = 0;
+    // SAFETY: reads 8 bytes into a valid u64; the fd is non-blocking.
+    let n = unsafe { libc::read(fd.as_raw_fd(), &mut value as *mut u64 as *mut libc::c_void, 8) };
+    if n == 8 {
+        value
+    } else {
+        0
+    }
+}
+
 /// `poll` on `fds`, retrying on EINTR; `timeout_ms` < 0 waits forever.
 pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     loop {

@@ -141,6 +141,9 @@ fn specs(scenario: &str) -> Vec<Spec> {
             entry("ghost", "/nonexistent/program", [], 0, 1),
             entry("slow", "sh", ["-c", "trap 'echo stopping; sleep 2; exit 0' TERM; while :; do sleep 0.1; done"], 0, 1),
         ],
+        // Takes 17 s to stop, within its 30 s stop timeout.
+        "slowstop" => vec![entry("slowstop", "sh", ["-c", "trap 'sleep 17; exit 0' TERM; echo ready; while :; do sleep 0.1; done"], 0, 1)
+            .stop_timeout(Duration::from_secs(30))],
         "frozen" => vec![entry("frozen", "sleep", ["1000"], 0, 1).stop_timeout(Duration::from_millis(500))],
         // Every kind of mistake at once.
         "invalid" => vec![

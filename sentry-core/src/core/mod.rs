@@ -98,9 +98,11 @@ pub(crate) struct Proc {
     pub role: Role,
     /// The thread reading its pipes, until it says [`ChildNote::Closed`].
     pub monitor: Option<Monitor>,
-    /// When its monitor saw the leader exit; it stays unreaped (pinning its
-    /// PID and group number) until no live process is left in its group.
+    /// When its monitor saw the leader exit (and the Unix time of it); it
+    /// stays unreaped (pinning its PID and group number) until no live
+    /// process is left in its group.
     pub exited: Option<Instant>,
+    pub exited_unix: u64,
     pub reaped: bool,
     /// The next look for live members of its group, and the interval after it.
     pub check: Option<(Instant, Duration)>,
@@ -111,7 +113,17 @@ pub(crate) struct Proc {
 impl Proc {
     fn new(pid: i32, role: Role) -> Proc {
         let starttime = crate::proc::identity(pid).map(|id| id.starttime).unwrap_or(0);
-        Proc { pid, starttime, role, monitor: None, exited: None, reaped: false, check: None, lingering: false }
+        Proc {
+            pid,
+            starttime,
+            role,
+            monitor: None,
+            exited: None,
+            exited_unix: 0,
+            reaped: false,
+            check: None,
+            lingering: false,
+        }
     }
 
     /// Sends `signal` to the process group the leader started, and to the
@@ -215,8 +227,9 @@ impl EntryRun {
     }
 
     /// Remembers how slot `index`'s process ended.
-    fn record_exit(&mut self, index: usize, exit: ChildExit, now: Instant) {
-        self.last_exits.insert(index, (sys::unix_now(), exit));
+    /// `at` is the Unix time the process exited (its group may have lingered).
+    fn record_exit(&mut self, index: usize, exit: ChildExit, at: u64, now: Instant) {
+        self.last_exits.insert(index, (at, exit));
         if !exit.success() {
             self.failures.push_back(now);
         }
@@ -474,9 +487,10 @@ impl Core {
             return;
         }
         row.exited = Some(now);
+        row.exited_unix = sys::unix_now();
         row.check = Some((now, GROUP_CHECK_MIN));
         let exit = sys::peek_exit(row.pid).unwrap_or(ChildExit::Unknown);
-        let (pid, at) = (row.pid, sys::unix_now());
+        let (pid, at) = (row.pid, row.exited_unix);
         match &row.role {
             Role::Slot { entry, .. } => {
                 let entry = entry.clone();
@@ -541,7 +555,7 @@ impl Core {
         let exit = sys::reap(row.pid);
         row.reaped = true;
         row.check = None;
-        let (pid, role) = (row.pid, row.role.clone());
+        let (pid, role, exited_unix) = (row.pid, row.role.clone(), row.exited_unix);
         self.ledger_dirty = true;
         match &row.monitor {
             Some(m) => m.finish(),
@@ -555,7 +569,7 @@ impl Core {
             if e.slots.get(&index).and_then(|s| s.slot.pid()) != Some(pid) {
                 return;
             }
-            e.record_exit(index, exit, now);
+            e.record_exit(index, exit, exited_unix, now);
             self.apply(i, index, Event::Exited { exit, now });
         }
     }
@@ -836,7 +850,20 @@ impl Core {
                 _ => true,
             });
             if settled {
-                let _ = w.reply.send(Ok(entry_status(e, &report)));
+                let unkillable: Vec<u32> = e
+                    .slots
+                    .values()
+                    .filter_map(|s| match s.slot.phase {
+                        Phase::Unkillable { pid, .. } => Some(pid as u32),
+                        _ => None,
+                    })
+                    .collect();
+                let answer = if unkillable.is_empty() {
+                    Ok(entry_status(e, &report))
+                } else {
+                    Err(Error::Unkillable { entry: e.config.name.clone(), pids: unkillable })
+                };
+                let _ = w.reply.send(answer);
             }
             !settled
         });
@@ -928,6 +955,7 @@ fn entry_status(e: &EntryRun, report: &Report) -> EntryStatus {
         command: e.config.command.clone(),
         args: e.config.args.clone(),
         delay_ms: e.config.delay.as_millis() as u64,
+        stop_timeout_ms: e.config.stop_timeout.as_millis() as u64,
         count: e.target,
         configured_count: e.config.count,
         restarts: e.restarts,
@@ -1008,5 +1036,11 @@ pub(crate) fn exit_text(exit: ChildExit, at: u64) -> String {
 
 /// How long a stop of every child may take: the largest stop timeout, plus margin.
 pub(crate) fn max_stop_wait(config: &Config) -> Duration {
-    config.entries.iter().map(|e| e.stop_timeout).max().unwrap_or_default() + Duration::from_secs(10)
+    max_stop_wait_for(config.entries.iter().map(|e| e.stop_timeout).max().unwrap_or_default())
+}
+
+/// How long a stop may take whose longest stop timeout is `stop_timeout`:
+/// that, then the grace of a group that outlives SIGKILL, plus 10 s.
+pub(crate) fn max_stop_wait_for(stop_timeout: Duration) -> Duration {
+    stop_timeout.saturating_add(KILL_GRACE).saturating_add(Duration::from_secs(10))
 }
