@@ -11,6 +11,7 @@
 mod support;
 
 use std::net::TcpListener;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -370,4 +371,81 @@ fn stop_waits_as_long_as_the_running_configuration_needs() {
     );
     assert!(out.status.success(), "stop gave up early: {}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(s.wait_exit(), Some(0));
+}
+
+#[test]
+fn leftovers_of_a_killed_instance_never_include_another_instances_reused_group() {
+    // Two instances of one configuration in one session and PID namespace.
+    // A is SIGKILLed; B's next child is made to get the number of one of A's
+    // recorded groups (same session, same entry name). A's next start must
+    // leave it alone: that number was reused.
+    // The namespace's init reaps whatever is orphaned (numbers must free up).
+    let reaper = "import os, time\nwhile True:\n    try:\n        os.wait()\n    except ChildProcessError:\n        time.sleep(0.05)\n";
+    let (mut init_child, _guard) =
+        spawn_in_session(Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "python3", "-c", reaper]));
+    let outer = init_child.id() as i32;
+    let init = wait_for("the namespace's init", || children_of(outer).first().map(|(p, _)| *p));
+    let (a, b) = (TempDir::new("reuse-a"), TempDir::new("reuse-b"));
+    let start = |dir: &TempDir| {
+        let console = std::fs::File::create(dir.path().join("console.txt")).unwrap();
+        Command::new("nsenter")
+            .args(["--target", &init.to_string(), "--pid", "--mount", "--"])
+            .arg(TCONF)
+            .args(["start", "--dir"])
+            .arg(dir.path())
+            .env("TCONF", "basic")
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().unwrap())
+            .stderr(console)
+            .spawn()
+            .expect("start inside the namespace")
+    };
+    let cli = |dir: &TempDir, args: &[&str]| {
+        run_within(Command::new(TCONF).args(args).arg("--dir").arg(dir.path()).env("TCONF", "basic"), PATIENCE)
+    };
+    let status = |dir: &TempDir| -> Value { serde_json::from_slice(&cli(dir, &["status", "--json"]).stdout).unwrap_or(Value::Null) };
+    let idle = |dir: &TempDir| -> Vec<i64> {
+        status(dir)["entries"][0]["processes"].as_array().map(|p| p.iter().filter_map(|p| p["pid"].as_i64()).collect()).unwrap_or_default()
+    };
+    let mut a_proc = start(&a);
+    wait_for("A's children", || (idle(&a).len() == 2).then_some(()));
+    let mut b_proc = start(&b);
+    wait_for("B's children", || (idle(&b).len() == 2).then_some(()));
+    let ledger: Value = serde_json::from_str(&std::fs::read_to_string(a.path().join("tconf.procs")).unwrap()).unwrap();
+    let target = ledger["groups"].as_array().unwrap().iter().find(|g| g["entry"] == "idle").unwrap()["pgid"].as_i64().unwrap();
+    let _ = a_proc.kill();
+    let _ = a_proc.wait();
+    let a_pid = status_pid_inside(init, a.path());
+    inside(init, &format!("kill -9 {a_pid}; while test -d /proc/{target}; do sleep 0.05; done"));
+    // B's third child gets the freed number.
+    let mut got = None;
+    for _ in 0..5 {
+        inside(init, &format!("echo {} > /proc/sys/kernel/ns_last_pid", target - 1));
+        assert!(cli(&b, &["scale", "idle", "3"]).status.success());
+        let pids = idle(&b);
+        if pids.contains(&target) {
+            got = Some(target);
+            break;
+        }
+        assert!(cli(&b, &["scale", "idle", "2"]).status.success());
+    }
+    assert_eq!(got, Some(target), "B's child never got the reused number");
+    // A starts again in its DIR and looks for what it left.
+    let mut a_again = start(&a);
+    wait_for("A again", || (idle(&a).len() == 2).then_some(()));
+    let console = std::fs::read_to_string(a.path().join("console.txt")).unwrap_or_default();
+    assert!(idle(&b).contains(&target), "A's start stopped B's child:\n{console}");
+    assert!(!console.contains(&format!("{target} (sleep")), "{console}");
+    for p in [&mut a_again, &mut b_proc] {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    let _ = init_child.kill();
+    let _ = init_child.wait();
+}
+
+/// The PID (as the namespace of `init` sees it) in `dir`'s pidfile.
+fn status_pid_inside(init: i32, dir: &std::path::Path) -> i32 {
+    let _ = init;
+    std::fs::read_to_string(dir.join("tconf.pid")).unwrap().trim().parse().unwrap()
 }
