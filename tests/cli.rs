@@ -82,6 +82,42 @@ fn usage_errors_exit_64_and_help_works_everywhere() {
 }
 
 #[test]
+fn a_run_directory_that_is_not_utf8_works_and_text_that_is_not_is_a_usage_error() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let mut name = format!("sentry-test-not-utf8-{}-", std::process::id()).into_bytes();
+    name.extend_from_slice(b"caf\xe9\xff");
+    let dir = std::env::temp_dir().join(OsStr::from_bytes(&name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut s = Sentry::spawn_in(TempDir(dir.clone()), TCONF, "basic", &[]);
+    wait_for("the instance to answer", || s.cli(&["status", "--json"]).status.success().then_some(()));
+    assert_eq!(s.wait_pids("idle", 2).len(), 2);
+    assert_eq!(std::fs::read_to_string(dir.join("tconf.pid")).unwrap(), format!("{}\n", s.pid()));
+    let table = s.cli(&["status"]);
+    assert!(text(&table.stdout).contains("idle"), "{}", text(&table.stderr));
+
+    // A count (or an entry) that is not text is a usage error, not a panic.
+    let not_text = OsStr::from_bytes(b"\xff");
+    for args in [&[OsStr::new("scale"), OsStr::new("idle"), not_text][..], &[OsStr::new("restart"), not_text]] {
+        let out = run(Command::new(TCONF).args(args).arg("--dir").arg(&dir).env("TCONF", "basic"));
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("Usage:") && !text(&out.stderr).contains("panicked"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(s.entry("idle")["count"], 2, "nothing changed");
+
+    let stop = s.cli(&["stop"]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop.stderr));
+    assert_eq!(s.wait_exit(), Some(0));
+    assert!(!dir.join("tconf.pid").exists(), "the files were removed at the end");
+    assert_eq!(s.cli(&["status"]).status.code(), Some(2));
+}
+
+#[test]
 fn output_to_a_closed_pipe_ends_a_command_quietly() {
     for args in [&["--help"][..], &["check"], &["explain"]] {
         let (reader, writer) = std::io::pipe().unwrap();
