@@ -117,8 +117,17 @@ fn what_is_left_of_a_process_group_is_stopped() {
 
 #[test]
 fn children_get_a_clean_process_state() {
-    // Sentry's own SENTRY_* and CARGO_* variables stay with it.
-    let probes = [("SENTRY_LEAK_PROBE", "1"), ("CARGO_LEAK_PROBE", "1")];
+    // Sentry's own SENTRY_* and NOTIFY_SOCKET, and cargo's and rustup's
+    // run-time variables stay with it; a name that only looks alike is passed on.
+    let probes = [
+        ("SENTRY_LEAK_PROBE", "1"),
+        ("CARGO_LEAK_PROBE", "1"),
+        ("CARGO", "/leak/cargo"),
+        ("RUSTUP_TOOLCHAIN", "leak"),
+        ("RUST_RECURSION_COUNT", "1"),
+        ("NOTIFY_SOCKET", "/leak/notify"),
+        ("CARGOLIKE_KEPT", "1"),
+    ];
     let s = Sentry::spawn_with(TempDir::new("env"), TCONF, "env", &[], &probes).waiting();
     let pid = wait_for("the probe", || s.pids("probe").first().copied());
     let f = stat_fields(pid).unwrap();
@@ -133,14 +142,15 @@ fn children_get_a_clean_process_state() {
     assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap().to_str(), Some("/tmp"));
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let vars: Vec<String> = environ.split(|&b| b == 0).map(text).filter(|v| !v.is_empty()).collect();
-    for want in ["SENTRY_ENTRY=probe", "SENTRY_INDEX=0", "GREETING=hello world"] {
+    for want in ["SENTRY_ENTRY=probe", "SENTRY_INDEX=0", "GREETING=hello world", "CARGOLIKE_KEPT=1"] {
         assert!(vars.iter().any(|v| v == want), "{want} missing from {vars:?}");
     }
     let leaked: Vec<&String> = vars
         .iter()
         .filter(|v| {
             (v.starts_with("SENTRY_") && !v.starts_with("SENTRY_ENTRY=") && !v.starts_with("SENTRY_INDEX="))
-                || v.starts_with("CARGO_")
+                || ["CARGO_", "RUSTUP_"].iter().any(|p| v.starts_with(p))
+                || ["CARGO", "RUST_RECURSION_COUNT", "NOTIFY_SOCKET"].iter().any(|k| v.starts_with(&format!("{k}=")))
         })
         .collect();
     assert!(leaked.is_empty(), "{leaked:?}");

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,12 +70,7 @@ pub(crate) fn spawn_helper(target: &str, argv: &[String]) -> io::Result<Spawned>
 
 /// Spawns `cmd` with the environment and process state every child gets.
 fn start(mut cmd: Command) -> io::Result<Spawned> {
-    let inherited: Vec<_> = std::env::vars_os()
-        .filter(|(k, _)| {
-            let k = k.to_string_lossy();
-            !k.starts_with("SENTRY_") && !k.starts_with("CARGO_")
-        })
-        .collect();
+    let inherited: Vec<_> = std::env::vars_os().filter(|(k, _)| passed_on(k.as_bytes())).collect();
     // The command's own variables (set above) win over inherited ones.
     let own: Vec<_> = cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned()))).collect();
     cmd.env_clear().envs(inherited);
@@ -114,6 +110,16 @@ fn start(mut cmd: Command) -> io::Result<Spawned> {
     // Dropping `child` neither waits nor kills: the core reaps by PID.
     drop(child);
     Ok(Spawned { pid, stdout, stderr })
+}
+
+/// Whether a variable of Sentry's environment reaches its children: not
+/// Sentry's own (`SENTRY_*`, its `NOTIFY_SOCKET`), nor cargo's and rustup's
+/// run-time variables (`cargo run` sets them; a child would build with the
+/// wrong toolchain or think it runs under cargo).
+fn passed_on(key: &[u8]) -> bool {
+    let dropped_prefix = [&b"SENTRY_"[..], b"CARGO_", b"RUSTUP_"].iter().any(|p| key.starts_with(p));
+    let dropped = [&b"CARGO"[..], b"RUST_RECURSION_COUNT", b"NOTIFY_SOCKET"].contains(&key);
+    !dropped_prefix && !dropped
 }
 
 fn set_credentials(cmd: &mut Command, entry: &EntryConfig) -> io::Result<()> {
