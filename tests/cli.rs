@@ -288,6 +288,19 @@ fn status_has_the_spec_fields() {
 }
 
 #[test]
+fn start_says_where_the_control_interface_and_its_token_are() {
+    let s = Sentry::start(TCONF, "basic", &[]);
+    let addr = std::fs::read_to_string(s.file("tconf.addr")).unwrap().trim().to_string();
+    let want = format!("Control interface on http://{addr}/ (token in {}).", s.file("tconf.token").display());
+    let console = wait_for("the control line", || Some(s.console()).filter(|c| c.contains(&want)));
+    let lines: Vec<&str> = console.lines().collect();
+    assert!(lines[0].starts_with("Sentry started (PID: "), "{console}");
+    assert_eq!(lines[1], want, "{console}");
+    // The crate was found (CARGO_MANIFEST_DIR names the package of tconf): no warning.
+    assert!(!console.contains("Warning"), "{console}");
+}
+
+#[test]
 fn an_address_in_use_fails_before_any_child_starts() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
@@ -380,5 +393,44 @@ fn crate_and_dir_are_found_from_the_binary_or_cargo_run() {
     stop.arg("stop");
     clean(&mut stop);
     assert!(run(&mut stop).status.success());
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn start_warns_when_it_cannot_find_its_crate() {
+    // A copy of the binary far from any Cargo.toml, as with CARGO_TARGET_DIR
+    // or build.target-dir elsewhere, and no hint from the environment.
+    let home = TempDir::new("nocrate");
+    let bin = home.path().join("tconf");
+    std::fs::copy(TCONF, &bin).unwrap();
+    let run_dir = home.path().join("run");
+    let console = home.path().join("console.txt");
+    let mut start = Command::new(&bin);
+    start.arg("start").arg("--dir").arg(&run_dir).env("TCONF", "basic").current_dir("/");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO_") || k.starts_with("SENTRY_") {
+            start.env_remove(k);
+        }
+    }
+    in_own_session(&mut start);
+    let out = std::fs::File::create(&console).unwrap();
+    // A copied binary can be "text file busy" while another test's fork still
+    // holds the copy's write fd: retry then.
+    let mut child = wait_for("the copied binary to start", || {
+        match start.stdout(out.try_clone().unwrap()).stderr(out.try_clone().unwrap()).spawn() {
+            Ok(c) => Some(c),
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => None,
+            Err(e) => panic!("{e}"),
+        }
+    });
+    let _cleanup = SessionGuard(child.id() as i32);
+    let said = wait_for("the warning", || {
+        Some(std::fs::read_to_string(&console).unwrap_or_default()).filter(|c| c.contains("when starting Sentry."))
+    });
+    assert!(said.contains("Warning: no configuration crate found for tconf"), "{said}");
+    assert!(said.contains(&format!("above {}", bin.display())), "{said}");
+    assert!(said.contains("without rebuilding") && said.contains("--crate CRATE or SENTRY_CRATE=CRATE"), "{said}");
+    let stop = run(Command::new(&bin).arg("stop").arg("--dir").arg(&run_dir).env("TCONF", "basic"));
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop.stderr));
     assert!(child.wait().unwrap().success());
 }

@@ -59,6 +59,10 @@ pub(crate) struct InstanceSnapshot {
     /// not take them before the exec (the new image says so).
     #[serde(default)]
     pub console_dropped: u64,
+    /// What the new image reports with the outcome when the binary was
+    /// re-exec'd without being rebuilt.
+    #[serde(default)]
+    pub reload_note: Option<String>,
 }
 
 /// The supervision core's state.

@@ -66,6 +66,17 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Resu
         }
     };
     instance.say(&format!("Sentry started (PID: {} saved in {}).", std::process::id(), paths.pidfile().display()));
+    instance.say(&format!(
+        "Control interface on {} (token in {}).",
+        instance.control_url(),
+        paths.token_file().display()
+    ));
+    if let Some(why) = instance::crate_problem(&paths.name, paths.crate_dir.as_deref()) {
+        instance.say(&format!(
+            "Warning: {why}: `reload` will re-exec this binary without rebuilding it; {}.",
+            instance::NAME_THE_CRATE
+        ));
+    }
     for line in crate::leftovers::stop_left(&paths.ledger_file()) {
         instance.say(&line);
     }
@@ -104,7 +115,7 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     let previous = info.reexeced_at.unwrap_or(info.started_at);
     info.reexec_count += 1;
     info.reexeced_at = Some(now);
-    info.last_reload = Some(ReloadOutcome { at: now, ok: true, error: None, id: kept.reload_id });
+    info.last_reload = Some(ReloadOutcome { at: now, ok: true, error: kept.reload_note.clone(), id: kept.reload_id });
     let (mut core, warnings) =
         Core::restore(handoff.core, instance.options(info.clone()), instance.tx.clone(), instance.rx.clone());
     core.set_info(info.clone());
@@ -323,6 +334,16 @@ impl Instance {
         Ok(instance)
     }
 
+    /// Where the control interface listens, as a user would reach it.
+    fn control_url(&self) -> String {
+        let http = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        match http.server.as_ref().map(|s| s.addr().to_string()) {
+            Some(unix) if unix.starts_with("unix:") => unix,
+            Some(addr) => format!("http://{addr}/"),
+            None => "(none)".to_string(),
+        }
+    }
+
     fn say(&self, text: &str) {
         if let Some(c) = &self.console {
             c.handle().say(text);
@@ -415,6 +436,7 @@ impl Instance {
                 reload_id: plan.reload_id,
                 exec_at_ns: 0,
                 console_dropped: 0,
+                reload_note: plan.note.clone(),
             })
         })();
         let kept = match kept {
