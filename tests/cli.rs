@@ -109,6 +109,17 @@ fn a_run_directory_that_is_not_utf8_works_and_text_that_is_not_is_a_usage_error(
         );
     }
     assert_eq!(s.entry("idle")["count"], 2, "nothing changed");
+    let weird_exec =
+        run(Command::new(TCONF).args([OsStr::new("reload"), OsStr::new("--exec"), not_text]).arg("--dir").arg(&dir));
+    assert_eq!(weird_exec.status.code(), Some(64), "{}", text(&weird_exec.stderr));
+    assert!(!text(&weird_exec.stderr).contains("panicked"), "{}", text(&weird_exec.stderr));
+
+    // The run directory crosses a reload (the handoff carries it as bytes).
+    let pids = s.wait_pids("idle", 2);
+    let reload = s.cli(&["reload", "--exec", TCONF]);
+    assert_eq!(reload.status.code(), Some(0), "{}{}\n{}", text(&reload.stdout), text(&reload.stderr), s.console());
+    assert_eq!(s.status()["reexec_count"], 1);
+    assert_eq!(s.pids("idle"), pids, "the children were handed over");
 
     let stop = s.cli(&["stop"]);
     assert_eq!(stop.status.code(), Some(0), "{}", text(&stop.stderr));

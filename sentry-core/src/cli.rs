@@ -488,6 +488,12 @@ fn scale(paths: &Paths, entry: &str, count: &str) -> Outcome {
 fn reload(paths: &Paths, exec: Option<PathBuf>) -> Outcome {
     let c = client(paths).map_err(fail)?;
     let exec = exec.map(|p| if p.is_absolute() { p } else { std::env::current_dir().unwrap_or_default().join(p) });
+    // JSON carries text: a path that is not UTF-8 cannot be asked for.
+    let exec = match exec.map(|p| p.into_os_string().into_string()) {
+        Some(Err(p)) => return Err((EXIT_USAGE, format!("--exec {p:?}: the path must be valid UTF-8"))),
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
     let body = serde_json::json!({ "exec": exec }).to_string();
     let (code, accepted) = c.post("/reload", &body).map_err(fail)?;
     if code != 202 {
