@@ -546,7 +546,7 @@ mod tests {
     #[test]
     fn commands_and_flags_parse() {
         assert_eq!(
-            parse(&args("start --http 127.0.0.1:0 --dir /d")),
+            parse(args("start --http 127.0.0.1:0 --dir /d")),
             Ok(Invocation::Run {
                 command: Subcommand::Start { http: Some("127.0.0.1:0".into()), daemon: false, handoff: None },
                 dir: Some("/d".into()),
@@ -554,14 +554,14 @@ mod tests {
             })
         );
         assert_eq!(
-            parse(&args("--crate=/c scale web 3")),
+            parse(args("--crate=/c scale web 3")),
             Ok(Invocation::Run {
                 command: Subcommand::Scale { entry: "web".into(), count: "3".into() },
                 dir: None,
                 crate_dir: Some("/c".into())
             })
         );
-        assert_eq!(parse(&args("status --help")), Ok(Invocation::Help));
+        assert_eq!(parse(args("status --help")), Ok(Invocation::Help));
     }
 
     #[test]
@@ -569,7 +569,7 @@ mod tests {
         for bad in
             ["", "frobnicate", "start --bogus", "scale web", "restart", "stop extra", "status --http x", "start --dir"]
         {
-            assert!(parse(&args(bad)).is_err(), "{bad:?}");
+            assert!(parse(args(bad)).is_err(), "{bad:?}");
         }
     }
 
@@ -608,7 +608,7 @@ mod tests {
     #[test]
     fn a_negative_count_is_a_word_and_flags_take_inline_values() {
         assert_eq!(
-            parse(&args("scale web -1")),
+            parse(args("scale web -1")),
             Ok(Invocation::Run {
                 command: Subcommand::Scale { entry: "web".into(), count: "-1".into() },
                 dir: None,
@@ -616,7 +616,7 @@ mod tests {
             })
         );
         assert_eq!(
-            parse(&args("start --http=127.0.0.1:1 --daemon")),
+            parse(args("start --http=127.0.0.1:1 --daemon")),
             Ok(Invocation::Run {
                 command: Subcommand::Start { http: Some("127.0.0.1:1".into()), daemon: true, handoff: None },
                 dir: None,
@@ -624,8 +624,8 @@ mod tests {
             })
         );
         for bad in ["start --daemon=yes", "start -x", "status --json=1", "check --handoff-fd 3"] {
-            assert!(parse(&args(bad)).is_err(), "{bad:?}");
+            assert!(parse(args(bad)).is_err(), "{bad:?}");
         }
-        assert_eq!(parse(&args("-h")), Ok(Invocation::Help));
+        assert_eq!(parse(args("-h")), Ok(Invocation::Help));
     }
 }
