@@ -82,6 +82,53 @@ fn usage_errors_exit_64_and_help_works_everywhere() {
 }
 
 #[test]
+fn a_run_directory_that_is_not_utf8_works_and_text_that_is_not_is_a_usage_error() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let mut name = format!("sentry-test-not-utf8-{}-", std::process::id()).into_bytes();
+    name.extend_from_slice(b"caf\xe9\xff");
+    let dir = std::env::temp_dir().join(OsStr::from_bytes(&name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut s = Sentry::spawn_in(TempDir(dir.clone()), TCONF, "basic", &[]);
+    wait_for("the instance to answer", || s.cli(&["status", "--json"]).status.success().then_some(()));
+    assert_eq!(s.wait_pids("idle", 2).len(), 2);
+    assert_eq!(std::fs::read_to_string(dir.join("tconf.pid")).unwrap(), format!("{}\n", s.pid()));
+    let table = s.cli(&["status"]);
+    assert!(text(&table.stdout).contains("idle"), "{}", text(&table.stderr));
+
+    // A count (or an entry) that is not text is a usage error, not a panic.
+    let not_text = OsStr::from_bytes(b"\xff");
+    for args in [&[OsStr::new("scale"), OsStr::new("idle"), not_text][..], &[OsStr::new("restart"), not_text]] {
+        let out = run(Command::new(TCONF).args(args).arg("--dir").arg(&dir).env("TCONF", "basic"));
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("Usage:") && !text(&out.stderr).contains("panicked"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(s.entry("idle")["count"], 2, "nothing changed");
+    let weird_exec =
+        run(Command::new(TCONF).args([OsStr::new("reload"), OsStr::new("--exec"), not_text]).arg("--dir").arg(&dir));
+    assert_eq!(weird_exec.status.code(), Some(64), "{}", text(&weird_exec.stderr));
+    assert!(!text(&weird_exec.stderr).contains("panicked"), "{}", text(&weird_exec.stderr));
+
+    // The run directory crosses a reload (the handoff carries it as bytes).
+    let pids = s.wait_pids("idle", 2);
+    let reload = s.cli(&["reload", "--exec", TCONF]);
+    assert_eq!(reload.status.code(), Some(0), "{}{}\n{}", text(&reload.stdout), text(&reload.stderr), s.console());
+    assert_eq!(s.status()["reexec_count"], 1);
+    assert_eq!(s.pids("idle"), pids, "the children were handed over");
+
+    let stop = s.cli(&["stop"]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop.stderr));
+    assert_eq!(s.wait_exit(), Some(0));
+    assert!(!dir.join("tconf.pid").exists(), "the files were removed at the end");
+    assert_eq!(s.cli(&["status"]).status.code(), Some(2));
+}
+
+#[test]
 fn output_to_a_closed_pipe_ends_a_command_quietly() {
     for args in [&["--help"][..], &["check"], &["explain"]] {
         let (reader, writer) = std::io::pipe().unwrap();
@@ -252,6 +299,19 @@ fn status_has_the_spec_fields() {
 }
 
 #[test]
+fn start_says_where_the_control_interface_and_its_token_are() {
+    let s = Sentry::start(TCONF, "basic", &[]);
+    let addr = std::fs::read_to_string(s.file("tconf.addr")).unwrap().trim().to_string();
+    let want = format!("Control interface on http://{addr}/ (token in {}).", s.file("tconf.token").display());
+    let console = wait_for("the control line", || Some(s.console()).filter(|c| c.contains(&want)));
+    let lines: Vec<&str> = console.lines().collect();
+    assert!(lines[0].starts_with("Sentry started (PID: "), "{console}");
+    assert_eq!(lines[1], want, "{console}");
+    // The crate was found (CARGO_MANIFEST_DIR names the package of tconf): no warning.
+    assert!(!console.contains("Warning"), "{console}");
+}
+
+#[test]
 fn an_address_in_use_fails_before_any_child_starts() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
@@ -344,5 +404,44 @@ fn crate_and_dir_are_found_from_the_binary_or_cargo_run() {
     stop.arg("stop");
     clean(&mut stop);
     assert!(run(&mut stop).status.success());
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn start_warns_when_it_cannot_find_its_crate() {
+    // A copy of the binary far from any Cargo.toml, as with CARGO_TARGET_DIR
+    // or build.target-dir elsewhere, and no hint from the environment.
+    let home = TempDir::new("nocrate");
+    let bin = home.path().join("tconf");
+    std::fs::copy(TCONF, &bin).unwrap();
+    let run_dir = home.path().join("run");
+    let console = home.path().join("console.txt");
+    let mut start = Command::new(&bin);
+    start.arg("start").arg("--dir").arg(&run_dir).env("TCONF", "basic").current_dir("/");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO_") || k.starts_with("SENTRY_") {
+            start.env_remove(k);
+        }
+    }
+    in_own_session(&mut start);
+    let out = std::fs::File::create(&console).unwrap();
+    // A copied binary can be "text file busy" while another test's fork still
+    // holds the copy's write fd: retry then.
+    let mut child = wait_for("the copied binary to start", || {
+        match start.stdout(out.try_clone().unwrap()).stderr(out.try_clone().unwrap()).spawn() {
+            Ok(c) => Some(c),
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => None,
+            Err(e) => panic!("{e}"),
+        }
+    });
+    let _cleanup = SessionGuard(child.id() as i32);
+    let said = wait_for("the warning", || {
+        Some(std::fs::read_to_string(&console).unwrap_or_default()).filter(|c| c.contains("when starting Sentry."))
+    });
+    assert!(said.contains("Warning: no configuration crate found for tconf"), "{said}");
+    assert!(said.contains(&format!("above {}", bin.display())), "{said}");
+    assert!(said.contains("without rebuilding") && said.contains("--crate CRATE or SENTRY_CRATE=CRATE"), "{said}");
+    let stop = run(Command::new(&bin).arg("stop").arg("--dir").arg(&run_dir).env("TCONF", "basic"));
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop.stderr));
     assert!(child.wait().unwrap().success());
 }

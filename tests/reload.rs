@@ -368,11 +368,25 @@ fn without_a_crate_reload_re_execs_the_started_binary_after_its_check() {
     let tconf = env!("CARGO_BIN_EXE_tconf");
     let s = Sentry::start(tconf, "basic", &["--crate", "/nonexistent-sentry-crate"]);
     let pids = wait_for("running", || Some(s.pids("idle")).filter(|p| p.len() == 2));
+    // `start` warns at once that a reload will not rebuild, and how to name the crate.
+    let warning = "Warning: no Cargo.toml in /nonexistent-sentry-crate: `reload` will re-exec this binary without \
+                   rebuilding it; name it with --crate CRATE or SENTRY_CRATE=CRATE when starting Sentry.";
+    wait_for("the warning at start", || s.console().contains(warning).then_some(()));
     let out = s.cli(&["reload"]);
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     assert!(s.console().contains("No Cargo.toml in /nonexistent-sentry-crate: re-exec'ing"), "{}", s.console());
     assert_eq!(s.status()["reexec_count"], 1);
     assert_eq!(s.pids("idle"), pids);
+    // `reload` says plainly that nothing was rebuilt, and what to do.
+    let said = text(&out.stdout);
+    let want = format!(
+        "NOT rebuilt: no Cargo.toml in /nonexistent-sentry-crate. The same binary ({tconf}) was re-exec'd \
+         without rebuilding, so an edit of the configuration is not applied; name it with --crate CRATE or \
+         SENTRY_CRATE=CRATE when starting Sentry."
+    );
+    assert!(said.contains(&want), "{said}");
+    let last = &s.status()["last_reload"];
+    assert_eq!((last["ok"].as_bool(), last["error"].as_str()), (Some(true), Some(want.as_str())), "{last}");
 }
 
 #[test]

@@ -53,3 +53,21 @@ fn sample_restarts_its_sleeper_and_says_bye_on_ctrl_c() {
         assert!(!alive(pid), "the child was stopped");
     }
 }
+
+/// The test hooks (`SENTRY_TEST_*`) are compiled into test configurations
+/// only: `sample`, built as a user builds it, neither contains nor reads them —
+/// a reload with `SENTRY_TEST_FAIL_EXEC` set in its environment just works.
+#[test]
+fn sample_is_built_without_the_test_hooks() {
+    let bin = build_sample();
+    let binary = std::fs::read(&bin).unwrap();
+    for hook in [&b"SENTRY_TEST_FAIL_EXEC"[..], b"SENTRY_TEST_CORRUPT_HANDOFF"] {
+        assert!(!binary.windows(hook.len()).any(|w| w == hook), "{} is in {}", text(hook), bin.display());
+    }
+    let hooks = [("SENTRY_TEST_FAIL_EXEC", "1"), ("SENTRY_TEST_CORRUPT_HANDOFF", "1")];
+    let s = Sentry::spawn_with(TempDir::new("sample-hooks"), bin.to_str().unwrap(), "sample", &[], &hooks).waiting();
+    let out = s.cli(&["reload", "--exec", bin.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}{}\nconsole:\n{}", text(&out.stdout), text(&out.stderr), s.console());
+    assert_eq!(s.status()["reexec_count"], 1);
+    assert!(!s.console().contains("could not read its handed-over state"), "{}", s.console());
+}

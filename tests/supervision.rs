@@ -117,8 +117,17 @@ fn what_is_left_of_a_process_group_is_stopped() {
 
 #[test]
 fn children_get_a_clean_process_state() {
-    // Sentry's own SENTRY_* and CARGO_* variables stay with it.
-    let probes = [("SENTRY_LEAK_PROBE", "1"), ("CARGO_LEAK_PROBE", "1")];
+    // Sentry's own SENTRY_* and NOTIFY_SOCKET, and cargo's and rustup's
+    // run-time variables stay with it; a name that only looks alike is passed on.
+    let probes = [
+        ("SENTRY_LEAK_PROBE", "1"),
+        ("CARGO_LEAK_PROBE", "1"),
+        ("CARGO", "/leak/cargo"),
+        ("RUSTUP_TOOLCHAIN", "leak"),
+        ("RUST_RECURSION_COUNT", "1"),
+        ("NOTIFY_SOCKET", "/leak/notify"),
+        ("CARGOLIKE_KEPT", "1"),
+    ];
     let s = Sentry::spawn_with(TempDir::new("env"), TCONF, "env", &[], &probes).waiting();
     let pid = wait_for("the probe", || s.pids("probe").first().copied());
     let f = stat_fields(pid).unwrap();
@@ -133,14 +142,15 @@ fn children_get_a_clean_process_state() {
     assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap().to_str(), Some("/tmp"));
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let vars: Vec<String> = environ.split(|&b| b == 0).map(text).filter(|v| !v.is_empty()).collect();
-    for want in ["SENTRY_ENTRY=probe", "SENTRY_INDEX=0", "GREETING=hello world"] {
+    for want in ["SENTRY_ENTRY=probe", "SENTRY_INDEX=0", "GREETING=hello world", "CARGOLIKE_KEPT=1"] {
         assert!(vars.iter().any(|v| v == want), "{want} missing from {vars:?}");
     }
     let leaked: Vec<&String> = vars
         .iter()
         .filter(|v| {
             (v.starts_with("SENTRY_") && !v.starts_with("SENTRY_ENTRY=") && !v.starts_with("SENTRY_INDEX="))
-                || v.starts_with("CARGO_")
+                || ["CARGO_", "RUSTUP_"].iter().any(|p| v.starts_with(p))
+                || ["CARGO", "RUST_RECURSION_COUNT", "NOTIFY_SOCKET"].iter().any(|k| v.starts_with(&format!("{k}=")))
         })
         .collect();
     assert!(leaked.is_empty(), "{leaked:?}");
@@ -191,16 +201,66 @@ fn user_and_group_drop_privileges_and_keep_pdeathsig() {
         eprintln!("skipped: needs root");
         return;
     }
-    let mut s = Sentry::start(TCONF, "user", &[]);
+    // A user who is a member of some group besides their own, if there is one.
+    let member = std::fs::read_to_string("/etc/group")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').nth(3))
+        .flat_map(|members| members.split(',').map(str::to_string).collect::<Vec<_>>())
+        .find(|u| !u.is_empty() && passwd(u).is_some())
+        .unwrap_or_else(|| "nobody".to_string());
+    let mut s = Sentry::spawn_with(TempDir::new("user"), TCONF, "user", &[], &[("TUSER", &member)]).waiting();
     let pid = wait_for("the unprivileged child", || s.pids("as-nobody").first().copied());
     let uid = proc_status(pid, "Uid").unwrap();
     let gid = proc_status(pid, "Gid").unwrap();
     assert!(uid.split_whitespace().all(|u| u == "65534"), "{uid}");
     assert!(gid.split_whitespace().all(|g| g == "65534"), "{gid}");
-    assert_eq!(proc_status(pid, "Groups").unwrap_or_default(), "", "supplementary groups dropped");
+    // The user's groups (initgroups), not root's, nor none; HOME, USER and
+    // LOGNAME from the passwd entry, unless `.env` sets them.
+    assert_eq!(groups(&proc_status(pid, "Groups").unwrap_or_default()), id_groups("nobody"), "nobody's groups");
+    let env = environ(pid);
+    let home = passwd("nobody").unwrap()[5].clone();
+    for want in [format!("HOME={home}"), "USER=nobody".into(), "LOGNAME=nobody".into()] {
+        assert!(env.contains(&want), "{want} missing from {env:?}");
+    }
+    let other = wait_for("the member's child", || s.pids("as-member").first().copied());
+    assert_eq!(groups(&proc_status(other, "Groups").unwrap_or_default()), id_groups(&member), "{member}'s groups");
+    let env = environ(other);
+    let home = passwd(&member).unwrap()[5].clone();
+    for want in [format!("HOME={home}"), format!("USER={member}"), "LOGNAME=from-env".into()] {
+        assert!(env.contains(&want), "{want} missing from {env:?}");
+    }
     // An unknown user is a failed start (backed off), not a crash of Sentry.
     wait_for("the unknown user to be reported", || s.console().contains("no such user").then_some(()));
     assert_eq!(s.entry("as-ghost")["state"], "backoff");
     // PDEATHSIG survives the change of credentials.
-    s.sigkill_taking_along(&[pid]);
+    s.sigkill_taking_along(&[pid, other]);
+}
+
+/// The fields of `user`'s line in /etc/passwd.
+fn passwd(user: &str) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    let line = text.lines().find(|l| l.split(':').next() == Some(user))?;
+    Some(line.split(':').map(str::to_string).collect())
+}
+
+/// A list of group numbers, sorted.
+fn groups(list: &str) -> Vec<u32> {
+    let mut g: Vec<u32> = list.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    g.sort();
+    g.dedup();
+    g
+}
+
+/// `id -G user`: the user's groups as the system sees them.
+fn id_groups(user: &str) -> Vec<u32> {
+    let out = run(std::process::Command::new("id").args(["-G", user]));
+    assert!(out.status.success(), "id -G {user}: {}", text(&out.stderr));
+    groups(&text(&out.stdout))
+}
+
+/// The environment of `pid`, one `KEY=VALUE` each.
+fn environ(pid: i32) -> Vec<String> {
+    let bytes = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    bytes.split(|&b| b == 0).map(text).filter(|v| !v.is_empty()).collect()
 }

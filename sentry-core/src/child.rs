@@ -6,9 +6,12 @@
 //! exit status can be lost. This module knows nothing of entries' slots or of
 //! restart policy.
 
+use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,11 +54,20 @@ pub(crate) fn spawn(entry: &EntryConfig, index: usize) -> io::Result<Spawned> {
         .envs(entry.env.iter().map(|(k, v)| (k, v)))
         .env("SENTRY_ENTRY", &entry.name)
         .env("SENTRY_INDEX", index.to_string());
-    if let Some(cwd) = &entry.cwd {
+    let credentials = Credentials::of(entry)?;
+    if let Some((user, home)) = credentials.as_ref().and_then(|c| c.user.as_ref()) {
+        // What login(1) sets, from the passwd entry, unless `.env` does.
+        for (key, value) in [("HOME", home.as_os_str()), ("USER", user), ("LOGNAME", user)] {
+            if !entry.env.iter().any(|(k, _)| k == key) {
+                cmd.env(key, value);
+            }
+        }
+    }
+    // With credentials, the directory is entered after they change (`apply`).
+    if let (Some(cwd), None) = (&entry.cwd, &credentials) {
         cmd.current_dir(cwd);
     }
-    set_credentials(&mut cmd, entry)?;
-    start(cmd)
+    start(cmd, credentials)
 }
 
 /// Starts the program of an `exec` action (`argv` is not empty) for
@@ -64,17 +76,12 @@ pub(crate) fn spawn(entry: &EntryConfig, index: usize) -> io::Result<Spawned> {
 pub(crate) fn spawn_helper(target: &str, argv: &[String]) -> io::Result<Spawned> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).env("SENTRY_ENTRY", target);
-    start(cmd)
+    start(cmd, None)
 }
 
 /// Spawns `cmd` with the environment and process state every child gets.
-fn start(mut cmd: Command) -> io::Result<Spawned> {
-    let inherited: Vec<_> = std::env::vars_os()
-        .filter(|(k, _)| {
-            let k = k.to_string_lossy();
-            !k.starts_with("SENTRY_") && !k.starts_with("CARGO_")
-        })
-        .collect();
+fn start(mut cmd: Command, credentials: Option<Credentials>) -> io::Result<Spawned> {
+    let inherited: Vec<_> = std::env::vars_os().filter(|(k, _)| passed_on(k.as_bytes())).collect();
     // The command's own variables (set above) win over inherited ones.
     let own: Vec<_> = cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned()))).collect();
     cmd.env_clear().envs(inherited);
@@ -85,9 +92,14 @@ fn start(mut cmd: Command) -> io::Result<Spawned> {
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe calls (sigprocmask, signal, prctl, close_range).
+    // async-signal-safe calls (setgroups, setgid, setuid, chdir, sigprocmask,
+    // signal, prctl, close_range); it allocates nothing: the credentials were
+    // computed before the fork.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            if let Some(c) = &credentials {
+                c.apply()?;
+            }
             let empty: libc::sigset_t = {
                 let mut set = std::mem::zeroed();
                 libc::sigemptyset(&mut set);
@@ -98,8 +110,7 @@ fn start(mut cmd: Command) -> io::Result<Spawned> {
             // Fds Sentry inherited without CLOEXEC (a jobserver, a shell's
             // spare fds) must not reach children: only 0, 1, 2 cross exec.
             sys::cloexec_inherited();
-            // After any setuid (std applies credentials before this closure),
-            // since a change of credentials clears PDEATHSIG.
+            // After the change of credentials above, which clears PDEATHSIG.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -116,19 +127,94 @@ fn start(mut cmd: Command) -> io::Result<Spawned> {
     Ok(Spawned { pid, stdout, stderr })
 }
 
-fn set_credentials(cmd: &mut Command, entry: &EntryConfig) -> io::Result<()> {
-    use nix::unistd::{Group, User};
-    let not_found =
-        |what: &str, name: &str| io::Error::new(io::ErrorKind::NotFound, format!("no such {what} {name:?}"));
-    if let Some(name) = &entry.user {
-        let user = User::from_name(name).map_err(io::Error::from)?.ok_or_else(|| not_found("user", name))?;
-        cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+/// Whether a variable of Sentry's environment reaches its children: not
+/// Sentry's own (`SENTRY_*`, its `NOTIFY_SOCKET`), nor cargo's and rustup's
+/// run-time variables (`cargo run` sets them; a child would build with the
+/// wrong toolchain or think it runs under cargo).
+fn passed_on(key: &[u8]) -> bool {
+    let dropped_prefix = [&b"SENTRY_"[..], b"CARGO_", b"RUSTUP_"].iter().any(|p| key.starts_with(p));
+    let dropped = [&b"CARGO"[..], b"RUST_RECURSION_COUNT", b"NOTIFY_SOCKET"].contains(&key);
+    !dropped_prefix && !dropped
+}
+
+/// Who a child runs as, looked up before the fork (`getpwnam`, `getgrnam`
+/// and `getgrouplist` are not async-signal-safe) and applied between fork
+/// and exec: supplementary groups, then the group, then the user, then the
+/// working directory (entered as that user, so a directory the user may not
+/// enter is a failed start, as with `su`).
+struct Credentials {
+    /// The user's name and home (`None`: only `.group`).
+    user: Option<(OsString, PathBuf)>,
+    uid: Option<libc::uid_t>,
+    gid: libc::gid_t,
+    /// The user's groups (`initgroups`), when a user is given.
+    groups: Option<Vec<libc::gid_t>>,
+    cwd: Option<CString>,
+}
+
+impl Credentials {
+    /// The credentials `.user` and `.group` ask for, if any.
+    fn of(entry: &EntryConfig) -> io::Result<Option<Credentials>> {
+        use nix::unistd::{getgrouplist, Group, User};
+        let not_found =
+            |what: &str, name: &str| io::Error::new(io::ErrorKind::NotFound, format!("no such {what} {name:?}"));
+        let user = match &entry.user {
+            Some(name) => Some(User::from_name(name).map_err(io::Error::from)?.ok_or_else(|| not_found("user", name))?),
+            None => None,
+        };
+        let group = match &entry.group {
+            Some(name) => {
+                Some(Group::from_name(name).map_err(io::Error::from)?.ok_or_else(|| not_found("group", name))?)
+            }
+            None => None,
+        };
+        let Some(gid) = group.as_ref().map(|g| g.gid).or(user.as_ref().map(|u| u.gid)) else {
+            return Ok(None);
+        };
+        let groups = match &user {
+            Some(u) => {
+                let name = CString::new(u.name.as_bytes()).map_err(io::Error::other)?;
+                Some(getgrouplist(&name, gid).map_err(io::Error::from)?.iter().map(|g| g.as_raw()).collect())
+            }
+            None => None,
+        };
+        let cwd = match &entry.cwd {
+            Some(dir) => Some(CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?),
+            None => None,
+        };
+        Ok(Some(Credentials {
+            user: user.as_ref().map(|u| (OsString::from(&u.name), u.dir.clone())),
+            uid: user.as_ref().map(|u| u.uid.as_raw()),
+            gid: gid.as_raw(),
+            groups,
+            cwd,
+        }))
     }
-    if let Some(name) = &entry.group {
-        let group = Group::from_name(name).map_err(io::Error::from)?.ok_or_else(|| not_found("group", name))?;
-        cmd.gid(group.gid.as_raw());
+
+    /// Between fork and exec: async-signal-safe calls only, no allocation.
+    fn apply(&self) -> io::Result<()> {
+        let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
+        // SAFETY: plain syscalls on data owned by `self`.
+        unsafe {
+            if let Some(groups) = &self.groups {
+                // Without CAP_SETGID (Sentry not root) the groups cannot
+                // change; setgid/setuid below then say whether the user can.
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            check(libc::setgid(self.gid))?;
+            if let Some(uid) = self.uid {
+                check(libc::setuid(uid))?;
+            }
+            if let Some(cwd) = &self.cwd {
+                check(libc::chdir(cwd.as_ptr()))?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// One output pipe of a child, with the bytes read from it that are not yet a line.

@@ -5,6 +5,8 @@
 //! the other subcommands talk to a running instance through its pidfile and
 //! control interface. Exit codes follow SPEC's table.
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -34,8 +36,7 @@ const EXIT_USAGE: i32 = 64;
 pub fn sentry(specs: Vec<Spec>) -> ! {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).try_init();
     sys::init_local_time();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let invocation = parse(&args);
+    let invocation = parse(std::env::args_os().skip(1));
     if !matches!(invocation, Ok(Invocation::Run { command: Subcommand::Start { daemon: false, .. }, .. })) {
         sys::default_sigpipe();
     }
@@ -76,7 +77,7 @@ enum Subcommand {
 }
 
 fn program() -> String {
-    std::env::args()
+    std::env::args_os()
         .next()
         .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "sentry".to_string())
@@ -105,45 +106,59 @@ Options:
     )
 }
 
-fn parse(args: &[String]) -> Result<Invocation, String> {
+/// Parses the arguments (without the program name). Arguments are
+/// `OsString`s: paths (`--dir`, `--crate`, `--exec`) pass through whole,
+/// whatever their bytes; a word that must be text (a command, an entry, a
+/// count, an address) and is not valid UTF-8 is a usage error. Options may
+/// come before or after the command, as `--flag VALUE` or `--flag=VALUE`.
+fn parse(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result<Invocation, String> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_args(args);
     let mut dir = None;
     let mut crate_dir = None;
     let mut http = None;
     let mut exec = None;
     let (mut daemon, mut json, mut handoff_version) = (false, false, false);
     let mut handoff = None;
-    let mut words = Vec::new();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value =
-            |name: &str| inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| format!("{name} needs a value"));
-        match flag {
-            "--help" | "-h" => return Ok(Invocation::Help),
-            "--dir" => dir = Some(PathBuf::from(value("--dir")?)),
-            "--crate" => crate_dir = Some(PathBuf::from(value("--crate")?)),
-            "--http" => http = Some(value("--http")?),
-            "--exec" => exec = Some(PathBuf::from(value("--exec")?)),
-            "--daemon" => daemon = true,
+    let mut words: Vec<OsString> = Vec::new();
+    loop {
+        // A negative number (`scale web -1`) is a word, not a cluster of
+        // short options: the count check refuses it with its own message.
+        if let Some(mut raw) = parser.try_raw_args() {
+            if raw.peek().is_some_and(is_negative_number) {
+                words.extend(raw.next());
+                continue;
+            }
+        }
+        let Some(arg) = parser.next().map_err(|e| e.to_string())? else { break };
+        match arg {
+            Short('h') | Long("help") => return Ok(Invocation::Help),
+            Long("dir") => dir = Some(PathBuf::from(value(&mut parser)?)),
+            Long("crate") => crate_dir = Some(PathBuf::from(value(&mut parser)?)),
+            Long("http") => http = Some(text(value(&mut parser)?, "--http ADDR")?),
+            Long("exec") => exec = Some(PathBuf::from(value(&mut parser)?)),
+            Long("daemon") => daemon = true,
             // Internal: how a re-exec'd image finds its snapshot, and how a
             // reload asks a new binary which snapshots it reads.
-            "--handoff-fd" => {
-                handoff = Some(value("--handoff-fd")?.parse().map_err(|_| "--handoff-fd needs a number")?)
+            Long("handoff-fd") => {
+                handoff =
+                    Some(value(&mut parser)?.parse::<i32>().map_err(|_| "--handoff-fd needs a number".to_string())?)
             }
-            "--handoff-version" => handoff_version = true,
-            "--json" => json = true,
-            f if f.starts_with('-') && f.len() > 1 && !f[1..].starts_with(|c: char| c.is_ascii_digit()) => {
-                return Err(format!("unknown option {arg:?}"))
-            }
-            _ => words.push(arg.clone()),
+            Long("handoff-version") => handoff_version = true,
+            Long("json") => json = true,
+            Value(word) => words.push(word),
+            other => return Err(other.unexpected().to_string()),
         }
     }
     let mut words = words.into_iter();
     let name = words.next().ok_or("missing command")?;
-    let mut positional = |what: &str| words.next().ok_or_else(|| format!("{name}: missing {what}"));
+    let Some(name) = name.to_str().map(str::to_string) else {
+        return Err(format!("unknown command {name:?}"));
+    };
+    let mut positional = |what: &str| {
+        let word = words.next().ok_or_else(|| format!("{name}: missing {what}"))?;
+        text(word, what).map_err(|e| format!("{name}: {e}"))
+    };
     let command = match name.as_str() {
         "start" => Subcommand::Start { http: http.take(), daemon, handoff },
         "stop" => Subcommand::Stop,
@@ -174,6 +189,21 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
         return Err(format!("{name} does not take {flags}"));
     }
     Ok(Invocation::Run { command, dir, crate_dir })
+}
+
+/// The value of the option just read.
+fn value(parser: &mut lexopt::Parser) -> Result<OsString, String> {
+    parser.value().map_err(|e| e.to_string())
+}
+
+/// `-` followed by digits only: a negative number, not options.
+fn is_negative_number(arg: &OsStr) -> bool {
+    arg.as_bytes().strip_prefix(b"-").is_some_and(|digits| !digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+}
+
+/// A word that must be text.
+fn text(word: OsString, what: &str) -> Result<String, String> {
+    word.into_string().map_err(|w| format!("{what} must be valid UTF-8, not {w:?}"))
 }
 
 fn run(command: Subcommand, specs: Vec<Spec>, paths: &Paths) -> i32 {
@@ -473,6 +503,12 @@ fn scale(paths: &Paths, entry: &str, count: &str) -> Outcome {
 fn reload(paths: &Paths, exec: Option<PathBuf>) -> Outcome {
     let c = client(paths).map_err(fail)?;
     let exec = exec.map(|p| if p.is_absolute() { p } else { std::env::current_dir().unwrap_or_default().join(p) });
+    // JSON carries text: a path that is not UTF-8 cannot be asked for.
+    let exec = match exec.map(|p| p.into_os_string().into_string()) {
+        Some(Err(p)) => return Err((EXIT_USAGE, format!("--exec {p:?}: the path must be valid UTF-8"))),
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
     let body = serde_json::json!({ "exec": exec }).to_string();
     let (code, accepted) = c.post("/reload", &body).map_err(fail)?;
     if code != 202 {
@@ -532,7 +568,7 @@ mod tests {
     #[test]
     fn commands_and_flags_parse() {
         assert_eq!(
-            parse(&args("start --http 127.0.0.1:0 --dir /d")),
+            parse(args("start --http 127.0.0.1:0 --dir /d")),
             Ok(Invocation::Run {
                 command: Subcommand::Start { http: Some("127.0.0.1:0".into()), daemon: false, handoff: None },
                 dir: Some("/d".into()),
@@ -540,14 +576,14 @@ mod tests {
             })
         );
         assert_eq!(
-            parse(&args("--crate=/c scale web 3")),
+            parse(args("--crate=/c scale web 3")),
             Ok(Invocation::Run {
                 command: Subcommand::Scale { entry: "web".into(), count: "3".into() },
                 dir: None,
                 crate_dir: Some("/c".into())
             })
         );
-        assert_eq!(parse(&args("status --help")), Ok(Invocation::Help));
+        assert_eq!(parse(args("status --help")), Ok(Invocation::Help));
     }
 
     #[test]
@@ -555,7 +591,63 @@ mod tests {
         for bad in
             ["", "frobnicate", "start --bogus", "scale web", "restart", "stop extra", "status --http x", "start --dir"]
         {
-            assert!(parse(&args(bad)).is_err(), "{bad:?}");
+            assert!(parse(args(bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn paths_are_os_strings_and_text_must_be_utf8() {
+        use std::os::unix::ffi::OsStringExt;
+        let odd = OsString::from_vec(b"/tmp/caf\xe9-\xff".to_vec());
+        let line = |words: &[&OsStr]| parse(words.iter().map(|w| w.to_os_string()).collect::<Vec<_>>());
+        assert_eq!(
+            line(&["stop".as_ref(), "--dir".as_ref(), &odd]),
+            Ok(Invocation::Run { command: Subcommand::Stop, dir: Some(PathBuf::from(&odd)), crate_dir: None })
+        );
+        let mut inline = OsString::from("--crate=");
+        inline.push(&odd);
+        assert_eq!(
+            line(&["reload".as_ref(), &inline, "--exec".as_ref(), &odd]),
+            Ok(Invocation::Run {
+                command: Subcommand::Reload { exec: Some(PathBuf::from(&odd)) },
+                dir: None,
+                crate_dir: Some(PathBuf::from(&odd))
+            })
+        );
+        let not_text = OsStr::from_bytes(b"\xff");
+        for bad in [
+            line(&["scale".as_ref(), "web".as_ref(), not_text]),
+            line(&["scale".as_ref(), not_text, "1".as_ref()]),
+            line(&["restart".as_ref(), not_text]),
+            line(&[not_text]),
+            line(&["start".as_ref(), "--http".as_ref(), not_text]),
+            line(&["start".as_ref(), "--handoff-fd".as_ref(), not_text]),
+        ] {
+            assert!(bad.is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_negative_count_is_a_word_and_flags_take_inline_values() {
+        assert_eq!(
+            parse(args("scale web -1")),
+            Ok(Invocation::Run {
+                command: Subcommand::Scale { entry: "web".into(), count: "-1".into() },
+                dir: None,
+                crate_dir: None
+            })
+        );
+        assert_eq!(
+            parse(args("start --http=127.0.0.1:1 --daemon")),
+            Ok(Invocation::Run {
+                command: Subcommand::Start { http: Some("127.0.0.1:1".into()), daemon: true, handoff: None },
+                dir: None,
+                crate_dir: None
+            })
+        );
+        for bad in ["start --daemon=yes", "start -x", "status --json=1", "check --handoff-fd 3"] {
+            assert!(parse(args(bad)).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse(args("-h")), Ok(Invocation::Help));
     }
 }

@@ -35,9 +35,12 @@ pub(crate) struct Handoff {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct InstanceSnapshot {
     pub name: String,
+    #[serde(with = "os_path")]
     pub dir: PathBuf,
+    #[serde(with = "os_path::option")]
     pub crate_dir: Option<PathBuf>,
     /// The binary Sentry was first started from (re-exec'd when there is no toolchain).
+    #[serde(with = "os_path")]
     pub exe: PathBuf,
     pub token: String,
     pub pidfile: KeptFd,
@@ -59,6 +62,10 @@ pub(crate) struct InstanceSnapshot {
     /// not take them before the exec (the new image says so).
     #[serde(default)]
     pub console_dropped: u64,
+    /// What the new image reports with the outcome when the binary was
+    /// re-exec'd without being rebuilt.
+    #[serde(default)]
+    pub reload_note: Option<String>,
 }
 
 /// The supervision core's state.
@@ -389,6 +396,57 @@ pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// A path of any bytes, in JSON: a string when it is UTF-8 (as every
+/// version wrote it), else its bytes as an array of numbers; both are read.
+mod os_path {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    fn form(path: &Path) -> Form {
+        match path.to_str() {
+            Some(text) => Form::Text(text.to_string()),
+            None => Form::Bytes(path.as_os_str().as_bytes().to_vec()),
+        }
+    }
+
+    fn path(form: Form) -> PathBuf {
+        match form {
+            Form::Text(text) => PathBuf::from(text),
+            Form::Bytes(bytes) => PathBuf::from(OsString::from_vec(bytes)),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+        form(p).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        Form::deserialize(d).map(path)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+            p.as_deref().map(form).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+            Option::<Form>::deserialize(d).map(|f| f.map(path))
+        }
+    }
+}
+
 /// Writes `handoff` into a new memfd that survives exec (no CLOEXEC).
 pub(crate) fn to_memfd(handoff: &Handoff) -> io::Result<OwnedFd> {
     let json = serde_json::to_vec(handoff).map_err(io::Error::other)?;
@@ -444,6 +502,7 @@ mod tests {
                 reload_id: 3,
                 exec_at_ns: 0,
                 console_dropped: 0,
+                reload_note: None,
             },
             core: CoreSnapshot {
                 entries: vec![EntrySnapshot {
@@ -491,6 +550,24 @@ mod tests {
         assert_eq!(back.core.entries[0].target, 2);
         assert_eq!(back.core.entries[0].slots[0].streams[0].pending, vec![0xe2, 0x82]);
         assert_eq!(back.instance.next_reload_id, 4);
+    }
+
+    #[test]
+    fn paths_of_any_bytes_cross_and_text_paths_stay_strings() {
+        use std::os::unix::ffi::OsStringExt;
+        let odd = PathBuf::from(std::ffi::OsString::from_vec(b"/tmp/caf\xe9\xff".to_vec()));
+        let mut h = sample();
+        h.instance.dir = odd.clone();
+        h.instance.crate_dir = Some(odd.clone());
+        h.instance.reload_note = Some("not rebuilt".into());
+        let raw = std::os::fd::IntoRawFd::into_raw_fd(to_memfd(&h).unwrap());
+        let back = from_memfd(raw).unwrap();
+        assert_eq!((back.instance.dir, back.instance.crate_dir), (odd.clone(), Some(odd)));
+        assert_eq!(back.instance.reload_note.as_deref(), Some("not rebuilt"));
+        // UTF-8 paths are written as strings, as older images write and read them.
+        let json = serde_json::to_value(&sample().instance).unwrap();
+        assert_eq!((json["dir"].as_str(), json["exe"].as_str()), (Some("/d"), Some("/e")));
+        assert!(json["crate_dir"].is_null());
     }
 
     #[test]

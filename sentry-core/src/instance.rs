@@ -69,6 +69,25 @@ impl Paths {
     }
 }
 
+/// How a user names the configuration crate when it cannot be found.
+pub(crate) const NAME_THE_CRATE: &str = "name it with --crate CRATE or SENTRY_CRATE=CRATE when starting Sentry";
+
+/// Why `reload` cannot rebuild from `crate_dir` (as found by
+/// [`Paths::resolve`]), if it cannot: no crate was found (usual when
+/// `CARGO_TARGET_DIR` or `build.target-dir` put the binary away from its
+/// crate), or the one named has no `Cargo.toml`.
+pub(crate) fn crate_problem(name: &str, crate_dir: Option<&Path>) -> Option<String> {
+    match crate_dir {
+        None => Some(format!(
+            "no configuration crate found for {name} (no --crate or SENTRY_CRATE, no CARGO_MANIFEST_DIR \
+             defining {name}, no Cargo.toml defining it above {})",
+            executable().map(|e| e.display().to_string()).unwrap_or_else(|| "the executable".into())
+        )),
+        Some(dir) if !dir.join("Cargo.toml").is_file() => Some(format!("no Cargo.toml in {}", dir.display())),
+        Some(_) => None,
+    }
+}
+
 fn executable() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let text = exe.to_string_lossy();

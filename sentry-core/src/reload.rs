@@ -20,12 +20,15 @@ use crate::handoff::HANDOFF_VERSION;
 use crate::http::ControlServer;
 use crate::output::ConsoleHandle;
 use crate::status::ReloadOutcome;
-use crate::sys;
+use crate::{instance, sys};
 
 /// What the main thread must exec, once the core has suspended.
 pub(crate) struct ExecPlan {
     pub binary: PathBuf,
     pub reload_id: u64,
+    /// Said with the outcome when the binary was not rebuilt (no crate, no
+    /// toolchain): the same binary is re-exec'd and an edit is not applied.
+    pub note: Option<String>,
 }
 
 /// The HTTP server, shared so the reloader can stop it before a suspend,
@@ -112,14 +115,15 @@ impl Reloader {
                 (id, pending.try_iter().fold(first, |_, later| later))
             };
             match prepare(&context, exec) {
-                Ok(binary) => {
+                Ok((binary, note)) => {
                     {
                         let mut http = context.http.lock().unwrap_or_else(|p| p.into_inner());
                         if let Some(server) = http.server.take() {
                             http.listener = server.stop();
                         }
                     }
-                    *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(ExecPlan { binary, reload_id: id });
+                    *self.plan.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(ExecPlan { binary, reload_id: id, note });
                     let _ = context.core.send(Command::Suspend);
                     // Returns only if the exec failed (or the instance is shutting down).
                     if resumed.recv().is_err() {
@@ -136,30 +140,41 @@ impl Reloader {
     }
 }
 
-/// Builds and vets the binary to exec.
-fn prepare(context: &ReloadContext, exec: Option<PathBuf>) -> Result<PathBuf, String> {
+/// Builds and vets the binary to exec; with a note when it is the same
+/// binary again, not rebuilt.
+fn prepare(context: &ReloadContext, exec: Option<PathBuf>) -> Result<(PathBuf, Option<String>), String> {
     let check = |binary: &Path| build::check_binary(binary, &[], HANDOFF_VERSION).map_err(|e| e.to_string());
     if let Some(binary) = exec {
         check(&binary)?;
-        return Ok(binary);
+        return Ok((binary, None));
     }
-    let fallback = |why: String| {
-        context.console.say(&format!("{why}: re-exec'ing {} after its check.", context.exe.display()));
-        check(&context.exe).map(|()| context.exe.clone())
+    let fallback = |why: String, hint: &str| {
+        let mut said = why.clone();
+        if let Some(first) = said.get_mut(..1) {
+            first.make_ascii_uppercase();
+        }
+        context.console.say(&format!("{said}: re-exec'ing {} after its check.", context.exe.display()));
+        check(&context.exe)?;
+        let note = format!(
+            "NOT rebuilt: {why}. The same binary ({}) was re-exec'd without rebuilding, so an edit of the \
+             configuration is not applied; {hint}.",
+            context.exe.display()
+        );
+        Ok((context.exe.clone(), Some(note)))
     };
-    let Some(crate_dir) = &context.crate_dir else {
-        return fallback("No configuration crate known".to_string());
-    };
-    if !crate_dir.join("Cargo.toml").is_file() {
-        return fallback(format!("No Cargo.toml in {}", crate_dir.display()));
+    if let Some(why) = instance::crate_problem(&context.name, context.crate_dir.as_deref()) {
+        return fallback(why, instance::NAME_THE_CRATE);
     }
+    let crate_dir = context.crate_dir.as_deref().unwrap_or(Path::new("."));
     match build::build(crate_dir, &context.name, build::is_release(&context.exe), build::BUILD_TIMEOUT) {
         Ok(binary) => {
             check(&binary)?;
             context.console.say(&format!("{} successfully compiled.", source_of(crate_dir, &context.name).display()));
-            Ok(binary)
+            Ok((binary, None))
         }
-        Err(BuildError::NoToolchain(why)) => fallback(why),
+        Err(BuildError::NoToolchain(why)) => {
+            fallback(why, "install cargo, or build elsewhere and use reload --exec PATH")
+        }
         Err(e) => Err(e.to_string()),
     }
 }

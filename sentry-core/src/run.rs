@@ -66,6 +66,17 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Resu
         }
     };
     instance.say(&format!("Sentry started (PID: {} saved in {}).", std::process::id(), paths.pidfile().display()));
+    instance.say(&format!(
+        "Control interface on {} (token in {}).",
+        instance.control_url(),
+        paths.token_file().display()
+    ));
+    if let Some(why) = instance::crate_problem(&paths.name, paths.crate_dir.as_deref()) {
+        instance.say(&format!(
+            "Warning: {why}: `reload` will re-exec this binary without rebuilding it; {}.",
+            instance::NAME_THE_CRATE
+        ));
+    }
     for line in crate::leftovers::stop_left(&paths.ledger_file()) {
         instance.say(&line);
     }
@@ -104,7 +115,7 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     let previous = info.reexeced_at.unwrap_or(info.started_at);
     info.reexec_count += 1;
     info.reexeced_at = Some(now);
-    info.last_reload = Some(ReloadOutcome { at: now, ok: true, error: None, id: kept.reload_id });
+    info.last_reload = Some(ReloadOutcome { at: now, ok: true, error: kept.reload_note.clone(), id: kept.reload_id });
     let (mut core, warnings) =
         Core::restore(handoff.core, instance.options(info.clone()), instance.tx.clone(), instance.rx.clone());
     core.set_info(info.clone());
@@ -323,6 +334,16 @@ impl Instance {
         Ok(instance)
     }
 
+    /// Where the control interface listens, as a user would reach it.
+    fn control_url(&self) -> String {
+        let http = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        match http.server.as_ref().map(|s| s.addr().to_string()) {
+            Some(unix) if unix.starts_with("unix:") => unix,
+            Some(addr) => format!("http://{addr}/"),
+            None => "(none)".to_string(),
+        }
+    }
+
     fn say(&self, text: &str) {
         if let Some(c) = &self.console {
             c.handle().say(text);
@@ -415,6 +436,7 @@ impl Instance {
                 reload_id: plan.reload_id,
                 exec_at_ns: 0,
                 console_dropped: 0,
+                reload_note: plan.note.clone(),
             })
         })();
         let kept = match kept {
@@ -435,9 +457,9 @@ impl Instance {
         let console_dropped = self.console.take().map(Console::close).unwrap_or(0) as u64;
         let kept = InstanceSnapshot { exec_at_ns, console_dropped, ..kept };
         let handoff = Handoff { version: HANDOFF_VERSION, instance: kept, core: snapshot };
-        let memfd = if std::env::var_os("SENTRY_TEST_CORRUPT_HANDOFF").is_some() {
+        let memfd = if let Some(corrupt) = test_hooks::corrupt_handoff() {
             // Test hook: exercise the new image's fallback for an unreadable snapshot.
-            corrupt_memfd()
+            corrupt
         } else {
             handoff::to_memfd(&handoff)
         };
@@ -447,9 +469,9 @@ impl Instance {
                 for &fd in &fds {
                     let _ = handoff::set_cloexec(fd, false);
                 }
-                let error = if std::env::var_os("SENTRY_TEST_FAIL_EXEC").is_some() {
+                let error = if let Some(failed) = test_hooks::fail_exec() {
                     // Test hook: exercise the path of an execve that fails.
-                    std::io::Error::from_raw_os_error(libc::ENOEXEC)
+                    failed
                 } else {
                     exec(&plan.binary, &self.paths, memfd.as_raw_fd())
                 };
@@ -535,6 +557,55 @@ fn exec(binary: &Path, paths: &Paths, memfd: RawFd) -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
+/// Hooks that make a reload fail on purpose, for the integration tests.
+/// They exist only with the `test-hooks` feature: without it they are
+/// compiled out, and the `SENTRY_TEST_*` variables are never read.
+mod test_hooks {
+    use std::os::fd::OwnedFd;
+
+    /// `SENTRY_TEST_CORRUPT_HANDOFF`: a memfd that holds no snapshot.
+    #[cfg(feature = "test-hooks")]
+    pub(super) fn corrupt_handoff() -> Option<std::io::Result<OwnedFd>> {
+        std::env::var_os("SENTRY_TEST_CORRUPT_HANDOFF").map(|_| super::corrupt_memfd())
+    }
+
+    /// `SENTRY_TEST_FAIL_EXEC`: the error an execve that fails would give.
+    #[cfg(feature = "test-hooks")]
+    pub(super) fn fail_exec() -> Option<std::io::Error> {
+        std::env::var_os("SENTRY_TEST_FAIL_EXEC").map(|_| std::io::Error::from_raw_os_error(libc::ENOEXEC))
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    pub(super) fn corrupt_handoff() -> Option<std::io::Result<OwnedFd>> {
+        None
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    pub(super) fn fail_exec() -> Option<std::io::Error> {
+        None
+    }
+
+    #[cfg(all(test, not(feature = "test-hooks")))]
+    #[test]
+    fn without_the_feature_the_hooks_ignore_their_variables() {
+        std::env::set_var("SENTRY_TEST_CORRUPT_HANDOFF", "1");
+        std::env::set_var("SENTRY_TEST_FAIL_EXEC", "1");
+        assert!(corrupt_handoff().is_none());
+        assert!(fail_exec().is_none());
+        std::env::remove_var("SENTRY_TEST_CORRUPT_HANDOFF");
+        std::env::remove_var("SENTRY_TEST_FAIL_EXEC");
+    }
+
+    #[cfg(all(test, feature = "test-hooks"))]
+    #[test]
+    fn with_the_feature_the_hooks_read_their_variables() {
+        std::env::set_var("SENTRY_TEST_FAIL_EXEC", "1");
+        assert_eq!(fail_exec().and_then(|e| e.raw_os_error()), Some(libc::ENOEXEC));
+        std::env::remove_var("SENTRY_TEST_FAIL_EXEC");
+    }
+}
+
+#[cfg(feature = "test-hooks")]
 fn corrupt_memfd() -> std::io::Result<OwnedFd> {
     // SAFETY: plain syscall; the fd is owned right away.
     let fd = unsafe { libc::memfd_create(c"sentry-handoff".as_ptr(), 0) };

@@ -78,10 +78,15 @@ fn specs(scenario: &str) -> Vec<Spec> {
             1,
         )],
         // Credentials (the tests run as root).
-        "user" => vec![
-            entry("as-nobody", "sleep", ["1000"], 0, 1).user("nobody").group("nogroup"),
-            entry("as-ghost", "sleep", ["1000"], 0, 1).user("no-such-user-here"),
-        ],
+        // TUSER: a user with supplementary groups, if the machine has one.
+        "user" => {
+            let member = std::env::var("TUSER").unwrap_or_else(|_| "nobody".to_string());
+            vec![
+                entry("as-nobody", "sleep", ["1000"], 0, 1).user("nobody").group("nogroup"),
+                entry("as-ghost", "sleep", ["1000"], 0, 1).user("no-such-user-here"),
+                entry("as-member", "sleep", ["1000"], 0, 1).user(member.as_str()).env("LOGNAME", "from-env"),
+            ]
+        }
         // Watches of processes the tests start, told apart by TMARK.
         "watch" => {
             let m = std::env::var("TMARK").unwrap_or_else(|_| "unset".to_string());

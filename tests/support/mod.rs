@@ -439,8 +439,9 @@ pub fn text(bytes: &[u8]) -> String {
 }
 
 /// A configuration crate in a temporary directory, depending on this
-/// checkout's sentry-core by path and built into a target directory shared
-/// by all tests (so only the first build compiles the dependencies).
+/// checkout's sentry-core by path (with its `test-hooks` feature) and built
+/// into a target directory shared by all tests (so only the first build
+/// compiles the dependencies).
 pub struct ConfCrate {
     pub dir: TempDir,
     pub name: String,
@@ -456,7 +457,7 @@ impl ConfCrate {
             dir.path().join("Cargo.toml"),
             format!(
                 "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
-                 [dependencies]\nsentry-core = {{ path = {:?} }}\n\n[workspace]\n",
+                 [dependencies]\nsentry-core = {{ path = {:?}, features = [\"test-hooks\"] }}\n\n[workspace]\n",
                 workspace.join("sentry-core")
             ),
         )
