@@ -32,6 +32,8 @@ pub enum Error {
     CoreGone,
     /// The supervisor is stopping every child: it takes no more requests.
     ShuttingDown,
+    /// The supervisor did not answer a request within this time.
+    NoAnswer(std::time::Duration),
 }
 
 impl Error {
@@ -70,6 +72,7 @@ impl fmt::Display for Error {
             Error::Control { status, message } => write!(f, "{message} (HTTP {status})"),
             Error::CoreGone => write!(f, "the supervisor has shut down"),
             Error::ShuttingDown => write!(f, "shutting down"),
+            Error::NoAnswer(waited) => write!(f, "the supervisor did not answer within {} s", waited.as_secs_f64()),
         }
     }
 }
