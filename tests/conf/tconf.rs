@@ -141,6 +141,12 @@ fn specs(scenario: &str) -> Vec<Spec> {
             entry("ghost", "/nonexistent/program", [], 0, 1),
             entry("slow", "sh", ["-c", "trap 'echo stopping; sleep 2; exit 0' TERM; while :; do sleep 0.1; done"], 0, 1),
         ],
+        // A shutdown that takes a while: TERM is ignored, SIGKILL comes after 3 s.
+        "slowstop" => vec![
+            entry("idle", "sleep", ["1000"], 0, 2),
+            entry("deaf", "sh", ["-c", "trap '' TERM; while :; do sleep 0.2; done"], 0, 1)
+                .stop_timeout(Duration::from_secs(3)),
+        ],
         "frozen" => vec![entry("frozen", "sleep", ["1000"], 0, 1).stop_timeout(Duration::from_millis(500))],
         // Every kind of mistake at once.
         "invalid" => vec![
