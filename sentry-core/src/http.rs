@@ -535,6 +535,9 @@ fn route(request: &Request, shared: &Shared) -> (u16, String) {
     if routes.shutting_down() {
         return (503, error_body(&Error::ShuttingDown.to_string()));
     }
+    if request.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("Host")).count() > 1 {
+        return (400, error_body("more than one Host header"));
+    }
     let host = request.header("Host");
     if !host_allowed(host, shared.bound, request.local) {
         let host = host.unwrap_or_default();

@@ -173,3 +173,44 @@ impl Drop for Supervisor {
         self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crossbeam_channel::{bounded, unbounded};
+
+    use super::CoreHandle;
+    use crate::core::Command;
+    use crate::Error;
+
+    #[test]
+    fn bounded_waits_end_in_time_or_at_once_in_a_shutdown() {
+        // A core that never reads its channel (it has returned).
+        let (tx, rx) = unbounded::<Command>();
+        let (closing, cancel) = bounded::<()>(1);
+        let handle = CoreHandle::new(tx).bounded(Duration::from_millis(100), Duration::from_millis(200), cancel);
+        let t = Instant::now();
+        assert!(matches!(handle.status(), Err(Error::NoAnswer(_))));
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        let t = Instant::now();
+        assert!(matches!(handle.scale("x", 1), Err(Error::NoAnswer(_))));
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        // A wait in progress ends when the shutdown begins.
+        let waiting = std::thread::spawn({
+            let handle = handle.clone();
+            move || handle.restart("x")
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rx.len() < 3 && Instant::now() < deadline {
+            std::thread::yield_now(); // until the restart is sent and waited for
+        }
+        assert_eq!(rx.len(), 3);
+        drop(closing);
+        assert!(matches!(waiting.join().unwrap(), Err(Error::ShuttingDown)));
+        // And nothing more is sent to the core.
+        let queued = rx.len();
+        assert!(matches!(handle.status(), Err(Error::ShuttingDown)));
+        assert_eq!(rx.len(), queued);
+    }
+}
