@@ -1,6 +1,6 @@
 //! The CLI's side of the control interface: a minimal HTTP/1.0 client over
 //! loopback that sends one request, with the bearer token read from
-//! `NAME.token`, and returns the status code and body. It knows the wire
+//! `NAME.token` (on every request: off loopback, all need it), and returns the status code and body. It knows the wire
 //! format and nothing else.
 
 use std::io::{Read, Write};
@@ -32,10 +32,11 @@ impl Client {
         // Scale and restart answer once stops are done: allow for long stop timeouts.
         let _ = stream.set_read_timeout(Some(Duration::from_secs(600)));
         let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n", self.addr);
+        // Every request carries the token: off loopback, even `GET /status` needs it.
+        if let Some(token) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
         if let Some(body) = body {
-            if let Some(token) = &self.token {
-                head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-            }
             head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
         }
         head.push_str("\r\n");

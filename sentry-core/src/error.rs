@@ -35,6 +35,8 @@ pub enum Error {
     /// Processes of `entry` outlived SIGKILL (uninterruptible sleep, a frozen
     /// cgroup): their slots are `unkillable`, and what was asked is not done.
     Unkillable { entry: String, pids: Vec<u32> },
+    /// The supervisor did not answer a request within this time.
+    NoAnswer(std::time::Duration),
 }
 
 impl Error {
@@ -81,6 +83,7 @@ impl fmt::Display for Error {
                     pids.join(", ")
                 )
             }
+            Error::NoAnswer(waited) => write!(f, "the supervisor did not answer within {} s", waited.as_secs_f64()),
         }
     }
 }

@@ -1,34 +1,71 @@
 //! The HTTP control interface: an acceptor thread on a listener it is
-//! given, a few worker threads, a minimal HTTP/1.x request reader, and the
-//! routing of SPEC's requests onto a [`CoreHandle`]. It checks the bearer
-//! token and the JSON content type of every request that changes something,
-//! and answers bad input with a 4xx `{"error": …}` without touching the core.
-//! [`ControlServer::stop`] stops accepting *without closing the listener*, so
-//! connections that arrive meanwhile wait in the kernel's backlog for the next
-//! server (after a re-exec) — no request is refused. It knows nothing of
-//! processes.
+//! given, one short-lived thread per connection (at most
+//! [`MAX_CONNECTIONS`] at once), request heads parsed with `httparse`, and
+//! the routing of SPEC's requests onto a [`CoreHandle`]. It checks the
+//! `Host` header (421 unless it names this server: DNS rebinding), the
+//! bearer token (in constant time; on a non-loopback address for every
+//! request) and the JSON content type of every request that changes
+//! something, and answers bad input with a 4xx `{"error": …}` without
+//! touching the core.
+//!
+//! No client can stall it: a request has [`REQUEST_DEADLINE`] to arrive
+//! whole and its answer [`ANSWER_DEADLINE`] to leave; when the connection
+//! cap is reached the oldest connection still sending its request is
+//! dropped for the newcomer; every wait for the core is bounded
+//! ([`STATUS_WAIT`], the settle bound of scale and restart) and ends at once
+//! with 503 "shutting down" when the instance starts shutting down (the
+//! `shutdown` receiver of [`Routes`] disconnects), after which nothing more
+//! reaches the core; accept errors (EMFILE…) are backed off, 10 ms doubling
+//! to 1 s. An answer is followed by a half-close and a short bounded drain,
+//! so an error answer (413) is read by the client, not lost to a reset.
+//!
+//! [`ControlServer::stop`] stops accepting *without closing the listener*,
+//! so connections that arrive meanwhile wait in the kernel's backlog for the
+//! next server (after a re-exec) — no request is refused; connections still
+//! sending their request get [`STOP_GRACE`] to finish, then are shut down.
+//! It knows nothing of processes.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::{Receiver, TryRecvError};
 
 use crate::spec::MAX_COUNT;
 use crate::supervisor::CoreHandle;
 use crate::{sys, Error};
 
-/// Requests handled at once; more wait in the queue, then in the backlog.
-const WORKERS: usize = 4;
-/// The largest request head and body read.
+/// Connections served at once (each has a thread of its own while it
+/// lasts). Beyond it, the oldest connection still sending its request is
+/// dropped for the newcomer.
+pub(crate) const MAX_CONNECTIONS: usize = 64;
+/// The whole request, head and body, must arrive within this.
+pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// The whole answer must be taken by the client within this.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
+/// After an answer: how long, and how many bytes, the rest of a request is
+/// read and dropped before closing (closing with unread bytes resets the
+/// connection, and the client loses the answer).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1024 * 1024;
+/// When the server stops, connections still sending get this long to finish.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+/// How long a status waits for the core.
+pub(crate) const STATUS_WAIT: Duration = Duration::from_secs(5);
+/// Back-off of a failing `accept` (out of fds or memory).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The largest request head and body read; the most headers parsed.
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 64 * 1024;
-/// A client that sends nothing for this long is dropped.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_HEADERS: usize = 64;
+/// Stack of a connection thread.
+const CONNECTION_STACK: usize = 256 * 1024;
 
 /// Asks for a reload: `None` to rebuild, `Some(path)` to re-exec that binary.
 /// Returns the ticket (the id of the build that will answer the request).
@@ -40,75 +77,294 @@ pub(crate) struct Routes {
     pub core: CoreHandle,
     pub token: String,
     pub reload: Option<ReloadHook>,
+    /// The longest a scale or restart may take to settle (stop timeouts
+    /// and the kill grace): the bound of those waits for the core.
+    pub settle: Duration,
+    /// Disconnected when the instance starts shutting down: from then on,
+    /// every request (and every wait for the core) gets 503 "shutting down".
+    pub shutdown: Receiver<()>,
+}
+
+impl Routes {
+    fn shutting_down(&self) -> bool {
+        matches!(self.shutdown.try_recv(), Err(TryRecvError::Disconnected))
+    }
+}
+
+/// Where a connection is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// Its request has not arrived whole.
+    Reading,
+    /// Routing, waiting for the core.
+    Busy,
+    /// Writing the answer, then draining.
+    Answering,
+}
+
+struct Conn {
+    fd: RawFd,
+    phase: Phase,
+    /// Shut down to make room; its thread is on its way out.
+    dropped: bool,
+}
+
+/// The connections alive, by age (ids increase).
+#[derive(Default)]
+struct Conns {
+    next: u64,
+    live: BTreeMap<u64, Conn>,
+}
+
+struct Shared {
+    conns: Mutex<Conns>,
+    /// Notified when a connection ends.
+    ended: Condvar,
+    /// Readable once the server stops.
+    stop: OwnedFd,
+    /// The address bound (perhaps unspecified: 0.0.0.0).
+    bound: SocketAddr,
+    routes: Routes,
+}
+
+impl Shared {
+    fn conns(&self) -> MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_phase(&self, id: u64, phase: Phase) {
+        if let Some(c) = self.conns().live.get_mut(&id) {
+            c.phase = phase;
+        }
+    }
+
+    /// Admits a new connection, making room if needed; `None` if there is
+    /// none to make (every connection is waiting for the core).
+    fn admit(&self, fd: RawFd) -> Option<u64> {
+        let mut conns = self.conns();
+        let active = conns.live.values().filter(|c| !c.dropped).count();
+        // Dropped ones leave within moments; never let their threads pile up.
+        if conns.live.len() >= 2 * MAX_CONNECTIONS {
+            return None;
+        }
+        if active >= MAX_CONNECTIONS {
+            let victim = [Phase::Reading, Phase::Answering].iter().find_map(|&phase| {
+                conns.live.iter().find(|(_, c)| !c.dropped && c.phase == phase).map(|(id, _)| *id)
+            })?;
+            let c = conns.live.get_mut(&victim).expect("just found");
+            c.dropped = true;
+            // SAFETY: the fd is open: its thread closes it only after
+            // removing it from this table, under this lock.
+            unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
+        }
+        let id = conns.next;
+        conns.next += 1;
+        conns.live.insert(id, Conn { fd, phase: Phase::Reading, dropped: false });
+        Some(id)
+    }
+
+    fn forget(&self, id: u64) {
+        let mut conns = self.conns();
+        conns.live.remove(&id);
+        if conns.live.is_empty() {
+            self.ended.notify_all();
+        }
+    }
+}
+
+/// Removes a connection from the table when its thread ends, however it ends.
+struct Registration<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.shared.forget(self.id);
+    }
 }
 
 /// A running control server.
 pub(crate) struct ControlServer {
-    stop: OwnedFd,
+    shared: Arc<Shared>,
     acceptor: JoinHandle<TcpListener>,
-    workers: Vec<JoinHandle<()>>,
-    addr: SocketAddr,
 }
 
 impl ControlServer {
     /// Serves `routes` on `listener`.
     pub fn start(listener: TcpListener, routes: Routes) -> Result<ControlServer, Error> {
         let io = |what: &str, e| Error::io(format!("cannot {what}"), e);
-        let addr = listener.local_addr().map_err(|e| io("read the bound address", e))?;
+        let bound = listener.local_addr().map_err(|e| io("read the bound address", e))?;
         listener.set_nonblocking(true).map_err(|e| io("configure the listener", e))?;
         let stop = sys::eventfd().map_err(|e| io("create an eventfd", e))?;
-        let stop_for_acceptor = stop.try_clone().map_err(|e| io("duplicate an eventfd", e))?;
-        let (tx, rx) = bounded::<TcpStream>(64);
-        let mut workers = Vec::new();
-        for n in 0..WORKERS {
-            let (rx, routes): (Receiver<TcpStream>, Routes) = (rx.clone(), routes.clone());
-            let worker = std::thread::Builder::new()
-                .name(format!("sentry-http-{n}"))
-                .spawn(move || {
-                    for stream in rx {
-                        serve(stream, &routes);
-                    }
-                })
-                .map_err(|e| io("start an HTTP worker", e))?;
-            workers.push(worker);
-        }
+        let mut routes = routes;
+        routes.core = routes.core.bounded(STATUS_WAIT, routes.settle, routes.shutdown.clone());
+        let shared = Arc::new(Shared { conns: Mutex::default(), ended: Condvar::new(), stop, bound, routes });
+        let for_acceptor = shared.clone();
         let acceptor = std::thread::Builder::new()
             .name("sentry-http".into())
-            .spawn(move || {
-                loop {
-                    let mut fds = [
-                        libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                        libc::pollfd { fd: stop_for_acceptor.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                    ];
-                    if sys::poll(&mut fds, -1).is_err() || fds[1].revents != 0 {
-                        break;
-                    }
-                    if let Ok((stream, _)) = listener.accept() {
-                        if tx.send(stream).is_err() {
-                            break;
-                        }
-                    }
-                }
-                listener
-            })
+            .spawn(move || accept_loop(listener, for_acceptor))
             .map_err(|e| io("start the HTTP acceptor", e))?;
-        Ok(ControlServer { stop, acceptor, workers, addr })
+        Ok(ControlServer { shared, acceptor })
     }
 
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.shared.bound
     }
 
-    /// Stops accepting, answers the requests already accepted, joins every
-    /// thread, and gives the listener back, still open and listening.
+    /// Stops accepting, lets connections still sending their request finish
+    /// within [`STOP_GRACE`] (then shuts them down), lets those with a whole
+    /// request have their answer (every wait for the core is bounded, and
+    /// ends at once in a shutdown), and gives the listener back, still open
+    /// and listening.
     pub fn stop(self) -> Option<TcpListener> {
-        sys::eventfd_signal(self.stop.as_fd());
+        sys::eventfd_signal(self.shared.stop.as_fd());
         let listener = self.acceptor.join().ok();
-        for w in self.workers {
-            let _ = w.join();
+        let bound = STOP_GRACE + ANSWER_DEADLINE + LINGER + self.shared.routes.settle.max(STATUS_WAIT);
+        let deadline = Instant::now() + bound;
+        let mut conns = self.shared.conns();
+        while !conns.live.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!("{} HTTP connection(s) still open after {bound:?}: left behind", conns.live.len());
+                break;
+            }
+            conns = self.shared.ended.wait_timeout(conns, left).unwrap_or_else(|p| p.into_inner()).0;
         }
         listener
+    }
+}
+
+/// Accepts until told to stop; backs off when `accept` fails for want of
+/// fds or memory (the listener stays readable: retrying at once would spin).
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> TcpListener {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut pause: Option<Duration> = None;
+    loop {
+        let mut fds = [
+            libc::pollfd { fd: shared.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // While paused, only the stop fd is watched.
+        let (watched, timeout) = match pause.take() {
+            Some(p) => (1, p.as_millis() as i32),
+            None => (2, -1),
+        };
+        if sys::poll(&mut fds[..watched], timeout).is_err() || fds[0].revents != 0 {
+            break;
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                serve_connection(stream, &shared);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                ) => {}
+            Err(e) => {
+                if backoff == ACCEPT_BACKOFF_MIN {
+                    log::warn!("cannot accept a control connection: {e}; backing off");
+                }
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM — or anything else: never spin.
+                pause = Some(backoff);
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+    listener
+}
+
+/// Registers `stream` and serves it on a thread of its own.
+fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
+    let Some(id) = shared.admit(stream.as_raw_fd()) else {
+        return; // closed: every connection is busy with the core
+    };
+    let for_thread = shared.clone();
+    let spawned =
+        std::thread::Builder::new().name("sentry-http-conn".into()).stack_size(CONNECTION_STACK).spawn(move || {
+            let shared = &*for_thread;
+            // Declared after the stream, so dropped before it: the fd leaves
+            // the table before it is closed (never shut down once reused).
+            let stream = stream;
+            let _registration = Registration { shared, id };
+            serve(&stream, id, shared);
+        });
+    if spawned.is_err() {
+        // The closure (and the stream) are gone; only the row is left.
+        shared.forget(id);
+    }
+}
+
+/// A socket with a deadline, cut short when the server stops.
+struct Socket<'a> {
+    stream: &'a TcpStream,
+    stop: RawFd,
+    deadline: Instant,
+    stopping: bool,
+}
+
+impl Socket<'_> {
+    /// Waits until the socket is ready for `events`; `false` at the deadline.
+    fn wait(&mut self, events: libc::c_short) -> bool {
+        loop {
+            let now = Instant::now();
+            if now >= self.deadline {
+                return false;
+            }
+            let left = self.deadline - now;
+            let mut fds = [
+                libc::pollfd { fd: self.stream.as_raw_fd(), events, revents: 0 },
+                libc::pollfd { fd: self.stop, events: libc::POLLIN, revents: 0 },
+            ];
+            let watched = if self.stopping { 1 } else { 2 };
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            if sys::poll(&mut fds[..watched], ms).is_err() {
+                return false;
+            }
+            if fds[0].revents != 0 {
+                return true;
+            }
+            if watched == 2 && fds[1].revents != 0 {
+                self.stopping = true;
+                self.deadline = self.deadline.min(Instant::now() + STOP_GRACE);
+            }
+        }
+    }
+
+    /// Reads some bytes: `Ok(0)` at the end, `Err` at the deadline or on error.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, ()> {
+        loop {
+            match (&*self.stream).read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if !self.wait(libc::POLLIN) {
+                        return Err(());
+                    }
+                }
+                Err(_) => return Err(()),
+            }
+        }
+    }
+
+    fn write_all(&mut self, mut bytes: &[u8]) -> Result<(), ()> {
+        while !bytes.is_empty() {
+            match (&*self.stream).write(bytes) {
+                Ok(0) => return Err(()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if !self.wait(libc::POLLOUT) {
+                        return Err(());
+                    }
+                }
+                Err(_) => return Err(()),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -118,6 +374,8 @@ struct Request {
     path: String,
     headers: Vec<(String, String)>,
     body: String,
+    /// The address this connection reached.
+    local: Option<SocketAddr>,
 }
 
 impl Request {
@@ -126,84 +384,170 @@ impl Request {
     }
 }
 
-/// Reads one request; `Err` is the 4xx to answer.
-fn read_request(stream: &TcpStream) -> Result<Request, (u16, String)> {
-    let bad = |m: &str| (400, m.to_string());
-    let mut reader = BufReader::new(stream.take((MAX_HEAD + MAX_BODY) as u64));
-    let mut line = String::new();
-    let mut head_len = 0;
-    let mut read_line = |line: &mut String| -> Result<(), (u16, String)> {
-        line.clear();
-        let n = reader.read_line(line).map_err(|_| bad("cannot read the request"))?;
-        head_len += n;
-        if n == 0 || head_len > MAX_HEAD {
-            return Err(bad("incomplete or oversized request head"));
+/// Why no request was read.
+enum Unread {
+    /// Nothing to answer: the client left, was dropped, or sent nothing.
+    Gone,
+    /// Answer this 4xx.
+    Answer(u16, String),
+}
+
+/// Reads one request within the connection's deadline.
+fn read_request(conn: &mut Socket<'_>) -> Result<Request, Unread> {
+    let bad = |m: &str| Unread::Answer(400, m.to_string());
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 8192];
+    let (head_len, mut request) = loop {
+        let room = (MAX_HEAD + MAX_BODY - buf.len()).min(chunk.len());
+        let n = match conn.read(&mut chunk[..room]) {
+            Ok(0) if buf.is_empty() => return Err(Unread::Gone),
+            Ok(0) => return Err(bad("incomplete request head")),
+            Ok(n) => n,
+            Err(()) if conn.stopping || buf.is_empty() => return Err(Unread::Gone),
+            Err(()) => return Err(Unread::Answer(408, "the request did not arrive in time".into())),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let request = Request {
+                    method: parsed.method.unwrap_or_default().to_string(),
+                    path: parsed.path.unwrap_or_default().split('?').next().unwrap_or("").to_string(),
+                    headers: parsed
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string()))
+                        .collect(),
+                    body: String::new(),
+                    local: conn.stream.local_addr().ok(),
+                };
+                break (len, request);
+            }
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                return Err(Unread::Answer(431, "the request head is too large".into()))
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => return Err(Unread::Answer(431, "too many header fields".into())),
+            Err(e) => return Err(bad(&format!("malformed request: {e}"))),
         }
-        Ok(())
     };
-    read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(bad("malformed request line"));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(bad("only HTTP/1.x is spoken here"));
+    if request.header("Transfer-Encoding").is_some() {
+        return Err(Unread::Answer(411, "send the body with a Content-Length".into()));
     }
-    let (method, path) = (method.to_string(), target.split('?').next().unwrap_or("").to_string());
-    let mut headers = Vec::new();
-    loop {
-        read_line(&mut line)?;
-        let l = line.trim_end_matches(['\r', '\n']);
-        if l.is_empty() {
-            break;
-        }
-        let (k, v) = l.split_once(':').ok_or_else(|| bad("malformed header"))?;
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    let mut request = Request { method, path, headers, body: String::new() };
-    let length: usize = match request.header("Content-Length") {
-        Some(v) => v.parse().map_err(|_| bad("bad Content-Length"))?,
-        None => 0,
+    let lengths: Vec<&str> = request
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let length: usize = match lengths.as_slice() {
+        [] => 0,
+        [one, rest @ ..] if rest.iter().all(|r| r == one) => one.parse().map_err(|_| bad("bad Content-Length"))?,
+        _ => return Err(bad("conflicting Content-Length headers")),
     };
     if length > MAX_BODY {
-        return Err((413, "the body is too large".to_string()));
+        return Err(Unread::Answer(413, format!("the body is too large (at most {MAX_BODY} bytes)")));
     }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).map_err(|_| bad("incomplete body"))?;
-    request.body = String::from_utf8(body).map_err(|_| bad("the body is not UTF-8"))?;
+    while buf.len() < head_len + length {
+        let room = (head_len + length - buf.len()).min(chunk.len());
+        match conn.read(&mut chunk[..room]) {
+            Ok(0) => return Err(bad("incomplete body")),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(()) if conn.stopping => return Err(Unread::Gone),
+            Err(()) => return Err(Unread::Answer(408, "the request did not arrive in time".into())),
+        }
+    }
+    request.body =
+        String::from_utf8(buf[head_len..head_len + length].to_vec()).map_err(|_| bad("the body is not UTF-8"))?;
     Ok(request)
 }
 
 /// One connection, start to answer.
-fn serve(stream: TcpStream, routes: &Routes) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let (code, body) = match read_request(&stream) {
-        Ok(request) => route(&request, routes),
-        Err((code, message)) => (code, error_body(&message)),
+fn serve(stream: &TcpStream, id: u64, shared: &Shared) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut conn =
+        Socket { stream, stop: shared.stop.as_raw_fd(), deadline: Instant::now() + REQUEST_DEADLINE, stopping: false };
+    let (code, body) = match read_request(&mut conn) {
+        Ok(request) => {
+            shared.set_phase(id, Phase::Busy);
+            route(&request, shared)
+        }
+        Err(Unread::Gone) => return,
+        Err(Unread::Answer(code, message)) => (code, error_body(&message)),
     };
-    let reason = match code {
+    shared.set_phase(id, Phase::Answering);
+    let mut answer = format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reason(code),
+        body.len()
+    );
+    if code == 401 {
+        answer.push_str("WWW-Authenticate: Bearer\r\n");
+    }
+    answer.push_str("\r\n");
+    answer.push_str(&body);
+    conn.deadline = Instant::now() + ANSWER_DEADLINE;
+    if conn.stopping {
+        conn.deadline = conn.deadline.min(Instant::now() + STOP_GRACE);
+    }
+    if conn.write_all(answer.as_bytes()).is_err() {
+        return;
+    }
+    // Half-close, then read what the client still sends until it closes
+    // (bounded): closing with unread bytes would reset the connection and
+    // could destroy the answer before the client reads it.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    conn.deadline = conn.deadline.min(Instant::now() + LINGER);
+    let mut drained = 0;
+    let mut sink = [0u8; 8192];
+    while drained < LINGER_BYTES {
+        match conn.read(&mut sink) {
+            Ok(0) | Err(()) => break,
+            Ok(n) => drained += n,
+        }
+    }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
         200 => "OK",
         202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
         413 => "Payload Too Large",
         415 => "Unsupported Media Type",
+        421 => "Misdirected Request",
+        431 => "Request Header Fields Too Large",
+        504 => "Gateway Timeout",
         _ => "Service Unavailable",
-    };
-    let answer = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut stream = stream;
-    let _ = stream.write_all(answer.as_bytes());
-    let _ = stream.flush();
+    }
 }
 
-fn route(request: &Request, routes: &Routes) -> (u16, String) {
+fn route(request: &Request, shared: &Shared) -> (u16, String) {
+    let routes = &shared.routes;
+    if routes.shutting_down() {
+        return (503, error_body(&Error::ShuttingDown.to_string()));
+    }
+    if request.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("Host")).count() > 1 {
+        return (400, error_body("more than one Host header"));
+    }
+    let host = request.header("Host");
+    if !host_allowed(host, shared.bound, request.local) {
+        let host = host.unwrap_or_default();
+        return (421, error_body(&format!("this server does not answer for Host {host:?}")));
+    }
+    // Off loopback, anyone on the network could read the state: the token is
+    // needed for every request.
+    if !shared.bound.ip().is_loopback() && !has_token(request, &routes.token) {
+        return (401, error_body("missing or wrong bearer token"));
+    }
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["status"]) => match routes.core.status() {
@@ -223,6 +567,42 @@ fn route(request: &Request, routes: &Routes) -> (u16, String) {
         }
         _ => (404, error_body(&format!("no such resource: {}", request.path))),
     }
+}
+
+/// Whether `Host` names this server: missing, the bound address, the address
+/// this connection reached, `localhost`, or a loopback literal (127.0.0.0/8,
+/// `[::1]`) — with this server's port, or none. Anything else is a name a
+/// web page could have rebound to 127.0.0.1 (DNS rebinding).
+fn host_allowed(host: Option<&str>, bound: SocketAddr, local: Option<SocketAddr>) -> bool {
+    let Some(host) = host else { return true };
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((inside, after)) = rest.split_once(']') else { return false };
+        match after {
+            "" => (inside, None),
+            _ => match after.strip_prefix(':') {
+                Some(p) => (inside, Some(p)),
+                None => return false,
+            },
+        }
+    } else {
+        match host.split_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (host, None),
+        }
+    };
+    if let Some(port) = port {
+        if port.parse::<u16>().ok() != Some(bound.port()) {
+            return false;
+        }
+    }
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    // IPv6 literals are bracketed; a bare IPv4 literal is not.
+    let bracketed = host.starts_with('[');
+    let ip: Option<IpAddr> = name.parse().ok().filter(|ip: &IpAddr| ip.is_ipv6() == bracketed);
+    let Some(ip) = ip else { return false };
+    ip.is_loopback() || ip == bound.ip() || local.is_some_and(|l| l.ip() == ip)
 }
 
 /// `POST /reload` with an optional `{"exec": PATH}`.
@@ -268,10 +648,12 @@ fn change_entry(core: &CoreHandle, name: &str, action: &str, body: &str) -> (u16
     }
 }
 
-/// 503 for a core that is stopping or gone: `{"error": "shutting down"}` (SPEC).
+/// 503 for a core that is stopping or gone: `{"error": "shutting down"}`
+/// (SPEC); 504 for one that did not answer in time.
 fn unavailable(e: Error) -> (u16, String) {
     match e {
         Error::ShuttingDown | Error::CoreGone => (503, error_body(&Error::ShuttingDown.to_string())),
+        e @ Error::NoAnswer(_) => (504, error_body(&e.to_string())),
         other => (503, error_body(&other.to_string())),
     }
 }
@@ -286,9 +668,27 @@ fn parse_count(body: &str) -> Result<usize, String> {
     }
 }
 
+/// `Authorization: Bearer TOKEN`, the scheme in any case (RFC 7235), the
+/// token compared in constant time.
+fn has_token(request: &Request, token: &str) -> bool {
+    let Some(value) = request.header("Authorization") else { return false };
+    let value = value.trim();
+    let Some((scheme, credentials)) = value.split_once([' ', '\t']) else { return false };
+    scheme.eq_ignore_ascii_case("Bearer") && same_secret(credentials.trim().as_bytes(), token.as_bytes())
+}
+
+/// Compares a secret without an early exit: the time taken does not tell
+/// how many leading bytes were right (only whether the length is).
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    let diff = given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    std::hint::black_box(diff) == 0
+}
+
 fn authorize(request: &Request, token: &str) -> Result<(), (u16, String)> {
-    let expected = format!("Bearer {token}");
-    if request.header("Authorization") != Some(expected.as_str()) {
+    if !has_token(request, token) {
         return Err((401, "missing or wrong bearer token".to_string()));
     }
     let json_type = request
@@ -306,7 +706,7 @@ fn error_body(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_count;
+    use super::*;
 
     #[test]
     fn counts_are_checked() {
@@ -317,5 +717,52 @@ mod tests {
         {
             assert!(parse_count(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn hosts_are_checked() {
+        let bound: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let ok = |h: Option<&str>| host_allowed(h, bound, Some(bound));
+        for good in [
+            None,
+            Some("127.0.0.1:4000"),
+            Some("127.0.0.1"),
+            Some("127.3.2.1:4000"),
+            Some("localhost"),
+            Some("LocalHost:4000"),
+            Some("[::1]"),
+            Some("[::1]:4000"),
+        ] {
+            assert!(ok(good), "{good:?}");
+        }
+        for bad in [
+            "evil.example:4000",
+            "evil.example",
+            "localhost:4001",
+            "127.0.0.1:4001",
+            "10.0.0.1:4000",
+            "::1",
+            "[127.0.0.1]",
+            "[::1]x",
+            "localhost.evil.example",
+            "",
+        ] {
+            assert!(!ok(Some(bad)), "{bad}");
+        }
+        // On 0.0.0.0, the address a connection reached is this server.
+        let any: SocketAddr = "0.0.0.0:4000".parse().unwrap();
+        let lan: SocketAddr = "192.168.1.5:4000".parse().unwrap();
+        assert!(host_allowed(Some("192.168.1.5:4000"), any, Some(lan)));
+        assert!(host_allowed(Some("0.0.0.0:4000"), any, Some(lan)));
+        assert!(!host_allowed(Some("192.168.1.6:4000"), any, Some(lan)));
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abcd", b"abcd"));
+        assert!(!same_secret(b"abce", b"abcd"));
+        assert!(!same_secret(b"xbcd", b"abcd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"abcd"));
     }
 }

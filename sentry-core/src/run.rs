@@ -16,11 +16,12 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::config::Config;
-use crate::core::{Command, Core, CoreExit, CoreOptions, FoundChild, Suspended};
+use crate::core::{max_stop_wait, Command, Core, CoreExit, CoreOptions, FoundChild, Suspended};
 use crate::handoff::{self, Handoff, InfoSnapshot, InstanceSnapshot, KeptFd, HANDOFF_VERSION};
 use crate::http::{ControlServer, Routes};
 use crate::instance::{self, Paths, PidLock};
@@ -57,7 +58,8 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Resu
         }
     };
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(&paths.name));
-    let instance = match Instance::begin(paths.clone(), exe, lock, token, listener, None, 1) {
+    let settle = max_stop_wait(&config);
+    let instance = match Instance::begin(paths.clone(), exe, lock, token, listener, None, 1, settle) {
         Ok(i) => i,
         Err((e, lock)) => {
             let _ = std::fs::remove_file(paths.token_file());
@@ -106,8 +108,15 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
         (Some(read), Some(write)) => Some((read, write)),
         _ => None,
     };
+    // Scale and restart may meet either configuration: the old one runs on
+    // if the new one is invalid, and removed entries still stop.
+    let old_stop = handoff.core.entries.iter().map(|e| e.config.stop_timeout_ms).max().unwrap_or(0);
+    let settle = Config::from_specs(specs)
+        .map(|c| max_stop_wait(&c))
+        .unwrap_or_default()
+        .max(max_stop_wait(&Config::default()) + Duration::from_millis(old_stop));
     let instance =
-        Instance::begin(paths, kept.exe.clone(), lock, kept.token.clone(), listener, pipe, kept.next_reload_id)
+        Instance::begin(paths, kept.exe.clone(), lock, kept.token.clone(), listener, pipe, kept.next_reload_id, settle)
             .map_err(|(e, _)| e)?;
 
     let now = sys::unix_now();
@@ -167,7 +176,9 @@ fn resume_without_snapshot(specs: &[Spec], paths: &Paths, why: &str) -> Result<(
     // The build ids are lost with the snapshot: jump far ahead, so that the
     // waiting `reload` sees this outcome and later tickets stay unique.
     let id = u64::MAX / 2;
-    let instance = Instance::begin(paths.clone(), exe, lock, token, listener, None, id + 1).map_err(|(e, _)| e)?;
+    let settle = max_stop_wait(&config);
+    let instance =
+        Instance::begin(paths.clone(), exe, lock, token, listener, None, id + 1, settle).map_err(|(e, _)| e)?;
     instance.say(&format!(
         "WARNING: Sentry reexec'd but could not read its handed-over state ({why}). \
          Adopting its children from /proc; output in flight may be lost."
@@ -280,11 +291,18 @@ struct Instance {
     signals: Option<SignalThread>,
     /// The self-pipe while no thread reads it (during an exec attempt).
     idle_pipe: Option<SignalPipe>,
+    /// The longest a scale or restart may take to settle.
+    settle: Duration,
+    /// Dropped when a shutdown begins, which disconnects `shutdown`: from
+    /// then on the HTTP interface answers 503 and waits for the core no more.
+    closing: Arc<Mutex<Option<Sender<()>>>>,
+    shutdown: Receiver<()>,
 }
 
 impl Instance {
     /// Sets up console, reloader, signal forwarding and the HTTP server.
     /// On failure the lock is given back so the caller can release it.
+    #[allow(clippy::too_many_arguments)]
     fn begin(
         paths: Paths,
         exe: PathBuf,
@@ -293,10 +311,12 @@ impl Instance {
         listener: TcpListener,
         pipe: Option<SignalPipe>,
         next_reload_id: u64,
+        settle: Duration,
     ) -> Result<Instance, (Error, PidLock)> {
         let console = Console::stdout();
         let (tx, rx) = unbounded();
         let http = Arc::new(Mutex::new(Http::default()));
+        let (closing, shutdown) = bounded(1);
         let context = ReloadContext {
             name: paths.name.clone(),
             crate_dir: paths.crate_dir.clone(),
@@ -321,6 +341,9 @@ impl Instance {
             reloader,
             signals: None,
             idle_pipe: pipe,
+            settle,
+            closing: Arc::new(Mutex::new(Some(closing))),
+            shutdown,
         };
         if let Err(e) = instance.listen(listener).and_then(|()| instance.forward_signals()) {
             if let Some(server) = instance.http.lock().unwrap_or_else(|p| p.into_inner()).server.take() {
@@ -362,6 +385,8 @@ impl Instance {
             core: CoreHandle::new(self.tx.clone()),
             token: self.token.clone(),
             reload: Some(Arc::new(move |exec| reloader.request(exec))),
+            settle: self.settle,
+            shutdown: self.shutdown.clone(),
         };
         let server = ControlServer::start(listener, routes)?;
         let bound = server.addr().to_string();
@@ -371,11 +396,14 @@ impl Instance {
     }
 
     fn forward_signals(&mut self) -> Result<(), Error> {
-        let (tx, reloader) = (self.tx.clone(), self.reloader.clone());
+        let (tx, reloader, closing) = (self.tx.clone(), self.reloader.clone(), self.closing.clone());
         let thread = signals::forward(self.idle_pipe.take(), &HANDLED, move |signal| {
             if signal == Signal::SIGHUP {
                 reloader.request(None);
             } else {
+                // The HTTP interface first: nothing new reaches the core, and
+                // requests waiting for it get 503 at once.
+                closing.lock().unwrap_or_else(|p| p.into_inner()).take();
                 let _ = tx.send(Command::Shutdown);
             }
         })

@@ -6,8 +6,9 @@
 
 use std::path::PathBuf;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crossbeam_channel::{bounded, unbounded, Sender};
+use crossbeam_channel::{after, bounded, never, select, unbounded, Receiver, Sender, TryRecvError};
 
 use crate::config::Config;
 use crate::core::{Command, Core, CoreOptions};
@@ -17,38 +18,63 @@ use crate::status::{EntryStatus, Status};
 use crate::{sys, Error, Spec};
 
 /// A cloneable way to talk to a running core.
+///
+/// A plain handle waits for the core's answer as long as it takes (the
+/// embedding API: the core outlives the [`Supervisor`]). A
+/// [`bounded`](CoreHandle::bounded) one, which the HTTP interface uses,
+/// waits at most a given time, and not at all once its `cancel` receiver
+/// disconnects (the instance is shutting down and the core may never read
+/// the request): `Error::ShuttingDown`, or `Error::NoAnswer` after the time.
 #[derive(Clone)]
 pub(crate) struct CoreHandle {
     tx: Sender<Command>,
+    /// The longest wait for a status, and for a scale or restart to settle.
+    status_wait: Option<Duration>,
+    settle_wait: Option<Duration>,
+    cancel: Receiver<()>,
 }
 
 impl CoreHandle {
     pub fn new(tx: Sender<Command>) -> CoreHandle {
-        CoreHandle { tx }
+        CoreHandle { tx, status_wait: None, settle_wait: None, cancel: never() }
+    }
+
+    /// The same core, with bounded waits cut short when `cancel` disconnects.
+    pub fn bounded(self, status: Duration, settle: Duration, cancel: Receiver<()>) -> CoreHandle {
+        CoreHandle { status_wait: Some(status), settle_wait: Some(settle), cancel, ..self }
     }
 
     pub fn status(&self) -> Result<Status, Error> {
         let (reply, answer) = bounded(1);
-        self.tx.send(Command::Status { reply }).map_err(|_| Error::CoreGone)?;
-        answer.recv().map_err(|_| Error::CoreGone)?
+        self.ask(Command::Status { reply }, answer, self.status_wait)
     }
 
     pub fn scale(&self, entry: &str, count: usize) -> Result<EntryStatus, Error> {
         let (reply, answer) = bounded(1);
-        let command = Command::Scale { entry: entry.to_string(), count, reply };
-        self.tx.send(command).map_err(|_| Error::CoreGone)?;
-        answer.recv().map_err(|_| Error::CoreGone)?
+        self.ask(Command::Scale { entry: entry.to_string(), count, reply }, answer, self.settle_wait)
     }
 
     pub fn restart(&self, entry: &str) -> Result<EntryStatus, Error> {
         let (reply, answer) = bounded(1);
-        let command = Command::Restart { entry: entry.to_string(), reply };
-        self.tx.send(command).map_err(|_| Error::CoreGone)?;
-        answer.recv().map_err(|_| Error::CoreGone)?
+        self.ask(Command::Restart { entry: entry.to_string(), reply }, answer, self.settle_wait)
     }
 
     pub fn shutdown(&self) {
         let _ = self.tx.send(Command::Shutdown);
+    }
+
+    /// Sends `command` and waits for its answer, within `wait` if given.
+    fn ask<T>(&self, command: Command, answer: Receiver<Result<T, Error>>, wait: Option<Duration>) -> Result<T, Error> {
+        if matches!(self.cancel.try_recv(), Err(TryRecvError::Disconnected)) {
+            return Err(Error::ShuttingDown);
+        }
+        self.tx.send(command).map_err(|_| Error::CoreGone)?;
+        let timer = wait.map(after).unwrap_or_else(never);
+        select! {
+            recv(answer) -> got => got.map_err(|_| Error::CoreGone)?,
+            recv(self.cancel) -> _ => Err(Error::ShuttingDown),
+            recv(timer) -> _ => Err(Error::NoAnswer(wait.unwrap_or_default())),
+        }
     }
 }
 
@@ -145,5 +171,46 @@ impl Supervisor {
 impl Drop for Supervisor {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crossbeam_channel::{bounded, unbounded};
+
+    use super::CoreHandle;
+    use crate::core::Command;
+    use crate::Error;
+
+    #[test]
+    fn bounded_waits_end_in_time_or_at_once_in_a_shutdown() {
+        // A core that never reads its channel (it has returned).
+        let (tx, rx) = unbounded::<Command>();
+        let (closing, cancel) = bounded::<()>(1);
+        let handle = CoreHandle::new(tx).bounded(Duration::from_millis(100), Duration::from_millis(200), cancel);
+        let t = Instant::now();
+        assert!(matches!(handle.status(), Err(Error::NoAnswer(_))));
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        let t = Instant::now();
+        assert!(matches!(handle.scale("x", 1), Err(Error::NoAnswer(_))));
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        // A wait in progress ends when the shutdown begins.
+        let waiting = std::thread::spawn({
+            let handle = handle.clone();
+            move || handle.restart("x")
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rx.len() < 3 && Instant::now() < deadline {
+            std::thread::yield_now(); // until the restart is sent and waited for
+        }
+        assert_eq!(rx.len(), 3);
+        drop(closing);
+        assert!(matches!(waiting.join().unwrap(), Err(Error::ShuttingDown)));
+        // And nothing more is sent to the core.
+        let queued = rx.len();
+        assert!(matches!(handle.status(), Err(Error::ShuttingDown)));
+        assert_eq!(rx.len(), queued);
     }
 }

@@ -149,6 +149,12 @@ fn specs(scenario: &str) -> Vec<Spec> {
         // Takes 17 s to stop, within its 30 s stop timeout.
         "slowstop" => vec![entry("slowstop", "sh", ["-c", "trap 'sleep 17; exit 0' TERM; echo ready; while :; do sleep 0.1; done"], 0, 1)
             .stop_timeout(Duration::from_secs(30))],
+        // A shutdown that takes a while: TERM is ignored, SIGKILL comes after 3 s.
+        "deafstop" => vec![
+            entry("idle", "sleep", ["1000"], 0, 2),
+            entry("deaf", "sh", ["-c", "trap '' TERM; while :; do sleep 0.2; done"], 0, 1)
+                .stop_timeout(Duration::from_secs(3)),
+        ],
         "frozen" => vec![entry("frozen", "sleep", ["1000"], 0, 1).stop_timeout(Duration::from_millis(500))],
         // Every kind of mistake at once.
         "invalid" => vec![
