@@ -100,6 +100,8 @@ fn start(mut cmd: Command) -> io::Result<Spawned> {
             // Fds Sentry inherited without CLOEXEC (a jobserver, a shell's
             // spare fds) must not reach children: only 0, 1, 2 cross exec.
             sys::cloexec_inherited();
+            // The soft open-file limit Sentry was given, not the one it raised.
+            crate::budget::restore_nofile_in_child();
             // After any setuid (std applies credentials before this closure),
             // since a change of credentials clears PDEATHSIG.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {

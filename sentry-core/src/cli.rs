@@ -213,6 +213,9 @@ fn fail(e: Error) -> (i32, String) {
 
 fn check(specs: &[Spec], handoff_version: bool) -> Outcome {
     let config = Config::from_specs(specs).map_err(fail)?;
+    // `start` raises the soft open-file limit to the hard one: that is what
+    // the processes must fit under.
+    crate::budget::check_config(&config, crate::budget::nofile().1, "the hard RLIMIT_NOFILE").map_err(fail)?;
     if handoff_version {
         println!("handoff-version {}", crate::handoff::HANDOFF_VERSION);
     }

@@ -32,6 +32,11 @@ pub enum Error {
     CoreGone,
     /// The supervisor is stopping every child: it takes no more requests.
     ShuttingDown,
+    /// The processes asked for cannot fit under the open-file limit (the
+    /// text names the limit and how many fit).
+    OverBudget(String),
+    /// Not every process of an entry could be started (the first reason given).
+    Incomplete { entry: String, running: usize, target: usize, error: String },
 }
 
 impl Error {
@@ -70,6 +75,10 @@ impl fmt::Display for Error {
             Error::Control { status, message } => write!(f, "{message} (HTTP {status})"),
             Error::CoreGone => write!(f, "the supervisor has shut down"),
             Error::ShuttingDown => write!(f, "shutting down"),
+            Error::OverBudget(text) => write!(f, "{text}"),
+            Error::Incomplete { entry, running, target, error } => {
+                write!(f, "entry {entry:?}: only {running} of {target} processes run ({error})")
+            }
         }
     }
 }

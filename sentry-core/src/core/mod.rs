@@ -254,6 +254,9 @@ impl SlotRun {
 struct Waiter {
     entry: String,
     reply: Sender<Result<EntryStatus, Error>>,
+    /// A scale: answered with an error naming how many run if some of the
+    /// processes asked for could not be started (out of fds, of memory…).
+    scale: bool,
 }
 
 /// The supervision core. Build with [`Core::new`], then [`Core::run`].
@@ -585,9 +588,18 @@ impl Core {
                     let _ = reply.send(Err(Error::BadCount(count.to_string())));
                     return;
                 }
+                if count > self.entries[i].target {
+                    let others: usize =
+                        self.entries.iter().enumerate().filter(|(j, e)| *j != i && !e.removed).map(|(_, e)| e.target).sum();
+                    let limit = crate::budget::nofile().0;
+                    if let Err(e) = crate::budget::check(others + count, self.entries.len(), limit, "the soft RLIMIT_NOFILE") {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                }
                 self.entries[i].target = count;
                 self.reconcile(i, now);
-                self.waiters.push(Waiter { entry, reply });
+                self.waiters.push(Waiter { entry, reply, scale: true });
             }
             Command::Restart { entry, reply } => {
                 let Some(i) = self.index_of(&entry) else {
@@ -599,7 +611,7 @@ impl Core {
                     self.apply(i, index, Event::Restart { now });
                 }
                 self.reconcile(i, now);
-                self.waiters.push(Waiter { entry, reply });
+                self.waiters.push(Waiter { entry, reply, scale: false });
             }
             Command::Status { reply } => {
                 let _ = reply.send(if self.shutting_down { Err(Error::ShuttingDown) } else { Ok(self.status()) });
@@ -836,7 +848,17 @@ impl Core {
                 _ => true,
             });
             if settled {
-                let _ = w.reply.send(Ok(entry_status(e, &report)));
+                let failed = e.slots.values().find_map(|s| s.error.as_ref().filter(|_| s.slot.pid().is_none()));
+                let answer = match failed {
+                    Some(error) if w.scale => Err(Error::Incomplete {
+                        entry: w.entry.clone(),
+                        running: e.slots.values().filter(|s| s.slot.pid().is_some()).count(),
+                        target: e.target,
+                        error: error.clone(),
+                    }),
+                    _ => Ok(entry_status(e, &report)),
+                };
+                let _ = w.reply.send(answer);
             }
             !settled
         });
