@@ -356,7 +356,7 @@ fn stop(specs: &[Spec], paths: &Paths) -> Outcome {
     // The lock is held, so the PID is the live instance's.
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM);
     let wait = Config::from_specs(specs).map(|c| max_stop_wait(&c)).unwrap_or(Duration::from_secs(20));
-    let deadline = Instant::now() + wait;
+    let deadline = crate::budget::later(Instant::now(), wait);
     while instance::is_locked(&pidfile) {
         if Instant::now() > deadline {
             return Err((EXIT_FAIL, format!("PID {pid} is still running after {}s", wait.as_secs())));

@@ -594,11 +594,11 @@ fn run(
             *report.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
             for (d, t) in next_due.iter_mut().zip(&targets) {
                 if *d <= now {
-                    *d = now + t.every;
+                    *d = crate::budget::later(now, t.every);
                 }
             }
         }
-        let wake = next_due.iter().min().copied().unwrap_or(now + Duration::from_secs(1));
+        let wake = next_due.iter().min().copied().unwrap_or_else(|| crate::budget::later(now, Duration::from_secs(1)));
         match stopped.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return state,

@@ -39,6 +39,7 @@ use crate::status::{
     Status, WatchStatus, FLAPPING_EXITS,
 };
 use crate::watch::{self, Hands, Report, Watcher};
+use crate::budget::later;
 use crate::{leftovers, sys, Error, Signal, LINE_LIMIT};
 
 /// A request to the core. Replies travel on the channel inside the command.
@@ -421,7 +422,7 @@ impl Core {
             }
         };
         let pid = spawned.pid;
-        let role = Role::Helper { target: target.to_string(), kill_at: Instant::now() + HELPER_TIMEOUT, killed: false };
+        let role = Role::Helper { target: target.to_string(), kill_at: later(Instant::now(), HELPER_TIMEOUT), killed: false };
         if let Err(e) = self.adopt_process(pid, role, streams_of(spawned), target) {
             log::error!("cannot watch helper {target}.{pid}: {e}");
         }
@@ -515,7 +516,7 @@ impl Core {
                 continue;
             }
             let (_, step) = row.check.unwrap_or((now, GROUP_CHECK_MIN));
-            row.check = Some((now + step, (step * 2).min(GROUP_CHECK_MAX)));
+            row.check = Some((later(now, step), (step * 2).min(GROUP_CHECK_MAX)));
             if std::mem::replace(&mut row.lingering, true) {
                 continue;
             }
@@ -529,7 +530,7 @@ impl Core {
                 Role::Helper { .. } | Role::Stray { .. } => {
                     row.signal(Signal::SIGTERM);
                     if let Role::Helper { kill_at, .. } | Role::Stray { kill_at, .. } = &mut row.role {
-                        *kill_at = (*kill_at).min(now + LOOSE_GRACE);
+                        *kill_at = (*kill_at).min(later(now, LOOSE_GRACE));
                     }
                 }
                 Role::Pipes { .. } => {}
@@ -670,7 +671,7 @@ impl Core {
         }
         for row in self.procs.values_mut() {
             if let Role::Helper { kill_at, killed: false, .. } | Role::Stray { kill_at, killed: false } = &mut row.role {
-                *kill_at = (*kill_at).min(now + LOOSE_GRACE);
+                *kill_at = (*kill_at).min(later(now, LOOSE_GRACE));
                 row.signal(Signal::SIGTERM);
             }
         }
@@ -688,7 +689,7 @@ impl Core {
             .flat_map(|e| e.slots.values())
             .all(|s| matches!(s.slot.phase, Phase::Unkillable { .. }));
         let loose_done = self.procs.values().all(|p| match p.role {
-            Role::Helper { kill_at, .. } | Role::Stray { kill_at, .. } => p.reaped || now >= kill_at + KILL_GRACE,
+            Role::Helper { kill_at, .. } | Role::Stray { kill_at, .. } => p.reaped || now >= later(kill_at, KILL_GRACE),
             _ => true,
         });
         slots_done && loose_done
@@ -699,7 +700,7 @@ impl Core {
         let rows = self.procs.values().filter(|p| !p.reaped).flat_map(|p| {
             let kill = match p.role {
                 Role::Helper { kill_at, killed, .. } | Role::Stray { kill_at, killed } => {
-                    Some(if killed { kill_at + KILL_GRACE } else { kill_at })
+                    Some(if killed { later(kill_at, KILL_GRACE) } else { kill_at })
                 }
                 _ => None,
             };
@@ -1030,5 +1031,5 @@ pub(crate) fn exit_text(exit: ChildExit, at: u64) -> String {
 
 /// How long a stop of every child may take: the largest stop timeout, plus margin.
 pub(crate) fn max_stop_wait(config: &Config) -> Duration {
-    config.entries.iter().map(|e| e.stop_timeout).max().unwrap_or_default() + Duration::from_secs(10)
+    config.entries.iter().map(|e| e.stop_timeout).max().unwrap_or_default().saturating_add(Duration::from_secs(10))
 }
