@@ -172,8 +172,13 @@ impl Core {
                         Role::Helper { target, .. } => target.clone(),
                         _ => "stray".to_string(),
                     };
+                    let rule = match &row.role {
+                        Role::Helper { rule, .. } => rule.clone(),
+                        _ => String::new(),
+                    };
                     loose.push(HelperSnapshot {
                         target,
+                        rule,
                         pid: row.pid,
                         starttime: row.starttime,
                         kill_in_ms: kill_at.saturating_duration_since(now).as_millis() as u64,
@@ -371,9 +376,14 @@ impl Core {
             let role = if h.stray {
                 Role::Stray { kill_at, killed: h.killed }
             } else {
-                Role::Helper { target: h.target.clone(), kill_at, killed: h.killed }
+                // It holds its place under the caps until it is reaped.
+                core.helpers.hold(&h.rule);
+                Role::Helper { target: h.target.clone(), rule: h.rule.clone(), kill_at, killed: h.killed }
             };
             if let Err(e) = core.adopt_process(h.pid, role, streams, &h.target) {
+                if !h.stray {
+                    core.helpers.release(&h.rule);
+                }
                 warnings.push(format!("cannot watch {}.{}: {e}; it was stopped", h.target, h.pid));
             }
         }
@@ -463,7 +473,7 @@ mod tests {
         // What the watcher sent just before it was stopped, behind the Suspend.
         tx.send(Command::Suspend).unwrap();
         tx.send(Command::Fired { target: "w".into(), pid: 4242, text: "rmem 2g > 1g: exec.".into() }).unwrap();
-        tx.send(Command::RunHelper { target: "w".into(), argv: vec!["sleep".into(), "5".into()] }).unwrap();
+        tx.send(Command::RunHelper { target: "w".into(), rule: "r".into(), argv: vec!["sleep".into(), "5".into()] }).unwrap();
         let CoreExit::Suspended(suspended) = core.run() else { panic!("the core did not suspend") };
         let log = std::fs::read_to_string(dir.join("w.log")).unwrap_or_default();
         assert!(log.contains("w.4242 rmem 2g > 1g: exec."), "the firing line reached the log: {log:?}");

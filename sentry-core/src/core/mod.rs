@@ -60,7 +60,8 @@ pub(crate) enum Command {
     /// whole state from [`Core::run`]; the children keep running.
     Suspend,
     /// Run an `exec` action's program; its output goes to `target`'s log.
-    RunHelper { target: String, argv: Vec<String> },
+    /// `rule` (its key) holds a place in the [`watch::HelperGate`].
+    RunHelper { target: String, rule: String, argv: Vec<String> },
     /// Gracefully restart the process (`pid`, `starttime`) of `entry` (a
     /// `restart` action); ignored if that process is no longer the slot's.
     RestartProcess { entry: String, pid: i32, starttime: u64 },
@@ -83,8 +84,9 @@ const GROUP_CHECK_MAX: Duration = Duration::from_millis(250);
 pub(crate) enum Role {
     /// The process of slot `index` of entry `entry`.
     Slot { entry: String, index: usize },
-    /// An `exec` action's program, writing to `target`'s log.
-    Helper { target: String, kill_at: Instant, killed: bool },
+    /// An `exec` action's program, writing to `target`'s log; `rule` (its
+    /// key) holds a place in the [`watch::HelperGate`] until it is reaped.
+    Helper { target: String, rule: String, kill_at: Instant, killed: bool },
     /// A child found after an unreadable snapshot that fits no slot: stopped.
     Stray { kill_at: Instant, killed: bool },
     /// Reaped by an earlier image; only its output pipes are left to drain.
@@ -137,8 +139,8 @@ struct CoreHands {
 }
 
 impl Hands for CoreHands {
-    fn run_helper(&self, target: &str, argv: Vec<String>) {
-        let _ = self.tx.send(Command::RunHelper { target: target.to_string(), argv });
+    fn run_helper(&self, target: &str, rule: &str, argv: Vec<String>) {
+        let _ = self.tx.send(Command::RunHelper { target: target.to_string(), rule: rule.to_string(), argv });
     }
 
     fn restart(&self, entry: &str, pid: i32, starttime: u64) {
@@ -277,6 +279,8 @@ pub(crate) struct Core {
     watcher: Option<Watcher>,
     /// Rate-limit clocks and counters while no watcher runs.
     watch_state: watch::State,
+    /// The `exec` helpers running, under the caps (shared with the watcher).
+    helpers: Arc<watch::HelperGate>,
     options: CoreOptions,
     tx: Sender<Command>,
     rx: Receiver<Command>,
@@ -298,6 +302,7 @@ impl Core {
             suspending: false,
             watcher: None,
             watch_state: watch::State::default(),
+            helpers: Arc::default(),
             options,
             tx,
             rx,
@@ -400,7 +405,9 @@ impl Core {
             return;
         }
         let hands = CoreHands { tx: self.tx.clone() };
-        match Watcher::start(targets, std::mem::take(&mut self.watch_state), hands) {
+        let mut state = std::mem::take(&mut self.watch_state);
+        state.gate = Some(self.helpers.clone());
+        match Watcher::start(targets, state, hands) {
             Ok(w) => self.watcher = Some(w),
             Err(e) => log::error!("cannot start the watch thread: {e}"),
         }
@@ -413,17 +420,20 @@ impl Core {
     }
 
     /// Starts an `exec` action's program, watched like a child and reaped by the core.
-    fn run_helper(&mut self, target: &str, argv: Vec<String>) {
+    fn run_helper(&mut self, target: &str, rule: String, argv: Vec<String>) {
         let spawned = match child::spawn_helper(target, &argv) {
             Ok(s) => s,
             Err(e) => {
+                self.helpers.release(&rule);
                 self.options.console.tagged(&format!("{target}.?"), &format!("Cannot run {:?}: {e}.", argv[0]));
                 return;
             }
         };
         let pid = spawned.pid;
-        let role = Role::Helper { target: target.to_string(), kill_at: later(Instant::now(), HELPER_TIMEOUT), killed: false };
+        let kill_at = later(Instant::now(), HELPER_TIMEOUT);
+        let role = Role::Helper { target: target.to_string(), rule: rule.clone(), kill_at, killed: false };
         if let Err(e) = self.adopt_process(pid, role, streams_of(spawned), target) {
+            self.helpers.release(&rule);
             log::error!("cannot watch helper {target}.{pid}: {e}");
         }
     }
@@ -546,6 +556,9 @@ impl Core {
         row.reaped = true;
         row.check = None;
         let (pid, role) = (row.pid, row.role.clone());
+        if let Role::Helper { rule, .. } = &role {
+            self.helpers.release(rule);
+        }
         self.ledger_dirty = true;
         match &row.monitor {
             Some(m) => m.finish(),
@@ -620,9 +633,11 @@ impl Core {
             Command::Shutdown => self.begin_shutdown(now),
             Command::ReloadOutcome(outcome) => self.options.info.last_reload = Some(outcome),
             Command::Suspend => self.suspending = true,
-            Command::RunHelper { target, argv } => {
+            Command::RunHelper { target, rule, argv } => {
                 if !self.shutting_down && !argv.is_empty() {
-                    self.run_helper(&target, argv);
+                    self.run_helper(&target, rule, argv);
+                } else {
+                    self.helpers.release(&rule);
                 }
             }
             Command::Fired { target, pid, text } => {
@@ -933,6 +948,7 @@ fn rule_status(owner: &str, rules: &[Rule], report: &Report) -> Vec<RuleStatus> 
             trigger: r.trigger.to_string(),
             action: r.action.to_string(),
             fired: report.fired(owner, r),
+            skipped: report.skipped(owner, r),
         })
         .collect()
 }
