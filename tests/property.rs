@@ -87,8 +87,12 @@ fn config(rng: &mut Rng, marker: &str) -> Vec<Spec> {
             specs.push(w);
             continue;
         }
-        let (command, args): (&str, &[&str]) =
-            rng.pick(&[("true", &[][..]), ("sleep", &["0.1"][..]), ("sh", &["-c", "exit 3"][..]), ("sleep", &["1000"][..])]);
+        let (command, args): (&str, &[&str]) = rng.pick(&[
+            ("true", &[][..]),
+            ("sleep", &["0.1"][..]),
+            ("sh", &["-c", "exit 3"][..]),
+            ("sleep", &["1000"][..]),
+        ]);
         let delay_ms = if rng.below(8) == 0 {
             rng.pick(&[WEEK.as_millis() as u64 + 1, u64::MAX])
         } else {
@@ -145,40 +149,44 @@ fn no_configuration_that_validation_accepts_panics_anything() {
         for _ in 0..ops {
             plan.push((rng.below(3), rng.next(), rng.below(3)));
         }
-        let outcome = within(&format!("seed {seed}: the operations and shutdown"), Duration::from_secs(60), move || {
-            let entries: Vec<String> = sup.status().entries.iter().map(|e| e.name.clone()).collect();
-            for (op, which, count) in plan {
-                let name = if entries.is_empty() || which % 5 == 0 {
-                    "no-such-entry".to_string()
-                } else {
-                    entries[which as usize % entries.len()].clone()
-                };
-                let result = match op {
-                    0 => sup.scale(&name, count),
-                    1 => sup.restart(&name),
-                    _ => {
-                        let _ = sup.status();
-                        Ok(())
+        let outcome =
+            within(&format!("seed {seed}: the operations and shutdown"), Duration::from_secs(60), move || {
+                let entries: Vec<String> = sup.status().entries.iter().map(|e| e.name.clone()).collect();
+                for (op, which, count) in plan {
+                    let name = if entries.is_empty() || which % 5 == 0 {
+                        "no-such-entry".to_string()
+                    } else {
+                        entries[which as usize % entries.len()].clone()
+                    };
+                    let result = match op {
+                        0 => sup.scale(&name, count),
+                        1 => sup.restart(&name),
+                        _ => {
+                            let _ = sup.status();
+                            Ok(())
+                        }
+                    };
+                    // An unknown entry, or processes that could not all start, are
+                    // fine answers; a core that is gone is not.
+                    if let Err(e @ (Error::CoreGone | Error::ShuttingDown)) = result {
+                        return Err(format!("{op} {name} {count}: {e}"));
                     }
-                };
-                // An unknown entry, or processes that could not all start, are
-                // fine answers; a core that is gone is not.
-                if let Err(e @ (Error::CoreGone | Error::ShuttingDown)) = result {
-                    return Err(format!("{op} {name} {count}: {e}"));
                 }
-            }
-            let status = sup.status();
-            if status.entries.len() != entries.len() {
-                return Err(format!("the core is gone: {} entries of {}", status.entries.len(), entries.len()));
-            }
-            sup.shutdown();
-            Ok(())
-        });
+                let status = sup.status();
+                if status.entries.len() != entries.len() {
+                    return Err(format!("the core is gone: {} entries of {}", status.entries.len(), entries.len()));
+                }
+                sup.shutdown();
+                Ok(())
+            });
         if let Err(e) = outcome {
             panic!("seed {seed}: {e}");
         }
         assert_eq!(PANICS.load(Ordering::SeqCst), 0, "seed {seed}: a thread panicked (see above)");
     }
     eprintln!("{accepted} configurations accepted ({processes} processes asked for), {refused} refused");
-    assert!(accepted >= 20 && refused >= 10 && processes >= 20, "{accepted} accepted, {refused} refused: the generator needs tuning");
+    assert!(
+        accepted >= 20 && refused >= 10 && processes >= 20,
+        "{accepted} accepted, {refused} refused: the generator needs tuning"
+    );
 }

@@ -50,7 +50,7 @@ pub fn nofile() -> (u64, u64) {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
         return (1024, 1024);
     }
-    (r.rlim_cur as u64, r.rlim_max as u64)
+    (r.rlim_cur, r.rlim_max)
 }
 
 /// Raises the soft open-file limit to the hard one (CLI `start` only:
