@@ -333,3 +333,51 @@ fn sentrys_ancestors_are_never_acted_on_and_explain_says_so() {
     );
     assert!(alive(shell_pid));
 }
+
+#[test]
+fn exec_helpers_are_capped_per_rule_and_in_all_and_skips_are_counted() {
+    // 30 processes with an 8 GiB PROT_NONE mapping (huge vmem, costs
+    // nothing) and five rules on them: 150 helpers wanted at once.
+    let mark = marker("cap");
+    let tag = format!("cap-{mark}");
+    let code = "import mmap, time\nm = mmap.mmap(-1, 8 << 30, flags=mmap.MAP_PRIVATE, prot=0)\ntime.sleep(1000)";
+    let hogs: Vec<Foreign> = (0..30).map(|_| Foreign::python(code, &tag)).collect();
+    for h in &hogs {
+        wait_for("the mapping", || {
+            proc_status(h.pid(), "VmSize")
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .filter(|kb| *kb > 8 << 20)
+        });
+    }
+    let s = Sentry::spawn_with(TempDir::new("watch"), TCONF, "capped", &[], &[("TMARK", &mark)]).waiting();
+    let (mut most, mut most_per_rule) = (0, 0);
+    let rules = wait_for("every rule to skip a firing", || {
+        // Helpers are Sentry's only children: `sleep 21` … `sleep 25`.
+        let helpers = children_of(s.pid());
+        let per_rule = (21..=25)
+            .map(|n| {
+                helpers
+                    .iter()
+                    .filter(|(pid, _)| {
+                        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == format!("sleep\0{n}\0").as_bytes())
+                    })
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        most = most.max(helpers.len());
+        most_per_rule = most_per_rule.max(per_rule);
+        let rules = watch_status(&s, "capped")["rules"].as_array().unwrap().clone();
+        rules.iter().all(|r| r["skipped"].as_u64().is_some_and(|n| n > 0)).then_some(rules)
+    });
+    // The core ran what the watcher asked before it answered status: the 16 run now.
+    most = most.max(children_of(s.pid()).len());
+    assert_eq!(children_of(s.pid()).len(), 16);
+    assert!(most <= 16, "{most} helpers ran at once");
+    assert!(most_per_rule <= 4, "{most_per_rule} helpers of one rule ran at once");
+    let fired: u64 = rules.iter().map(|r| r["fired"].as_u64().unwrap()).sum();
+    let skipped: u64 = rules.iter().map(|r| r["skipped"].as_u64().unwrap()).sum();
+    assert_eq!(fired, 16, "{rules:?}");
+    assert_eq!(fired + skipped, 150, "each firing is run or skipped: {rules:?}");
+    assert!(s.console().contains("skipped ("), "{}", s.console());
+}

@@ -22,8 +22,10 @@ use crate::config::EntryConfig;
 use crate::output::{LineSink, LineSplitter, Outbox};
 use crate::sys;
 
-/// Stack size of a monitor thread (stacks are touched lazily; this bounds VSZ).
-const MONITOR_STACK: usize = 128 * 1024;
+/// Stack size of a monitor thread (stacks are touched lazily; this bounds
+/// VSZ). A monitor's deepest path (a log write with its formatting, a
+/// console line) uses a few KiB; its read buffer is on the heap.
+const MONITOR_STACK: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// At the end, how many chunks of a pipe are read at most.
 const DRAIN_CHUNKS: usize = 1024;
@@ -110,6 +112,8 @@ fn start(mut cmd: Command, credentials: Option<Credentials>) -> io::Result<Spawn
             // Fds Sentry inherited without CLOEXEC (a jobserver, a shell's
             // spare fds) must not reach children: only 0, 1, 2 cross exec.
             sys::cloexec_inherited();
+            // The soft open-file limit Sentry was given, not the one it raised.
+            crate::budget::restore_nofile_in_child();
             // After the change of credentials above, which clears PDEATHSIG.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(io::Error::last_os_error());
@@ -252,7 +256,9 @@ impl Quiesced {
 pub(crate) struct Monitor {
     /// The child's pidfd, shared with the thread (none when only pipes are left).
     pidfd: Option<Arc<OwnedFd>>,
-    stop: OwnedFd,
+    /// The eventfd that interrupts the thread's poll, shared with it: one
+    /// fd, not a clone each (a monitor costs the pidfd, two pipes and this).
+    stop: Arc<OwnedFd>,
     /// Set before `stop` is signalled: read what is left, then end.
     finish: Arc<AtomicBool>,
     thread: JoinHandle<Quiesced>,
@@ -272,8 +278,8 @@ impl Monitor {
     ) -> io::Result<Monitor> {
         let pidfd = if reaped { None } else { Some(Arc::new(sys::pidfd_open(pid)?)) };
         let pidfd_for_thread = pidfd.clone();
-        let stop = sys::eventfd()?;
-        let stop_for_thread = stop.try_clone()?;
+        let stop = Arc::new(sys::eventfd()?);
+        let stop_for_thread = stop.clone();
         let finish = Arc::new(AtomicBool::new(false));
         let finish_for_thread = finish.clone();
         let thread = std::thread::Builder::new()
@@ -318,7 +324,7 @@ impl Monitor {
 /// How a monitor thread is told to end, and what it signs its notes with.
 struct Ends {
     gen: u64,
-    stop: OwnedFd,
+    stop: Arc<OwnedFd>,
     finish: Arc<AtomicBool>,
 }
 
@@ -332,7 +338,8 @@ fn run(
 ) -> Quiesced {
     let Ends { gen, stop, finish } = ends;
     let mut exited = pidfd.is_none();
-    let mut buf = vec![0u8; READ_CHUNK];
+    // Allocated at the first read: a quiet child (most of a thousand) costs no buffer.
+    let mut buf = Vec::new();
     // Lines read and not yet written; while it holds any, no stream is read.
     let mut out = Outbox::default();
     // Streams at end of file (kept, not polled, until their lines are written).
@@ -408,7 +415,7 @@ fn run(
 
 /// Reads what `stream` holds right now, without waiting (bounded: a writer
 /// that never stops must not hold the end up), into `out`.
-fn drain_now(i: usize, stream: &mut Stream, buf: &mut [u8], sink: &LineSink, out: &mut Outbox) {
+fn drain_now(i: usize, stream: &mut Stream, buf: &mut Vec<u8>, sink: &LineSink, out: &mut Outbox) {
     if nix::fcntl::fcntl(&stream.fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).is_err() {
         return;
     }
@@ -450,9 +457,12 @@ enum Read {
 }
 
 /// Reads one chunk of stream `i` and queues its complete lines.
-fn read_lines(i: usize, stream: &mut Stream, buf: &mut [u8], sink: &LineSink, out: &mut Outbox) -> Read {
+fn read_lines(i: usize, stream: &mut Stream, buf: &mut Vec<u8>, sink: &LineSink, out: &mut Outbox) -> Read {
+    if buf.len() < READ_CHUNK {
+        buf.resize(READ_CHUNK, 0);
+    }
     let n = loop {
-        match nix::unistd::read(&stream.fd, buf) {
+        match nix::unistd::read(&stream.fd, &mut buf[..]) {
             Ok(n) => break n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(nix::errno::Errno::EAGAIN) => return Read::Empty,

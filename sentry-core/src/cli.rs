@@ -243,6 +243,9 @@ fn fail(e: Error) -> (i32, String) {
 
 fn check(specs: &[Spec], handoff_version: bool) -> Outcome {
     let config = Config::from_specs(specs).map_err(fail)?;
+    // `start` raises the soft open-file limit to the hard one: that is what
+    // the processes must fit under.
+    crate::budget::check_config(&config, crate::budget::nofile().1, "the hard RLIMIT_NOFILE").map_err(fail)?;
     if handoff_version {
         println!("handoff-version {}", crate::handoff::HANDOFF_VERSION);
     }
@@ -383,7 +386,7 @@ fn stop(specs: &[Spec], paths: &Paths) -> Outcome {
     // The lock is held, so the PID is the live instance's.
     let wait = stop_wait(specs, paths);
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM);
-    let deadline = Instant::now() + wait;
+    let deadline = crate::budget::later(Instant::now(), wait);
     while instance::is_locked(&pidfile) {
         if Instant::now() > deadline {
             return Err((EXIT_FAIL, format!("PID {pid} is still running after {}s", wait.as_secs())));

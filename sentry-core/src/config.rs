@@ -13,6 +13,7 @@ use crate::handoff::{
 };
 use crate::rule::{Action, Comparison, Piece, Quantity, Trigger, Var, Word};
 use crate::spec::{EntryFields, Restart, Spec, SpecKind, MAX_COUNT, MAX_LINE_LIMIT, MIN_LINE_LIMIT};
+use crate::budget::MAX_DURATION;
 use crate::{Error, Signal};
 
 /// A validated configuration.
@@ -103,6 +104,9 @@ impl Config {
                             problems
                                 .push(format!("watch {:?}: .every({:?}) is shorter than 100ms", spec.name, w.every));
                         }
+                        if w.every > MAX_DURATION {
+                            problems.push(format!("watch {:?}: .every({:?}) is {TOO_LONG}", spec.name, w.every));
+                        }
                         config.watches.push(WatchConfig {
                             name: spec.name.clone(),
                             pattern,
@@ -158,12 +162,12 @@ impl EntryConfig {
             name: s.name.clone(),
             command: s.command.clone(),
             args: s.args.clone(),
-            delay: Duration::from_millis(s.delay_ms),
+            delay: bounded_ms(s.delay_ms),
             count: s.count,
             env: s.env.clone(),
             cwd: s.cwd.clone(),
             stop_signal: Signal::try_from(s.stop_signal).unwrap_or(Signal::SIGTERM),
-            stop_timeout: Duration::from_millis(s.stop_timeout_ms),
+            stop_timeout: bounded_ms(s.stop_timeout_ms),
             restart: s.restart,
             user: s.user.clone(),
             group: s.group.clone(),
@@ -200,7 +204,7 @@ impl WatchConfig {
             name: s.name.clone(),
             pattern,
             children: s.children,
-            every: Duration::from_millis(s.every_ms),
+            every: bounded_ms(s.every_ms).max(Duration::from_millis(100)),
             rules: s.rules.iter().map(Rule::from_snapshot).collect(),
         })
     }
@@ -275,9 +279,9 @@ impl Rule {
             ActionSnapshot::Term => Action::Term,
             ActionSnapshot::Kill => Action::Kill,
             ActionSnapshot::Restart => Action::Restart,
-            ActionSnapshot::Stop { every_ms } => Action::Stop { every: Duration::from_millis(*every_ms) },
+            ActionSnapshot::Stop { every_ms } => Action::Stop { every: bounded_ms(*every_ms) },
             ActionSnapshot::Exec { every_ms, words } => Action::Exec {
-                every: every_ms.map(Duration::from_millis),
+                every: every_ms.map(bounded_ms),
                 words: words
                     .iter()
                     .map(|w| {
@@ -311,6 +315,14 @@ impl Rule {
     }
 }
 
+/// How a duration above [`MAX_DURATION`] is refused.
+const TOO_LONG: &str = "longer than the maximum of 7 days (a week)";
+
+/// A duration read from a snapshot (an older binary may not have bounded it).
+fn bounded_ms(ms: u64) -> Duration {
+    Duration::from_millis(ms).min(MAX_DURATION)
+}
+
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
@@ -326,6 +338,12 @@ fn validate_entry(name: &str, e: &EntryFields, problems: &mut Vec<String>) {
     }
     if e.command.contains('\0') || e.args.iter().any(|a| a.contains('\0')) {
         problems.push(format!("entry {name:?}: the command or an argument contains a NUL byte"));
+    }
+    if e.stop_timeout > MAX_DURATION {
+        problems.push(format!("entry {name:?}: .stop_timeout({:?}) is {TOO_LONG}", e.stop_timeout));
+    }
+    if Duration::from_millis(e.delay_ms) > MAX_DURATION {
+        problems.push(format!("entry {name:?}: the restart delay of {} ms is {TOO_LONG}", e.delay_ms));
     }
     if e.count > MAX_COUNT {
         problems.push(format!("entry {name:?}: count {} is above the maximum of {MAX_COUNT}", e.count));
@@ -355,6 +373,9 @@ fn validate_rules(spec: &Spec, problems: &mut Vec<String>) -> Vec<Rule> {
     for rule in &spec.rules {
         match (&rule.trigger, &rule.action) {
             (Ok(trigger), Ok(action)) => {
+                if action.every().is_some_and(|d| d > MAX_DURATION) {
+                    problems.push(format!("{:?}: action {:?}: the duration is {TOO_LONG}", spec.name, action.to_string()));
+                }
                 if action.is_entry_only() && !spec.is_entry() {
                     problems.push(format!(
                         "watch {:?}: action {:?} applies to entries only",
@@ -475,5 +496,24 @@ mod tests {
         assert!(!valid_name(""));
         assert!(!valid_name("a/b"));
         assert!(!valid_name("é"));
+    }
+
+    #[test]
+    fn durations_are_bounded_to_a_week() {
+        let week = crate::budget::MAX_DURATION;
+        let p = problems(vec![
+            entry("stop", "sleep", ["1"], 0, 1).stop_timeout(Duration::MAX),
+            entry("delay", "sleep", ["1"], u64::MAX, 1),
+            watch("scan", "x").every(week + Duration::from_secs(1)),
+            entry("rule", "true", [], 0, 1).on("rmem > 1g", "exec @ 8d echo").on("rmem > 2g", "stop @ 36500d"),
+        ]);
+        assert_eq!(p.len(), 5, "{p:#?}");
+        assert!(p.iter().all(|p| p.contains("maximum of 7 days")), "{p:#?}");
+        assert!(p[0].contains("\"stop\"") && p[2].contains("\"scan\""), "{p:#?}");
+        let fine = [
+            entry("stop", "sleep", ["1"], week.as_millis() as u64, 1).stop_timeout(week).on("rmem > 1g", "stop @ 7d"),
+            watch("scan", "x").every(week).on("rmem > 1g", "exec @ 168h echo"),
+        ];
+        assert!(Config::from_specs(&fine).is_ok());
     }
 }

@@ -37,6 +37,11 @@ pub enum Error {
     Unkillable { entry: String, pids: Vec<u32> },
     /// The supervisor did not answer a request within this time.
     NoAnswer(std::time::Duration),
+    /// The processes asked for cannot fit under the open-file limit (the
+    /// text names the limit and how many fit).
+    OverBudget(String),
+    /// Not every process of an entry could be started (the first reason given).
+    Incomplete { entry: String, running: usize, target: usize, error: String },
 }
 
 impl Error {
@@ -84,6 +89,10 @@ impl fmt::Display for Error {
                 )
             }
             Error::NoAnswer(waited) => write!(f, "the supervisor did not answer within {} s", waited.as_secs_f64()),
+            Error::OverBudget(text) => write!(f, "{text}"),
+            Error::Incomplete { entry, running, target, error } => {
+                write!(f, "entry {entry:?}: only {running} of {target} processes run ({error})")
+            }
         }
     }
 }

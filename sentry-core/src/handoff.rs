@@ -184,6 +184,9 @@ pub(crate) struct WatchMemory {
     pub clocks: Vec<ClockSnapshot>,
     /// (rule key, times fired).
     pub fired: Vec<(String, u64)>,
+    /// (rule key, firings skipped by the helper caps).
+    #[serde(default)]
+    pub skipped: Vec<(String, u64)>,
 }
 
 /// The rate-limit clock of one rule for one process.
@@ -202,6 +205,9 @@ pub(crate) struct ClockSnapshot {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct HelperSnapshot {
     pub target: String,
+    /// The key of the rule that ran it (its place under the helper caps).
+    #[serde(default)]
+    pub rule: String,
     pub pid: i32,
     pub starttime: u64,
     pub kill_in_ms: u64,

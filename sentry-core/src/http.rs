@@ -642,8 +642,9 @@ fn change_entry(core: &CoreHandle, name: &str, action: &str, body: &str) -> (u16
     match result {
         Ok(entry) => (200, serde_json::to_string(&entry).unwrap_or_default()),
         Err(e @ Error::UnknownEntry(_)) => (404, error_body(&e.to_string())),
-        Err(e @ Error::BadCount(_)) => (400, error_body(&e.to_string())),
+        Err(e @ (Error::BadCount(_) | Error::OverBudget(_))) => (400, error_body(&e.to_string())),
         Err(e @ Error::Unkillable { .. }) => (409, error_body(&e.to_string())),
+        Err(e @ Error::Incomplete { .. }) => (500, error_body(&e.to_string())),
         Err(e) => unavailable(e),
     }
 }

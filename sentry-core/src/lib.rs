@@ -51,6 +51,7 @@
 //! that forks children — and, on a reload, the thread that execs the new
 //! binary once the core has returned its state as a snapshot.
 
+pub mod budget;
 pub mod build;
 mod child;
 mod cli;

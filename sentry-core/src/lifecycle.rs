@@ -10,10 +10,12 @@
 //! in `Stopping` (stop signal, then SIGKILL at the stop timeout), and the
 //! restart policy applies when the last member is gone — so a replacement
 //! never starts on top of its predecessor's group. A group that survives
-//! SIGKILL for [`KILL_GRACE`] makes the slot `Unkillable`.
+//! SIGKILL for [`KILL_GRACE`] makes the slot `Unkillable`. Deadlines
+//! saturate ([`later`]): no duration, however long, makes a step panic.
 
 use std::time::{Duration, Instant};
 
+use crate::budget::later;
 use crate::spec::Restart;
 use crate::Signal;
 
@@ -180,13 +182,13 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
         }
         (Pending { .. }, Event::SpawnFailed { now }) => {
             let crashes = crashes.saturating_add(1);
-            let due = now + restart_delay(policy.delay, crashes);
+            let due = later(now, restart_delay(policy.delay, crashes));
             (Slot { phase: Pending { due }, crashes }, Vec::new())
         }
         (Running { since, .. }, Event::Exited { exit, now }) => after_exit(crashes, since, exit, now, policy),
         (Running { pid, since }, Event::LeaderExited { now }) => (
             Slot {
-                phase: Stopping { pid, since, kill_at: now + policy.stop_timeout, then: AfterStop::Policy { exited_at: now } },
+                phase: Stopping { pid, since, kill_at: later(now, policy.stop_timeout), then: AfterStop::Policy { exited_at: now } },
                 crashes,
             },
             vec![Effect::Signal { pid, signal: policy.stop_signal }],
@@ -200,14 +202,14 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
         }
         (Running { pid, since }, Event::Stop { now } | Event::Restart { now }) => {
             let then = if matches!(event, Event::Stop { .. }) { AfterStop::Vacate } else { AfterStop::Respawn };
-            let kill_at = now + policy.stop_timeout;
+            let kill_at = later(now, policy.stop_timeout);
             (
                 Slot { phase: Stopping { pid, since, kill_at, then }, crashes },
                 vec![Effect::Signal { pid, signal: policy.stop_signal }],
             )
         }
         (Stopping { pid, since, kill_at, then }, Event::Due { now }) if now >= kill_at => (
-            Slot { phase: Killing { pid, since, give_up_at: now + KILL_GRACE, then }, crashes },
+            Slot { phase: Killing { pid, since, give_up_at: later(now, KILL_GRACE), then }, crashes },
             vec![Effect::Signal { pid, signal: Signal::SIGKILL }],
         ),
         (Killing { pid, since, give_up_at, then }, Event::Due { now }) if now >= give_up_at => {
@@ -249,7 +251,7 @@ fn after_exit(crashes: u32, since: Instant, exit: ChildExit, ended: Instant, pol
         Restart::Never => false,
     };
     if again {
-        let due = ended + restart_delay(policy.delay, crashes);
+        let due = later(ended, restart_delay(policy.delay, crashes));
         (Slot { phase: Phase::Pending { due }, crashes }, vec![Effect::CountRestart])
     } else {
         (Slot { phase: Phase::Idle, crashes }, Vec::new())
@@ -514,5 +516,49 @@ mod tests {
         assert_eq!(slot.pid(), Some(7));
         let (_, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Signal(9), now: ms(t0, 60_000) });
         assert_eq!(fx, vec![Effect::Vacate]);
+    }
+
+    /// The longest durations, at the latest instants: no step panics and
+    /// every deadline is at or after its event.
+    #[test]
+    fn extreme_durations_saturate() {
+        let t0 = Instant::now();
+        let far = crate::budget::later(t0, Duration::MAX);
+        for (delay, stop_timeout) in [
+            (Duration::MAX, Duration::MAX),
+            (Duration::ZERO, Duration::MAX),
+            (Duration::MAX, Duration::ZERO),
+            (crate::budget::MAX_DURATION, crate::budget::MAX_DURATION),
+        ] {
+            let p = Policy { restart: Restart::Always, delay, stop_signal: Signal::SIGTERM, stop_timeout };
+            for now in [t0, far] {
+                let mut slot = Slot::new(now);
+                let events = [
+                    Event::Due { now },
+                    Event::Spawned { pid: 7, now },
+                    Event::LeaderExited { now },
+                    Event::Due { now: far },
+                    Event::Due { now: far },
+                    Event::Restart { now },
+                    Event::Exited { exit: ChildExit::Code(1), now },
+                    Event::SpawnFailed { now },
+                    Event::Due { now: far },
+                    Event::Spawned { pid: 8, now: far },
+                    Event::Stop { now: far },
+                    Event::Exited { exit: ChildExit::Signal(9), now: far },
+                ];
+                for event in events {
+                    let (next, _) = step(slot, &p, event);
+                    if let Some(d) = next.deadline() {
+                        assert!(d >= now.min(far), "{next:?} after {event:?}");
+                    }
+                    slot = next;
+                }
+                // A crash loop at the far end: back-off saturates too.
+                let crashing = Slot { phase: Phase::Running { pid: 9, since: far }, crashes: u32::MAX };
+                let (next, _) = step(crashing, &p, Event::Exited { exit: ChildExit::Code(3), now: far });
+                assert!(matches!(next.phase, Phase::Pending { due } if due >= far));
+            }
+        }
     }
 }

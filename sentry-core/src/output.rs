@@ -364,7 +364,9 @@ impl LineSink {
     fn format_into(&self, record: &Record, date: &str, out: &mut Vec<u8>) {
         for (piece, more) in record.pieces(self.line_limit) {
             out.extend_from_slice(date.as_bytes());
-            out.extend_from_slice(format!(" {}.{}{} ", self.entry, self.pid, if more { "+" } else { "" }).as_bytes());
+            // Written in place: no allocation per line on the hot path.
+            use std::io::Write as _;
+            let _ = write!(out, " {}.{}{} ", self.entry, self.pid, if more { "+" } else { "" });
             out.extend_from_slice(piece);
             out.push(b'\n');
         }

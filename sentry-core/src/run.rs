@@ -30,14 +30,18 @@ use crate::reload::{ExecPlan, Http, ReloadContext, Reloader};
 use crate::signals::{self, SignalPipe, SignalThread};
 use crate::status::ReloadOutcome;
 use crate::supervisor::CoreHandle;
-use crate::{proc, sys, Error, Signal, Spec};
+use crate::{budget, proc, sys, Error, Signal, Spec};
 
 /// The signals an instance handles.
 const HANDLED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
 
 /// Starts a new instance in the foreground; returns after a clean stop.
 pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Result<(), Error> {
+    // Process-wide settings first, while this is the only thread.
+    let limit = budget::raise_nofile(false);
+    budget::limit_arenas();
     let config = Config::from_specs(specs)?;
+    budget::check_config(&config, limit, "RLIMIT_NOFILE, raised to the hard limit")?;
     // What the caller left open (a shell's or cargo's jobserver fds) is not
     // passed on to builds, checks or the next image.
     sys::cloexec_inherited();
@@ -90,6 +94,9 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Resu
 /// Continues an instance in a freshly exec'd image, from the snapshot in
 /// the memfd `fd`.
 pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Error> {
+    // The original soft limit comes from the first image, not the raised one in force.
+    budget::raise_nofile(true);
+    budget::limit_arenas();
     let handoff = match handoff::from_memfd(fd) {
         Ok(h) => h,
         Err(why) => return resume_without_snapshot(specs, paths, &why),

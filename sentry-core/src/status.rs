@@ -161,6 +161,9 @@ pub struct RuleStatus {
     pub trigger: String,
     pub action: String,
     pub fired: u64,
+    /// Times it was due but its `exec` helper was not run (the helper caps).
+    #[serde(default)]
+    pub skipped: u64,
 }
 
 /// One watch.

@@ -112,6 +112,8 @@ impl Supervisor {
     /// Like [`Supervisor::start`], with [`Options`].
     pub fn start_with(specs: Vec<Spec>, options: Options) -> Result<Supervisor, Error> {
         let config = Config::from_specs(&specs)?;
+        // Embedded, the limit is the host's business: it is not raised.
+        crate::budget::check_config(&config, crate::budget::nofile().0, "the soft RLIMIT_NOFILE")?;
         let (tx, rx) = unbounded();
         let core_options = CoreOptions {
             log_dir: options.log_dir,

@@ -236,10 +236,60 @@ pub(crate) struct Clock {
     pub holding: bool,
 }
 
+/// The `exec` helpers running (asked for and not yet reaped), per rule and
+/// in all, under [`HELPERS_PER_RULE`](crate::budget::HELPERS_PER_RULE) and
+/// [`HELPERS_MAX`](crate::budget::HELPERS_MAX): the watcher takes a place
+/// when it decides to run one, the core gives it back when the helper is
+/// reaped (or could not start). So no crowd of matching processes can make
+/// Sentry fork more than the caps allow.
+#[derive(Debug, Default)]
+pub(crate) struct HelperGate {
+    running: Mutex<HashMap<String, usize>>,
+}
+
+impl HelperGate {
+    /// Takes a place for a helper of `rule`, or says how many of its own
+    /// and in all run when there is none.
+    pub fn try_take(&self, rule: &str) -> Result<(), (usize, usize)> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = running.values().sum();
+        let mine = running.get(rule).copied().unwrap_or(0);
+        if mine >= crate::budget::HELPERS_PER_RULE || total >= crate::budget::HELPERS_MAX {
+            return Err((mine, total));
+        }
+        *running.entry(rule.to_string()).or_default() += 1;
+        Ok(())
+    }
+
+    /// A helper of `rule` already running (one adopted across an exec).
+    pub fn hold(&self, rule: &str) {
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()).entry(rule.to_string()).or_default() += 1;
+    }
+
+    /// A helper of `rule` is gone (or never started).
+    pub fn release(&self, rule: &str) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = running.get_mut(rule) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(rule);
+            }
+        }
+    }
+
+    /// Helpers running in all.
+    #[cfg(test)]
+    pub fn total(&self) -> usize {
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
+    }
+}
+
 /// An action to perform now.
 #[derive(Clone, Debug)]
 pub(crate) struct Firing {
     pub target: String,
+    /// The rule's key (what [`HelperGate`] counts by).
+    pub rule_key: String,
     /// The rule's position in its target.
     pub rule: usize,
     pub pid: i32,
@@ -256,6 +306,8 @@ pub(crate) struct Firing {
 pub(crate) struct Report {
     pub matched: HashMap<String, Vec<MatchedProcess>>,
     pub fired: HashMap<String, u64>,
+    /// Firings of `exec` rules not run: the helper caps were reached.
+    pub skipped: HashMap<String, u64>,
     /// Every PID some target covers (their figures must stay fresh).
     pub covered: HashSet<i32>,
 }
@@ -265,6 +317,11 @@ impl Report {
     pub fn fired(&self, target: &str, rule: &Rule) -> u64 {
         self.fired.get(&rule_key(target, rule)).copied().unwrap_or(0)
     }
+
+    /// How often the rule was due but its helper not run (caps).
+    pub fn skipped(&self, target: &str, rule: &Rule) -> u64 {
+        self.skipped.get(&rule_key(target, rule)).copied().unwrap_or(0)
+    }
 }
 
 /// The rate-limit clocks and counters, while the watcher runs.
@@ -272,6 +329,9 @@ impl Report {
 pub(crate) struct State {
     clocks: HashMap<(String, i32, u64), Clock>,
     fired: HashMap<String, u64>,
+    skipped: HashMap<String, u64>,
+    /// The caps on `exec` helpers (none for a dry run).
+    pub gate: Option<Arc<HelperGate>>,
 }
 
 impl State {
@@ -284,6 +344,8 @@ impl State {
                 .map(|c| ((c.rule, c.pid, c.starttime), Clock { last_fired_ms: c.last_fired_ms, holding: c.holding }))
                 .collect(),
             fired: m.fired.into_iter().collect(),
+            skipped: m.skipped.into_iter().collect(),
+            gate: None,
         }
     }
 
@@ -302,6 +364,7 @@ impl State {
                 })
                 .collect(),
             fired: self.fired.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            skipped: self.skipped.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         }
     }
 }
@@ -464,26 +527,45 @@ pub(crate) fn evaluate(
                             .is_none_or(|last| now_ms.saturating_sub(last) >= every.as_millis() as u64),
                         None => !clock.holding,
                     };
+                let m = measured.unwrap_or(0);
+                let vars =
+                    ExecVars { name: &t.name, pid: s.pid as u32, rmem: s.rss, vmem: s.vmem, cmdline: &s.cmdline };
+                let argv = if fire { rule.action.argv(&vars) } else { None };
+                // A helper over the caps is skipped: the firing is used up
+                // (its clock moves on) and counted as skipped, not fired.
+                let refused = match (&argv, &state.gate) {
+                    (Some(_), Some(gate)) if act => gate.try_take(&key).err(),
+                    _ => None,
+                };
                 if act {
                     let mut next = Clock { holding: holds, ..clock };
                     if fire {
                         next.last_fired_ms = Some(now_ms);
-                        *state.fired.entry(key.clone()).or_default() += 1;
+                        let counter = if refused.is_some() { &mut state.skipped } else { &mut state.fired };
+                        *counter.entry(key.clone()).or_default() += 1;
                     }
                     state.clocks.insert(clock_key, next);
                 }
                 if fire {
-                    let m = measured.unwrap_or(0);
-                    let vars =
-                        ExecVars { name: &t.name, pid: s.pid as u32, rmem: s.rss, vmem: s.vmem, cmdline: &s.cmdline };
+                    let description = match refused {
+                        Some((mine, all)) => format!(
+                            "{}: {} skipped ({mine} of this rule's helpers and {all} in all running; at most {} and {}).",
+                            describe(rule, m),
+                            rule.action,
+                            crate::budget::HELPERS_PER_RULE,
+                            crate::budget::HELPERS_MAX
+                        ),
+                        None => format!("{}: {}.", describe(rule, m), rule.action),
+                    };
                     firings.push(Firing {
                         target: t.name.clone(),
+                        rule_key: key.clone(),
                         rule: rule_index,
                         pid: s.pid,
                         starttime: s.starttime,
                         action: rule.action.clone(),
-                        description: format!("{}: {}.", describe(rule, m), rule.action),
-                        argv: rule.action.argv(&vars),
+                        description,
+                        argv: if refused.is_some() { None } else { argv },
                     });
                 }
             }
@@ -495,6 +577,7 @@ pub(crate) fn evaluate(
         state.clocks.retain(|(_, pid, start), _| alive.contains(&(*pid, *start)));
     }
     report.fired = state.fired.clone();
+    report.skipped = state.skipped.clone();
     (firings, report)
 }
 
@@ -529,7 +612,8 @@ pub(crate) fn human_bytes(n: u64) -> String {
 /// What the watcher asks of whoever owns the children.
 pub(crate) trait Hands: Send + 'static {
     /// Run an `exec` helper for `target` (its output goes to the target's log).
-    fn run_helper(&self, target: &str, argv: Vec<String>);
+    /// `rule` is the rule's key: its place in the [`HelperGate`] is taken.
+    fn run_helper(&self, target: &str, rule: &str, argv: Vec<String>);
     /// Gracefully restart entry `entry`'s process `pid`, if it is still the
     /// process that started at `starttime`.
     fn restart(&self, entry: &str, pid: i32, starttime: u64);
@@ -594,11 +678,11 @@ fn run(
             *report.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
             for (d, t) in next_due.iter_mut().zip(&targets) {
                 if *d <= now {
-                    *d = now + t.every;
+                    *d = crate::budget::later(now, t.every);
                 }
             }
         }
-        let wake = next_due.iter().min().copied().unwrap_or(now + Duration::from_secs(1));
+        let wake = next_due.iter().min().copied().unwrap_or_else(|| crate::budget::later(now, Duration::from_secs(1)));
         match stopped.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return state,
@@ -619,7 +703,7 @@ fn perform(f: &Firing, hands: &impl Hands) {
         }
         Action::Exec { .. } => {
             if let Some(argv) = f.argv.clone() {
-                hands.run_helper(&f.target, argv);
+                hands.run_helper(&f.target, &f.rule_key, argv);
             }
             None
         }
@@ -855,5 +939,42 @@ mod tests {
         assert_eq!(human_bytes(3 << 29), "1.5g");
         assert_eq!(human_bytes(2048), "2k");
         assert_eq!(human_bytes(10), "10");
+    }
+
+    #[test]
+    fn exec_helpers_over_the_caps_are_skipped_and_counted() {
+        use crate::budget::{HELPERS_MAX, HELPERS_PER_RULE};
+        let t = vec![Target {
+            name: "w".into(),
+            owner: Owner::Watch,
+            pattern: Some(regex::Regex::new("hog").unwrap()),
+            children: false,
+            every: Duration::from_secs(1),
+            rules: vec![Rule {
+                trigger: Trigger::parse("vmem > 1m").unwrap(),
+                action: crate::rule::Action::parse("exec sleep 100").unwrap(),
+            }],
+        }];
+        let s: Vec<Sample> = (0..10).map(|i| sample(1000 + i, 1, "hog", 10)).collect();
+        let gate = Arc::new(HelperGate::default());
+        let mut state = State { gate: Some(gate.clone()), ..State::default() };
+        let (f, report) = evaluate(&t, &[true], &s, ME, 0, &mut state, true);
+        let run: Vec<&Firing> = f.iter().filter(|f| f.argv.is_some()).collect();
+        assert_eq!(run.len(), HELPERS_PER_RULE, "at most the per-rule cap runs");
+        assert!(f.iter().filter(|f| f.argv.is_none()).all(|f| f.description.contains("skipped")));
+        assert_eq!(report.fired(&t[0].name, &t[0].rules[0]), HELPERS_PER_RULE as u64);
+        assert_eq!(report.skipped(&t[0].name, &t[0].rules[0]), 10 - HELPERS_PER_RULE as u64);
+        // Places come back when helpers are reaped; the global cap holds across rules.
+        for _ in 0..HELPERS_PER_RULE {
+            gate.release(&run[0].rule_key);
+        }
+        assert_eq!(gate.total(), 0);
+        for i in 0..HELPERS_MAX {
+            assert!(gate.try_take(&format!("rule {i}")).is_ok());
+        }
+        assert_eq!(gate.try_take("one more"), Err((0, HELPERS_MAX)));
+        // Skips survive an exec.
+        let back = State::from_memory(state.to_memory());
+        assert_eq!(back.skipped, state.skipped);
     }
 }

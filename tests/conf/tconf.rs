@@ -108,6 +108,17 @@ fn specs(scenario: &str) -> Vec<Spec> {
                 watch("elder", format!("anc-{m}")).every(fast).on("vmem > 1m", "term"),
             ]
         }
+        // Five `exec` rules on huge-vmem processes marked cap-TMARK, each
+        // helper a sleep whose length names its rule (21 to 25 s).
+        "capped" => {
+            let m = std::env::var("TMARK").unwrap_or_else(|_| "unset".to_string());
+            let triggers = ["vmem > 4g", "vmem > 5g", "vmem > 6g", "vmem >= 4g", "4g < vmem"];
+            let mut w = watch("capped", format!("cap-{m}")).every(Duration::from_millis(200));
+            for (i, t) in triggers.iter().enumerate() {
+                w = w.on(*t, format!("exec sleep {}", 21 + i).as_str());
+            }
+            vec![w]
+        }
         // An entry that restarts itself when it grows.
         "fat" => vec![entry("fat", "python3", ["-c", "x = b'x' * (60 * 2**20)\nimport time\ntime.sleep(1000)"], 0, 1)
             .on("rmem > 30m", "restart")],

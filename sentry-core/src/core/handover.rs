@@ -21,6 +21,7 @@ use crate::handoff::{
 };
 use crate::lifecycle::{AfterStop, ChildExit, Event, Phase, Slot};
 use crate::output::LineSplitter;
+use crate::budget::later;
 use crate::{proc, sys, watch, Signal};
 
 impl Core {
@@ -55,7 +56,7 @@ impl Core {
             });
             let (role, name) = match &placed {
                 Some((name, index)) => (Role::Slot { entry: name.clone(), index: *index }, name.clone()),
-                None => (Role::Stray { kill_at: now + Duration::from_secs(10), killed: false }, "stray".to_string()),
+                None => (Role::Stray { kill_at: later(now, Duration::from_secs(10)), killed: false }, "stray".to_string()),
             };
             // Its pipes, read on where the previous image stopped (the bytes
             // that image held are lost with its snapshot).
@@ -171,8 +172,13 @@ impl Core {
                         Role::Helper { target, .. } => target.clone(),
                         _ => "stray".to_string(),
                     };
+                    let rule = match &row.role {
+                        Role::Helper { rule, .. } => rule.clone(),
+                        _ => String::new(),
+                    };
                     loose.push(HelperSnapshot {
                         target,
+                        rule,
                         pid: row.pid,
                         starttime: row.starttime,
                         kill_in_ms: kill_at.saturating_duration_since(now).as_millis() as u64,
@@ -293,7 +299,7 @@ impl Core {
                 .collect();
             core.entries.push(run);
             for ss in es.slots {
-                let at = |ms: u64| now + Duration::from_millis(ms);
+                let at = |ms: u64| later(now, Duration::from_millis(ms));
                 let since = |p: &ProcessSnapshot| now.checked_sub(Duration::from_millis(p.up_ms)).unwrap_or(now);
                 let then = |respawn: bool, exited_ms_ago: Option<u64>| match exited_ms_ago {
                     Some(ms) => AfterStop::Policy { exited_at: now.checked_sub(Duration::from_millis(ms)).unwrap_or(now) },
@@ -366,13 +372,18 @@ impl Core {
                 }
                 continue;
             }
-            let kill_at = now + Duration::from_millis(h.kill_in_ms);
+            let kill_at = later(now, Duration::from_millis(h.kill_in_ms));
             let role = if h.stray {
                 Role::Stray { kill_at, killed: h.killed }
             } else {
-                Role::Helper { target: h.target.clone(), kill_at, killed: h.killed }
+                // It holds its place under the caps until it is reaped.
+                core.helpers.hold(&h.rule);
+                Role::Helper { target: h.target.clone(), rule: h.rule.clone(), kill_at, killed: h.killed }
             };
             if let Err(e) = core.adopt_process(h.pid, role, streams, &h.target) {
+                if !h.stray {
+                    core.helpers.release(&h.rule);
+                }
                 warnings.push(format!("cannot watch {}.{}: {e}; it was stopped", h.target, h.pid));
             }
         }
@@ -462,7 +473,7 @@ mod tests {
         // What the watcher sent just before it was stopped, behind the Suspend.
         tx.send(Command::Suspend).unwrap();
         tx.send(Command::Fired { target: "w".into(), pid: 4242, text: "rmem 2g > 1g: exec.".into() }).unwrap();
-        tx.send(Command::RunHelper { target: "w".into(), argv: vec!["sleep".into(), "5".into()] }).unwrap();
+        tx.send(Command::RunHelper { target: "w".into(), rule: "r".into(), argv: vec!["sleep".into(), "5".into()] }).unwrap();
         let CoreExit::Suspended(suspended) = core.run() else { panic!("the core did not suspend") };
         let log = std::fs::read_to_string(dir.join("w.log")).unwrap_or_default();
         assert!(log.contains("w.4242 rmem 2g > 1g: exec."), "the firing line reached the log: {log:?}");
@@ -472,5 +483,30 @@ mod tests {
         sys::signal_group(helpers[0].pid, Signal::SIGKILL);
         sys::reap(helpers[0].pid);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn durations_from_a_snapshot_saturate_instead_of_panicking() {
+        let (mut core, tx, rx) = core_for(&[entry("e", "sleep", ["1000"], 0, 0)], None);
+        let suspended = core.suspend();
+        let mut json = serde_json::to_value(&suspended.snapshot).unwrap();
+        // An older binary, or a damaged snapshot: durations far past what an Instant can hold.
+        let e = &mut json["entries"][0];
+        e["config"]["stop_timeout_ms"] = u64::MAX.into();
+        e["config"]["delay_ms"] = u64::MAX.into();
+        e["target"] = 1.into();
+        e["failures_ms_ago"] = serde_json::json!([u64::MAX, 0]);
+        e["slots"] = serde_json::json!([{
+            "index": 0, "crashes": u32::MAX, "started_at": 0,
+            "phase": {"Pending": {"due_in_ms": u64::MAX}}, "streams": []
+        }]);
+        let options = CoreOptions { log_dir: None, console: ConsoleHandle::default(), info: InfoSnapshot::default(), ledger: None };
+        let (back, _) = Core::restore(serde_json::from_value(json).unwrap(), options, tx, rx);
+        let c = &back.entries[0].config;
+        assert!(c.stop_timeout <= crate::budget::MAX_DURATION && c.delay <= crate::budget::MAX_DURATION);
+        let due = back.entries[0].slots[&0].slot.deadline().unwrap();
+        assert!(due > Instant::now() + Duration::from_secs(86_400), "due far in the future, not now");
+        assert!(back.next_deadline().is_some());
+        assert_eq!(back.status().entries[0].state, crate::EntryState::Backoff);
     }
 }

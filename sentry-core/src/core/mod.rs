@@ -39,6 +39,7 @@ use crate::status::{
     Status, WatchStatus, FLAPPING_EXITS,
 };
 use crate::watch::{self, Hands, Report, Watcher};
+use crate::budget::later;
 use crate::{leftovers, sys, Error, Signal, LINE_LIMIT};
 
 /// A request to the core. Replies travel on the channel inside the command.
@@ -59,7 +60,8 @@ pub(crate) enum Command {
     /// whole state from [`Core::run`]; the children keep running.
     Suspend,
     /// Run an `exec` action's program; its output goes to `target`'s log.
-    RunHelper { target: String, argv: Vec<String> },
+    /// `rule` (its key) holds a place in the [`watch::HelperGate`].
+    RunHelper { target: String, rule: String, argv: Vec<String> },
     /// Gracefully restart the process (`pid`, `starttime`) of `entry` (a
     /// `restart` action); ignored if that process is no longer the slot's.
     RestartProcess { entry: String, pid: i32, starttime: u64 },
@@ -82,8 +84,9 @@ const GROUP_CHECK_MAX: Duration = Duration::from_millis(250);
 pub(crate) enum Role {
     /// The process of slot `index` of entry `entry`.
     Slot { entry: String, index: usize },
-    /// An `exec` action's program, writing to `target`'s log.
-    Helper { target: String, kill_at: Instant, killed: bool },
+    /// An `exec` action's program, writing to `target`'s log; `rule` (its
+    /// key) holds a place in the [`watch::HelperGate`] until it is reaped.
+    Helper { target: String, rule: String, kill_at: Instant, killed: bool },
     /// A child found after an unreadable snapshot that fits no slot: stopped.
     Stray { kill_at: Instant, killed: bool },
     /// Reaped by an earlier image; only its output pipes are left to drain.
@@ -148,8 +151,8 @@ struct CoreHands {
 }
 
 impl Hands for CoreHands {
-    fn run_helper(&self, target: &str, argv: Vec<String>) {
-        let _ = self.tx.send(Command::RunHelper { target: target.to_string(), argv });
+    fn run_helper(&self, target: &str, rule: &str, argv: Vec<String>) {
+        let _ = self.tx.send(Command::RunHelper { target: target.to_string(), rule: rule.to_string(), argv });
     }
 
     fn restart(&self, entry: &str, pid: i32, starttime: u64) {
@@ -267,6 +270,9 @@ impl SlotRun {
 struct Waiter {
     entry: String,
     reply: Sender<Result<EntryStatus, Error>>,
+    /// A scale: answered with an error naming how many run if some of the
+    /// processes asked for could not be started (out of fds, of memory…).
+    scale: bool,
 }
 
 /// The supervision core. Build with [`Core::new`], then [`Core::run`].
@@ -286,6 +292,8 @@ pub(crate) struct Core {
     watcher: Option<Watcher>,
     /// Rate-limit clocks and counters while no watcher runs.
     watch_state: watch::State,
+    /// The `exec` helpers running, under the caps (shared with the watcher).
+    helpers: Arc<watch::HelperGate>,
     options: CoreOptions,
     tx: Sender<Command>,
     rx: Receiver<Command>,
@@ -307,6 +315,7 @@ impl Core {
             suspending: false,
             watcher: None,
             watch_state: watch::State::default(),
+            helpers: Arc::default(),
             options,
             tx,
             rx,
@@ -409,7 +418,9 @@ impl Core {
             return;
         }
         let hands = CoreHands { tx: self.tx.clone() };
-        match Watcher::start(targets, std::mem::take(&mut self.watch_state), hands) {
+        let mut state = std::mem::take(&mut self.watch_state);
+        state.gate = Some(self.helpers.clone());
+        match Watcher::start(targets, state, hands) {
             Ok(w) => self.watcher = Some(w),
             Err(e) => log::error!("cannot start the watch thread: {e}"),
         }
@@ -422,17 +433,20 @@ impl Core {
     }
 
     /// Starts an `exec` action's program, watched like a child and reaped by the core.
-    fn run_helper(&mut self, target: &str, argv: Vec<String>) {
+    fn run_helper(&mut self, target: &str, rule: String, argv: Vec<String>) {
         let spawned = match child::spawn_helper(target, &argv) {
             Ok(s) => s,
             Err(e) => {
+                self.helpers.release(&rule);
                 self.options.console.tagged(&format!("{target}.?"), &format!("Cannot run {:?}: {e}.", argv[0]));
                 return;
             }
         };
         let pid = spawned.pid;
-        let role = Role::Helper { target: target.to_string(), kill_at: Instant::now() + HELPER_TIMEOUT, killed: false };
+        let kill_at = later(Instant::now(), HELPER_TIMEOUT);
+        let role = Role::Helper { target: target.to_string(), rule: rule.clone(), kill_at, killed: false };
         if let Err(e) = self.adopt_process(pid, role, streams_of(spawned), target) {
+            self.helpers.release(&rule);
             log::error!("cannot watch helper {target}.{pid}: {e}");
         }
     }
@@ -526,7 +540,7 @@ impl Core {
                 continue;
             }
             let (_, step) = row.check.unwrap_or((now, GROUP_CHECK_MIN));
-            row.check = Some((now + step, (step * 2).min(GROUP_CHECK_MAX)));
+            row.check = Some((later(now, step), (step * 2).min(GROUP_CHECK_MAX)));
             if std::mem::replace(&mut row.lingering, true) {
                 continue;
             }
@@ -540,7 +554,7 @@ impl Core {
                 Role::Helper { .. } | Role::Stray { .. } => {
                     row.signal(Signal::SIGTERM);
                     if let Role::Helper { kill_at, .. } | Role::Stray { kill_at, .. } = &mut row.role {
-                        *kill_at = (*kill_at).min(now + LOOSE_GRACE);
+                        *kill_at = (*kill_at).min(later(now, LOOSE_GRACE));
                     }
                 }
                 Role::Pipes { .. } => {}
@@ -556,6 +570,9 @@ impl Core {
         row.reaped = true;
         row.check = None;
         let (pid, role, exited_unix) = (row.pid, row.role.clone(), row.exited_unix);
+        if let Role::Helper { rule, .. } = &role {
+            self.helpers.release(rule);
+        }
         self.ledger_dirty = true;
         match &row.monitor {
             Some(m) => m.finish(),
@@ -599,9 +616,18 @@ impl Core {
                     let _ = reply.send(Err(Error::BadCount(count.to_string())));
                     return;
                 }
+                if count > self.entries[i].target {
+                    let others: usize =
+                        self.entries.iter().enumerate().filter(|(j, e)| *j != i && !e.removed).map(|(_, e)| e.target).sum();
+                    let limit = crate::budget::nofile().0;
+                    if let Err(e) = crate::budget::check(others + count, self.entries.len(), limit, "the soft RLIMIT_NOFILE") {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                }
                 self.entries[i].target = count;
                 self.reconcile(i, now);
-                self.waiters.push(Waiter { entry, reply });
+                self.waiters.push(Waiter { entry, reply, scale: true });
             }
             Command::Restart { entry, reply } => {
                 let Some(i) = self.index_of(&entry) else {
@@ -613,7 +639,7 @@ impl Core {
                     self.apply(i, index, Event::Restart { now });
                 }
                 self.reconcile(i, now);
-                self.waiters.push(Waiter { entry, reply });
+                self.waiters.push(Waiter { entry, reply, scale: false });
             }
             Command::Status { reply } => {
                 let _ = reply.send(if self.shutting_down { Err(Error::ShuttingDown) } else { Ok(self.status()) });
@@ -621,9 +647,11 @@ impl Core {
             Command::Shutdown => self.begin_shutdown(now),
             Command::ReloadOutcome(outcome) => self.options.info.last_reload = Some(outcome),
             Command::Suspend => self.suspending = true,
-            Command::RunHelper { target, argv } => {
+            Command::RunHelper { target, rule, argv } => {
                 if !self.shutting_down && !argv.is_empty() {
-                    self.run_helper(&target, argv);
+                    self.run_helper(&target, rule, argv);
+                } else {
+                    self.helpers.release(&rule);
                 }
             }
             Command::Fired { target, pid, text } => {
@@ -672,7 +700,7 @@ impl Core {
         }
         for row in self.procs.values_mut() {
             if let Role::Helper { kill_at, killed: false, .. } | Role::Stray { kill_at, killed: false } = &mut row.role {
-                *kill_at = (*kill_at).min(now + LOOSE_GRACE);
+                *kill_at = (*kill_at).min(later(now, LOOSE_GRACE));
                 row.signal(Signal::SIGTERM);
             }
         }
@@ -690,7 +718,7 @@ impl Core {
             .flat_map(|e| e.slots.values())
             .all(|s| matches!(s.slot.phase, Phase::Unkillable { .. }));
         let loose_done = self.procs.values().all(|p| match p.role {
-            Role::Helper { kill_at, .. } | Role::Stray { kill_at, .. } => p.reaped || now >= kill_at + KILL_GRACE,
+            Role::Helper { kill_at, .. } | Role::Stray { kill_at, .. } => p.reaped || now >= later(kill_at, KILL_GRACE),
             _ => true,
         });
         slots_done && loose_done
@@ -701,7 +729,7 @@ impl Core {
         let rows = self.procs.values().filter(|p| !p.reaped).flat_map(|p| {
             let kill = match p.role {
                 Role::Helper { kill_at, killed, .. } | Role::Stray { kill_at, killed } => {
-                    Some(if killed { kill_at + KILL_GRACE } else { kill_at })
+                    Some(if killed { later(kill_at, KILL_GRACE) } else { kill_at })
                 }
                 _ => None,
             };
@@ -858,10 +886,18 @@ impl Core {
                         _ => None,
                     })
                     .collect();
-                let answer = if unkillable.is_empty() {
-                    Ok(entry_status(e, &report))
-                } else {
-                    Err(Error::Unkillable { entry: e.config.name.clone(), pids: unkillable })
+                let failed = e.slots.values().find_map(|s| s.error.as_ref().filter(|_| s.slot.pid().is_none()));
+                let answer = match failed {
+                    _ if !unkillable.is_empty() => {
+                        Err(Error::Unkillable { entry: e.config.name.clone(), pids: unkillable })
+                    }
+                    Some(error) if w.scale => Err(Error::Incomplete {
+                        entry: w.entry.clone(),
+                        running: e.slots.values().filter(|s| s.slot.pid().is_some()).count(),
+                        target: e.target,
+                        error: error.clone(),
+                    }),
+                    _ => Ok(entry_status(e, &report)),
                 };
                 let _ = w.reply.send(answer);
             }
@@ -937,6 +973,7 @@ fn rule_status(owner: &str, rules: &[Rule], report: &Report) -> Vec<RuleStatus> 
             trigger: r.trigger.to_string(),
             action: r.action.to_string(),
             fired: report.fired(owner, r),
+            skipped: report.skipped(owner, r),
         })
         .collect()
 }
