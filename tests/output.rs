@@ -58,31 +58,49 @@ fn reassemble(log: &str, tag: &str) -> Vec<String> {
     lines
 }
 
-#[test]
-fn a_full_disk_makes_the_child_wait_and_loses_no_line() {
-    let dir = TempDir::new("fulldisk");
+/// The `counter` scenario with its log directory on a small tmpfs, running
+/// until its log has some lines; then the tmpfs is filled up and the child
+/// waits until it blocks. Returns the mount, the instance, the child's PID,
+/// the filler file, the side file (the last number the child wrote) and
+/// that number. `None` (said why) where a tmpfs cannot be mounted.
+struct FullDisk {
+    mount: Mount,
+    s: Sentry,
+    pid: i32,
+    filler: PathBuf,
+    side: PathBuf,
+    stalled: u64,
+}
+
+fn counter_on_a_full_disk(tag: &str) -> Option<FullDisk> {
+    let dir = TempDir::new(tag);
     // The logs (only: the console file stays readable) go to a small tmpfs.
     let mount = match Mount::tmpfs(&dir.path().join("log"), "2m") {
         Ok(m) => m,
         Err(why) => {
             eprintln!("skipped: {why}");
-            return;
+            return None;
         }
     };
     let side = dir.path().join("counter.txt");
     let s = Sentry::spawn_with(dir, TCONF, "counter", &[], &[("TSIDE", side.to_str().unwrap())]).waiting();
     let pid = s.wait_pids("counter", 1)[0];
-    let tag = format!("counter.{pid}");
     wait_for("some lines in the log", || (s.log("counter").lines().count() > 200).then_some(()));
-
-    // Fill the disk.
     let filler = mount.0.join("filler");
     let _ = run(Command::new("dd").args(["if=/dev/zero", "bs=64k"]).arg(format!("of={}", filler.display())));
+    // The child blocks on its full pipe, its lines held in Sentry.
     let stalled = wait_for("the child to block on its pipe", || {
         let before = read_number(&side)?;
         std::thread::sleep(Duration::from_millis(700));
         (read_number(&side)? == before).then_some(before)
     });
+    Some(FullDisk { mount, s, pid, filler, side, stalled })
+}
+
+#[test]
+fn a_full_disk_makes_the_child_wait_and_loses_no_line() {
+    let Some(FullDisk { mount, s, pid, filler, side, stalled }) = counter_on_a_full_disk("fulldisk") else { return };
+    let tag = format!("counter.{pid}");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(read_number(&side), Some(stalled), "the child kept writing into a full disk");
     assert!(s.console().matches("cannot write the log of counter").count() == 1, "{}", s.console());
@@ -158,26 +176,9 @@ fn logs_are_private_and_a_planted_symlink_is_not_followed() {
 
 #[test]
 fn a_restart_while_the_disk_is_full_loses_none_of_the_old_processs_lines() {
-    let dir = TempDir::new("fullrestart");
-    let mount = match Mount::tmpfs(&dir.path().join("log"), "2m") {
-        Ok(m) => m,
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            return;
-        }
+    let Some(FullDisk { mount, s, pid: old, filler, side: _, stalled }) = counter_on_a_full_disk("fullrestart") else {
+        return;
     };
-    let side = dir.path().join("counter.txt");
-    let s = Sentry::spawn_with(dir, TCONF, "counter", &[], &[("TSIDE", side.to_str().unwrap())]).waiting();
-    let old = s.wait_pids("counter", 1)[0];
-    wait_for("some lines in the log", || (s.log("counter").lines().count() > 200).then_some(()));
-    let filler = mount.0.join("filler");
-    let _ = run(Command::new("dd").args(["if=/dev/zero", "bs=64k"]).arg(format!("of={}", filler.display())));
-    // The old process blocks on its full pipe, lines held in Sentry.
-    let stalled = wait_for("the child to block on its pipe", || {
-        let before = read_number(&side)?;
-        std::thread::sleep(Duration::from_millis(700));
-        (read_number(&side)? == before).then_some(before)
-    });
     // Restart it while the disk is still full: what it wrote must survive.
     let out = s.cli(&["restart", "counter"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
