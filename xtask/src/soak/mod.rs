@@ -517,7 +517,7 @@ fn control_storm(bin: &Path, sizes: &Sizes, rng: &mut Rng) -> Report {
     }
     if let Some(n) = last {
         match inst.wait_settled("pool", n, Duration::from_secs(60)) {
-            Ok(_) => r.figure(format!("final state: {n} processes, the last request's count")),
+            Ok(_) => r.figure(format!("final state: {n} process(es), the last request's count")),
             Err(e) => r.fail(format!("after the last request (count {n}): {e}")),
         }
         let count = inst.entry("pool").map(|e| e["count"].as_u64());
