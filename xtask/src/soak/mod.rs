@@ -243,6 +243,7 @@ fn kill_storm(bin: &Path, sizes: &Sizes, rng: &mut Rng) -> Report {
     let restarts0 = inst.entry("victim").map(|e| e["restarts"].as_u64().unwrap_or(0)).unwrap_or(0);
     let mut zombies = ZombieWatch::default();
     let mut killed = HashSet::new();
+    let mut per_slot = std::collections::BTreeMap::new();
     // At most five kills a second can be due: allow twice that, plus a minute.
     let budget = Duration::from_secs_f64(sizes.kills as f64 / VICTIMS as f64 * 2.0 + 60.0);
     let t0 = Instant::now();
@@ -252,18 +253,19 @@ fn kill_storm(bin: &Path, sizes: &Sizes, rng: &mut Rng) -> Report {
             break;
         }
         let Some((procs, _)) = r.check(inst.processes("victim")) else { break };
-        let mut pids: Vec<i32> = procs.iter().map(|(_, p)| *p).collect();
+        let mut pids = procs;
         // A seeded order: which of the due children dies first.
         for i in (1..pids.len()).rev() {
             pids.swap(i, rng.below(i as u64 + 1) as usize);
         }
-        for pid in pids {
+        for (slot, pid) in pids {
             if killed.len() as u64 >= sizes.kills {
                 break;
             }
             let Some(s) = stat(pid).filter(|s| s.ppid == inst.pid && s.state != 'Z') else { continue };
             if age(&s) >= KILL_AGE && kill_child(pid, inst.pid, s.starttime) {
                 killed.insert(pid);
+                *per_slot.entry(slot).or_insert(0u64) += 1;
             }
         }
         zombies.look(&mut r, &inst);
@@ -276,6 +278,7 @@ fn kill_storm(bin: &Path, sizes: &Sizes, rng: &mut Rng) -> Report {
         storm.as_secs_f64(),
         killed.len() as f64 / storm.as_secs_f64()
     ));
+    r.figure(format!("kills by slot: {per_slot:?}"));
     // Every slot back, with a new process; the count of restarts right.
     if let Some(pids) = r.check(inst.wait_settled("victim", VICTIMS, Duration::from_secs(30))) {
         if let Some(old) = pids.iter().find(|p| killed.contains(p)) {
