@@ -167,6 +167,28 @@ fn specs(scenario: &str) -> Vec<Spec> {
                 .stop_timeout(Duration::from_secs(3)),
         ],
         "frozen" => vec![entry("frozen", "sleep", ["1000"], 0, 1).stop_timeout(Duration::from_millis(500))],
+        // `cargo xtask soak`, one scenario per phase (xtask/src/soak).
+        // Kill storm: TCOUNT sleepers (default 5), restarted at once.
+        "soak-kill" => {
+            let n = std::env::var("TCOUNT").ok().and_then(|n| n.parse().ok()).unwrap_or(5);
+            vec![entry("victim", "sleep", ["100000"], 0, n)]
+        }
+        // Reload storm: numbered lines `seq=N`, TRATE a second (default 2 000),
+        // one write each, paced by the clock.
+        "soak-reload" => {
+            let rate = std::env::var("TRATE").ok().and_then(|n| n.parse::<u32>().ok()).unwrap_or(2000);
+            let script = format!(
+                "import os, time\n\
+                 t0 = time.monotonic(); i = 0\n\
+                 while True:\n    due = int((time.monotonic() - t0) * {rate})\n    \
+                 while i < due:\n        os.write(1, b'seq=%d\\n' % i); i += 1\n    time.sleep(0.002)\n"
+            );
+            vec![entry("writer", "python3", ["-c", script.as_str()], 0, 1)]
+        }
+        // Control storm: a pool scaled by requests.
+        "soak-control" => vec![entry("pool", "sleep", ["100000"], 0, 2)],
+        // Churn: scaled 0 <-> 200 by the soak.
+        "soak-churn" => vec![entry("churn", "sleep", ["100000"], 0, 0)],
         // Every kind of mistake at once.
         "invalid" => vec![
             entry("bad name!", "sleep", ["1"], 0, 1),

@@ -1,17 +1,31 @@
 //! `cargo xtask …`: development chores for this workspace. `new` scaffolds a
 //! configuration crate that depends on this checkout's `sentry-core` and
 //! builds it with the same build logic a reload uses
-//! (`sentry_core::build`). Benchmarks and soak tests come with their issues.
+//! (`sentry_core::build`). `soak` runs long storms against a real
+//! configuration binary (see `soak`). Benchmarks come with their issue.
+
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask new NAME [--dir PARENT]   (default PARENT: ~/.sentry/conf)";
+const USAGE: &str = "usage: cargo xtask new NAME [--dir PARENT]   (default PARENT: ~/.sentry/conf)\n       \
+                     cargo xtask soak [kill|reload|control|churn|all] [--kills N] [--reloads N] [--scales N] \
+                     [--cycles N] [--seed S] [--quick]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("new") => parse_new(&args[1..]).and_then(|(name, parent)| new(&name, &parent)),
+        Some("soak") if args[1..].iter().any(|a| a == "--help" || a == "-h") => {
+            println!("{}", soak::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Some("soak") => match soak::main(&args[1..]) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Some("--help" | "-h") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
