@@ -53,8 +53,11 @@ const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
 /// connection, and the client loses the answer).
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1024 * 1024;
-/// When the server stops, connections still sending get this long to finish.
-const STOP_GRACE: Duration = Duration::from_secs(1);
+/// When the server stops (before an exec, at the end), connections still
+/// sending their request get this long to finish: enough for a request in
+/// flight on loopback, short, because new connections wait in the backlog
+/// meanwhile (a trickling client must not hold the control interface shut).
+const STOP_GRACE: Duration = Duration::from_millis(100);
 /// How long a status waits for the core.
 pub(crate) const STATUS_WAIT: Duration = Duration::from_secs(5);
 /// Back-off of a failing `accept` (out of fds or memory).
