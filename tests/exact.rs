@@ -21,9 +21,7 @@ const TCONF: &str = env!("CARGO_BIN_EXE_tconf");
 
 /// The numbers that follow `word ` in a log, in order.
 fn numbers_after(log: &str, word: &str) -> Vec<i32> {
-    log.lines()
-        .filter_map(|l| l.split(&format!("{word} ")).nth(1)?.split_whitespace().next()?.parse().ok())
-        .collect()
+    log.lines().filter_map(|l| l.split(&format!("{word} ")).nth(1)?.split_whitespace().next()?.parse().ok()).collect()
 }
 
 /// Whether `pid` exists at all (a zombie too).
@@ -43,7 +41,10 @@ fn stop_returns_as_soon_as_the_whole_group_is_gone() {
     let mut s = Sentry::start(TCONF, "workers", &[]);
     let leader = s.wait_pids("workers", 1)[0];
     let members: Vec<i32> = wait_for("the four members", || {
-        let m: Vec<i32> = session_pids(s.pid()).into_iter().filter(|p| *p != leader && stat_fields(*p).is_some_and(|f| f[2] == leader.to_string())).collect();
+        let m: Vec<i32> = session_pids(s.pid())
+            .into_iter()
+            .filter(|p| *p != leader && stat_fields(*p).is_some_and(|f| f[2] == leader.to_string()))
+            .collect();
         (m.len() == 4).then_some(m)
     });
     let began = Instant::now();
@@ -158,8 +159,16 @@ fn a_reused_process_group_number_is_never_signalled() {
 /// (so `/proc` is the namespace's); its trimmed standard output.
 fn inside(init: i32, script: &str) -> String {
     let out = run_within(
-        std::process::Command::new("nsenter")
-            .args(["--target", &init.to_string(), "--pid", "--mount", "--", "sh", "-c", script]),
+        std::process::Command::new("nsenter").args([
+            "--target",
+            &init.to_string(),
+            "--pid",
+            "--mount",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]),
         Duration::from_secs(30),
     );
     assert!(out.status.success(), "{script}: {}", text(&out.stderr));
@@ -177,7 +186,10 @@ fn a_late_note_about_an_old_process_never_touches_its_pid_successor() {
     let s = Sentry::spawn_in_pid_namespace(TCONF, "escape-once", &[("TFLAG", flag_file.to_str().unwrap())]);
     let first = wait_for("the first leader", || numbers_after(&s.log("escape"), "leader").first().copied());
     wait_for("the first leader to exit", || {
-        s.console().lines().any(|l| l.contains(&format!("escape.{first} ")) && l.contains("ExitFailure 1")).then_some(())
+        s.console()
+            .lines()
+            .any(|l| l.contains(&format!("escape.{first} ")) && l.contains("ExitFailure 1"))
+            .then_some(())
     });
     // The respawn comes 1 s after the exit: make it get the same PID.
     s.set_next_pid(first);
@@ -203,9 +215,10 @@ fn escaped_descendants_cost_no_thread_and_no_fd_per_restart() {
     let s = Sentry::spawn_in_pid_namespace(TCONF, "escape-always", &[]);
     let init = s.namespace_init();
     let sentry = wait_for("Sentry's own PID", || {
-        children_of(init).into_iter().map(|(p, _)| p).find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "tconf")
-        })
+        children_of(init)
+            .into_iter()
+            .map(|(p, _)| p)
+            .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "tconf"))
     });
     let restarts = |s: &Sentry| s.entry("escape")["restarts"].as_u64().unwrap_or(0);
     let threads = |pid: i32| proc_status(pid, "Threads").and_then(|t| t.parse::<usize>().ok()).unwrap_or(0);
@@ -306,7 +319,9 @@ impl Freezer {
         if !root.join("cgroup.procs").exists() {
             return None;
         }
-        let dir = root.join(format!("sentry-test-{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
+        let dir = root.join(
+            format!("sentry-test-{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""),
+        );
         std::fs::create_dir_all(&dir).ok()?;
         Some(Freezer(dir))
     }
@@ -403,16 +418,22 @@ fn leftovers_of_a_killed_instance_never_include_another_instances_reused_group()
     let cli = |dir: &TempDir, args: &[&str]| {
         run_within(Command::new(TCONF).args(args).arg("--dir").arg(dir.path()).env("TCONF", "basic"), PATIENCE)
     };
-    let status = |dir: &TempDir| -> Value { serde_json::from_slice(&cli(dir, &["status", "--json"]).stdout).unwrap_or(Value::Null) };
+    let status = |dir: &TempDir| -> Value {
+        serde_json::from_slice(&cli(dir, &["status", "--json"]).stdout).unwrap_or(Value::Null)
+    };
     let idle = |dir: &TempDir| -> Vec<i64> {
-        status(dir)["entries"][0]["processes"].as_array().map(|p| p.iter().filter_map(|p| p["pid"].as_i64()).collect()).unwrap_or_default()
+        status(dir)["entries"][0]["processes"]
+            .as_array()
+            .map(|p| p.iter().filter_map(|p| p["pid"].as_i64()).collect())
+            .unwrap_or_default()
     };
     let mut a_proc = start(&a);
     wait_for("A's children", || (idle(&a).len() == 2).then_some(()));
     let mut b_proc = start(&b);
     wait_for("B's children", || (idle(&b).len() == 2).then_some(()));
     let ledger: Value = serde_json::from_str(&std::fs::read_to_string(a.path().join("tconf.procs")).unwrap()).unwrap();
-    let target = ledger["groups"].as_array().unwrap().iter().find(|g| g["entry"] == "idle").unwrap()["pgid"].as_i64().unwrap();
+    let target =
+        ledger["groups"].as_array().unwrap().iter().find(|g| g["entry"] == "idle").unwrap()["pgid"].as_i64().unwrap();
     let _ = a_proc.kill();
     let _ = a_proc.wait();
     let a_pid = status_pid_inside(init, a.path());

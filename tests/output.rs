@@ -188,7 +188,11 @@ fn a_restart_while_the_disk_is_full_loses_none_of_the_old_processs_lines() {
     let tag = format!("counter.{old}");
     let numbers = wait_for("every line of the old process", || {
         let log = s.log("counter");
-        let mine: String = log.lines().filter(|l| l.contains(&format!(" {tag} ")) || l.contains(&format!(" {tag}+ "))).map(|l| format!("{l}\n")).collect();
+        let mine: String = log
+            .lines()
+            .filter(|l| l.contains(&format!(" {tag} ")) || l.contains(&format!(" {tag}+ ")))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let numbers: Vec<u64> = reassemble(&mine, &tag)
             .iter()
             .filter_map(|l| l.strip_prefix("n ")?.split(' ').next()?.parse().ok())

@@ -456,9 +456,11 @@ struct Hog {
 
 impl Hog {
     fn start(mark: &str) -> Hog {
-        let (child, guard) = spawn_in_session(
-            std::process::Command::new("python3").args(["-c", "x = b'x' * (100 * 2**20)\nimport time\ntime.sleep(1000)", mark]),
-        );
+        let (child, guard) = spawn_in_session(std::process::Command::new("python3").args([
+            "-c",
+            "x = b'x' * (100 * 2**20)\nimport time\ntime.sleep(1000)",
+            mark,
+        ]));
         Hog { child, _session: guard }
     }
 
@@ -552,10 +554,7 @@ fn a_console_nobody_reads_never_blocks_a_reload() {
         })
     };
     wait_for("the stdout pipe to be full", || (queued() > 0 && console_blocked()).then_some(()));
-    let out = run_within(
-        std::process::Command::new(&s.bin).args(["reload", "--dir"]).arg(s.dir.path()),
-        PATIENCE * 2,
-    );
+    let out = run_within(std::process::Command::new(&s.bin).args(["reload", "--dir"]).arg(s.dir.path()), PATIENCE * 2);
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     let st = s.status();
     assert_eq!(st["reexec_count"], 1);

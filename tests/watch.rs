@@ -359,7 +359,8 @@ fn exec_helpers_are_capped_per_rule_and_in_all_and_skips_are_counted() {
                 helpers
                     .iter()
                     .filter(|(pid, _)| {
-                        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == format!("sleep\0{n}\0").as_bytes())
+                        std::fs::read(format!("/proc/{pid}/cmdline"))
+                            .is_ok_and(|c| c == format!("sleep\0{n}\0").as_bytes())
                     })
                     .count()
             })

@@ -7,13 +7,13 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::budget::MAX_DURATION;
 use crate::handoff::{
     ActionSnapshot, EntryConfigSnapshot, OpSnapshot, PieceSnapshot, QuantitySnapshot, RuleForm, RuleSnapshot,
     TriggerSnapshot, VarSnapshot, WatchConfigSnapshot,
 };
 use crate::rule::{Action, Comparison, Piece, Quantity, Trigger, Var, Word};
 use crate::spec::{EntryFields, Restart, Spec, SpecKind, MAX_COUNT, MAX_LINE_LIMIT, MIN_LINE_LIMIT};
-use crate::budget::MAX_DURATION;
 use crate::{Error, Signal};
 
 /// A validated configuration.
@@ -374,7 +374,11 @@ fn validate_rules(spec: &Spec, problems: &mut Vec<String>) -> Vec<Rule> {
         match (&rule.trigger, &rule.action) {
             (Ok(trigger), Ok(action)) => {
                 if action.every().is_some_and(|d| d > MAX_DURATION) {
-                    problems.push(format!("{:?}: action {:?}: the duration is {TOO_LONG}", spec.name, action.to_string()));
+                    problems.push(format!(
+                        "{:?}: action {:?}: the duration is {TOO_LONG}",
+                        spec.name,
+                        action.to_string()
+                    ));
                 }
                 if action.is_entry_only() && !spec.is_entry() {
                     problems.push(format!(
@@ -460,10 +464,11 @@ mod tests {
     #[test]
     fn rules_and_watches_cross_as_data_and_come_back_equal() {
         let specs = [
-            watch("w", "a(b|c)").every(Duration::from_millis(300)).children(true).on("900m < vmem", "kill").on(
-                "cpu >= 90%",
-                r#"exec @ 1h logger "$NAME ($PID) uses ${RMEM}b" '$HOME' "" x\ y"#,
-            ),
+            watch("w", "a(b|c)")
+                .every(Duration::from_millis(300))
+                .children(true)
+                .on("900m < vmem", "kill")
+                .on("cpu >= 90%", r#"exec @ 1h logger "$NAME ($PID) uses ${RMEM}b" '$HOME' "" x\ y"#),
             entry("e", "true", [], 0, 1).on("rmem > 1k", "stop @ 10m").on("rmem <= 2g", "restart"),
         ];
         let config = Config::from_specs(&specs).unwrap();

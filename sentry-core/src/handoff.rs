@@ -143,10 +143,15 @@ pub(crate) enum OpSnapshot {
 pub(crate) enum ActionSnapshot {
     Term,
     Kill,
-    Stop { every_ms: u64 },
+    Stop {
+        every_ms: u64,
+    },
     Restart,
     /// Each word is a list of pieces: literal text or a variable.
-    Exec { every_ms: Option<u64>, words: Vec<Vec<PieceSnapshot>> },
+    Exec {
+        every_ms: Option<u64>,
+        words: Vec<Vec<PieceSnapshot>>,
+    },
 }
 
 /// A piece of an `exec` word.
@@ -299,8 +304,12 @@ pub(crate) struct SlotSnapshot {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum PhaseSnapshot {
     Idle,
-    Pending { due_in_ms: u64 },
-    Running { process: ProcessSnapshot },
+    Pending {
+        due_in_ms: u64,
+    },
+    Running {
+        process: ProcessSnapshot,
+    },
     /// `exited_ms_ago`: the leader exited on its own that long ago and its
     /// group is being stopped; the restart policy applies once it is gone.
     Stopping {
@@ -318,7 +327,11 @@ pub(crate) enum PhaseSnapshot {
         #[serde(default)]
         give_up_in_ms: u64,
     },
-    Unkillable { process: ProcessSnapshot, respawn: bool, exited_ms_ago: Option<u64> },
+    Unkillable {
+        process: ProcessSnapshot,
+        respawn: bool,
+        exited_ms_ago: Option<u64>,
+    },
 }
 
 /// A child process, identified by (pid, starttime).

@@ -188,18 +188,24 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
         (Running { since, .. }, Event::Exited { exit, now }) => after_exit(crashes, since, exit, now, policy),
         (Running { pid, since }, Event::LeaderExited { now }) => (
             Slot {
-                phase: Stopping { pid, since, kill_at: later(now, policy.stop_timeout), then: AfterStop::Policy { exited_at: now } },
+                phase: Stopping {
+                    pid,
+                    since,
+                    kill_at: later(now, policy.stop_timeout),
+                    then: AfterStop::Policy { exited_at: now },
+                },
                 crashes,
             },
             vec![Effect::Signal { pid, signal: policy.stop_signal }],
         ),
-        (Stopping { since, then, .. } | Killing { since, then, .. } | Unkillable { since, then, .. }, Event::Exited { exit, now }) => {
-            match then {
-                AfterStop::Respawn => (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRestart]),
-                AfterStop::Vacate => (Slot { phase: Idle, crashes }, vec![Effect::Vacate]),
-                AfterStop::Policy { exited_at } => after_exit(crashes, since, exit, exited_at, policy),
-            }
-        }
+        (
+            Stopping { since, then, .. } | Killing { since, then, .. } | Unkillable { since, then, .. },
+            Event::Exited { exit, now },
+        ) => match then {
+            AfterStop::Respawn => (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRestart]),
+            AfterStop::Vacate => (Slot { phase: Idle, crashes }, vec![Effect::Vacate]),
+            AfterStop::Policy { exited_at } => after_exit(crashes, since, exit, exited_at, policy),
+        },
         (Running { pid, since }, Event::Stop { now } | Event::Restart { now }) => {
             let then = if matches!(event, Event::Stop { .. }) { AfterStop::Vacate } else { AfterStop::Respawn };
             let kill_at = later(now, policy.stop_timeout);
@@ -222,7 +228,10 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
         }
         // A restart asked for while the group of a process that exited on
         // its own is being stopped: start again as soon as it is gone.
-        (Stopping { then: AfterStop::Policy { .. }, .. } | Killing { then: AfterStop::Policy { .. }, .. }, Event::Restart { .. })
+        (
+            Stopping { then: AfterStop::Policy { .. }, .. } | Killing { then: AfterStop::Policy { .. }, .. },
+            Event::Restart { .. },
+        )
         | (Unkillable { then: AfterStop::Policy { .. }, .. }, Event::Restart { .. }) => {
             (Slot { phase: with_then(phase, AfterStop::Respawn), crashes }, Vec::new())
         }

@@ -245,10 +245,9 @@ impl Sentry {
     pub fn set_next_pid(&self, next: i32) {
         let init = self.namespace_init().to_string();
         let out = run_within(
-            Command::new("nsenter").args(["--target", &init, "--pid", "--", "sh", "-c"]).arg(format!(
-                "echo {} > /proc/sys/kernel/ns_last_pid",
-                next - 1
-            )),
+            Command::new("nsenter")
+                .args(["--target", &init, "--pid", "--", "sh", "-c"])
+                .arg(format!("echo {} > /proc/sys/kernel/ns_last_pid", next - 1)),
             Duration::from_secs(30),
         );
         assert!(out.status.success(), "cannot set ns_last_pid: {}", text(&out.stderr));

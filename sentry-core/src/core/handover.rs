@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{Command, Core, CoreOptions, EntryRun, FoundChild, Role, SlotRun, Suspended};
+use crate::budget::later;
 use crate::child::{Quiesced, Stream};
 use crate::config::{Config, EntryConfig, WatchConfig};
 use crate::handoff::{
@@ -21,7 +22,6 @@ use crate::handoff::{
 };
 use crate::lifecycle::{AfterStop, ChildExit, Event, Phase, Slot};
 use crate::output::LineSplitter;
-use crate::budget::later;
 use crate::{proc, sys, watch, Signal};
 
 impl Core {
@@ -56,12 +56,13 @@ impl Core {
             });
             let (role, name) = match &placed {
                 Some((name, index)) => (Role::Slot { entry: name.clone(), index: *index }, name.clone()),
-                None => (Role::Stray { kill_at: later(now, Duration::from_secs(10)), killed: false }, "stray".to_string()),
+                None => {
+                    (Role::Stray { kill_at: later(now, Duration::from_secs(10)), killed: false }, "stray".to_string())
+                }
             };
             // Its pipes, read on where the previous image stopped (the bytes
             // that image held are lost with its snapshot).
-            let streams =
-                child.pipes.into_iter().map(|fd| Stream { fd, splitter: LineSplitter::default() }).collect();
+            let streams = child.pipes.into_iter().map(|fd| Stream { fd, splitter: LineSplitter::default() }).collect();
             if let Err(e) = self.adopt_process(child.pid, role, streams, &name) {
                 report.push(format!("cannot watch {name}.{}: {e}", child.pid));
                 if let Some((name, index)) = placed {
@@ -291,18 +292,16 @@ impl Core {
             run.restarts = es.restarts;
             run.removed = es.removed;
             run.last_exits = es.last_exits.iter().map(|x| (x.index, (x.at, x.exit))).collect();
-            run.failures = es
-                .failures_ms_ago
-                .iter()
-                .rev()
-                .filter_map(|ms| now.checked_sub(Duration::from_millis(*ms)))
-                .collect();
+            run.failures =
+                es.failures_ms_ago.iter().rev().filter_map(|ms| now.checked_sub(Duration::from_millis(*ms))).collect();
             core.entries.push(run);
             for ss in es.slots {
                 let at = |ms: u64| later(now, Duration::from_millis(ms));
                 let since = |p: &ProcessSnapshot| now.checked_sub(Duration::from_millis(p.up_ms)).unwrap_or(now);
                 let then = |respawn: bool, exited_ms_ago: Option<u64>| match exited_ms_ago {
-                    Some(ms) => AfterStop::Policy { exited_at: now.checked_sub(Duration::from_millis(ms)).unwrap_or(now) },
+                    Some(ms) => {
+                        AfterStop::Policy { exited_at: now.checked_sub(Duration::from_millis(ms)).unwrap_or(now) }
+                    }
                     None if respawn => AfterStop::Respawn,
                     None => AfterStop::Vacate,
                 };
@@ -401,9 +400,7 @@ impl Core {
             .watches
             .iter()
             .filter_map(|w| {
-                WatchConfig::from_snapshot(w)
-                    .map_err(|e| warnings.push(format!("watch {}: {e}; dropped", w.name)))
-                    .ok()
+                WatchConfig::from_snapshot(w).map_err(|e| warnings.push(format!("watch {}: {e}; dropped", w.name))).ok()
             })
             .collect();
         for (i, index) in gone {
@@ -438,7 +435,8 @@ mod tests {
 
     fn core_for(specs: &[Spec], log_dir: Option<std::path::PathBuf>) -> (Core, Sender<Command>, Receiver<Command>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let options = CoreOptions { log_dir, console: ConsoleHandle::default(), info: InfoSnapshot::default(), ledger: None };
+        let options =
+            CoreOptions { log_dir, console: ConsoleHandle::default(), info: InfoSnapshot::default(), ledger: None };
         let config = Config::from_specs(specs).unwrap();
         (Core::new(config, options, tx.clone(), rx.clone()), tx, rx)
     }
@@ -452,7 +450,12 @@ mod tests {
         let (mut core, tx, rx) = core_for(&specs, None);
         let suspended = core.suspend();
         let json = serde_json::to_string(&suspended.snapshot).unwrap();
-        let options = CoreOptions { log_dir: None, console: ConsoleHandle::default(), info: InfoSnapshot::default(), ledger: None };
+        let options = CoreOptions {
+            log_dir: None,
+            console: ConsoleHandle::default(),
+            info: InfoSnapshot::default(),
+            ledger: None,
+        };
         let (back, warnings) = Core::restore(serde_json::from_str(&json).unwrap(), options, tx, rx);
         assert!(warnings.is_empty(), "{warnings:?}");
         let status = back.status();
@@ -473,7 +476,8 @@ mod tests {
         // What the watcher sent just before it was stopped, behind the Suspend.
         tx.send(Command::Suspend).unwrap();
         tx.send(Command::Fired { target: "w".into(), pid: 4242, text: "rmem 2g > 1g: exec.".into() }).unwrap();
-        tx.send(Command::RunHelper { target: "w".into(), rule: "r".into(), argv: vec!["sleep".into(), "5".into()] }).unwrap();
+        tx.send(Command::RunHelper { target: "w".into(), rule: "r".into(), argv: vec!["sleep".into(), "5".into()] })
+            .unwrap();
         let CoreExit::Suspended(suspended) = core.run() else { panic!("the core did not suspend") };
         let log = std::fs::read_to_string(dir.join("w.log")).unwrap_or_default();
         assert!(log.contains("w.4242 rmem 2g > 1g: exec."), "the firing line reached the log: {log:?}");
@@ -500,7 +504,12 @@ mod tests {
             "index": 0, "crashes": u32::MAX, "started_at": 0,
             "phase": {"Pending": {"due_in_ms": u64::MAX}}, "streams": []
         }]);
-        let options = CoreOptions { log_dir: None, console: ConsoleHandle::default(), info: InfoSnapshot::default(), ledger: None };
+        let options = CoreOptions {
+            log_dir: None,
+            console: ConsoleHandle::default(),
+            info: InfoSnapshot::default(),
+            ledger: None,
+        };
         let (back, _) = Core::restore(serde_json::from_value(json).unwrap(), options, tx, rx);
         let c = &back.entries[0].config;
         assert!(c.stop_timeout <= crate::budget::MAX_DURATION && c.delay <= crate::budget::MAX_DURATION);

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::budget::later;
 use crate::child::{self, ChildNote, Monitor, Stream};
 use crate::config::{Config, EntryConfig, Rule};
 use crate::handoff::{CoreSnapshot, InfoSnapshot};
@@ -39,7 +40,6 @@ use crate::status::{
     Status, WatchStatus, FLAPPING_EXITS,
 };
 use crate::watch::{self, Hands, Report, Watcher};
-use crate::budget::later;
 use crate::{leftovers, sys, Error, Signal, LINE_LIMIT};
 
 /// A request to the core. Replies travel on the channel inside the command.
@@ -617,10 +617,17 @@ impl Core {
                     return;
                 }
                 if count > self.entries[i].target {
-                    let others: usize =
-                        self.entries.iter().enumerate().filter(|(j, e)| *j != i && !e.removed).map(|(_, e)| e.target).sum();
+                    let others: usize = self
+                        .entries
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, e)| *j != i && !e.removed)
+                        .map(|(_, e)| e.target)
+                        .sum();
                     let limit = crate::budget::nofile().0;
-                    if let Err(e) = crate::budget::check(others + count, self.entries.len(), limit, "the soft RLIMIT_NOFILE") {
+                    if let Err(e) =
+                        crate::budget::check(others + count, self.entries.len(), limit, "the soft RLIMIT_NOFILE")
+                    {
                         let _ = reply.send(Err(e));
                         return;
                     }
@@ -699,7 +706,8 @@ impl Core {
             let _ = w.reply.send(Err(Error::ShuttingDown));
         }
         for row in self.procs.values_mut() {
-            if let Role::Helper { kill_at, killed: false, .. } | Role::Stray { kill_at, killed: false } = &mut row.role {
+            if let Role::Helper { kill_at, killed: false, .. } | Role::Stray { kill_at, killed: false } = &mut row.role
+            {
                 *kill_at = (*kill_at).min(later(now, LOOSE_GRACE));
                 row.signal(Signal::SIGTERM);
             }
