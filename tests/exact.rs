@@ -472,3 +472,53 @@ fn status_pid_inside(init: i32, dir: &std::path::Path) -> i32 {
     let _ = init;
     std::fs::read_to_string(dir.join("tconf.pid")).unwrap().trim().parse().unwrap()
 }
+
+#[test]
+fn a_restart_that_cannot_start_its_processes_says_so() {
+    // `ghost`'s program does not exist: a restart cannot bring it back.
+    let s = Sentry::start(TCONF, "exits", &[]);
+    wait_for("ghost's spawn error", || slot(&s.entry("ghost"), 0)["error"].as_str().map(|_| ()));
+    let out = s.cli(&["restart", "ghost"]);
+    assert_eq!(out.status.code(), Some(1), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stderr).contains("only 0 of 1"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn status_answers_while_hundreds_of_processes_start_and_stop() {
+    // Spawning 400 processes, then stopping them, takes the core a while:
+    // status must keep answering meanwhile, and a plain stop of plain
+    // processes is never mistaken for an unkillable one.
+    let s = Sentry::spawn_with(TempDir::new("many"), TCONF, "many", &[], &[("TCOUNT", "10")]).waiting();
+    s.wait_pids("sleepers", 10);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (bin, dir, done) = (s.bin.clone(), s.dir.path().to_path_buf(), done.clone());
+        std::thread::spawn(move || {
+            let mut worst = Duration::ZERO;
+            let mut failures = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let began = Instant::now();
+                let out = run_within(
+                    Command::new(&bin).args(["status", "--json", "--dir"]).arg(&dir).env("TCONF", "many"),
+                    PATIENCE,
+                );
+                worst = worst.max(began.elapsed());
+                if !out.status.success() {
+                    failures.push(text(&out.stderr));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (worst, failures)
+        })
+    };
+    for count in ["400", "0"] {
+        let out = s.cli(&["scale", "sleepers", count]);
+        assert!(out.status.success(), "scale {count}: {}{}", text(&out.stdout), text(&out.stderr));
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (worst, failures) = prober.join().unwrap();
+    assert!(failures.is_empty(), "status failed during the scale: {failures:?}");
+    // Generous for a busy 2-core machine: before, status got 504 after 5 s.
+    assert!(worst < Duration::from_secs(4), "status took {worst:?} during the scale");
+    assert_eq!(s.entry("sleepers")["flapping"], false, "stops Sentry asked for are not failures");
+}

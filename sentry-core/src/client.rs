@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use crate::Error;
 
+/// How long a `GET` may wait for its answer.
+const GET_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a `POST` (scale, restart: answered once stops are done) may wait.
+const POST_PATIENCE: Duration = Duration::from_secs(600);
+
 /// The address and token of a running instance.
 pub(crate) struct Client {
     pub addr: String,
@@ -29,8 +34,13 @@ impl Client {
     fn request(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), Error> {
         let context = |what: &str| format!("cannot {what} the control interface at {}", self.addr);
         let mut stream = TcpStream::connect(&self.addr).map_err(|e| Error::io(context("reach"), e))?;
-        // Scale and restart answer once stops are done: allow for long stop timeouts.
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(600)));
+        // A status comes at once (the server bounds its wait on the core);
+        // scale and restart answer once stops are done: allow for long stop
+        // timeouts. Either way, a connection that is never accepted (an
+        // instance out of fds) does not hang the command for ever.
+        let patience = if body.is_none() { GET_PATIENCE } else { POST_PATIENCE };
+        let _ = stream.set_read_timeout(Some(patience));
+        let _ = stream.set_write_timeout(Some(GET_PATIENCE));
         let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n", self.addr);
         // Every request carries the token: off loopback, even `GET /status` needs it.
         if let Some(token) = &self.token {

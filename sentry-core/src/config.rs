@@ -359,6 +359,12 @@ fn validate_entry(name: &str, e: &EntryFields, problems: &mut Vec<String>) {
             e.line_limit
         ));
     }
+    if let Some(cwd) = &e.cwd {
+        use std::os::unix::ffi::OsStrExt;
+        if cwd.as_os_str().is_empty() || cwd.as_os_str().as_bytes().contains(&0) {
+            problems.push(format!("entry {name:?}: invalid .cwd({cwd:?}): empty or with a NUL byte"));
+        }
+    }
     for (what, value) in [("user", &e.user), ("group", &e.group)] {
         if let Some(v) = value {
             if v.is_empty() || v.contains('\0') {
@@ -459,6 +465,14 @@ mod tests {
         assert_eq!(EntryConfig::from_snapshot(&config.entries[0].to_snapshot()).unwrap(), config.entries[0]);
         let default = Config::from_specs(&[entry("d", "sleep", ["1"], 0, 1)]).unwrap();
         assert_eq!(default.entries[0].line_limit, crate::LINE_LIMIT);
+    }
+
+    #[test]
+    fn a_cwd_with_a_nul_byte_or_empty_is_refused() {
+        let p =
+            problems(vec![entry("a", "sleep", ["1"], 0, 1).cwd("/tmp\0x"), entry("b", "sleep", ["1"], 0, 1).cwd("")]);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains(".cwd(") && p[0].contains("NUL"), "{p:?}");
     }
 
     #[test]

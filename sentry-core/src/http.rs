@@ -446,7 +446,7 @@ fn read_request(conn: &mut Socket<'_>) -> Result<Request, Unread> {
         .collect();
     let length: usize = match lengths.as_slice() {
         [] => 0,
-        [one, rest @ ..] if rest.iter().all(|r| r == one) => one.parse().map_err(|_| bad("bad Content-Length"))?,
+        [one, rest @ ..] if rest.iter().all(|r| r == one) => digits(one).ok_or_else(|| bad("bad Content-Length"))?,
         _ => return Err(bad("conflicting Content-Length headers")),
     };
     if length > MAX_BODY {
@@ -574,7 +574,7 @@ fn route(request: &Request, shared: &Shared) -> (u16, String) {
 
 /// Whether `Host` names this server: missing, the bound address, the address
 /// this connection reached, `localhost`, or a loopback literal (127.0.0.0/8,
-/// `[::1]`) — with this server's port, or none. Anything else is a name a
+/// `[::1]`) — with this server's port (plain digits, no sign), or none. Anything else is a name a
 /// web page could have rebound to 127.0.0.1 (DNS rebinding).
 fn host_allowed(host: Option<&str>, bound: SocketAddr, local: Option<SocketAddr>) -> bool {
     let Some(host) = host else { return true };
@@ -594,7 +594,7 @@ fn host_allowed(host: Option<&str>, bound: SocketAddr, local: Option<SocketAddr>
         }
     };
     if let Some(port) = port {
-        if port.parse::<u16>().ok() != Some(bound.port()) {
+        if digits(port).and_then(|p| u16::try_from(p).ok()) != Some(bound.port()) {
             return false;
         }
     }
@@ -768,5 +768,27 @@ mod tests {
         assert!(!same_secret(b"xbcd", b"abcd"));
         assert!(!same_secret(b"abc", b"abcd"));
         assert!(!same_secret(b"", b"abcd"));
+    }
+}
+
+/// A decimal number written as HTTP writes numbers (RFC 9110: `1*DIGIT`):
+/// no sign, no spaces (`str::parse` would take `+12`).
+fn digits(text: &str) -> Option<usize> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse().ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod digit_tests {
+    #[test]
+    fn numbers_are_plain_digits() {
+        assert_eq!(super::digits("12"), Some(12));
+        assert_eq!(super::digits("007"), Some(7));
+        for bad in ["+12", "-1", " 1", "1 ", "", "0x10", "1e3"] {
+            assert_eq!(super::digits(bad), None, "{bad:?}");
+        }
     }
 }

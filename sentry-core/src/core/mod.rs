@@ -20,6 +20,7 @@
 
 mod handover;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -33,7 +34,7 @@ use crate::budget::later;
 use crate::child::{self, ChildNote, Monitor, Stream};
 use crate::config::{Config, EntryConfig, Rule};
 use crate::handoff::{CoreSnapshot, InfoSnapshot};
-use crate::lifecycle::{self, ChildExit, Effect, Event, Phase, Policy, Slot, KILL_GRACE};
+use crate::lifecycle::{self, AfterStop, ChildExit, Effect, Event, Phase, Policy, Slot, KILL_GRACE};
 use crate::output::{self, ConsoleHandle, LineSink, LineSplitter};
 use crate::status::{
     Containment, EntryState, EntryStatus, ExitStatus, ProcessStatus, ReloadOutcome, RuleStatus, SlotState, SlotStatus,
@@ -71,6 +72,13 @@ pub(crate) enum Command {
 
 /// How long an `exec` action's program may run before it is killed.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// At most this many processes are started per turn of the loop.
+const SPAWN_BATCH: usize = 32;
+/// At most this many queued commands are handled per turn of the loop.
+const COMMAND_BATCH: usize = 256;
+/// How long a process's resident size shown by status may be old.
+const RSS_FRESH: Duration = Duration::from_secs(1);
 
 /// How long an exited helper's or stray's group gets after SIGTERM.
 const LOOSE_GRACE: Duration = Duration::from_secs(5);
@@ -230,10 +238,12 @@ impl EntryRun {
     }
 
     /// Remembers how slot `index`'s process ended.
-    /// `at` is the Unix time the process exited (its group may have lingered).
-    fn record_exit(&mut self, index: usize, exit: ChildExit, at: u64, now: Instant) {
+    /// `at` is the Unix time the process exited (its group may have lingered);
+    /// `asked`: Sentry stopped it (a stop, a restart, a scale-down), which
+    /// does not count towards `flapping`.
+    fn record_exit(&mut self, index: usize, exit: ChildExit, at: u64, asked: bool, now: Instant) {
         self.last_exits.insert(index, (at, exit));
-        if !exit.success() {
+        if !exit.success() && !asked {
             self.failures.push_back(now);
         }
         while self.failures.front().is_some_and(|t| now.saturating_duration_since(*t) > FLAPPING_WINDOW) {
@@ -270,9 +280,6 @@ impl SlotRun {
 struct Waiter {
     entry: String,
     reply: Sender<Result<EntryStatus, Error>>,
-    /// A scale: answered with an error naming how many run if some of the
-    /// processes asked for could not be started (out of fds, of memory…).
-    scale: bool,
 }
 
 /// The supervision core. Build with [`Core::new`], then [`Core::run`].
@@ -284,6 +291,9 @@ pub(crate) struct Core {
     next_gen: u64,
     /// The table changed since the ledger was last written.
     ledger_dirty: bool,
+    /// Resident sizes read for status, with when: a flood of status
+    /// requests reads /proc at most once a second per process.
+    rss_cache: RefCell<HashMap<i32, (Instant, Option<u64>)>>,
     waiters: Vec<Waiter>,
     logs: HashMap<String, Arc<File>>,
     shutting_down: bool,
@@ -309,6 +319,7 @@ impl Core {
             procs: BTreeMap::new(),
             next_gen: 1,
             ledger_dirty: false,
+            rss_cache: RefCell::new(HashMap::new()),
             waiters: Vec::new(),
             logs: HashMap::new(),
             shutting_down: false,
@@ -361,6 +372,11 @@ impl Core {
             };
             if let Some(command) = command {
                 self.handle(command);
+                // What else is queued, before the next look at groups and
+                // deadlines: a thousand exits cost one /proc pass, not a thousand.
+                for command in self.rx.try_iter().take(COMMAND_BATCH).collect::<Vec<_>>() {
+                    self.handle(command);
+                }
             }
         }
         self.stop_watcher();
@@ -586,7 +602,14 @@ impl Core {
             if e.slots.get(&index).and_then(|s| s.slot.pid()) != Some(pid) {
                 return;
             }
-            e.record_exit(index, exit, exited_unix, now);
+            // A stop Sentry asked for is no failure of the process's own.
+            let asked = e.slots.get(&index).is_some_and(|s| match s.slot.phase {
+                Phase::Stopping { then, .. } | Phase::Killing { then, .. } | Phase::Unkillable { then, .. } => {
+                    !matches!(then, AfterStop::Policy { .. })
+                }
+                _ => false,
+            });
+            e.record_exit(index, exit, exited_unix, asked, now);
             self.apply(i, index, Event::Exited { exit, now });
         }
     }
@@ -634,7 +657,7 @@ impl Core {
                 }
                 self.entries[i].target = count;
                 self.reconcile(i, now);
-                self.waiters.push(Waiter { entry, reply, scale: true });
+                self.waiters.push(Waiter { entry, reply });
             }
             Command::Restart { entry, reply } => {
                 let Some(i) = self.index_of(&entry) else {
@@ -646,7 +669,7 @@ impl Core {
                     self.apply(i, index, Event::Restart { now });
                 }
                 self.reconcile(i, now);
-                self.waiters.push(Waiter { entry, reply, scale: false });
+                self.waiters.push(Waiter { entry, reply });
             }
             Command::Status { reply } => {
                 let _ = reply.send(if self.shutting_down { Err(Error::ShuttingDown) } else { Ok(self.status()) });
@@ -747,14 +770,23 @@ impl Core {
     }
 
     fn fire_due(&mut self, now: Instant) {
+        // Spawns come in batches: a scale to thousands must not keep the
+        // loop from answering status and notes in between.
+        let mut spawns = 0;
         for i in 0..self.entries.len() {
-            let due: Vec<usize> = self.entries[i]
+            let due: Vec<(usize, bool)> = self.entries[i]
                 .slots
                 .iter()
                 .filter(|(_, s)| s.slot.deadline().is_some_and(|d| d <= now))
-                .map(|(k, _)| *k)
+                .map(|(k, s)| (*k, matches!(s.slot.phase, Phase::Pending { .. })))
                 .collect();
-            for index in due {
+            for (index, spawn) in due {
+                if spawn {
+                    if spawns == SPAWN_BATCH {
+                        continue;
+                    }
+                    spawns += 1;
+                }
                 self.apply(i, index, Event::Due { now });
             }
         }
@@ -899,13 +931,13 @@ impl Core {
                     _ if !unkillable.is_empty() => {
                         Err(Error::Unkillable { entry: e.config.name.clone(), pids: unkillable })
                     }
-                    Some(error) if w.scale => Err(Error::Incomplete {
+                    Some(error) => Err(Error::Incomplete {
                         entry: w.entry.clone(),
                         running: e.slots.values().filter(|s| s.slot.pid().is_some()).count(),
                         target: e.target,
                         error: error.clone(),
                     }),
-                    _ => Ok(entry_status(e, &report)),
+                    _ => Ok(entry_status(e, &report, &|pid| self.rss(pid))),
                 };
                 let _ = w.reply.send(answer);
             }
@@ -942,6 +974,23 @@ impl Core {
         self.options.info.last_reload = Some(outcome);
     }
 
+    /// The resident size of `pid`, read at most once per [`RSS_FRESH`].
+    fn rss(&self, pid: i32) -> Option<u64> {
+        let now = Instant::now();
+        let mut cache = self.rss_cache.borrow_mut();
+        if cache.len() > 2 * self.procs.len() + 64 {
+            cache.retain(|_, (at, _)| now.saturating_duration_since(*at) < RSS_FRESH);
+        }
+        match cache.get(&pid) {
+            Some((at, rss)) if now.saturating_duration_since(*at) < RSS_FRESH => *rss,
+            _ => {
+                let rss = crate::proc::rss_bytes(pid);
+                cache.insert(pid, (now, rss));
+                rss
+            }
+        }
+    }
+
     /// The whole state, as `GET /status` shows it.
     pub fn status(&self) -> Status {
         let info = &self.options.info;
@@ -952,7 +1001,7 @@ impl Core {
             reexec_count: info.reexec_count,
             reexeced_at: info.reexeced_at,
             last_reload: info.last_reload.clone(),
-            entries: self.entries.iter().map(|e| entry_status(e, &report)).collect(),
+            entries: self.entries.iter().map(|e| entry_status(e, &report, &|pid| self.rss(pid))).collect(),
             containment: Containment::default(),
             watches: self
                 .config
@@ -986,7 +1035,7 @@ fn rule_status(owner: &str, rules: &[Rule], report: &Report) -> Vec<RuleStatus> 
         .collect()
 }
 
-fn entry_status(e: &EntryRun, report: &Report) -> EntryStatus {
+fn entry_status(e: &EntryRun, report: &Report, rss: &dyn Fn(i32) -> Option<u64>) -> EntryStatus {
     let now = Instant::now();
     let state = if e.slots.values().any(|s| matches!(s.slot.phase, Phase::Pending { .. }) && s.slot.crashes > 0) {
         EntryState::Backoff
@@ -1011,12 +1060,7 @@ fn entry_status(e: &EntryRun, report: &Report) -> EntryStatus {
             .iter()
             .filter_map(|(index, s)| {
                 let Phase::Running { pid, .. } = s.slot.phase else { return None };
-                Some(ProcessStatus {
-                    pid: pid as u32,
-                    index: *index,
-                    started_at: s.started_at,
-                    rss_bytes: crate::proc::rss_bytes(pid),
-                })
+                Some(ProcessStatus { pid: pid as u32, index: *index, started_at: s.started_at, rss_bytes: rss(pid) })
             })
             .collect(),
         last_exits: e
