@@ -485,7 +485,7 @@ fn a_restart_that_cannot_start_its_processes_says_so() {
 
 #[test]
 fn status_answers_while_hundreds_of_processes_start_and_stop() {
-    // Spawning 400 processes, then stopping them, takes the core a while:
+    // Spawning 1 000 processes, then stopping them, takes the core a while:
     // status must keep answering meanwhile, and a plain stop of plain
     // processes is never mistaken for an unkillable one.
     let s = Sentry::spawn_with(TempDir::new("many"), TCONF, "many", &[], &[("TCOUNT", "10")]).waiting();
@@ -511,7 +511,7 @@ fn status_answers_while_hundreds_of_processes_start_and_stop() {
             (worst, failures)
         })
     };
-    for count in ["400", "0"] {
+    for count in ["1000", "0"] {
         let out = s.cli(&["scale", "sleepers", count]);
         assert!(out.status.success(), "scale {count}: {}{}", text(&out.stdout), text(&out.stderr));
     }
