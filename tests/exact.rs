@@ -140,9 +140,9 @@ fn a_reused_process_group_number_is_never_signalled() {
     let free = format!(
         "test -e /proc/{leader} && echo busy && exit; cat /proc/[0-9]*/stat 2>/dev/null | awk '{{print $5}}' | grep -qx {leader} && echo busy || echo free"
     );
-    wait_for("the group to be empty and its leader reaped", || (inside(init, &free) == "free").then_some(()));
+    wait_for("the group to be empty and its leader reaped", || (in_namespace(init, &free) == "free").then_some(()));
     // A stranger gets the number and makes itself a session and group leader.
-    let stranger: i32 = inside(
+    let stranger: i32 = in_namespace(
         init,
         &format!("echo {} > /proc/sys/kernel/ns_last_pid; setsid sleep 1000 > /dev/null 2>&1 & echo $!", leader - 1),
     )
@@ -151,28 +151,9 @@ fn a_reused_process_group_number_is_never_signalled() {
     assert_eq!(stranger, leader, "the stranger did not get the freed number (a process raced it)");
     // Past the stop timeout (4 s from the leader's exit) and some margin.
     std::thread::sleep(Duration::from_secs(6));
-    let state = inside(init, &format!("grep -q '^State:.*[RS]' /proc/{stranger}/status && echo alive || echo dead"));
+    let state =
+        in_namespace(init, &format!("grep -q '^State:.*[RS]' /proc/{stranger}/status && echo alive || echo dead"));
     assert_eq!(state, "alive", "the stranger in the reused group was signalled");
-}
-
-/// Runs `script` with `sh` inside the PID and mount namespaces of `init`
-/// (so `/proc` is the namespace's); its trimmed standard output.
-fn inside(init: i32, script: &str) -> String {
-    let out = run_within(
-        std::process::Command::new("nsenter").args([
-            "--target",
-            &init.to_string(),
-            "--pid",
-            "--mount",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ]),
-        Duration::from_secs(30),
-    );
-    assert!(out.status.success(), "{script}: {}", text(&out.stderr));
-    text(&out.stdout).trim().to_string()
 }
 
 #[test]
@@ -436,14 +417,15 @@ fn leftovers_of_a_killed_instance_never_include_another_instances_reused_group()
         ledger["groups"].as_array().unwrap().iter().find(|g| g["entry"] == "idle").unwrap()["pgid"].as_i64().unwrap();
     let _ = a_proc.kill();
     let _ = a_proc.wait();
-    let a_pid = status_pid_inside(init, a.path());
-    inside(init, &format!("kill -9 {a_pid}; while test -d /proc/{target}; do sleep 0.05; done"));
+    // The pidfile names the PID the namespace sees.
+    let a_pid: i32 = std::fs::read_to_string(a.path().join("tconf.pid")).unwrap().trim().parse().unwrap();
+    in_namespace(init, &format!("kill -9 {a_pid}; while test -d /proc/{target}; do sleep 0.05; done"));
     // B's third child gets the freed number.
     let mut got = None;
     // Threads take numbers too (the control server's thread for this very
     // request): try a few offsets below the target.
     for offset in 1..=6 {
-        inside(init, &format!("echo {} > /proc/sys/kernel/ns_last_pid", target - offset));
+        in_namespace(init, &format!("echo {} > /proc/sys/kernel/ns_last_pid", target - offset));
         assert!(cli(&b, &["scale", "idle", "3"]).status.success());
         let pids = idle(&b);
         if pids.contains(&target) {
@@ -465,12 +447,6 @@ fn leftovers_of_a_killed_instance_never_include_another_instances_reused_group()
     }
     let _ = init_child.kill();
     let _ = init_child.wait();
-}
-
-/// The PID (as the namespace of `init` sees it) in `dir`'s pidfile.
-fn status_pid_inside(init: i32, dir: &std::path::Path) -> i32 {
-    let _ = init;
-    std::fs::read_to_string(dir.join("tconf.pid")).unwrap().trim().parse().unwrap()
 }
 
 #[test]

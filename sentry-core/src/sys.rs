@@ -78,23 +78,8 @@ pub(crate) fn peek_exit(pid: i32) -> Option<ChildExit> {
 
 /// Whether the child `pid` has exited, without reaping it (`waitid … WNOWAIT`).
 pub(crate) fn has_exited(pid: i32) -> bool {
-    // SAFETY: siginfo_t is plain data; waitid only writes into it.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: valid pointer to a zeroed siginfo_t.
-        let r = unsafe {
-            libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT | libc::WNOHANG)
-        };
-        if r == 0 {
-            // SAFETY: waitid filled `info` (si_pid stays 0 when nothing exited).
-            return unsafe { info.si_pid() } != 0;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            // ECHILD: not our child any more; treat as exited so it is accounted for.
-            return true;
-        }
-    }
+    // ECHILD (not our child any more) counts as exited, so it is accounted for.
+    peek_exit(pid).is_some()
 }
 
 /// Reaps the child `pid` (which must have exited) and says how it ended.

@@ -171,6 +171,17 @@ pub fn in_own_session(cmd: &mut Command) -> &mut Command {
     }
 }
 
+/// Runs `script` with `sh` inside the PID and mount namespaces of `init`
+/// (so `/proc` is the namespace's); its trimmed standard output.
+pub fn in_namespace(init: i32, script: &str) -> String {
+    let out = run_within(
+        Command::new("nsenter").args(["--target", &init.to_string(), "--pid", "--mount", "--", "sh", "-c", script]),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{script}: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
+
 /// Starts a command in a session of its own, with no output (so nothing
 /// holds the harness's pipes), killed with its session when the guard drops.
 pub fn spawn_in_session(cmd: &mut Command) -> (Child, SessionGuard) {
@@ -243,14 +254,7 @@ impl Sentry {
 
     /// Makes the next PID the namespace allocates `next` (root only).
     pub fn set_next_pid(&self, next: i32) {
-        let init = self.namespace_init().to_string();
-        let out = run_within(
-            Command::new("nsenter")
-                .args(["--target", &init, "--pid", "--", "sh", "-c"])
-                .arg(format!("echo {} > /proc/sys/kernel/ns_last_pid", next - 1)),
-            Duration::from_secs(30),
-        );
-        assert!(out.status.success(), "cannot set ns_last_pid: {}", text(&out.stderr));
+        in_namespace(self.namespace_init(), &format!("echo {} > /proc/sys/kernel/ns_last_pid", next - 1));
     }
 
     /// Same, with standard output going to `stdout` instead of

@@ -471,8 +471,7 @@ impl Core {
     /// monitor. Without a monitor nobody would see it exit: then it is
     /// killed and reaped at once, and the error returned.
     fn adopt_process(&mut self, pid: i32, role: Role, streams: Vec<Stream>, log_as: &str) -> std::io::Result<u64> {
-        let gen = self.next_gen;
-        self.next_gen += 1;
+        let gen = self.new_gen();
         let mut row = Proc::new(pid, role);
         let sink = self.sink(log_as, pid);
         match self.monitor(gen, pid, streams, sink, false) {
@@ -490,10 +489,15 @@ impl Core {
         }
     }
 
+    /// A generation number for a new row: never given out before.
+    fn new_gen(&mut self) -> u64 {
+        self.next_gen += 1;
+        self.next_gen - 1
+    }
+
     /// Keeps draining the pipes of a process reaped by an earlier image.
     fn drain_pipes(&mut self, entry: &str, pid: i32, streams: Vec<Stream>) -> std::io::Result<()> {
-        let gen = self.next_gen;
-        self.next_gen += 1;
+        let gen = self.new_gen();
         let sink = self.sink(entry, pid);
         let monitor = self.monitor(gen, pid, streams, sink, true)?;
         let mut row = Proc::new(pid, Role::Pipes { entry: entry.to_string() });
