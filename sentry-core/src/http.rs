@@ -613,10 +613,6 @@ fn reload(routes: &Routes, body: &str) -> (u16, String) {
     let Some(hook) = &routes.reload else {
         return (503, error_body("this supervisor cannot reload (embedded)"));
     };
-    // A shutdown in progress takes no reload (the core says so).
-    if let Err(e) = routes.core.status() {
-        return unavailable(e);
-    }
     let exec = if body.trim().is_empty() {
         None
     } else {
