@@ -53,6 +53,7 @@
 
 pub mod budget;
 pub mod build;
+mod cgroup;
 mod child;
 mod cli;
 mod client;

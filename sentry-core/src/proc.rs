@@ -1,5 +1,5 @@
 //! The one way Sentry reads `/proc`: `/proc/PID/{stat,statm,status,cmdline,
-//! environ,fd,fdinfo}` and the list of PIDs, for every user — the watch
+//! environ,fd,fdinfo,cgroup,smaps_rollup}`, `/proc/self/mountinfo` and the list of PIDs, for every user — the watch
 //! scanner, handover verification and adoption, status figures and the
 //! pidfile lock check. Parsing of `stat` and `statm` is `procfs-core`'s (the
 //! parser half of procfs); the bytes are read here, into a reused buffer
@@ -210,6 +210,67 @@ pub(crate) fn status_value(pid: i32, key: &str) -> Option<String> {
         let value = line.strip_prefix(key.as_bytes())?.strip_prefix(b":")?;
         Some(String::from_utf8_lossy(value).trim().to_string())
     })
+}
+
+/// The cgroup v2 path of `pid` (the `0::PATH` line of `/proc/PID/cgroup`,
+/// relative to the v2 mount's root as the reader's cgroup namespace sees
+/// it), parsed by procfs-core. `None` if the process is gone or has no v2
+/// line. A cgroup removed since shows with a ` (deleted)` suffix, kept.
+pub(crate) fn cgroup_v2(pid: i32) -> Option<String> {
+    let raw = read(pid, "cgroup")?;
+    parse_cgroup_v2(&raw)
+}
+
+/// The v2 line of a `/proc/PID/cgroup` text (see [`cgroup_v2`]).
+pub(crate) fn parse_cgroup_v2(raw: &[u8]) -> Option<String> {
+    let groups = procfs_core::ProcessCGroups::from_read(raw).ok()?;
+    groups.0.into_iter().find(|g| g.hierarchy == 0 && g.controllers.is_empty()).map(|g| g.pathname)
+}
+
+/// Where the cgroup v2 hierarchy is mounted, as `/proc/self/mountinfo`
+/// says (filesystem type `cgroup2`), with the mount's root within the
+/// hierarchy: `(mount point, root)`. The first such mount wins.
+pub(crate) fn cgroup2_mount() -> Option<(std::path::PathBuf, String)> {
+    let raw = fs::read("/proc/self/mountinfo").ok()?;
+    parse_cgroup2_mount(&raw)
+}
+
+/// The cgroup2 mount of a mountinfo text (see [`cgroup2_mount`]).
+pub(crate) fn parse_cgroup2_mount(raw: &[u8]) -> Option<(std::path::PathBuf, String)> {
+    let mounts = procfs_core::process::MountInfos::from_read(raw).ok()?;
+    mounts.0.into_iter().find(|m| m.fs_type == "cgroup2").map(|m| (unescape_octal(&m.mount_point), m.root))
+}
+
+/// mountinfo writes a space, tab, newline and backslash in a path as `\ooo`.
+fn unescape_octal(path: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let bytes = path.as_os_str().as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    std::path::PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// The proportional set size of `pid` in bytes (`Pss` of
+/// `/proc/PID/smaps_rollup`, parsed by procfs-core): its resident memory
+/// with shared pages divided among their sharers, so a tree's PSS values
+/// add up without counting a shared page twice. `None` if unreadable.
+pub(crate) fn pss_bytes(pid: i32) -> Option<u64> {
+    let raw = read(pid, "smaps_rollup")?;
+    let rollup = procfs_core::process::SmapsRollup::from_read(&raw[..]).ok()?;
+    rollup.memory_map_rollup.0.first()?.extension.map.get("Pss").copied()
 }
 
 /// Every PID in `/proc` now (processes, not threads), in directory order.

@@ -1,0 +1,552 @@
+//! cgroup v2 containment: the instance's own cgroup tree and the leaf
+//! cgroup each process of it runs in. Where Sentry can write the cgroup v2
+//! hierarchy (root, or a delegated subtree), an instance owns
+//! `<its own cgroup>/sentry.<NAME>.<hash of the canonical DIR>` and makes one
+//! leaf per process below it (`<ENTRY>/<SLOT>` for a slot, `<TARGET>/exec.<N>`
+//! for an `exec` helper). A child is moved into its leaf between fork and
+//! exec (a write of `0` to the leaf's `cgroup.procs`, opened before the
+//! fork), so none of its code, and none of its descendants, ever runs
+//! outside it. "Gone" means the leaf's `cgroup.events` says `populated 0`;
+//! the stop signal reaches every member through a pidfd, after the member's
+//! `/proc/PID/cgroup` was checked (a PID read from `cgroup.procs` may be
+//! reused by the time it is signalled); SIGKILL is `cgroup.kill`.
+//!
+//! Facts from the kernel's cgroup-v2 documentation and checked on these
+//! machines (DESIGN.md): the v2 mount is found in `/proc/self/mountinfo`
+//! (type `cgroup2`, at `/sys/fs/cgroup/unified` in the hybrid layout); a
+//! zombie is no longer a member (`populated 0` while Sentry's leader waits
+//! unreaped); `cgroup.kill` exists since Linux 5.14; a change of
+//! `cgroup.events` raises an inotify `IN_MODIFY`.
+//!
+//! This module knows nothing of slots, entries' policies or the core's
+//! tables; it reads `/proc` only through [`crate::proc`].
+
+use std::fs;
+use std::io::{self, Read, Seek};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::{proc, sys, Signal};
+
+/// The prefix of every instance cgroup's name.
+const PREFIX: &str = "sentry.";
+
+/// How the processes of a slot are fenced, and why.
+#[derive(Clone, Debug)]
+pub(crate) enum Fence {
+    /// One cgroup per process, below the instance's tree.
+    Cgroup(std::sync::Arc<Tree>),
+    /// One process group per process; the reason cgroups are not used.
+    ProcessGroup(String),
+}
+
+impl Fence {
+    /// The tree, when cgroups are in use.
+    pub fn tree(&self) -> Option<&std::sync::Arc<Tree>> {
+        match self {
+            Fence::Cgroup(t) => Some(t),
+            Fence::ProcessGroup(_) => None,
+        }
+    }
+
+    /// One line for the console and `check`: which containment and why.
+    pub fn describe(&self) -> String {
+        match self {
+            Fence::Cgroup(t) => format!("Containment: a cgroup per process, under {}.", t.root.display()),
+            Fence::ProcessGroup(why) => format!("Containment: a process group per process ({why})."),
+        }
+    }
+}
+
+/// An instance's cgroup: `<Sentry's cgroup>/sentry.<NAME>.<hash>`.
+#[derive(Debug)]
+pub(crate) struct Tree {
+    /// Where the v2 hierarchy is mounted.
+    mount: PathBuf,
+    /// The mount's root within the hierarchy (`/` unless bind-mounted).
+    mount_root: String,
+    /// The instance's cgroup, as a directory.
+    root: PathBuf,
+    /// The memory controller is enabled for the leaves (`memory.current`).
+    memory: bool,
+}
+
+/// The name of the cgroup of the instance called `name` whose DIR is
+/// `dir` (canonical): `sentry.<name>.<8 hex digits>`. Two instances of one
+/// binary in two DIRs get two names; the name's characters are kept to
+/// `[A-Za-z0-9_-]` (others become `_`) and at most 64.
+pub(crate) fn instance_name(name: &str, dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let clean: String = name
+        .chars()
+        .take(64)
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    format!("{PREFIX}{clean}.{:08x}", fnv1a32(dir.as_os_str().as_bytes()))
+}
+
+/// FNV-1a, 32 bits (stable across builds and Rust versions, unlike `std`'s hasher).
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ *b as u32).wrapping_mul(0x0100_0193))
+}
+
+/// The directory of the cgroup that process `pid` is in, under `mount`
+/// (whose root in the hierarchy is `mount_root`), or why there is none.
+fn directory_of(mount: &Path, mount_root: &str, pid: i32) -> Result<PathBuf, String> {
+    let own = proc::cgroup_v2(pid).ok_or("this process shows no cgroup v2 membership")?;
+    if own.ends_with(" (deleted)") {
+        return Err(format!("this process's cgroup {own} was removed"));
+    }
+    let below = if mount_root == "/" { Some(own.as_str()) } else { own.strip_prefix(mount_root) };
+    match below {
+        Some(rel) if rel.is_empty() || rel.starts_with('/') => Ok(mount.join(rel.trim_start_matches('/'))),
+        _ => Err(format!("its cgroup {own} is outside the cgroup v2 mount at {}", mount.display())),
+    }
+}
+
+impl Tree {
+    /// Creates the instance's cgroup `instance_name(name, dir)` beside
+    /// Sentry's own, or says why it cannot (no v2 hierarchy, not writable:
+    /// an unprivileged user without delegation, a read-only mount). Nothing
+    /// is left behind on failure. An existing one (left by a SIGKILLed
+    /// instance; [`stop_recorded`] empties it first) is taken over.
+    pub fn create(name: &str, dir: &Path) -> Result<Tree, String> {
+        let (mount, mount_root) = proc::cgroup2_mount().ok_or("no cgroup v2 hierarchy is mounted")?;
+        let parent = directory_of(&mount, &mount_root, std::process::id() as i32)?;
+        let root = parent.join(instance_name(name, dir));
+        let made = match fs::create_dir(&root) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(format!("cannot create a cgroup in {}: {e}", parent.display())),
+        };
+        // A child moves from Sentry's cgroup to its leaf: the writer needs
+        // write access to the common ancestor's cgroup.procs (cgroup-v2,
+        // "Delegation Containment").
+        if let Err(e) = fs::OpenOptions::new().write(true).open(parent.join("cgroup.procs")) {
+            if made {
+                let _ = fs::remove_dir(&root);
+            }
+            return Err(format!("cannot move processes out of {}: {e}", parent.display()));
+        }
+        let memory = enable_memory(&root);
+        Ok(Tree { mount, mount_root, root, memory })
+    }
+
+    /// The tree an earlier image of this instance made at `root` (from its
+    /// snapshot), if it is still there.
+    pub fn resume(root: &Path) -> Result<Tree, String> {
+        let (mount, mount_root) = proc::cgroup2_mount().ok_or("no cgroup v2 hierarchy is mounted")?;
+        if !root.starts_with(&mount) || !root.join("cgroup.procs").exists() {
+            return Err(format!("the instance's cgroup {} is gone", root.display()));
+        }
+        let memory = subtree_has_memory(root);
+        Ok(Tree { mount, mount_root, root: root.to_path_buf(), memory })
+    }
+
+    /// The instance's cgroup directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether leaves have `memory.current` (else memory is summed PSS).
+    pub fn has_memory(&self) -> bool {
+        self.memory
+    }
+
+    /// Makes a fresh leaf `<group>/<name>` for one process — or, if a leaf
+    /// of that name still holds processes (an unkillable predecessor),
+    /// `<group>/<name>.<gen>`. An empty leftover of the name is reused.
+    pub fn leaf(&self, group: &str, name: &str, gen: u64) -> io::Result<Cgroup> {
+        let dir = self.root.join(group);
+        match fs::create_dir(&dir) {
+            Ok(()) if self.memory => {
+                let _ = fs::write(dir.join("cgroup.subtree_control"), "+memory");
+            }
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        for candidate in [name.to_string(), format!("{name}.{gen}")] {
+            let path = dir.join(&candidate);
+            match fs::create_dir(&path) {
+                Ok(()) => return Ok(self.cgroup(path)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let leaf = self.cgroup(path);
+                    if !leaf.populated() {
+                        return Ok(leaf);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{}/{name}.{gen} is taken", dir.display())))
+    }
+
+    /// A leaf of this tree by its directory (from a snapshot); `None` if
+    /// the path is not below the tree.
+    pub fn existing(&self, path: &Path) -> Option<Cgroup> {
+        (path.starts_with(&self.root) && path != self.root).then(|| self.cgroup(path.to_path_buf()))
+    }
+
+    fn cgroup(&self, path: PathBuf) -> Cgroup {
+        let below = path.strip_prefix(&self.mount).unwrap_or(&path).to_string_lossy().into_owned();
+        let rel = match self.mount_root.as_str() {
+            "/" => format!("/{below}"),
+            r => format!("{r}/{below}"),
+        };
+        Cgroup { path, rel }
+    }
+
+    /// Removes `<group>` if it is empty (its last leaf went away).
+    pub fn remove_group(&self, group: &str) {
+        let _ = fs::remove_dir(self.root.join(group));
+    }
+
+    /// Removes every empty cgroup of the tree and the tree itself; says
+    /// what could not be removed (a cgroup that still holds processes).
+    pub fn remove(&self) -> io::Result<()> {
+        remove_tree(&self.root)
+    }
+}
+
+/// Turns on the memory controller for `root`'s children if `root` may have
+/// it (its parent enables it); whether it is on.
+fn enable_memory(root: &Path) -> bool {
+    let offered = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    if !offered.split_whitespace().any(|c| c == "memory") {
+        return false;
+    }
+    subtree_has_memory(root) || fs::write(root.join("cgroup.subtree_control"), "+memory").is_ok()
+}
+
+fn subtree_has_memory(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("cgroup.subtree_control")).is_ok_and(|s| s.split_whitespace().any(|c| c == "memory"))
+}
+
+/// Removes the cgroups of the tree at `dir`, deepest first.
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    let subdirs: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut first_error = None;
+    for sub in subdirs {
+        if let Err(e) = remove_tree(&sub) {
+            first_error.get_or_insert(e);
+        }
+    }
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(first_error.unwrap_or(e)),
+        _ => first_error.map_or(Ok(()), Err),
+    }
+}
+
+/// One leaf cgroup: the whole tree of one process Sentry started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Cgroup {
+    /// Its directory.
+    path: PathBuf,
+    /// Its path as `/proc/PID/cgroup` shows it.
+    rel: String,
+}
+
+/// What a cgroup holds and has used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct Figures {
+    /// Live processes in it (`cgroup.procs`).
+    pub processes: usize,
+    /// CPU time used by everything that ever ran in it (`cpu.stat`
+    /// `usage_usec`), in microseconds.
+    pub cpu_usec: u64,
+    /// Its memory in bytes: `memory.current` where the memory controller
+    /// is enabled, else the summed PSS of its processes.
+    pub memory_bytes: u64,
+    /// `memory.current` was read (not summed PSS).
+    pub memory_current: bool,
+}
+
+impl Cgroup {
+    /// Its directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its path within the hierarchy, as `/proc/PID/cgroup` shows it.
+    pub fn name(&self) -> &str {
+        &self.rel
+    }
+
+    /// Its `cgroup.procs`, opened for writing before a fork: the child
+    /// writes `0` to it to move itself in (see [`place_self`]).
+    pub fn placement(&self) -> io::Result<OwnedFd> {
+        let file = fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(self.path.join("cgroup.procs"))?;
+        Ok(file.into())
+    }
+
+    /// Whether any live process is in it (`cgroup.events`); a cgroup that
+    /// is gone or unreadable holds nothing.
+    pub fn populated(&self) -> bool {
+        fs::read_to_string(self.path.join("cgroup.events")).is_ok_and(|t| events_populated(&t))
+    }
+
+    /// The PIDs of its live processes now.
+    pub fn pids(&self) -> Vec<i32> {
+        pids_in(&self.path)
+    }
+
+    /// Sends `signal` to each of its processes, each through a pidfd opened
+    /// before its membership is checked (so a PID that was reused by then
+    /// is left alone); SIGKILL is `cgroup.kill`, which also catches what
+    /// forks meanwhile. Returns how many processes were signalled (for
+    /// SIGKILL: how many were there).
+    pub fn signal(&self, signal: Signal) -> usize {
+        if signal == Signal::SIGKILL && fs::write(self.path.join("cgroup.kill"), "1").is_ok() {
+            return self.pids().len();
+        }
+        signal_members(&self.path, &self.rel, signal)
+    }
+
+    /// Removes it (it must be empty).
+    pub fn remove(&self) -> io::Result<()> {
+        match fs::remove_dir(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// What it holds and has used; `memory` says whether to read
+    /// `memory.current` (the controller is on) or sum the PSS.
+    pub fn figures(&self, memory: bool) -> Figures {
+        figures_of(&self.path, memory)
+    }
+}
+
+/// The figures of the cgroup at `dir` (see [`Cgroup::figures`]).
+pub(crate) fn figures_of(dir: &Path, memory: bool) -> Figures {
+    let pids = pids_in(dir);
+    let cpu_usec = fs::read_to_string(dir.join("cpu.stat")).ok().and_then(|t| stat_value(&t, "usage_usec")).unwrap_or(0);
+    let current = memory.then(|| fs::read_to_string(dir.join("memory.current")).ok()?.trim().parse().ok()).flatten();
+    let memory_bytes = current.unwrap_or_else(|| pids.iter().filter_map(|p| proc::pss_bytes(*p)).sum());
+    Figures { processes: pids.len(), cpu_usec, memory_bytes, memory_current: current.is_some() }
+}
+
+/// The cgroup directory of process `pid`, if cgroup v2 is mounted here.
+pub(crate) fn directory_of_process(pid: i32) -> Option<PathBuf> {
+    let (mount, root) = proc::cgroup2_mount()?;
+    directory_of(&mount, &root, pid).ok()
+}
+
+fn pids_in(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Signals every process of the cgroup at `dir` (`rel` as /proc shows it)
+/// that is still a member once its pidfd is open.
+fn signal_members(dir: &Path, rel: &str, signal: Signal) -> usize {
+    pids_in(dir)
+        .into_iter()
+        .filter(|pid| {
+            let Ok(fd) = sys::pidfd_open(*pid) else { return false };
+            proc::cgroup_v2(*pid).as_deref() == Some(rel) && sys::pidfd_send_signal(fd.as_fd(), signal).is_ok()
+        })
+        .count()
+}
+
+/// `populated` of a `cgroup.events` text.
+fn events_populated(text: &str) -> bool {
+    stat_value(text, "populated").is_some_and(|v| v != 0)
+}
+
+/// The value of `key` in a flat keyed file (`key value` lines).
+fn stat_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Between fork and exec: moves the calling process into the cgroup whose
+/// `cgroup.procs` is `placement` (writing `0` means "the writer",
+/// cgroup-v2). Async-signal-safe: one `write`.
+pub(crate) fn place_self(placement: &OwnedFd) -> io::Result<()> {
+    // SAFETY: a plain write of a static byte to an fd we own.
+    let n = unsafe { libc::write(placement.as_raw_fd(), b"0".as_ptr().cast(), 1) };
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Waits until the cgroup at `dir` holds no process, at most until
+/// `deadline`, woken by the kernel's notification on `cgroup.events`
+/// (`poll` with `POLLPRI`; no busy loop). Whether it is empty.
+pub(crate) fn wait_empty(dir: &Path, deadline: Instant) -> bool {
+    let Ok(mut file) = fs::File::open(dir.join("cgroup.events")) else { return true };
+    let mut text = String::new();
+    loop {
+        text.clear();
+        if file.rewind().is_err() || file.read_to_string(&mut text).is_err() || !events_populated(&text) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        let mut fds = [libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLPRI, revents: 0 }];
+        if sys::poll(&mut fds, ms).is_err() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// What a SIGKILLed instance left in its cgroup `root` (recorded in its
+/// DIR): every process in it gets SIGTERM, then, `grace` later, the whole
+/// tree gets `cgroup.kill`; then its cgroups are removed. Only a directory
+/// below the v2 mount whose name is `expected` (this instance's own name)
+/// is touched, so an edited record cannot aim this at anyone else's
+/// processes. One line per finding, for the console.
+pub(crate) fn stop_recorded(root: &Path, expected: &str, grace: Duration) -> Vec<String> {
+    let Some((mount, _)) = proc::cgroup2_mount() else { return Vec::new() };
+    let named = root.file_name().is_some_and(|n| n == expected);
+    if !named || !root.starts_with(&mount) || root.components().any(|c| c == std::path::Component::ParentDir) {
+        return vec![format!("The recorded cgroup {} is not this instance's: left alone.", root.display())];
+    }
+    if !root.join("cgroup.procs").exists() {
+        return Vec::new();
+    }
+    let mut leaves = Vec::new();
+    collect_dirs(root, &mut leaves);
+    let mut found: Vec<String> = Vec::new();
+    for dir in &leaves {
+        for pid in pids_in(dir) {
+            let cmdline = proc::cmdline(pid).join(" ");
+            found.push(format!("{pid} ({cmdline})"));
+        }
+    }
+    let mut lines = Vec::new();
+    if !found.is_empty() {
+        let (mount, mount_root) = proc::cgroup2_mount().unwrap_or((mount, "/".to_string()));
+        for dir in &leaves {
+            let below = dir.strip_prefix(&mount).unwrap_or(dir).to_string_lossy().into_owned();
+            let rel = if mount_root == "/" { format!("/{below}") } else { format!("{mount_root}/{below}") };
+            signal_members(dir, &rel, Signal::SIGTERM);
+        }
+        let mut text = format!(
+            "Found {} process{} left in the cgroup {} by a previous instance: {}; stopped.",
+            found.len(),
+            if found.len() == 1 { "" } else { "es" },
+            root.display(),
+            found.join(", ")
+        );
+        if !wait_empty(root, Instant::now() + grace) {
+            let _ = fs::write(root.join("cgroup.kill"), "1");
+            text.push_str(&format!(" What was left after {} s was SIGKILLed.", grace.as_secs()));
+            if !wait_empty(root, Instant::now() + Duration::from_secs(5)) {
+                text.push_str(" Some processes outlived SIGKILL.");
+            }
+        }
+        lines.push(text);
+    }
+    if let Err(e) = remove_tree(root) {
+        lines.push(format!("Cannot remove the cgroup {}: {e}.", root.display()));
+    }
+    lines
+}
+
+/// `dir` and every cgroup below it.
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    out.push(dir.to_path_buf());
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_dirs(&e.path(), out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_names_differ_by_dir_and_keep_to_safe_characters() {
+        let a = instance_name("conf", Path::new("/srv/a"));
+        let b = instance_name("conf", Path::new("/srv/b"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("sentry.conf.") && a.len() == "sentry.conf.".len() + 8, "{a}");
+        assert_eq!(a, instance_name("conf", Path::new("/srv/a")), "stable");
+        let odd = instance_name("my conf/../x", Path::new("/d"));
+        assert!(odd.starts_with("sentry.my_conf____x."), "{odd}");
+        assert!(!odd.contains('/'));
+    }
+
+    #[test]
+    fn fnv1a_matches_its_reference_values() {
+        assert_eq!(fnv1a32(b""), 0x811c9dc5);
+        assert_eq!(fnv1a32(b"a"), 0xe40c292c);
+        assert_eq!(fnv1a32(b"foobar"), 0xbf9cf968);
+    }
+
+    #[test]
+    fn flat_keyed_files_parse() {
+        assert!(events_populated("populated 1\nfrozen 0\n"));
+        assert!(!events_populated("populated 0\nfrozen 0\n"));
+        assert!(!events_populated(""));
+        let cpu = "usage_usec 123456\nuser_usec 100000\nsystem_usec 23456\n";
+        assert_eq!(stat_value(cpu, "usage_usec"), Some(123456));
+        assert_eq!(stat_value(cpu, "user_usec"), Some(100000));
+        assert_eq!(stat_value(cpu, "usage"), None, "whole keys only");
+    }
+
+    #[test]
+    fn the_v2_line_and_mount_are_found_in_proc_texts() {
+        let hybrid = b"12:pids:/\n4:memory:/x\n1:name=systemd:/\n0::/user.slice/app.scope\n";
+        assert_eq!(proc::parse_cgroup_v2(hybrid).as_deref(), Some("/user.slice/app.scope"));
+        assert_eq!(proc::parse_cgroup_v2(b"4:memory:/x\n"), None, "v1 only");
+        let mountinfo = b"35 26 0:30 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+41 31 0:38 / /sys/fs/cgroup/my\\040tree rw,relatime - cgroup2 cgroup2 rw\n";
+        let (mount, root) = proc::parse_cgroup2_mount(mountinfo).unwrap();
+        assert_eq!(mount, Path::new("/sys/fs/cgroup/my tree"));
+        assert_eq!(root, "/");
+    }
+
+    #[test]
+    fn a_cgroup_outside_the_mount_root_is_refused() {
+        let me = std::process::id() as i32;
+        let own = proc::cgroup_v2(me).unwrap_or_default();
+        if own.is_empty() {
+            eprintln!("skipped: no cgroup v2 here");
+            return;
+        }
+        let elsewhere = directory_of(Path::new("/m"), "/nowhere-like-this", me);
+        assert!(elsewhere.unwrap_err().contains("outside"));
+        let here = directory_of(Path::new("/m"), "/", me).unwrap();
+        assert_eq!(here, Path::new("/m").join(own.trim_start_matches('/')));
+    }
+
+    #[test]
+    fn memory_is_memory_current_when_there_else_summed_pss() {
+        // A fixture directory shaped like a cgroup: the memory controller's
+        // file is read when asked for; without it, the PSS of the listed
+        // processes (this test's own) is summed.
+        let dir = std::env::temp_dir().join(format!("sentry-cgroup-fixture-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let me = std::process::id();
+        fs::write(dir.join("cgroup.procs"), format!("{me}\n")).unwrap();
+        fs::write(dir.join("cpu.stat"), "usage_usec 4200\nuser_usec 4000\nsystem_usec 200\n").unwrap();
+        fs::write(dir.join("memory.current"), "7340032\n").unwrap();
+        let with = figures_of(&dir, true);
+        assert_eq!(with, Figures { processes: 1, cpu_usec: 4200, memory_bytes: 7_340_032, memory_current: true });
+        let without = figures_of(&dir, false);
+        let pss = proc::pss_bytes(me as i32).unwrap();
+        assert!(!without.memory_current);
+        assert!(without.memory_bytes > 0 && without.memory_bytes.abs_diff(pss) < 64 << 20, "{without:?} vs {pss}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
