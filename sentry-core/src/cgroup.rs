@@ -371,7 +371,7 @@ fn stat_value(text: &str, key: &str) -> Option<u64> {
 /// Between fork and exec: moves the calling process into the cgroup whose
 /// `cgroup.procs` is `placement` (writing `0` means "the writer",
 /// cgroup-v2). Async-signal-safe: one `write`.
-pub(crate) fn place_self(placement: &OwnedFd) -> io::Result<()> {
+pub(crate) fn place_self(placement: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: a plain write of a static byte to an fd we own.
     let n = unsafe { libc::write(placement.as_raw_fd(), b"0".as_ptr().cast(), 1) };
     if n == 1 {
