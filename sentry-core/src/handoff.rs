@@ -566,6 +566,7 @@ mod tests {
                         phase: PhaseSnapshot::Running { process: ProcessSnapshot { pid: 9, starttime: 7, up_ms: 8 } },
                         streams: vec![StreamSnapshot { fd, pending: vec![0xe2, 0x82], unfinished: b"t\n".to_vec() }],
                         error: None,
+                        cgroup: Some("/sys/fs/cgroup/sentry.t.0/e/0".into()),
                     }],
                     last_exits: vec![],
                     failures_ms_ago: vec![],

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
-use crate::config::Config;
 use crate::cgroup::{self, Fence};
+use crate::config::Config;
 use crate::core::{max_stop_wait, Command, Core, CoreExit, CoreOptions, FoundChild, Suspended};
 use crate::handoff::{self, Handoff, InfoSnapshot, InstanceSnapshot, KeptFd, HANDOFF_VERSION};
 use crate::http::{ControlServer, Routes};

@@ -465,10 +465,19 @@ mod tests {
 
     fn core_for(specs: &[Spec], log_dir: Option<std::path::PathBuf>) -> (Core, Sender<Command>, Receiver<Command>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let options =
-            CoreOptions { log_dir, console: ConsoleHandle::default(), info: InfoSnapshot::default(), ledger: None };
+        let options = CoreOptions {
+            log_dir,
+            console: ConsoleHandle::default(),
+            info: InfoSnapshot::default(),
+            ledger: None,
+            fence: no_cgroups(),
+        };
         let config = Config::from_specs(specs).unwrap();
         (Core::new(config, options, tx.clone(), rx.clone()), tx, rx)
+    }
+
+    fn no_cgroups() -> crate::cgroup::Fence {
+        crate::cgroup::Fence::ProcessGroup("a unit test".to_string())
     }
 
     #[test]
@@ -485,6 +494,7 @@ mod tests {
             console: ConsoleHandle::default(),
             info: InfoSnapshot::default(),
             ledger: None,
+            fence: no_cgroups(),
         };
         let (back, warnings) = Core::restore(serde_json::from_str(&json).unwrap(), options, tx, rx);
         assert!(warnings.is_empty(), "{warnings:?}");
@@ -539,6 +549,7 @@ mod tests {
             console: ConsoleHandle::default(),
             info: InfoSnapshot::default(),
             ledger: None,
+            fence: no_cgroups(),
         };
         let (back, _) = Core::restore(serde_json::from_value(json).unwrap(), options, tx, rx);
         let c = &back.entries[0].config;

@@ -405,10 +405,10 @@ impl Core {
             match tree.remove() {
                 // Nothing of the instance is left: the ledger need not name it.
                 Ok(()) => self.options.fence = Fence::ProcessGroup("stopped".to_string()),
-                Err(e) => self.options.console.say(&format!(
-                    "Cannot remove the cgroup {}: {e}; the next start will.",
-                    tree.root().display()
-                )),
+                Err(e) => self
+                    .options
+                    .console
+                    .say(&format!("Cannot remove the cgroup {}: {e}; the next start will.", tree.root().display())),
             }
         }
         self.ledger_dirty = true;
@@ -483,7 +483,8 @@ impl Core {
     fn run_helper(&mut self, target: &str, rule: String, argv: Vec<String>) {
         let gen = self.new_gen();
         let placed = self.leaf(target, &format!("exec.{gen}"), gen);
-        let spawned = match placed.and_then(|(cg, fd)| child::spawn_helper(target, &argv, fd.as_ref()).map(|s| (s, cg))) {
+        let spawned = match placed.and_then(|(cg, fd)| child::spawn_helper(target, &argv, fd.as_ref()).map(|s| (s, cg)))
+        {
             Ok(s) => s,
             Err(e) => {
                 self.helpers.release(&rule);
