@@ -250,6 +250,16 @@ fn check(specs: &[Spec], handoff_version: bool) -> Outcome {
         println!("handoff-version {}", crate::handoff::HANDOFF_VERSION);
     }
     println!("The configuration is valid: {} entries, {} watches.", config.entries.len(), config.watches.len());
+    println!(
+        "{}",
+        match crate::cgroup::probe() {
+            crate::cgroup::Fence::Cgroup(tree) => format!(
+                "Containment: a cgroup per process, beside {} (cgroup v2 is writable here).",
+                tree.root().parent().unwrap_or(tree.root()).display()
+            ),
+            other => other.describe(),
+        }
+    );
     Ok(())
 }
 

@@ -69,6 +69,8 @@ pub(crate) enum Command {
     RestartProcess { entry: String, pid: i32, starttime: u64 },
     /// A rule fired: say so on the console and in `target`'s log.
     Fired { target: String, pid: i32, text: String },
+    /// A watched cgroup's `cgroup.events` changed: look at lingering trees now.
+    TreesChanged,
 }
 
 /// How long an `exec` action's program may run before it is killed.
@@ -323,6 +325,8 @@ pub(crate) struct Core {
     watch_state: watch::State,
     /// The `exec` helpers running, under the caps (shared with the watcher).
     helpers: Arc<watch::HelperGate>,
+    /// Notice of lingering cgroups that change, under cgroup containment.
+    events: Option<cgroup::EventWatch>,
     options: CoreOptions,
     tx: Sender<Command>,
     rx: Receiver<Command>,
@@ -347,6 +351,7 @@ impl Core {
             watcher: None,
             watch_state: watch::State::default(),
             helpers: Arc::default(),
+            events: None,
             options,
             tx,
             rx,
@@ -360,6 +365,15 @@ impl Core {
         if let Some(dir) = &self.options.log_dir {
             if let Err(e) = std::fs::create_dir_all(dir) {
                 log::warn!("cannot create the log directory {}: {e}", dir.display());
+            }
+        }
+        if self.options.fence.tree().is_some() {
+            let tx = self.tx.clone();
+            match cgroup::EventWatch::start(move || {
+                let _ = tx.send(Command::TreesChanged);
+            }) {
+                Ok(w) => self.events = Some(w),
+                Err(e) => log::warn!("no inotify for cgroup events ({e}): lingering trees are looked at on a schedule"),
             }
         }
         for i in 0..self.entries.len() {
@@ -379,6 +393,7 @@ impl Core {
                 if self.drain_before_suspend() {
                     continue;
                 }
+                self.events = None;
                 return CoreExit::Suspended(Box::new(self.suspend()));
             }
             self.write_ledger();
@@ -400,6 +415,7 @@ impl Core {
             }
         }
         self.stop_watcher();
+        self.events = None;
         self.close_monitors();
         if let Some(tree) = self.options.fence.tree() {
             match tree.remove() {
@@ -655,6 +671,11 @@ impl Core {
             if std::mem::replace(&mut row.lingering, true) {
                 continue;
             }
+            // From now on a change of the cgroup wakes the loop (the
+            // schedule above stays, for a change before the watch began).
+            if let (Some(events), Some(cgroup)) = (&self.events, &row.cgroup) {
+                events.watch(cgroup);
+            }
             let exited_at = row.exited.unwrap_or(now);
             let (pid, remain) = (row.pid, row.cgroup.as_ref().map(|c| (c.pids().len(), c.name().to_string())));
             match row.role.clone() {
@@ -795,6 +816,11 @@ impl Core {
                     self.run_helper(&target, rule, argv);
                 } else {
                     self.helpers.release(&rule);
+                }
+            }
+            Command::TreesChanged => {
+                for row in self.procs.values_mut().filter(|p| !p.reaped && p.exited.is_some() && p.cgroup.is_some()) {
+                    row.check = Some((now, GROUP_CHECK_MIN));
                 }
             }
             Command::Fired { target, pid, text } => {
