@@ -184,32 +184,48 @@ impl Tree {
         self.memory
     }
 
-    /// Makes a fresh leaf `<group>/<name>` for one process — or, if a leaf
-    /// of that name still holds processes (an unkillable predecessor),
-    /// `<group>/<name>.<gen>`. An empty leftover of the name is reused.
-    pub fn leaf(&self, group: &str, name: &str, gen: u64) -> io::Result<Cgroup> {
+    /// Makes a leaf `<group>/<name>` for one process — or, if a leaf of
+    /// that name still holds processes or is `taken` (another row's, its
+    /// zombie not yet reaped), `<group>/<name>.<gen>` (then `.<gen>.<k>`).
+    /// An empty leftover that nobody owns is reused.
+    pub fn leaf(&self, group: &str, name: &str, gen: u64, taken: &dyn Fn(&Path) -> bool) -> io::Result<Cgroup> {
         let dir = self.root.join(group);
-        match fs::create_dir(&dir) {
+        let mut made = fs::create_dir(&dir);
+        if made.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+            // The instance's own cgroup was removed while empty (by hand):
+            // make it again, as at the start.
+            match fs::create_dir(&self.root) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+            if self.memory {
+                let _ = fs::write(self.root.join("cgroup.subtree_control"), "+memory");
+            }
+            made = fs::create_dir(&dir);
+        }
+        match made {
             Ok(()) if self.memory => {
                 let _ = fs::write(dir.join("cgroup.subtree_control"), "+memory");
             }
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
             _ => {}
         }
-        for candidate in [name.to_string(), format!("{name}.{gen}")] {
+        let candidates =
+            [name.to_string(), format!("{name}.{gen}")].into_iter().chain((1..=8).map(|k| format!("{name}.{gen}.{k}")));
+        for candidate in candidates {
             let path = dir.join(&candidate);
             match fs::create_dir(&path) {
                 Ok(()) => return Ok(self.cgroup(path)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     let leaf = self.cgroup(path);
-                    if !leaf.populated() {
+                    if !taken(&leaf.path) && !leaf.populated() {
                         return Ok(leaf);
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{}/{name}.{gen} is taken", dir.display())))
+        Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("every name for {}/{name} is taken", dir.display())))
     }
 
     /// A leaf of this tree by its directory (from a snapshot); `None` if

@@ -555,8 +555,10 @@ impl Core {
     /// nothing otherwise.
     fn leaf(&self, group: &str, name: &str, gen: u64) -> std::io::Result<(Option<Cgroup>, Option<OwnedFd>)> {
         let Some(tree) = self.options.fence.tree() else { return Ok((None, None)) };
+        let taken =
+            |path: &std::path::Path| self.procs.values().any(|p| p.cgroup.as_ref().is_some_and(|c| c.path() == path));
         let leaf = tree
-            .leaf(group, name, gen)
+            .leaf(group, name, gen, &taken)
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot make its cgroup: {e}")))?;
         match leaf.placement() {
             Ok(fd) => Ok((Some(leaf), Some(fd))),
