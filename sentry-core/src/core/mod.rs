@@ -498,9 +498,8 @@ impl Core {
     /// Starts an `exec` action's program, watched like a child and reaped by the core.
     fn run_helper(&mut self, target: &str, rule: String, argv: Vec<String>) {
         let gen = self.new_gen();
-        let placed = self.leaf(target, &format!("exec.{gen}"), gen);
-        let spawned = match placed.and_then(|(cg, fd)| child::spawn_helper(target, &argv, fd.as_ref()).map(|s| (s, cg)))
-        {
+        let spawned = self.spawn_in(target, &format!("exec.{gen}"), gen, |fd| child::spawn_helper(target, &argv, fd));
+        let (spawned, cgroup) = match spawned {
             Ok(s) => s,
             Err(e) => {
                 self.helpers.release(&rule);
@@ -508,7 +507,6 @@ impl Core {
                 return;
             }
         };
-        let (spawned, cgroup) = spawned;
         let pid = spawned.pid;
         let kill_at = later(Instant::now(), HELPER_TIMEOUT);
         let role = Role::Helper { target: target.to_string(), rule: rule.clone(), kill_at, killed: false };
@@ -545,6 +543,28 @@ impl Core {
                 row.signal(Signal::SIGKILL);
                 sys::signal_group(pid, Signal::SIGKILL);
                 sys::reap(pid);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `spawn` with the placement of a fresh leaf `<group>/<name>` for
+    /// row `gen` (under cgroup containment; none otherwise); the leaf is
+    /// removed again if the start fails.
+    fn spawn_in(
+        &self,
+        group: &str,
+        name: &str,
+        gen: u64,
+        spawn: impl FnOnce(Option<&OwnedFd>) -> std::io::Result<child::Spawned>,
+    ) -> std::io::Result<(child::Spawned, Option<Cgroup>)> {
+        let (cgroup, placement) = self.leaf(group, name, gen)?;
+        match spawn(placement.as_ref()) {
+            Ok(spawned) => Ok((spawned, cgroup)),
+            Err(e) => {
+                if let Some(c) = cgroup {
+                    let _ = c.remove();
+                }
                 Err(e)
             }
         }
@@ -1010,17 +1030,7 @@ impl Core {
         let gen = self.new_gen();
         let config = &self.entries[i].config;
         let name = config.name.clone();
-        let placed = self.leaf(&name, &index.to_string(), gen);
-        let config = &self.entries[i].config;
-        let spawned = placed.and_then(|(cgroup, fd)| match child::spawn(config, index, fd.as_ref()) {
-            Ok(s) => Ok((s, cgroup)),
-            Err(e) => {
-                if let Some(c) = cgroup {
-                    let _ = c.remove();
-                }
-                Err(e)
-            }
-        });
+        let spawned = self.spawn_in(&name, &index.to_string(), gen, |fd| child::spawn(config, index, fd));
         let (spawned, cgroup) = match spawned {
             Ok(s) => s,
             Err(e) => {
