@@ -100,6 +100,9 @@ pub(crate) struct WatchConfigSnapshot {
     pub children: bool,
     pub every_ms: u64,
     pub rules: Vec<RuleSnapshot>,
+    /// The `.cgroup(regex)` filter, as written (absent before it existed).
+    #[serde(default)]
+    pub cgroup: Option<String>,
 }
 
 /// A rule as data: `when trigger holds, do action`.
@@ -123,6 +126,7 @@ pub(crate) enum QuantitySnapshot {
     Rmem,
     Vmem,
     Cpu,
+    Treemem,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
