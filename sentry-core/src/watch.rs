@@ -1155,7 +1155,8 @@ mod tests {
     #[test]
     fn treemem_sums_the_pss_of_a_process_and_its_descendants() {
         // (children, expected treemem in MiB per covered process)
-        let table: [(bool, &[(i32, Option<u64>)]); 2] =
+        type Row = (bool, &'static [(i32, Option<u64>)]);
+        let table: [Row; 2] =
             [(false, &[(200, Some(745))]), (true, &[(200, Some(745)), (201, Some(715)), (202, Some(15))])];
         for (children, expected) in table {
             let t = [watch("b", "^browser", children, &[("treemem > 500m", "term")])];
@@ -1264,7 +1265,8 @@ mod tests {
         let scope = "/user.slice/user-1000.slice/app-browser-1234.scope";
         let cgroups = [(1, "/init.scope"), (200, scope), (201, scope), (202, "/elsewhere"), (300, "/system.slice/x")];
         // (pattern, cgroup regex, children, matched, cgroups read)
-        let table: [(&str, &str, bool, &[i32], &[i32]); 6] = [
+        type Row = (&'static str, &'static str, bool, &'static [i32], &'static [i32]);
+        let table: [Row; 6] = [
             ("^browser|renderer", r"app-browser-\d+\.scope$", false, &[200, 201], &[200, 201]),
             ("^browser", r"app-browser-\d+\.scope$", true, &[200, 201, 202], &[200]),
             ("gpu", r"app-browser", false, &[], &[202]),
