@@ -246,14 +246,16 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Whether a watch's pattern matches the command line (never an empty
-    /// one) and, with `.cgroup`, its cgroup regex the sample's cgroup path
-    /// (which [`measure`] read; a process without one does not match).
+    /// Whether a watch's pattern matches the process's command line (never
+    /// an empty one: kernel threads).
     fn pattern_matches(&self, s: &Sample) -> bool {
         self.pattern.as_ref().is_some_and(|p| !s.cmdline.is_empty() && p.is_match(&s.cmdline))
     }
 
-    /// Whether a watch matches the process (see [`Target::pattern_matches`]).
+    /// Whether a watch matches the process: its pattern the command line
+    /// and, with `.cgroup`, its cgroup regex the cgroup path [`measure`]
+    /// read (a process without one, as on a host without cgroup v2, does
+    /// not match).
     fn matches(&self, s: &Sample) -> bool {
         self.pattern_matches(s)
             && self.cgroup.as_ref().is_none_or(|re| s.cgroup.as_deref().is_some_and(|c| re.is_match(c)))
