@@ -799,7 +799,10 @@ impl Watcher {
     /// Starts scanning for `targets` (which must not be empty), remembering `state`.
     pub fn start(targets: Vec<Target>, state: State, hands: impl Hands) -> std::io::Result<Watcher> {
         let (stop, stopped) = bounded(1);
-        let report = Arc::new(Mutex::new(Report::default()));
+        // Until the first scan ends, the counts are those remembered (a
+        // status right after a reload must not show them as 0).
+        let first = Report { fired: state.fired.clone(), skipped: state.skipped.clone(), ..Report::default() };
+        let report = Arc::new(Mutex::new(first));
         let shared = report.clone();
         let thread = std::thread::Builder::new()
             .name("sentry-watch".into())
