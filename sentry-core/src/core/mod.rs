@@ -476,7 +476,7 @@ impl Core {
     /// (Re)starts the watch thread for the current configuration, keeping clocks.
     fn restart_watcher(&mut self) {
         self.stop_watcher();
-        let targets = watch::targets(&self.config);
+        let targets = watch::targets(&self.config, self.options.fence.tree().map(|t| t.root()));
         if targets.is_empty() {
             return;
         }
