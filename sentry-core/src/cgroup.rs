@@ -81,7 +81,7 @@ pub(crate) fn probe() -> Fence {
     }
     let name = format!("probe-{}", std::process::id());
     match Tree::create(&name, Path::new("/")) {
-        Ok(tree) => {
+        Ok((tree, _)) => {
             let _ = fs::remove_dir(&tree.root);
             Fence::Cgroup(std::sync::Arc::new(tree))
         }
@@ -137,30 +137,103 @@ fn directory_of(mount: &Path, mount_root: &str, pid: i32) -> Result<PathBuf, Str
 
 impl Tree {
     /// Creates the instance's cgroup `instance_name(name, dir)` beside
-    /// Sentry's own, or says why it cannot (no v2 hierarchy, not writable:
-    /// an unprivileged user without delegation, a read-only mount). Nothing
-    /// is left behind on failure. An existing one (left by a SIGKILLed
-    /// instance; [`stop_recorded`] empties it first) is taken over.
-    pub fn create(name: &str, dir: &Path) -> Result<Tree, String> {
+    /// Sentry's own, marked as DIR's (the `user.sentry.dir` extended
+    /// attribute holds the canonical DIR), or says why it cannot (no v2
+    /// hierarchy, not writable: an unprivileged user without delegation, a
+    /// read-only mount). Nothing is left behind on failure. A cgroup of
+    /// that name marked as this DIR's is a predecessor's leftover (its
+    /// record lost): what is in it is stopped (the returned lines say so)
+    /// and it is taken over. One marked as another DIR's (the name's hash
+    /// collided) or unmarked and busy is left alone: `.2`, `.3`, … are tried.
+    pub fn create(name: &str, dir: &Path) -> Result<(Tree, Vec<String>), String> {
         let (mount, mount_root) = proc::cgroup2_mount().ok_or("no cgroup v2 hierarchy is mounted")?;
         let parent = directory_of(&mount, &mount_root, std::process::id() as i32)?;
-        let root = parent.join(instance_name(name, dir));
-        let made = match fs::create_dir(&root) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-            Err(e) => return Err(format!("cannot create a cgroup in {}: {e}", parent.display())),
-        };
         // A child moves from Sentry's cgroup to its leaf: the writer needs
         // write access to the common ancestor's cgroup.procs (cgroup-v2,
         // "Delegation Containment").
         if let Err(e) = fs::OpenOptions::new().write(true).open(parent.join("cgroup.procs")) {
-            if made {
-                let _ = fs::remove_dir(&root);
-            }
             return Err(format!("cannot move processes out of {}: {e}", parent.display()));
         }
-        let memory = enable_memory(&root);
-        Ok(Tree { mount, mount_root, root, memory })
+        let base = instance_name(name, dir);
+        let mut lines = Vec::new();
+        for k in 1..=9 {
+            let root = match k {
+                1 => parent.join(&base),
+                k => parent.join(format!("{base}.{k}")),
+            };
+            match fs::create_dir(&root) {
+                Ok(()) => {
+                    let _ = set_owner(&root, dir);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let tree = Tree { mount: mount.clone(), mount_root: mount_root.clone(), root: root.clone(), memory: false };
+                    match owner(&root) {
+                        Some(Some(d)) if d == dir.as_os_str().as_encoded_bytes() => {
+                            lines.extend(tree.empty(LEFTOVER_GRACE, "left by a previous instance (its record lost) in the cgroup"));
+                            let _ = remove_tree(&root);
+                            fs::create_dir(&root).or_else(|e| match e.kind() {
+                                io::ErrorKind::AlreadyExists => Ok(()),
+                                _ => Err(format!("cannot create a cgroup in {}: {e}", parent.display())),
+                            })?;
+                            let _ = set_owner(&root, dir);
+                        }
+                        Some(None) | None if !tree.populated() => {
+                            let _ = remove_tree(&root);
+                            if fs::create_dir(&root).is_err() {
+                                continue;
+                            }
+                            let _ = set_owner(&root, dir);
+                        }
+                        _ => continue,
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    return Err(format!(
+                        "cannot create a cgroup in {}: its cgroup.max.descendants or cgroup.max.depth is reached",
+                        parent.display()
+                    ))
+                }
+                Err(e) => return Err(format!("cannot create a cgroup in {}: {e}", parent.display())),
+            }
+            let memory = enable_memory(&root);
+            return Ok((Tree { mount, mount_root, root, memory }, lines));
+        }
+        Err(format!("every name for this instance's cgroup in {} is taken", parent.display()))
+    }
+
+    /// Whether anything lives in the tree.
+    fn populated(&self) -> bool {
+        fs::read_to_string(self.root.join("cgroup.events")).is_ok_and(|t| events_populated(&t))
+    }
+
+    /// Stops whatever is in the tree: SIGTERM to each process, `grace` to
+    /// go, then `cgroup.kill` of the whole tree (and 5 s more). Says what
+    /// was found, if anything: "Found N processes {where_} DIR: …".
+    pub fn empty(&self, grace: Duration, where_: &str) -> Option<String> {
+        let found: Vec<String> = pids_in(&self.root)
+            .into_iter()
+            .map(|pid| format!("{pid} ({})", proc::cmdline(pid).join(" ")))
+            .collect();
+        if found.is_empty() {
+            return None;
+        }
+        let rel = self.cgroup(self.root.clone()).rel;
+        signal_members(&self.root, &rel, Signal::SIGTERM);
+        let mut text = format!(
+            "Found {} process{} {where_} {}: {}; stopped.",
+            found.len(),
+            if found.len() == 1 { "" } else { "es" },
+            self.root.display(),
+            found.join(", ")
+        );
+        if !wait_empty(&self.root, Instant::now() + grace) {
+            let _ = fs::write(self.root.join("cgroup.kill"), "1");
+            text.push_str(&format!(" What was left after {} s was SIGKILLed.", grace.as_secs()));
+            if !wait_empty(&self.root, Instant::now() + Duration::from_secs(5)) {
+                text.push_str(" Some processes outlived SIGKILL.");
+            }
+        }
+        Some(text)
     }
 
     /// The tree an earlier image of this instance made at `root` (from its
@@ -302,7 +375,7 @@ pub(crate) struct Cgroup {
 /// What a cgroup holds and has used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct Figures {
-    /// Live processes in it (`cgroup.procs`).
+    /// Live processes in it and in cgroups below it (`cgroup.procs`).
     pub processes: usize,
     /// CPU time used by everything that ever ran in it (`cpu.stat`
     /// `usage_usec`), in microseconds.
@@ -356,12 +429,15 @@ impl Cgroup {
         signal_members(&self.path, &self.rel, signal)
     }
 
-    /// Removes it (it must be empty).
+    /// Whether process `pid` is in it (or below it) now.
+    pub fn holds(&self, pid: i32) -> bool {
+        proc::cgroup_v2(pid).is_some_and(|c| within(&c, &self.rel))
+    }
+
+    /// Removes it and whatever cgroups its processes made inside it (all
+    /// must be empty).
     pub fn remove(&self) -> io::Result<()> {
-        match fs::remove_dir(&self.path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_tree(&self.path)
     }
 
     /// What it holds and has used; `memory` says whether to read
@@ -387,20 +463,34 @@ pub(crate) fn directory_of_process(pid: i32) -> Option<PathBuf> {
     directory_of(&mount, &root, pid).ok()
 }
 
+/// The live processes of the cgroup at `dir` and of every cgroup below it
+/// (a child may make cgroups of its own inside its leaf).
 fn pids_in(dir: &Path) -> Vec<i32> {
-    fs::read_to_string(dir.join("cgroup.procs"))
-        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
+    let mut dirs = Vec::new();
+    collect_dirs(dir, &mut dirs);
+    dirs.iter()
+        .flat_map(|d| {
+            fs::read_to_string(d.join("cgroup.procs"))
+                .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<i32>>())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Whether a `/proc/PID/cgroup` path is `rel` or below it.
+fn within(path: &str, rel: &str) -> bool {
+    let rel = rel.trim_end_matches('/');
+    path.strip_prefix(rel).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Signals every process of the cgroup at `dir` (`rel` as /proc shows it)
-/// that is still a member once its pidfd is open.
+/// and below it that is still there once its pidfd is open.
 fn signal_members(dir: &Path, rel: &str, signal: Signal) -> usize {
     pids_in(dir)
         .into_iter()
         .filter(|pid| {
             let Ok(fd) = sys::pidfd_open(*pid) else { return false };
-            proc::cgroup_v2(*pid).as_deref() == Some(rel) && sys::pidfd_send_signal(fd.as_fd(), signal).is_ok()
+            proc::cgroup_v2(*pid).is_some_and(|c| within(&c, rel)) && sys::pidfd_send_signal(fd.as_fd(), signal).is_ok()
         })
         .count()
 }
@@ -505,54 +595,69 @@ impl Drop for EventWatch {
     }
 }
 
-/// What a SIGKILLed instance left in its cgroup `root` (recorded in its
-/// DIR): every process in it gets SIGTERM, then, `grace` later, the whole
-/// tree gets `cgroup.kill`; then its cgroups are removed. Only a directory
-/// below the v2 mount whose name is `expected` (this instance's own name)
-/// is touched, so an edited record cannot aim this at anyone else's
-/// processes. One line per finding, for the console.
-pub(crate) fn stop_recorded(root: &Path, expected: &str, grace: Duration) -> Vec<String> {
-    let Some((mount, _)) = proc::cgroup2_mount() else { return Vec::new() };
-    let named = root.file_name().is_some_and(|n| n == expected);
-    if !named || !root.starts_with(&mount) || root.components().any(|c| c == std::path::Component::ParentDir) {
-        return vec![format!("The recorded cgroup {} is not this instance's: left alone.", root.display())];
+/// How long what a previous instance left gets after SIGTERM.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
+
+/// The extended attribute that marks an instance's cgroup as DIR's.
+const OWNER_XATTR: &std::ffi::CStr = c"user.sentry.dir";
+
+/// Marks the cgroup `root` as the instance of `dir`'s.
+fn set_owner(root: &Path, dir: &Path) -> io::Result<()> {
+    let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    let value = dir.as_os_str().as_encoded_bytes();
+    // SAFETY: valid C strings and a buffer of the given length.
+    let r = unsafe { libc::setxattr(path.as_ptr(), OWNER_XATTR.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
+}
+
+/// The DIR that marked the cgroup `root`: `Some(Some(dir))`; `Some(None)`
+/// when it has no mark; `None` when marks cannot be read here.
+fn owner(root: &Path) -> Option<Option<Vec<u8>>> {
+    let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).ok()?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe { libc::getxattr(path.as_ptr(), OWNER_XATTR.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n >= 0 {
+        buf.truncate(n as usize);
+        return Some(Some(buf));
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::ENODATA) => Some(None),
+        _ => None,
+    }
+}
+
+/// What a SIGKILLed instance left in its cgroup `root` (recorded in its
+/// DIR): every process in it gets SIGTERM, then, 5 s later, the whole tree
+/// gets `cgroup.kill`; then its cgroups are removed. Only a cgroup below the
+/// v2 mount, named as the instance called `name` names its cgroups, and
+/// marked as `dir`'s own (or, where marks cannot be read, exactly where
+/// this instance puts its cgroup) is touched: an edited record cannot aim
+/// this at anyone else's processes. One line per finding, for the console.
+pub(crate) fn stop_recorded(root: &Path, name: &str, dir: &Path) -> Vec<String> {
+    let Some((mount, mount_root)) = proc::cgroup2_mount() else { return Vec::new() };
+    let base = instance_name(name, dir);
+    let named = root.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        n == base || n.strip_prefix(&base).and_then(|k| k.strip_prefix('.')).is_some_and(|k| k.parse::<u8>().is_ok())
+    });
+    let plain = root.components().all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
     if !root.join("cgroup.procs").exists() {
         return Vec::new();
     }
-    let mut leaves = Vec::new();
-    collect_dirs(root, &mut leaves);
-    let mut found: Vec<String> = Vec::new();
-    for dir in &leaves {
-        for pid in pids_in(dir) {
-            let cmdline = proc::cmdline(pid).join(" ");
-            found.push(format!("{pid} ({cmdline})"));
-        }
+    let marked = match owner(root) {
+        Some(mark) => mark.as_deref() == Some(dir.as_os_str().as_encoded_bytes()),
+        None => directory_of(&mount, &mount_root, std::process::id() as i32).is_ok_and(|p| p.join(&base) == root),
+    };
+    if !named || !plain || !root.starts_with(&mount) || root == mount || !marked {
+        return vec![format!("The recorded cgroup {} is not this instance's: left alone.", root.display())];
     }
-    let mut lines = Vec::new();
-    if !found.is_empty() {
-        let (mount, mount_root) = proc::cgroup2_mount().unwrap_or((mount, "/".to_string()));
-        for dir in &leaves {
-            let below = dir.strip_prefix(&mount).unwrap_or(dir).to_string_lossy().into_owned();
-            let rel = if mount_root == "/" { format!("/{below}") } else { format!("{mount_root}/{below}") };
-            signal_members(dir, &rel, Signal::SIGTERM);
-        }
-        let mut text = format!(
-            "Found {} process{} left in the cgroup {} by a previous instance: {}; stopped.",
-            found.len(),
-            if found.len() == 1 { "" } else { "es" },
-            root.display(),
-            found.join(", ")
-        );
-        if !wait_empty(root, Instant::now() + grace) {
-            let _ = fs::write(root.join("cgroup.kill"), "1");
-            text.push_str(&format!(" What was left after {} s was SIGKILLed.", grace.as_secs()));
-            if !wait_empty(root, Instant::now() + Duration::from_secs(5)) {
-                text.push_str(" Some processes outlived SIGKILL.");
-            }
-        }
-        lines.push(text);
-    }
+    let tree = Tree { mount, mount_root, root: root.to_path_buf(), memory: false };
+    let mut lines: Vec<String> =
+        tree.empty(LEFTOVER_GRACE, "left by a previous instance in the cgroup").into_iter().collect();
     if let Err(e) = remove_tree(root) {
         lines.push(format!("Cannot remove the cgroup {}: {e}.", root.display()));
     }

@@ -254,7 +254,7 @@ fn check(specs: &[Spec], handoff_version: bool) -> Outcome {
         "{}",
         match crate::cgroup::probe() {
             crate::cgroup::Fence::Cgroup(tree) => format!(
-                "Containment: a cgroup per process, beside {} (cgroup v2 is writable here).",
+                "Containment: a cgroup per process, under {}/sentry.NAME.HASH (cgroup v2 is writable here).",
                 tree.root().parent().unwrap_or(tree.root()).display()
             ),
             other => other.describe(),

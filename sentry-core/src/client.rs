@@ -54,8 +54,14 @@ impl Client {
         stream.write_all(head.as_bytes()).map_err(|e| Error::io(context("write to"), e))?;
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).map_err(|e| Error::io(context("read from"), e))?;
-        parse_response(&answer)
-            .ok_or_else(|| Error::Control { status: 0, message: format!("malformed answer from {}", self.addr) })
+        parse_response(&answer).ok_or_else(|| Error::Control {
+            status: 0,
+            message: match answer.is_empty() {
+                // The instance went away mid-request (stopped, or killed).
+                true => format!("{} closed the connection without answering: did the instance stop?", self.addr),
+                false => format!("malformed answer from {}", self.addr),
+            },
+        })
     }
 }
 

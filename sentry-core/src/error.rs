@@ -77,6 +77,7 @@ impl fmt::Display for Error {
             }
             Error::Bind { addr, source } => write!(f, "cannot bind {addr}: {source}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Control { status: 0, message } => write!(f, "{message}"),
             Error::Control { status, message } => write!(f, "{message} (HTTP {status})"),
             Error::CoreGone => write!(f, "the supervisor has shut down"),
             Error::ShuttingDown => write!(f, "shutting down"),

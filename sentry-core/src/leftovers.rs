@@ -68,21 +68,34 @@ pub(crate) fn write(path: &Path, ledger: &Ledger) -> io::Result<()> {
 /// Reads the ledger a previous instance left at `path` (none if it ended
 /// cleanly), stops every process that is still a member of one of its
 /// groups — verified by session, group, start time and `SENTRY_ENTRY`, and
-/// signalled through a pidfd — then everything in its recorded cgroup, if
-/// that is named `cgroup_name` (this instance's), and removes the file.
-/// One line per finding.
-pub(crate) fn stop_left(path: &Path, cgroup_name: &str) -> Vec<String> {
+/// signalled through a pidfd — or, when it names a cgroup, everything in
+/// that cgroup if it is the instance `name` of `dir`'s own
+/// (`cgroup::stop_recorded`); and removes the file. A file someone else
+/// could have written (not ours, or writable by group or others) is
+/// trusted with nothing. One line per finding.
+pub(crate) fn stop_left(path: &Path, name: &str, dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return Vec::new() };
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if !meta.is_file() || meta.uid() != euid || meta.mode() & 0o022 != 0 {
+        return vec![format!(
+            "{} is not a file of this user's that only it can write: not trusted, nothing was stopped",
+            path.display()
+        )];
+    }
     let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
     let _ = std::fs::remove_file(path);
     let ledger: Ledger = match serde_json::from_str(&text) {
         Ok(l) => l,
         Err(e) => return vec![format!("{} is unreadable ({e}): nothing was stopped", path.display())],
     };
-    let mut lines = stop_groups(&ledger);
-    if let Some(root) = &ledger.cgroup {
-        lines.extend(crate::cgroup::stop_recorded(root, cgroup_name, GRACE));
+    match &ledger.cgroup {
+        // Every process of the instance was in its cgroup: that is where
+        // they are looked for, and only there.
+        Some(root) => crate::cgroup::stop_recorded(root, name, dir),
+        None => stop_groups(&ledger),
     }
-    lines
 }
 
 /// Stops the survivors of the ledger's process groups.

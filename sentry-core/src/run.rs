@@ -84,12 +84,15 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Resu
             instance::NAME_THE_CRATE
         ));
     }
-    let cgroup_name = cgroup::instance_name(&paths.name, &canonical(&paths.dir));
-    for line in crate::leftovers::stop_left(&paths.ledger_file(), &cgroup_name) {
+    for line in crate::leftovers::stop_left(&paths.ledger_file(), &paths.name, &canonical(&paths.dir)) {
         instance.say(&line);
     }
     let mut instance = instance;
-    instance.fence = containment(paths, None);
+    let (fence, lines) = containment(paths, None);
+    for line in lines {
+        instance.say(&line);
+    }
+    instance.fence = fence;
     instance.say(&instance.fence.describe());
     let info = InfoSnapshot { started_at: sys::unix_now(), ..InfoSnapshot::default() };
     let core = Core::new(config, instance.options(info), instance.tx.clone(), instance.rx.clone());
@@ -138,7 +141,11 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     info.reexeced_at = Some(now);
     info.last_reload = Some(ReloadOutcome { at: now, ok: true, error: kept.reload_note.clone(), id: kept.reload_id });
     let mut instance = instance;
-    instance.fence = containment(&instance.paths, handoff.core.cgroup.as_deref());
+    let (fence, lines) = containment(&instance.paths, handoff.core.cgroup.as_deref());
+    for line in lines {
+        instance.say(&line);
+    }
+    instance.fence = fence;
     let (mut core, warnings) =
         Core::restore(handoff.core, instance.options(info.clone()), instance.tx.clone(), instance.rx.clone());
     core.set_info(info.clone());
@@ -199,7 +206,11 @@ fn resume_without_snapshot(specs: &[Spec], paths: &Paths, why: &str) -> Result<(
     ));
     let now = sys::unix_now();
     let mut instance = instance;
-    instance.fence = containment(paths, None);
+    let (fence, lines) = containment(paths, None);
+    for line in lines {
+        instance.say(&line);
+    }
+    instance.fence = fence;
     let error = format!("re-exec'd, but the handed-over state was unreadable ({why}); children adopted from /proc");
     let last_reload = Some(ReloadOutcome { at: now, ok: true, error: Some(error), id });
     let info = InfoSnapshot { started_at: now, reexec_count: 1, reexeced_at: Some(now), last_reload };
@@ -221,18 +232,19 @@ fn canonical(dir: &Path) -> PathBuf {
 /// v2 is writable — the one an earlier image made (`resume`), else a fresh
 /// one — or process groups, with the reason. `SENTRY_CONTAINMENT=process-group`
 /// asks for process groups.
-fn containment(paths: &Paths, resume: Option<&Path>) -> Fence {
+/// Also returns what it found to say (a leftover tree it emptied).
+fn containment(paths: &Paths, resume: Option<&Path>) -> (Fence, Vec<String>) {
     if let Some(why) = cgroup::refused_by_environment() {
-        return Fence::ProcessGroup(why);
+        return (Fence::ProcessGroup(why), Vec::new());
     }
     let resumed = resume.map(cgroup::Tree::resume);
     let tree = match resumed {
-        Some(Ok(tree)) => Ok(tree),
+        Some(Ok(tree)) => Ok((tree, Vec::new())),
         _ => cgroup::Tree::create(&paths.name, &canonical(&paths.dir)),
     };
     match tree {
-        Ok(tree) => Fence::Cgroup(std::sync::Arc::new(tree)),
-        Err(why) => Fence::ProcessGroup(why),
+        Ok((tree, lines)) => (Fence::Cgroup(std::sync::Arc::new(tree)), lines),
+        Err(why) => (Fence::ProcessGroup(why), Vec::new()),
     }
 }
 

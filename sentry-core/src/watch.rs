@@ -215,9 +215,15 @@ fn cmdline_of(pid: i32) -> String {
     proc::cmdline(pid).join(" ")
 }
 
-/// `SENTRY_ENTRY` from a child's environment.
+/// The entry a child of Sentry's is a slot process of: its `SENTRY_ENTRY`,
+/// if it also has a `SENTRY_INDEX` (an `exec` helper has the entry it acts
+/// for but no slot; an entry's rules must not see it, or a rule's own
+/// helper would fire the rule again, without end).
 fn entry_of(pid: i32) -> Option<Arc<str>> {
-    proc::environ_var(pid, "SENTRY_ENTRY").map(Arc::from)
+    let environ = proc::environ(pid);
+    let has = |key: &str| environ.iter().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_string));
+    has("SENTRY_INDEX")?;
+    has("SENTRY_ENTRY").map(Arc::from)
 }
 
 /// Whose rules: a watch, or an entry.

@@ -215,6 +215,35 @@ fn specs(scenario: &str) -> Vec<Spec> {
                 .stop_timeout(Duration::from_secs(3)),
         ],
         "frozen" => vec![entry("frozen", "sleep", ["1000"], 0, 1).stop_timeout(Duration::from_millis(500))],
+        // tests/fence.rs: children that try to leave their cgroup, given the
+        // cgroup v2 mount in TCGMOUNT. A leader that moves itself up into
+        // the instance's own cgroup (root may):
+        "fence-escape" => {
+            let mount = std::env::var("TCGMOUNT").unwrap_or_else(|_| "/sys/fs/cgroup".to_string());
+            let script = format!(
+                "cg=$(sed -n 's/^0:://p' /proc/self/cgroup); echo $$ > {mount}${{cg%/*/*}}/cgroup.procs && exec sleep 1000"
+            );
+            vec![entry("escape", "sh", ["-c", script.as_str()], 0, 1)]
+        }
+        // A child that makes a cgroup of its own inside its leaf and moves
+        // there; it says when it is ready and when SIGTERM reaches it.
+        "fence-nest" => {
+            let mount = std::env::var("TCGMOUNT").unwrap_or_else(|_| "/sys/fs/cgroup".to_string());
+            let inner = "import os, signal, sys, time\n\
+                 d = sys.argv[1]\n\
+                 os.mkdir(d)\n\
+                 open(d + '/cgroup.procs', 'w').write(str(os.getpid()))\n\
+                 signal.signal(signal.SIGTERM, lambda *a: (print('inner-term', flush=True), sys.exit(0)))\n\
+                 print('inner-ready', flush=True)\n\
+                 time.sleep(1000)\n";
+            let script = format!(
+                "cg=$(sed -n 's/^0:://p' /proc/self/cgroup); python3 -c \"{inner}\" {mount}$cg/inner & exec sleep 1000"
+            );
+            vec![entry("nest", "sh", ["-c", script.as_str()], 0, 1)]
+        }
+        // An entry rule whose action is an `exec` helper: the helper is the
+        // entry's (SENTRY_ENTRY) but no slot's, and must not fire the rule.
+        "fence-helper" => vec![entry("hog", "sleep", ["1000"], 0, 1).on("rmem > 1k", "exec @ 1s sleep 3")],
         // `cargo xtask soak`, one scenario per phase (xtask/src/soak).
         // Kill storm: TCOUNT sleepers (default 5), restarted at once.
         "soak-kill" => {

@@ -157,13 +157,19 @@ impl Proc {
         if self.reaped {
             return;
         }
+        let pidfd = self.monitor.as_ref().and_then(Monitor::pidfd);
         if let Some(cgroup) = &self.cgroup {
             cgroup.signal(signal);
+            // A leader that moved itself out of its leaf (root may) is
+            // still ours, and reached through its pidfd.
+            if let (Some(fd), false) = (pidfd, self.exited.is_some() || cgroup.holds(self.pid)) {
+                let _ = sys::pidfd_send_signal(fd, signal);
+            }
             return;
         }
         sys::signal_group(self.pid, signal);
         let left_its_group = crate::proc::stat(self.pid).is_some_and(|s| s.pgrp != self.pid);
-        if let (true, Some(fd)) = (left_its_group, self.monitor.as_ref().and_then(Monitor::pidfd)) {
+        if let (true, Some(fd)) = (left_its_group, pidfd) {
             let _ = sys::pidfd_send_signal(fd, signal);
         }
     }
@@ -418,6 +424,11 @@ impl Core {
         self.events = None;
         self.close_monitors();
         if let Some(tree) = self.options.fence.tree() {
+            // Whatever is still in the tree (moved out of its leaf, or left
+            // by a row that could not be stopped) goes with the instance.
+            if let Some(line) = tree.empty(KILL_GRACE, "still in the instance's cgroup") {
+                self.options.console.say(&line);
+            }
             match tree.remove() {
                 // Nothing of the instance is left: the ledger need not name it.
                 Ok(()) => self.options.fence = Fence::ProcessGroup("stopped".to_string()),
@@ -604,7 +615,7 @@ impl Core {
     fn remove_cgroup(&mut self, gen: u64, cgroup: Cgroup) {
         self.tree_cache.borrow_mut().remove(&gen);
         if let Err(e) = cgroup.remove() {
-            log::warn!("cannot remove the cgroup {}: {e}", cgroup.path().display());
+            self.options.console.say(&format!("Cannot remove the cgroup {}: {e}.", cgroup.path().display()));
         }
         if let (Some(tree), Some(group)) = (self.options.fence.tree(), cgroup.path().parent()) {
             if let Some(name) = group.file_name().and_then(|n| n.to_str()) {

@@ -1,0 +1,238 @@
+//! The edges of cgroup containment that a hostile user found: a recorded
+//! cgroup that is not the instance's, a name taken by another DIR's
+//! instance, a tree left without a record, a leader that moves out of its
+//! leaf, a child that nests a cgroup inside its leaf, and an entry's own
+//! `exec` helper. Each test skips (saying so) where Sentry has no cgroup
+//! containment, and removes every cgroup it made, even on failure.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const TCONF: &str = env!("CARGO_BIN_EXE_tconf");
+
+/// The cgroup v2 mount, from /proc/self/mountinfo.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// The instance's cgroup directory, if it has cgroup containment.
+fn instance_cgroup(s: &Sentry) -> Option<PathBuf> {
+    let status = s.status();
+    status["containment"]["cgroup"].as_str().map(PathBuf::from)
+}
+
+/// A cgroup the test made, holding processes the test started: on drop
+/// they are SIGKILLed (`cgroup.kill`) and the cgroup (and what is below)
+/// removed.
+struct Victim {
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Victim {
+    fn new(dir: PathBuf) -> Victim {
+        std::fs::create_dir_all(&dir).expect("make the victim's cgroup");
+        Victim { dir, children: Vec::new() }
+    }
+
+    /// Starts `sleep 1000` in it (moved in before it execs).
+    fn sleeper(&mut self) -> i32 {
+        let procs = self.dir.join("cgroup.procs");
+        let child = Command::new("sh")
+            .args(["-c", "echo $$ > \"$1\" && exec sleep 1000", "sh"])
+            .arg(&procs)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start a sleeper");
+        let pid = child.id() as i32;
+        self.children.push(child);
+        wait_for("the sleeper in its cgroup", || {
+            std::fs::read_to_string(&procs).ok()?.lines().any(|l| l == pid.to_string()).then_some(())
+        });
+        pid
+    }
+
+    fn mark(&self, owner: &str) {
+        let out = Command::new("python3")
+            .args(["-c", "import os, sys; os.setxattr(sys.argv[1], 'user.sentry.dir', sys.argv[2].encode())"])
+            .arg(&self.dir)
+            .arg(owner)
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+        remove_cgroups(&self.dir);
+    }
+}
+
+/// Removes the cgroup `dir` and everything below it, deepest first.
+fn remove_cgroups(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+            remove_cgroups(&e.path());
+        }
+    }
+    wait_for_within("an empty cgroup to go", Duration::from_secs(10), || {
+        (std::fs::remove_dir(dir).is_ok() || !dir.exists()).then_some(())
+    });
+}
+
+fn slot(entry: &Value, index: u64) -> Value {
+    entry["slots"].as_array().and_then(|a| a.iter().find(|s| s["index"] == index).cloned()).unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_recorded_cgroup_that_is_not_the_instances_is_left_alone_and_an_unrecorded_leftover_is_emptied() {
+    let dir = TempDir::new("fence-ledger");
+    let dir_path = dir.path().to_path_buf();
+    let mut s = Sentry::spawn_in(dir, TCONF, "escape-always", &[]).waiting();
+    let Some(root) = instance_cgroup(&s) else {
+        eprintln!("skipped: no cgroup containment here");
+        return;
+    };
+    // A setsid'd sleeper of the first run survives its Sentry's SIGKILL.
+    let leader = s.wait_pids("escape", 1)[0];
+    let escaped = wait_for("the escaped sleeper", || {
+        let procs = std::fs::read_to_string(root.join("escape/0/cgroup.procs")).ok()?;
+        procs.lines().filter_map(|l| l.parse::<i32>().ok()).find(|p| *p != leader && stat_fields(*p).is_some_and(|f| f[3] == p.to_string()))
+    });
+    s.sigkill_taking_along(&[leader]);
+    assert!(alive(escaped));
+    // Someone edits the record to name a cgroup of the same name elsewhere,
+    // holding an innocent process.
+    let mount = cgroup2_mount().unwrap();
+    let mut victim = Victim::new(
+        mount.join(format!("sentry-test-victim-{}", std::process::id())).join(root.file_name().unwrap()),
+    );
+    let innocent = victim.sleeper();
+    let ledger = dir_path.join("tconf.procs");
+    let mut record: Value = serde_json::from_str(&std::fs::read_to_string(&ledger).unwrap()).unwrap();
+    record["cgroup"] = Value::String(victim.dir.display().to_string());
+    std::fs::write(&ledger, record.to_string()).unwrap();
+    let again = Sentry::spawn_in(TempDir(dir_path.clone()), TCONF, "escape-always", &[]).waiting();
+    let console = again.console();
+    assert!(console.contains("is not this instance's: left alone"), "{console}");
+    assert!(alive(innocent), "the innocent process lives: {console}");
+    // The instance's own tree, whose record was lost, is emptied by its mark.
+    assert!(console.contains("its record lost"), "{console}");
+    wait_for("the escaped sleeper of the first run gone", || (!alive(escaped)).then_some(()));
+    assert_eq!(instance_cgroup(&again), Some(root));
+    drop(victim);
+    let mut again = again;
+    again.cli(&["stop"]);
+    again.wait_exit();
+    let _ = std::fs::remove_dir(mount.join(format!("sentry-test-victim-{}", std::process::id())));
+}
+
+#[test]
+fn a_cgroup_name_taken_by_another_dirs_instance_is_not_shared() {
+    let mut s = Sentry::start(TCONF, "basic", &[]);
+    let Some(root) = instance_cgroup(&s) else {
+        eprintln!("skipped: no cgroup containment here");
+        return;
+    };
+    let dir_path = s.dir.path().to_path_buf();
+    assert!(s.cli(&["stop"]).status.success());
+    s.wait_exit();
+    assert!(!root.exists(), "a clean stop removes the instance's cgroup");
+    // The name is taken (as if another DIR's name hashed the same), by a
+    // cgroup marked as another DIR's, with a process in it.
+    let mut other = Victim::new(root.clone());
+    other.mark("/some/other/dir");
+    let stranger = other.sleeper();
+    let again = Sentry::spawn_in(TempDir(dir_path), TCONF, "basic", &[]).waiting();
+    let mine = instance_cgroup(&again).expect("still cgroup containment");
+    assert_eq!(mine, PathBuf::from(format!("{}.2", root.display())), "another name");
+    again.wait_pids("idle", 2);
+    let mut again = again;
+    assert!(again.cli(&["stop"]).status.success());
+    again.wait_exit();
+    assert!(alive(stranger), "the other instance's process was never touched");
+    assert!(!mine.exists());
+}
+
+#[test]
+fn a_leader_that_moves_up_out_of_its_leaf_is_still_stopped() {
+    let Some(mount) = cgroup2_mount() else {
+        eprintln!("skipped: no cgroup v2");
+        return;
+    };
+    let envs = [("TCGMOUNT", mount.to_str().unwrap())];
+    let s = Sentry::spawn_with(TempDir::new("fence-escape"), TCONF, "fence-escape", &[], &envs).waiting();
+    let Some(root) = instance_cgroup(&s) else {
+        eprintln!("skipped: no cgroup containment here");
+        return;
+    };
+    let leader = s.wait_pids("escape", 1)[0];
+    let rel = format!("/{}", root.strip_prefix(&mount).unwrap().display());
+    wait_for("the leader in the instance's own cgroup", || {
+        let line = std::fs::read_to_string(format!("/proc/{leader}/cgroup")).ok()?;
+        line.lines().any(|l| l == format!("0::{rel}")).then_some(())
+    });
+    let out = s.cli(&["restart", "escape"]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!alive(leader), "the old leader was stopped through its pidfd");
+    let e = s.entry("escape");
+    assert_eq!(e["processes"].as_array().map(Vec::len), Some(1), "no second copy: {e}");
+    assert_eq!(e["unkillable"].as_array().map(Vec::len), Some(0), "{e}");
+}
+
+#[test]
+fn a_cgroup_nested_inside_a_leaf_is_counted_and_stopped_gracefully() {
+    let Some(mount) = cgroup2_mount() else {
+        eprintln!("skipped: no cgroup v2");
+        return;
+    };
+    let envs = [("TCGMOUNT", mount.to_str().unwrap())];
+    let s = Sentry::spawn_with(TempDir::new("fence-nest"), TCONF, "fence-nest", &[], &envs).waiting();
+    if instance_cgroup(&s).is_none() {
+        eprintln!("skipped: no cgroup containment here");
+        return;
+    }
+    wait_for("the inner process ready", || s.log("nest").contains("inner-ready").then_some(()));
+    let tree = wait_for("both processes counted", || {
+        let slot = slot(&s.entry("nest"), 0);
+        (slot["tree"]["processes"] == 2).then_some(slot)
+    });
+    assert!(tree["tree"]["memory_bytes"].as_u64().is_some_and(|m| m > 0), "{tree}");
+    let out = s.cli(&["restart", "nest"]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(s.log("nest").contains("inner-term"), "the inner process got the stop signal: {}", s.log("nest"));
+    wait_for("the new process's inner one", || (s.log("nest").matches("inner-ready").count() == 2).then_some(()));
+}
+
+#[test]
+fn an_entrys_rules_never_fire_on_its_own_exec_helpers() {
+    let s = Sentry::start(TCONF, "fence-helper", &[]);
+    let pid = s.wait_pids("hog", 1)[0];
+    let firings = |console: &str| -> Vec<i32> {
+        console
+            .lines()
+            .filter(|l| l.contains("rmem") && l.contains(": exec"))
+            .filter_map(|l| l.split("hog.").nth(1)?.split_whitespace().next()?.parse().ok())
+            .collect()
+    };
+    // Three firings: each helper (sleep 3) lives through the next ones.
+    wait_for("three firings", || (firings(&s.console()).len() >= 3).then_some(()));
+    let fired = firings(&s.console());
+    assert!(fired.iter().all(|p| *p == pid), "only the slot's process: {fired:?} (slot {pid})\n{}", s.console());
+}
