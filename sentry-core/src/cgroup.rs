@@ -229,7 +229,9 @@ fn subtree_has_memory(dir: &Path) -> bool {
 /// Removes the cgroups of the tree at `dir`, deepest first.
 fn remove_tree(dir: &Path) -> io::Result<()> {
     let subdirs: Vec<PathBuf> = match fs::read_dir(dir) {
-        Ok(entries) => entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect(),
+        Ok(entries) => {
+            entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect()
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
@@ -283,7 +285,8 @@ impl Cgroup {
     /// Its `cgroup.procs`, opened for writing before a fork: the child
     /// writes `0` to it to move itself in (see [`place_self`]).
     pub fn placement(&self) -> io::Result<OwnedFd> {
-        let file = fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(self.path.join("cgroup.procs"))?;
+        let file =
+            fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(self.path.join("cgroup.procs"))?;
         Ok(file.into())
     }
 
@@ -328,7 +331,8 @@ impl Cgroup {
 /// The figures of the cgroup at `dir` (see [`Cgroup::figures`]).
 pub(crate) fn figures_of(dir: &Path, memory: bool) -> Figures {
     let pids = pids_in(dir);
-    let cpu_usec = fs::read_to_string(dir.join("cpu.stat")).ok().and_then(|t| stat_value(&t, "usage_usec")).unwrap_or(0);
+    let cpu_usec =
+        fs::read_to_string(dir.join("cpu.stat")).ok().and_then(|t| stat_value(&t, "usage_usec")).unwrap_or(0);
     let current = memory.then(|| fs::read_to_string(dir.join("memory.current")).ok()?.trim().parse().ok()).flatten();
     let memory_bytes = current.unwrap_or_else(|| pids.iter().filter_map(|p| proc::pss_bytes(*p)).sum());
     Figures { processes: pids.len(), cpu_usec, memory_bytes, memory_current: current.is_some() }
@@ -371,7 +375,7 @@ fn stat_value(text: &str, key: &str) -> Option<u64> {
 /// Between fork and exec: moves the calling process into the cgroup whose
 /// `cgroup.procs` is `placement` (writing `0` means "the writer",
 /// cgroup-v2). Async-signal-safe: one `write`.
-pub(crate) fn place_self(placement: &OwnedFd) -> io::Result<()> {
+pub(crate) fn place_self(placement: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: a plain write of a static byte to an fd we own.
     let n = unsafe { libc::write(placement.as_raw_fd(), b"0".as_ptr().cast(), 1) };
     if n == 1 {

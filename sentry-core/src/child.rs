@@ -49,8 +49,9 @@ pub(crate) struct Spawned {
     pub stderr: OwnedFd,
 }
 
-/// Starts `entry`'s command in slot `index`.
-pub(crate) fn spawn(entry: &EntryConfig, index: usize) -> io::Result<Spawned> {
+/// Starts `entry`'s command in slot `index`, in the cgroup whose
+/// `cgroup.procs` is `placement` if one is given (see [`start`]).
+pub(crate) fn spawn(entry: &EntryConfig, index: usize, placement: Option<&OwnedFd>) -> io::Result<Spawned> {
     let mut cmd = Command::new(&entry.command);
     cmd.args(&entry.args)
         .envs(entry.env.iter().map(|(k, v)| (k, v)))
@@ -69,20 +70,26 @@ pub(crate) fn spawn(entry: &EntryConfig, index: usize) -> io::Result<Spawned> {
     if let (Some(cwd), None) = (&entry.cwd, &credentials) {
         cmd.current_dir(cwd);
     }
-    start(cmd, credentials)
+    start(cmd, credentials, placement)
 }
 
 /// Starts the program of an `exec` action (`argv` is not empty) for
 /// `target`: never through a shell, in its own process group, with the same
 /// clean state as a child and `SENTRY_ENTRY=target`.
-pub(crate) fn spawn_helper(target: &str, argv: &[String]) -> io::Result<Spawned> {
+pub(crate) fn spawn_helper(target: &str, argv: &[String], placement: Option<&OwnedFd>) -> io::Result<Spawned> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).env("SENTRY_ENTRY", target);
-    start(cmd, None)
+    start(cmd, None, placement)
 }
 
 /// Spawns `cmd` with the environment and process state every child gets.
-fn start(mut cmd: Command, credentials: Option<Credentials>) -> io::Result<Spawned> {
+/// With a `placement` (a cgroup's `cgroup.procs`, open for writing), the
+/// child moves itself into that cgroup first thing after the fork, before
+/// its credentials change and before any code of its own runs: whatever it
+/// and its descendants do later, they stay in it. A failed move is a failed
+/// start.
+fn start(mut cmd: Command, credentials: Option<Credentials>, placement: Option<&OwnedFd>) -> io::Result<Spawned> {
+    let placement = placement.map(|fd| fd.as_raw_fd());
     let inherited: Vec<_> = std::env::vars_os().filter(|(k, _)| passed_on(k.as_bytes())).collect();
     // The command's own variables (set above) win over inherited ones.
     let own: Vec<_> = cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned()))).collect();
@@ -94,11 +101,15 @@ fn start(mut cmd: Command, credentials: Option<Credentials>) -> io::Result<Spawn
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe calls (setgroups, setgid, setuid, chdir, sigprocmask,
+    // async-signal-safe calls (write to the cgroup's fd, which the caller
+    // keeps open until `spawn` returns, setgroups, setgid, setuid, chdir, sigprocmask,
     // signal, prctl, close_range); it allocates nothing: the credentials were
     // computed before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(fd) = placement {
+                crate::cgroup::place_self(BorrowedFd::borrow_raw(fd))?;
+            }
             if let Some(c) = &credentials {
                 c.apply()?;
             }

@@ -89,6 +89,10 @@ pub(crate) struct CoreSnapshot {
     /// snapshot has none, and the new configuration brings them back).
     #[serde(default)]
     pub watches: Vec<WatchConfigSnapshot>,
+    /// The instance's cgroup directory, under cgroup containment (older
+    /// images: none, and the new image decides afresh).
+    #[serde(default)]
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 /// A watch's configuration as data.
@@ -223,6 +227,13 @@ pub(crate) struct HelperSnapshot {
     /// SIGKILL was sent already.
     #[serde(default)]
     pub killed: bool,
+    /// Its cgroup directory, under cgroup containment.
+    #[serde(default)]
+    pub cgroup: Option<std::path::PathBuf>,
+    /// It was slot `stuck`'s process, whose cgroup outlived SIGKILL while
+    /// the slot went on (not a helper: `target` is its entry).
+    #[serde(default)]
+    pub stuck: Option<usize>,
 }
 
 /// What `status` reports about the instance's history.
@@ -298,6 +309,9 @@ pub(crate) struct SlotSnapshot {
     /// The last spawn error, if the last attempt failed.
     #[serde(default)]
     pub error: Option<String>,
+    /// Its process's cgroup directory, under cgroup containment.
+    #[serde(default)]
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 /// A slot's phase, with instants as durations from the snapshot.
@@ -552,6 +566,7 @@ mod tests {
                         phase: PhaseSnapshot::Running { process: ProcessSnapshot { pid: 9, starttime: 7, up_ms: 8 } },
                         streams: vec![StreamSnapshot { fd, pending: vec![0xe2, 0x82], unfinished: b"t\n".to_vec() }],
                         error: None,
+                        cgroup: Some("/sys/fs/cgroup/sentry.t.0/e/0".into()),
                     }],
                     last_exits: vec![],
                     failures_ms_ago: vec![],

@@ -1,14 +1,16 @@
 //! What an instance leaves behind if it is SIGKILLed: PDEATHSIG reaches only
-//! its direct children, so other members of their process groups live on.
-//! While it runs, an instance keeps `DIR/NAME.procs` — the identity of each
-//! process group it owns — up to date; the next `start` in the same DIR
-//! reads it, finds the survivors by identity and stops them, and says so.
+//! its direct children, so other members of their process groups (and,
+//! under cgroup containment, everything in its cgroups) live on. While it
+//! runs, an instance keeps `DIR/NAME.procs` — the identity of each process
+//! group it owns, and its cgroup — up to date; the next `start` in the same
+//! DIR reads it, finds the survivors by identity (or empties the recorded
+//! cgroup, `cgroup::stop_recorded`) and stops them, and says so.
 //! This module owns that file's format and the search; it knows nothing of
 //! slots or of the core's tables.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,9 @@ pub(crate) struct Ledger {
     /// Sentry's doing).
     pub session: i32,
     pub groups: Vec<Group>,
+    /// The instance's cgroup directory, under cgroup containment.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// One process group Sentry started: its leader's identity and its entry
@@ -40,15 +45,15 @@ pub(crate) struct Group {
 }
 
 impl Ledger {
-    pub fn new(groups: Vec<Group>) -> Ledger {
-        Ledger { version: VERSION, session: sys::own_session(), groups }
+    pub fn new(groups: Vec<Group>, cgroup: Option<PathBuf>) -> Ledger {
+        Ledger { version: VERSION, session: sys::own_session(), groups, cgroup }
     }
 }
 
 /// Replaces the file at `path` with `ledger` (written aside, then renamed,
-/// so a reader never sees half of it); removes it when no group is left.
+/// so a reader never sees half of it); removes it when nothing is left to record.
 pub(crate) fn write(path: &Path, ledger: &Ledger) -> io::Result<()> {
-    if ledger.groups.is_empty() {
+    if ledger.groups.is_empty() && ledger.cgroup.is_none() {
         return match std::fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -63,15 +68,25 @@ pub(crate) fn write(path: &Path, ledger: &Ledger) -> io::Result<()> {
 /// Reads the ledger a previous instance left at `path` (none if it ended
 /// cleanly), stops every process that is still a member of one of its
 /// groups — verified by session, group, start time and `SENTRY_ENTRY`, and
-/// signalled through a pidfd — and removes the file. One line per process
-/// stopped.
-pub(crate) fn stop_left(path: &Path) -> Vec<String> {
+/// signalled through a pidfd — then everything in its recorded cgroup, if
+/// that is named `cgroup_name` (this instance's), and removes the file.
+/// One line per finding.
+pub(crate) fn stop_left(path: &Path, cgroup_name: &str) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
     let _ = std::fs::remove_file(path);
     let ledger: Ledger = match serde_json::from_str(&text) {
         Ok(l) => l,
         Err(e) => return vec![format!("{} is unreadable ({e}): nothing was stopped", path.display())],
     };
+    let mut lines = stop_groups(&ledger);
+    if let Some(root) = &ledger.cgroup {
+        lines.extend(crate::cgroup::stop_recorded(root, cgroup_name, GRACE));
+    }
+    lines
+}
+
+/// Stops the survivors of the ledger's process groups.
+fn stop_groups(ledger: &Ledger) -> Vec<String> {
     // A group whose number now belongs to a process other than its recorded
     // leader was reused: while any member of ours lived, the number could not
     // be handed out again, so every process in it is someone else's.
@@ -145,11 +160,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sentry-ledger-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("x.procs");
-        let ledger = Ledger::new(vec![Group { pgid: 42, starttime: 7, entry: "web".into() }]);
+        let ledger = Ledger::new(vec![Group { pgid: 42, starttime: 7, entry: "web".into() }], None);
         write(&path, &ledger).unwrap();
         let back: Ledger = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(back, ledger);
-        write(&path, &Ledger::new(vec![])).unwrap();
+        let tree = Ledger::new(vec![], Some("/sys/fs/cgroup/sentry.x.00000000".into()));
+        write(&path, &tree).unwrap();
+        assert!(path.exists(), "a cgroup alone is worth recording");
+        write(&path, &Ledger::new(vec![], None)).unwrap();
         assert!(!path.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
+use crate::cgroup::{self, Fence};
 use crate::config::Config;
 use crate::core::{max_stop_wait, Command, Core, CoreExit, CoreOptions, FoundChild, Suspended};
 use crate::handoff::{self, Handoff, InfoSnapshot, InstanceSnapshot, KeptFd, HANDOFF_VERSION};
@@ -83,9 +84,13 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Resu
             instance::NAME_THE_CRATE
         ));
     }
-    for line in crate::leftovers::stop_left(&paths.ledger_file()) {
+    let cgroup_name = cgroup::instance_name(&paths.name, &canonical(&paths.dir));
+    for line in crate::leftovers::stop_left(&paths.ledger_file(), &cgroup_name) {
         instance.say(&line);
     }
+    let mut instance = instance;
+    instance.fence = containment(paths, None);
+    instance.say(&instance.fence.describe());
     let info = InfoSnapshot { started_at: sys::unix_now(), ..InfoSnapshot::default() };
     let core = Core::new(config, instance.options(info), instance.tx.clone(), instance.rx.clone());
     instance.supervise(core)
@@ -132,6 +137,8 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     info.reexec_count += 1;
     info.reexeced_at = Some(now);
     info.last_reload = Some(ReloadOutcome { at: now, ok: true, error: kept.reload_note.clone(), id: kept.reload_id });
+    let mut instance = instance;
+    instance.fence = containment(&instance.paths, handoff.core.cgroup.as_deref());
     let (mut core, warnings) =
         Core::restore(handoff.core, instance.options(info.clone()), instance.tx.clone(), instance.rx.clone());
     core.set_info(info.clone());
@@ -191,6 +198,8 @@ fn resume_without_snapshot(specs: &[Spec], paths: &Paths, why: &str) -> Result<(
          Adopting its children from /proc; output in flight may be lost."
     ));
     let now = sys::unix_now();
+    let mut instance = instance;
+    instance.fence = containment(paths, None);
     let error = format!("re-exec'd, but the handed-over state was unreadable ({why}); children adopted from /proc");
     let last_reload = Some(ReloadOutcome { at: now, ok: true, error: Some(error), id });
     let info = InfoSnapshot { started_at: now, reexec_count: 1, reexeced_at: Some(now), last_reload };
@@ -202,6 +211,33 @@ fn resume_without_snapshot(specs: &[Spec], paths: &Paths, why: &str) -> Result<(
     drop(pipes);
     instance.supervise(core)
 }
+
+/// The canonical form of DIR (what names an instance), or DIR as given.
+fn canonical(dir: &Path) -> PathBuf {
+    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// How this instance fences its processes: its own cgroup tree where cgroup
+/// v2 is writable — the one an earlier image made (`resume`), else a fresh
+/// one — or process groups, with the reason. `SENTRY_CONTAINMENT=process-group`
+/// asks for process groups.
+fn containment(paths: &Paths, resume: Option<&Path>) -> Fence {
+    if std::env::var_os(CONTAINMENT_VAR).is_some_and(|v| v == "process-group") {
+        return Fence::ProcessGroup(format!("{CONTAINMENT_VAR}=process-group"));
+    }
+    let resumed = resume.map(cgroup::Tree::resume);
+    let tree = match resumed {
+        Some(Ok(tree)) => Ok(tree),
+        _ => cgroup::Tree::create(&paths.name, &canonical(&paths.dir)),
+    };
+    match tree {
+        Ok(tree) => Fence::Cgroup(std::sync::Arc::new(tree)),
+        Err(why) => Fence::ProcessGroup(why),
+    }
+}
+
+/// The variable that turns cgroup containment off (`process-group`).
+const CONTAINMENT_VAR: &str = "SENTRY_CONTAINMENT";
 
 /// Says that console lines were dropped when the console was closed for an exec.
 fn say_dropped(instance: &Instance, dropped: u64) {
@@ -304,6 +340,8 @@ struct Instance {
     /// then on the HTTP interface answers 503 and waits for the core no more.
     closing: Arc<Mutex<Option<Sender<()>>>>,
     shutdown: Receiver<()>,
+    /// How children are fenced (decided once the instance runs).
+    fence: Fence,
 }
 
 impl Instance {
@@ -351,6 +389,7 @@ impl Instance {
             settle,
             closing: Arc::new(Mutex::new(Some(closing))),
             shutdown,
+            fence: Fence::ProcessGroup("not decided yet".to_string()),
         };
         if let Err(e) = instance.listen(listener).and_then(|()| instance.forward_signals()) {
             if let Some(server) = instance.http.lock().unwrap_or_else(|p| p.into_inner()).server.take() {
@@ -382,7 +421,13 @@ impl Instance {
 
     fn options(&self, info: InfoSnapshot) -> CoreOptions {
         let console = self.console.as_ref().map(Console::handle).unwrap_or_default();
-        CoreOptions { log_dir: Some(self.paths.log_dir()), console, info, ledger: Some(self.paths.ledger_file()) }
+        CoreOptions {
+            log_dir: Some(self.paths.log_dir()),
+            console,
+            info,
+            ledger: Some(self.paths.ledger_file()),
+            fence: self.fence.clone(),
+        }
     }
 
     /// Serves the control interface on `listener` and records its address.

@@ -20,20 +20,41 @@ pub struct Status {
 }
 
 /// How the processes of a slot are held together: `kind` is `"cgroup"` or
-/// `"process-group"`; `reason` says why, when it is not a cgroup.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// `"process-group"`; `reason` says why, when it is not a cgroup; `cgroup`
+/// is the instance's cgroup directory when it is.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Containment {
     pub kind: String,
     pub reason: Option<String>,
+    #[serde(default)]
+    pub cgroup: Option<String>,
 }
 
-impl Default for Containment {
-    fn default() -> Containment {
-        Containment {
-            kind: "process-group".to_string(),
-            reason: Some("cgroup containment is not built yet: each slot is its own process group".to_string()),
-        }
-    }
+/// What one cgroup (a slot's process tree), or the sum of an entry's,
+/// holds and has used.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TreeStatus {
+    /// Live processes in the tree.
+    pub processes: usize,
+    /// CPU time the tree used (`cpu.stat` `usage_usec`), microseconds.
+    pub cpu_usec: u64,
+    /// Memory of the tree in bytes: `memory.current` where the memory
+    /// controller is enabled, else the summed PSS of its processes.
+    pub memory_bytes: u64,
+    /// Whether `memory_bytes` is `memory.current` (not summed PSS).
+    pub memory_current: bool,
+}
+
+/// Processes of a slot that outlived SIGKILL in their cgroup (uninterruptible
+/// sleep) while the slot went on in a fresh one; reported until they are gone.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UnkillableStatus {
+    pub index: usize,
+    /// The slot's process that was (its zombie waits, unreaped).
+    pub pid: u32,
+    pub cgroup: String,
+    /// How many processes are still in that cgroup.
+    pub processes: usize,
 }
 
 /// How the last reload ended.
@@ -75,6 +96,12 @@ pub struct EntryStatus {
     #[serde(default)]
     pub slots: Vec<SlotStatus>,
     pub rules: Vec<RuleStatus>,
+    /// The sum of the slots' trees; `null` without cgroup containment.
+    #[serde(default)]
+    pub tree: Option<TreeStatus>,
+    /// Trees that outlived SIGKILL while their slots went on.
+    #[serde(default)]
+    pub unkillable: Vec<UnkillableStatus>,
 }
 
 /// Non-success exits within a minute that make an entry `flapping`.
@@ -102,6 +129,13 @@ pub struct SlotStatus {
     pub ready: Option<bool>,
     /// Why the last attempt to start a process failed, if it did.
     pub error: Option<String>,
+    /// The cgroup of its process, as `/proc/PID/cgroup` shows it; `null`
+    /// without one.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// What that cgroup holds and has used; `null` without one.
+    #[serde(default)]
+    pub tree: Option<TreeStatus>,
 }
 
 /// Where a slot is in its life.

@@ -120,6 +120,11 @@ impl Supervisor {
             console: ConsoleHandle::default(),
             info: InfoSnapshot { started_at: sys::unix_now(), ..InfoSnapshot::default() },
             ledger: None,
+            // Cgroups are an instance's, recorded in its DIR, which an
+            // embedded supervisor does not have.
+            fence: crate::cgroup::Fence::ProcessGroup(
+                "an embedded Supervisor has no instance directory to record cgroups in".to_string(),
+            ),
         };
         let core = Core::new(config, core_options, tx.clone(), rx);
         let thread = std::thread::Builder::new()

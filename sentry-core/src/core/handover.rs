@@ -63,7 +63,9 @@ impl Core {
             // Its pipes, read on where the previous image stopped (the bytes
             // that image held are lost with its snapshot).
             let streams = child.pipes.into_iter().map(|fd| Stream { fd, splitter: LineSplitter::default() }).collect();
-            if let Err(e) = self.adopt_process(child.pid, role, streams, &name) {
+            let gen = self.new_gen();
+            let cgroup = self.cgroup_at(None, child.pid);
+            if let Err(e) = self.adopt_process(gen, child.pid, role, streams, &name, cgroup) {
                 report.push(format!("cannot watch {name}.{}: {e}", child.pid));
                 if let Some((name, index)) = placed {
                     if let Some(e) = self.entries.iter_mut().find(|e| e.config.name == name) {
@@ -145,12 +147,14 @@ impl Core {
         // Every monitor stops; the pipes of unreaped processes go with their
         // slot or helper, those of reaped ones are drained by the next image.
         let mut quiesced: HashMap<i32, Quiesced> = HashMap::new();
+        let mut cgroups: HashMap<i32, std::path::PathBuf> = HashMap::new();
         let mut loose = Vec::new();
         let mut draining = Vec::new();
         for (_, row) in rows {
             let q = row.monitor.map(|m| m.quiesce());
+            let cgroup = row.cgroup.as_ref().map(|c| c.path().to_path_buf());
             match (&row.role, row.reaped) {
-                (Role::Pipes { entry }, _) | (Role::Slot { entry, .. }, true) => {
+                (Role::Pipes { entry }, _) | (Role::Slot { entry, .. } | Role::Stuck { entry, .. }, true) => {
                     let streams = keep(q);
                     if !streams.is_empty() {
                         draining.push(DrainingSnapshot { entry: entry.clone(), pid: row.pid, streams });
@@ -167,7 +171,22 @@ impl Core {
                     if let Some(q) = q {
                         quiesced.insert(row.pid, q);
                     }
+                    if let Some(path) = cgroup {
+                        cgroups.insert(row.pid, path);
+                    }
                 }
+                (Role::Stuck { entry, index }, false) => loose.push(HelperSnapshot {
+                    target: entry.clone(),
+                    rule: String::new(),
+                    pid: row.pid,
+                    starttime: row.starttime,
+                    kill_in_ms: 0,
+                    streams: keep(q),
+                    stray: false,
+                    killed: true,
+                    cgroup,
+                    stuck: Some(*index),
+                }),
                 (Role::Helper { kill_at, killed, .. } | Role::Stray { kill_at, killed }, false) => {
                     let target = match &row.role {
                         Role::Helper { target, .. } => target.clone(),
@@ -186,6 +205,8 @@ impl Core {
                         streams: keep(q),
                         stray: matches!(row.role, Role::Stray { .. }),
                         killed: *killed,
+                        cgroup,
+                        stuck: None,
                     })
                 }
             }
@@ -235,6 +256,7 @@ impl Core {
                     phase,
                     streams,
                     error: run.error.clone(),
+                    cgroup: run.slot.pid().and_then(|pid| cgroups.remove(&pid)),
                 });
             }
             entries.push(EntrySnapshot {
@@ -259,6 +281,7 @@ impl Core {
             watch: self.watch_state.to_memory(),
             helpers: loose,
             watches: self.config.watches.iter().map(|w| w.to_snapshot()).collect(),
+            cgroup: self.options.fence.tree().map(|t| t.root().to_path_buf()),
         };
         Suspended { snapshot, fds }
     }
@@ -350,7 +373,9 @@ impl Core {
                     continue;
                 }
                 let role = Role::Slot { entry: name.clone(), index: ss.index };
-                if let Err(e) = core.adopt_process(p.pid, role, streams, &name) {
+                let gen = core.new_gen();
+                let cgroup = core.cgroup_at(ss.cgroup.as_deref(), p.pid);
+                if let Err(e) = core.adopt_process(gen, p.pid, role, streams, &name, cgroup) {
                     warnings.push(format!("cannot watch {name}.{}: {e}; it was stopped", p.pid));
                     gone.push((i, ss.index));
                 }
@@ -372,15 +397,20 @@ impl Core {
                 continue;
             }
             let kill_at = later(now, Duration::from_millis(h.kill_in_ms));
-            let role = if h.stray {
+            let role = if let Some(index) = h.stuck {
+                Role::Stuck { entry: h.target.clone(), index }
+            } else if h.stray {
                 Role::Stray { kill_at, killed: h.killed }
             } else {
                 // It holds its place under the caps until it is reaped.
                 core.helpers.hold(&h.rule);
                 Role::Helper { target: h.target.clone(), rule: h.rule.clone(), kill_at, killed: h.killed }
             };
-            if let Err(e) = core.adopt_process(h.pid, role, streams, &h.target) {
-                if !h.stray {
+            let stuck = matches!(role, Role::Stuck { .. });
+            let gen = core.new_gen();
+            let cgroup = core.cgroup_at(h.cgroup.as_deref(), h.pid);
+            if let Err(e) = core.adopt_process(gen, h.pid, role, streams, &h.target, cgroup) {
+                if !h.stray && !stuck {
                     core.helpers.release(&h.rule);
                 }
                 warnings.push(format!("cannot watch {}.{}: {e}; it was stopped", h.target, h.pid));
@@ -435,10 +465,19 @@ mod tests {
 
     fn core_for(specs: &[Spec], log_dir: Option<std::path::PathBuf>) -> (Core, Sender<Command>, Receiver<Command>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let options =
-            CoreOptions { log_dir, console: ConsoleHandle::default(), info: InfoSnapshot::default(), ledger: None };
+        let options = CoreOptions {
+            log_dir,
+            console: ConsoleHandle::default(),
+            info: InfoSnapshot::default(),
+            ledger: None,
+            fence: no_cgroups(),
+        };
         let config = Config::from_specs(specs).unwrap();
         (Core::new(config, options, tx.clone(), rx.clone()), tx, rx)
+    }
+
+    fn no_cgroups() -> crate::cgroup::Fence {
+        crate::cgroup::Fence::ProcessGroup("a unit test".to_string())
     }
 
     #[test]
@@ -455,6 +494,7 @@ mod tests {
             console: ConsoleHandle::default(),
             info: InfoSnapshot::default(),
             ledger: None,
+            fence: no_cgroups(),
         };
         let (back, warnings) = Core::restore(serde_json::from_str(&json).unwrap(), options, tx, rx);
         assert!(warnings.is_empty(), "{warnings:?}");
@@ -509,6 +549,7 @@ mod tests {
             console: ConsoleHandle::default(),
             info: InfoSnapshot::default(),
             ledger: None,
+            fence: no_cgroups(),
         };
         let (back, _) = Core::restore(serde_json::from_value(json).unwrap(), options, tx, rx);
         let c = &back.entries[0].config;

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::budget::later;
+use crate::cgroup::{self, Cgroup, Fence};
 use crate::child::{self, ChildNote, Monitor, Stream};
 use crate::config::{Config, EntryConfig, Rule};
 use crate::handoff::{CoreSnapshot, InfoSnapshot};
@@ -38,7 +39,7 @@ use crate::lifecycle::{self, AfterStop, ChildExit, Effect, Event, Phase, Policy,
 use crate::output::{self, ConsoleHandle, LineSink, LineSplitter};
 use crate::status::{
     Containment, EntryState, EntryStatus, ExitStatus, ProcessStatus, ReloadOutcome, RuleStatus, SlotState, SlotStatus,
-    Status, WatchStatus, FLAPPING_EXITS,
+    Status, TreeStatus, UnkillableStatus, WatchStatus, FLAPPING_EXITS,
 };
 use crate::watch::{self, Hands, Report, Watcher};
 use crate::{leftovers, sys, Error, Signal, LINE_LIMIT};
@@ -99,6 +100,10 @@ pub(crate) enum Role {
     Stray { kill_at: Instant, killed: bool },
     /// Reaped by an earlier image; only its output pipes are left to drain.
     Pipes { entry: String },
+    /// What was slot `index`'s process: its cgroup outlived SIGKILL
+    /// (uninterruptible sleep) and the slot went on in a fresh cgroup. It is
+    /// reported until its cgroup is empty, then reaped.
+    Stuck { entry: String, index: usize },
 }
 
 /// One row of the process table.
@@ -119,6 +124,9 @@ pub(crate) struct Proc {
     pub check: Option<(Instant, Duration)>,
     /// The group was found with live members once already.
     pub lingering: bool,
+    /// Its cgroup, under cgroup containment: then "its group" means this
+    /// cgroup's processes, whatever their process group or session.
+    pub cgroup: Option<Cgroup>,
 }
 
 impl Proc {
@@ -134,15 +142,21 @@ impl Proc {
             reaped: false,
             check: None,
             lingering: false,
+            cgroup: None,
         }
     }
 
-    /// Sends `signal` to the process group the leader started, and to the
-    /// leader itself through its pidfd if it has left that group. Safe
-    /// because the row is unreaped: nobody else can hold this PID or this
-    /// group number.
+    /// Sends `signal` to every process of its cgroup, or else to the
+    /// process group the leader started, and to the leader itself through
+    /// its pidfd if it has left that group. Safe because the row is
+    /// unreaped: nobody else can hold this PID or this group number (and a
+    /// cgroup's members are checked one by one).
     fn signal(&self, signal: Signal) {
         if self.reaped {
+            return;
+        }
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.signal(signal);
             return;
         }
         sys::signal_group(self.pid, signal);
@@ -207,6 +221,9 @@ pub(crate) struct CoreOptions {
     /// Where the process groups the core owns are recorded for the next
     /// start, should this instance be SIGKILLed (`DIR/NAME.procs`).
     pub ledger: Option<PathBuf>,
+    /// How each process's tree is fenced: a cgroup of its own, or its
+    /// process group.
+    pub fence: Fence,
 }
 
 /// An entry at run time: its configuration, target count and slots.
@@ -294,6 +311,8 @@ pub(crate) struct Core {
     /// Resident sizes read for status, with when: a flood of status
     /// requests reads /proc at most once a second per process.
     rss_cache: RefCell<HashMap<i32, (Instant, Option<u64>)>>,
+    /// The same for the figures of each row's cgroup, by generation.
+    tree_cache: RefCell<HashMap<u64, (Instant, cgroup::Figures)>>,
     waiters: Vec<Waiter>,
     logs: HashMap<String, Arc<File>>,
     shutting_down: bool,
@@ -320,6 +339,7 @@ impl Core {
             next_gen: 1,
             ledger_dirty: false,
             rss_cache: RefCell::new(HashMap::new()),
+            tree_cache: RefCell::new(HashMap::new()),
             waiters: Vec::new(),
             logs: HashMap::new(),
             shutting_down: false,
@@ -381,6 +401,16 @@ impl Core {
         }
         self.stop_watcher();
         self.close_monitors();
+        if let Some(tree) = self.options.fence.tree() {
+            match tree.remove() {
+                // Nothing of the instance is left: the ledger need not name it.
+                Ok(()) => self.options.fence = Fence::ProcessGroup("stopped".to_string()),
+                Err(e) => self
+                    .options
+                    .console
+                    .say(&format!("Cannot remove the cgroup {}: {e}; the next start will.", tree.root().display())),
+            }
+        }
         self.ledger_dirty = true;
         self.write_ledger();
         CoreExit::Shutdown
@@ -398,14 +428,15 @@ impl Core {
             .filter(|p| !p.reaped)
             .filter_map(|p| {
                 let entry = match &p.role {
-                    Role::Slot { entry, .. } => entry,
+                    Role::Slot { entry, .. } | Role::Stuck { entry, .. } => entry,
                     Role::Helper { target, .. } => target,
                     Role::Stray { .. } | Role::Pipes { .. } => return None,
                 };
                 Some(leftovers::Group { pgid: p.pid, starttime: p.starttime, entry: entry.clone() })
             })
             .collect();
-        if let Err(e) = leftovers::write(path, &leftovers::Ledger::new(groups)) {
+        let cgroup = self.options.fence.tree().map(|t| t.root().to_path_buf());
+        if let Err(e) = leftovers::write(path, &leftovers::Ledger::new(groups, cgroup)) {
             log::warn!("cannot record the process groups in {}: {e}", path.display());
         }
     }
@@ -450,7 +481,10 @@ impl Core {
 
     /// Starts an `exec` action's program, watched like a child and reaped by the core.
     fn run_helper(&mut self, target: &str, rule: String, argv: Vec<String>) {
-        let spawned = match child::spawn_helper(target, &argv) {
+        let gen = self.new_gen();
+        let placed = self.leaf(target, &format!("exec.{gen}"), gen);
+        let spawned = match placed.and_then(|(cg, fd)| child::spawn_helper(target, &argv, fd.as_ref()).map(|s| (s, cg)))
+        {
             Ok(s) => s,
             Err(e) => {
                 self.helpers.release(&rule);
@@ -458,21 +492,31 @@ impl Core {
                 return;
             }
         };
+        let (spawned, cgroup) = spawned;
         let pid = spawned.pid;
         let kill_at = later(Instant::now(), HELPER_TIMEOUT);
         let role = Role::Helper { target: target.to_string(), rule: rule.clone(), kill_at, killed: false };
-        if let Err(e) = self.adopt_process(pid, role, streams_of(spawned), target) {
+        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), target, cgroup) {
             self.helpers.release(&rule);
             log::error!("cannot watch helper {target}.{pid}: {e}");
         }
     }
 
-    /// Puts `pid` (our unreaped child) in the process table and starts its
-    /// monitor. Without a monitor nobody would see it exit: then it is
-    /// killed and reaped at once, and the error returned.
-    fn adopt_process(&mut self, pid: i32, role: Role, streams: Vec<Stream>, log_as: &str) -> std::io::Result<u64> {
-        let gen = self.new_gen();
+    /// Puts `pid` (our unreaped child) in the process table as row `gen`,
+    /// with its cgroup if it has one, and starts its monitor. Without a
+    /// monitor nobody would see it exit: then it is killed and reaped at
+    /// once, and the error returned.
+    fn adopt_process(
+        &mut self,
+        gen: u64,
+        pid: i32,
+        role: Role,
+        streams: Vec<Stream>,
+        log_as: &str,
+        cgroup: Option<Cgroup>,
+    ) -> std::io::Result<u64> {
         let mut row = Proc::new(pid, role);
+        row.cgroup = cgroup;
         let sink = self.sink(log_as, pid);
         match self.monitor(gen, pid, streams, sink, false) {
             Ok(m) => {
@@ -482,9 +526,51 @@ impl Core {
                 Ok(gen)
             }
             Err(e) => {
+                row.signal(Signal::SIGKILL);
                 sys::signal_group(pid, Signal::SIGKILL);
                 sys::reap(pid);
                 Err(e)
+            }
+        }
+    }
+
+    /// Under cgroup containment, a fresh leaf `<group>/<name>` for row
+    /// `gen` and its `cgroup.procs` open for the child to move itself in;
+    /// nothing otherwise.
+    fn leaf(&self, group: &str, name: &str, gen: u64) -> std::io::Result<(Option<Cgroup>, Option<OwnedFd>)> {
+        let Some(tree) = self.options.fence.tree() else { return Ok((None, None)) };
+        let leaf = tree
+            .leaf(group, name, gen)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot make its cgroup: {e}")))?;
+        match leaf.placement() {
+            Ok(fd) => Ok((Some(leaf), Some(fd))),
+            Err(e) => {
+                let _ = leaf.remove();
+                Err(std::io::Error::new(e.kind(), format!("cannot open its cgroup's cgroup.procs: {e}")))
+            }
+        }
+    }
+
+    /// The cgroup of our child `pid` under cgroup containment: the one
+    /// recorded for it (a snapshot's), else the one `/proc` shows, if
+    /// either is a leaf of the instance's tree.
+    fn cgroup_at(&self, recorded: Option<&std::path::Path>, pid: i32) -> Option<Cgroup> {
+        let tree = self.options.fence.tree()?;
+        match recorded {
+            Some(path) => tree.existing(path),
+            None => tree.existing(&cgroup::directory_of_process(pid)?),
+        }
+    }
+
+    /// Removes row `gen`'s empty cgroup, and its group's if that was the last.
+    fn remove_cgroup(&mut self, gen: u64, cgroup: Cgroup) {
+        self.tree_cache.borrow_mut().remove(&gen);
+        if let Err(e) = cgroup.remove() {
+            log::warn!("cannot remove the cgroup {}: {e}", cgroup.path().display());
+        }
+        if let (Some(tree), Some(group)) = (self.options.fence.tree(), cgroup.path().parent()) {
+            if let Some(name) = group.file_name().and_then(|n| n.to_str()) {
+                tree.remove_group(name);
             }
         }
     }
@@ -535,7 +621,7 @@ impl Core {
                 let text = exit_text(exit, at).replacen("Exited", "Action program exited", 1);
                 self.options.console.event(&target, pid, &text);
             }
-            Role::Stray { .. } | Role::Pipes { .. } => {}
+            Role::Stray { .. } | Role::Pipes { .. } | Role::Stuck { .. } => {}
         }
     }
 
@@ -552,10 +638,15 @@ impl Core {
         if due.is_empty() {
             return;
         }
-        let live = crate::proc::live_groups();
+        // One /proc pass for every process group due; a cgroup is one file.
+        let mut live = None;
         for gen in due {
             let Some(row) = self.procs.get_mut(&gen) else { continue };
-            if !live.contains(&row.pid) {
+            let empty = match &row.cgroup {
+                Some(cgroup) => !cgroup.populated(),
+                None => !live.get_or_insert_with(crate::proc::live_groups).contains(&row.pid),
+            };
+            if empty {
                 self.group_gone(gen, now);
                 continue;
             }
@@ -565,8 +656,18 @@ impl Core {
                 continue;
             }
             let exited_at = row.exited.unwrap_or(now);
+            let (pid, remain) = (row.pid, row.cgroup.as_ref().map(|c| (c.pids().len(), c.name().to_string())));
             match row.role.clone() {
                 Role::Slot { entry, index } => {
+                    let text = match remain {
+                        Some((n, name)) => format!(
+                            "{n} process{} left in its cgroup {name}: stopping {}.",
+                            if n == 1 { " is" } else { "es are" },
+                            if n == 1 { "it" } else { "them" }
+                        ),
+                        None => "Members of its process group are left: stopping them.".to_string(),
+                    };
+                    self.options.console.event(&entry, pid, &text);
                     if let Some(i) = self.entries.iter().position(|e| e.config.name == entry) {
                         self.apply(i, index, Event::LeaderExited { now: exited_at });
                     }
@@ -577,7 +678,7 @@ impl Core {
                         *kill_at = (*kill_at).min(later(now, LOOSE_GRACE));
                     }
                 }
-                Role::Pipes { .. } => {}
+                Role::Pipes { .. } | Role::Stuck { .. } => {}
             }
         }
     }
@@ -590,6 +691,7 @@ impl Core {
         row.reaped = true;
         row.check = None;
         let (pid, role, exited_unix) = (row.pid, row.role.clone(), row.exited_unix);
+        let cgroup = row.cgroup.take();
         if let Role::Helper { rule, .. } = &role {
             self.helpers.release(rule);
         }
@@ -599,6 +701,13 @@ impl Core {
             None => {
                 self.procs.remove(&gen);
             }
+        }
+        if let Some(cgroup) = cgroup {
+            if let Role::Stuck { entry, .. } = &role {
+                let text = format!("What outlived SIGKILL in the cgroup {} is gone.", cgroup.name());
+                self.options.console.event(entry, pid, &text);
+            }
+            self.remove_cgroup(gen, cgroup);
         }
         if let Role::Slot { entry, index } = role {
             let Some(i) = self.entries.iter().position(|e| e.config.name == entry) else { return };
@@ -813,7 +922,11 @@ impl Core {
         };
         let policy = policy_of(&entry.config);
         let (next, effects) = lifecycle::step(run.slot, &policy, event);
+        let became_unkillable = !matches!(run.slot.phase, Phase::Unkillable { .. });
         run.slot = next;
+        if let (true, Phase::Unkillable { pid, then, .. }) = (became_unkillable, next.phase) {
+            self.unkillable(i, index, pid, then);
+        }
         for effect in effects {
             match effect {
                 Effect::Spawn => {
@@ -832,11 +945,55 @@ impl Core {
         }
     }
 
+    /// Slot `index` of entry `i` became unkillable: its process's tree
+    /// outlived SIGKILL. Under cgroup containment, unless the slot is going
+    /// away anyway, the tree is left in its cgroup (reported, reaped when it
+    /// empties) and the slot goes on as after an exit: its next process
+    /// starts in a fresh cgroup. A process group cannot be set aside like
+    /// that, so without cgroups the slot waits.
+    fn unkillable(&mut self, i: usize, index: usize, pid: i32, then: AfterStop) {
+        let name = self.entries[i].config.name.clone();
+        let Some(gen) = self.row_of(pid) else { return };
+        let row = self.procs.get_mut(&gen).expect("row_of found it");
+        let Some(cgroup) = &row.cgroup else {
+            self.options.console.event(&name, pid, "Its process group outlived SIGKILL: waiting for it.");
+            return;
+        };
+        let n = cgroup.pids().len();
+        let cgroup_name = cgroup.name().to_string();
+        if then == AfterStop::Vacate {
+            let text = format!("{n} process(es) in its cgroup {cgroup_name} outlived SIGKILL: waiting for them.");
+            self.options.console.event(&name, pid, &text);
+            return;
+        }
+        row.role = Role::Stuck { entry: name.clone(), index };
+        let text = format!(
+            "{n} process(es) in its cgroup {cgroup_name} outlived SIGKILL: left there, and the slot goes on in a fresh cgroup."
+        );
+        self.options.console.event(&name, pid, &text);
+        let now = Instant::now();
+        let e = &mut self.entries[i];
+        e.record_exit(index, ChildExit::Unknown, sys::unix_now(), then == AfterStop::Respawn, now);
+        self.apply(i, index, Event::Exited { exit: ChildExit::Unknown, now });
+    }
+
     /// Starts slot `index` of entry `i` and says how that went.
     fn spawn(&mut self, i: usize, index: usize) -> Event {
+        let gen = self.new_gen();
         let config = &self.entries[i].config;
         let name = config.name.clone();
-        let spawned = match child::spawn(config, index) {
+        let placed = self.leaf(&name, &index.to_string(), gen);
+        let config = &self.entries[i].config;
+        let spawned = placed.and_then(|(cgroup, fd)| match child::spawn(config, index, fd.as_ref()) {
+            Ok(s) => Ok((s, cgroup)),
+            Err(e) => {
+                if let Some(c) = cgroup {
+                    let _ = c.remove();
+                }
+                Err(e)
+            }
+        });
+        let (spawned, cgroup) = match spawned {
             Ok(s) => s,
             Err(e) => {
                 let command = config.command.clone();
@@ -856,7 +1013,7 @@ impl Core {
         }
         self.options.console.event(&name, pid, &format!("Started at {started_at}."));
         let role = Role::Slot { entry: name.clone(), index };
-        if let Err(e) = self.adopt_process(pid, role, streams_of(spawned), &name) {
+        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), &name, cgroup) {
             log::error!("cannot watch {name}.{pid}: {e}");
             if let Some(run) = self.entries[i].slots.get_mut(&index) {
                 run.error = Some(format!("cannot watch the process: {e}"));
@@ -941,7 +1098,7 @@ impl Core {
                         target: e.target,
                         error: error.clone(),
                     }),
-                    _ => Ok(entry_status(e, &report, &|pid| self.rss(pid))),
+                    _ => Ok(entry_status(e, &report, &self.figures())),
                 };
                 let _ = w.reply.send(answer);
             }
@@ -995,6 +1152,37 @@ impl Core {
         }
     }
 
+    /// What status shows of each process: its resident size and its
+    /// cgroup's figures (each read at most once per [`RSS_FRESH`]).
+    fn figures(&self) -> Figures<'_> {
+        let rows = self.procs.iter().filter(|(_, p)| !p.reaped).map(|(gen, p)| (p.pid, *gen)).collect();
+        Figures { core: self, rows }
+    }
+
+    /// The cgroup of row `gen` and its figures, if it has a cgroup.
+    fn tree(&self, gen: u64) -> Option<(String, TreeStatus)> {
+        let row = self.procs.get(&gen)?;
+        let cgroup = row.cgroup.as_ref()?;
+        let now = Instant::now();
+        let mut cache = self.tree_cache.borrow_mut();
+        let f = match cache.get(&gen) {
+            Some((at, f)) if now.saturating_duration_since(*at) < RSS_FRESH => *f,
+            _ => {
+                let memory = self.options.fence.tree().is_some_and(|t| t.has_memory());
+                let f = cgroup.figures(memory);
+                cache.insert(gen, (now, f));
+                f
+            }
+        };
+        let status = TreeStatus {
+            processes: f.processes,
+            cpu_usec: f.cpu_usec,
+            memory_bytes: f.memory_bytes,
+            memory_current: f.memory_current,
+        };
+        Some((cgroup.name().to_string(), status))
+    }
+
     /// The whole state, as `GET /status` shows it.
     pub fn status(&self) -> Status {
         let info = &self.options.info;
@@ -1005,8 +1193,20 @@ impl Core {
             reexec_count: info.reexec_count,
             reexeced_at: info.reexeced_at,
             last_reload: info.last_reload.clone(),
-            entries: self.entries.iter().map(|e| entry_status(e, &report, &|pid| self.rss(pid))).collect(),
-            containment: Containment::default(),
+            entries: {
+                let figures = self.figures();
+                self.entries.iter().map(|e| entry_status(e, &report, &figures)).collect()
+            },
+            containment: match &self.options.fence {
+                Fence::Cgroup(tree) => Containment {
+                    kind: "cgroup".to_string(),
+                    reason: None,
+                    cgroup: Some(tree.root().display().to_string()),
+                },
+                Fence::ProcessGroup(why) => {
+                    Containment { kind: "process-group".to_string(), reason: Some(why.clone()), cgroup: None }
+                }
+            },
             watches: self
                 .config
                 .watches
@@ -1039,8 +1239,50 @@ fn rule_status(owner: &str, rules: &[Rule], report: &Report) -> Vec<RuleStatus> 
         .collect()
 }
 
-fn entry_status(e: &EntryRun, report: &Report, rss: &dyn Fn(i32) -> Option<u64>) -> EntryStatus {
+/// What status reads of processes, for one answer.
+struct Figures<'a> {
+    core: &'a Core,
+    /// Unreaped rows by PID.
+    rows: HashMap<i32, u64>,
+}
+
+impl Figures<'_> {
+    fn rss(&self, pid: i32) -> Option<u64> {
+        self.core.rss(pid)
+    }
+
+    fn tree(&self, pid: i32) -> Option<(String, TreeStatus)> {
+        self.core.tree(*self.rows.get(&pid)?)
+    }
+
+    /// The stuck trees of entry `entry`.
+    fn unkillable(&self, entry: &str) -> Vec<UnkillableStatus> {
+        self.core
+            .procs
+            .iter()
+            .filter_map(|(gen, p)| match &p.role {
+                Role::Stuck { entry: e, index } if e == entry && !p.reaped => {
+                    let (cgroup, tree) = self.core.tree(*gen)?;
+                    Some(UnkillableStatus { index: *index, pid: p.pid as u32, cgroup, processes: tree.processes })
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn entry_status(e: &EntryRun, report: &Report, figures: &Figures) -> EntryStatus {
     let now = Instant::now();
+    let trees: BTreeMap<usize, (String, TreeStatus)> =
+        e.slots.iter().filter_map(|(index, s)| Some((*index, figures.tree(s.slot.pid()?)?))).collect();
+    let tree = (!trees.is_empty()).then(|| {
+        trees.values().fold(TreeStatus::default(), |sum, (_, t)| TreeStatus {
+            processes: sum.processes + t.processes,
+            cpu_usec: sum.cpu_usec + t.cpu_usec,
+            memory_bytes: sum.memory_bytes + t.memory_bytes,
+            memory_current: t.memory_current,
+        })
+    });
     let state = if e.slots.values().any(|s| matches!(s.slot.phase, Phase::Pending { .. }) && s.slot.crashes > 0) {
         EntryState::Backoff
     } else if e.slots.values().any(|s| !matches!(s.slot.phase, Phase::Idle)) {
@@ -1064,7 +1306,12 @@ fn entry_status(e: &EntryRun, report: &Report, rss: &dyn Fn(i32) -> Option<u64>)
             .iter()
             .filter_map(|(index, s)| {
                 let Phase::Running { pid, .. } = s.slot.phase else { return None };
-                Some(ProcessStatus { pid: pid as u32, index: *index, started_at: s.started_at, rss_bytes: rss(pid) })
+                Some(ProcessStatus {
+                    pid: pid as u32,
+                    index: *index,
+                    started_at: s.started_at,
+                    rss_bytes: figures.rss(pid),
+                })
             })
             .collect(),
         last_exits: e
@@ -1088,9 +1335,13 @@ fn entry_status(e: &EntryRun, report: &Report, rss: &dyn Fn(i32) -> Option<u64>)
                 pid: s.slot.pid().map(|p| p as u32),
                 ready: None,
                 error: s.error.clone(),
+                cgroup: trees.get(index).map(|(name, _)| name.clone()),
+                tree: trees.get(index).map(|(_, t)| *t),
             })
             .collect(),
         rules: rule_status(&e.config.name, &e.config.rules, report),
+        tree,
+        unkillable: figures.unkillable(&e.config.name),
     }
 }
 
