@@ -325,6 +325,8 @@ fn an_address_in_use_fails_before_any_child_starts() {
 #[test]
 fn daemon_mode_returns_once_the_instance_answers() {
     let dir = TempDir::new("daemon");
+    // The daemon is in no session of the test's: its cgroups go on drop.
+    let _cgroups = CgroupGuard::for_dir(dir.path());
     let d = dir.path().to_str().unwrap();
     let out = tconf(&["start", "--daemon", "--dir", d], "basic");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
