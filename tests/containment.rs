@@ -634,9 +634,21 @@ fn a_process_that_outlives_cgroup_kill_leaves_its_leaf_to_a_fresh_one() {
     assert!(fresh.starts_with(&format!("{rel}/frozen/0.")), "the replacement's cgroup: {fresh} (restart said: {said})");
     assert_eq!(cgroup_of(pid), Some(format!("{rel}/frozen/0")), "the frozen one stays in its leaf");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    // Status reports the old tree until it empties.
+    let e = s.entry("frozen");
+    let stuck = e["unkillable"].as_array().cloned().unwrap_or_default();
+    assert_eq!(stuck.len(), 1, "{e}");
+    assert_eq!(stuck[0]["index"], 0, "{e}");
+    assert_eq!(stuck[0]["pid"], pid, "{e}");
+    assert_eq!(stuck[0]["cgroup"], format!("{rel}/frozen/0"), "{e}");
+    assert_eq!(stuck[0]["processes"], 1, "{e}");
+    assert_eq!(slot(&e, 0)["cgroup"], fresh.as_str(), "{e}");
     freezer.thaw();
     wait_for("the frozen process to die once thawed", || (!alive(pid)).then_some(()));
     wait_for("its old leaf to be removed", || (!abs.join("frozen/0").exists()).then_some(()));
+    wait_for("the old tree to leave status", || {
+        s.entry("frozen")["unkillable"].as_array().is_some_and(|a| a.is_empty()).then_some(())
+    });
     assert_eq!(s.pids("frozen"), vec![new]);
 }
 
