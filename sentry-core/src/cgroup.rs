@@ -62,6 +62,33 @@ impl Fence {
     }
 }
 
+/// The variable that turns cgroup containment off: `SENTRY_CONTAINMENT=process-group`.
+pub(crate) const CONTAINMENT_VAR: &str = "SENTRY_CONTAINMENT";
+
+/// Why process groups are asked for instead of cgroups, if they are
+/// (`SENTRY_CONTAINMENT=process-group` in the environment).
+pub(crate) fn refused_by_environment() -> Option<String> {
+    std::env::var_os(CONTAINMENT_VAR)
+        .is_some_and(|v| v == "process-group")
+        .then(|| format!("{CONTAINMENT_VAR}=process-group"))
+}
+
+/// What `start` would use here, found without leaving anything behind (a
+/// probe cgroup is made and removed): for `check`.
+pub(crate) fn probe() -> Fence {
+    if let Some(why) = refused_by_environment() {
+        return Fence::ProcessGroup(why);
+    }
+    let name = format!("probe-{}", std::process::id());
+    match Tree::create(&name, Path::new("/")) {
+        Ok(tree) => {
+            let _ = fs::remove_dir(&tree.root);
+            Fence::Cgroup(std::sync::Arc::new(tree))
+        }
+        Err(why) => Fence::ProcessGroup(why),
+    }
+}
+
 /// An instance's cgroup: `<Sentry's cgroup>/sentry.<NAME>.<hash>`.
 #[derive(Debug)]
 pub(crate) struct Tree {
@@ -157,32 +184,48 @@ impl Tree {
         self.memory
     }
 
-    /// Makes a fresh leaf `<group>/<name>` for one process — or, if a leaf
-    /// of that name still holds processes (an unkillable predecessor),
-    /// `<group>/<name>.<gen>`. An empty leftover of the name is reused.
-    pub fn leaf(&self, group: &str, name: &str, gen: u64) -> io::Result<Cgroup> {
+    /// Makes a leaf `<group>/<name>` for one process — or, if a leaf of
+    /// that name still holds processes or is `taken` (another row's, its
+    /// zombie not yet reaped), `<group>/<name>.<gen>` (then `.<gen>.<k>`).
+    /// An empty leftover that nobody owns is reused.
+    pub fn leaf(&self, group: &str, name: &str, gen: u64, taken: &dyn Fn(&Path) -> bool) -> io::Result<Cgroup> {
         let dir = self.root.join(group);
-        match fs::create_dir(&dir) {
+        let mut made = fs::create_dir(&dir);
+        if made.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+            // The instance's own cgroup was removed while empty (by hand):
+            // make it again, as at the start.
+            match fs::create_dir(&self.root) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+            if self.memory {
+                let _ = fs::write(self.root.join("cgroup.subtree_control"), "+memory");
+            }
+            made = fs::create_dir(&dir);
+        }
+        match made {
             Ok(()) if self.memory => {
                 let _ = fs::write(dir.join("cgroup.subtree_control"), "+memory");
             }
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
             _ => {}
         }
-        for candidate in [name.to_string(), format!("{name}.{gen}")] {
+        let candidates =
+            [name.to_string(), format!("{name}.{gen}")].into_iter().chain((1..=8).map(|k| format!("{name}.{gen}.{k}")));
+        for candidate in candidates {
             let path = dir.join(&candidate);
             match fs::create_dir(&path) {
                 Ok(()) => return Ok(self.cgroup(path)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     let leaf = self.cgroup(path);
-                    if !leaf.populated() {
+                    if !taken(&leaf.path) && !leaf.populated() {
                         return Ok(leaf);
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{}/{name}.{gen} is taken", dir.display())))
+        Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("every name for {}/{name} is taken", dir.display())))
     }
 
     /// A leaf of this tree by its directory (from a snapshot); `None` if
@@ -404,6 +447,60 @@ pub(crate) fn wait_empty(dir: &Path, deadline: Instant) -> bool {
         let mut fds = [libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLPRI, revents: 0 }];
         if sys::poll(&mut fds, ms).is_err() {
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Tells the core when a watched cgroup's `cgroup.events` changes (an
+/// inotify `IN_MODIFY`, cgroup-v2), so that a tree that empties is noticed
+/// at once rather than at the next look. One inotify fd and one small
+/// thread for the whole instance; a watch goes away by itself when its
+/// cgroup is removed. Without it (no inotify) the core still looks on its
+/// own schedule.
+pub(crate) struct EventWatch {
+    inotify: std::sync::Arc<nix::sys::inotify::Inotify>,
+    stop: OwnedFd,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EventWatch {
+    /// Starts the thread; `changed` is called after each batch of events.
+    pub fn start(changed: impl Fn() + Send + 'static) -> io::Result<EventWatch> {
+        use nix::sys::inotify::{InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).map_err(io::Error::from)?;
+        let inotify = std::sync::Arc::new(inotify);
+        let stop = sys::eventfd()?;
+        let (for_thread, stop_raw) = (inotify.clone(), stop.as_raw_fd());
+        let thread =
+            std::thread::Builder::new().name("sentry-cgroups".into()).stack_size(64 * 1024).spawn(move || loop {
+                let mut fds = [
+                    libc::pollfd { fd: for_thread.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                    libc::pollfd { fd: stop_raw, events: libc::POLLIN, revents: 0 },
+                ];
+                if sys::poll(&mut fds, -1).is_err() || fds[1].revents != 0 {
+                    return;
+                }
+                if fds[0].revents != 0 {
+                    while for_thread.read_events().is_ok_and(|e| !e.is_empty()) {}
+                    changed();
+                }
+            })?;
+        Ok(EventWatch { inotify, stop, thread: Some(thread) })
+    }
+
+    /// Watches `cgroup`'s `cgroup.events`; a failure (a cgroup already
+    /// gone, no watches left) only means no early notice.
+    pub fn watch(&self, cgroup: &Cgroup) {
+        use nix::sys::inotify::AddWatchFlags;
+        let _ = self.inotify.add_watch(&cgroup.path.join("cgroup.events"), AddWatchFlags::IN_MODIFY);
+    }
+}
+
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        sys::eventfd_signal(self.stop.as_fd());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

@@ -250,25 +250,40 @@ fn check(specs: &[Spec], handoff_version: bool) -> Outcome {
         println!("handoff-version {}", crate::handoff::HANDOFF_VERSION);
     }
     println!("The configuration is valid: {} entries, {} watches.", config.entries.len(), config.watches.len());
+    println!(
+        "{}",
+        match crate::cgroup::probe() {
+            crate::cgroup::Fence::Cgroup(tree) => format!(
+                "Containment: a cgroup per process, beside {} (cgroup v2 is writable here).",
+                tree.root().parent().unwrap_or(tree.root()).display()
+            ),
+            other => other.describe(),
+        }
+    );
     Ok(())
 }
 
 /// A dry run: what each watch and rule matches now, and what would fire.
 fn explain(specs: &[Spec], paths: &Paths) -> Outcome {
-    use crate::watch::{evaluate, human_bytes, Scanner, State};
+    use crate::watch::{evaluate, human_bytes, measure, LiveProbe, Scanner, State};
     let config = Config::from_specs(specs).map_err(fail)?;
-    let targets = crate::watch::targets(&config);
+    // Entries' processes are the running instance's children, if it runs.
+    let live = instance::live_pid(&paths.pidfile()).ok().map(|p| p as i32);
+    let me = live.unwrap_or(std::process::id() as i32);
+    // The running instance's slots, where they run in cgroups of their own,
+    // are in cgroups below the instance's own (its tree is one level down).
+    let cgroup_root = live.and_then(crate::cgroup::directory_of_process);
+    let targets = crate::watch::targets(&config, cgroup_root.as_deref());
     if targets.is_empty() {
         println!("No watches and no rules: nothing to explain.");
         return Ok(());
     }
-    // Entries' processes are the running instance's children, if it runs.
-    let me = instance::live_pid(&paths.pidfile()).map(|p| p as i32).unwrap_or(std::process::id() as i32);
     let mut scanner = Scanner::new(me);
     scanner.scan(None);
     std::thread::sleep(Duration::from_millis(500)); // so that cpu has an interval
-    let samples = scanner.scan(None);
+    let mut samples = scanner.scan(None);
     let all_due = vec![true; targets.len()];
+    measure(&targets, &all_due, &mut samples, me, &mut LiveProbe(&mut scanner));
     let now_ms = sys::unix_now_ns() / 1_000_000;
     let (firings, _) = evaluate(&targets, &all_due, &samples, me, now_ms, &mut State::default(), false);
     let matched = crate::watch::match_targets(&targets, &samples, me);
@@ -276,9 +291,10 @@ fn explain(specs: &[Spec], paths: &Paths) -> Outcome {
     for ((t, covered), spared) in targets.iter().zip(&matched).zip(&spared) {
         match &t.pattern {
             Some(p) => println!(
-                "watch {} /{}/{}: {} processes",
+                "watch {} /{}/{}{}: {} processes",
                 t.name,
                 p.as_str(),
+                t.cgroup.as_ref().map(|c| format!(" in cgroups /{}/", c.as_str())).unwrap_or_default(),
                 if t.children { " with children" } else { "" },
                 covered.len()
             ),
@@ -288,13 +304,16 @@ fn explain(specs: &[Spec], paths: &Paths) -> Outcome {
             let s = &samples[i];
             let cpu = s.cpu.map(|c| format!("{c}%")).unwrap_or_else(|| "?".into());
             let cmdline: String = s.cmdline.chars().take(60).collect();
+            let treemem = s.treemem.map(|m| format!("  treemem {:>6}", human_bytes(m))).unwrap_or_default();
+            let cgroup = s.cgroup.as_deref().map(str::to_string).or_else(|| crate::proc::cgroup_v2(s.pid));
             println!(
-                "  {:>7}  rmem {:>6}  vmem {:>6}  cpu {:>4}  {cmdline}",
+                "  {:>7}  rmem {:>6}  vmem {:>6}  cpu {:>4}{treemem}  {cmdline}",
                 s.pid,
                 human_bytes(s.rss),
                 human_bytes(s.vmem),
                 cpu
             );
+            println!("           cgroup {}", cgroup.as_deref().unwrap_or("(none: no cgroup v2)"));
         }
         for &(i, kin) in spared {
             let s = &samples[i];

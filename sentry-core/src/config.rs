@@ -53,6 +53,8 @@ pub(crate) struct WatchConfig {
     #[allow(dead_code)] // read by the watch scanner, which comes with watches
     pub every: Duration,
     pub rules: Vec<Rule>,
+    /// `.cgroup(regex)`: the cgroup v2 path must match too.
+    pub cgroup: Option<regex::Regex>,
 }
 
 /// `when trigger holds, do action`.
@@ -98,30 +100,37 @@ impl Config {
                         line_limit: e.line_limit,
                     });
                 }
-                SpecKind::Watch(w) => match regex::Regex::new(&w.pattern) {
-                    Ok(pattern) => {
-                        if w.every < Duration::from_millis(100) {
-                            problems
-                                .push(format!("watch {:?}: .every({:?}) is shorter than 100ms", spec.name, w.every));
+                SpecKind::Watch(w) => {
+                    let compile = |what: &str, text: &str, problems: &mut Vec<String>| match regex::Regex::new(text) {
+                        Ok(re) => Some(re),
+                        Err(e) => {
+                            let why = first_line(&e.to_string());
+                            problems.push(format!("watch {:?}: invalid {what} {text:?}: {why}", spec.name));
+                            None
                         }
-                        if w.every > MAX_DURATION {
-                            problems.push(format!("watch {:?}: .every({:?}) is {TOO_LONG}", spec.name, w.every));
-                        }
+                    };
+                    let pattern = compile("pattern", &w.pattern, &mut problems);
+                    let cgroup = match &w.cgroup {
+                        None => Ok(None),
+                        Some(c) => compile("cgroup pattern", c, &mut problems).map(Some).ok_or(()),
+                    };
+                    if w.every < Duration::from_millis(100) {
+                        problems.push(format!("watch {:?}: .every({:?}) is shorter than 100ms", spec.name, w.every));
+                    }
+                    if w.every > MAX_DURATION {
+                        problems.push(format!("watch {:?}: .every({:?}) is {TOO_LONG}", spec.name, w.every));
+                    }
+                    if let (Some(pattern), Ok(cgroup)) = (pattern, cgroup) {
                         config.watches.push(WatchConfig {
                             name: spec.name.clone(),
                             pattern,
                             children: spec.children,
                             every: w.every,
                             rules,
+                            cgroup,
                         });
                     }
-                    Err(e) => problems.push(format!(
-                        "watch {:?}: invalid pattern {:?}: {}",
-                        spec.name,
-                        w.pattern,
-                        first_line(&e.to_string())
-                    )),
-                },
+                }
             }
         }
         if problems.is_empty() {
@@ -194,18 +203,21 @@ impl WatchConfig {
             children: self.children,
             every_ms: self.every.as_millis() as u64,
             rules: self.rules.iter().map(Rule::to_snapshot).collect(),
+            cgroup: self.cgroup.as_ref().map(|c| c.as_str().to_string()),
         }
     }
 
-    /// Back from data; `Err` if the pattern no longer compiles.
+    /// Back from data; `Err` if the pattern or the cgroup pattern no longer compiles.
     pub fn from_snapshot(s: &WatchConfigSnapshot) -> Result<WatchConfig, String> {
         let pattern = regex::Regex::new(&s.pattern).map_err(|e| first_line(&e.to_string()))?;
+        let cgroup = s.cgroup.as_deref().map(regex::Regex::new).transpose().map_err(|e| first_line(&e.to_string()))?;
         Ok(WatchConfig {
             name: s.name.clone(),
             pattern,
             children: s.children,
             every: bounded_ms(s.every_ms).max(Duration::from_millis(100)),
             rules: s.rules.iter().map(Rule::from_snapshot).collect(),
+            cgroup,
         })
     }
 }
@@ -219,6 +231,7 @@ impl Rule {
                 Quantity::Rmem => QuantitySnapshot::Rmem,
                 Quantity::Vmem => QuantitySnapshot::Vmem,
                 Quantity::Cpu => QuantitySnapshot::Cpu,
+                Quantity::Treemem => QuantitySnapshot::Treemem,
             },
             op: match t.comparison {
                 Comparison::Greater => OpSnapshot::Greater,
@@ -266,6 +279,7 @@ impl Rule {
                 QuantitySnapshot::Rmem => Quantity::Rmem,
                 QuantitySnapshot::Vmem => Quantity::Vmem,
                 QuantitySnapshot::Cpu => Quantity::Cpu,
+                QuantitySnapshot::Treemem => Quantity::Treemem,
             },
             comparison: match t.op {
                 OpSnapshot::Greater => Comparison::Greater,
@@ -495,6 +509,43 @@ mod tests {
         let e = &config.entries[0];
         let json = serde_json::to_string(&e.to_snapshot()).unwrap();
         assert_eq!(&EntryConfig::from_snapshot(&serde_json::from_str(&json).unwrap()).unwrap(), e);
+    }
+
+    #[test]
+    fn cgroup_patterns_are_checked_like_patterns_and_only_on_watches() {
+        let p = problems(vec![
+            watch("w", "x").cgroup("(unclosed"),
+            watch("both", "[z-a]").cgroup(r"\p{Nope}"),
+            entry("e", "true", [], 0, 1).cgroup("app"),
+            watch("fine", "").cgroup(r"app-.*\.scope$").on("treemem > 1g", "term"),
+        ]);
+        assert_eq!(p.len(), 4, "{p:#?}");
+        assert!(p[0].starts_with(r#"watch "w": invalid cgroup pattern "(unclosed": "#), "{p:#?}");
+        assert!(p[1].starts_with(r#"watch "both": invalid pattern "[z-a]": "#), "{p:#?}");
+        assert!(p[2].starts_with(r#"watch "both": invalid cgroup pattern "\\p{Nope}": "#), "{p:#?}");
+        assert_eq!(p[3], r#"entry "e": .cgroup() applies to watches only"#);
+        let config = Config::from_specs(&[watch("w", "").cgroup("app")]).unwrap();
+        assert_eq!(config.watches[0].cgroup.as_ref().map(regex::Regex::as_str), Some("app"));
+        let config = Config::from_specs(&[watch("w", "x")]).unwrap();
+        assert!(config.watches[0].cgroup.is_none());
+    }
+
+    #[test]
+    fn a_cgroup_pattern_and_treemem_rules_cross_exec() {
+        let specs = [watch("w", "").cgroup(r"/app-\d+\.scope$").on("200m < treemem", "term")];
+        let config = Config::from_specs(&specs).unwrap();
+        let snapshot = config.watches[0].to_snapshot();
+        let json = serde_json::to_string(&snapshot).unwrap();
+        assert!(json.contains(r#""quantity":"treemem""#), "{json}");
+        let back = WatchConfig::from_snapshot(&serde_json::from_str(&json).unwrap()).unwrap();
+        assert_eq!(back.cgroup.as_ref().map(regex::Regex::as_str), Some(r"/app-\d+\.scope$"));
+        assert_eq!(back.rules, config.watches[0].rules);
+        assert_eq!(back.rules[0].trigger.to_string(), "treemem > 200m");
+        // A snapshot from before .cgroup existed has none.
+        let old = r#"{"name":"w","pattern":"x","children":false,"every_ms":1000,"rules":[]}"#;
+        assert!(WatchConfig::from_snapshot(&serde_json::from_str(old).unwrap()).unwrap().cgroup.is_none());
+        let bad = crate::handoff::WatchConfigSnapshot { cgroup: Some("(".into()), ..snapshot };
+        assert!(WatchConfig::from_snapshot(&bad).is_err());
     }
 
     #[test]

@@ -21,7 +21,11 @@ use crate::status::ReloadOutcome;
 /// text, still read), and the watches travel too ([`CoreSnapshot::watches`]).
 /// A binary that reads only version 1 would drop the rules it cannot parse,
 /// so the new binary's `check --handoff-version` must say 2 or more.
-pub(crate) const HANDOFF_VERSION: u32 = 2;
+/// Version 3: cgroup containment (the instance's tree, each process's
+/// cgroup) and watches' `.cgroup` filters and `treemem` rules; a binary
+/// that reads only version 2 would drop the filter and let such a watch
+/// match every process, so it is refused.
+pub(crate) const HANDOFF_VERSION: u32 = 3;
 
 /// Everything the new image needs to go on as if nothing happened.
 #[derive(Debug, Serialize, Deserialize)]
@@ -104,6 +108,9 @@ pub(crate) struct WatchConfigSnapshot {
     pub children: bool,
     pub every_ms: u64,
     pub rules: Vec<RuleSnapshot>,
+    /// The `.cgroup(regex)` filter, as written (absent before it existed).
+    #[serde(default)]
+    pub cgroup: Option<String>,
 }
 
 /// A rule as data: `when trigger holds, do action`.
@@ -127,6 +134,7 @@ pub(crate) enum QuantitySnapshot {
     Rmem,
     Vmem,
     Cpu,
+    Treemem,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,6 +25,12 @@ pub enum Quantity {
     Vmem,
     /// `cpu`: CPU usage in percent of one core (above 100 on several cores).
     Cpu,
+    /// `treemem`: the memory of a whole process tree, in bytes — for an
+    /// entry's process its slot's cgroup memory where the memory controller
+    /// exists, else the summed PSS of its processes; for a watch's process
+    /// the summed PSS of it and its descendants. Measured only for targets
+    /// that have a `treemem` rule (PSS reads are costly).
+    Treemem,
 }
 
 impl Quantity {
@@ -34,6 +40,7 @@ impl Quantity {
             Quantity::Rmem => "rmem",
             Quantity::Vmem => "vmem",
             Quantity::Cpu => "cpu",
+            Quantity::Treemem => "treemem",
         }
     }
 
@@ -42,6 +49,7 @@ impl Quantity {
             "rmem" => Some(Quantity::Rmem),
             "vmem" => Some(Quantity::Vmem),
             "cpu" => Some(Quantity::Cpu),
+            "treemem" => Some(Quantity::Treemem),
             _ => None,
         }
     }
@@ -109,7 +117,7 @@ const MAX_CPU_PERCENT: u64 = 100_000;
 
 /// A condition on one measured figure of a process, such as `rmem > 900m`.
 ///
-/// The threshold is in bytes for `rmem` and `vmem` and in percent of one core
+/// The threshold is in bytes for `rmem`, `vmem` and `treemem` and in percent of one core
 /// for `cpu`. Parsing normalises the `VALUE OP QUANTITY` form, so a trigger
 /// always reads "measured `comparison` threshold":
 ///
@@ -122,7 +130,7 @@ pub struct Trigger {
     pub quantity: Quantity,
     /// How the measured figure is compared with the threshold.
     pub comparison: Comparison,
-    /// Bytes for `rmem`/`vmem`, percent for `cpu`.
+    /// Bytes for `rmem`/`vmem`/`treemem`, percent for `cpu`.
     pub threshold: u64,
 }
 
@@ -132,13 +140,13 @@ impl Trigger {
     /// either case) and cpu values end with `%`. Whitespace is optional.
     ///
     /// ```text
-    /// rmem > 1g      900m < vmem      rmem>=512K      cpu > 90%
+    /// rmem > 1g      900m < vmem      rmem>=512K      cpu > 90%      treemem > 2g
     /// ```
     ///
     /// # Errors
     ///
     /// A sentence for a user that quotes the whole text, e.g.
-    /// `invalid trigger "rss > 1g": unknown quantity "rss" (expected rmem, vmem or cpu)`.
+    /// `invalid trigger "rss > 1g": unknown quantity "rss" (expected rmem, vmem, cpu or treemem)`.
     pub fn parse(text: &str) -> Result<Trigger, String> {
         parse_trigger(text).map_err(|detail| format!("invalid trigger {text:?}: {detail}"))
     }
@@ -162,7 +170,7 @@ impl fmt::Display for Trigger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let value = match self.quantity {
             Quantity::Cpu => format!("{}%", self.threshold),
-            Quantity::Rmem | Quantity::Vmem => format_bytes(self.threshold),
+            Quantity::Rmem | Quantity::Vmem | Quantity::Treemem => format_bytes(self.threshold),
         };
         write!(f, "{} {} {}", self.quantity.keyword(), self.comparison.symbol(), value)
     }
@@ -210,7 +218,7 @@ fn parse_trigger(text: &str) -> Result<Trigger, String> {
     };
     let threshold = match quantity {
         Quantity::Cpu => parse_percent(value)?,
-        Quantity::Rmem | Quantity::Vmem => parse_bytes(value)?,
+        Quantity::Rmem | Quantity::Vmem | Quantity::Treemem => parse_bytes(value)?,
     };
     Ok(Trigger { quantity, comparison, threshold })
 }
@@ -263,7 +271,7 @@ fn classify_operand(word: &str) -> Result<Operand<'_>, String> {
     }
     Quantity::from_keyword(word)
         .map(Operand::Quantity)
-        .ok_or_else(|| format!("unknown quantity {word:?} (expected rmem, vmem or cpu)"))
+        .ok_or_else(|| format!("unknown quantity {word:?} (expected rmem, vmem, cpu or treemem)"))
 }
 
 /// The error for operands that are not one quantity and one value.
@@ -273,12 +281,12 @@ fn misplaced_operands(left: Option<Operand<'_>>, right: Option<Operand<'_>>, sym
             "two quantities (one side must be a value, e.g. rmem > 900m)".to_string()
         }
         (Some(Operand::Value(_)), Some(Operand::Value(_))) => {
-            "two values (one side must be rmem, vmem or cpu)".to_string()
+            "two values (one side must be rmem, vmem, cpu or treemem)".to_string()
         }
         (Some(Operand::Quantity(_)), None) => format!("missing value after {symbol:?}"),
         (None, Some(Operand::Quantity(_))) => format!("missing value before {symbol:?}"),
         (None, None) => "missing quantity and value".to_string(),
-        _ => "missing quantity (expected rmem, vmem or cpu)".to_string(),
+        _ => "missing quantity (expected rmem, vmem, cpu or treemem)".to_string(),
     }
 }
 
@@ -1007,6 +1015,13 @@ mod tests {
             ("10 >= rmem", trigger(Rmem, LessOrEqual, 10)),
             ("1g<=vmem", trigger(Vmem, GreaterOrEqual, G)),
             ("rmem > 17179869183g", trigger(Rmem, Greater, 17_179_869_183 * G)),
+            ("treemem > 2g", trigger(Treemem, Greater, 2 * G)),
+            ("treemem>200m", trigger(Treemem, Greater, 200 * M)),
+            ("treemem >= 512K", trigger(Treemem, GreaterOrEqual, 512 * K)),
+            ("treemem <= 1048576", trigger(Treemem, LessOrEqual, M)),
+            ("200m < treemem", trigger(Treemem, Greater, 200 * M)),
+            ("1g >= treemem", trigger(Treemem, LessOrEqual, G)),
+            ("0<treemem", trigger(Treemem, Greater, 0)),
         ];
         for (input, expected) in table {
             assert_eq!(Trigger::parse(input), Ok(expected), "parsing {input:?}");
@@ -1018,7 +1033,7 @@ mod tests {
         let table = [
             ("", "empty trigger"),
             ("   ", "empty trigger"),
-            ("rss > 1g", "unknown quantity \"rss\" (expected rmem, vmem or cpu)"),
+            ("rss > 1g", "unknown quantity \"rss\" (expected rmem, vmem, cpu or treemem)"),
             ("Rmem > 1g", "unknown quantity"),
             ("rmem > 1x", "unknown unit \"x\""),
             ("rmem > 1gb", "unknown unit \"gb\""),
@@ -1049,6 +1064,18 @@ mod tests {
             ("rmem > > 1g", "more than one comparison operator"),
             ("1g < rmem < 2g", "more than one comparison operator"),
             ("rmem > %", "invalid value"),
+            ("treemem > 90%", "percent sign is only valid for cpu"),
+            ("treemem > 1t", "unknown unit \"t\""),
+            ("treemem > 1.5g", "fractional"),
+            ("treemem > -1", "negative"),
+            ("treemem >", "missing value"),
+            ("> treemem", "missing value before"),
+            ("treemem > rmem", "two quantities"),
+            ("Treemem > 1g", "unknown quantity \"Treemem\""),
+            ("tree_mem > 1g", "unknown quantity"),
+            ("treemem > 17179869184g", "too large"),
+            ("treemem => 1g", "unknown comparison operator"),
+            ("1g < treemem < 2g", "more than one comparison operator"),
         ];
         for (input, fragment) in table {
             let error = Trigger::parse(input).expect_err(input);
@@ -1062,7 +1089,8 @@ mod tests {
     fn trigger_error_message_is_exact() {
         assert_eq!(
             Trigger::parse("rss > 1g"),
-            Err(r#"invalid trigger "rss > 1g": unknown quantity "rss" (expected rmem, vmem or cpu)"#.to_string())
+            Err(r#"invalid trigger "rss > 1g": unknown quantity "rss" (expected rmem, vmem, cpu or treemem)"#
+                .to_string())
         );
     }
 
@@ -1080,6 +1108,8 @@ mod tests {
             ("100 >= rmem", [true, true, false]),
             ("cpu > 100%", [false, false, true]),
             ("100% >= cpu", [true, true, false]),
+            ("treemem > 100", [false, false, true]),
+            ("100 >= treemem", [true, true, false]),
         ];
         for (input, expected) in table {
             let parsed = Trigger::parse(input).expect(input);
@@ -1112,6 +1142,9 @@ mod tests {
             ("rmem <= 0", "rmem <= 0"),
             ("90% <= cpu", "cpu >= 90%"),
             ("cpu < 0%", "cpu < 0%"),
+            ("200m < treemem", "treemem > 200m"),
+            ("treemem>=2048M", "treemem >= 2g"),
+            ("treemem < 1000", "treemem < 1000"),
         ];
         for (input, canonical) in table {
             let parsed = Trigger::parse(input).expect(input);
@@ -1440,6 +1473,7 @@ mod tests {
 
     const SEEDS: &[&str] = &[
         "rmem > 1g",
+        "treemem >= 2g",
         "900m < vmem",
         "cpu > 90%",
         "rmem>=512K",

@@ -222,8 +222,8 @@ fn canonical(dir: &Path) -> PathBuf {
 /// one — or process groups, with the reason. `SENTRY_CONTAINMENT=process-group`
 /// asks for process groups.
 fn containment(paths: &Paths, resume: Option<&Path>) -> Fence {
-    if std::env::var_os(CONTAINMENT_VAR).is_some_and(|v| v == "process-group") {
-        return Fence::ProcessGroup(format!("{CONTAINMENT_VAR}=process-group"));
+    if let Some(why) = cgroup::refused_by_environment() {
+        return Fence::ProcessGroup(why);
     }
     let resumed = resume.map(cgroup::Tree::resume);
     let tree = match resumed {
@@ -235,9 +235,6 @@ fn containment(paths: &Paths, resume: Option<&Path>) -> Fence {
         Err(why) => Fence::ProcessGroup(why),
     }
 }
-
-/// The variable that turns cgroup containment off (`process-group`).
-const CONTAINMENT_VAR: &str = "SENTRY_CONTAINMENT";
 
 /// Says that console lines were dropped when the console was closed for an exec.
 fn say_dropped(instance: &Instance, dropped: u64) {

@@ -79,6 +79,8 @@ pub(crate) struct EntryFields {
 pub(crate) struct WatchFields {
     pub pattern: String,
     pub every: Duration,
+    /// `.cgroup(regex)`: the cgroup v2 path must match too.
+    pub cgroup: Option<String>,
 }
 
 /// A rule as given to `.on(trigger, action)`: parsed, or the reason it does not parse.
@@ -136,7 +138,11 @@ pub fn entry(name: &str, command: &str, args: impl IntoArgs, restart_delay_ms: u
 pub fn watch(name: &str, pattern: impl IntoPattern) -> Spec {
     Spec {
         name: name.to_string(),
-        kind: SpecKind::Watch(WatchFields { pattern: pattern.into_pattern(), every: Duration::from_secs(1) }),
+        kind: SpecKind::Watch(WatchFields {
+            pattern: pattern.into_pattern(),
+            every: Duration::from_secs(1),
+            cgroup: None,
+        }),
         children: false,
         rules: Vec::new(),
         problems: Vec::new(),
@@ -172,6 +178,40 @@ impl Spec {
             SpecKind::Watch(w) => w.every = interval,
             SpecKind::Entry(_) => {
                 self.problems.push(format!("entry {:?}: .every() applies to watches only", self.name))
+            }
+        }
+        self
+    }
+
+    /// Watches only: a process matches only if its cgroup v2 path also
+    /// contains a match of `regex` (an unanchored search, like the pattern's,
+    /// over the path `/proc/PID/cgroup` shows on its `0::` line, e.g.
+    /// `/user.slice/user-1000.slice/app-firefox-1234.scope`). A process on a
+    /// host without cgroup v2 has no path and matches no `.cgroup` watch.
+    /// With `.children(true)`, the descendants of a matched process are
+    /// covered wherever their own cgroup is.
+    ///
+    /// To select by cgroup alone, give the watch the empty pattern, which
+    /// every command line matches (kernel threads, whose command line is
+    /// empty, still never match; `".*"` is the same):
+    ///
+    /// ```
+    /// use sentry_core::prelude::*;
+    /// let w = watch("firefox", "")
+    ///     .cgroup(r"/app-firefox-\d+\.scope$")
+    ///     .on("treemem > 4g", "term");
+    /// assert_eq!(w.name(), "firefox");
+    /// ```
+    ///
+    /// The path of a process is read when its command line matches, then
+    /// kept for as long as the process lives and runs the same program,
+    /// re-read once every 8 scans: a process moved to another cgroup is seen
+    /// there within 8 scans.
+    pub fn cgroup(mut self, regex: impl IntoPattern) -> Spec {
+        match &mut self.kind {
+            SpecKind::Watch(w) => w.cgroup = Some(regex.into_pattern()),
+            SpecKind::Entry(_) => {
+                self.problems.push(format!("entry {:?}: .cgroup() applies to watches only", self.name))
             }
         }
         self

@@ -8,9 +8,15 @@
 //! (pid, starttime), never pid alone, and signalled through a pidfd. Sentry's
 //! own process tree and its ancestors never match a watch. Every /proc read
 //! goes through [`crate::proc`]; this module decides only which to make when.
+//! What only some targets need is read in a step of its own between the
+//! scan and the evaluation ([`measure`]): the cgroup path of the processes a
+//! `.cgroup(regex)` watch's pattern matches, and `treemem` (PSS sums, or a
+//! slot's cgroup memory) of the processes a target with a `treemem` rule
+//! covers — never otherwise, as `smaps_rollup` reads are costly.
 //! It knows nothing of slots, HTTP or re-exec.
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -36,6 +42,12 @@ pub(crate) struct Sample {
     pub vmem: u64,
     /// Percent of one core since the previous scan (None on first sight).
     pub cpu: Option<u64>,
+    /// The cgroup v2 path (`/proc/PID/cgroup`'s `0::` line), read by
+    /// [`measure`] only for processes a `.cgroup` watch's pattern matches.
+    pub cgroup: Option<Arc<str>>,
+    /// Bytes of the whole tree, measured by [`measure`] only for processes
+    /// a target with a `treemem` rule covers.
+    pub treemem: Option<u64>,
 }
 
 /// What a process looked like on first sight, and its last reading.
@@ -53,6 +65,9 @@ struct Known {
     vmem: u64,
     ticks: u64,
     at: Instant,
+    /// The cgroup path and the scan round it was read in; `None` until it
+    /// is asked for, and again once the process execs.
+    cgroup: Option<(u64, Option<Arc<str>>)>,
 }
 
 /// How many scans a new process is re-read in (to see it exec).
@@ -124,6 +139,7 @@ impl Scanner {
                                 // It exec'd: what it is now is what counts.
                                 k.comm = stat.comm.into_boxed_slice();
                                 k.cmdline = cmdline_of(pid).into();
+                                k.cgroup = None;
                                 k.entry = (stat.ppid == self.me).then(|| entry_of(pid)).flatten();
                             }
                             let elapsed = now.duration_since(k.at).as_secs_f64();
@@ -146,6 +162,7 @@ impl Scanner {
                                 vmem,
                                 ticks,
                                 at: now,
+                                cgroup: None,
                             };
                             self.known.insert(pid, k);
                             None
@@ -163,11 +180,32 @@ impl Scanner {
                 rss: k.rss,
                 vmem: k.vmem,
                 cpu,
+                cgroup: None,
+                treemem: None,
             });
         }
         self.known.retain(|pid, _| seen.contains(pid));
         self.lineage = lineage(&samples, self.me).into_iter().map(|i| samples[i].pid).chain([self.me]).collect();
         samples
+    }
+
+    /// The cgroup v2 path of `pid`, a process of the last scan: read when
+    /// first asked for, then kept for that (pid, starttime) until it execs,
+    /// and read again in one scan of [`VERIFY_ONE_IN`] (staggered by PID),
+    /// so that a process moved to another cgroup is seen there within as
+    /// many scans. `None` for a process the last scan did not see, one that
+    /// is gone, or a host without cgroup v2.
+    pub fn cgroup(&mut self, pid: i32) -> Option<Arc<str>> {
+        let round = self.round;
+        let k = self.known.get_mut(&pid)?;
+        match &k.cgroup {
+            Some((read, path)) if *read == round || !(pid as u64 + round).is_multiple_of(VERIFY_ONE_IN) => path.clone(),
+            _ => {
+                let path: Option<Arc<str>> = proc::cgroup_v2(pid).map(Arc::from);
+                k.cgroup = Some((round, path.clone()));
+                path
+            }
+        }
     }
 }
 
@@ -196,28 +234,63 @@ pub(crate) struct Target {
     pub owner: Owner,
     /// Watches only.
     pub pattern: Option<regex::Regex>,
+    /// Watches only: `.cgroup(regex)`, which the cgroup path must match too.
+    pub cgroup: Option<regex::Regex>,
     pub children: bool,
     pub every: Duration,
     pub rules: Vec<Rule>,
+    /// Entries only: the instance's cgroup tree, when its slots run in
+    /// cgroups of their own. An entry's process whose cgroup lies below it
+    /// has its slot's cgroup memory as `treemem`.
+    pub cgroup_root: Option<PathBuf>,
 }
 
-/// Every watch, and every entry that has rules.
-pub(crate) fn targets(config: &Config) -> Vec<Target> {
+impl Target {
+    /// Whether a watch's pattern matches the process's command line (never
+    /// an empty one: kernel threads).
+    fn pattern_matches(&self, s: &Sample) -> bool {
+        self.pattern.as_ref().is_some_and(|p| !s.cmdline.is_empty() && p.is_match(&s.cmdline))
+    }
+
+    /// Whether a watch matches the process: its pattern the command line
+    /// and, with `.cgroup`, its cgroup regex the cgroup path [`measure`]
+    /// read (a process without one, as on a host without cgroup v2, does
+    /// not match).
+    fn matches(&self, s: &Sample) -> bool {
+        self.pattern_matches(s)
+            && self.cgroup.as_ref().is_none_or(|re| s.cgroup.as_deref().is_some_and(|c| re.is_match(c)))
+    }
+
+    /// Whether some rule compares `treemem` (which is measured only then).
+    pub fn uses_treemem(&self) -> bool {
+        self.rules.iter().any(|r| r.trigger.quantity == Quantity::Treemem)
+    }
+}
+
+/// Every watch, and every entry that has rules. `cgroup_root` is the
+/// instance's cgroup tree when its slots run in cgroups of their own
+/// (`None` where they run in process groups): entries' `treemem` is then
+/// their slot's cgroup memory.
+pub(crate) fn targets(config: &Config, cgroup_root: Option<&Path>) -> Vec<Target> {
     let watches = config.watches.iter().map(|w| Target {
         name: w.name.clone(),
         owner: Owner::Watch,
         pattern: Some(w.pattern.clone()),
+        cgroup: w.cgroup.clone(),
         children: w.children,
         every: w.every,
         rules: w.rules.clone(),
+        cgroup_root: None,
     });
     let entries = config.entries.iter().filter(|e| !e.rules.is_empty()).map(|e| Target {
         name: e.name.clone(),
         owner: Owner::Entry,
         pattern: None,
+        cgroup: None,
         children: e.children,
         every: Duration::from_secs(1),
         rules: e.rules.clone(),
+        cgroup_root: cgroup_root.map(Path::to_path_buf),
     });
     watches.chain(entries).collect()
 }
@@ -439,11 +512,10 @@ pub(crate) fn match_targets(targets: &[Target], samples: &[Sample], me: i32) -> 
     targets
         .iter()
         .map(|t| {
-            let roots: Vec<usize> = match (&t.owner, &t.pattern) {
-                (Owner::Watch, Some(pattern)) => (0..samples.len())
-                    .filter(|i| !spared.contains_key(i))
-                    .filter(|&i| !samples[i].cmdline.is_empty() && pattern.is_match(&samples[i].cmdline))
-                    .collect(),
+            let roots: Vec<usize> = match t.owner {
+                Owner::Watch => {
+                    (0..samples.len()).filter(|i| !spared.contains_key(i)).filter(|&i| t.matches(&samples[i])).collect()
+                }
                 _ => (0..samples.len())
                     .filter(|&i| samples[i].ppid == me && samples[i].entry.as_deref() == Some(t.name.as_str()))
                     .collect(),
@@ -465,15 +537,108 @@ pub(crate) fn spared_matches(targets: &[Target], samples: &[Sample], me: i32) ->
     sorted.sort_unstable_by_key(|(i, _)| samples[*i].pid);
     targets
         .iter()
-        .map(|t| match (&t.owner, &t.pattern) {
-            (Owner::Watch, Some(pattern)) => sorted
-                .iter()
-                .filter(|(i, _)| !samples[*i].cmdline.is_empty() && pattern.is_match(&samples[*i].cmdline))
-                .copied()
-                .collect(),
-            _ => Vec::new(),
+        .map(|t| match t.owner {
+            Owner::Watch => sorted.iter().filter(|(i, _)| t.matches(&samples[*i])).copied().collect(),
+            Owner::Entry => Vec::new(),
         })
         .collect()
+}
+
+/// The reads [`measure`] makes, behind a trait so that it can be tested
+/// without processes.
+pub(crate) trait Probe {
+    /// The cgroup v2 path of a process of this scan.
+    fn cgroup(&mut self, pid: i32) -> Option<Arc<str>>;
+    /// Its proportional set size in bytes.
+    fn pss(&mut self, pid: i32) -> Option<u64>;
+    /// The memory of the process's cgroup, if that cgroup lies below `root`
+    /// (an instance's tree): `None` for a process outside it.
+    fn slot_memory(&mut self, pid: i32, root: &Path) -> Option<u64>;
+}
+
+/// The reads of a live scan: cgroup paths cached by the [`Scanner`], PSS
+/// from `smaps_rollup`, a slot's memory from its cgroup.
+pub(crate) struct LiveProbe<'a>(pub &'a mut Scanner);
+
+impl Probe for LiveProbe<'_> {
+    fn cgroup(&mut self, pid: i32) -> Option<Arc<str>> {
+        self.0.cgroup(pid)
+    }
+
+    fn pss(&mut self, pid: i32) -> Option<u64> {
+        proc::pss_bytes(pid)
+    }
+
+    fn slot_memory(&mut self, pid: i32, root: &Path) -> Option<u64> {
+        let dir = crate::cgroup::directory_of_process(pid)?;
+        (dir.starts_with(root) && dir != root).then(|| crate::cgroup::figures_of(&dir, true).memory_bytes)
+    }
+}
+
+/// Reads into the samples of one scan what some targets need, before
+/// [`evaluate`]: the cgroup path of every process whose command line a
+/// `.cgroup` watch's pattern matches (so that matching can check it), and,
+/// for the `due` targets with a `treemem` rule, the `treemem` of every
+/// process they cover: for an entry's process (a child of Sentry) whose
+/// cgroup lies below the target's `cgroup_root`, its slot's cgroup memory
+/// (`memory.current`, or the summed PSS of its members without the memory
+/// controller); for any other, the summed PSS of it and its descendants in
+/// this scan (`None` when its own PSS cannot be read; a descendant whose
+/// PSS cannot be read — gone, or not readable by Sentry — counts 0). No
+/// other target costs a read.
+pub(crate) fn measure(targets: &[Target], due: &[bool], samples: &mut [Sample], me: i32, probe: &mut impl Probe) {
+    for t in targets.iter().filter(|t| t.cgroup.is_some()) {
+        for s in samples.iter_mut() {
+            if s.cgroup.is_none() && t.pattern_matches(s) {
+                s.cgroup = probe.cgroup(s.pid);
+            }
+        }
+    }
+    if !targets.iter().zip(due).any(|(t, due)| *due && t.uses_treemem()) {
+        return;
+    }
+    let matched = match_targets(targets, samples, me);
+    let children = children_index(samples);
+    let mut pss: HashMap<i32, Option<u64>> = HashMap::new();
+    let mut done: HashSet<usize> = HashSet::new();
+    for ((t, covered), due) in targets.iter().zip(&matched).zip(due) {
+        if !*due || !t.uses_treemem() {
+            continue;
+        }
+        for &i in covered {
+            if !done.insert(i) {
+                continue;
+            }
+            let pid = samples[i].pid;
+            let slot = match (&samples[i].entry, &t.cgroup_root) {
+                (Some(_), Some(root)) if samples[i].ppid == me => probe.slot_memory(pid, root),
+                _ => None,
+            };
+            samples[i].treemem = slot.or_else(|| tree_pss(samples, &children, i, &mut pss, probe));
+        }
+    }
+}
+
+/// The summed PSS of `samples[root]` and its descendants (see [`measure`]).
+fn tree_pss(
+    samples: &[Sample],
+    children: &HashMap<i32, Vec<usize>>,
+    root: usize,
+    pss: &mut HashMap<i32, Option<u64>>,
+    probe: &mut impl Probe,
+) -> Option<u64> {
+    let mut read = |pid: i32| *pss.entry(pid).or_insert_with(|| probe.pss(pid));
+    let mut total = read(samples[root].pid)?;
+    let mut seen = HashSet::from([root]);
+    let mut stack: Vec<usize> = children.get(&samples[root].pid).cloned().unwrap_or_default();
+    while let Some(i) = stack.pop() {
+        if !seen.insert(i) {
+            continue; // not a tree: never loop
+        }
+        total = total.saturating_add(read(samples[i].pid).unwrap_or(0));
+        stack.extend(children.get(&samples[i].pid).into_iter().flatten().copied());
+    }
+    Some(total)
 }
 
 /// Evaluates every rule of the `due` targets for every covered process and
@@ -516,6 +681,7 @@ pub(crate) fn evaluate(
                     Quantity::Rmem => Some(s.rss),
                     Quantity::Vmem => Some(s.vmem),
                     Quantity::Cpu => s.cpu,
+                    Quantity::Treemem => s.treemem,
                 };
                 let holds = measured.is_some_and(|m| rule.trigger.holds(m));
                 let clock_key = (key.clone(), s.pid, s.starttime);
@@ -587,6 +753,7 @@ fn describe(rule: &Rule, measured: u64) -> String {
     let (name, value, threshold) = match t.quantity {
         Quantity::Rmem => ("rmem", human_bytes(measured), human_bytes(t.threshold)),
         Quantity::Vmem => ("vmem", human_bytes(measured), human_bytes(t.threshold)),
+        Quantity::Treemem => ("treemem", human_bytes(measured), human_bytes(t.threshold)),
         Quantity::Cpu => ("cpu", format!("{measured}%"), format!("{}%", t.threshold)),
     };
     let op = match t.comparison {
@@ -632,7 +799,10 @@ impl Watcher {
     /// Starts scanning for `targets` (which must not be empty), remembering `state`.
     pub fn start(targets: Vec<Target>, state: State, hands: impl Hands) -> std::io::Result<Watcher> {
         let (stop, stopped) = bounded(1);
-        let report = Arc::new(Mutex::new(Report::default()));
+        // Until the first scan ends, the counts are those remembered (a
+        // status right after a reload must not show them as 0).
+        let first = Report { fired: state.fired.clone(), skipped: state.skipped.clone(), ..Report::default() };
+        let report = Arc::new(Mutex::new(first));
         let shared = report.clone();
         let thread = std::thread::Builder::new()
             .name("sentry-watch".into())
@@ -668,7 +838,8 @@ fn run(
         let now = Instant::now();
         let due: Vec<bool> = next_due.iter().map(|d| *d <= now).collect();
         if due.iter().any(|d| *d) {
-            let samples = scanner.scan(Some(&covered));
+            let mut samples = scanner.scan(Some(&covered));
+            measure(&targets, &due, &mut samples, me, &mut LiveProbe(&mut scanner));
             let (firings, fresh) =
                 evaluate(&targets, &due, &samples, me, crate::sys::unix_now_ns() / 1_000_000, &mut state, true);
             for f in firings {
@@ -742,6 +913,8 @@ mod tests {
             rss: rss_m << 20,
             vmem: rss_m << 21,
             cpu: Some(0),
+            cgroup: None,
+            treemem: None,
         }
     }
 
@@ -750,12 +923,14 @@ mod tests {
             name: name.into(),
             owner: Owner::Watch,
             pattern: Some(regex::Regex::new(pattern).unwrap()),
+            cgroup: None,
             children,
             every: Duration::from_secs(1),
             rules: rules
                 .iter()
                 .map(|(t, a)| Rule { trigger: Trigger::parse(t).unwrap(), action: Action::parse(a).unwrap() })
                 .collect(),
+            cgroup_root: None,
         }
     }
 
@@ -941,6 +1116,203 @@ mod tests {
         assert_eq!(human_bytes(10), "10");
     }
 
+    /// A [`Probe`] over made-up figures, recording what was asked.
+    #[derive(Default)]
+    struct Fake {
+        cgroups: HashMap<i32, &'static str>,
+        pss: HashMap<i32, u64>,
+        /// pid → (its cgroup directory, that cgroup's memory)
+        slots: HashMap<i32, (&'static str, u64)>,
+        asked: Vec<(&'static str, i32)>,
+    }
+
+    impl Probe for Fake {
+        fn cgroup(&mut self, pid: i32) -> Option<Arc<str>> {
+            self.asked.push(("cgroup", pid));
+            self.cgroups.get(&pid).map(|c| Arc::from(*c))
+        }
+
+        fn pss(&mut self, pid: i32) -> Option<u64> {
+            self.asked.push(("pss", pid));
+            self.pss.get(&pid).copied()
+        }
+
+        fn slot_memory(&mut self, pid: i32, root: &Path) -> Option<u64> {
+            self.asked.push(("slot", pid));
+            let (dir, bytes) = self.slots.get(&pid)?;
+            let dir = Path::new(dir);
+            (dir.starts_with(root) && dir != root).then_some(*bytes)
+        }
+    }
+
+    const M: u64 = 1 << 20;
+
+    /// The world's PSS: the renderer holds most of the browser's memory.
+    fn fake_pss() -> Fake {
+        let pss = [(1, 4), (ME, 8), (101, 1), (200, 30), (201, 700), (202, 15), (300, 1500)];
+        Fake { pss: pss.into_iter().map(|(p, m)| (p, m * M)).collect(), ..Fake::default() }
+    }
+
+    fn treemems(s: &[Sample]) -> Vec<(i32, Option<u64>)> {
+        s.iter().filter(|s| s.treemem.is_some()).map(|s| (s.pid, s.treemem.map(|m| m / M))).collect()
+    }
+
+    #[test]
+    fn treemem_sums_the_pss_of_a_process_and_its_descendants() {
+        // (children, expected treemem in MiB per covered process)
+        type Row = (bool, &'static [(i32, Option<u64>)]);
+        let table: [Row; 2] =
+            [(false, &[(200, Some(745))]), (true, &[(200, Some(745)), (201, Some(715)), (202, Some(15))])];
+        for (children, expected) in table {
+            let t = [watch("b", "^browser", children, &[("treemem > 500m", "term")])];
+            let mut s = world();
+            let mut probe = fake_pss();
+            measure(&t, &[true], &mut s, ME, &mut probe);
+            assert_eq!(treemems(&s), expected, "children {children}");
+            let mut read: Vec<i32> = probe.asked.iter().map(|(what, pid)| (assert_eq!(*what, "pss"), *pid).1).collect();
+            read.sort_unstable();
+            assert_eq!(read, [200, 201, 202], "each PSS read once per scan, only in the tree");
+        }
+    }
+
+    #[test]
+    fn nothing_is_read_unless_a_due_target_compares_treemem() {
+        let table: [(&[(&str, &str)], bool); 4] = [
+            (&[], true),
+            (&[("rmem > 1m", "term"), ("cpu > 90%", "kill"), ("vmem > 1g", "exec logger $RMEM")], true),
+            (&[("treemem > 1m", "term")], false),
+            (&[("rmem > 1m", "term"), ("treemem > 1m", "term")], true),
+        ];
+        for (rules, due) in table {
+            let t = [watch("b", "^browser", true, rules)];
+            let mut s = world();
+            let mut probe = fake_pss();
+            measure(&t, &[due], &mut s, ME, &mut probe);
+            let uses = t[0].uses_treemem();
+            assert_eq!(!probe.asked.is_empty(), uses && due, "{rules:?} due {due}: {:?}", probe.asked);
+            assert_eq!(treemems(&s).is_empty(), !(uses && due));
+        }
+    }
+
+    #[test]
+    fn an_unreadable_pss_makes_treemem_unknown_at_the_root_and_zero_below() {
+        let t = [watch("b", "^browser", true, &[("treemem > 1m", "term")])];
+        let mut s = world();
+        let mut probe = fake_pss();
+        probe.pss.remove(&201); // e.g. another user's, or gone
+        measure(&t, &[true], &mut s, ME, &mut probe);
+        assert_eq!(treemems(&s), [(200, Some(45)), (202, Some(15))]);
+        assert_eq!(s[5].treemem, None, "201: unknown, so no rule on it holds");
+    }
+
+    #[test]
+    fn an_entrys_process_has_its_slot_cgroup_memory_when_in_the_instance_tree() {
+        let root = "/sys/fs/cgroup/x/sentry.conf.0a1b2c3d";
+        // (instance root, the process's cgroup, expected treemem in MiB, a PSS sum was read)
+        let table = [
+            (Some(root), "/sys/fs/cgroup/x/sentry.conf.0a1b2c3d/sleeper/0", 333, false),
+            (Some(root), "/sys/fs/cgroup/x", 1 + 2, true), // outside the tree: process groups
+            (Some(root), root, 1 + 2, true),               // the tree itself is no slot's
+            (Some(root), "/sys/fs/cgroup/x/sentry.conf.0a1b2c3dzz/sleeper/0", 1 + 2, true),
+            (None, "/sys/fs/cgroup/x/sentry.conf.0a1b2c3d/sleeper/0", 1 + 2, true),
+        ];
+        for (cgroup_root, dir, expected, summed) in table {
+            let mut s = world();
+            s[3].entry = Some("sleeper".into());
+            s.push(sample(102, 101, "sleep helper", 1)); // the slot process's child
+            let mut t = watch("sleeper", "unused", false, &[("treemem > 300m", "restart")]);
+            (t.owner, t.pattern, t.cgroup_root) = (Owner::Entry, None, cgroup_root.map(PathBuf::from));
+            let mut probe = fake_pss();
+            probe.pss.insert(102, 2 * M);
+            probe.slots.insert(101, (dir, 333 * M));
+            let t = [t];
+            measure(&t, &[true], &mut s, ME, &mut probe);
+            assert_eq!(treemems(&s), [(101, Some(expected))], "{cgroup_root:?} {dir}");
+            assert_eq!(probe.asked.iter().any(|(what, _)| *what == "pss"), summed, "{dir}: {:?}", probe.asked);
+            let (f, _) = evaluate(&t, &[true], &s, ME, 0, &mut State::default(), true);
+            assert_eq!(f.len(), usize::from(expected > 300), "{dir}");
+        }
+    }
+
+    #[test]
+    fn treemem_rules_compare_the_measured_tree() {
+        // (trigger, treemem of 200 in MiB, fires)
+        let table = [
+            ("treemem > 500m", Some(745), true),
+            ("treemem > 500m", Some(500), false),
+            ("treemem >= 500m", Some(500), true),
+            ("500m < treemem", Some(501), true),
+            ("treemem < 100m", Some(50), true),
+            ("treemem < 100m", None, false),
+            ("treemem > 0", None, false),
+        ];
+        for (trigger, treemem, fires) in table {
+            let t = [watch("b", "^browser --main", false, &[(trigger, "term"), ("rmem > 500m", "kill")])];
+            let mut s = world();
+            s[4].treemem = treemem.map(|m| m * M);
+            let (f, _) = evaluate(&t, &[true], &s, ME, 0, &mut State::default(), true);
+            let descriptions: Vec<&str> = f.iter().map(|f| f.description.as_str()).collect();
+            let expected = format!("treemem {}m {}: term.", treemem.unwrap_or(0), &trigger.replace("treemem ", "")[..]);
+            if fires {
+                assert_eq!(f.len(), 1, "{trigger} at {treemem:?}: {descriptions:?}");
+                assert_eq!((f[0].pid, f[0].rule), (200, 0), "rmem 50m > 500m never fires");
+                if trigger.starts_with("treemem") {
+                    assert_eq!(descriptions, [expected.as_str()]);
+                }
+            } else {
+                assert!(f.is_empty(), "{trigger} at {treemem:?}: {descriptions:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_cgroup_watch_matches_by_path_and_reads_only_what_its_pattern_matched() {
+        let scope = "/user.slice/user-1000.slice/app-browser-1234.scope";
+        let cgroups = [(1, "/init.scope"), (200, scope), (201, scope), (202, "/elsewhere"), (300, "/system.slice/x")];
+        // (pattern, cgroup regex, children, matched, cgroups read)
+        type Row = (&'static str, &'static str, bool, &'static [i32], &'static [i32]);
+        let table: [Row; 6] = [
+            ("^browser|renderer", r"app-browser-\d+\.scope$", false, &[200, 201], &[200, 201]),
+            ("^browser", r"app-browser-\d+\.scope$", true, &[200, 201, 202], &[200]),
+            ("gpu", r"app-browser", false, &[], &[202]),
+            ("", r"app-browser", false, &[200, 201], &[1, ME, 101, 200, 201, 202, 300]),
+            (".*", r"^/system\.slice/", false, &[300], &[1, ME, 101, 200, 201, 202, 300]),
+            ("other", r"^/nowhere$", true, &[], &[300]),
+        ];
+        for (pattern, cgroup, children, matched, read) in table {
+            let mut t = watch("w", pattern, children, &[("rmem > 0", "term")]);
+            t.cgroup = Some(regex::Regex::new(cgroup).unwrap());
+            let t = [t];
+            let mut s = world();
+            let mut probe = Fake { cgroups: cgroups.into_iter().collect(), ..Fake::default() };
+            measure(&t, &[true], &mut s, ME, &mut probe);
+            let asked: Vec<i32> = probe.asked.iter().map(|(_, pid)| *pid).collect();
+            assert_eq!(asked, read, "{pattern:?} /{cgroup}/: the kernel thread (2) is never read");
+            let m = match_targets(&t, &s, ME);
+            assert_eq!(pids(&s, &m[0]), matched, "{pattern:?} /{cgroup}/");
+            let (f, _) = evaluate(&t, &[true], &s, ME, 0, &mut State::default(), true);
+            assert_eq!(f.iter().map(|f| f.pid).collect::<Vec<_>>(), matched);
+        }
+        // Without .cgroup, nothing is read and the path plays no part.
+        let t = [watch("w", "^browser", false, &[])];
+        let mut s = world();
+        let mut probe = Fake::default();
+        measure(&t, &[true], &mut s, ME, &mut probe);
+        assert!(probe.asked.is_empty());
+        assert_eq!(pids(&s, &match_targets(&t, &s, ME)[0]), [200]);
+    }
+
+    #[test]
+    fn the_scanner_reads_a_cgroup_path_once_per_process() {
+        let me = std::process::id() as i32;
+        let mut scanner = Scanner::new(1);
+        scanner.scan(None);
+        let first = scanner.cgroup(me);
+        assert_eq!(first.as_deref(), proc::cgroup_v2(me).as_deref());
+        assert_eq!(scanner.cgroup(me), first);
+        assert_eq!(scanner.cgroup(-5), None, "not a process of the scan");
+    }
+
     #[test]
     fn exec_helpers_over_the_caps_are_skipped_and_counted() {
         use crate::budget::{HELPERS_MAX, HELPERS_PER_RULE};
@@ -948,12 +1320,14 @@ mod tests {
             name: "w".into(),
             owner: Owner::Watch,
             pattern: Some(regex::Regex::new("hog").unwrap()),
+            cgroup: None,
             children: false,
             every: Duration::from_secs(1),
             rules: vec![Rule {
                 trigger: Trigger::parse("vmem > 1m").unwrap(),
                 action: crate::rule::Action::parse("exec sleep 100").unwrap(),
             }],
+            cgroup_root: None,
         }];
         let s: Vec<Sample> = (0..10).map(|i| sample(1000 + i, 1, "hog", 10)).collect();
         let gate = Arc::new(HelperGate::default());

@@ -4,6 +4,12 @@
 
 use sentry_core::prelude::*;
 
+/// A small Python parent whose three children allocate 100 MiB each.
+const FAMILY: &str = "import subprocess, sys, time\n\
+    hog = \"x = b'x' * (100 * 2**20)\\nimport time\\ntime.sleep(1000)\"\n\
+    kids = [subprocess.Popen([sys.executable, '-c', hog]) for _ in range(3)]\n\
+    time.sleep(1000)\n";
+
 fn specs(scenario: &str) -> Vec<Spec> {
     match scenario {
         // Two long sleepers and one that exits at once with a failure.
@@ -122,6 +128,31 @@ fn specs(scenario: &str) -> Vec<Spec> {
         // An entry that restarts itself when it grows.
         "fat" => vec![entry("fat", "python3", ["-c", "x = b'x' * (60 * 2**20)\nimport time\ntime.sleep(1000)"], 0, 1)
             .on("rmem > 30m", "restart")],
+        // Tree memory (tests/treemem.rs): a small parent whose three
+        // children hold 100 MiB each, watched by its marker (TMARK) on its
+        // command line; the rmem rule must never fire, the treemem one must.
+        "treemem-watch" => {
+            let m = std::env::var("TMARK").unwrap_or_else(|_| "unset".to_string());
+            vec![watch("tree", format!("treemem-{m}"))
+                .every(Duration::from_millis(200))
+                .on("rmem > 200m", "kill")
+                .on("treemem > 200m", "term")]
+        }
+        // The same family as an entry's process: restarted by its treemem rule.
+        "treemem-entry" => vec![entry("family", "python3", ["-c", FAMILY], 0, 1)
+            .on("rmem > 200m", "kill")
+            .on("200m < treemem", "restart")],
+        // Watches restricted to the cgroup TCGROUP (a leaf name the test made
+        // under the cgroup v2 mount): by marker and cgroup, and by cgroup alone.
+        "cgroup-watch" => {
+            let m = std::env::var("TMARK").unwrap_or_else(|_| "unset".to_string());
+            let cg = std::env::var("TCGROUP").unwrap_or_else(|_| "no-such-cgroup-anywhere".to_string());
+            let fast = Duration::from_millis(200);
+            vec![
+                watch("scoped", format!("cgwatch-{m}")).cgroup(format!("/{cg}$")).every(fast).on("vmem > 1m", "term"),
+                watch("bycg", "").cgroup(format!("/{cg}$")).every(fast).on("vmem > 1m", "exec @ 1s /bin/echo bycg $PID"),
+            ]
+        }
         // Exact stops and restarts (tests/exact.rs).
         // Five processes in one group, all gone at once on SIGTERM.
         "workers" => vec![entry(

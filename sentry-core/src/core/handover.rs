@@ -505,7 +505,7 @@ mod tests {
         assert_eq!((w.rules[0].trigger.as_str(), w.rules[0].action.as_str()), ("cpu > 90%", "exec @ 1h echo $NAME"));
         assert_eq!(back.config.watches[0].every, Duration::from_millis(250));
         assert_eq!(status.entries[0].rules[0].action, "restart");
-        assert_eq!(watch::targets(&back.config).len(), 2, "the watcher will cover both again");
+        assert_eq!(watch::targets(&back.config, None).len(), 2, "the watcher will cover both again");
     }
 
     #[test]

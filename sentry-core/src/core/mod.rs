@@ -69,6 +69,8 @@ pub(crate) enum Command {
     RestartProcess { entry: String, pid: i32, starttime: u64 },
     /// A rule fired: say so on the console and in `target`'s log.
     Fired { target: String, pid: i32, text: String },
+    /// A watched cgroup's `cgroup.events` changed: look at lingering trees now.
+    TreesChanged,
 }
 
 /// How long an `exec` action's program may run before it is killed.
@@ -323,6 +325,8 @@ pub(crate) struct Core {
     watch_state: watch::State,
     /// The `exec` helpers running, under the caps (shared with the watcher).
     helpers: Arc<watch::HelperGate>,
+    /// Notice of lingering cgroups that change, under cgroup containment.
+    events: Option<cgroup::EventWatch>,
     options: CoreOptions,
     tx: Sender<Command>,
     rx: Receiver<Command>,
@@ -347,6 +351,7 @@ impl Core {
             watcher: None,
             watch_state: watch::State::default(),
             helpers: Arc::default(),
+            events: None,
             options,
             tx,
             rx,
@@ -360,6 +365,15 @@ impl Core {
         if let Some(dir) = &self.options.log_dir {
             if let Err(e) = std::fs::create_dir_all(dir) {
                 log::warn!("cannot create the log directory {}: {e}", dir.display());
+            }
+        }
+        if self.options.fence.tree().is_some() {
+            let tx = self.tx.clone();
+            match cgroup::EventWatch::start(move || {
+                let _ = tx.send(Command::TreesChanged);
+            }) {
+                Ok(w) => self.events = Some(w),
+                Err(e) => log::warn!("no inotify for cgroup events ({e}): lingering trees are looked at on a schedule"),
             }
         }
         for i in 0..self.entries.len() {
@@ -379,6 +393,7 @@ impl Core {
                 if self.drain_before_suspend() {
                     continue;
                 }
+                self.events = None;
                 return CoreExit::Suspended(Box::new(self.suspend()));
             }
             self.write_ledger();
@@ -400,6 +415,7 @@ impl Core {
             }
         }
         self.stop_watcher();
+        self.events = None;
         self.close_monitors();
         if let Some(tree) = self.options.fence.tree() {
             match tree.remove() {
@@ -460,7 +476,7 @@ impl Core {
     /// (Re)starts the watch thread for the current configuration, keeping clocks.
     fn restart_watcher(&mut self) {
         self.stop_watcher();
-        let targets = watch::targets(&self.config);
+        let targets = watch::targets(&self.config, self.options.fence.tree().map(|t| t.root()));
         if targets.is_empty() {
             return;
         }
@@ -482,9 +498,8 @@ impl Core {
     /// Starts an `exec` action's program, watched like a child and reaped by the core.
     fn run_helper(&mut self, target: &str, rule: String, argv: Vec<String>) {
         let gen = self.new_gen();
-        let placed = self.leaf(target, &format!("exec.{gen}"), gen);
-        let spawned = match placed.and_then(|(cg, fd)| child::spawn_helper(target, &argv, fd.as_ref()).map(|s| (s, cg)))
-        {
+        let spawned = self.spawn_in(target, &format!("exec.{gen}"), gen, |fd| child::spawn_helper(target, &argv, fd));
+        let (spawned, cgroup) = match spawned {
             Ok(s) => s,
             Err(e) => {
                 self.helpers.release(&rule);
@@ -492,7 +507,6 @@ impl Core {
                 return;
             }
         };
-        let (spawned, cgroup) = spawned;
         let pid = spawned.pid;
         let kill_at = later(Instant::now(), HELPER_TIMEOUT);
         let role = Role::Helper { target: target.to_string(), rule: rule.clone(), kill_at, killed: false };
@@ -534,13 +548,37 @@ impl Core {
         }
     }
 
+    /// Runs `spawn` with the placement of a fresh leaf `<group>/<name>` for
+    /// row `gen` (under cgroup containment; none otherwise); the leaf is
+    /// removed again if the start fails.
+    fn spawn_in(
+        &self,
+        group: &str,
+        name: &str,
+        gen: u64,
+        spawn: impl FnOnce(Option<&OwnedFd>) -> std::io::Result<child::Spawned>,
+    ) -> std::io::Result<(child::Spawned, Option<Cgroup>)> {
+        let (cgroup, placement) = self.leaf(group, name, gen)?;
+        match spawn(placement.as_ref()) {
+            Ok(spawned) => Ok((spawned, cgroup)),
+            Err(e) => {
+                if let Some(c) = cgroup {
+                    let _ = c.remove();
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Under cgroup containment, a fresh leaf `<group>/<name>` for row
     /// `gen` and its `cgroup.procs` open for the child to move itself in;
     /// nothing otherwise.
     fn leaf(&self, group: &str, name: &str, gen: u64) -> std::io::Result<(Option<Cgroup>, Option<OwnedFd>)> {
         let Some(tree) = self.options.fence.tree() else { return Ok((None, None)) };
+        let taken =
+            |path: &std::path::Path| self.procs.values().any(|p| p.cgroup.as_ref().is_some_and(|c| c.path() == path));
         let leaf = tree
-            .leaf(group, name, gen)
+            .leaf(group, name, gen, &taken)
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot make its cgroup: {e}")))?;
         match leaf.placement() {
             Ok(fd) => Ok((Some(leaf), Some(fd))),
@@ -654,6 +692,11 @@ impl Core {
             row.check = Some((later(now, step), (step * 2).min(GROUP_CHECK_MAX)));
             if std::mem::replace(&mut row.lingering, true) {
                 continue;
+            }
+            // From now on a change of the cgroup wakes the loop (the
+            // schedule above stays, for a change before the watch began).
+            if let (Some(events), Some(cgroup)) = (&self.events, &row.cgroup) {
+                events.watch(cgroup);
             }
             let exited_at = row.exited.unwrap_or(now);
             let (pid, remain) = (row.pid, row.cgroup.as_ref().map(|c| (c.pids().len(), c.name().to_string())));
@@ -795,6 +838,11 @@ impl Core {
                     self.run_helper(&target, rule, argv);
                 } else {
                     self.helpers.release(&rule);
+                }
+            }
+            Command::TreesChanged => {
+                for row in self.procs.values_mut().filter(|p| !p.reaped && p.exited.is_some() && p.cgroup.is_some()) {
+                    row.check = Some((now, GROUP_CHECK_MIN));
                 }
             }
             Command::Fired { target, pid, text } => {
@@ -982,17 +1030,7 @@ impl Core {
         let gen = self.new_gen();
         let config = &self.entries[i].config;
         let name = config.name.clone();
-        let placed = self.leaf(&name, &index.to_string(), gen);
-        let config = &self.entries[i].config;
-        let spawned = placed.and_then(|(cgroup, fd)| match child::spawn(config, index, fd.as_ref()) {
-            Ok(s) => Ok((s, cgroup)),
-            Err(e) => {
-                if let Some(c) = cgroup {
-                    let _ = c.remove();
-                }
-                Err(e)
-            }
-        });
+        let spawned = self.spawn_in(&name, &index.to_string(), gen, |fd| child::spawn(config, index, fd));
         let (spawned, cgroup) = match spawned {
             Ok(s) => s,
             Err(e) => {
