@@ -88,7 +88,8 @@ fn instance(s: &Sentry) -> (String, PathBuf) {
 fn describe(pids: &[i32]) -> String {
     pids.iter()
         .map(|p| {
-            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).map(|c| text(&c).replace('\0', " ")).unwrap_or_default();
+            let cmd =
+                std::fs::read(format!("/proc/{p}/cmdline")).map(|c| text(&c).replace('\0', " ")).unwrap_or_default();
             format!("{p} ({}) in {:?}", cmd.trim(), cgroup_of(*p))
         })
         .collect::<Vec<_>>()
@@ -210,7 +211,9 @@ fn a_launcher_that_leaves_a_detached_server_never_accumulates_servers() {
     // The console says what the exiting leader left.
     let console = s.console();
     assert!(
-        console.lines().any(|l| l.contains("app.") && l.contains("1 process is left in its cgroup") && l.contains("/app/0")),
+        console
+            .lines()
+            .any(|l| l.contains("app.") && l.contains("1 process is left in its cgroup") && l.contains("/app/0")),
         "no console line says that a process remained after the launcher's exit:\n{console}"
     );
     // Ten restarts on request, quickly, each within a launcher's life.
@@ -334,9 +337,9 @@ fn the_next_start_stops_everything_a_sigkilled_instance_left_in_its_cgroups() {
     assert!(line.contains(&abs.display().to_string()), "{line}");
     assert!(line.contains(&format!("{daemon} (")), "the daemon should be named: {line}");
     for (what, pid) in [("daemon", daemon), ("member", member)] {
-        let said = console.lines().any(|l| {
-            l.contains("by a previous instance") && l.contains(&format!(" {pid} (")) && l.contains("stopped")
-        });
+        let said = console
+            .lines()
+            .any(|l| l.contains("by a previous instance") && l.contains(&format!(" {pid} (")) && l.contains("stopped"));
         assert!(said, "no console line says the {what} {pid} was stopped:\n{console}");
     }
     // The new run (the DIR's log goes on: its second) is in a leaf of the
@@ -464,7 +467,9 @@ fn sentry_containment_process_group_falls_back_and_says_why() {
     let console = s.console();
     assert!(console.contains("Containment: a process group per process ("), "{console}");
     assert!(
-        console.lines().any(|l| l.contains("Containment: a process group per process (") && l.contains("SENTRY_CONTAINMENT")),
+        console
+            .lines()
+            .any(|l| l.contains("Containment: a process group per process (") && l.contains("SENTRY_CONTAINMENT")),
         "the start line should say why: {console}"
     );
     // `SENTRY_*` stays with Sentry.
@@ -627,9 +632,8 @@ fn a_process_that_outlives_cgroup_kill_leaves_its_leaf_to_a_fresh_one() {
     freezer.freeze(pid);
     let out = s.cli(&["restart", "frozen"]);
     let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    let new = wait_for("a replacement beside the frozen process", || {
-        s.pids("frozen").first().copied().filter(|p| *p != pid)
-    });
+    let new =
+        wait_for("a replacement beside the frozen process", || s.pids("frozen").first().copied().filter(|p| *p != pid));
     let fresh = cgroup_of(new).unwrap_or_default();
     assert!(fresh.starts_with(&format!("{rel}/frozen/0.")), "the replacement's cgroup: {fresh} (restart said: {said})");
     assert_eq!(cgroup_of(pid), Some(format!("{rel}/frozen/0")), "the frozen one stays in its leaf");

@@ -170,7 +170,8 @@ fn a_late_note_about_an_old_process_never_touches_its_pid_successor() {
     // pipes, nothing may happen to the new process or to supervision.
     let flag = TempDir::new("escape-flag");
     let flag_file = flag.path().join("ran");
-    let s = Sentry::spawn_in_pid_namespace(TCONF, "escape-once", &[("TFLAG", flag_file.to_str().unwrap()), PROCESS_GROUPS]);
+    let s =
+        Sentry::spawn_in_pid_namespace(TCONF, "escape-once", &[("TFLAG", flag_file.to_str().unwrap()), PROCESS_GROUPS]);
     let first = wait_for("the first leader", || numbers_after(&s.log("escape"), "leader").first().copied());
     wait_for("the first leader to exit", || {
         s.console()
@@ -276,7 +277,11 @@ fn status_tells_each_slots_truth() {
     });
     let status = s.status();
     assert_eq!(status["containment"]["kind"], "process-group");
-    assert!(status["containment"]["reason"].as_str().is_some_and(|r| r.contains("SENTRY_CONTAINMENT")), "{}", status["containment"]);
+    assert!(
+        status["containment"]["reason"].as_str().is_some_and(|r| r.contains("SENTRY_CONTAINMENT")),
+        "{}",
+        status["containment"]
+    );
     assert_eq!(status["containment"]["cgroup"], Value::Null);
     assert_eq!(slot(&s.entry("slow"), 0)["cgroup"], Value::Null);
     assert_eq!(s.entry("slow")["tree"], Value::Null);

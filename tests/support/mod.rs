@@ -603,8 +603,9 @@ pub fn expected_instance_cgroup(name: &str, dir: &Path) -> (String, PathBuf) {
 pub fn cgroups_writable() -> bool {
     let Some(own) = cgroup_of(std::process::id() as i32) else { return false };
     let Some(dir) = cgroup_dir(&own) else { return false };
-    let probe = dir.join(format!("sentry-test-probe-{}-{:?}", std::process::id(), std::thread::current().id())
-        .replace(['(', ')'], ""));
+    let probe = dir.join(
+        format!("sentry-test-probe-{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""),
+    );
     let ok = fs::create_dir(&probe).is_ok();
     let _ = fs::remove_dir(&probe);
     ok && fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs")).is_ok()
@@ -619,8 +620,7 @@ pub fn cgroup_procs(dir: &Path) -> Vec<i32> {
 
 /// `populated` of the cgroup at `dir` (it or a descendant holds a live process).
 pub fn cgroup_populated(dir: &Path) -> bool {
-    fs::read_to_string(dir.join("cgroup.events"))
-        .is_ok_and(|t| t.lines().any(|l| l.trim() == "populated 1"))
+    fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|t| t.lines().any(|l| l.trim() == "populated 1"))
 }
 
 /// Every live PID in the cgroup at `dir` and below it.
