@@ -735,3 +735,29 @@ fn the_cgroup_helpers_find_an_instance_by_its_dir() {
     assert!(!alive(pid));
     assert!(!abs.exists(), "{} survived the guard", abs.display());
 }
+
+#[test]
+fn check_says_which_containment_and_why_and_makes_no_cgroup() {
+    if !cgroups_here() {
+        return;
+    }
+    let dir = TempDir::new("cg-check");
+    let _cgroups = CgroupGuard::for_dir(dir.path());
+    let check = |envs: &[(&str, &str)]| {
+        let out = run_within(
+            Command::new(TCONF)
+                .args(["check", "--dir"])
+                .arg(dir.path())
+                .env("TCONF", "cg-pool")
+                .envs(envs.iter().copied()),
+            PATIENCE,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let said = check(&[]);
+    assert!(said.lines().any(|l| l.starts_with("Containment: a cgroup per process")), "{said}");
+    let said = check(&[("SENTRY_CONTAINMENT", "process-group")]);
+    assert!(said.contains("Containment: a process group per process (SENTRY_CONTAINMENT=process-group)."), "{said}");
+    assert!(instance_cgroups_of(dir.path()).is_empty(), "check made {:?}", instance_cgroups_of(dir.path()));
+}
