@@ -131,6 +131,44 @@ fn an_entry_is_restarted_by_its_tree_memory() {
     );
 }
 
+#[test]
+fn an_entrys_tree_memory_counts_what_it_daemonized() {
+    // The daemon left the leader's process tree (double fork, setsid); in
+    // the slot's cgroup it is still the leader's: its 300 MiB count, the
+    // rule restarts the slot, and the restart takes the daemon along.
+    let mark = format!("tm{}", std::process::id());
+    let s =
+        Sentry::spawn_with(TempDir::new("treemem-daemon"), TCONF, "treemem-daemon", &[], &[("TMARK", &mark)]).waiting();
+    if s.status()["containment"]["kind"] != "cgroup" {
+        eprintln!("skipped: no cgroup containment here");
+        return;
+    }
+    let first = wait_for("the leader", || s.pids("daemon").first().copied());
+    let daemons = || processes_with(&format!("daemon-{mark}"));
+    // The daemon: reparented away from the leader (the intermediate
+    // processes are the leader's children until they exit).
+    let away = |pid: &i32| stat_fields(*pid).is_some_and(|f| f[1] != first.to_string());
+    let daemon = wait_for("the daemon", || daemons().into_iter().find(away));
+    wait_for("a restart by the treemem rule", || s.pids("daemon").first().copied().filter(|p| *p != first));
+    wait_for("the first daemon gone with its slot's cgroup", || (!daemons().contains(&daemon)).then_some(()));
+    let rules = rules(&s.status(), "entries", "daemon");
+    assert!(rules[0]["fired"].as_u64().is_some_and(|n| n >= 1), "{rules:?}");
+}
+
+/// Live processes whose command line contains `marker` (this test's own).
+fn processes_with(marker: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c).contains(marker) && !String::from_utf8_lossy(&c).starts_with("sh\0")
+            })
+        })
+        .filter(|pid| stat_fields(*pid).is_some_and(|f| f[0] != "Z"))
+        .collect()
+}
+
 /// A cgroup this test made directly under the cgroup v2 mount; on drop every
 /// process in it is SIGKILLed (`cgroup.kill`) and the cgroup removed, even
 /// when the test fails.

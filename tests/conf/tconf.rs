@@ -142,6 +142,23 @@ fn specs(scenario: &str) -> Vec<Spec> {
         "treemem-entry" => vec![entry("family", "python3", ["-c", FAMILY], 0, 1)
             .on("rmem > 200m", "kill")
             .on("200m < treemem", "restart")],
+        // A small leader whose memory sits in a daemon it double-forked
+        // (setsid, reparented away from it): only the slot's cgroup still
+        // counts the daemon as the leader's tree. Marked by TMARK.
+        "treemem-daemon" => {
+            let m = std::env::var("TMARK").unwrap_or_else(|_| "unset".to_string());
+            let daemon = format!(
+                "import os, sys, time\n\
+                 if os.fork(): os._exit(0)\n\
+                 os.setsid()\n\
+                 if os.fork(): os._exit(0)\n\
+                 x = bytearray(300 * 2**20)\n\
+                 for i in range(0, len(x), 4096): x[i] = 1\n\
+                 time.sleep(1000)  # daemon-{m}\n"
+            );
+            vec![entry("daemon", "sh", ["-c", &format!("python3 -c '{daemon}' daemon-{m}; exec sleep 1000")], 0, 1)
+                .on("treemem > 200m", "restart")]
+        }
         // Watches restricted to the cgroup TCGROUP (a leaf name the test made
         // under the cgroup v2 mount): by marker and cgroup, and by cgroup alone.
         "cgroup-watch" => {
