@@ -325,6 +325,8 @@ fn an_address_in_use_fails_before_any_child_starts() {
 #[test]
 fn daemon_mode_returns_once_the_instance_answers() {
     let dir = TempDir::new("daemon");
+    // The daemon is in no session of the test's: its cgroups go on drop.
+    let _cgroups = CgroupGuard::for_dir(dir.path());
     let d = dir.path().to_str().unwrap();
     let out = tconf(&["start", "--daemon", "--dir", d], "basic");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -381,6 +383,7 @@ fn crate_and_dir_are_found_from_the_binary_or_cargo_run() {
             Err(e) => panic!("{e}"),
         });
     let sid = child.id() as i32;
+    let _cgroups = CgroupGuard::for_dir(&member);
     let _cleanup = SessionGuard(sid);
     wait_for("the pidfile in the member crate", || member.join("tconf.pid").exists().then_some(()));
     let mut status = Command::new(&bin);
@@ -434,6 +437,7 @@ fn start_warns_when_it_cannot_find_its_crate() {
             Err(e) => panic!("{e}"),
         }
     });
+    let _cgroups = CgroupGuard::for_dir(&run_dir);
     let _cleanup = SessionGuard(child.id() as i32);
     let said = wait_for("the warning", || {
         Some(std::fs::read_to_string(&console).unwrap_or_default()).filter(|c| c.contains("when starting Sentry."))

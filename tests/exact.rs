@@ -19,6 +19,12 @@ use support::*;
 
 const TCONF: &str = env!("CARGO_BIN_EXE_tconf");
 
+/// The environment that makes an instance use process groups even where it
+/// could use cgroups: the tests of what process groups alone must get right
+/// (reused group numbers, escaped descendants, the group ledger, a frozen
+/// group leader) keep testing that path; tests/containment.rs tests cgroups.
+const PROCESS_GROUPS: (&str, &str) = ("SENTRY_CONTAINMENT", "process-group");
+
 /// The numbers that follow `word ` in a log, in order.
 fn numbers_after(log: &str, word: &str) -> Vec<i32> {
     log.lines().filter_map(|l| l.split(&format!("{word} ")).nth(1)?.split_whitespace().next()?.parse().ok()).collect()
@@ -133,7 +139,7 @@ fn a_reused_process_group_number_is_never_signalled() {
     // group number is then free, and is given to an unrelated process that
     // makes itself a session (and group) leader. Sentry must not SIGKILL it
     // when the stop timeout comes.
-    let s = Sentry::spawn_in_pid_namespace(TCONF, "linger", &[]);
+    let s = Sentry::spawn_in_pid_namespace(TCONF, "linger", &[PROCESS_GROUPS]);
     let leader = wait_for("the leader's PID", || numbers_after(&s.log("linger"), "leader").first().copied());
     let init = s.namespace_init();
     // The leader is reaped once the member has gone: its PID is free.
@@ -164,7 +170,8 @@ fn a_late_note_about_an_old_process_never_touches_its_pid_successor() {
     // pipes, nothing may happen to the new process or to supervision.
     let flag = TempDir::new("escape-flag");
     let flag_file = flag.path().join("ran");
-    let s = Sentry::spawn_in_pid_namespace(TCONF, "escape-once", &[("TFLAG", flag_file.to_str().unwrap())]);
+    let s =
+        Sentry::spawn_in_pid_namespace(TCONF, "escape-once", &[("TFLAG", flag_file.to_str().unwrap()), PROCESS_GROUPS]);
     let first = wait_for("the first leader", || numbers_after(&s.log("escape"), "leader").first().copied());
     wait_for("the first leader to exit", || {
         s.console()
@@ -193,7 +200,7 @@ fn a_late_note_about_an_old_process_never_touches_its_pid_successor() {
 fn escaped_descendants_cost_no_thread_and_no_fd_per_restart() {
     // `setsid sleep 1000 &` keeps the pipes open forever: a monitor per
     // escaped descendant would pile up threads and fds at every restart.
-    let s = Sentry::spawn_in_pid_namespace(TCONF, "escape-always", &[]);
+    let s = Sentry::spawn_in_pid_namespace(TCONF, "escape-always", &[PROCESS_GROUPS]);
     let init = s.namespace_init();
     let sentry = wait_for("Sentry's own PID", || {
         children_of(init)
@@ -215,13 +222,13 @@ fn escaped_descendants_cost_no_thread_and_no_fd_per_restart() {
 fn the_next_start_stops_what_a_sigkilled_instance_left() {
     let dir = TempDir::new("orphans");
     let dir_path = dir.path().to_path_buf();
-    let mut s = Sentry::spawn_in(dir, TCONF, "orphans", &[]).waiting();
+    let mut s = Sentry::spawn_with(dir, TCONF, "orphans", &[], &[PROCESS_GROUPS]).waiting();
     let leader = s.wait_pids("orphans", 1)[0];
     let member = wait_for("the member's PID", || numbers_after(&s.log("orphans"), "member").first().copied());
     s.sigkill_taking_along(&[leader]);
     assert!(alive(member), "the member should outlive the SIGKILLed supervisor (PDEATHSIG reaches only the leader)");
     // The next start in the same DIR finds it, stops it and says so.
-    let again = Sentry::spawn_in(TempDir(dir_path.clone()), TCONF, "orphans", &[]).waiting();
+    let again = Sentry::spawn_with(TempDir(dir_path.clone()), TCONF, "orphans", &[], &[PROCESS_GROUPS]).waiting();
     wait_for("the leftover member to be stopped", || (!alive(member)).then_some(()));
     let console = again.console();
     assert!(console.contains(&member.to_string()) && console.contains("left by a previous instance"), "{console}");
@@ -232,7 +239,7 @@ fn the_next_start_stops_what_a_sigkilled_instance_left() {
 
 #[test]
 fn status_tells_each_slots_truth() {
-    let s = Sentry::start(TCONF, "exits", &[]);
+    let s = Sentry::spawn_with(TempDir::new("exits"), TCONF, "exits", &[], &[PROCESS_GROUPS]).waiting();
     let code = wait_for("code's exit", || {
         let e = s.entry("code");
         let any = e["last_exits"].as_array().is_some_and(|a| !a.is_empty());
@@ -270,6 +277,14 @@ fn status_tells_each_slots_truth() {
     });
     let status = s.status();
     assert_eq!(status["containment"]["kind"], "process-group");
+    assert!(
+        status["containment"]["reason"].as_str().is_some_and(|r| r.contains("SENTRY_CONTAINMENT")),
+        "{}",
+        status["containment"]
+    );
+    assert_eq!(status["containment"]["cgroup"], Value::Null);
+    assert_eq!(slot(&s.entry("slow"), 0)["cgroup"], Value::Null);
+    assert_eq!(s.entry("slow")["tree"], Value::Null);
     assert_eq!(s.entry("slow")["flapping"], false);
 }
 
@@ -333,7 +348,7 @@ fn a_process_that_survives_sigkill_makes_its_slot_unkillable_and_answers_stay_bo
         eprintln!("skipped: no cgroup v1 freezer to hold a process in uninterruptible sleep");
         return;
     };
-    let s = Sentry::start(TCONF, "frozen", &[]);
+    let s = Sentry::spawn_with(TempDir::new("frozen"), TCONF, "frozen", &[], &[PROCESS_GROUPS]).waiting();
     let pid = s.wait_pids("frozen", 1)[0];
     freezer.freeze(pid);
     // restart: SIGTERM, SIGKILL after 0.5 s, then 5 s of grace: the answer
@@ -390,6 +405,7 @@ fn leftovers_of_a_killed_instance_never_include_another_instances_reused_group()
             .args(["start", "--dir"])
             .arg(dir.path())
             .env("TCONF", "basic")
+            .env(PROCESS_GROUPS.0, PROCESS_GROUPS.1)
             .stdin(Stdio::null())
             .stdout(console.try_clone().unwrap())
             .stderr(console)

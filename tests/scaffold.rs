@@ -47,6 +47,7 @@ fn a_scaffolded_crate_starts_and_reloads_from_anywhere() {
         .stderr(console);
     in_own_session(&mut start);
     let mut cargo_run = start.spawn().unwrap();
+    let _cgroups = CgroupGuard::for_dir(&dir);
     let _cleanup = SessionGuard(cargo_run.id() as i32);
     let bin = dir.join("target/debug/myconf");
     let cli = |args: &[&str]| run(clean(&bin).args(args).current_dir("/"));

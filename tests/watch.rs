@@ -297,6 +297,8 @@ fn sentrys_ancestors_are_never_acted_on_and_explain_says_so() {
         .stdout(console.try_clone().unwrap())
         .stderr(console);
     in_own_session(&mut cmd);
+    // Dropped after the session is killed: the instance's cgroups go too.
+    let _cgroups = CgroupGuard::for_dir(&bin_dir);
     let mut shell = cmd.spawn().expect("sh");
     let _guard = SessionGuard(shell.id() as i32);
     let shell_pid = shell.id() as i32;

@@ -244,6 +244,45 @@ fn specs(scenario: &str) -> Vec<Spec> {
         // An entry rule whose action is an `exec` helper: the helper is the
         // entry's (SENTRY_ENTRY) but no slot's, and must not fire the rule.
         "fence-helper" => vec![entry("hog", "sleep", ["1000"], 0, 1).on("rmem > 1k", "exec @ 1s sleep 3")],
+        // cgroup containment (tests/containment.rs). TSRV is a copy of
+        // `sleep` (a "server" the tests find by its executable).
+        // A launcher that starts a `setsid` double-fork daemon (TSRV, no
+        // pipes of Sentry's) and a plain member of its group, then stays.
+        "cg-daemon" => vec![entry(
+            "daemon",
+            "sh",
+            [
+                "-c",
+                r#"echo launcher $$; setsid sh -c '"$TSRV" 1000 </dev/null >/dev/null 2>&1 & echo daemon $!'; sleep 1000 & echo member $!; exec sleep 1000"#,
+            ],
+            0,
+            1,
+        )],
+        // `run.sh start`: backgrounds a detached server (setsid TSRV), lives
+        // 1.2 s (not a crash: no back-off) and exits 0.
+        "cg-launcher" => vec![entry(
+            "app",
+            "sh",
+            ["-c", r#"echo launcher $$; setsid "$TSRV" 1000 </dev/null >/dev/null 2>&1 & echo server $!; sleep 1.2; exit 0"#],
+            0,
+            1,
+        )],
+        // A leader with three background sleeps (one of them TSRV, in a
+        // session of its own): four processes per slot, two slots.
+        "cg-tree" => vec![entry(
+            "fam",
+            "sh",
+            ["-c", r#"sleep 1000 & sleep 1000 & setsid "$TSRV" 1000 & echo started; wait"#],
+            0,
+            2,
+        )],
+        // Plain sleepers: a pool to scale and a single one.
+        "cg-pool" => vec![
+            entry("pool", "sleep", ["1000"], 0, 2),
+            entry("solo", "sh", ["-c", "echo solo $$; exec sleep 1000"], 0, 1),
+        ],
+        // A process frozen by the test (cgroup v1 freezer) outlives cgroup.kill.
+        "cg-frozen" => vec![entry("frozen", "sleep", ["1000"], 0, 1).stop_timeout(Duration::from_millis(500))],
         // `cargo xtask soak`, one scenario per phase (xtask/src/soak).
         // Kill storm: TCOUNT sleepers (default 5), restarted at once.
         "soak-kill" => {

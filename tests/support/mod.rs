@@ -208,6 +208,10 @@ pub struct Sentry {
     pub bin: PathBuf,
     pub scenario: String,
     child: Child,
+    /// Removes the cgroups an instance in this DIR made (after the session
+    /// is killed). Two `Sentry`s in one DIR share them: drop the earlier
+    /// (SIGKILLed) one only after the later one, as scopes do.
+    cgroups: CgroupGuard,
 }
 
 impl Sentry {
@@ -311,9 +315,10 @@ impl Sentry {
                 Ok(())
             });
         }
+        let cgroups = CgroupGuard::for_dir(dir.path());
         let child = cmd.spawn().expect("start the configuration binary");
         drop(spare);
-        Sentry { dir, bin: bin.into(), scenario: scenario.into(), child }
+        Sentry { dir, bin: bin.into(), scenario: scenario.into(), child, cgroups }
     }
 
     pub fn pid(&self) -> i32 {
@@ -384,6 +389,11 @@ impl Sentry {
         self.dir.path().join(name)
     }
 
+    /// Whether the supervisor process has exited (without waiting).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_some()
+    }
+
     /// Waits for the supervisor process to exit and returns its exit code.
     pub fn wait_exit(&mut self) -> Option<i32> {
         let deadline = Instant::now() + PATIENCE;
@@ -403,6 +413,9 @@ impl Drop for Sentry {
     fn drop(&mut self) {
         kill_session(self.pid());
         let _ = self.child.wait();
+        // What escaped the session (setsid, daemons) is still in the
+        // instance's cgroups: killed and removed with them.
+        self.cgroups.clean();
     }
 }
 
@@ -506,5 +519,253 @@ impl ConfCrate {
         let s = Sentry::spawn_with_stdout(run_dir, bin.to_str().unwrap(), "-", &["--crate", &crate_dir], &all, stdout);
         wait_for("the instance to answer", || s.cli(&["status", "--json"]).status.success().then_some(()));
         s
+    }
+}
+
+// ---------------------------------------------------------------------------
+// cgroup v2 (tests/containment.rs; every Sentry's Drop cleans up with these)
+// ---------------------------------------------------------------------------
+
+/// Where the cgroup v2 hierarchy is mounted (`/proc/self/mountinfo`, type
+/// `cgroup2`), and the mount's root within the hierarchy.
+pub fn cgroup2_mount() -> Option<(PathBuf, String)> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let fields: Vec<&str> = left.split_whitespace().collect();
+        Some((PathBuf::from(unescape_mountinfo(fields.get(4)?)), unescape_mountinfo(fields.get(3)?)))
+    })
+}
+
+/// mountinfo writes a space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroup v2 path of `pid` (the `0::` line of `/proc/PID/cgroup`).
+pub fn cgroup_of(pid: i32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
+}
+
+/// The directory of a cgroup path as `/proc/PID/cgroup` shows it.
+pub fn cgroup_dir(rel: &str) -> Option<PathBuf> {
+    let (mount, root) = cgroup2_mount()?;
+    let below = if root == "/" { rel } else { rel.strip_prefix(root.as_str())? };
+    Some(mount.join(below.trim_start_matches('/')))
+}
+
+/// FNV-1a, 32 bits.
+pub fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ *b as u32).wrapping_mul(0x0100_0193))
+}
+
+/// The 8 hex digits an instance in `dir` puts in its cgroup's name
+/// (FNV-1a 32 of the canonical path's bytes).
+pub fn dir_hash(dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let canonical = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    format!("{:08x}", fnv1a32(canonical.as_os_str().as_bytes()))
+}
+
+/// `sentry.NAME.HASH` for the instance of binary `name` in `dir`.
+pub fn instance_cgroup_name(name: &str, dir: &Path) -> String {
+    format!("sentry.{name}.{}", dir_hash(dir))
+}
+
+/// Where an instance started by this test process puts its cgroup: beside
+/// the test's own (a child Sentry starts in its parent's cgroup), as the
+/// path `/proc/PID/cgroup` shows and as a directory.
+pub fn expected_instance_cgroup(name: &str, dir: &Path) -> (String, PathBuf) {
+    let own = cgroup_of(std::process::id() as i32).expect("the test process's cgroup v2 path");
+    let rel = format!("{}/{}", own.trim_end_matches('/'), instance_cgroup_name(name, dir));
+    let abs = cgroup_dir(&rel).expect("the cgroup v2 mount");
+    (rel, abs)
+}
+
+/// Whether this process may create cgroups beside its own (root, or a
+/// delegated subtree): the precondition of cgroup containment.
+pub fn cgroups_writable() -> bool {
+    let Some(own) = cgroup_of(std::process::id() as i32) else { return false };
+    let Some(dir) = cgroup_dir(&own) else { return false };
+    let probe = dir.join(
+        format!("sentry-test-probe-{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""),
+    );
+    let ok = fs::create_dir(&probe).is_ok();
+    let _ = fs::remove_dir(&probe);
+    ok && fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs")).is_ok()
+}
+
+/// The live PIDs in the cgroup at `dir` (its own `cgroup.procs`, not its descendants').
+pub fn cgroup_procs(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// `populated` of the cgroup at `dir` (it or a descendant holds a live process).
+pub fn cgroup_populated(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|t| t.lines().any(|l| l.trim() == "populated 1"))
+}
+
+/// Every live PID in the cgroup at `dir` and below it.
+pub fn cgroup_tree_procs(dir: &Path) -> Vec<i32> {
+    let mut pids = cgroup_procs(dir);
+    for sub in subdirs(dir) {
+        pids.extend(cgroup_tree_procs(&sub));
+    }
+    pids
+}
+
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Every cgroup named `sentry.*.HASH` (an instance's, for the DIR whose
+/// hash that is) below the cgroup v2 mount: depth-first from the mount,
+/// not descending into other instances' trees.
+pub fn instance_cgroups_with_hash(hash: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, suffix: &str, depth: usize, out: &mut Vec<PathBuf>) {
+        for sub in subdirs(dir) {
+            let name = sub.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if name.starts_with("sentry.") && name.ends_with(suffix) {
+                out.push(sub);
+            } else if !name.starts_with("sentry.") && depth < 12 {
+                walk(&sub, suffix, depth + 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Some((mount, _)) = cgroup2_mount() {
+        walk(&mount, &format!(".{hash}"), 0, &mut out);
+    }
+    out
+}
+
+/// The instance cgroups of `dir`: found by name, and as recorded in any
+/// `DIR/*.procs` (field `cgroup`), if that names a `sentry.*` cgroup.
+pub fn instance_cgroups_of(dir: &Path) -> Vec<PathBuf> {
+    let mut found = instance_cgroups_with_hash(&dir_hash(dir));
+    for recorded in recorded_cgroups(dir) {
+        if !found.contains(&recorded) {
+            found.push(recorded);
+        }
+    }
+    found
+}
+
+/// The `cgroup` fields of `DIR/*.procs` that name a `sentry.*` directory
+/// below the cgroup v2 mount.
+pub fn recorded_cgroups(dir: &Path) -> Vec<PathBuf> {
+    let Some((mount, _)) = cgroup2_mount() else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !e.file_name().to_string_lossy().ends_with(".procs") {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(e.path()) else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
+        let Some(cg) = v["cgroup"].as_str() else { continue };
+        let p = PathBuf::from(cg);
+        let named = p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("sentry."));
+        if named && p.starts_with(&mount) && !cg.contains("/../") && p.is_dir() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Kills every process in the cgroup tree at `dir` (`cgroup.kill`), waits
+/// (bounded) until it holds none, and removes its cgroups, deepest first.
+/// Returns what could not be removed.
+pub fn remove_cgroup_tree(dir: &Path) -> Vec<PathBuf> {
+    if !dir.join("cgroup.procs").exists() {
+        return Vec::new();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = fs::write(dir.join("cgroup.kill"), "1");
+        if !cgroup_populated(dir) || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fn rmdir_deepest_first(dir: &Path, left: &mut Vec<PathBuf>) {
+        for sub in subdirs(dir) {
+            rmdir_deepest_first(&sub, left);
+        }
+        // A cgroup may still be busy for a moment after its last process died.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match fs::remove_dir(dir) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => {
+                    left.push(dir.to_path_buf());
+                    return;
+                }
+            }
+        }
+    }
+    let mut left = Vec::new();
+    rmdir_deepest_first(dir, &mut left);
+    left
+}
+
+/// Removes, on drop (or on [`CgroupGuard::clean`]), every cgroup an
+/// instance in one DIR made — found by the DIR's hash (computed at once,
+/// while DIR exists) and by what DIR records — killing what is in them.
+/// For instances started other than through [`Sentry`] (whose Drop does it).
+pub struct CgroupGuard {
+    dir: PathBuf,
+    hash: String,
+}
+
+impl CgroupGuard {
+    pub fn for_dir(dir: &Path) -> CgroupGuard {
+        CgroupGuard { dir: dir.to_path_buf(), hash: dir_hash(dir) }
+    }
+
+    pub fn clean(&self) {
+        let mut found = instance_cgroups_with_hash(&self.hash);
+        for recorded in recorded_cgroups(&self.dir) {
+            if !found.contains(&recorded) {
+                found.push(recorded);
+            }
+        }
+        for tree in found {
+            let left = remove_cgroup_tree(&tree);
+            if !left.is_empty() {
+                eprintln!("warning: cgroups left behind (still busy): {left:?}");
+            }
+        }
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        self.clean();
     }
 }
