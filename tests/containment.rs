@@ -329,10 +329,10 @@ fn the_next_start_stops_everything_a_sigkilled_instance_left_in_its_cgroups() {
         let c = again.console();
         c.contains("by a previous instance").then_some(c)
     });
-    // The daemon (out of the group and session) is found in the cgroup;
-    // the member may be found by the process-group record first. Each is
-    // named on a line that says it was stopped.
-    let line = console.lines().find(|l| l.contains("left in the cgroup")).unwrap_or_default();
+    // Both — the daemon out of the group and session, and the group's
+    // member — are found in the recorded cgroup, on one line.
+    let line = console.lines().find(|l| l.contains("in the cgroup")).unwrap_or_default();
+    assert!(line.contains("Found 2 processes"), "{line}");
     assert!(line.contains("by a previous instance"), "no line says what was left in the cgroup:\n{console}");
     assert!(line.contains(&abs.display().to_string()), "{line}");
     assert!(line.contains(&format!("{daemon} (")), "the daemon should be named: {line}");
