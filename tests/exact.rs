@@ -306,69 +306,6 @@ fn requests_during_shutdown_are_refused_as_such() {
     assert_eq!(s.wait_exit(), Some(0));
 }
 
-/// A cgroup v1 freezer group the test owns, thawed and removed on drop.
-struct Freezer(std::path::PathBuf);
-
-impl Freezer {
-    fn new() -> Option<Freezer> {
-        let root = std::path::Path::new("/sys/fs/cgroup/freezer");
-        if !root.join("cgroup.procs").exists() {
-            return None;
-        }
-        let dir = root.join(
-            format!("sentry-test-{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""),
-        );
-        std::fs::create_dir_all(&dir).ok()?;
-        Some(Freezer(dir))
-    }
-
-    fn freeze(&self, pid: i32) {
-        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into the freezer");
-        std::fs::write(self.0.join("freezer.state"), "FROZEN").expect("freeze");
-    }
-
-    fn thaw(&self) {
-        let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
-    }
-}
-
-impl Drop for Freezer {
-    fn drop(&mut self) {
-        self.thaw();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-#[test]
-fn a_process_that_survives_sigkill_makes_its_slot_unkillable_and_answers_stay_bounded() {
-    let Some(freezer) = Freezer::new() else {
-        eprintln!("skipped: no cgroup v1 freezer to hold a process in uninterruptible sleep");
-        return;
-    };
-    let s = Sentry::spawn_with(TempDir::new("frozen"), TCONF, "frozen", &[], &[PROCESS_GROUPS]).waiting();
-    let pid = s.wait_pids("frozen", 1)[0];
-    freezer.freeze(pid);
-    // restart: SIGTERM, SIGKILL after 0.5 s, then 5 s of grace: the answer
-    // comes, bounded, and the slot says what is going on.
-    let began = Instant::now();
-    let out = s.cli(&["restart", "frozen"]);
-    assert!(began.elapsed() < Duration::from_secs(20), "restart took {:?}", began.elapsed());
-    assert_eq!(out.status.code(), Some(1), "a restart that could not happen is an error");
-    assert!(text(&out.stderr).contains("unkillable"), "{}", text(&out.stderr));
-    let e = s.entry("frozen");
-    assert_eq!(slot(&e, 0)["state"], "unkillable", "{e}");
-    assert_eq!(slot(&e, 0)["pid"], pid);
-    assert!(exists(pid));
-    // Once it can die, it is reaped and the slot starts again.
-    freezer.thaw();
-    let new = wait_for("a new process after the thaw", || s.pids("frozen").first().copied().filter(|p| *p != pid));
-    assert!(!alive(pid) && new != pid);
-    assert_eq!(slot(&s.entry("frozen"), 0)["state"], "running");
-}
-
 #[test]
 fn stop_waits_as_long_as_the_running_configuration_needs() {
     // The instance runs a child that takes 17 s to stop (timeout 30 s); the

@@ -113,16 +113,18 @@ fn a_recorded_cgroup_that_is_not_the_instances_is_left_alone_and_an_unrecorded_l
     let leader = s.wait_pids("escape", 1)[0];
     let escaped = wait_for("the escaped sleeper", || {
         let procs = std::fs::read_to_string(root.join("escape/0/cgroup.procs")).ok()?;
-        procs.lines().filter_map(|l| l.parse::<i32>().ok()).find(|p| *p != leader && stat_fields(*p).is_some_and(|f| f[3] == p.to_string()))
+        procs
+            .lines()
+            .filter_map(|l| l.parse::<i32>().ok())
+            .find(|p| *p != leader && stat_fields(*p).is_some_and(|f| f[3] == p.to_string()))
     });
     s.sigkill_taking_along(&[leader]);
     assert!(alive(escaped));
     // Someone edits the record to name a cgroup of the same name elsewhere,
     // holding an innocent process.
     let mount = cgroup2_mount().unwrap();
-    let mut victim = Victim::new(
-        mount.join(format!("sentry-test-victim-{}", std::process::id())).join(root.file_name().unwrap()),
-    );
+    let mut victim =
+        Victim::new(mount.join(format!("sentry-test-victim-{}", std::process::id())).join(root.file_name().unwrap()));
     let innocent = victim.sleeper();
     let ledger = dir_path.join("tconf.procs");
     let mut record: Value = serde_json::from_str(&std::fs::read_to_string(&ledger).unwrap()).unwrap();

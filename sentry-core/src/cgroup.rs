@@ -80,7 +80,7 @@ pub(crate) fn probe() -> Fence {
         return Fence::ProcessGroup(why);
     }
     let name = format!("probe-{}", std::process::id());
-    match Tree::create(&name, Path::new("/")) {
+    match Tree::create(&name, Path::new("/"), false) {
         Ok((tree, _)) => {
             let _ = fs::remove_dir(&tree.root);
             Fence::Cgroup(std::sync::Arc::new(tree))
@@ -143,9 +143,11 @@ impl Tree {
     /// read-only mount). Nothing is left behind on failure. A cgroup of
     /// that name marked as this DIR's is a predecessor's leftover (its
     /// record lost): what is in it is stopped (the returned lines say so)
-    /// and it is taken over. One marked as another DIR's (the name's hash
+    /// and it is taken over — or, with `keep` (an image of this very
+    /// instance whose snapshot was unreadable adopts its children), taken
+    /// over as it is. One marked as another DIR's (the name's hash
     /// collided) or unmarked and busy is left alone: `.2`, `.3`, … are tried.
-    pub fn create(name: &str, dir: &Path) -> Result<(Tree, Vec<String>), String> {
+    pub fn create(name: &str, dir: &Path, keep: bool) -> Result<(Tree, Vec<String>), String> {
         let (mount, mount_root) = proc::cgroup2_mount().ok_or("no cgroup v2 hierarchy is mounted")?;
         let parent = directory_of(&mount, &mount_root, std::process::id() as i32)?;
         // A child moves from Sentry's cgroup to its leaf: the writer needs
@@ -166,10 +168,21 @@ impl Tree {
                     let _ = set_owner(&root, dir);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let tree = Tree { mount: mount.clone(), mount_root: mount_root.clone(), root: root.clone(), memory: false };
+                    let tree = Tree {
+                        mount: mount.clone(),
+                        mount_root: mount_root.clone(),
+                        root: root.clone(),
+                        memory: false,
+                    };
                     match owner(&root) {
+                        Some(Some(d)) if d == dir.as_os_str().as_encoded_bytes() && keep => {}
                         Some(Some(d)) if d == dir.as_os_str().as_encoded_bytes() => {
-                            lines.extend(tree.empty(LEFTOVER_GRACE, "left by a previous instance (its record lost) in the cgroup"));
+                            lines.extend(
+                                tree.empty(
+                                    LEFTOVER_GRACE,
+                                    "left by a previous instance (its record lost) in the cgroup",
+                                ),
+                            );
                             let _ = remove_tree(&root);
                             fs::create_dir(&root).or_else(|e| match e.kind() {
                                 io::ErrorKind::AlreadyExists => Ok(()),
@@ -210,10 +223,8 @@ impl Tree {
     /// go, then `cgroup.kill` of the whole tree (and 5 s more). Says what
     /// was found, if anything: "Found N processes {where_} DIR: …".
     pub fn empty(&self, grace: Duration, where_: &str) -> Option<String> {
-        let found: Vec<String> = pids_in(&self.root)
-            .into_iter()
-            .map(|pid| format!("{pid} ({})", proc::cmdline(pid).join(" ")))
-            .collect();
+        let found: Vec<String> =
+            pids_in(&self.root).into_iter().map(|pid| format!("{pid} ({})", proc::cmdline(pid).join(" "))).collect();
         if found.is_empty() {
             return None;
         }

@@ -88,7 +88,7 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Resu
         instance.say(&line);
     }
     let mut instance = instance;
-    let (fence, lines) = containment(paths, None);
+    let (fence, lines) = containment(paths, Resume::Fresh);
     for line in lines {
         instance.say(&line);
     }
@@ -141,7 +141,10 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     info.reexeced_at = Some(now);
     info.last_reload = Some(ReloadOutcome { at: now, ok: true, error: kept.reload_note.clone(), id: kept.reload_id });
     let mut instance = instance;
-    let (fence, lines) = containment(&instance.paths, handoff.core.cgroup.as_deref());
+    let (fence, lines) = match handoff.core.cgroup.as_deref() {
+        Some(root) => containment(&instance.paths, Resume::Snapshot(root)),
+        None => containment(&instance.paths, Resume::Fresh),
+    };
     for line in lines {
         instance.say(&line);
     }
@@ -206,7 +209,7 @@ fn resume_without_snapshot(specs: &[Spec], paths: &Paths, why: &str) -> Result<(
     ));
     let now = sys::unix_now();
     let mut instance = instance;
-    let (fence, lines) = containment(paths, None);
+    let (fence, lines) = containment(paths, Resume::Adopt);
     for line in lines {
         instance.say(&line);
     }
@@ -228,19 +231,33 @@ fn canonical(dir: &Path) -> PathBuf {
     dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
 }
 
+/// Where an image's containment comes from.
+enum Resume<'a> {
+    /// A fresh start: a leftover tree of this DIR is emptied first.
+    Fresh,
+    /// The tree a previous image handed over.
+    Snapshot(&'a Path),
+    /// A previous image's tree, without its snapshot: its children are adopted.
+    Adopt,
+}
+
 /// How this instance fences its processes: its own cgroup tree where cgroup
 /// v2 is writable — the one an earlier image made (`resume`), else a fresh
 /// one — or process groups, with the reason. `SENTRY_CONTAINMENT=process-group`
 /// asks for process groups.
 /// Also returns what it found to say (a leftover tree it emptied).
-fn containment(paths: &Paths, resume: Option<&Path>) -> (Fence, Vec<String>) {
+fn containment(paths: &Paths, resume: Resume) -> (Fence, Vec<String>) {
     if let Some(why) = cgroup::refused_by_environment() {
         return (Fence::ProcessGroup(why), Vec::new());
     }
-    let resumed = resume.map(cgroup::Tree::resume);
+    let resumed = match resume {
+        Resume::Snapshot(root) => cgroup::Tree::resume(root).ok(),
+        Resume::Fresh | Resume::Adopt => None,
+    };
     let tree = match resumed {
-        Some(Ok(tree)) => Ok((tree, Vec::new())),
-        _ => cgroup::Tree::create(&paths.name, &canonical(&paths.dir)),
+        Some(tree) => Ok((tree, Vec::new())),
+        // A reload never stops its own children: only a fresh start empties a leftover.
+        None => cgroup::Tree::create(&paths.name, &canonical(&paths.dir), !matches!(resume, Resume::Fresh)),
     };
     match tree {
         Ok((tree, lines)) => (Fence::Cgroup(std::sync::Arc::new(tree)), lines),

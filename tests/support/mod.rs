@@ -769,3 +769,42 @@ impl Drop for CgroupGuard {
         self.clean();
     }
 }
+
+/// A cgroup v1 freezer group the test owns (these machines have the hybrid
+/// layout): a process frozen in it sleeps uninterruptibly, so SIGKILL
+/// cannot end it until it is thawed. Thawed and removed on drop.
+pub struct Freezer(pub PathBuf);
+
+impl Freezer {
+    /// `None` where there is no v1 freezer (the test then skips).
+    pub fn new() -> Option<Freezer> {
+        let root = Path::new("/sys/fs/cgroup/freezer");
+        if !root.join("cgroup.procs").exists() {
+            return None;
+        }
+        let dir = root.join(
+            format!("sentry-test-{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""),
+        );
+        fs::create_dir_all(&dir).ok()?;
+        Some(Freezer(dir))
+    }
+
+    pub fn freeze(&self, pid: i32) {
+        fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into the freezer");
+        fs::write(self.0.join("freezer.state"), "FROZEN").expect("freeze");
+    }
+
+    pub fn thaw(&self) {
+        let _ = fs::write(self.0.join("freezer.state"), "THAWED");
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        self.thaw();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
