@@ -681,3 +681,47 @@ fn check_says_which_containment_and_why_and_makes_no_cgroup() {
     assert!(said.contains("Containment: a process group per process (SENTRY_CONTAINMENT=process-group)."), "{said}");
     assert!(instance_cgroups_of(dir.path()).is_empty(), "check made {:?}", instance_cgroups_of(dir.path()));
 }
+
+#[test]
+fn the_cgroup_helpers_find_an_instance_by_its_dir() {
+    // The harness's own pieces: the name an instance's cgroup gets, and a
+    // guard that kills and removes such a tree (so a failing test leaves
+    // nothing).
+    assert_eq!(fnv1a32(b""), 0x811c9dc5);
+    assert_eq!(fnv1a32(b"a"), 0xe40c292c);
+    assert_eq!(fnv1a32(b"foobar"), 0xbf9cf968);
+    let dir = TempDir::new("cg-helpers");
+    let name = instance_cgroup_name("tconf", dir.path());
+    assert!(name.starts_with("sentry.tconf.") && name.len() == "sentry.tconf.".len() + 8, "{name}");
+    if !cgroups_here() {
+        return;
+    }
+    let (_rel, abs) = expected_instance_cgroup("tconf", dir.path());
+    let guard = CgroupGuard::for_dir(dir.path());
+    std::fs::create_dir_all(abs.join("e/0")).unwrap();
+    // A detached sleeper placed in the leaf, as a daemon would be.
+    let mut cmd = Command::new("sleep");
+    cmd.arg("1000");
+    let procs = std::fs::OpenOptions::new().write(true).open(abs.join("e/0/cgroup.procs")).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
+    // SAFETY: write and setsid are async-signal-safe; the fd (CLOEXEC)
+    // stays open until after the spawn.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let (mut child, _g) = spawn_in_session(&mut cmd);
+    drop(procs);
+    let pid = child.id() as i32;
+    assert!(cgroup_of(pid).is_some_and(|c| c.ends_with("/e/0")), "{:?}", cgroup_of(pid));
+    assert_eq!(instance_cgroups_of(dir.path()), vec![abs.clone()]);
+    drop(guard);
+    let _ = child.wait();
+    assert!(!alive(pid));
+    assert!(!abs.exists(), "{} survived the guard", abs.display());
+}

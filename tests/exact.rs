@@ -451,3 +451,30 @@ fn status_answers_while_hundreds_of_processes_start_and_stop() {
     assert!(worst < Duration::from_secs(4), "status took {worst:?} during the scale");
     assert_eq!(s.entry("sleepers")["flapping"], false, "stops Sentry asked for are not failures");
 }
+
+#[test]
+fn a_process_that_survives_sigkill_makes_its_slot_unkillable_and_answers_stay_bounded() {
+    let Some(freezer) = Freezer::new() else {
+        eprintln!("skipped: no cgroup v1 freezer to hold a process in uninterruptible sleep");
+        return;
+    };
+    let s = Sentry::spawn_with(TempDir::new("frozen"), TCONF, "frozen", &[], &[PROCESS_GROUPS]).waiting();
+    let pid = s.wait_pids("frozen", 1)[0];
+    freezer.freeze(pid);
+    // restart: SIGTERM, SIGKILL after 0.5 s, then 5 s of grace: the answer
+    // comes, bounded, and the slot says what is going on.
+    let began = Instant::now();
+    let out = s.cli(&["restart", "frozen"]);
+    assert!(began.elapsed() < Duration::from_secs(20), "restart took {:?}", began.elapsed());
+    assert_eq!(out.status.code(), Some(1), "a restart that could not happen is an error");
+    assert!(text(&out.stderr).contains("unkillable"), "{}", text(&out.stderr));
+    let e = s.entry("frozen");
+    assert_eq!(slot(&e, 0)["state"], "unkillable", "{e}");
+    assert_eq!(slot(&e, 0)["pid"], pid);
+    assert!(exists(pid));
+    // Once it can die, it is reaped and the slot starts again.
+    freezer.thaw();
+    let new = wait_for("a new process after the thaw", || s.pids("frozen").first().copied().filter(|p| *p != pid));
+    assert!(!alive(pid) && new != pid);
+    assert_eq!(slot(&s.entry("frozen"), 0)["state"], "running");
+}
