@@ -123,8 +123,8 @@ fn a_recorded_cgroup_that_is_not_the_instances_is_left_alone_and_an_unrecorded_l
     // Someone edits the record to name a cgroup of the same name elsewhere,
     // holding an innocent process.
     let mount = cgroup2_mount().unwrap();
-    let mut victim =
-        Victim::new(mount.join(format!("sentry-test-victim-{}", std::process::id())).join(root.file_name().unwrap()));
+    let parent = Victim::new(mount.join(format!("sentry-test-victim-{}", std::process::id())));
+    let mut victim = Victim::new(parent.dir.join(root.file_name().unwrap()));
     let innocent = victim.sleeper();
     let ledger = dir_path.join("tconf.procs");
     let mut record: Value = serde_json::from_str(&std::fs::read_to_string(&ledger).unwrap()).unwrap();
@@ -142,7 +142,7 @@ fn a_recorded_cgroup_that_is_not_the_instances_is_left_alone_and_an_unrecorded_l
     let mut again = again;
     again.cli(&["stop"]);
     again.wait_exit();
-    let _ = std::fs::remove_dir(mount.join(format!("sentry-test-victim-{}", std::process::id())));
+    drop(parent);
 }
 
 #[test]

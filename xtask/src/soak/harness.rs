@@ -222,6 +222,7 @@ impl Drop for Instance {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        remove_recorded_cgroups(&self.dir);
         if self.keep {
             eprintln!("soak: kept the run directory {}", self.dir.display());
         } else {
@@ -431,4 +432,36 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// Empties (`cgroup.kill`) and removes, deepest first, the cgroup an
+/// instance recorded in `dir` (`*.procs`, field `cgroup`): a killed
+/// instance leaves it behind.
+fn remove_recorded_cgroups(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "procs")) {
+        let Ok(text) = fs::read_to_string(e.path()) else { continue };
+        let Ok(record) = serde_json::from_str::<Value>(&text) else { continue };
+        let Some(root) = record["cgroup"].as_str().map(PathBuf::from) else { continue };
+        if !root.file_name().is_some_and(|n| n.to_string_lossy().starts_with("sentry.")) {
+            continue;
+        }
+        let _ = fs::write(root.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::read_to_string(root.join("cgroup.events")).is_ok_and(|t| t.contains("populated 1"))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        remove_cgroup_tree(&root);
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    let _ = fs::remove_dir(dir);
 }
