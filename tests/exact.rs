@@ -375,9 +375,10 @@ fn leftovers_of_a_killed_instance_never_include_another_instances_reused_group()
     in_namespace(init, &format!("kill -9 {a_pid}; while test -d /proc/{target}; do sleep 0.05; done"));
     // B's third child gets the freed number.
     let mut got = None;
+    let mut seen = Vec::new();
     // Threads take numbers too (the control server's thread for this very
-    // request): try a few offsets below the target.
-    for offset in 1..=6 {
+    // request, the new child's monitor): try offsets below the target.
+    for offset in 1..=12 {
         in_namespace(init, &format!("echo {} > /proc/sys/kernel/ns_last_pid", target - offset));
         assert!(cli(&b, &["scale", "idle", "3"]).status.success());
         let pids = idle(&b);
@@ -385,9 +386,10 @@ fn leftovers_of_a_killed_instance_never_include_another_instances_reused_group()
             got = Some(target);
             break;
         }
+        seen.push((offset, pids));
         assert!(cli(&b, &["scale", "idle", "2"]).status.success());
     }
-    assert_eq!(got, Some(target), "B's child never got the reused number");
+    assert_eq!(got, Some(target), "B's child never got the reused number: {seen:?}");
     // A starts again in its DIR and looks for what it left.
     let mut a_again = start(&a);
     wait_for("A again", || (idle(&a).len() == 2).then_some(()));
