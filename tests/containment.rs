@@ -549,6 +549,11 @@ fn slots_going_away_and_a_clean_stop_leave_no_cgroup_behind() {
     assert!(!alive(pool[1]));
     wait_for("pool/1 to be removed", || (!abs.join("pool/1").exists()).then_some(()));
     assert!(abs.join("pool/0").exists());
+    // An entry without slots takes its directory along; others stay.
+    let out = s.cli(&["scale", "pool", "0"]);
+    assert!(out.status.success(), "scale: {}", text(&out.stderr));
+    wait_for("pool to be removed", || (!abs.join("pool").exists()).then_some(()));
+    assert!(abs.join("solo/0").exists());
 
     let out = s.cli(&["stop"]);
     assert!(out.status.success(), "stop: {}", text(&out.stderr));

@@ -238,3 +238,87 @@ fn an_entrys_rules_never_fire_on_its_own_exec_helpers() {
     let fired = firings(&s.console());
     assert!(fired.iter().all(|p| *p == pid), "only the slot's process: {fired:?} (slot {pid})\n{}", s.console());
 }
+
+/// The threads of process `pid`, by name.
+fn thread_names(pid: i32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn lingering_cgroups_are_watched_by_one_thread_only_under_cgroup_containment() {
+    let s = Sentry::start(TCONF, "basic", &[]);
+    if instance_cgroup(&s).is_none() {
+        eprintln!("skipped: no cgroup containment here");
+        return;
+    }
+    let names = wait_for("the cgroup events thread", || {
+        let names = thread_names(s.pid());
+        names.iter().any(|n| n == "sentry-cgroups").then_some(names)
+    });
+    assert_eq!(names.iter().filter(|n| *n == "sentry-cgroups").count(), 1, "{names:?}");
+    let groups = Sentry::spawn_with(TempDir::new("fence-pg"), TCONF, "basic", &[], &[PROCESS_GROUPS]).waiting();
+    groups.wait_pids("idle", 2);
+    assert!(!thread_names(groups.pid()).iter().any(|n| n == "sentry-cgroups"), "{:?}", thread_names(groups.pid()));
+}
+
+const PROCESS_GROUPS: (&str, &str) = ("SENTRY_CONTAINMENT", "process-group");
+
+#[test]
+fn a_ledger_others_could_write_is_trusted_with_nothing() {
+    for (case, tamper) in [("writable by all", 0), ("a symbolic link", 1)] {
+        let dir = TempDir::new("fence-trust");
+        let dir_path = dir.path().to_path_buf();
+        let mut s = Sentry::spawn_with(dir, TCONF, "orphans", &[], &[PROCESS_GROUPS]).waiting();
+        let leader = s.wait_pids("orphans", 1)[0];
+        let member = wait_for("the member", || {
+            s.log("orphans").lines().find_map(|l| l.split("member ").nth(1)?.trim().parse::<i32>().ok())
+        });
+        s.sigkill_taking_along(&[leader]);
+        let ledger = dir_path.join("tconf.procs");
+        if tamper == 0 {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&ledger, std::fs::Permissions::from_mode(0o666)).unwrap();
+        } else {
+            let elsewhere = dir_path.join("elsewhere.json");
+            std::fs::rename(&ledger, &elsewhere).unwrap();
+            std::os::unix::fs::symlink(&elsewhere, &ledger).unwrap();
+        }
+        let again = Sentry::spawn_with(TempDir(dir_path.clone()), TCONF, "orphans", &[], &[PROCESS_GROUPS]).waiting();
+        again.wait_pids("orphans", 1);
+        let console = again.console();
+        assert!(console.contains("not trusted, nothing was stopped"), "{case}: {console}");
+        assert!(alive(member), "{case}: the member was left alone");
+        // SAFETY: the member of this test's own first instance.
+        unsafe { libc::kill(member, libc::SIGKILL) };
+    }
+}
+
+#[test]
+fn a_reload_keeps_each_slots_cgroup_even_when_its_leader_moved_deeper() {
+    let Some(mount) = cgroup2_mount() else {
+        eprintln!("skipped: no cgroup v2");
+        return;
+    };
+    let envs = [("TCGMOUNT", mount.to_str().unwrap())];
+    let s = Sentry::spawn_with(TempDir::new("fence-sub"), TCONF, "fence-sub", &[], &envs).waiting();
+    let Some(root) = instance_cgroup(&s) else {
+        eprintln!("skipped: no cgroup containment here");
+        return;
+    };
+    let pid = s.wait_pids("sub", 1)[0];
+    wait_for("the leader moved", || s.log("sub").contains("moved").then_some(()));
+    let leaf = format!("/{}/sub/0", root.strip_prefix(&mount).unwrap().display());
+    assert_eq!(slot(&s.entry("sub"), 0)["cgroup"].as_str(), Some(leaf.as_str()));
+    let out = s.cli(&["reload", "--exec", TCONF]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    wait_for("the re-exec", || (s.status()["reexec_count"] == 1).then_some(()));
+    let after = slot(&s.entry("sub"), 0);
+    assert_eq!(after["pid"], pid, "{after}");
+    assert_eq!(after["cgroup"].as_str(), Some(leaf.as_str()), "the slot's leaf crossed the exec: {after}");
+    assert_eq!(after["tree"]["processes"], 2, "the leader below and the sleeper in the leaf: {after}");
+}

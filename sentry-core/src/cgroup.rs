@@ -651,19 +651,12 @@ fn owner(root: &Path) -> Option<Option<Vec<u8>>> {
 /// this at anyone else's processes. One line per finding, for the console.
 pub(crate) fn stop_recorded(root: &Path, name: &str, dir: &Path) -> Vec<String> {
     let Some((mount, mount_root)) = proc::cgroup2_mount() else { return Vec::new() };
-    let base = instance_name(name, dir);
-    let named = root.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-        n == base || n.strip_prefix(&base).and_then(|k| k.strip_prefix('.')).is_some_and(|k| k.parse::<u8>().is_ok())
-    });
-    let plain = root.components().all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
     if !root.join("cgroup.procs").exists() {
         return Vec::new();
     }
-    let marked = match owner(root) {
-        Some(mark) => mark.as_deref() == Some(dir.as_os_str().as_encoded_bytes()),
-        None => directory_of(&mount, &mount_root, std::process::id() as i32).is_ok_and(|p| p.join(&base) == root),
-    };
-    if !named || !plain || !root.starts_with(&mount) || root == mount || !marked {
+    let own = directory_of(&mount, &mount_root, std::process::id() as i32).ok();
+    let recorded = Recorded { root, mount: &mount, mark: owner(root), own_parent: own.as_deref() };
+    if !recorded.is_instance(name, dir) {
         return vec![format!("The recorded cgroup {} is not this instance's: left alone.", root.display())];
     }
     let tree = Tree { mount, mount_root, root: root.to_path_buf(), memory: false };
@@ -673,6 +666,43 @@ pub(crate) fn stop_recorded(root: &Path, name: &str, dir: &Path) -> Vec<String> 
         lines.push(format!("Cannot remove the cgroup {}: {e}.", root.display()));
     }
     lines
+}
+
+/// A cgroup path read from a ledger, with what the system says about it.
+struct Recorded<'a> {
+    root: &'a Path,
+    /// The cgroup v2 mount.
+    mount: &'a Path,
+    /// Its `user.sentry.dir` mark (see [`owner`]).
+    mark: Option<Option<Vec<u8>>>,
+    /// The directory of Sentry's own cgroup, if known.
+    own_parent: Option<&'a Path>,
+}
+
+impl Recorded<'_> {
+    /// Whether it is the cgroup of the instance `name` of `dir`: a plain
+    /// path strictly below the mount, named `sentry.<name>.<hash>` (or that
+    /// with `.2` … `.9`), marked with `dir` — or, where marks cannot be
+    /// read, exactly where this instance puts its cgroup.
+    fn is_instance(&self, name: &str, dir: &Path) -> bool {
+        let base = instance_name(name, dir);
+        let named = self.root.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+            n == base
+                || n.strip_prefix(&base)
+                    .and_then(|k| k.strip_prefix('.'))
+                    .is_some_and(|k| matches!(k, "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9"))
+        });
+        let plain = self
+            .root
+            .components()
+            .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
+        let below = self.root.starts_with(self.mount) && self.root != self.mount;
+        let marked = match &self.mark {
+            Some(mark) => mark.as_deref() == Some(dir.as_os_str().as_encoded_bytes()),
+            None => self.own_parent.is_some_and(|p| p.join(&base) == self.root),
+        };
+        named && plain && below && marked
+    }
 }
 
 /// `dir` and every cgroup below it.
@@ -701,6 +731,55 @@ mod tests {
         let odd = instance_name("my conf/../x", Path::new("/d"));
         assert!(odd.starts_with("sentry.my_conf____x."), "{odd}");
         assert!(!odd.contains('/'));
+    }
+
+    #[test]
+    fn only_a_recorded_cgroup_named_placed_and_marked_as_this_instances_is_its() {
+        let dir = Path::new("/srv/conf");
+        let name = instance_name("conf", dir);
+        let mount = Path::new("/sys/fs/cgroup");
+        let mine = mount.join(&name);
+        let mark = |d: &str| Some(Some(d.as_bytes().to_vec()));
+        let own = Some(Path::new("/sys/fs/cgroup"));
+        let cases: Vec<(PathBuf, Option<Option<Vec<u8>>>, bool, &str)> = vec![
+            (mine.clone(), mark("/srv/conf"), true, "named, below, marked"),
+            (mount.join("user.slice").join(&name), mark("/srv/conf"), true, "elsewhere below the mount, marked"),
+            (mount.join(format!("{name}.2")), mark("/srv/conf"), true, "a second name"),
+            (mount.join(format!("{name}.10")), mark("/srv/conf"), false, "not a name Sentry gives"),
+            (mount.join(format!("{name}x")), mark("/srv/conf"), false, "another name"),
+            (mine.clone(), mark("/srv/other"), false, "another DIR's mark"),
+            (mine.clone(), Some(None), false, "no mark"),
+            (mine.clone(), None, true, "marks unreadable: exactly where this instance puts it"),
+            (mount.join("x").join(&name), None, false, "marks unreadable, elsewhere"),
+            (PathBuf::from("/tmp").join(&name), mark("/srv/conf"), false, "outside the mount"),
+            (mount.join("a/../").join(&name), mark("/srv/conf"), false, "not a plain path"),
+            (mount.to_path_buf(), mark("/srv/conf"), false, "the mount itself"),
+        ];
+        for (root, m, ours, why) in cases {
+            let r = Recorded { root: &root, mount, mark: m, own_parent: own };
+            assert_eq!(r.is_instance("conf", dir), ours, "{why}: {}", root.display());
+        }
+    }
+
+    #[test]
+    fn sigkill_is_cgroup_kill_not_one_signal_per_member() {
+        // A fixture shaped like a cgroup whose member (a sleep of this
+        // test's) does not show the fixture's path in /proc: SIGKILL must go
+        // through cgroup.kill (written), not through the members one by one.
+        let dir = std::env::temp_dir().join(format!("sentry-cgroup-kill-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut sleep = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+        fs::write(dir.join("cgroup.procs"), format!("{}\n", sleep.id())).unwrap();
+        let leaf = Cgroup { path: dir.clone(), rel: "/not/where/the/sleep/is".to_string() };
+        assert_eq!(leaf.signal(Signal::SIGKILL), 1);
+        assert_eq!(fs::read_to_string(dir.join("cgroup.kill")).unwrap(), "1");
+        assert!(sleep.try_wait().unwrap().is_none(), "not signalled one by one");
+        // SIGTERM goes member by member, and only to members.
+        assert_eq!(leaf.signal(Signal::SIGTERM), 0, "its /proc path is elsewhere: left alone");
+        assert!(sleep.try_wait().unwrap().is_none());
+        sleep.kill().unwrap();
+        sleep.wait().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -241,6 +241,15 @@ fn specs(scenario: &str) -> Vec<Spec> {
             );
             vec![entry("nest", "sh", ["-c", script.as_str()], 0, 1)]
         }
+        // A leader that moves itself into a cgroup it makes inside its
+        // leaf, beside a sleeper that stays in the leaf.
+        "fence-sub" => {
+            let mount = std::env::var("TCGMOUNT").unwrap_or_else(|_| "/sys/fs/cgroup".to_string());
+            let script = format!(
+                "cg=$(sed -n 's/^0:://p' /proc/self/cgroup); sleep 1000 & mkdir {mount}$cg/sub && echo $$ > {mount}$cg/sub/cgroup.procs && echo moved && exec sleep 1000"
+            );
+            vec![entry("sub", "sh", ["-c", script.as_str()], 0, 1)]
+        }
         // An entry rule whose action is an `exec` helper: the helper is the
         // entry's (SENTRY_ENTRY) but no slot's, and must not fire the rule.
         "fence-helper" => vec![entry("hog", "sleep", ["1000"], 0, 1).on("rmem > 1k", "exec @ 1s sleep 3")],
