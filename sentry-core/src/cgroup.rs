@@ -741,7 +741,8 @@ mod tests {
         let mine = mount.join(&name);
         let mark = |d: &str| Some(Some(d.as_bytes().to_vec()));
         let own = Some(Path::new("/sys/fs/cgroup"));
-        let cases: Vec<(PathBuf, Option<Option<Vec<u8>>>, bool, &str)> = vec![
+        type Mark = Option<Option<Vec<u8>>>;
+        let cases: Vec<(PathBuf, Mark, bool, &str)> = vec![
             (mine.clone(), mark("/srv/conf"), true, "named, below, marked"),
             (mount.join("user.slice").join(&name), mark("/srv/conf"), true, "elsewhere below the mount, marked"),
             (mount.join(format!("{name}.2")), mark("/srv/conf"), true, "a second name"),
