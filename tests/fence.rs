@@ -322,3 +322,93 @@ fn a_reload_keeps_each_slots_cgroup_even_when_its_leader_moved_deeper() {
     assert_eq!(after["cgroup"].as_str(), Some(leaf.as_str()), "the slot's leaf crossed the exec: {after}");
     assert_eq!(after["tree"]["processes"], 2, "the leader below and the sleeper in the leaf: {after}");
 }
+
+#[test]
+fn a_scale_up_while_a_scale_down_is_stopping_keeps_the_slots() {
+    let s = Sentry::start(TCONF, "fence-slow", &[]);
+    let before = s.wait_pids("t", 2);
+    let down = {
+        let (bin, dir) = (s.bin.clone(), s.dir.path().to_path_buf());
+        std::thread::spawn(move || {
+            run_within(
+                Command::new(bin).args(["scale", "t", "0", "--dir"]).arg(dir).env("TCONF", "fence-slow"),
+                PATIENCE,
+            )
+        })
+    };
+    wait_for("both slots stopping", || {
+        let e = s.entry("t");
+        let slots = e["slots"].as_array()?.clone();
+        (slots.len() == 2 && slots.iter().all(|s| s["state"] == "stopping")).then_some(())
+    });
+    let out = s.cli(&["scale", "t", "2"]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let _ = down.join();
+    let after = wait_for("two processes again", || {
+        let pids = s.pids("t");
+        (pids.len() == 2 && pids.iter().all(|p| !before.contains(p))).then_some(pids)
+    });
+    assert_eq!(after.len(), 2);
+    assert_eq!(s.entry("t")["state"], "running");
+}
+
+#[test]
+fn a_reload_answers_a_restart_still_settling_instead_of_waiting_for_it() {
+    // The restart takes the whole stop timeout (30 s); the reload must not
+    // wait for it, and the interface must answer meanwhile.
+    let s = Sentry::spawn_with(TempDir::new("fence-reload"), TCONF, "fence-slow", &[], &[("TSTOP", "30")]).waiting();
+    let before = s.wait_pids("t", 2);
+    let restart = {
+        let (bin, dir) = (s.bin.clone(), s.dir.path().to_path_buf());
+        std::thread::spawn(move || {
+            run_within(Command::new(bin).args(["restart", "t", "--dir"]).arg(dir).env("TCONF", "fence-slow"), PATIENCE)
+        })
+    };
+    wait_for("the restart stopping both", || {
+        let slots = s.entry("t")["slots"].as_array()?.clone();
+        slots.iter().all(|s| s["state"] == "stopping").then_some(())
+    });
+    let out = s.cli(&["reload", "--exec", TCONF]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let restarted = restart.join().unwrap();
+    assert_eq!(restarted.status.code(), Some(1), "{}", text(&restarted.stderr));
+    assert!(text(&restarted.stderr).contains("interrupted by a reload"), "{}", text(&restarted.stderr));
+    let status = s.status();
+    assert_eq!(status["reexec_count"], 1);
+    let slots = status["entries"][0]["slots"].as_array().unwrap().clone();
+    assert!(slots.iter().all(|s| s["state"] == "stopping"), "the restart goes on in the new image: {slots:?}");
+    assert!(before.iter().all(|p| alive(*p)), "still within their stop timeout");
+}
+
+#[test]
+fn watches_never_match_what_runs_in_the_instances_own_cgroups() {
+    let mark = format!("sp{}", std::process::id());
+    let s = Sentry::spawn_with(TempDir::new("fence-spare"), TCONF, "fence-spare", &[], &[("TMARK", &mark)]).waiting();
+    if instance_cgroup(&s).is_none() {
+        eprintln!("skipped: no cgroup containment here");
+        return;
+    }
+    s.wait_pids("dbl", 1);
+    let marked = |m: &str| -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(m))
+            })
+            .collect()
+    };
+    let daemon = wait_for("the entry's daemon", || marked(&format!("spare-{mark}")).first().copied());
+    // A stranger with the same marker, outside: the watch acts on it, which
+    // shows the watch has scanned while the daemon ran.
+    let mut stranger = Command::new("python3")
+        .args(["-c", "import time; time.sleep(7777)", &format!("spare-{mark}")])
+        .spawn()
+        .unwrap();
+    let ended = wait_for("the watch to stop the stranger", || stranger.try_wait().ok()?);
+    assert!(!ended.success());
+    assert!(alive(daemon), "Sentry's own daemon (in its entry's cgroup) was spared");
+    let fired = s.status()["watches"][0]["rules"][0]["fired"].as_u64();
+    assert_eq!(fired, Some(1), "only the stranger");
+}

@@ -80,7 +80,7 @@ pub(crate) fn probe() -> Fence {
         return Fence::ProcessGroup(why);
     }
     let name = format!("probe-{}", std::process::id());
-    match Tree::create(&name, Path::new("/"), false) {
+    match Tree::create(&name, Path::new("/"), &|_| false) {
         Ok((tree, _)) => {
             let _ = fs::remove_dir(&tree.root);
             Fence::Cgroup(std::sync::Arc::new(tree))
@@ -143,11 +143,12 @@ impl Tree {
     /// read-only mount). Nothing is left behind on failure. A cgroup of
     /// that name marked as this DIR's is a predecessor's leftover (its
     /// record lost): what is in it is stopped (the returned lines say so)
-    /// and it is taken over — or, with `keep` (an image of this very
-    /// instance whose snapshot was unreadable adopts its children), taken
-    /// over as it is. One marked as another DIR's (the name's hash
+    /// and it is taken over — or, where `keep` says so (an image of this
+    /// very instance whose snapshot was unreadable adopts its children; a
+    /// tree the ledger's pass just emptied, whose rest outlived SIGKILL),
+    /// taken over as it is. One marked as another DIR's (the name's hash
     /// collided) or unmarked and busy is left alone: `.2`, `.3`, … are tried.
-    pub fn create(name: &str, dir: &Path, keep: bool) -> Result<(Tree, Vec<String>), String> {
+    pub fn create(name: &str, dir: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<(Tree, Vec<String>), String> {
         let (mount, mount_root) = proc::cgroup2_mount().ok_or("no cgroup v2 hierarchy is mounted")?;
         let parent = directory_of(&mount, &mount_root, std::process::id() as i32)?;
         // A child moves from Sentry's cgroup to its leaf: the writer needs
@@ -175,7 +176,7 @@ impl Tree {
                         memory: false,
                     };
                     match owner(&root) {
-                        Some(Some(d)) if d == dir.as_os_str().as_encoded_bytes() && keep => {}
+                        Some(Some(d)) if d == dir.as_os_str().as_encoded_bytes() && keep(&root) => {}
                         Some(Some(d)) if d == dir.as_os_str().as_encoded_bytes() => {
                             lines.extend(
                                 tree.empty(
@@ -468,6 +469,22 @@ pub(crate) fn figures_of(dir: &Path, memory: bool) -> Figures {
     Figures { processes: pids.len(), cpu_usec, memory_bytes, memory_current: current.is_some() }
 }
 
+/// The path of the cgroup directory `dir` as `/proc/PID/cgroup` shows it
+/// (relative to the v2 mount's root), if it is below the v2 mount.
+pub(crate) fn name_of(dir: &Path) -> Option<String> {
+    let (mount, mount_root) = proc::cgroup2_mount()?;
+    let below = dir.strip_prefix(&mount).ok()?.to_string_lossy().into_owned();
+    Some(match mount_root.as_str() {
+        "/" => format!("/{below}"),
+        r => format!("{r}/{below}"),
+    })
+}
+
+/// Whether a `/proc/PID/cgroup` path lies in (or is) the cgroup `rel`.
+pub(crate) fn is_within(path: &str, rel: &str) -> bool {
+    within(path, rel)
+}
+
 /// The cgroup directory of process `pid`, if cgroup v2 is mounted here.
 pub(crate) fn directory_of_process(pid: i32) -> Option<PathBuf> {
     let (mount, root) = proc::cgroup2_mount()?;
@@ -648,16 +665,17 @@ fn owner(root: &Path) -> Option<Option<Vec<u8>>> {
 /// v2 mount, named as the instance called `name` names its cgroups, and
 /// marked as `dir`'s own (or, where marks cannot be read, exactly where
 /// this instance puts its cgroup) is touched: an edited record cannot aim
-/// this at anyone else's processes. One line per finding, for the console.
-pub(crate) fn stop_recorded(root: &Path, name: &str, dir: &Path) -> Vec<String> {
-    let Some((mount, mount_root)) = proc::cgroup2_mount() else { return Vec::new() };
+/// this at anyone else's processes. One line per finding, for the console,
+/// and `root` if it was emptied (some of it may have outlived SIGKILL).
+pub(crate) fn stop_recorded(root: &Path, name: &str, dir: &Path) -> (Vec<String>, Option<PathBuf>) {
+    let Some((mount, mount_root)) = proc::cgroup2_mount() else { return (Vec::new(), None) };
     if !root.join("cgroup.procs").exists() {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let own = directory_of(&mount, &mount_root, std::process::id() as i32).ok();
     let recorded = Recorded { root, mount: &mount, mark: owner(root), own_parent: own.as_deref() };
     if !recorded.is_instance(name, dir) {
-        return vec![format!("The recorded cgroup {} is not this instance's: left alone.", root.display())];
+        return (vec![format!("The recorded cgroup {} is not this instance's: left alone.", root.display())], None);
     }
     let tree = Tree { mount, mount_root, root: root.to_path_buf(), memory: false };
     let mut lines: Vec<String> =
@@ -665,7 +683,7 @@ pub(crate) fn stop_recorded(root: &Path, name: &str, dir: &Path) -> Vec<String> 
     if let Err(e) = remove_tree(root) {
         lines.push(format!("Cannot remove the cgroup {}: {e}.", root.display()));
     }
-    lines
+    (lines, Some(root.to_path_buf()))
 }
 
 /// A cgroup path read from a ledger, with what the system says about it.

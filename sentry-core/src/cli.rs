@@ -234,6 +234,8 @@ type Outcome = Result<(), (i32, String)>;
 fn fail(e: Error) -> (i32, String) {
     let code = match e {
         Error::NotRunning { .. } | Error::ShuttingDown | Error::CoreGone => EXIT_NOT_RUNNING,
+        // A reload began while the change settled: it goes on, unconfirmed.
+        Error::Control { status: 503, ref message } if message.starts_with("interrupted") => EXIT_FAIL,
         // The instance answered that it is shutting down.
         Error::Control { status: 503, .. } => EXIT_NOT_RUNNING,
         _ => EXIT_FAIL,
@@ -270,9 +272,9 @@ fn explain(specs: &[Spec], paths: &Paths) -> Outcome {
     // Entries' processes are the running instance's children, if it runs.
     let live = instance::live_pid(&paths.pidfile()).ok().map(|p| p as i32);
     let me = live.unwrap_or(std::process::id() as i32);
-    // The running instance's slots, where they run in cgroups of their own,
-    // are in cgroups below the instance's own (its tree is one level down).
-    let cgroup_root = live.and_then(crate::cgroup::directory_of_process);
+    // The running instance's cgroup tree, where its slots run in cgroups
+    // of their own: as it records it in DIR.
+    let cgroup_root = live.and_then(|_| crate::leftovers::recorded_cgroup(&paths.ledger_file()));
     let targets = crate::watch::targets(&config, cgroup_root.as_deref());
     if targets.is_empty() {
         println!("No watches and no rules: nothing to explain.");

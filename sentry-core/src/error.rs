@@ -32,6 +32,9 @@ pub enum Error {
     CoreGone,
     /// The supervisor is stopping every child: it takes no more requests.
     ShuttingDown,
+    /// A reload began while a scale or restart was settling: the change goes
+    /// on in the new image (its state crosses the exec), unanswered.
+    Interrupted,
     /// Processes of `entry` outlived SIGKILL (uninterruptible sleep, a frozen
     /// cgroup): their slots are `unkillable`, and what was asked is not done.
     Unkillable { entry: String, pids: Vec<u32> },
@@ -81,6 +84,9 @@ impl fmt::Display for Error {
             Error::Control { status, message } => write!(f, "{message} (HTTP {status})"),
             Error::CoreGone => write!(f, "the supervisor has shut down"),
             Error::ShuttingDown => write!(f, "shutting down"),
+            Error::Interrupted => {
+                write!(f, "interrupted by a reload: the change goes on in the new image (see status)")
+            }
             Error::Unkillable { entry, pids } => {
                 let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
                 write!(

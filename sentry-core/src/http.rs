@@ -191,6 +191,8 @@ impl Drop for Registration<'_> {
 pub(crate) struct ControlServer {
     shared: Arc<Shared>,
     acceptor: JoinHandle<TcpListener>,
+    /// Dropped by [`ControlServer::stop`]: ends the waits for settling.
+    interrupt: crossbeam_channel::Sender<()>,
 }
 
 impl ControlServer {
@@ -201,14 +203,19 @@ impl ControlServer {
         listener.set_nonblocking(true).map_err(|e| io("configure the listener", e))?;
         let stop = sys::eventfd().map_err(|e| io("create an eventfd", e))?;
         let mut routes = routes;
-        routes.core = routes.core.bounded(STATUS_WAIT, routes.settle, routes.shutdown.clone());
+        // A reload stops the server: scales and restarts still settling are
+        // answered at once (they go on in the new image) rather than
+        // holding the reload, and the interface, until they settle.
+        let (interrupt, interrupted) = crossbeam_channel::bounded::<()>(0);
+        routes.core =
+            routes.core.bounded(STATUS_WAIT, routes.settle, routes.shutdown.clone()).interruptible(interrupted);
         let shared = Arc::new(Shared { conns: Mutex::default(), ended: Condvar::new(), stop, bound, routes });
         let for_acceptor = shared.clone();
         let acceptor = std::thread::Builder::new()
             .name("sentry-http".into())
             .spawn(move || accept_loop(listener, for_acceptor))
             .map_err(|e| io("start the HTTP acceptor", e))?;
-        Ok(ControlServer { shared, acceptor })
+        Ok(ControlServer { shared, acceptor, interrupt })
     }
 
     /// The address the server listens on.
@@ -222,6 +229,7 @@ impl ControlServer {
     /// ends at once in a shutdown), and gives the listener back, still open
     /// and listening.
     pub fn stop(self) -> Option<TcpListener> {
+        drop(self.interrupt);
         sys::eventfd_signal(self.shared.stop.as_fd());
         let listener = self.acceptor.join().ok();
         let bound = STOP_GRACE + ANSWER_DEADLINE + LINGER + self.shared.routes.settle.max(STATUS_WAIT);

@@ -72,30 +72,37 @@ pub(crate) fn write(path: &Path, ledger: &Ledger) -> io::Result<()> {
 /// that cgroup if it is the instance `name` of `dir`'s own
 /// (`cgroup::stop_recorded`); and removes the file. A file someone else
 /// could have written (not ours, or writable by group or others) is
-/// trusted with nothing. One line per finding.
-pub(crate) fn stop_left(path: &Path, name: &str, dir: &Path) -> Vec<String> {
+/// trusted with nothing. One line per finding, and the cgroup it emptied.
+pub(crate) fn stop_left(path: &Path, name: &str, dir: &Path) -> (Vec<String>, Option<PathBuf>) {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return Vec::new() };
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return (Vec::new(), None) };
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
     if !meta.is_file() || meta.uid() != euid || meta.mode() & 0o022 != 0 {
-        return vec![format!(
+        let line = format!(
             "{} is not a file of this user's that only it can write: not trusted, nothing was stopped",
             path.display()
-        )];
+        );
+        return (vec![line], None);
     }
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let Ok(text) = std::fs::read_to_string(path) else { return (Vec::new(), None) };
     let _ = std::fs::remove_file(path);
     let ledger: Ledger = match serde_json::from_str(&text) {
         Ok(l) => l,
-        Err(e) => return vec![format!("{} is unreadable ({e}): nothing was stopped", path.display())],
+        Err(e) => return (vec![format!("{} is unreadable ({e}): nothing was stopped", path.display())], None),
     };
-    match &ledger.cgroup {
+    match ledger.cgroup {
         // Every process of the instance was in its cgroup: that is where
         // they are looked for, and only there.
-        Some(root) => crate::cgroup::stop_recorded(root, name, dir),
-        None => stop_groups(&ledger),
+        Some(root) => crate::cgroup::stop_recorded(&root, name, dir),
+        None => (stop_groups(&ledger), None),
     }
+}
+
+/// The cgroup a running instance records in its ledger at `path`, if any.
+pub(crate) fn recorded_cgroup(path: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str::<Ledger>(&text).ok()?.cgroup
 }
 
 /// Stops the survivors of the ledger's process groups.

@@ -115,6 +115,10 @@ pub(crate) enum Event {
     Stop { now: Instant },
     /// Stop the process gracefully, then start it again.
     Restart { now: Instant },
+    /// The slot is wanted after all (a scale up while a scale down is
+    /// stopping it): once its process is gone, start another instead of
+    /// removing the slot.
+    Keep,
 }
 
 /// What the core must do after a step.
@@ -235,6 +239,12 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
         | (Unkillable { then: AfterStop::Policy { .. }, .. }, Event::Restart { .. }) => {
             (Slot { phase: with_then(phase, AfterStop::Respawn), crashes }, Vec::new())
         }
+        (
+            Stopping { then: AfterStop::Vacate, .. }
+            | Killing { then: AfterStop::Vacate, .. }
+            | Unkillable { then: AfterStop::Vacate, .. },
+            Event::Keep,
+        ) => (Slot { phase: with_then(phase, AfterStop::Respawn), crashes }, Vec::new()),
         (Idle | Pending { .. }, Event::Stop { .. }) => (Slot { phase: Idle, crashes }, vec![Effect::Vacate]),
         (Idle, Event::Restart { now }) => {
             (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRestart])
@@ -525,6 +535,26 @@ mod tests {
         assert_eq!(slot.pid(), Some(7));
         let (_, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Signal(9), now: ms(t0, 60_000) });
         assert_eq!(fx, vec![Effect::Vacate]);
+    }
+
+    #[test]
+    fn a_slot_being_stopped_for_good_is_kept_when_wanted_again() {
+        let p = policy(Restart::Always, 0);
+        let t0 = Instant::now();
+        let running = Slot { phase: Phase::Running { pid: 7, since: t0 }, crashes: 0 };
+        let (stopping, _) = step(running, &p, Event::Stop { now: ms(t0, 1_000) });
+        let (kept, fx) = step(stopping, &p, Event::Keep);
+        assert!(fx.is_empty(), "nothing to do until the process is gone");
+        assert!(matches!(kept.phase, Phase::Stopping { pid: 7, then: AfterStop::Respawn, .. }), "{kept:?}");
+        let (after, fx) = step(kept, &p, Event::Exited { exit: ChildExit::Signal(15), now: ms(t0, 1_500) });
+        assert!(matches!(after.phase, Phase::Pending { .. }), "started again, not vacated: {after:?}");
+        assert!(!fx.contains(&Effect::Vacate));
+        // Keep changes nothing for a slot that is not being stopped for good.
+        for slot in [running, Slot { phase: Phase::Idle, crashes: 0 }] {
+            assert_eq!(step(slot, &p, Event::Keep), (slot, Vec::new()));
+        }
+        let (restarting, _) = step(running, &p, Event::Restart { now: ms(t0, 1_000) });
+        assert_eq!(step(restarting, &p, Event::Keep), (restarting, Vec::new()));
     }
 
     /// The longest durations, at the latest instants: no step panics and

@@ -84,11 +84,12 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Resu
             instance::NAME_THE_CRATE
         ));
     }
-    for line in crate::leftovers::stop_left(&paths.ledger_file(), &paths.name, &canonical(&paths.dir)) {
+    let (lines, emptied) = crate::leftovers::stop_left(&paths.ledger_file(), &paths.name, &canonical(&paths.dir));
+    for line in lines {
         instance.say(&line);
     }
     let mut instance = instance;
-    let (fence, lines) = containment(paths, Resume::Fresh);
+    let (fence, lines) = containment(paths, Resume::Fresh { emptied: emptied.as_deref() });
     for line in lines {
         instance.say(&line);
     }
@@ -143,7 +144,7 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     let mut instance = instance;
     let (fence, lines) = match handoff.core.cgroup.as_deref() {
         Some(root) => containment(&instance.paths, Resume::Snapshot(root)),
-        None => containment(&instance.paths, Resume::Fresh),
+        None => containment(&instance.paths, Resume::Adopt),
     };
     for line in lines {
         instance.say(&line);
@@ -233,8 +234,9 @@ fn canonical(dir: &Path) -> PathBuf {
 
 /// Where an image's containment comes from.
 enum Resume<'a> {
-    /// A fresh start: a leftover tree of this DIR is emptied first.
-    Fresh,
+    /// A fresh start: a leftover tree of this DIR is emptied first (unless
+    /// the ledger's pass `emptied` it already).
+    Fresh { emptied: Option<&'a Path> },
     /// The tree a previous image handed over.
     Snapshot(&'a Path),
     /// A previous image's tree, without its snapshot: its children are adopted.
@@ -252,12 +254,15 @@ fn containment(paths: &Paths, resume: Resume) -> (Fence, Vec<String>) {
     }
     let resumed = match resume {
         Resume::Snapshot(root) => cgroup::Tree::resume(root).ok(),
-        Resume::Fresh | Resume::Adopt => None,
+        Resume::Fresh { .. } | Resume::Adopt => None,
     };
     let tree = match resumed {
         Some(tree) => Ok((tree, Vec::new())),
         // A reload never stops its own children: only a fresh start empties a leftover.
-        None => cgroup::Tree::create(&paths.name, &canonical(&paths.dir), !matches!(resume, Resume::Fresh)),
+        None => cgroup::Tree::create(&paths.name, &canonical(&paths.dir), &|root| match resume {
+            Resume::Fresh { emptied } => emptied == Some(root),
+            Resume::Snapshot(_) | Resume::Adopt => true,
+        }),
     };
     match tree {
         Ok((tree, lines)) => (Fence::Cgroup(std::sync::Arc::new(tree)), lines),

@@ -32,11 +32,14 @@ pub(crate) struct CoreHandle {
     status_wait: Option<Duration>,
     settle_wait: Option<Duration>,
     cancel: Receiver<()>,
+    /// Disconnected when the waits for a scale or restart to settle must
+    /// end (the control server stops for a reload): `Error::Interrupted`.
+    interrupt: Receiver<()>,
 }
 
 impl CoreHandle {
     pub fn new(tx: Sender<Command>) -> CoreHandle {
-        CoreHandle { tx, status_wait: None, settle_wait: None, cancel: never() }
+        CoreHandle { tx, status_wait: None, settle_wait: None, cancel: never(), interrupt: never() }
     }
 
     /// The same core, with bounded waits cut short when `cancel` disconnects.
@@ -44,19 +47,25 @@ impl CoreHandle {
         CoreHandle { status_wait: Some(status), settle_wait: Some(settle), cancel, ..self }
     }
 
+    /// The same core, with waits for a scale or restart to settle cut
+    /// short when `interrupt` disconnects.
+    pub fn interruptible(self, interrupt: Receiver<()>) -> CoreHandle {
+        CoreHandle { interrupt, ..self }
+    }
+
     pub fn status(&self) -> Result<Status, Error> {
         let (reply, answer) = bounded(1);
-        self.ask(Command::Status { reply }, answer, self.status_wait)
+        self.ask(Command::Status { reply }, answer, self.status_wait, &never())
     }
 
     pub fn scale(&self, entry: &str, count: usize) -> Result<EntryStatus, Error> {
         let (reply, answer) = bounded(1);
-        self.ask(Command::Scale { entry: entry.to_string(), count, reply }, answer, self.settle_wait)
+        self.ask(Command::Scale { entry: entry.to_string(), count, reply }, answer, self.settle_wait, &self.interrupt)
     }
 
     pub fn restart(&self, entry: &str) -> Result<EntryStatus, Error> {
         let (reply, answer) = bounded(1);
-        self.ask(Command::Restart { entry: entry.to_string(), reply }, answer, self.settle_wait)
+        self.ask(Command::Restart { entry: entry.to_string(), reply }, answer, self.settle_wait, &self.interrupt)
     }
 
     pub fn shutdown(&self) {
@@ -64,7 +73,13 @@ impl CoreHandle {
     }
 
     /// Sends `command` and waits for its answer, within `wait` if given.
-    fn ask<T>(&self, command: Command, answer: Receiver<Result<T, Error>>, wait: Option<Duration>) -> Result<T, Error> {
+    fn ask<T>(
+        &self,
+        command: Command,
+        answer: Receiver<Result<T, Error>>,
+        wait: Option<Duration>,
+        interrupt: &Receiver<()>,
+    ) -> Result<T, Error> {
         if matches!(self.cancel.try_recv(), Err(TryRecvError::Disconnected)) {
             return Err(Error::ShuttingDown);
         }
@@ -73,6 +88,7 @@ impl CoreHandle {
         select! {
             recv(answer) -> got => got.map_err(|_| Error::CoreGone)?,
             recv(self.cancel) -> _ => Err(Error::ShuttingDown),
+            recv(interrupt) -> _ => Err(Error::Interrupted),
             recv(timer) -> _ => Err(Error::NoAnswer(wait.unwrap_or_default())),
         }
     }

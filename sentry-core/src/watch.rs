@@ -249,6 +249,10 @@ pub(crate) struct Target {
     /// cgroups of their own. An entry's process whose cgroup lies below it
     /// has its slot's cgroup memory as `treemem`.
     pub cgroup_root: Option<PathBuf>,
+    /// Watches only: the instance's cgroup tree as `/proc/PID/cgroup`
+    /// shows it: what runs there is Sentry's own (a daemon an entry's
+    /// process double-forked included) and never matches.
+    pub spare: Option<Arc<str>>,
 }
 
 impl Target {
@@ -265,6 +269,20 @@ impl Target {
     fn matches(&self, s: &Sample) -> bool {
         self.pattern_matches(s)
             && self.cgroup.as_ref().is_none_or(|re| s.cgroup.as_deref().is_some_and(|c| re.is_match(c)))
+            && !self.spares(s)
+    }
+
+    /// Whether the process runs in the instance's own cgroup tree.
+    fn spares(&self, s: &Sample) -> bool {
+        match (&self.spare, &s.cgroup) {
+            (Some(own), Some(c)) => crate::cgroup::is_within(c, own),
+            _ => false,
+        }
+    }
+
+    /// Whether the process's cgroup path is needed to match it.
+    fn needs_cgroup(&self) -> bool {
+        self.cgroup.is_some() || self.spare.is_some()
     }
 
     /// Whether some rule compares `treemem` (which is measured only then).
@@ -278,7 +296,9 @@ impl Target {
 /// (`None` where they run in process groups): entries' `treemem` is then
 /// their slot's cgroup memory.
 pub(crate) fn targets(config: &Config, cgroup_root: Option<&Path>) -> Vec<Target> {
+    let spare: Option<Arc<str>> = cgroup_root.and_then(crate::cgroup::name_of).map(Arc::from);
     let watches = config.watches.iter().map(|w| Target {
+        spare: spare.clone(),
         name: w.name.clone(),
         owner: Owner::Watch,
         pattern: Some(w.pattern.clone()),
@@ -297,6 +317,7 @@ pub(crate) fn targets(config: &Config, cgroup_root: Option<&Path>) -> Vec<Target
         every: Duration::from_secs(1),
         rules: e.rules.clone(),
         cgroup_root: cgroup_root.map(Path::to_path_buf),
+        spare: None,
     });
     watches.chain(entries).collect()
 }
@@ -593,7 +614,7 @@ impl Probe for LiveProbe<'_> {
 /// PSS cannot be read — gone, or not readable by Sentry — counts 0). No
 /// other target costs a read.
 pub(crate) fn measure(targets: &[Target], due: &[bool], samples: &mut [Sample], me: i32, probe: &mut impl Probe) {
-    for t in targets.iter().filter(|t| t.cgroup.is_some()) {
+    for t in targets.iter().filter(|t| t.needs_cgroup()) {
         for s in samples.iter_mut() {
             if s.cgroup.is_none() && t.pattern_matches(s) {
                 s.cgroup = probe.cgroup(s.pid);
@@ -937,6 +958,7 @@ mod tests {
                 .map(|(t, a)| Rule { trigger: Trigger::parse(t).unwrap(), action: Action::parse(a).unwrap() })
                 .collect(),
             cgroup_root: None,
+            spare: None,
         }
     }
 
@@ -1334,6 +1356,7 @@ mod tests {
                 action: crate::rule::Action::parse("exec sleep 100").unwrap(),
             }],
             cgroup_root: None,
+            spare: None,
         }];
         let s: Vec<Sample> = (0..10).map(|i| sample(1000 + i, 1, "hog", 10)).collect();
         let gate = Arc::new(HelperGate::default());

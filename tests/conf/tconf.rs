@@ -250,6 +250,22 @@ fn specs(scenario: &str) -> Vec<Spec> {
             );
             vec![entry("sub", "sh", ["-c", script.as_str()], 0, 1)]
         }
+        // Processes whose stop takes the whole stop timeout (TERM ignored,
+        // a child that outlives the leader): TSTOP seconds, 3 by default.
+        "fence-slow" => {
+            let secs: u64 = std::env::var("TSTOP").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+            vec![entry("t", "sh", ["-c", "trap '' TERM; sleep 100000 & wait"], 0, 2).stop_timeout(Duration::from_secs(secs))]
+        }
+        // An entry whose process daemonizes a marked sleep (TMARK), and a
+        // watch on that marker: Sentry's own daemon must never match.
+        "fence-spare" => {
+            let m = std::env::var("TMARK").unwrap_or_else(|_| "unset".to_string());
+            let script = format!("(setsid python3 -c 'import time; time.sleep(7777)' spare-{m} &); exec sleep 100000");
+            vec![
+                entry("dbl", "sh", ["-c", script.as_str()], 500, 1),
+                watch("w", format!("spare-{m}")).every(Duration::from_millis(200)).on("rmem > 1k", "term"),
+            ]
+        }
         // An entry rule whose action is an `exec` helper: the helper is the
         // entry's (SENTRY_ENTRY) but no slot's, and must not fire the rule.
         "fence-helper" => vec![entry("hog", "sleep", ["1000"], 0, 1).on("rmem > 1k", "exec @ 1s sleep 3")],

@@ -388,7 +388,10 @@ impl Core {
         self.restart_watcher();
         loop {
             let now = Instant::now();
-            self.entries.retain(|e| !(e.removed && e.slots.is_empty()));
+            let procs = &self.procs;
+            let stuck =
+                |name: &str| procs.values().any(|p| matches!(&p.role, Role::Stuck { entry, .. } if entry == name));
+            self.entries.retain(|e| !(e.removed && e.slots.is_empty() && !stuck(&e.config.name)));
             self.check_groups(now);
             self.fire_due(now);
             self.answer_waiters(now);
@@ -843,7 +846,14 @@ impl Core {
             }
             Command::Shutdown => self.begin_shutdown(now),
             Command::ReloadOutcome(outcome) => self.options.info.last_reload = Some(outcome),
-            Command::Suspend => self.suspending = true,
+            Command::Suspend => {
+                // Nobody can wait across the exec: what was asked goes on
+                // in the new image (the slots' phases cross it).
+                for w in self.waiters.drain(..) {
+                    let _ = w.reply.send(Err(Error::Interrupted));
+                }
+                self.suspending = true;
+            }
             Command::RunHelper { target, rule, argv } => {
                 if !self.shutting_down && !argv.is_empty() {
                     self.run_helper(&target, rule, argv);
@@ -883,7 +893,13 @@ impl Core {
         let e = &self.entries[i];
         let target = if self.shutting_down || e.removed { 0 } else { e.target };
         for index in 0..target {
-            self.entries[i].slots.entry(index).or_insert_with(|| SlotRun::new(now));
+            let slots = &mut self.entries[i].slots;
+            if slots.contains_key(&index) {
+                // Being stopped for good by an earlier scale down: kept.
+                self.apply(i, index, Event::Keep);
+            } else {
+                slots.insert(index, SlotRun::new(now));
+            }
         }
         let extra: Vec<usize> = self.entries[i].slots.range(target..).map(|(k, _)| *k).collect();
         for index in extra.into_iter().rev() {
