@@ -893,12 +893,12 @@ impl Core {
         let e = &self.entries[i];
         let target = if self.shutting_down || e.removed { 0 } else { e.target };
         for index in 0..target {
-            let slots = &mut self.entries[i].slots;
-            if slots.contains_key(&index) {
+            match self.entries[i].slots.entry(index) {
                 // Being stopped for good by an earlier scale down: kept.
-                self.apply(i, index, Event::Keep);
-            } else {
-                slots.insert(index, SlotRun::new(now));
+                std::collections::btree_map::Entry::Occupied(_) => self.apply(i, index, Event::Keep),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(SlotRun::new(now));
+                }
             }
         }
         let extra: Vec<usize> = self.entries[i].slots.range(target..).map(|(k, _)| *k).collect();
