@@ -234,8 +234,6 @@ type Outcome = Result<(), (i32, String)>;
 fn fail(e: Error) -> (i32, String) {
     let code = match e {
         Error::NotRunning { .. } | Error::ShuttingDown | Error::CoreGone => EXIT_NOT_RUNNING,
-        // A reload began while the change settled: it goes on, unconfirmed.
-        Error::Control { status: 503, ref message } if message.starts_with("interrupted") => EXIT_FAIL,
         // The instance answered that it is shutting down.
         Error::Control { status: 503, .. } => EXIT_NOT_RUNNING,
         _ => EXIT_FAIL,
@@ -518,9 +516,20 @@ fn scale(paths: &Paths, entry: &str, count: &str) -> Outcome {
     let c = client(paths).map_err(fail)?;
     let body = serde_json::json!({ "count": n }).to_string();
     let (code, body) = c.post(&format!("/entries/{entry}/scale"), &body).map_err(fail)?;
+    if let Some(note) = accepted(code, &body) {
+        println!("{entry}: {n} processes ({note}).");
+        return Ok(());
+    }
     let e: crate::status::EntryStatus = answer(code, &body).map_err(fail)?;
     println!("{}: {} processes.", e.name, e.count);
     Ok(())
+}
+
+/// The note of a 202 answer to a scale or restart: taken, and settling in
+/// the image a reload is starting.
+fn accepted(code: u16, body: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    (code == 202).then(|| v["note"].as_str().unwrap_or("accepted").to_string())
 }
 
 /// Asks for a reload and waits for the build that answers it.
@@ -576,6 +585,10 @@ fn reload(paths: &Paths, exec: Option<PathBuf>) -> Outcome {
 fn restart(paths: &Paths, entry: &str) -> Outcome {
     let c = client(paths).map_err(fail)?;
     let (code, body) = c.post(&format!("/entries/{entry}/restart"), "{}").map_err(fail)?;
+    if let Some(note) = accepted(code, &body) {
+        println!("{entry}: restarting ({note}).");
+        return Ok(());
+    }
     let e: crate::status::EntryStatus = answer(code, &body).map_err(fail)?;
     println!("{}: restarted ({} restarts in all).", e.name, e.restarts);
     Ok(())

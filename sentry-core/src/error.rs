@@ -32,8 +32,8 @@ pub enum Error {
     CoreGone,
     /// The supervisor is stopping every child: it takes no more requests.
     ShuttingDown,
-    /// A reload began while a scale or restart was settling: the change goes
-    /// on in the new image (its state crosses the exec), unanswered.
+    /// A reload began while a scale or restart was settling: it was taken and
+    /// goes on in the new image (its state crosses the exec); HTTP 202.
     Interrupted,
     /// Processes of `entry` outlived SIGKILL (uninterruptible sleep, a frozen
     /// cgroup): their slots are `unkillable`, and what was asked is not done.
@@ -85,7 +85,7 @@ impl fmt::Display for Error {
             Error::CoreGone => write!(f, "the supervisor has shut down"),
             Error::ShuttingDown => write!(f, "shutting down"),
             Error::Interrupted => {
-                write!(f, "interrupted by a reload: the change goes on in the new image (see status)")
+                write!(f, "accepted; a reload began before it settled: it goes on in the new image (see status)")
             }
             Error::Unkillable { entry, pids } => {
                 let pids: Vec<String> = pids.iter().map(u32::to_string).collect();

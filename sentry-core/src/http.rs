@@ -648,6 +648,10 @@ fn change_entry(core: &CoreHandle, name: &str, action: &str, body: &str) -> (u16
     };
     match result {
         Ok(entry) => (200, serde_json::to_string(&entry).unwrap_or_default()),
+        // Taken, not yet settled: it goes on in the new image.
+        Err(e @ Error::Interrupted) => {
+            (202, serde_json::json!({ "accepted": true, "note": e.to_string() }).to_string())
+        }
         Err(e @ Error::UnknownEntry(_)) => (404, error_body(&e.to_string())),
         Err(e @ (Error::BadCount(_) | Error::OverBudget(_))) => (400, error_body(&e.to_string())),
         Err(e @ Error::Unkillable { .. }) => (409, error_body(&e.to_string())),

@@ -111,7 +111,8 @@ impl Instance {
     pub fn scale(&self, name: &str, count: usize) -> Outcome<()> {
         let (code, body) = self.post(&format!("/entries/{name}/scale"), &format!("{{\"count\": {count}}}"))?;
         match code {
-            200 => Ok(()),
+            // 202: taken while a reload began; it settles in the new image.
+            200 | 202 => Ok(()),
             _ => Err(format!("scale {name} {count}: {code} {body}")),
         }
     }
