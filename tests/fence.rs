@@ -412,3 +412,15 @@ fn watches_never_match_what_runs_in_the_instances_own_cgroups() {
     let fired = s.status()["watches"][0]["rules"][0]["fired"].as_u64();
     assert_eq!(fired, Some(1), "only the stranger");
 }
+
+#[test]
+fn a_containment_setting_that_is_not_understood_is_said() {
+    let s =
+        Sentry::spawn_with(TempDir::new("fence-odd"), TCONF, "basic", &[], &[("SENTRY_CONTAINMENT", "process_group")])
+            .waiting();
+    let console = wait_for("the containment lines", || {
+        let c = s.console();
+        c.contains("Containment:").then_some(c)
+    });
+    assert!(console.contains("SENTRY_CONTAINMENT=process_group is not understood"), "{console}");
+}

@@ -256,6 +256,14 @@ fn containment(paths: &Paths, resume: Resume) -> (Fence, Vec<String>) {
         Resume::Snapshot(root) => cgroup::Tree::resume(root).ok(),
         Resume::Fresh { .. } | Resume::Adopt => None,
     };
+    // A value that is not understood is said, not silently taken for "cgroup".
+    let odd = std::env::var_os(cgroup::CONTAINMENT_VAR).filter(|v| v != "cgroup").map(|v| {
+        format!(
+            "Warning: {}={} is not understood (`process-group` or `cgroup`): cgroups are used where they can be.",
+            cgroup::CONTAINMENT_VAR,
+            v.to_string_lossy()
+        )
+    });
     let tree = match resumed {
         Some(tree) => Ok((tree, Vec::new())),
         // A reload never stops its own children: only a fresh start empties a leftover.
@@ -265,8 +273,8 @@ fn containment(paths: &Paths, resume: Resume) -> (Fence, Vec<String>) {
         }),
     };
     match tree {
-        Ok((tree, lines)) => (Fence::Cgroup(std::sync::Arc::new(tree)), lines),
-        Err(why) => (Fence::ProcessGroup(why), Vec::new()),
+        Ok((tree, lines)) => (Fence::Cgroup(std::sync::Arc::new(tree)), odd.into_iter().chain(lines).collect()),
+        Err(why) => (Fence::ProcessGroup(why), odd.into_iter().collect()),
     }
 }
 

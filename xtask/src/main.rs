@@ -93,7 +93,7 @@ fn new(name: &str, parent: &Path) -> Result<(), String> {
         ),
     )?;
     write(&dir.join("src/main.rs"), MAIN_RS)?;
-    write(&dir.join(".gitignore"), "/target\n*.pid\n*.addr\n*.token\n*.out\n/log/\n")?;
+    write(&dir.join(".gitignore"), "/target\n*.pid\n*.addr\n*.token\n*.out\n*.procs\n/log/\n")?;
     // The checkout's lock file pins the versions it is tested with.
     std::fs::copy(workspace.join("Cargo.lock"), dir.join("Cargo.lock"))
         .map_err(|e| format!("cannot copy Cargo.lock: {e}"))?;
