@@ -220,12 +220,20 @@ struct Stamps {
     rest: Vec<u8>,
     /// Every stamp so far, in file order.
     all: Vec<(i32, u64)>,
+    /// The PIDs that stamped.
+    distinct: HashSet<i32>,
 }
 
 impl Stamps {
     fn new(ctx: &Ctx, what: &str) -> Stamps {
         let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        Stamps { path: ctx.work.join(format!("stamps-{what}-{nonce}")), offset: 0, rest: Vec::new(), all: Vec::new() }
+        Stamps {
+            path: ctx.work.join(format!("stamps-{what}-{nonce}")),
+            offset: 0,
+            rest: Vec::new(),
+            all: Vec::new(),
+            distinct: HashSet::new(),
+        }
     }
 
     /// Reads what was appended since the last look.
@@ -244,6 +252,7 @@ impl Stamps {
             let mut words = text.split_whitespace();
             if let (Some(Ok(pid)), Some(Ok(ns))) = (words.next().map(str::parse), words.next().map(str::parse)) {
                 self.all.push((pid, ns));
+                self.distinct.insert(pid);
             }
         }
     }
@@ -264,29 +273,37 @@ impl Stamps {
         live
     }
 
-    /// Waits until `n` stamped processes are alive; them.
+    /// Waits until `n` stamped processes are alive; them. /proc is read
+    /// only once `n` PIDs have stamped, so that the bench's own polling
+    /// costs the supervisor next to nothing while it starts them.
     fn wait_live(&mut self, ctx: &Ctx, n: usize, patience: Duration) -> Outcome<Vec<(i32, u64)>> {
         let deadline = Instant::now() + patience;
         loop {
-            let live = self.live(ctx);
+            self.poll();
+            let live = if self.distinct.len() >= n { self.live(ctx) } else { Vec::new() };
             if live.len() >= n {
                 return Ok(live);
             }
             if Instant::now() > deadline {
-                return Err(format!("only {} of {n} children alive after {patience:?}", live.len()));
+                let alive = self.live(ctx).len();
+                return Err(format!("only {alive} of {n} children alive after {patience:?}"));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
 
-    /// Waits until `n` processes other than `old` stamped after `since`;
-    /// the latest of their stamps.
-    fn wait_new(&mut self, n: usize, since: u64, old: &HashSet<i32>, patience: Duration) -> Outcome<u64> {
+    /// Waits until `n` processes other than `old` stamped after `since`
+    /// (looking at stamps from the `from`-th on: those read before the
+    /// kill cannot be); the latest of their stamps.
+    fn wait_new(&mut self, n: usize, from: usize, since: u64, old: &HashSet<i32>, patience: Duration) -> Outcome<u64> {
         let deadline = Instant::now() + patience;
         loop {
             self.poll();
-            let fresh: HashMap<i32, u64> =
-                self.all.iter().copied().filter(|(pid, ns)| *ns >= since && !old.contains(pid)).collect();
+            let fresh: HashMap<i32, u64> = self.all[from.min(self.all.len())..]
+                .iter()
+                .copied()
+                .filter(|(pid, ns)| *ns >= since && !old.contains(pid))
+                .collect();
             if fresh.len() >= n {
                 return Ok(fresh.values().copied().max().unwrap_or(since));
             }
@@ -360,8 +377,9 @@ fn respawn(ctx: &Ctx, kind: Kind, plan: &Plan, res: &mut Results) {
             let live = stamps.wait_live(ctx, 1, Duration::from_secs(30))?;
             wait_age(&live);
             let old: HashSet<i32> = live.iter().map(|&(p, _)| p).collect();
+            let from = stamps.all.len();
             let t = kill_all(ctx, &[live[0].0])?;
-            let back = stamps.wait_new(1, t, &old, Duration::from_secs(30))?;
+            let back = stamps.wait_new(1, from, t, &old, Duration::from_secs(30))?;
             res.add("crash → respawn, delay 0", "ms", kind, ms(back - t));
         }
         drop(running);
@@ -391,8 +409,9 @@ fn mass_and_idle(ctx: &Ctx, kind: Kind, plan: &Plan, res: &mut Results) {
             wait_age(&live);
             let old: HashSet<i32> = live.iter().map(|&(p, _)| p).collect();
             let pids: Vec<i32> = live.iter().map(|&(p, _)| p).take(MASS).collect();
+            let from = stamps.all.len();
             let t = kill_all(ctx, &pids)?;
-            let back = stamps.wait_new(pids.len(), t, &old, Duration::from_secs(60))?;
+            let back = stamps.wait_new(pids.len(), from, t, &old, Duration::from_secs(60))?;
             res.add(&format!("{MASS} SIGKILLed at once → all back"), "ms", kind, ms(back - t));
         }
         drop(running);
