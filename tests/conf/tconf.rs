@@ -330,6 +330,16 @@ fn specs(scenario: &str) -> Vec<Spec> {
         "soak-control" => vec![entry("pool", "sleep", ["100000"], 0, 2)],
         // Churn: scaled 0 <-> 200 by the soak.
         "soak-churn" => vec![entry("churn", "sleep", ["100000"], 0, 0)],
+        // `cargo xtask bench` (xtask/src/bench): TCOUNT copies (default 1)
+        // of the bench's stamping program TSTAMP, which appends its PID and
+        // CLOCK_MONOTONIC to TSTAMPFILE and sleeps; restarted at once.
+        "bench-stamp" => {
+            let n = std::env::var("TCOUNT").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+            match (std::env::var("TSTAMP"), std::env::var("TSTAMPFILE")) {
+                (Ok(program), Ok(file)) => vec![entry("stamp", program.as_str(), [file.as_str()], 0, n)],
+                _ => vec![entry("stamp", "sleep", ["100000"], 0, n)],
+            }
+        }
         // Every kind of mistake at once.
         "invalid" => vec![
             entry("bad name!", "sleep", ["1"], 0, 1),

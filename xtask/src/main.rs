@@ -2,8 +2,10 @@
 //! configuration crate that depends on this checkout's `sentry-core` and
 //! builds it with the same build logic a reload uses
 //! (`sentry_core::build`). `soak` runs long storms against a real
-//! configuration binary (see `soak`). Benchmarks come with their issue.
+//! configuration binary (see `soak`). `bench` measures Sentry against a
+//! C floor and the peers installed (see `bench`).
 
+mod bench;
 mod soak;
 
 use std::path::{Path, PathBuf};
@@ -11,7 +13,8 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: cargo xtask new NAME [--dir PARENT]   (default PARENT: ~/.sentry/conf)\n       \
                      cargo xtask soak [kill|reload|control|churn|all] [--kills N] [--reloads N] [--scales N] \
-                     [--cycles N] [--seed S] [--quick]";
+                     [--cycles N] [--seed S] [--quick]\n       \
+                     cargo xtask bench [--quick] [--no-peers]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,6 +29,11 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::FAILURE,
             Err(e) => Err(e),
         },
+        Some("bench") if args[1..].iter().any(|a| a == "--help" || a == "-h") => {
+            println!("{}", bench::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Some("bench") => bench::main(&args[1..]),
         Some("--help" | "-h") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

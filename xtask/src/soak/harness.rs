@@ -384,7 +384,7 @@ pub fn session_pids(sid: i32) -> Vec<i32> {
 }
 
 /// Live processes whose environment holds `SOAK_MARK=mark`.
-fn marked(mark: &str) -> Vec<i32> {
+pub fn marked(mark: &str) -> Vec<i32> {
     let needle = format!("SOAK_MARK={mark}");
     pids()
         .filter(|&p| {

@@ -5,7 +5,7 @@
 //! instance in a session of its own and kills whatever it left, even when
 //! it fails; a failed check prints the command line that replays it.
 
-mod harness;
+pub(crate) mod harness;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
