@@ -88,11 +88,20 @@ impl CoreHandle {
         select! {
             recv(answer) -> got => got.map_err(|_| Error::CoreGone)?,
             recv(self.cancel) -> _ => Err(Error::ShuttingDown),
-            recv(interrupt) -> _ => Err(Error::Interrupted),
+            // A change that settles at once (a scale to the count it has)
+            // still gets its answer; one that is settling is taken.
+            recv(interrupt) -> _ => match answer.recv_timeout(INTERRUPT_GRACE) {
+                Ok(got) => got,
+                Err(_) => Err(Error::Interrupted),
+            },
             recv(timer) -> _ => Err(Error::NoAnswer(wait.unwrap_or_default())),
         }
     }
 }
+
+/// How long a scale or restart interrupted by a reload still waits for its
+/// answer before it is answered "accepted".
+const INTERRUPT_GRACE: Duration = Duration::from_millis(200);
 
 /// Options of an embedded supervisor.
 #[derive(Clone, Debug, Default)]
