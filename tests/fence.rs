@@ -8,22 +8,17 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
 
 const TCONF: &str = env!("CARGO_BIN_EXE_tconf");
 
-/// The cgroup v2 mount, from /proc/self/mountinfo.
+/// The cgroup v2 mount point (support's `cgroup2_mount` without the root).
 fn cgroup2_mount() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-    })
+    support::cgroup2_mount().map(|(mount, _)| mount)
 }
 
 /// The instance's cgroup directory, if it has cgroup containment.
@@ -80,20 +75,9 @@ impl Drop for Victim {
         for c in &mut self.children {
             let _ = c.wait();
         }
-        remove_cgroups(&self.dir);
+        let left = remove_cgroup_tree(&self.dir);
+        assert!(left.is_empty() || std::thread::panicking(), "cgroups left: {left:?}");
     }
-}
-
-/// Removes the cgroup `dir` and everything below it, deepest first.
-fn remove_cgroups(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
-            remove_cgroups(&e.path());
-        }
-    }
-    wait_for_within("an empty cgroup to go", Duration::from_secs(10), || {
-        (std::fs::remove_dir(dir).is_ok() || !dir.exists()).then_some(())
-    });
 }
 
 fn slot(entry: &Value, index: u64) -> Value {

@@ -236,22 +236,13 @@ impl Drop for CgroupGuard {
     }
 }
 
-/// Where cgroup v2 is mounted (`/proc/self/mountinfo`, type `cgroup2`).
+/// Where cgroup v2 is mounted (support's `cgroup2_mount`), or why the test skips.
 fn cgroup2_mount() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mount = info.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-    });
+    let mount = support::cgroup2_mount().map(|(mount, _)| mount);
     if mount.is_none() {
         eprintln!("skipped: no cgroup v2 hierarchy is mounted");
     }
     mount
-}
-
-fn cgroup_of(pid: i32) -> String {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    text.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or_default().to_string()
 }
 
 #[test]
@@ -262,10 +253,10 @@ fn a_cgroup_watch_catches_the_process_inside_and_spares_its_twin_outside() {
     let mut inside = cg.spawn(Command::new("python3").args(["-c", SMALL, &tag]));
     let witness = cg.spawn(Command::new("sleep").arg("1000"));
     let outside = Foreign::python(SMALL, &tag);
-    let path = cgroup_of(inside.pid());
+    let path = cgroup_of(inside.pid()).unwrap_or_default();
     assert!(path.ends_with(&format!("/{}", cg.name)), "{path}");
-    assert_eq!(cgroup_of(witness.pid()), path);
-    assert_ne!(cgroup_of(outside.pid()), path);
+    assert_eq!(cgroup_of(witness.pid()).unwrap_or_default(), path);
+    assert_ne!(cgroup_of(outside.pid()).unwrap_or_default(), path);
     assert!(Path::new(&cg.dir).join("cgroup.procs").exists());
     let envs = [("TMARK", m.as_str()), ("TCGROUP", cg.name.as_str())];
 

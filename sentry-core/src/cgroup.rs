@@ -320,11 +320,7 @@ impl Tree {
     }
 
     fn cgroup(&self, path: PathBuf) -> Cgroup {
-        let below = path.strip_prefix(&self.mount).unwrap_or(&path).to_string_lossy().into_owned();
-        let rel = match self.mount_root.as_str() {
-            "/" => format!("/{below}"),
-            r => format!("{r}/{below}"),
-        };
+        let rel = rel_path(&self.mount, &self.mount_root, &path).unwrap_or_else(|| path.display().to_string());
         Cgroup { path, rel }
     }
 
@@ -473,16 +469,17 @@ pub(crate) fn figures_of(dir: &Path, memory: bool) -> Figures {
 /// (relative to the v2 mount's root), if it is below the v2 mount.
 pub(crate) fn name_of(dir: &Path) -> Option<String> {
     let (mount, mount_root) = proc::cgroup2_mount()?;
-    let below = dir.strip_prefix(&mount).ok()?.to_string_lossy().into_owned();
-    Some(match mount_root.as_str() {
+    rel_path(&mount, &mount_root, dir)
+}
+
+/// `dir`, below `mount` (whose root in the hierarchy is `mount_root`), as
+/// `/proc/PID/cgroup` shows it.
+fn rel_path(mount: &Path, mount_root: &str, dir: &Path) -> Option<String> {
+    let below = dir.strip_prefix(mount).ok()?.to_string_lossy().into_owned();
+    Some(match mount_root {
         "/" => format!("/{below}"),
         r => format!("{r}/{below}"),
     })
-}
-
-/// Whether a `/proc/PID/cgroup` path lies in (or is) the cgroup `rel`.
-pub(crate) fn is_within(path: &str, rel: &str) -> bool {
-    within(path, rel)
 }
 
 /// The cgroup directory of process `pid`, if cgroup v2 is mounted here.
@@ -506,7 +503,7 @@ fn pids_in(dir: &Path) -> Vec<i32> {
 }
 
 /// Whether a `/proc/PID/cgroup` path is `rel` or below it.
-fn within(path: &str, rel: &str) -> bool {
+pub(crate) fn within(path: &str, rel: &str) -> bool {
     let rel = rel.trim_end_matches('/');
     path.strip_prefix(rel).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }

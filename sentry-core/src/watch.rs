@@ -275,7 +275,7 @@ impl Target {
     /// Whether the process runs in the instance's own cgroup tree.
     fn spares(&self, s: &Sample) -> bool {
         match (&self.spare, &s.cgroup) {
-            (Some(own), Some(c)) => crate::cgroup::is_within(c, own),
+            (Some(own), Some(c)) => crate::cgroup::within(c, own),
             _ => false,
         }
     }

@@ -465,19 +465,20 @@ mod tests {
 
     fn core_for(specs: &[Spec], log_dir: Option<std::path::PathBuf>) -> (Core, Sender<Command>, Receiver<Command>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let options = CoreOptions {
-            log_dir,
-            console: ConsoleHandle::default(),
-            info: InfoSnapshot::default(),
-            ledger: None,
-            fence: no_cgroups(),
-        };
+        let options = options(log_dir);
         let config = Config::from_specs(specs).unwrap();
         (Core::new(config, options, tx.clone(), rx.clone()), tx, rx)
     }
 
-    fn no_cgroups() -> crate::cgroup::Fence {
-        crate::cgroup::Fence::ProcessGroup("a unit test".to_string())
+    /// A core's options for a unit test: no ledger, no cgroups.
+    fn options(log_dir: Option<std::path::PathBuf>) -> CoreOptions {
+        CoreOptions {
+            log_dir,
+            console: ConsoleHandle::default(),
+            info: InfoSnapshot::default(),
+            ledger: None,
+            fence: crate::cgroup::Fence::ProcessGroup("a unit test".to_string()),
+        }
     }
 
     #[test]
@@ -489,13 +490,7 @@ mod tests {
         let (mut core, tx, rx) = core_for(&specs, None);
         let suspended = core.suspend();
         let json = serde_json::to_string(&suspended.snapshot).unwrap();
-        let options = CoreOptions {
-            log_dir: None,
-            console: ConsoleHandle::default(),
-            info: InfoSnapshot::default(),
-            ledger: None,
-            fence: no_cgroups(),
-        };
+        let options = options(None);
         let (back, warnings) = Core::restore(serde_json::from_str(&json).unwrap(), options, tx, rx);
         assert!(warnings.is_empty(), "{warnings:?}");
         let status = back.status();
@@ -544,13 +539,7 @@ mod tests {
             "index": 0, "crashes": u32::MAX, "started_at": 0,
             "phase": {"Pending": {"due_in_ms": u64::MAX}}, "streams": []
         }]);
-        let options = CoreOptions {
-            log_dir: None,
-            console: ConsoleHandle::default(),
-            info: InfoSnapshot::default(),
-            ledger: None,
-            fence: no_cgroups(),
-        };
+        let options = options(None);
         let (back, _) = Core::restore(serde_json::from_value(json).unwrap(), options, tx, rx);
         let c = &back.entries[0].config;
         assert!(c.stop_timeout <= crate::budget::MAX_DURATION && c.delay <= crate::budget::MAX_DURATION);

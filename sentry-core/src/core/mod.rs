@@ -614,16 +614,20 @@ impl Core {
         }
     }
 
-    /// Removes row `gen`'s empty cgroup, and its group's if that was the last.
+    /// Removes row `gen`'s empty cgroup, and its group's directory once no
+    /// process is wanted there any more (an entry scaled to 0 or removed, a
+    /// watch's helpers): a restart does not remove and remake it.
     fn remove_cgroup(&mut self, gen: u64, cgroup: Cgroup) {
         self.tree_cache.borrow_mut().remove(&gen);
         if let Err(e) = cgroup.remove() {
             self.options.console.say(&format!("Cannot remove the cgroup {}: {e}.", cgroup.path().display()));
         }
-        if let (Some(tree), Some(group)) = (self.options.fence.tree(), cgroup.path().parent()) {
-            if let Some(name) = group.file_name().and_then(|n| n.to_str()) {
-                tree.remove_group(name);
-            }
+        let Some(tree) = self.options.fence.tree() else { return };
+        let Some(name) = cgroup.path().parent().and_then(|g| g.file_name()).and_then(|n| n.to_str()) else { return };
+        let wanted =
+            !self.shutting_down && self.entries.iter().any(|e| e.config.name == name && !e.removed && e.target > 0);
+        if !wanted {
+            tree.remove_group(name);
         }
     }
 

@@ -181,25 +181,7 @@ fn run(plan: &Plan, quick: bool, peers_wanted: bool, work: &Path, unix: u64) -> 
 /// `cargo build --release -p sentry-tests --bin tconf`; the binary and the
 /// target directory it went to.
 fn build_tconf_release() -> Result<(PathBuf, PathBuf), String> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("no workspace")?;
-    let out = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "sentry-tests", "--bin", "tconf"])
-        .arg("--message-format=json-render-diagnostics")
-        .current_dir(workspace)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !out.status.success() {
-        return Err("cargo build --release -p sentry-tests --bin tconf failed".to_string());
-    }
-    let tconf = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "tconf")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .ok_or("cargo did not say where tconf is")?;
+    let tconf = crate::soak::harness::build_tconf(true)?;
     // <target>/release/tconf
     let target = tconf.parent().and_then(Path::parent).map(Path::to_path_buf).ok_or("odd path for tconf")?;
     Ok((tconf, target))

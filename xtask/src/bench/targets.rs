@@ -4,12 +4,11 @@
 //! started when dropped.
 
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::soak::harness::{marked, session_pids, Instance, Outcome};
+use crate::soak::harness::{in_own_session, marked, session_pids, Instance, Outcome};
 
 /// Everything a launch needs.
 pub struct Ctx {
@@ -177,16 +176,7 @@ impl Session {
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
-        // SAFETY: setsid and prctl are async-signal-safe. A session of its
-        // own, so that everything it starts can be found; killed with the
-        // bench should it die without cleaning up.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        in_own_session(&mut cmd);
         let child = cmd.spawn().map_err(|e| format!("cannot start {what}: {e}"))?;
         Ok(Session { pid: child.id() as i32, mark, child })
     }

@@ -49,16 +49,7 @@ impl Instance {
             .stdin(Stdio::null())
             .stdout(console.try_clone().map_err(|e| e.to_string())?)
             .stderr(console);
-        // SAFETY: setsid and prctl are async-signal-safe. A session of its
-        // own, so that everything it starts can be found; and killed with
-        // this process should it die without cleaning up (^C).
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        in_own_session(&mut cmd);
         let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let mut inst = Instance {
             pid: child.id() as i32,
@@ -433,6 +424,47 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// Makes `cmd` start a session of its own, so that everything it starts
+/// can be found (its session's PIDs), and die with this process should it
+/// end without cleaning up (^C).
+pub fn in_own_session(cmd: &mut Command) {
+    // SAFETY: setsid and prctl are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// `cargo build [--release] -p sentry-tests --bin tconf`; the binary's path.
+pub fn build_tconf(release: bool) -> Result<PathBuf, String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("no workspace")?;
+    let profile: &[&str] = if release { &["--release"] } else { &[] };
+    let out = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "sentry-tests", "--bin", "tconf", "--message-format=json-render-diagnostics"])
+        .args(profile)
+        .current_dir(workspace)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo build {}-p sentry-tests --bin tconf failed",
+            if release { "--release " } else { "" }
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "tconf")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| "cargo did not say where tconf is".to_string())
 }
 
 /// Empties (`cgroup.kill`) and removes, deepest first, the cgroup an

@@ -10,8 +10,7 @@ pub(crate) mod harness;
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,7 +75,7 @@ impl Report {
 
 pub fn main(args: &[String]) -> Result<bool, String> {
     let (phases, sizes, seed) = parse(args)?;
-    let bin = build_tconf()?;
+    let bin = harness::build_tconf(false)?;
     println!("soak: {} with {sizes:?}, seed {seed}, binary {}", phases.join(", "), bin.display());
     let mut reports = Vec::new();
     for phase in &phases {
@@ -147,28 +146,6 @@ fn parse(args: &[String]) -> Result<(Vec<&'static str>, Sizes, u64), String> {
         one => vec![one],
     };
     Ok((phases, sizes, seed))
-}
-
-/// `cargo build -p sentry-tests --bin tconf`; the binary's path.
-fn build_tconf() -> Result<PathBuf, String> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("no workspace")?;
-    let out = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "sentry-tests", "--bin", "tconf", "--message-format=json-render-diagnostics"])
-        .current_dir(workspace)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !out.status.success() {
-        return Err("cargo build -p sentry-tests --bin tconf failed".to_string());
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "tconf")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| "cargo did not say where tconf is".to_string())
 }
 
 fn print_report(r: &Report) {
