@@ -408,3 +408,34 @@ fn a_containment_setting_that_is_not_understood_is_said() {
     });
     assert!(console.contains("SENTRY_CONTAINMENT=process_group is not understood"), "{console}");
 }
+
+#[test]
+fn a_leftover_that_outlives_sigkill_is_emptied_once_at_the_next_start() {
+    let dir = TempDir::new("fence-stuck-left");
+    let dir_path = dir.path().to_path_buf();
+    let mut first = Sentry::spawn_in(dir, TCONF, "frozen", &[]).waiting();
+    if instance_cgroup(&first).is_none() {
+        eprintln!("skipped: no cgroup containment here");
+        return;
+    }
+    let Some(freezer) = Freezer::new() else {
+        eprintln!("skipped: no cgroup v1 freezer to hold a process in uninterruptible sleep");
+        return;
+    };
+    let pid = first.wait_pids("frozen", 1)[0];
+    freezer.freeze(pid);
+    // SAFETY: the supervisor this test started.
+    unsafe { libc::kill(first.pid(), libc::SIGKILL) };
+    first.wait_exit();
+    // The record's pass empties the tree (SIGTERM, then cgroup.kill, which
+    // the frozen process outlives); the tree is then taken over as it is,
+    // not emptied a second time as a leftover "whose record was lost".
+    let again = Sentry::spawn_in(TempDir(dir_path), TCONF, "frozen", &[]).waiting();
+    again.wait_pids("frozen", 1);
+    let console = again.console();
+    assert_eq!(console.matches("left by a previous instance").count(), 1, "{console}");
+    assert!(!console.contains("record lost"), "{console}");
+    assert!(console.contains(&format!("{pid} (sleep 1000)")) && console.contains("outlived SIGKILL"), "{console}");
+    drop(freezer);
+    wait_for("the thawed process to die", || (!alive(pid)).then_some(()));
+}
