@@ -86,23 +86,6 @@ pub fn original_soft() -> Option<u64> {
     Some(ORIGINAL_SOFT.load(Ordering::SeqCst)).filter(|&v| v > 0)
 }
 
-/// In a child between fork and exec: gives back the soft open-file limit
-/// Sentry was given. Async-signal-safe (an atomic load, two syscalls).
-pub(crate) fn restore_nofile_in_child() {
-    let original = ORIGINAL_SOFT.load(Ordering::Relaxed);
-    if original == 0 {
-        return;
-    }
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: valid pointers; getrlimit and setrlimit are plain syscalls.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
-            r.rlim_cur = (original as libc::rlim_t).min(r.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
-}
-
 /// At most two malloc arenas (glibc makes up to 8 per core for a program
 /// with many threads; a thousand monitors would spread over all of them).
 /// Process-wide: CLI `start` only.

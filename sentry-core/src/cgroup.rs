@@ -406,11 +406,13 @@ impl Cgroup {
         &self.rel
     }
 
-    /// Its `cgroup.procs`, opened for writing before a fork: the child
-    /// writes `0` to it to move itself in (see [`place_self`]).
+    /// Its directory, opened (`O_PATH`) for a child to be started in it
+    /// (`CLONE_INTO_CGROUP`, see `spawn`).
     pub fn placement(&self) -> io::Result<OwnedFd> {
-        let file =
-            fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(self.path.join("cgroup.procs"))?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&self.path)?;
         Ok(file.into())
     }
 
@@ -528,19 +530,6 @@ fn events_populated(text: &str) -> bool {
 /// The value of `key` in a flat keyed file (`key value` lines).
 fn stat_value(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Between fork and exec: moves the calling process into the cgroup whose
-/// `cgroup.procs` is `placement` (writing `0` means "the writer",
-/// cgroup-v2). Async-signal-safe: one `write`.
-pub(crate) fn place_self(placement: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: a plain write of a static byte to an fd we own.
-    let n = unsafe { libc::write(placement.as_raw_fd(), b"0".as_ptr().cast(), 1) };
-    if n == 1 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Waits until the cgroup at `dir` holds no process, at most until

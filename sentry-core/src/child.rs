@@ -1,18 +1,17 @@
-//! Starting one child process and watching it: [`spawn`] forks and execs an
-//! entry's command with the environment, process group, signal state and
-//! credentials SPEC asks for; [`Monitor`] is the one thread per child that
+//! Starting one child process and watching it: [`spawn`] starts an entry's
+//! command with the environment and credentials SPEC asks for (the clone
+//! itself is [`crate::spawn`]'s); [`Monitor`] is the one thread per child that
 //! polls its pidfd, its stdout and stderr pipes and a stop fd. The thread never
 //! reaps: it tells the core that the child exited and the core reaps, so no
 //! exit status can be lost. This module knows nothing of entries' slots or of
 //! restart policy.
 
+use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,6 +19,7 @@ use std::time::Instant;
 
 use crate::config::EntryConfig;
 use crate::output::{LineSink, LineSplitter, Outbox};
+use crate::spawn::{self, Credentials};
 use crate::sys;
 
 /// Stack size of a monitor thread (stacks are touched lazily; this bounds
@@ -42,104 +42,60 @@ pub(crate) enum ChildNote {
     Closed { gen: u64 },
 }
 
-/// A freshly started child and the read ends of its output pipes.
-pub(crate) struct Spawned {
-    pub pid: i32,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
-}
+pub(crate) use crate::spawn::Spawned;
 
-/// Starts `entry`'s command in slot `index`, in the cgroup whose
-/// `cgroup.procs` is `placement` if one is given (see [`start`]).
-pub(crate) fn spawn(entry: &EntryConfig, index: usize, placement: Option<&OwnedFd>) -> io::Result<Spawned> {
-    let mut cmd = Command::new(&entry.command);
-    cmd.args(&entry.args)
-        .envs(entry.env.iter().map(|(k, v)| (k, v)))
-        .env("SENTRY_ENTRY", &entry.name)
-        .env("SENTRY_INDEX", index.to_string());
-    let credentials = Credentials::of(entry)?;
-    if let Some((user, home)) = credentials.as_ref().and_then(|c| c.user.as_ref()) {
+/// Starts `entry`'s command in slot `index`, in the cgroup whose directory
+/// is `cgroup` if one is given (see [`spawn::start`]).
+pub(crate) fn spawn(entry: &EntryConfig, index: usize, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Spawned> {
+    let mut own: Vec<(OsString, OsString)> = entry.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+    own.push(("SENTRY_ENTRY".into(), entry.name.clone().into()));
+    own.push(("SENTRY_INDEX".into(), index.to_string().into()));
+    let (credentials, user) = credentials_of(entry)?;
+    if let Some((user, home)) = user {
         // What login(1) sets, from the passwd entry, unless `.env` does.
-        for (key, value) in [("HOME", home.as_os_str()), ("USER", user), ("LOGNAME", user)] {
+        for (key, value) in [("HOME", home.into_os_string()), ("USER", user.clone()), ("LOGNAME", user)] {
             if !entry.env.iter().any(|(k, _)| k == key) {
-                cmd.env(key, value);
+                own.push((key.into(), value));
             }
         }
     }
-    // With credentials, the directory is entered after they change (`apply`).
-    if let (Some(cwd), None) = (&entry.cwd, &credentials) {
-        cmd.current_dir(cwd);
-    }
-    start(cmd, credentials, placement)
+    let env = environment(own);
+    let process = spawn::Process {
+        program: entry.command.as_ref(),
+        args: &entry.args,
+        env: &env,
+        cwd: entry.cwd.as_ref(),
+        credentials: credentials.as_ref(),
+        cgroup,
+        nofile: crate::budget::original_soft(),
+    };
+    spawn::start(&process)
 }
 
 /// Starts the program of an `exec` action (`argv` is not empty) for
 /// `target`: never through a shell, in its own process group, with the same
 /// clean state as a child and `SENTRY_ENTRY=target`.
-pub(crate) fn spawn_helper(target: &str, argv: &[String], placement: Option<&OwnedFd>) -> io::Result<Spawned> {
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).env("SENTRY_ENTRY", target);
-    start(cmd, None, placement)
+pub(crate) fn spawn_helper(target: &str, argv: &[String], cgroup: Option<BorrowedFd<'_>>) -> io::Result<Spawned> {
+    let env = environment(vec![("SENTRY_ENTRY".into(), target.into())]);
+    let process = spawn::Process {
+        program: argv[0].as_ref(),
+        args: &argv[1..],
+        env: &env,
+        cwd: None,
+        credentials: None,
+        cgroup,
+        nofile: crate::budget::original_soft(),
+    };
+    spawn::start(&process)
 }
 
-/// Spawns `cmd` with the environment and process state every child gets.
-/// With a `placement` (a cgroup's `cgroup.procs`, open for writing), the
-/// child moves itself into that cgroup first thing after the fork, before
-/// its credentials change and before any code of its own runs: whatever it
-/// and its descendants do later, they stay in it. A failed move is a failed
-/// start.
-fn start(mut cmd: Command, credentials: Option<Credentials>, placement: Option<&OwnedFd>) -> io::Result<Spawned> {
-    let placement = placement.map(|fd| fd.as_raw_fd());
-    let inherited: Vec<_> = std::env::vars_os().filter(|(k, _)| passed_on(k.as_bytes())).collect();
-    // The command's own variables (set above) win over inherited ones.
-    let own: Vec<_> = cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned()))).collect();
-    cmd.env_clear().envs(inherited);
-    for (k, v) in own {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe calls (write to the cgroup's fd, which the caller
-    // keeps open until `spawn` returns, setgroups, setgid, setuid, chdir, sigprocmask,
-    // signal, prctl, close_range); it allocates nothing: the credentials were
-    // computed before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(fd) = placement {
-                crate::cgroup::place_self(BorrowedFd::borrow_raw(fd))?;
-            }
-            if let Some(c) = &credentials {
-                c.apply()?;
-            }
-            let empty: libc::sigset_t = {
-                let mut set = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                set
-            };
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            // Fds Sentry inherited without CLOEXEC (a jobserver, a shell's
-            // spare fds) must not reach children: only 0, 1, 2 cross exec.
-            sys::cloexec_inherited();
-            // The soft open-file limit Sentry was given, not the one it raised.
-            crate::budget::restore_nofile_in_child();
-            // After the change of credentials above, which clears PDEATHSIG.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn()?;
-    let pid = child.id() as i32;
-    // The pipes were asked for above, so they are there.
-    let stdout = child.stdout.take().expect("piped stdout").into();
-    let stderr = child.stderr.take().expect("piped stderr").into();
-    // Dropping `child` neither waits nor kills: the core reaps by PID.
-    drop(child);
-    Ok(Spawned { pid, stdout, stderr })
+/// A child's whole environment: what Sentry's own environment passes on,
+/// then `own` (later entries win), sorted by name.
+fn environment(own: Vec<(OsString, OsString)>) -> Vec<(OsString, OsString)> {
+    let mut env: BTreeMap<OsString, OsString> =
+        std::env::vars_os().filter(|(k, _)| passed_on(k.as_bytes())).collect();
+    env.extend(own);
+    env.into_iter().collect()
 }
 
 /// Whether a variable of Sentry's environment reaches its children: not
@@ -152,84 +108,32 @@ fn passed_on(key: &[u8]) -> bool {
     !dropped_prefix && !dropped
 }
 
-/// Who a child runs as, looked up before the fork (`getpwnam`, `getgrnam`
-/// and `getgrouplist` are not async-signal-safe) and applied between fork
-/// and exec: supplementary groups, then the group, then the user, then the
-/// working directory (entered as that user, so a directory the user may not
-/// enter is a failed start, as with `su`).
-struct Credentials {
-    /// The user's name and home (`None`: only `.group`).
-    user: Option<(OsString, PathBuf)>,
-    uid: Option<libc::uid_t>,
-    gid: libc::gid_t,
-    /// The user's groups (`initgroups`), when a user is given.
-    groups: Option<Vec<libc::gid_t>>,
-    cwd: Option<CString>,
-}
-
-impl Credentials {
-    /// The credentials `.user` and `.group` ask for, if any.
-    fn of(entry: &EntryConfig) -> io::Result<Option<Credentials>> {
-        use nix::unistd::{getgrouplist, Group, User};
-        let not_found =
-            |what: &str, name: &str| io::Error::new(io::ErrorKind::NotFound, format!("no such {what} {name:?}"));
-        let user = match &entry.user {
-            Some(name) => Some(User::from_name(name).map_err(io::Error::from)?.ok_or_else(|| not_found("user", name))?),
-            None => None,
-        };
-        let group = match &entry.group {
-            Some(name) => {
-                Some(Group::from_name(name).map_err(io::Error::from)?.ok_or_else(|| not_found("group", name))?)
-            }
-            None => None,
-        };
-        let Some(gid) = group.as_ref().map(|g| g.gid).or(user.as_ref().map(|u| u.gid)) else {
-            return Ok(None);
-        };
-        let groups = match &user {
-            Some(u) => {
-                let name = CString::new(u.name.as_bytes()).map_err(io::Error::other)?;
-                Some(getgrouplist(&name, gid).map_err(io::Error::from)?.iter().map(|g| g.as_raw()).collect())
-            }
-            None => None,
-        };
-        let cwd = match &entry.cwd {
-            Some(dir) => Some(CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?),
-            None => None,
-        };
-        Ok(Some(Credentials {
-            user: user.as_ref().map(|u| (OsString::from(&u.name), u.dir.clone())),
-            uid: user.as_ref().map(|u| u.uid.as_raw()),
-            gid: gid.as_raw(),
-            groups,
-            cwd,
-        }))
-    }
-
-    /// Between fork and exec: async-signal-safe calls only, no allocation.
-    fn apply(&self) -> io::Result<()> {
-        let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
-        // SAFETY: plain syscalls on data owned by `self`.
-        unsafe {
-            if let Some(groups) = &self.groups {
-                // Without CAP_SETGID (Sentry not root) the groups cannot
-                // change; setgid/setuid below then say whether the user can.
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
-                {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            check(libc::setgid(self.gid))?;
-            if let Some(uid) = self.uid {
-                check(libc::setuid(uid))?;
-            }
-            if let Some(cwd) = &self.cwd {
-                check(libc::chdir(cwd.as_ptr()))?;
-            }
+/// Who a child of `entry` runs as, looked up before the clone (`getpwnam`,
+/// `getgrnam` and `getgrouplist` are not async-signal-safe): its ids, and
+/// the user's name and home when `.user` is given (`None` with only `.group`).
+fn credentials_of(entry: &EntryConfig) -> io::Result<(Option<Credentials>, Option<(OsString, PathBuf)>)> {
+    use nix::unistd::{getgrouplist, Group, User};
+    let not_found = |what: &str, name: &str| io::Error::new(io::ErrorKind::NotFound, format!("no such {what} {name:?}"));
+    let user = match &entry.user {
+        Some(name) => Some(User::from_name(name).map_err(io::Error::from)?.ok_or_else(|| not_found("user", name))?),
+        None => None,
+    };
+    let group = match &entry.group {
+        Some(name) => Some(Group::from_name(name).map_err(io::Error::from)?.ok_or_else(|| not_found("group", name))?),
+        None => None,
+    };
+    let Some(gid) = group.as_ref().map(|g| g.gid).or(user.as_ref().map(|u| u.gid)) else {
+        return Ok((None, None));
+    };
+    let groups = match &user {
+        Some(u) => {
+            let name = CString::new(u.name.as_bytes()).map_err(io::Error::other)?;
+            Some(getgrouplist(&name, gid).map_err(io::Error::from)?.iter().map(|g| g.as_raw()).collect())
         }
-        Ok(())
-    }
+        None => None,
+    };
+    let credentials = Credentials { uid: user.as_ref().map(|u| u.uid.as_raw()), gid: gid.as_raw(), groups };
+    Ok((Some(credentials), user.map(|u| (OsString::from(&u.name), u.dir))))
 }
 
 /// One output pipe of a child, with the bytes read from it that are not yet a line.

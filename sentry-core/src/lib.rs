@@ -71,6 +71,7 @@ mod reload;
 pub mod rule;
 mod run;
 mod signals;
+mod spawn;
 mod spec;
 mod status;
 mod supervisor;

@@ -23,7 +23,7 @@ mod handover;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -570,10 +570,10 @@ impl Core {
         group: &str,
         name: &str,
         gen: u64,
-        spawn: impl FnOnce(Option<&OwnedFd>) -> std::io::Result<child::Spawned>,
+        spawn: impl FnOnce(Option<BorrowedFd<'_>>) -> std::io::Result<child::Spawned>,
     ) -> std::io::Result<(child::Spawned, Option<Cgroup>)> {
         let (cgroup, placement) = self.leaf(group, name, gen)?;
-        match spawn(placement.as_ref()) {
+        match spawn(placement.as_ref().map(|fd| fd.as_fd())) {
             Ok(spawned) => Ok((spawned, cgroup)),
             Err(e) => {
                 if let Some(c) = cgroup {
@@ -585,7 +585,7 @@ impl Core {
     }
 
     /// Under cgroup containment, a fresh leaf `<group>/<name>` for row
-    /// `gen` and its `cgroup.procs` open for the child to move itself in;
+    /// `gen` and its directory open for the child to be started in;
     /// nothing otherwise.
     fn leaf(&self, group: &str, name: &str, gen: u64) -> std::io::Result<(Option<Cgroup>, Option<OwnedFd>)> {
         let Some(tree) = self.options.fence.tree() else { return Ok((None, None)) };
@@ -598,7 +598,7 @@ impl Core {
             Ok(fd) => Ok((Some(leaf), Some(fd))),
             Err(e) => {
                 let _ = leaf.remove();
-                Err(std::io::Error::new(e.kind(), format!("cannot open its cgroup's cgroup.procs: {e}")))
+                Err(std::io::Error::new(e.kind(), format!("cannot open its cgroup: {e}")))
             }
         }
     }
