@@ -45,12 +45,15 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// `TBIN` for the `spawn-path` scenario: `tsleep` (a copy of sleep), and
-/// in `noexec/` a `tsleep` and a `tdenied` that may not be executed.
+/// `TBIN` for the `spawn-path` scenario: `tsleep` (a copy of sleep),
+/// `garbage` (executable bytes that are no program), and in `noexec/` a
+/// `tsleep` and a `tdenied` that may not be executed.
 fn tbin(dir: &Path) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir_all(bin.join("noexec")).unwrap();
     copy_of_sleep(&bin, "tsleep");
+    std::fs::write(bin.join("garbage"), [0x7fu8, 1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+    std::fs::set_permissions(bin.join("garbage"), std::fs::Permissions::from_mode(0o755)).unwrap();
     for name in ["tsleep", "tdenied"] {
         let path = bin.join("noexec").join(name);
         std::fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
@@ -77,6 +80,35 @@ fn a_command_is_found_in_the_childs_path_skipping_what_it_may_not_run() {
     });
     assert!(console.contains("Permission denied"), "execvp says EACCES when only a non-executable was found: {console}");
     assert!(s.pids("denied").is_empty());
+}
+
+/// Starts do not wait for the child's exec; what fails in the child after
+/// the clone is still said as a failed start, with the step that failed,
+/// and counts as a crash.
+#[test]
+fn a_start_that_fails_in_the_child_says_why() {
+    let work = TempDir::new("spawn-late-bin");
+    let bin = tbin(work.path());
+    let s = Sentry::spawn_with(TempDir::new("spawn-late"), TCONF, "spawn-path", &[], &[("TBIN", bin.to_str().unwrap())])
+        .waiting();
+    let slot_error = |entry: &str| {
+        let e = s.entry(entry);
+        let slot = e["slots"][0].clone();
+        slot["error"].as_str().map(|err| (err.to_string(), slot["state"].as_str().unwrap_or("").to_string()))
+    };
+    let (nowhere, state) = wait_for("nowhere's start error", || slot_error("nowhere"));
+    assert!(nowhere.contains("cannot enter its working directory") && nowhere.contains("No such file"), "{nowhere}");
+    assert_eq!(state, "backoff", "a failed start is a crash");
+    let (garbage, _) = wait_for("garbage's start error", || slot_error("garbage"));
+    assert!(garbage.contains("Exec format error"), "{garbage}");
+    let console = s.console();
+    for (entry, said) in [("nowhere", "cannot enter its working directory"), ("garbage", "Exec format error")] {
+        let lines: Vec<&str> = console.lines().filter(|l| l.contains(&format!(" {entry}."))).collect();
+        assert!(lines.iter().any(|l| l.contains("Cannot start") && l.contains(said)), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.contains("Exited")), "a failed start is not an exit: {lines:?}");
+    }
+    // The child that failed was reaped and its cgroup, if any, removed: nothing left of it.
+    assert!(s.pids("nowhere").is_empty() && s.pids("garbage").is_empty());
 }
 
 #[test]

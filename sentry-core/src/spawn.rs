@@ -1,37 +1,45 @@
 //! Starting a process without copying the supervisor. [`start`] runs a
 //! [`Process`] the way Go's runtime and glibc's `posix_spawn` do on Linux:
-//! `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)` on a small stack of
-//! its own, so the child shares Sentry's memory until its `execve` instead of
-//! copying page tables — a spawn costs the same with a thousand children
-//! running as with none — and is born in its cgroup, which spares the
-//! migration a write to `cgroup.procs` costs (an RCU grace period, 5–15 ms
-//! when it is not one of many back to back). This module owns that one
+//! `clone3(CLONE_VM | CLONE_INTO_CGROUP)` on a small stack of its own, so
+//! the child shares Sentry's memory until its `execve` instead of copying
+//! page tables — a spawn costs the same with a thousand children running as
+//! with none — and is born in its cgroup, which spares the migration a write
+//! to `cgroup.procs` costs (an RCU grace period, 5–15 ms when it is not one
+//! of many back to back). Unlike `vfork`, the caller does not wait for the
+//! child's `execve`: [`start`] returns at once, and a start that fails after
+//! the clone is learnt from the child's exit ([`failure`]), so a hundred
+//! restarts are not done one after another's exec. This module owns that one
 //! unsafe step and the data it reads; it knows nothing of entries, slots,
 //! cgroup naming or output.
 //!
 //! # Safety argument
 //!
-//! The child runs on the caller's memory, on [`Stack`], while the calling
-//! thread is suspended (`CLONE_VFORK`: the kernel resumes it once the child
-//! has exec'd or exited). So:
+//! The child runs on the caller's memory, on a [`Stack`] of its own, at the
+//! same time as the caller. So:
 //!
-//! - Everything the child reads — paths, argv, envp, credentials, fds — is
-//!   prepared before the clone in [`Image`], which outlives it, and is only
-//!   read. The child writes to memory only in [`Image::fail`] (two atomics)
-//!   and its own stack.
-//! - It allocates nothing, takes no lock, never unwinds: no Rust `std` call,
-//!   only `libc` functions that are plain system calls. Credentials change by
-//!   raw `setgroups`/`setgid`/`setuid` system calls: glibc's wrappers would,
-//!   in a process it believes multi-threaded (the child sees Sentry's thread
-//!   list), signal every thread of *Sentry* to change theirs too (`setxid`).
-//! - Signals: the caller blocks them all before the clone; the child resets
+//! - Everything it reads — paths, argv, envp, credentials, fds — is prepared
+//!   before the clone in an [`Image`] that nothing changes or frees while
+//!   the launch is in flight: the [`Inflight`] record owns it, with the
+//!   stack, until the read end of the exec fence reports hang-up. The
+//!   fence's write end is close-on-exec and only the child holds it, so the
+//!   hang-up comes once the child has a memory of its own (its `execve`
+//!   replaced it) or has exited; nothing of ours is touched after that.
+//! - It writes to no memory but its own stack: what went wrong goes to the
+//!   fence pipe (8 bytes: step and errno) before it exits.
+//! - It calls nothing but system calls, made directly ([`raw`]): no `libc`
+//!   wrapper, so no `errno` — which lives in the calling thread's TLS, shared
+//!   with a thread that is running — no lock, no allocation, no unwinding.
+//!   Credentials change by raw `setgroups`/`setgid`/`setuid`: glibc's
+//!   wrappers would, in a process it believes multi-threaded, signal every
+//!   thread of *Sentry* to change theirs too (`setxid`).
+//! - Signals: the caller blocks them all around the clone; the child resets
 //!   every handler Sentry installed (its handler table is a copy, no
 //!   `CLONE_SIGHAND`) and SIGPIPE to the default, then empties its mask just
 //!   before `execve`. A signal for the child in between stays pending for the
-//!   new program, which never runs a Sentry handler in the child — a SIGTERM
-//!   there would otherwise tell *Sentry* to stop.
-//! - `errno` and the stack protector live in the suspended thread's TLS,
-//!   which the child shares: harmless, the thread is not running.
+//!   new program; a Sentry handler never runs in the child — a SIGTERM there
+//!   would otherwise tell *Sentry* to stop.
+//! - Its fd table is a copy (no `CLONE_FILES`): its `dup2`s do not touch
+//!   Sentry's, and the caller closes its own copies of the child's ends at once.
 //! - PDEATHSIG belongs to the forking thread (DESIGN): this runs on the core
 //!   thread, as `fork` did.
 //!
@@ -39,15 +47,20 @@
 //! default, or a kernel before 5.3; `EINVAL` for `CLONE_INTO_CGROUP` before
 //! 5.7), glibc's `clone` does the same without `CLONE_INTO_CGROUP` and the
 //! child moves itself into its cgroup with a write to `cgroup.procs`; the
-//! switch is made once per process and said in the log.
+//! switch is made once per process and said in the log. On other
+//! architectures than x86_64 the caller waits for the exec (`CLONE_VFORK`),
+//! which makes the libc system-call wrapper safe there.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// Who the child runs as: raw ids, looked up by the caller before the clone.
 pub(crate) struct Credentials {
@@ -80,12 +93,11 @@ pub(crate) struct Spawned {
     pub stderr: OwnedFd,
 }
 
-/// Which step of the child failed (`Image::stage`).
+/// Which step of the child failed (the first word of its fence message).
 #[derive(Clone, Copy)]
 #[repr(i32)]
 enum Stage {
-    None = 0,
-    ProcessGroup,
+    ProcessGroup = 1,
     Cgroup,
     Stdio,
     Groups,
@@ -94,32 +106,33 @@ enum Stage {
     Cwd,
     Limit,
     Parent,
+    Signals,
     Exec,
 }
 
 impl Stage {
-    fn from(n: i32) -> Stage {
-        [
-            Stage::None,
-            Stage::ProcessGroup,
-            Stage::Cgroup,
-            Stage::Stdio,
-            Stage::Groups,
-            Stage::Gid,
-            Stage::Uid,
-            Stage::Cwd,
-            Stage::Limit,
-            Stage::Parent,
-            Stage::Exec,
-        ]
-        .get(n as usize)
-        .copied()
-        .unwrap_or(Stage::Exec)
+    /// What the step was, for an error message; `None` for the exec itself,
+    /// whose error speaks for itself.
+    fn what(n: i32) -> Option<&'static str> {
+        Some(match n {
+            1 => "cannot make its process group",
+            2 => "cannot move into its cgroup",
+            3 => "cannot set up its stdin, stdout and stderr",
+            4 => "cannot set its supplementary groups",
+            5 => "cannot change its group",
+            6 => "cannot change its user",
+            7 => "cannot enter its working directory",
+            8 => "cannot set its open-file limit",
+            9 => "cannot ask to die with Sentry",
+            10 => "cannot reset its signals",
+            _ => return None,
+        })
     }
 }
 
 /// The child's whole view of the world, prepared before the clone. Pointers
-/// point into `Prepared`, which the caller keeps alive across the clone.
+/// point into the [`Inflight`] record that owns this, alive until the child
+/// has exec'd or exited.
 #[repr(C)]
 struct Image {
     /// Null-terminated arrays of C strings.
@@ -135,51 +148,167 @@ struct Image {
     /// -1: leave the user.
     uid: i64,
     stdio: [RawFd; 3],
+    /// The write end of the exec fence (close-on-exec).
+    fence: RawFd,
     /// The cgroup directory the child moves itself into (-1: none, or born there).
     place_in: RawFd,
     /// -1: leave the open-file limit.
     nofile: i64,
-    /// Signals to reset to their default action.
-    reset: libc::sigset_t,
-    /// Written by the child when a step fails, then it exits.
-    stage: AtomicI32,
-    errno: AtomicI32,
+    /// Signals to reset to their default action (bit `n - 1` for signal `n`).
+    reset: u64,
 }
 
-impl Image {
-    /// In the child: records why it cannot go on and exits.
-    unsafe fn fail(&self, stage: Stage, errno: i32) -> ! {
-        self.errno.store(errno, Ordering::SeqCst);
-        self.stage.store(stage as i32, Ordering::SeqCst);
-        libc::_exit(127)
+/// A launch whose child may still run on our memory: everything it reads,
+/// and the fence that says when it no longer does.
+struct Inflight {
+    pid: i32,
+    fence: OwnedFd,
+    stack: Stack,
+    _image: Box<Image>,
+    _strings: Vec<CString>,
+    _pointers: [Vec<*const libc::c_char>; 3],
+    _cwd: Option<CString>,
+}
+
+/// The launches of this thread (the core's): those in flight, stacks free
+/// for reuse, and failures not yet asked for (by PID).
+#[derive(Default)]
+struct Launches {
+    inflight: Vec<Inflight>,
+    free: Vec<Stack>,
+    failed: HashMap<i32, io::Error>,
+}
+
+/// Free stacks kept for reuse.
+const SPARE_STACKS: usize = 16;
+/// Failures kept for [`failure`] (one per child that failed and was not asked about yet).
+const FAILURES_KEPT: usize = 4096;
+
+thread_local! {
+    static LAUNCHES: RefCell<Launches> = RefCell::new(Launches::default());
+}
+
+impl Launches {
+    /// Ends every launch whose child has exec'd or exited (without waiting;
+    /// for `pid`, waiting up to `patience`), keeping what failures they tell.
+    fn settle(&mut self, pid: Option<i32>, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        loop {
+            let mut fds: Vec<libc::pollfd> = self
+                .inflight
+                .iter()
+                .map(|l| libc::pollfd { fd: l.fence.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+                .collect();
+            let waiting = pid.is_some_and(|p| self.inflight.iter().any(|l| l.pid == p));
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = if waiting { left.as_millis().min(i32::MAX as u128) as i32 } else { 0 };
+            if fds.is_empty() {
+                return;
+            }
+            // SAFETY: valid pollfds for fds we own.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n > 0 {
+                let mut kept = Vec::with_capacity(self.inflight.len());
+                for (launch, fd) in std::mem::take(&mut self.inflight).into_iter().zip(&fds) {
+                    if fd.revents == 0 {
+                        kept.push(launch);
+                        continue;
+                    }
+                    match read_fence(&launch.fence) {
+                        Fence::Open => kept.push(launch),
+                        Fence::Exec => self.retire(launch),
+                        Fence::Failed(e) => {
+                            if self.failed.len() < FAILURES_KEPT {
+                                self.failed.insert(launch.pid, e);
+                            }
+                            self.retire(launch);
+                        }
+                    }
+                }
+                self.inflight = kept;
+            }
+            let still = pid.is_some_and(|p| self.inflight.iter().any(|l| l.pid == p));
+            if !still || Instant::now() >= deadline {
+                return;
+            }
+        }
+    }
+
+    fn retire(&mut self, launch: Inflight) {
+        if self.free.len() < SPARE_STACKS {
+            self.free.push(launch.stack);
+        }
     }
 }
 
-/// The owned data behind an [`Image`].
-struct Prepared {
-    _strings: Vec<CString>,
-    candidates: Vec<*const libc::c_char>,
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
+/// What the fence says.
+enum Fence {
+    /// The child has not exec'd or exited yet.
+    Open,
+    /// It exec'd (end of file, nothing written).
+    Exec,
+    Failed(io::Error),
+}
+
+fn read_fence(fence: &OwnedFd) -> Fence {
+    let mut buf = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into `buf`; the fd is non-blocking.
+    let n = unsafe { libc::read(fence.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+    match n {
+        0 => Fence::Exec,
+        8 => {
+            let stage = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+            let e = io::Error::from_raw_os_error(errno);
+            Fence::Failed(match Stage::what(stage) {
+                Some(what) => io::Error::new(e.kind(), format!("{what}: {e}")),
+                None => e,
+            })
+        }
+        // The child writes its 8 bytes at once (a pipe write that small is atomic).
+        n if n > 0 => Fence::Failed(io::Error::other("a start failed in an unknown way")),
+        _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Fence::Open,
+        _ => Fence::Exec,
+    }
+}
+
+/// Why the child `pid` of an earlier [`start`] could not run its program,
+/// if it could not; asked once it has exited (its exit status is then 127).
+/// Waits at most a few milliseconds for its fence, which an exited child
+/// has closed.
+pub(crate) fn failure(pid: i32) -> Option<io::Error> {
+    LAUNCHES.with(|l| {
+        let mut l = l.borrow_mut();
+        l.settle(Some(pid), Duration::from_millis(50));
+        l.failed.remove(&pid)
+    })
 }
 
 /// Whether `clone3` was refused once; then glibc's `clone` is used from then on.
 static CLONE3_REFUSED: AtomicBool = AtomicBool::new(false);
 
+/// Whether the caller waits for the child's exec (`CLONE_VFORK`): only
+/// where the child cannot make its system calls without `libc`.
+const WAIT_FOR_EXEC: bool = !cfg!(target_arch = "x86_64");
+
 /// Starts `process` with stdin from `/dev/null`, stdout and stderr to fresh
 /// pipes, in a process group of its own, every signal at its default and
 /// unblocked (SIGPIPE too; what Sentry was started with `SIG_IGN` stays
 /// ignored, as across any exec), PDEATHSIG SIGKILL, and only fds 0–2 open
-/// across the exec. Returns once the child runs the new program (`execve`
-/// has replaced its memory) or has failed; a failed child is reaped here and
-/// its error names the step (`cannot move into its cgroup: …`), except a
-/// failed `execve`, whose error is the system's (`No such file or directory
-/// (os error 2)`), as with `std::process::Command`.
+/// across the exec. Returns once the child exists, not waiting for its
+/// exec. A program found nowhere (`execvp`'s search, by file type and
+/// permission bits) is an error here (`No such file or directory (os error
+/// 2)`, `Permission denied (os error 13)`, as `std::process::Command` says);
+/// whatever fails in the child after the clone makes it exit with status 127,
+/// and [`failure`] then tells why, naming the step (`cannot move into its
+/// cgroup: …`) unless it is the exec itself.
 pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
     let c = |s: &[u8]| CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte in argument"));
+    let paths = candidates_of(process.program, process.env);
+    findable(&paths, process.cwd)?;
     let mut strings = Vec::new();
     let mut candidates = Vec::new();
-    for path in candidates_of(process.program, process.env) {
+    for path in paths {
         candidates.push(strings.len());
         strings.push(c(&path)?);
     }
@@ -201,24 +330,20 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
     let pointers = |at: &[usize]| -> Vec<*const libc::c_char> {
         at.iter().map(|&i| strings[i].as_ptr()).chain([std::ptr::null()]).collect()
     };
-    let prepared = Prepared {
-        candidates: pointers(&candidates),
-        argv: pointers(&argv),
-        envp: pointers(&envp),
-        _strings: Vec::new(),
-    };
-    let prepared = Prepared { _strings: strings, ..prepared };
+    let pointers = [pointers(&candidates), pointers(&argv), pointers(&envp)];
 
     let stdin = above_stdio(open_null()?)?;
     let (out_read, out_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
-    let (out_write, err_write) = (above_stdio(out_write)?, above_stdio(err_write)?);
+    let (fence_read, fence_write) = pipe()?;
+    let (out_write, err_write, fence_write) = (above_stdio(out_write)?, above_stdio(err_write)?, above_stdio(fence_write)?);
+    set_nonblocking(&fence_read)?;
     let credentials = process.credentials;
     let groups = credentials.and_then(|c| c.groups.as_ref());
-    let mut image = Image {
-        candidates: prepared.candidates.as_ptr(),
-        argv: prepared.argv.as_ptr(),
-        envp: prepared.envp.as_ptr(),
+    let mut image = Box::new(Image {
+        candidates: pointers[0].as_ptr(),
+        argv: pointers[1].as_ptr(),
+        envp: pointers[2].as_ptr(),
         cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
         has_credentials: credentials.is_some(),
         groups: groups.map_or(std::ptr::null(), |g| g.as_ptr()),
@@ -226,57 +351,63 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
         gid: credentials.map_or(0, |c| c.gid),
         uid: credentials.and_then(|c| c.uid).map_or(-1, i64::from),
         stdio: [stdin.as_raw_fd(), out_write.as_raw_fd(), err_write.as_raw_fd()],
+        fence: fence_write.as_raw_fd(),
         place_in: -1,
         nofile: process.nofile.map_or(-1, |n| n.min(i64::MAX as u64) as i64),
         reset: handled_signals(),
-        stage: AtomicI32::new(Stage::None as i32),
-        errno: AtomicI32::new(0),
-    };
-    let pid = STACK.with(|stack| {
-        let mut stack = stack.borrow_mut();
-        if stack.is_none() {
-            *stack = Some(Stack::new()?);
-        }
-        let stack = stack.as_ref().expect("allocated above");
-        let _blocked = BlockedSignals::all();
-        if let Some(cgroup) = process.cgroup {
-            if !CLONE3_REFUSED.load(Ordering::Relaxed) {
-                // SAFETY: see the module's safety argument; `image` and
-                // `prepared` live until after the clone returns.
-                match unsafe { clone3_into(cgroup, stack, &image) } {
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)) => {
-                        CLONE3_REFUSED.store(true, Ordering::Relaxed);
-                        log::warn!("clone3 with CLONE_INTO_CGROUP is refused here ({e}): children move into their cgroups themselves");
+    });
+    LAUNCHES.with(|launches| {
+        let mut launches = launches.borrow_mut();
+        launches.settle(None, Duration::ZERO);
+        let stack = match launches.free.pop() {
+            Some(stack) => stack,
+            None => Stack::new()?,
+        };
+        let pid = {
+            let _blocked = BlockedSignals::all();
+            let mut cloned = None;
+            if let Some(cgroup) = process.cgroup {
+                if !CLONE3_REFUSED.load(Ordering::Relaxed) {
+                    // SAFETY: see the module's safety argument; `image`, the
+                    // strings and the stack are kept in `Inflight` below.
+                    match unsafe { clone3_into(cgroup, &stack, &image) } {
+                        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)) => {
+                            CLONE3_REFUSED.store(true, Ordering::Relaxed);
+                            log::warn!(
+                                "clone3 with CLONE_INTO_CGROUP is refused here ({e}): children move into their cgroups themselves"
+                            );
+                        }
+                        other => cloned = Some(other),
                     }
-                    other => return other,
+                }
+                if cloned.is_none() {
+                    image.place_in = cgroup.as_raw_fd();
                 }
             }
-            image.place_in = cgroup.as_raw_fd();
-        }
-        // SAFETY: as above.
-        unsafe { clone_vfork(stack, &image) }
-    })?;
-    drop(prepared);
-    let errno = image.errno.load(Ordering::SeqCst);
-    if errno != 0 {
-        // The child has exited (CLONE_VFORK resumed us): reap it.
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-        let e = io::Error::from_raw_os_error(errno);
-        let what = match Stage::from(image.stage.load(Ordering::SeqCst)) {
-            Stage::Exec | Stage::None => return Err(e),
-            Stage::ProcessGroup => "cannot make its process group",
-            Stage::Cgroup => "cannot move into its cgroup",
-            Stage::Stdio => "cannot set up its stdin, stdout and stderr",
-            Stage::Groups => "cannot set its supplementary groups",
-            Stage::Gid => "cannot change its group",
-            Stage::Uid => "cannot change its user",
-            Stage::Cwd => "cannot enter its working directory",
-            Stage::Limit => "cannot set its open-file limit",
-            Stage::Parent => "cannot ask to die with Sentry",
+            // SAFETY: as above.
+            cloned.unwrap_or_else(|| unsafe { clone_glibc(&stack, &image) })
         };
-        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
-    }
-    Ok(Spawned { pid, stdout: out_read, stderr: err_read })
+        let pid = match pid {
+            Ok(pid) => pid,
+            Err(e) => {
+                launches.free.push(stack);
+                return Err(e);
+            }
+        };
+        // The child has its own copies; a failed or finished child must
+        // leave the fence at end of file.
+        drop((stdin, out_write, err_write, fence_write));
+        launches.inflight.push(Inflight {
+            pid,
+            fence: fence_read,
+            stack,
+            _image: image,
+            _strings: strings,
+            _pointers: pointers,
+            _cwd: cwd,
+        });
+        Ok(Spawned { pid, stdout: out_read, stderr: err_read })
+    })
 }
 
 /// The paths `execvp(3)` would try for `program`, in order: `program` itself
@@ -296,117 +427,207 @@ fn candidates_of(program: &OsStr, env: &[(OsString, OsString)]) -> Vec<Vec<u8>> 
         .collect()
 }
 
-/// The code of the child, on [`Stack`]; never returns. Only system calls.
+/// Whether one of `paths` (relative ones from `cwd`) may be what the exec
+/// runs: a file with an execute bit. Otherwise the error `execvp` would
+/// give — EACCES if something was there, ENOENT if nothing — so that the
+/// most common mistake is said at once. The child's own search decides.
+fn findable(paths: &[Vec<u8>], cwd: Option<&PathBuf>) -> io::Result<()> {
+    let mut denied = false;
+    for path in paths {
+        let path = Path::new(OsStr::from_bytes(path));
+        let path = match cwd {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        };
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(()),
+            Ok(_) => denied = true,
+            // Not ours to judge (a directory we may not search as Sentry's user).
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(()),
+            Err(_) => {}
+        }
+    }
+    Err(io::Error::from_raw_os_error(if denied { libc::EACCES } else { libc::ENOENT }))
+}
+
+/// A system call made directly, without `libc`'s wrapper and its `errno`:
+/// the result, or `-errno`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn raw(n: libc::c_long, a: [usize; 6]) -> isize {
+    let ret: isize;
+    std::arch::asm!(
+        "syscall",
+        inlateout("rax") n as isize => ret,
+        in("rdi") a[0],
+        in("rsi") a[1],
+        in("rdx") a[2],
+        in("r10") a[3],
+        in("r8") a[4],
+        in("r9") a[5],
+        lateout("rcx") _,
+        lateout("r11") _,
+        options(nostack),
+    );
+    ret
+}
+
+/// Elsewhere the caller waits for the exec, so `libc`'s wrapper is safe.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn raw(n: libc::c_long, a: [usize; 6]) -> isize {
+    let r = libc::syscall(n, a[0], a[1], a[2], a[3], a[4], a[5]);
+    if r < 0 {
+        -(*libc::__errno_location()) as isize
+    } else {
+        r as isize
+    }
+}
+
+/// The kernel's `struct sigaction` on x86_64 and most others (handler,
+/// flags, restorer, mask): all zero is SIG_DFL.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// The code of the child, on its own stack; never returns. Only [`raw`]
+/// system calls (see the module's safety argument).
 extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the `Image` the parent prepared and keeps alive; see
-    // the module's safety argument for what may run here.
+    // SAFETY: `arg` is the `Image` the parent keeps alive until the fence
+    // closes; every call below is a plain system call on its data.
     unsafe {
         let image = &*(arg as *const Image);
-        let errno = || *libc::__errno_location();
-        // Handlers first (signals are blocked until the end).
-        let mut default: libc::sigaction = std::mem::zeroed();
-        default.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..65 {
-            if libc::sigismember(&image.reset, sig) == 1 {
-                libc::sigaction(sig, &default, std::ptr::null_mut());
+        let fail = |stage: Stage, ret: isize| -> ! {
+            let mut msg = [0u8; 8];
+            msg[..4].copy_from_slice(&(stage as i32).to_ne_bytes());
+            msg[4..].copy_from_slice(&(-ret as i32).to_ne_bytes());
+            raw(libc::SYS_write, [image.fence as usize, msg.as_ptr() as usize, 8, 0, 0, 0]);
+            raw(libc::SYS_exit_group, [127, 0, 0, 0, 0, 0]);
+            #[allow(clippy::empty_loop)]
+            loop {}
+        };
+        let default = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+        for sig in 1..=64usize {
+            if image.reset & (1 << (sig - 1)) != 0 {
+                let r = raw(libc::SYS_rt_sigaction, [sig, &default as *const _ as usize, 0, 8, 0, 0]);
+                if r < 0 {
+                    fail(Stage::Signals, r);
+                }
             }
         }
-        if libc::setpgid(0, 0) != 0 {
-            image.fail(Stage::ProcessGroup, errno());
+        let r = raw(libc::SYS_setpgid, [0; 6]);
+        if r < 0 {
+            fail(Stage::ProcessGroup, r);
         }
         if image.place_in >= 0 {
-            let procs = libc::openat(image.place_in, c"cgroup.procs".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if procs < 0 || libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
-                image.fail(Stage::Cgroup, errno());
+            let name = c"cgroup.procs";
+            let flags = (libc::O_WRONLY | libc::O_CLOEXEC) as usize;
+            let procs = raw(libc::SYS_openat, [image.place_in as usize, name.as_ptr() as usize, flags, 0, 0, 0]);
+            if procs < 0 {
+                fail(Stage::Cgroup, procs);
             }
-            libc::close(procs);
+            let r = raw(libc::SYS_write, [procs as usize, b"0".as_ptr() as usize, 1, 0, 0, 0]);
+            if r < 0 {
+                fail(Stage::Cgroup, r);
+            }
+            raw(libc::SYS_close, [procs as usize, 0, 0, 0, 0, 0]);
         }
         for (target, &fd) in image.stdio.iter().enumerate() {
-            // dup2 clears CLOEXEC on the copy; the sources are all above 2.
-            if libc::dup2(fd, target as i32) < 0 {
-                image.fail(Stage::Stdio, errno());
+            // dup3 without flags: the copy is not close-on-exec; the sources are all above 2.
+            let r = raw(libc::SYS_dup3, [fd as usize, target, 0, 0, 0, 0]);
+            if r < 0 {
+                fail(Stage::Stdio, r);
             }
         }
         if image.has_credentials {
-            // Raw system calls: see the module's safety argument.
             // Without CAP_SETGID (Sentry not root) the groups cannot change;
             // setgid/setuid below then say whether the user can.
-            if image.groups_len >= 0
-                && libc::syscall(libc::SYS_setgroups, image.groups_len as libc::size_t, image.groups) != 0
-                && errno() != libc::EPERM
-            {
-                image.fail(Stage::Groups, errno());
+            if image.groups_len >= 0 {
+                let r = raw(libc::SYS_setgroups, [image.groups_len as usize, image.groups as usize, 0, 0, 0, 0]);
+                if r < 0 && r != -(libc::EPERM as isize) {
+                    fail(Stage::Groups, r);
+                }
             }
-            if libc::syscall(libc::SYS_setgid, image.gid) != 0 {
-                image.fail(Stage::Gid, errno());
+            let r = raw(libc::SYS_setgid, [image.gid as usize, 0, 0, 0, 0, 0]);
+            if r < 0 {
+                fail(Stage::Gid, r);
             }
-            if image.uid >= 0 && libc::syscall(libc::SYS_setuid, image.uid as libc::uid_t) != 0 {
-                image.fail(Stage::Uid, errno());
+            if image.uid >= 0 {
+                let r = raw(libc::SYS_setuid, [image.uid as usize, 0, 0, 0, 0, 0]);
+                if r < 0 {
+                    fail(Stage::Uid, r);
+                }
             }
         }
-        if !image.cwd.is_null() && libc::chdir(image.cwd) != 0 {
-            image.fail(Stage::Cwd, errno());
+        if !image.cwd.is_null() {
+            let r = raw(libc::SYS_chdir, [image.cwd as usize, 0, 0, 0, 0, 0]);
+            if r < 0 {
+                fail(Stage::Cwd, r);
+            }
         }
         // Fds Sentry inherited without CLOEXEC (a jobserver, a shell's
         // spare fds) must not reach children: only 0, 1, 2 cross exec.
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        raw(libc::SYS_close_range, [3, u32::MAX as usize, libc::CLOSE_RANGE_CLOEXEC as usize, 0, 0, 0]);
         if image.nofile >= 0 {
-            let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
-                r.rlim_cur = (image.nofile as libc::rlim_t).min(r.rlim_max);
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
-                    image.fail(Stage::Limit, errno());
+            let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            let nofile = libc::RLIMIT_NOFILE as usize;
+            if raw(libc::SYS_prlimit64, [0, nofile, 0, &mut old as *mut libc::rlimit as usize, 0, 0]) == 0 {
+                let new = libc::rlimit { rlim_cur: (image.nofile as libc::rlim_t).min(old.rlim_max), rlim_max: old.rlim_max };
+                let e = raw(libc::SYS_prlimit64, [0, nofile, &new as *const libc::rlimit as usize, 0, 0, 0]);
+                if e < 0 {
+                    fail(Stage::Limit, e);
                 }
             }
         }
         // After the change of credentials above, which clears PDEATHSIG.
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-            image.fail(Stage::Parent, errno());
+        let r = raw(libc::SYS_prctl, [libc::PR_SET_PDEATHSIG as usize, libc::SIGKILL as usize, 0, 0, 0, 0]);
+        if r < 0 {
+            fail(Stage::Parent, r);
         }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        let empty: u64 = 0;
+        raw(libc::SYS_rt_sigprocmask, [libc::SIG_SETMASK as usize, &empty as *const u64 as usize, 0, 8, 0, 0]);
         // execvp's search: EACCES is remembered and the search goes on, as
         // do "not there" errors; any other error ends it.
-        let mut failure = libc::ENOENT;
+        let mut failure = -(libc::ENOENT as isize);
         let mut denied = false;
         let mut at = image.candidates;
         while !(*at).is_null() {
-            libc::execve(*at, image.argv, image.envp);
-            failure = errno();
-            match failure {
+            failure = raw(libc::SYS_execve, [*at as usize, image.argv as usize, image.envp as usize, 0, 0, 0]);
+            match -failure as i32 {
                 libc::EACCES => denied = true,
                 libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
                 _ => break,
             }
             at = at.add(1);
         }
-        if denied && matches!(failure, libc::ENOENT | libc::ENOTDIR) {
-            failure = libc::EACCES;
+        if denied && matches!(-failure as i32, libc::ENOENT | libc::ENOTDIR) {
+            failure = -(libc::EACCES as isize);
         }
-        image.fail(Stage::Exec, failure)
+        fail(Stage::Exec, failure)
     }
 }
 
-/// The signals whose disposition the child resets to the default: those
-/// Sentry handles (a handler of Sentry's must never run in the child), and
-/// SIGPIPE, which Rust's runtime ignores.
-fn handled_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigaction with a null new action only reads.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in 1..65 {
+/// The signals whose disposition the child resets to the default (bit
+/// `n - 1` for signal `n`): those Sentry handles (a handler of Sentry's must
+/// never run in the child), and SIGPIPE, which Rust's runtime ignores.
+fn handled_signals() -> u64 {
+    let mut set = 1u64 << (libc::SIGPIPE - 1);
+    for sig in 1..=64 {
+        // SAFETY: sigaction with a null new action only reads into `old`.
+        unsafe {
             let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
-                continue;
-            }
-            if sig == libc::SIGPIPE || (old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN) {
-                libc::sigaddset(&mut set, sig);
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction != libc::SIG_DFL
+                && old.sa_sigaction != libc::SIG_IGN
+            {
+                set |= 1 << (sig - 1);
             }
         }
-        set
     }
+    set
 }
 
 /// Every signal blocked on this thread until dropped (then the old mask).
@@ -430,12 +651,6 @@ impl Drop for BlockedSignals {
         // SAFETY: restores the mask saved in `all`.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
     }
-}
-
-thread_local! {
-    /// The child's stack, made at the first spawn of a thread and reused:
-    /// `CLONE_VFORK` keeps the caller suspended while a child uses it.
-    static STACK: RefCell<Option<Stack>> = const { RefCell::new(None) };
 }
 
 /// An `mmap`ed stack with a guard page below it.
@@ -486,7 +701,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // SAFETY: our own mapping; no child uses it once `start` returned.
+        // SAFETY: our own mapping; no child uses it any more (its fence closed).
         unsafe { libc::munmap(self.base, self.len) };
     }
 }
@@ -509,16 +724,17 @@ struct CloneArgs {
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)` running [`child`]
-/// on `stack`. The child's PID, or the clone's error.
+/// `clone3(CLONE_VM | CLONE_INTO_CGROUP)` running [`child`] on `stack`.
+/// The child's PID, or the clone's error.
 ///
 /// # Safety
-/// `image` must stay valid and unchanged until this returns; see the
-/// module's safety argument.
+/// `image` and what it points to, and `stack`, must stay valid and
+/// unchanged until the child has exec'd or exited; see the module's safety
+/// argument.
 #[cfg(target_arch = "x86_64")]
 unsafe fn clone3_into(cgroup: BorrowedFd<'_>, stack: &Stack, image: &Image) -> io::Result<i32> {
     let mut args = CloneArgs {
-        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
+        flags: libc::CLONE_VM as u64 | CLONE_INTO_CGROUP,
         pidfd: 0,
         child_tid: 0,
         parent_tid: 0,
@@ -564,21 +780,34 @@ unsafe fn clone3_into(_: BorrowedFd<'_>, _: &Stack, _: &Image) -> io::Result<i32
     Err(io::Error::from_raw_os_error(libc::ENOSYS))
 }
 
-/// glibc's `clone(CLONE_VM | CLONE_VFORK)` running [`child`] on `stack`.
+/// glibc's `clone(CLONE_VM)` running [`child`] on `stack` (with
+/// `CLONE_VFORK` where the caller must wait for the exec).
 ///
 /// # Safety
 /// As [`clone3_into`].
-unsafe fn clone_vfork(stack: &Stack, image: &Image) -> io::Result<i32> {
+unsafe fn clone_glibc(stack: &Stack, image: &Image) -> io::Result<i32> {
+    let vfork = if WAIT_FOR_EXEC { libc::CLONE_VFORK } else { 0 };
     let pid = libc::clone(
         child,
         stack.top() as *mut libc::c_void,
-        libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+        libc::CLONE_VM | vfork | libc::SIGCHLD,
         image as *const Image as *mut libc::c_void,
     );
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(pid)
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on an fd we own.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {

@@ -129,6 +129,9 @@ pub(crate) struct Proc {
     /// Its cgroup, under cgroup containment: then "its group" means this
     /// cgroup's processes, whatever their process group or session.
     pub cgroup: Option<Cgroup>,
+    /// Why it never ran its program (learnt at its exit: starts do not
+    /// wait for the exec, see `spawn`).
+    pub start_error: Option<String>,
 }
 
 impl Proc {
@@ -139,6 +142,7 @@ impl Proc {
             starttime,
             role,
             monitor: None,
+            start_error: None,
             exited: None,
             exited_unix: 0,
             reaped: false,
@@ -667,18 +671,33 @@ impl Core {
         row.check = Some((now, GROUP_CHECK_MIN));
         let exit = sys::peek_exit(row.pid).unwrap_or(ChildExit::Unknown);
         let (pid, at) = (row.pid, row.exited_unix);
+        // A start that failed after the clone ends with 127 (`spawn`).
+        let failed = if exit == ChildExit::Code(127) { crate::spawn::failure(pid) } else { None };
+        row.start_error = failed.as_ref().map(|e| e.to_string());
         match &row.role {
             Role::Slot { entry, .. } => {
                 let entry = entry.clone();
-                self.options.console.event(&entry, pid, &exit_text(exit, at));
+                let text = match &failed {
+                    Some(e) => format!("Cannot start {:?}: {e}.", self.command_of(&entry)),
+                    None => exit_text(exit, at),
+                };
+                self.options.console.event(&entry, pid, &text);
             }
             Role::Helper { target, .. } => {
+                let text = match &failed {
+                    Some(e) => format!("Cannot run the action program: {e}."),
+                    None => exit_text(exit, at).replacen("Exited", "Action program exited", 1),
+                };
                 let target = target.clone();
-                let text = exit_text(exit, at).replacen("Exited", "Action program exited", 1);
                 self.options.console.event(&target, pid, &text);
             }
             Role::Stray { .. } | Role::Pipes { .. } | Role::Stuck { .. } => {}
         }
+    }
+
+    /// The command of entry `name` (empty if there is none).
+    fn command_of(&self, name: &str) -> String {
+        self.entries.iter().find(|e| e.config.name == name).map(|e| e.config.command.clone()).unwrap_or_default()
     }
 
     /// Looks, once for every row that is due, for live members of exited
@@ -752,6 +771,7 @@ impl Core {
         row.reaped = true;
         row.check = None;
         let (pid, role, exited_unix) = (row.pid, row.role.clone(), row.exited_unix);
+        let start_error = row.start_error.take();
         let cgroup = row.cgroup.take();
         if let Role::Helper { rule, .. } = &role {
             self.helpers.release(rule);
@@ -783,6 +803,9 @@ impl Core {
                 }
                 _ => false,
             });
+            if let (Some(error), Some(run)) = (&start_error, e.slots.get_mut(&index)) {
+                run.error = Some(format!("cannot start {:?}: {error}", e.config.command));
+            }
             e.record_exit(index, exit, exited_unix, asked, now);
             self.apply(i, index, Event::Exited { exit, now });
         }
