@@ -332,6 +332,18 @@ fn reload_exec_runs_a_binary_built_elsewhere_after_its_check() {
     s.wait_pids("extra", 1);
     let exe = std::fs::read_link(format!("/proc/{}/exe", s.pid())).unwrap();
     assert!(exe.ends_with("rl_exec_other"), "{exe:?}");
+    // The pause is said as the whole window the children were unwatched,
+    // which holds the part after execve.
+    let line = wait_for("the handover line", || {
+        s.console().lines().find(|l| l.contains("Handover took")).map(str::to_string)
+    });
+    let number = |after: &str| -> f64 {
+        let rest = &line[line.find(after).unwrap_or_else(|| panic!("{after:?} in {line}")) + after.len()..];
+        rest.split(|c: char| !(c.is_ascii_digit() || c == '.')).next().unwrap().parse().unwrap()
+    };
+    let (window, after_exec) = (number("Handover took "), number("running again, "));
+    assert!(line.contains("2 children re-adopted") || line.contains("1 child re-adopted"), "{line}");
+    assert!(window >= after_exec && after_exec > 0.0, "{line}");
 
     // A binary other users can write is refused, and nothing changes.
     let unsafe_copy = other.dir.path().join("world-writable");

@@ -58,10 +58,15 @@ pub(crate) struct InstanceSnapshot {
     pub pending_reload: bool,
     /// The build that produced the new image.
     pub reload_id: u64,
-    /// When the old image called execve (Unix nanoseconds): the new image
-    /// reports how long the handover paused supervision.
+    /// When the old image called execve (Unix nanoseconds).
     #[serde(default)]
     pub exec_at_ns: u64,
+    /// When the old image told its first monitor to stop (Unix
+    /// nanoseconds; 0 from an image before this field): the new image
+    /// reports how long the children were unwatched, up to its last
+    /// monitor running again.
+    #[serde(default)]
+    pub unwatched_since_ns: u64,
     /// Console lines the old image dropped because standard output would
     /// not take them before the exec (the new image says so).
     #[serde(default)]
@@ -542,6 +547,7 @@ mod tests {
                 pending_reload: false,
                 reload_id: 3,
                 exec_at_ns: 0,
+                unwatched_since_ns: 0,
                 console_dropped: 0,
                 reload_note: None,
             },

@@ -152,6 +152,12 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     instance.fence = fence;
     let (mut core, warnings) =
         Core::restore(handoff.core, instance.options(info.clone()), instance.tx.clone(), instance.rx.clone());
+    // Every monitor runs again: the children were unwatched since the old
+    // image stopped its first one (or, from an older image, since its exec).
+    let since = if kept.unwatched_since_ns > 0 { kept.unwatched_since_ns } else { kept.exec_at_ns };
+    let restored_ns = sys::unix_now_ns();
+    let unwatched_ms = restored_ns.saturating_sub(since) as f64 / 1e6;
+    let after_exec_ms = restored_ns.saturating_sub(kept.exec_at_ns) as f64 / 1e6;
     core.set_info(info.clone());
     match Config::from_specs(specs) {
         Ok(config) => core.reconfigure(config),
@@ -161,13 +167,14 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
         "Sentry reexec'd. Initially started at {} (Previously reexec'd at {previous}).",
         info.started_at
     ));
-    if kept.exec_at_ns > 0 {
-        let pause = sys::unix_now_ns().saturating_sub(kept.exec_at_ns) as f64 / 1e6;
+    if since > 0 {
         let adopted = match core.process_count() {
             1 => "1 child".to_string(),
             n => format!("{n} children"),
         };
-        instance.say(&format!("Handover took {pause:.1} ms ({adopted} re-adopted)."));
+        instance.say(&format!(
+            "Handover took {unwatched_ms:.1} ms ({adopted} re-adopted; unwatched from the first monitor stopped to the last one running again, {after_exec_ms:.1} ms of it after execve)."
+        ));
     }
     for w in warnings {
         instance.say(&format!("Warning: {w}"));
@@ -554,6 +561,7 @@ impl Instance {
                 pending_reload: self.reloader.has_pending(),
                 reload_id: plan.reload_id,
                 exec_at_ns: 0,
+                unwatched_since_ns: suspended.unwatched_since_ns,
                 console_dropped: 0,
                 reload_note: plan.note.clone(),
             })
@@ -569,7 +577,7 @@ impl Instance {
             .into_iter()
             .chain(suspended.fds.iter().map(|f| f.as_raw_fd()))
             .collect();
-        let Suspended { snapshot, fds: owned } = suspended;
+        let Suspended { snapshot, fds: owned, unwatched_since_ns } = suspended;
         let exec_at_ns = sys::unix_now_ns();
         // Everything said so far must reach the console before the exec —
         // within a deadline: a stdout nobody reads must not block it.
@@ -603,7 +611,7 @@ impl Instance {
         self.console = Some(Console::stdout());
         say_dropped(self, console_dropped);
         self.http.lock().unwrap_or_else(|p| p.into_inner()).listener = Some(listener);
-        (error, Suspended { snapshot: handoff.core, fds: owned })
+        (error, Suspended { snapshot: handoff.core, fds: owned, unwatched_since_ns })
     }
 
     /// Resumes after a failed exec: the same core state, the old configuration.

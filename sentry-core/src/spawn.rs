@@ -130,9 +130,10 @@ impl Stage {
     }
 }
 
-/// The child's whole view of the world, prepared before the clone. Pointers
-/// point into the [`Inflight`] record that owns this, alive until the child
-/// has exec'd or exited.
+/// The child's whole view of the world, prepared before the clone. Every
+/// pointer points into the [`Inflight`] record that owns this, alive until
+/// the child has exec'd or exited — never into the caller's data, which may
+/// be gone by the time the child reads it.
 #[repr(C)]
 struct Image {
     /// Null-terminated arrays of C strings.
@@ -168,6 +169,7 @@ struct Inflight {
     _strings: Vec<CString>,
     _pointers: [Vec<*const libc::c_char>; 3],
     _cwd: Option<CString>,
+    _groups: Option<Vec<libc::gid_t>>,
 }
 
 /// The launches of this thread (the core's): those in flight, stacks free
@@ -235,8 +237,32 @@ impl Launches {
     }
 
     fn retire(&mut self, launch: Inflight) {
+        drop(launch.fence);
         if self.free.len() < SPARE_STACKS {
             self.free.push(launch.stack);
+        }
+    }
+}
+
+impl Drop for Launches {
+    /// The thread ends (an embedded supervisor's core): children still
+    /// between clone and exec get a moment, then what they may still read
+    /// is leaked rather than freed under them.
+    fn drop(&mut self) {
+        self.settle(None, Duration::ZERO);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while let Some(pid) = self.inflight.first().map(|l| l.pid) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.settle(Some(pid), left);
+            if self.inflight.first().is_some_and(|l| l.pid == pid) {
+                break;
+            }
+        }
+        for launch in self.inflight.drain(..) {
+            std::mem::forget(launch);
         }
     }
 }
@@ -339,15 +365,16 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
     let (out_write, err_write, fence_write) = (above_stdio(out_write)?, above_stdio(err_write)?, above_stdio(fence_write)?);
     set_nonblocking(&fence_read)?;
     let credentials = process.credentials;
-    let groups = credentials.and_then(|c| c.groups.as_ref());
+    // Copied: the caller's `Credentials` may be gone before the child reads them.
+    let groups: Option<Vec<libc::gid_t>> = credentials.and_then(|c| c.groups.clone());
     let mut image = Box::new(Image {
         candidates: pointers[0].as_ptr(),
         argv: pointers[1].as_ptr(),
         envp: pointers[2].as_ptr(),
         cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
         has_credentials: credentials.is_some(),
-        groups: groups.map_or(std::ptr::null(), |g| g.as_ptr()),
-        groups_len: groups.map_or(-1, |g| g.len() as isize),
+        groups: groups.as_ref().map_or(std::ptr::null(), |g| g.as_ptr()),
+        groups_len: groups.as_ref().map_or(-1, |g| g.len() as isize),
         gid: credentials.map_or(0, |c| c.gid),
         uid: credentials.and_then(|c| c.uid).map_or(-1, i64::from),
         stdio: [stdin.as_raw_fd(), out_write.as_raw_fd(), err_write.as_raw_fd()],
@@ -405,6 +432,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
             _strings: strings,
             _pointers: pointers,
             _cwd: cwd,
+            _groups: groups,
         });
         Ok(Spawned { pid, stdout: out_read, stderr: err_read })
     })

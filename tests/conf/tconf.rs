@@ -355,6 +355,14 @@ fn specs(scenario: &str) -> Vec<Spec> {
                 _ => vec![entry("stamp", "sleep", ["100000"], 0, n)],
             }
         }
+        // `cargo xtask bench`'s watch figures: one watch on the processes
+        // whose command line matches TPATTERN, every TEVERY ms, that sends
+        // SIGTERM to one above 32 MiB.
+        "bench-watch" => {
+            let pattern = std::env::var("TPATTERN").unwrap_or_else(|_| "^bench-hog-none$".to_string());
+            let every = std::env::var("TEVERY").ok().and_then(|n| n.parse().ok()).unwrap_or(100);
+            vec![watch("hog", pattern.as_str()).every(Duration::from_millis(every)).on("rmem > 32m", "term")]
+        }
         // Every kind of mistake at once.
         "invalid" => vec![
             entry("bad name!", "sleep", ["1"], 0, 1),

@@ -130,6 +130,14 @@ impl Core {
         self.stop_watcher();
         let now = Instant::now();
         let rows = std::mem::take(&mut self.procs);
+        // From here the children are unwatched: every monitor is told at
+        // once, then each is joined (they end in parallel).
+        let unwatched_since_ns = sys::unix_now_ns();
+        for row in rows.values() {
+            if let Some(m) = &row.monitor {
+                m.stop_soon();
+            }
+        }
         let mut fds = Vec::new();
         let mut keep = |q: Option<Quiesced>| -> Vec<StreamSnapshot> {
             let streams = q.map(|q| q.streams).unwrap_or_default();
@@ -151,7 +159,7 @@ impl Core {
         let mut loose = Vec::new();
         let mut draining = Vec::new();
         for (_, row) in rows {
-            let q = row.monitor.map(|m| m.quiesce());
+            let q = row.monitor.map(|m| m.join());
             let cgroup = row.cgroup.as_ref().map(|c| c.path().to_path_buf());
             match (&row.role, row.reaped) {
                 (Role::Pipes { entry }, _) | (Role::Slot { entry, .. } | Role::Stuck { entry, .. }, true) => {
@@ -283,7 +291,7 @@ impl Core {
             watches: self.config.watches.iter().map(|w| w.to_snapshot()).collect(),
             cgroup: self.options.fence.tree().map(|t| t.root().to_path_buf()),
         };
-        Suspended { snapshot, fds }
+        Suspended { snapshot, fds, unwatched_since_ns }
     }
 
     /// Rebuilds a core from a snapshot taken by a previous image (or by this

@@ -210,6 +210,9 @@ pub(crate) enum CoreExit {
 pub(crate) struct Suspended {
     pub snapshot: CoreSnapshot,
     pub fds: Vec<OwnedFd>,
+    /// Unix time (ns) the first monitor was told to stop: from then on the
+    /// children were unwatched.
+    pub unwatched_since_ns: u64,
 }
 
 /// A child found in /proc (after an unreadable snapshot), to adopt or stop.

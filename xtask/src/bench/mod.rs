@@ -42,6 +42,11 @@ struct Plan {
     idle_samples: usize,
     /// (children, samples) of the reload pause.
     reloads: Vec<(usize, usize)>,
+    /// Windows over which a scan's CPU is measured, and how long each is.
+    scan_windows: usize,
+    scan_window: Duration,
+    /// Threshold crossings timed.
+    triggers: usize,
 }
 
 fn plan(quick: bool) -> Plan {
@@ -53,6 +58,9 @@ fn plan(quick: bool) -> Plan {
             idle: Duration::from_secs(5),
             idle_samples: 1,
             reloads: vec![(10, 3), (100, 3)],
+            scan_windows: 3,
+            scan_window: Duration::from_secs(2),
+            triggers: 5,
         }
     } else {
         Plan {
@@ -62,6 +70,9 @@ fn plan(quick: bool) -> Plan {
             idle: Duration::from_secs(30),
             idle_samples: 3,
             reloads: vec![(10, 7), (100, 7), (1000, 5)],
+            scan_windows: 7,
+            scan_window: Duration::from_secs(5),
+            triggers: 15,
         }
     }
 }
@@ -127,7 +138,7 @@ fn run(plan: &Plan, quick: bool, peers_wanted: bool, work: &Path, unix: u64) -> 
     );
     let (tconf, target_dir) = build_tconf_release()?;
     println!("bench: {} (release)", tconf.display());
-    let ctx = Ctx { stamp: progs.stamp, floor: progs.floor, tconf, work: work.to_path_buf() };
+    let ctx = Ctx { stamp: progs.stamp, floor: progs.floor, scan: progs.scan, hog: progs.hog, tconf, work: work.to_path_buf() };
     let (mut kinds, missing) = if peers_wanted { targets::peers() } else { (Vec::new(), Vec::new()) };
     for m in &missing {
         println!("bench: peer {m}");
@@ -144,6 +155,7 @@ fn run(plan: &Plan, quick: bool, peers_wanted: bool, work: &Path, unix: u64) -> 
         bringups(&ctx, kind, plan, &mut res);
         if kind == Kind::Sentry {
             reload_lines = reloads(&ctx, plan, &mut res);
+            watches(&ctx, plan, &mut res);
         }
     }
     println!("bench: measured in {:.0} s\n", t0.elapsed().as_secs_f64());
@@ -558,6 +570,95 @@ fn reloads(ctx: &Ctx, plan: &Plan, res: &mut Results) -> Vec<String> {
         }
     }
     lines
+}
+
+/// Processes running beside a watch while its scans are measured.
+const WATCH_EXTRA: usize = 2000;
+/// The watch's interval in the watch figures (ms).
+const WATCH_EVERY_MS: u64 = 100;
+
+/// (7) Watches, Sentry only (the floor's one-pass scan beside it): the CPU
+/// one scan costs with [`WATCH_EXTRA`] more processes running (the watch
+/// matches none of them), and the time from a threshold crossed — a
+/// process that has just touched 64 MiB, under `rmem > 32m` — to the
+/// SIGTERM it is sent arriving, with scans every [`WATCH_EVERY_MS`] ms.
+fn watches(ctx: &Ctx, plan: &Plan, res: &mut Results) {
+    let scan_figure = format!("CPU per watch scan, {WATCH_EXTRA} extra processes");
+    let trigger_figure = format!("threshold crossed → SIGTERM delivered, scans every {WATCH_EVERY_MS} ms");
+    let outcome = (|| -> Outcome<()> {
+        let mut crowd_cmd = Command::new("sh");
+        crowd_cmd.arg("-c").arg(format!(
+            "i=0; while [ $i -lt {WATCH_EXTRA} ]; do sleep 100000 & i=$((i+1)); done; wait"
+        ));
+        let crowd = targets::Session::start(crowd_cmd, ctx, "crowd")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while session_of(crowd.pid).len() < WATCH_EXTRA {
+            if Instant::now() > deadline {
+                return Err(format!("only {} of {WATCH_EXTRA} extra processes started", session_of(crowd.pid).len()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = Command::new(&ctx.scan).arg("20").output().map_err(|e| format!("cannot run the scan floor: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let us: f64 = text.split_whitespace().next().and_then(|v| v.parse().ok()).ok_or("the scan floor said nothing")?;
+        res.add(&scan_figure, "ms", Kind::Floor, us / 1000.0);
+
+        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let tag = format!("bench-hog-{nonce}");
+        let every = WATCH_EVERY_MS.to_string();
+        let mut inst = crate::soak::harness::Instance::start(&ctx.tconf, "bench-watch", &[("TPATTERN", tag.as_str()), ("TEVERY", every.as_str())])?;
+        // The first scans read every command line once; later ones only /proc/PID/stat.
+        std::thread::sleep(Duration::from_secs(2));
+        for _ in 0..plan.scan_windows {
+            let before = run_ns(inst.pid);
+            std::thread::sleep(plan.scan_window);
+            let after = run_ns(inst.pid);
+            let scans = plan.scan_window.as_millis() as f64 / WATCH_EVERY_MS as f64;
+            res.add(&scan_figure, "ms", Kind::Sentry, (after.saturating_sub(before)) as f64 / 1e6 / scans);
+        }
+        for i in 0..plan.triggers {
+            let file = ctx.work.join(format!("hog-{nonce}-{i}.txt"));
+            let mut cmd = Command::new(&ctx.hog);
+            cmd.arg(&file).arg(&tag);
+            let hog = targets::Session::start(cmd, ctx, "hog")?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let (crossed, signalled) = loop {
+                let text = fs::read_to_string(&file).unwrap_or_default();
+                let at = |w: &str| text.lines().find_map(|l| l.strip_prefix(w)?.trim().parse::<u64>().ok());
+                if let (Some(c), Some(s)) = (at("crossed "), at("signalled ")) {
+                    break (c, s);
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("the hog was not signalled within 10 s: {text:?}"));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            drop(hog);
+            res.add(&trigger_figure, "ms", Kind::Sentry, ms(signalled.saturating_sub(crossed)));
+        }
+        inst.keep = false;
+        drop(inst);
+        drop(crowd);
+        Ok(())
+    })();
+    if let Err(e) = outcome {
+        res.error(Kind::Sentry, "watches", e);
+    }
+}
+
+/// The PIDs of session `sid`.
+fn session_of(sid: i32) -> Vec<i32> {
+    crate::soak::harness::session_pids(sid)
+}
+
+/// Time every thread of `pid` has run on a CPU (ns, `/proc/PID/task/*/schedstat`).
+fn run_ns(pid: i32) -> u64 {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok()?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// `Handover took 12.3 ms (…)` → 12.3.

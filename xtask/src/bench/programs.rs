@@ -1,6 +1,7 @@
-//! The two C programs of the bench, written to its work directory and
-//! compiled with `cc -O2` in every run: the child every supervisor runs
-//! (`stamp`) and the floor (`floor`), the least a supervisor can do.
+//! The C programs of the bench, written to its work directory and compiled
+//! with `cc -O2` in every run: the child every supervisor runs (`stamp`),
+//! the floor (`floor`), the least a supervisor can do, the floor of a watch
+//! scan (`scan`) and the process a watch's trigger fires at (`hog`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -87,20 +88,104 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// The floor of a watch scan: `scan N` reads `/proc/PID/stat` of every
+/// process N times over and prints the CPU time (user + system) one pass
+/// took, in microseconds — the least a scan by command line and memory can do.
+const SCAN_C: &str = r#"#define _GNU_SOURCE
+#include <ctype.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 10;
+    long seen = 0;
+    char path[64], buf[1024];
+    for (int i = 0; i < n; i++) {
+        DIR *d = opendir("/proc");
+        if (!d) return 1;
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!isdigit((unsigned char)e->d_name[0])) continue;
+            snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) continue;
+            if (read(fd, buf, sizeof buf) > 0) seen++;
+            close(fd);
+        }
+        closedir(d);
+    }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double us = ru.ru_utime.tv_sec * 1e6 + ru.ru_utime.tv_usec + ru.ru_stime.tv_sec * 1e6 + ru.ru_stime.tv_usec;
+    printf("%.1f %ld\n", us / n, seen / n);
+    return 0;
+}
+"#;
+
+/// The watched process of the trigger latency: `hog FILE TAG` touches
+/// 64 MiB, appends `crossed NS` (CLOCK_MONOTONIC) to FILE, and on SIGTERM
+/// appends `signalled NS` and exits. TAG is only there for the watch's regex.
+const HOG_C: &str = r#"#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static int out = -1;
+
+static void stamp(const char *what) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    char line[64];
+    int n = snprintf(line, sizeof line, "%s %lld\n", what, (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
+    if (write(out, line, n) != n) _exit(1);
+}
+
+static void on_term(int sig) {
+    (void)sig;
+    stamp("signalled");
+    _exit(0);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    out = open(argv[1], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (out < 0) return 1;
+    signal(SIGTERM, on_term);
+    size_t size = 64u << 20;
+    char *p = malloc(size);
+    if (!p) return 1;
+    memset(p, 1, size);
+    stamp("crossed");
+    for (;;) pause();
+}
+"#;
+
 /// The compiled programs.
 pub struct Programs {
     pub stamp: PathBuf,
     pub floor: PathBuf,
+    pub scan: PathBuf,
+    pub hog: PathBuf,
     /// Whether `stamp` is linked statically (no dynamic loader before its stamp).
     pub static_stamp: bool,
 }
 
-/// Writes both sources into `dir` and compiles them with `cc -O2`
+/// Writes the sources into `dir` and compiles them with `cc -O2`
 /// (statically where the C library allows it, else dynamically).
 pub fn build(dir: &Path) -> Result<Programs, String> {
     let (stamp, static_stamp) = compile(dir, "stamp", STAMP_C)?;
     let (floor, _) = compile(dir, "floor", FLOOR_C)?;
-    Ok(Programs { stamp, floor, static_stamp })
+    let (scan, _) = compile(dir, "scan", SCAN_C)?;
+    let (hog, _) = compile(dir, "hog", HOG_C)?;
+    Ok(Programs { stamp, floor, scan, hog, static_stamp })
 }
 
 fn compile(dir: &Path, name: &str, source: &str) -> Result<(PathBuf, bool), String> {

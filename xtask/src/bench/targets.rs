@@ -14,6 +14,8 @@ use crate::soak::harness::{in_own_session, marked, session_pids, Instance, Outco
 pub struct Ctx {
     pub stamp: PathBuf,
     pub floor: PathBuf,
+    pub scan: PathBuf,
+    pub hog: PathBuf,
     pub tconf: PathBuf,
     /// The bench's temporary directory.
     pub work: PathBuf,
@@ -168,7 +170,7 @@ pub struct Session {
 }
 
 impl Session {
-    fn start(mut cmd: Command, ctx: &Ctx, what: &str) -> Outcome<Session> {
+    pub fn start(mut cmd: Command, ctx: &Ctx, what: &str) -> Outcome<Session> {
         let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let mark = format!("bench-{}-{nonce}", std::process::id());
         let log = fs::File::create(ctx.work.join(format!("{what}-{nonce}.out"))).map_err(|e| e.to_string())?;
