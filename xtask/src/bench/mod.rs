@@ -634,7 +634,11 @@ fn watches(ctx: &Ctx, plan: &Plan, res: &mut Results) {
                 std::thread::sleep(Duration::from_millis(5));
             };
             drop(hog);
-            res.add(&trigger_figure, "ms", Kind::Sentry, ms(signalled.saturating_sub(crossed)));
+            if signalled < crossed {
+                res.notes.push("a SIGTERM came before its crossing was stamped: sample left out".to_string());
+                continue;
+            }
+            res.add(&trigger_figure, "ms", Kind::Sentry, ms(signalled - crossed));
         }
         inst.keep = false;
         drop(inst);

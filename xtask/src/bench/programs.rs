@@ -126,15 +126,16 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// The watched process of the trigger latency: `hog FILE TAG` touches
-/// 64 MiB, appends `crossed NS` (CLOCK_MONOTONIC) to FILE, and on SIGTERM
-/// appends `signalled NS` and exits. TAG is only there for the watch's regex.
+/// The watched process of the trigger latency: `hog FILE TAG` stays below
+/// 32 MiB resident for 300 ms, then grows to about 49 MiB, appending
+/// `crossed NS` (CLOCK_MONOTONIC) to FILE the moment it passes 32 MiB; on
+/// SIGTERM it appends `signalled NS` and exits. TAG is only there for the
+/// watch's regex.
 const HOG_C: &str = r#"#define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -159,11 +160,27 @@ int main(int argc, char **argv) {
     out = open(argv[1], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (out < 0) return 1;
     signal(SIGTERM, on_term);
-    size_t size = 64u << 20;
-    char *p = malloc(size);
+    /* Resident now (statm's second field, pages), then 24 MiB more: below
+       the watch's 32 MiB, long enough for a scan to see it there. */
+    long page = sysconf(_SC_PAGESIZE), resident = 0;
+    FILE *statm = fopen("/proc/self/statm", "r");
+    if (!statm || fscanf(statm, "%*s %ld", &resident) != 1) return 1;
+    fclose(statm);
+    size_t size = 48u << 20, below = 24u << 20, limit = 32u << 20;
+    volatile char *p = malloc(size);
     if (!p) return 1;
-    memset(p, 1, size);
-    stamp("crossed");
+    size_t i = 0;
+    for (; i < below; i += page) p[i] = 1;
+    usleep(300000);
+    /* Then on, page by page, stamping the moment the total passes 32 MiB. */
+    int crossed = 0;
+    for (; i < size; i += page) {
+        p[i] = 1;
+        if (!crossed && (size_t)resident * page + i + page > limit) {
+            stamp("crossed");
+            crossed = 1;
+        }
+    }
     for (;;) pause();
 }
 "#;
