@@ -46,14 +46,20 @@ int main(int argc, char **argv) {
 "#;
 
 /// `TBIN` for the `spawn-path` scenario: `tsleep` (a copy of sleep),
-/// `garbage` (executable bytes that are no program), and in `noexec/` a
-/// `tsleep` and a `tdenied` that may not be executed.
+/// `badinterp` (its `#!` names a missing interpreter), `script` (a shell
+/// script without `#!`), and in `noexec/` a `tsleep` and a `tdenied` that
+/// may not be executed.
 fn tbin(dir: &Path) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir_all(bin.join("noexec")).unwrap();
     copy_of_sleep(&bin, "tsleep");
-    std::fs::write(bin.join("garbage"), [0x7fu8, 1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
-    std::fs::set_permissions(bin.join("garbage"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, text) in [
+        ("badinterp", "#!/nonexistent/sentry-interpreter\n"),
+        ("script", "echo script-ran $SENTRY_INDEX\nexec sleep 1000\n"),
+    ] {
+        std::fs::write(bin.join(name), text).unwrap();
+        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     for name in ["tsleep", "tdenied"] {
         let path = bin.join("noexec").join(name);
         std::fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
@@ -99,16 +105,47 @@ fn a_start_that_fails_in_the_child_says_why() {
     let (nowhere, state) = wait_for("nowhere's start error", || slot_error("nowhere"));
     assert!(nowhere.contains("cannot enter its working directory") && nowhere.contains("No such file"), "{nowhere}");
     assert_eq!(state, "backoff", "a failed start is a crash");
-    let (garbage, _) = wait_for("garbage's start error", || slot_error("garbage"));
-    assert!(garbage.contains("Exec format error"), "{garbage}");
+    let (badinterp, _) = wait_for("badinterp's start error", || slot_error("badinterp"));
+    assert!(badinterp.contains("No such file or directory"), "{badinterp}");
+    // Counted as a failed start before the clone is: no exit, no restart.
+    let nowhere = s.entry("nowhere");
+    assert_eq!(nowhere["restarts"], 0, "{nowhere}");
+    assert_eq!(nowhere["last_exits"].as_array().map(Vec::len), Some(0), "{nowhere}");
+    // A script without `#!` runs under /bin/sh, as execvp runs it.
+    wait_for("the script's line", || s.log("script").contains("script-ran 0").then_some(()));
     let console = s.console();
-    for (entry, said) in [("nowhere", "cannot enter its working directory"), ("garbage", "Exec format error")] {
+    for (entry, said) in [("nowhere", "cannot enter its working directory"), ("badinterp", "No such file")] {
         let lines: Vec<&str> = console.lines().filter(|l| l.contains(&format!(" {entry}."))).collect();
         assert!(lines.iter().any(|l| l.contains("Cannot start") && l.contains(said)), "{lines:?}");
         assert!(!lines.iter().any(|l| l.contains("Exited")), "a failed start is not an exit: {lines:?}");
     }
     // The child that failed was reaped and its cgroup, if any, removed: nothing left of it.
-    assert!(s.pids("nowhere").is_empty() && s.pids("garbage").is_empty());
+    assert!(s.pids("nowhere").is_empty() && s.pids("badinterp").is_empty());
+}
+
+/// Every child of a user entry gets that user's groups, however many start
+/// at once: what the child reads is the launch's own copy, never the
+/// caller's (which is gone before a child that does not wait may read it).
+#[test]
+fn every_child_of_a_user_entry_gets_its_groups() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let s = Sentry::spawn_with(TempDir::new("spawn-groups"), TCONF, "user", &[], &[("TUSER", "nobody")]).waiting();
+    assert!(s.cli(&["scale", "as-nobody", "40"]).status.success());
+    let pids = s.wait_pids("as-nobody", 40);
+    let out = run(Command::new("id").args(["-G", "nobody"]));
+    let want: Vec<String> = text(&out.stdout).split_whitespace().map(str::to_string).collect();
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let groups: Vec<String> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .map(|g| g.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        assert_eq!(groups, want, "child {pid}");
+    }
 }
 
 #[test]

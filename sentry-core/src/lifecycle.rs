@@ -104,7 +104,9 @@ pub(crate) enum Event {
     Due { now: Instant },
     /// The core started the process asked for by [`Effect::Spawn`].
     Spawned { pid: i32, now: Instant },
-    /// The core could not start it.
+    /// The core could not start it: refused before the clone (from
+    /// `Pending`), or its process exited before running the program and
+    /// was reaped (from `Running`).
     SpawnFailed { now: Instant },
     /// The slot's process exited, its process group is empty, and the
     /// process was reaped.
@@ -184,7 +186,9 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
         (Pending { .. }, Event::Spawned { pid, now }) => {
             (Slot { phase: Running { pid, since: now }, crashes }, Vec::new())
         }
-        (Pending { .. }, Event::SpawnFailed { now }) => {
+        // Refused before the clone, or (from Running) failed in the child
+        // before its exec: a crash, no restart counted.
+        (Pending { .. } | Running { .. }, Event::SpawnFailed { now }) => {
             let crashes = crashes.saturating_add(1);
             let due = later(now, restart_delay(policy.delay, crashes));
             (Slot { phase: Pending { due }, crashes }, Vec::new())
@@ -455,8 +459,15 @@ mod tests {
     fn a_failed_spawn_counts_as_a_crash() {
         let p = policy(Restart::Always, 0);
         let t0 = Instant::now();
-        let (slot, _) = step(Slot::new(t0), &p, Event::SpawnFailed { now: t0 });
+        let (slot, fx) = step(Slot::new(t0), &p, Event::SpawnFailed { now: t0 });
         assert_eq!(slot, Slot { phase: Phase::Pending { due: ms(t0, 100) }, crashes: 1 });
+        assert!(fx.is_empty());
+        // A start that failed in the child (its process ran no program):
+        // the same crash, from Running, and no restart counted.
+        let running = Slot { phase: Phase::Running { pid: 7, since: t0 }, crashes: 2 };
+        let (slot, fx) = step(running, &p, Event::SpawnFailed { now: t0 });
+        assert_eq!(slot, Slot { phase: Phase::Pending { due: ms(t0, 400) }, crashes: 3 });
+        assert!(fx.is_empty(), "{fx:?}");
     }
 
     #[test]

@@ -157,12 +157,21 @@ struct Image {
     nofile: i64,
     /// Signals to reset to their default action (bit `n - 1` for signal `n`).
     reset: u64,
+    /// Sentry's PID: a child whose parent is already gone by the time it
+    /// asks for PDEATHSIG exits instead.
+    parent: libc::pid_t,
+    /// `/bin/sh`, then a free place for the script's path, then the
+    /// arguments: what a file without `#!` is run with, as `execvp` does.
+    /// The child writes the one place (this launch's memory, no one else's).
+    shell_argv: *mut *const libc::c_char,
 }
 
 /// A launch whose child may still run on our memory: everything it reads,
 /// and the fence that says when it no longer does.
 struct Inflight {
     pid: i32,
+    /// The program, as the caller named it (for messages).
+    program: String,
     fence: OwnedFd,
     stack: Stack,
     _image: Box<Image>,
@@ -170,6 +179,7 @@ struct Inflight {
     _pointers: [Vec<*const libc::c_char>; 3],
     _cwd: Option<CString>,
     _groups: Option<Vec<libc::gid_t>>,
+    _shell: (CString, Vec<*const libc::c_char>),
 }
 
 /// The launches of this thread (the core's): those in flight, stacks free
@@ -178,7 +188,7 @@ struct Inflight {
 struct Launches {
     inflight: Vec<Inflight>,
     free: Vec<Stack>,
-    failed: HashMap<i32, io::Error>,
+    failed: HashMap<i32, (String, io::Error)>,
 }
 
 /// Free stacks kept for reuse.
@@ -219,11 +229,13 @@ impl Launches {
                     match read_fence(&launch.fence) {
                         Fence::Open => kept.push(launch),
                         Fence::Exec => self.retire(launch),
+                        // The child may still run on its stack until it has
+                        // exited: its memory is freed at the hang-up, not here.
                         Fence::Failed(e) => {
                             if self.failed.len() < FAILURES_KEPT {
-                                self.failed.insert(launch.pid, e);
+                                self.failed.insert(launch.pid, (launch.program.clone(), e));
                             }
-                            self.retire(launch);
+                            kept.push(launch);
                         }
                     }
                 }
@@ -298,16 +310,28 @@ fn read_fence(fence: &OwnedFd) -> Fence {
     }
 }
 
-/// Why the child `pid` of an earlier [`start`] could not run its program,
-/// if it could not; asked once it has exited (its exit status is then 127).
-/// Waits at most a few milliseconds for its fence, which an exited child
-/// has closed.
-pub(crate) fn failure(pid: i32) -> Option<io::Error> {
+/// Why the child `pid` of an earlier [`start`] could not run its program
+/// (the program as named, and the error), if it could not; asked once it
+/// has exited (its exit status is then 127). Waits at most a few
+/// milliseconds for its fence, which an exited child has closed.
+pub(crate) fn failure(pid: i32) -> Option<(String, io::Error)> {
     LAUNCHES.with(|l| {
         let mut l = l.borrow_mut();
         l.settle(Some(pid), Duration::from_millis(50));
         l.failed.remove(&pid)
     })
+}
+
+/// Frees what launches whose child has exec'd or exited held (their stack
+/// and fence), without waiting: the core calls it when it has nothing to do.
+pub(crate) fn tidy() {
+    LAUNCHES.with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            if !l.inflight.is_empty() {
+                l.settle(None, Duration::ZERO);
+            }
+        }
+    });
 }
 
 /// Whether `clone3` was refused once; then glibc's `clone` is used from then on.
@@ -357,6 +381,12 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
         at.iter().map(|&i| strings[i].as_ptr()).chain([std::ptr::null()]).collect()
     };
     let pointers = [pointers(&candidates), pointers(&argv), pointers(&envp)];
+    let shell = c(b"/bin/sh")?;
+    let mut shell_argv: Vec<*const libc::c_char> = [shell.as_ptr(), std::ptr::null()]
+        .into_iter()
+        .chain(argv[1..].iter().map(|&i| strings[i].as_ptr()))
+        .chain([std::ptr::null()])
+        .collect();
 
     let stdin = above_stdio(open_null()?)?;
     let (out_read, out_write) = pipe()?;
@@ -382,6 +412,9 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
         place_in: -1,
         nofile: process.nofile.map_or(-1, |n| n.min(i64::MAX as u64) as i64),
         reset: handled_signals(),
+        // SAFETY: getpid has no preconditions.
+        parent: unsafe { libc::getpid() },
+        shell_argv: shell_argv.as_mut_ptr(),
     });
     LAUNCHES.with(|launches| {
         let mut launches = launches.borrow_mut();
@@ -426,6 +459,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
         drop((stdin, out_write, err_write, fence_write));
         launches.inflight.push(Inflight {
             pid,
+            program: process.program.to_string_lossy().into_owned(),
             fence: fence_read,
             stack,
             _image: image,
@@ -433,6 +467,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
             _pointers: pointers,
             _cwd: cwd,
             _groups: groups,
+            _shell: (shell, shell_argv),
         });
         Ok(Spawned { pid, stdout: out_read, stderr: err_read })
     })
@@ -457,10 +492,13 @@ fn candidates_of(program: &OsStr, env: &[(OsString, OsString)]) -> Vec<Vec<u8>> 
 
 /// Whether one of `paths` (relative ones from `cwd`) may be what the exec
 /// runs: a file with an execute bit. Otherwise the error `execvp` would
-/// give — EACCES if something was there, ENOENT if nothing — so that the
-/// most common mistake is said at once. The child's own search decides.
+/// end with — EACCES if only something not executable was there, else the
+/// last "not there" error (ENOENT, ENOTDIR), or at once any other (ELOOP,
+/// ENAMETOOLONG) — so that the most common mistake is said at once. The
+/// child's own search decides the rest.
 fn findable(paths: &[Vec<u8>], cwd: Option<&PathBuf>) -> io::Result<()> {
     let mut denied = false;
+    let mut last = libc::ENOENT;
     for path in paths {
         let path = Path::new(OsStr::from_bytes(path));
         let path = match cwd {
@@ -470,12 +508,15 @@ fn findable(paths: &[Vec<u8>], cwd: Option<&PathBuf>) -> io::Result<()> {
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(()),
             Ok(_) => denied = true,
-            // Not ours to judge (a directory we may not search as Sentry's user).
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(()),
-            Err(_) => {}
+            Err(e) => match e.raw_os_error() {
+                Some(n @ (libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT)) => last = n,
+                // Not ours to judge (a directory Sentry's user may not search).
+                Some(libc::EACCES) | None => return Ok(()),
+                Some(_) => return Err(e),
+            },
         }
     }
-    Err(io::Error::from_raw_os_error(if denied { libc::EACCES } else { libc::ENOENT }))
+    Err(io::Error::from_raw_os_error(if denied { libc::EACCES } else { last }))
 }
 
 /// A system call made directly, without `libc`'s wrapper and its `errno`:
@@ -615,6 +656,10 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         if r < 0 {
             fail(Stage::Parent, r);
         }
+        // Sentry died before that: no signal will come, so go now.
+        if raw(libc::SYS_getppid, [0; 6]) != image.parent as isize {
+            raw(libc::SYS_exit_group, [127, 0, 0, 0, 0, 0]);
+        }
         let empty: u64 = 0;
         raw(libc::SYS_rt_sigprocmask, [libc::SIG_SETMASK as usize, &empty as *const u64 as usize, 0, 8, 0, 0]);
         // execvp's search: EACCES is remembered and the search goes on, as
@@ -624,6 +669,13 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         let mut at = image.candidates;
         while !(*at).is_null() {
             failure = raw(libc::SYS_execve, [*at as usize, image.argv as usize, image.envp as usize, 0, 0, 0]);
+            if -failure as i32 == libc::ENOEXEC {
+                // A script without `#!`: the shell runs it, as execvp does.
+                *image.shell_argv.add(1) = *at;
+                let sh = *image.shell_argv;
+                failure = raw(libc::SYS_execve, [sh as usize, image.shell_argv as usize, image.envp as usize, 0, 0, 0]);
+                break;
+            }
             match -failure as i32 {
                 libc::EACCES => denied = true,
                 libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}

@@ -72,9 +72,9 @@ fn specs(scenario: &str) -> Vec<Spec> {
         // Children's environment and process state.
         "env" => vec![entry("probe", "sleep", ["1000"], 0, 1).env("GREETING", "hello world").cwd("/tmp")],
         // How a command is found and started (tests/spawn.rs). TBIN holds
-        // `tsleep` (a copy of sleep), `garbage` (executable, not a program),
-        // and `noexec/` a non-executable `tsleep` and `tdenied`: execvp's
-        // search skips what it may not run.
+        // `tsleep` (a copy of sleep), `badinterp` (`#!` a missing
+        // interpreter), `script` (no `#!`), and `noexec/` a non-executable
+        // `tsleep` and `tdenied`: execvp's search skips what it may not run.
         "spawn-path" => {
             let bin = std::env::var("TBIN").unwrap_or_default();
             vec![
@@ -83,7 +83,9 @@ fn specs(scenario: &str) -> Vec<Spec> {
                 entry("denied", "tdenied", ["1000"], 60_000, 1).env("PATH", &format!("{bin}/noexec")),
                 // Failures only the child meets, after the clone.
                 entry("nowhere", "sleep", ["1000"], 60_000, 1).cwd("/nonexistent-sentry-dir"),
-                entry("garbage", &format!("{bin}/garbage"), ["1000"], 60_000, 1),
+                entry("badinterp", &format!("{bin}/badinterp"), ["1000"], 60_000, 1),
+                // A script without `#!`: run by /bin/sh, as execvp does.
+                entry("script", &format!("{bin}/script"), [] as [&str; 0], 60_000, 1),
             ]
         }
         // Measurements: N sleepers (N from TCOUNT), and a restart-latency probe.

@@ -413,6 +413,7 @@ impl Core {
                 return CoreExit::Suspended(Box::new(self.suspend()));
             }
             self.write_ledger();
+            crate::spawn::tidy();
             let command = match self.next_deadline() {
                 Some(at) => match self.rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(c) => Some(c),
@@ -676,19 +677,19 @@ impl Core {
         let (pid, at) = (row.pid, row.exited_unix);
         // A start that failed after the clone ends with 127 (`spawn`).
         let failed = if exit == ChildExit::Code(127) { crate::spawn::failure(pid) } else { None };
-        row.start_error = failed.as_ref().map(|e| e.to_string());
+        row.start_error = failed.as_ref().map(|(_, e)| e.to_string());
         match &row.role {
             Role::Slot { entry, .. } => {
                 let entry = entry.clone();
                 let text = match &failed {
-                    Some(e) => format!("Cannot start {:?}: {e}.", self.command_of(&entry)),
+                    Some((program, e)) => format!("Cannot start {program:?}: {e}."),
                     None => exit_text(exit, at),
                 };
                 self.options.console.event(&entry, pid, &text);
             }
             Role::Helper { target, .. } => {
                 let text = match &failed {
-                    Some(e) => format!("Cannot run the action program: {e}."),
+                    Some((program, e)) => format!("Cannot run {program:?}: {e}."),
                     None => exit_text(exit, at).replacen("Exited", "Action program exited", 1),
                 };
                 let target = target.clone();
@@ -698,10 +699,6 @@ impl Core {
         }
     }
 
-    /// The command of entry `name` (empty if there is none).
-    fn command_of(&self, name: &str) -> String {
-        self.entries.iter().find(|e| e.config.name == name).map(|e| e.config.command.clone()).unwrap_or_default()
-    }
 
     /// Looks, once for every row that is due, for live members of exited
     /// leaders' groups: an empty group's leader is reaped and its slot told;
@@ -806,8 +803,13 @@ impl Core {
                 }
                 _ => false,
             });
-            if let (Some(error), Some(run)) = (&start_error, e.slots.get_mut(&index)) {
+            // A start that failed in the child is a failed start, as one
+            // refused before the clone: no exit recorded, no restart counted.
+            let running = e.slots.get(&index).is_some_and(|s| matches!(s.slot.phase, Phase::Running { .. }));
+            if let (Some(error), Some(run), true) = (&start_error, e.slots.get_mut(&index), running) {
                 run.error = Some(format!("cannot start {:?}: {error}", e.config.command));
+                self.apply(i, index, Event::SpawnFailed { now });
+                return;
             }
             e.record_exit(index, exit, exited_unix, asked, now);
             self.apply(i, index, Event::Exited { exit, now });
