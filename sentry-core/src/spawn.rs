@@ -157,6 +157,12 @@ struct Image {
     nofile: i64,
     /// Signals to reset to their default action (bit `n - 1` for signal `n`).
     reset: u64,
+    /// With a shared fd table (`CLONE_FILES`, see [`FdSet`]): the first fd
+    /// the child's table leaves out when it unshares (-1: not shared).
+    unshare_from: i32,
+    /// Set by the child once its fd table is its own: the parent may then
+    /// reuse the [`FdSet`].
+    unshared: std::sync::atomic::AtomicU32,
     /// Sentry's PID: a child whose parent is already gone by the time it
     /// asks for PDEATHSIG exits instead.
     parent: libc::pid_t,
@@ -170,6 +176,8 @@ struct Image {
 /// and the fence that says when it no longer does.
 struct Inflight {
     pid: i32,
+    /// The low fds its child's ends sit in until its table is its own.
+    set: Option<FdSet>,
     /// The program, as the caller named it (for messages).
     program: String,
     fence: OwnedFd,
@@ -189,6 +197,9 @@ struct Launches {
     inflight: Vec<Inflight>,
     free: Vec<Stack>,
     failed: HashMap<i32, (String, io::Error)>,
+    /// Fd sets free for the next launch, and how many exist.
+    sets: Vec<FdSet>,
+    set_count: usize,
 }
 
 /// Free stacks kept for reuse.
@@ -206,6 +217,15 @@ impl Launches {
     fn settle(&mut self, pid: Option<i32>, patience: Duration) {
         let deadline = Instant::now() + patience;
         loop {
+            // A child with a table of its own no longer needs its set; the
+            // fence can hang up only once the set no longer holds its end.
+            for launch in &mut self.inflight {
+                if launch.set.is_some() && launch._image.unshared.load(Ordering::Acquire) != 0 {
+                    if let Some(set) = launch.set.take() {
+                        self.sets.extend(set.release());
+                    }
+                }
+            }
             let mut fds: Vec<libc::pollfd> = self
                 .inflight
                 .iter()
@@ -248,12 +268,110 @@ impl Launches {
         }
     }
 
-    fn retire(&mut self, launch: Inflight) {
+    fn retire(&mut self, mut launch: Inflight) {
+        if let Some(set) = launch.set.take() {
+            self.sets.extend(set.release());
+        }
         drop(launch.fence);
         if self.free.len() < SPARE_STACKS {
             self.free.push(launch.stack);
         }
     }
+
+    /// The child `pid` has exited (whether or not it had unshared its fd
+    /// table): nothing runs on its launch's memory any more.
+    fn ended(&mut self, pid: i32) {
+        if let Some(at) = self.inflight.iter().position(|l| l.pid == pid) {
+            let mut launch = self.inflight.swap_remove(at);
+            if let Some(set) = launch.set.take() {
+                self.sets.extend(set.release());
+            }
+            // What it said before it died, if anything.
+            if let Fence::Failed(e) = read_fence(&launch.fence) {
+                if self.failed.len() < FAILURES_KEPT {
+                    self.failed.insert(pid, (launch.program.clone(), e));
+                }
+            }
+            self.retire(launch);
+        }
+    }
+
+    /// A free fd set, made if fewer than [`MAX_SETS`] exist and the
+    /// open-file limit allows; `None` otherwise (then the child gets a copy
+    /// of the whole table, as with `fork`).
+    fn take_set(&mut self) -> Option<FdSet> {
+        if let Some(set) = self.sets.pop() {
+            return Some(set);
+        }
+        if self.set_count >= MAX_SETS || !unshare_range_supported() {
+            return None;
+        }
+        let set = FdSet::new().ok()?;
+        self.set_count += 1;
+        Some(set)
+    }
+}
+
+/// At most this many launches share Sentry's fd table at once.
+const MAX_SETS: usize = 8;
+
+/// Five fds reserved at the lowest numbers free when made (each
+/// `/dev/null`, close-on-exec), for one launch at a time. A child's stdin,
+/// stdout, stderr, fence and cgroup directory are moved into them before a
+/// clone that shares Sentry's fd table (`CLONE_FILES`); the child's first
+/// step, `close_range(top + 1, ~0, CLOSE_RANGE_UNSHARE)`, gives it a table
+/// of its own with only the fds below that — not the thousands Sentry holds
+/// with many children, which a clone would otherwise copy and the child's
+/// exec close again, one by one. Until the child says it has unshared (or
+/// has ended), the set belongs to its launch.
+struct FdSet {
+    fds: [OwnedFd; 5],
+}
+
+impl FdSet {
+    fn new() -> io::Result<FdSet> {
+        let one = || -> io::Result<OwnedFd> { above_stdio(open_null()?) };
+        Ok(FdSet { fds: [one()?, one()?, one()?, one()?, one()?] })
+    }
+
+    /// The highest fd of the set.
+    fn top(&self) -> RawFd {
+        self.fds.iter().map(|f| f.as_raw_fd()).max().unwrap_or(2)
+    }
+
+    /// Puts `fd` in place `i` (close-on-exec), dropping what was there.
+    fn put(&self, i: usize, fd: RawFd) -> io::Result<()> {
+        // SAFETY: dup3 onto an fd this set owns; `fd` is open.
+        if unsafe { libc::dup3(fd, self.fds[i].as_raw_fd(), libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn raw(&self, i: usize) -> RawFd {
+        self.fds[i].as_raw_fd()
+    }
+
+    /// Back to `/dev/null` in every place (what it held is closed): ready
+    /// for the next launch; `None` if that fails (the set is then dropped).
+    fn release(self) -> Option<FdSet> {
+        let null = open_null().ok()?;
+        for i in 0..self.fds.len() {
+            self.put(i, null.as_raw_fd()).ok()?;
+        }
+        Some(self)
+    }
+}
+
+/// Whether `close_range` knows `CLOSE_RANGE_UNSHARE` (Linux 5.9).
+fn unshare_range_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else { return false };
+        let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (major, minor) >= (5, 9)
+    })
 }
 
 impl Drop for Launches {
@@ -318,7 +436,20 @@ pub(crate) fn failure(pid: i32) -> Option<(String, io::Error)> {
     LAUNCHES.with(|l| {
         let mut l = l.borrow_mut();
         l.settle(Some(pid), Duration::from_millis(50));
+        l.ended(pid);
         l.failed.remove(&pid)
+    })
+}
+
+/// The child `pid` of an earlier [`start`] was reaped: whatever its launch
+/// still held is freed (a child killed before its exec never closes its
+/// fence by itself while its fd set holds the write end).
+pub(crate) fn reaped(pid: i32) {
+    LAUNCHES.with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            l.ended(pid);
+            l.failed.remove(&pid);
+        }
     })
 }
 
@@ -394,6 +525,17 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
     let (fence_read, fence_write) = pipe()?;
     let (out_write, err_write, fence_write) = (above_stdio(out_write)?, above_stdio(err_write)?, above_stdio(fence_write)?);
     set_nonblocking(&fence_read)?;
+    let mut set = LAUNCHES.with(|l| l.borrow_mut().take_set());
+    if let Some(s) = &set {
+        let placed = [stdin.as_raw_fd(), out_write.as_raw_fd(), err_write.as_raw_fd(), fence_write.as_raw_fd()]
+            .into_iter()
+            .chain(process.cgroup.map(|c| c.as_raw_fd()))
+            .enumerate()
+            .try_for_each(|(i, fd)| s.put(i, fd));
+        if placed.is_err() {
+            set = None;
+        }
+    }
     let credentials = process.credentials;
     // Copied: the caller's `Credentials` may be gone before the child reads them.
     let groups: Option<Vec<libc::gid_t>> = credentials.and_then(|c| c.groups.clone());
@@ -407,9 +549,14 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
         groups_len: groups.as_ref().map_or(-1, |g| g.len() as isize),
         gid: credentials.map_or(0, |c| c.gid),
         uid: credentials.and_then(|c| c.uid).map_or(-1, i64::from),
-        stdio: [stdin.as_raw_fd(), out_write.as_raw_fd(), err_write.as_raw_fd()],
-        fence: fence_write.as_raw_fd(),
+        stdio: match &set {
+            Some(s) => [s.raw(0), s.raw(1), s.raw(2)],
+            None => [stdin.as_raw_fd(), out_write.as_raw_fd(), err_write.as_raw_fd()],
+        },
+        fence: set.as_ref().map_or(fence_write.as_raw_fd(), |s| s.raw(3)),
         place_in: -1,
+        unshare_from: set.as_ref().map_or(-1, |s| s.top() + 1),
+        unshared: std::sync::atomic::AtomicU32::new(0),
         nofile: process.nofile.map_or(-1, |n| n.min(i64::MAX as u64) as i64),
         reset: handled_signals(),
         // SAFETY: getpid has no preconditions.
@@ -430,7 +577,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
                 if !CLONE3_REFUSED.load(Ordering::Relaxed) {
                     // SAFETY: see the module's safety argument; `image`, the
                     // strings and the stack are kept in `Inflight` below.
-                    match unsafe { clone3_into(cgroup, &stack, &image) } {
+                    match unsafe { clone3_into(cgroup, &stack, &image, set.is_some()) } {
                         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)) => {
                             CLONE3_REFUSED.store(true, Ordering::Relaxed);
                             log::warn!(
@@ -441,24 +588,29 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
                     }
                 }
                 if cloned.is_none() {
-                    image.place_in = cgroup.as_raw_fd();
+                    image.place_in = set.as_ref().map_or(cgroup.as_raw_fd(), |s| s.raw(4));
                 }
             }
             // SAFETY: as above.
-            cloned.unwrap_or_else(|| unsafe { clone_glibc(&stack, &image) })
+            cloned.unwrap_or_else(|| unsafe { clone_glibc(&stack, &image, set.is_some()) })
         };
         let pid = match pid {
             Ok(pid) => pid,
             Err(e) => {
                 launches.free.push(stack);
+                if let Some(set) = set {
+                    launches.sets.extend(set.release());
+                }
                 return Err(e);
             }
         };
-        // The child has its own copies; a failed or finished child must
-        // leave the fence at end of file.
+        // The child has its own copies (or, sharing the table, the set's
+        // until it unshares); a failed or finished child must leave the
+        // fence at end of file.
         drop((stdin, out_write, err_write, fence_write));
         launches.inflight.push(Inflight {
             pid,
+            set,
             program: process.program.to_string_lossy().into_owned(),
             fence: fence_read,
             stack,
@@ -578,6 +730,15 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
             #[allow(clippy::empty_loop)]
             loop {}
         };
+        if image.unshare_from >= 0 {
+            // A table of its own with only the fds below the set's top.
+            let flags = libc::CLOSE_RANGE_UNSHARE as usize;
+            let r = raw(libc::SYS_close_range, [image.unshare_from as usize, u32::MAX as usize, flags, 0, 0, 0]);
+            if r < 0 {
+                fail(Stage::Stdio, r);
+            }
+            image.unshared.store(1, Ordering::Release);
+        }
         let default = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
         for sig in 1..=64usize {
             if image.reset & (1 << (sig - 1)) != 0 {
@@ -812,9 +973,10 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// unchanged until the child has exec'd or exited; see the module's safety
 /// argument.
 #[cfg(target_arch = "x86_64")]
-unsafe fn clone3_into(cgroup: BorrowedFd<'_>, stack: &Stack, image: &Image) -> io::Result<i32> {
+unsafe fn clone3_into(cgroup: BorrowedFd<'_>, stack: &Stack, image: &Image, share_files: bool) -> io::Result<i32> {
+    let files = if share_files { libc::CLONE_FILES as u64 } else { 0 };
     let mut args = CloneArgs {
-        flags: libc::CLONE_VM as u64 | CLONE_INTO_CGROUP,
+        flags: libc::CLONE_VM as u64 | CLONE_INTO_CGROUP | files,
         pidfd: 0,
         child_tid: 0,
         parent_tid: 0,
@@ -856,7 +1018,7 @@ unsafe fn clone3_into(cgroup: BorrowedFd<'_>, stack: &Stack, image: &Image) -> i
 
 /// Elsewhere glibc's `clone` is used (the child places itself).
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn clone3_into(_: BorrowedFd<'_>, _: &Stack, _: &Image) -> io::Result<i32> {
+unsafe fn clone3_into(_: BorrowedFd<'_>, _: &Stack, _: &Image, _: bool) -> io::Result<i32> {
     Err(io::Error::from_raw_os_error(libc::ENOSYS))
 }
 
@@ -865,12 +1027,13 @@ unsafe fn clone3_into(_: BorrowedFd<'_>, _: &Stack, _: &Image) -> io::Result<i32
 ///
 /// # Safety
 /// As [`clone3_into`].
-unsafe fn clone_glibc(stack: &Stack, image: &Image) -> io::Result<i32> {
+unsafe fn clone_glibc(stack: &Stack, image: &Image, share_files: bool) -> io::Result<i32> {
     let vfork = if WAIT_FOR_EXEC { libc::CLONE_VFORK } else { 0 };
+    let files = if share_files { libc::CLONE_FILES } else { 0 };
     let pid = libc::clone(
         child,
         stack.top() as *mut libc::c_void,
-        libc::CLONE_VM | vfork | libc::SIGCHLD,
+        libc::CLONE_VM | vfork | files | libc::SIGCHLD,
         image as *const Image as *mut libc::c_void,
     );
     if pid < 0 {

@@ -565,6 +565,7 @@ impl Core {
                 row.signal(Signal::SIGKILL);
                 sys::signal_group(pid, Signal::SIGKILL);
                 sys::reap(pid);
+                crate::spawn::reaped(pid);
                 Err(e)
             }
         }
@@ -768,6 +769,7 @@ impl Core {
     fn group_gone(&mut self, gen: u64, now: Instant) {
         let Some(row) = self.procs.get_mut(&gen) else { return };
         let exit = sys::reap(row.pid);
+        crate::spawn::reaped(row.pid);
         row.reaped = true;
         row.check = None;
         let (pid, role, exited_unix) = (row.pid, row.role.clone(), row.exited_unix);
