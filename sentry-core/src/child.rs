@@ -189,6 +189,7 @@ impl Monitor {
         streams: Vec<Stream>,
         sink: LineSink,
         reaped: bool,
+        suspend: Option<Arc<OwnedFd>>,
         notify: impl Fn(ChildNote) + Send + 'static,
     ) -> io::Result<Monitor> {
         let pidfd = if reaped { None } else { Some(Arc::new(sys::pidfd_open(pid)?)) };
@@ -201,7 +202,7 @@ impl Monitor {
             .name(format!("sentry-{}.{pid}", sink.entry))
             .stack_size(MONITOR_STACK)
             .spawn(move || {
-                let ends = Ends { gen, stop: stop_for_thread, finish: finish_for_thread };
+                let ends = Ends { gen, stop: stop_for_thread, suspend, finish: finish_for_thread };
                 run(pid, pidfd_for_thread, streams, ends, sink, notify)
             })?;
         Ok(Monitor { pidfd, stop, finish, thread })
@@ -220,8 +221,8 @@ impl Monitor {
     }
 
     /// Tells the thread to stop, without waiting: [`Monitor::join`] then
-    /// takes back what [`Monitor::quiesce`] would. Many monitors stop in
-    /// parallel this way.
+    /// takes back what [`Monitor::quiesce`] would. (All of a core's
+    /// monitors stop at once through the shared suspend fd.)
     pub fn stop_soon(&self) {
         sys::eventfd_signal(self.stop.as_fd());
     }
@@ -247,6 +248,9 @@ impl Monitor {
 struct Ends {
     gen: u64,
     stop: Arc<OwnedFd>,
+    /// Shared by every monitor of a core: readable (never read) when all
+    /// are to stop at once, as [`Monitor::quiesce`] stops one.
+    suspend: Option<Arc<OwnedFd>>,
     finish: Arc<AtomicBool>,
 }
 
@@ -258,7 +262,7 @@ fn run(
     sink: LineSink,
     notify: impl Fn(ChildNote),
 ) -> Quiesced {
-    let Ends { gen, stop, finish } = ends;
+    let Ends { gen, stop, suspend, finish } = ends;
     let mut exited = pidfd.is_none();
     // Allocated at the first read: a quiet child (most of a thousand) costs no buffer.
     let mut buf = Vec::new();
@@ -280,14 +284,19 @@ fn run(
         // Back-pressure: while lines wait for the log, the pipes are not read.
         let reading: Vec<usize> =
             if out.is_holding() { Vec::new() } else { (0..streams.len()).filter(|&i| !ended[i]).collect() };
+        // The shared suspend fd goes last (after the pidfd, if any).
         let mut fds: Vec<libc::pollfd> = reading
             .iter()
             .map(|&i| pollfd(streams[i].fd.as_raw_fd()))
             .chain([pollfd(stop.as_raw_fd())])
             .chain(pidfd.as_ref().filter(|_| !exited).map(|p| pollfd(p.as_raw_fd())))
+            .chain(suspend.as_ref().map(|s| pollfd(s.as_raw_fd())))
             .collect();
         if sys::poll(&mut fds, out.timeout_ms(Instant::now())).is_err() {
             continue;
+        }
+        if suspend.is_some() && fds.pop().is_some_and(|p| p.revents != 0) {
+            return give_back(streams, &ended, out, sink);
         }
         if fds[reading.len()].revents != 0 {
             // One count per request: `finish` (flag set first) and/or a stop.

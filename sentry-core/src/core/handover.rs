@@ -14,7 +14,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::{Command, Core, CoreOptions, EntryRun, FoundChild, Role, SlotRun, Suspended};
 use crate::budget::later;
-use crate::child::{Quiesced, Stream};
+use crate::child::{Monitor, Quiesced, Stream};
+use std::os::fd::AsFd;
 use crate::config::{Config, EntryConfig, WatchConfig};
 use crate::handoff::{
     CoreSnapshot, DrainingSnapshot, EntrySnapshot, ExitSnapshot, HelperSnapshot, KeptFd, PhaseSnapshot,
@@ -131,12 +132,12 @@ impl Core {
         let now = Instant::now();
         let rows = std::mem::take(&mut self.procs);
         // From here the children are unwatched: every monitor is told at
-        // once, then each is joined (they end in parallel).
+        // once (one write to the fd they all poll), then each is joined
+        // (they end in parallel).
         let unwatched_since_ns = sys::unix_now_ns();
-        for row in rows.values() {
-            if let Some(m) = &row.monitor {
-                m.stop_soon();
-            }
+        match &self.suspend_all {
+            Some(all) => sys::eventfd_signal(all.as_fd()),
+            None => rows.values().filter_map(|row| row.monitor.as_ref()).for_each(Monitor::stop_soon),
         }
         let mut fds = Vec::new();
         let mut keep = |q: Option<Quiesced>| -> Vec<StreamSnapshot> {

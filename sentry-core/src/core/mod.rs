@@ -340,6 +340,10 @@ pub(crate) struct Core {
     helpers: Arc<watch::HelperGate>,
     /// Notice of lingering cgroups that change, under cgroup containment.
     events: Option<cgroup::EventWatch>,
+    /// Made readable once to stop every monitor at once (`suspend`); one
+    /// fd for all, polled by each (none if it could not be made: then each
+    /// monitor is told on its own).
+    suspend_all: Option<Arc<OwnedFd>>,
     options: CoreOptions,
     tx: Sender<Command>,
     rx: Receiver<Command>,
@@ -365,6 +369,7 @@ impl Core {
             watch_state: watch::State::default(),
             helpers: Arc::default(),
             events: None,
+            suspend_all: sys::eventfd().ok().map(Arc::new),
             options,
             tx,
             rx,
@@ -1132,7 +1137,7 @@ impl Core {
         reaped: bool,
     ) -> std::io::Result<Monitor> {
         let tx = self.tx.clone();
-        Monitor::start(gen, pid, streams, sink, reaped, move |note| {
+        Monitor::start(gen, pid, streams, sink, reaped, self.suspend_all.clone(), move |note| {
             let _ = tx.send(Command::Child(note));
         })
     }
