@@ -66,7 +66,7 @@ impl Core {
             let streams = child.pipes.into_iter().map(|fd| Stream { fd, splitter: LineSplitter::default() }).collect();
             let gen = self.new_gen();
             let cgroup = self.cgroup_at(None, child.pid);
-            if let Err(e) = self.adopt_process(gen, child.pid, role, streams, &name, cgroup) {
+            if let Err(e) = self.adopt_process(gen, child.pid, role, streams, &name, cgroup, None) {
                 report.push(format!("cannot watch {name}.{}: {e}", child.pid));
                 if let Some((name, index)) = placed {
                     if let Some(e) = self.entries.iter_mut().find(|e| e.config.name == name) {
@@ -384,7 +384,7 @@ impl Core {
                 let role = Role::Slot { entry: name.clone(), index: ss.index };
                 let gen = core.new_gen();
                 let cgroup = core.cgroup_at(ss.cgroup.as_deref(), p.pid);
-                if let Err(e) = core.adopt_process(gen, p.pid, role, streams, &name, cgroup) {
+                if let Err(e) = core.adopt_process(gen, p.pid, role, streams, &name, cgroup, Some(p.starttime)) {
                     warnings.push(format!("cannot watch {name}.{}: {e}; it was stopped", p.pid));
                     gone.push((i, ss.index));
                 }
@@ -418,7 +418,7 @@ impl Core {
             let stuck = matches!(role, Role::Stuck { .. });
             let gen = core.new_gen();
             let cgroup = core.cgroup_at(h.cgroup.as_deref(), h.pid);
-            if let Err(e) = core.adopt_process(gen, h.pid, role, streams, &h.target, cgroup) {
+            if let Err(e) = core.adopt_process(gen, h.pid, role, streams, &h.target, cgroup, None) {
                 if !h.stray && !stuck {
                     core.helpers.release(&h.rule);
                 }

@@ -137,6 +137,11 @@ pub(crate) struct Proc {
 impl Proc {
     fn new(pid: i32, role: Role) -> Proc {
         let starttime = crate::proc::identity(pid).map(|id| id.starttime).unwrap_or(0);
+        Proc::known(pid, role, starttime)
+    }
+
+    /// A row for `pid` whose starttime was read already (a restored child's).
+    fn known(pid: i32, role: Role, starttime: u64) -> Proc {
         Proc {
             pid,
             starttime,
@@ -537,7 +542,7 @@ impl Core {
         let pid = spawned.pid;
         let kill_at = later(Instant::now(), HELPER_TIMEOUT);
         let role = Role::Helper { target: target.to_string(), rule: rule.clone(), kill_at, killed: false };
-        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), target, cgroup) {
+        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), target, cgroup, None) {
             self.helpers.release(&rule);
             log::error!("cannot watch helper {target}.{pid}: {e}");
         }
@@ -547,6 +552,7 @@ impl Core {
     /// with its cgroup if it has one, and starts its monitor. Without a
     /// monitor nobody would see it exit: then it is killed and reaped at
     /// once, and the error returned.
+    #[allow(clippy::too_many_arguments)]
     fn adopt_process(
         &mut self,
         gen: u64,
@@ -555,8 +561,12 @@ impl Core {
         streams: Vec<Stream>,
         log_as: &str,
         cgroup: Option<Cgroup>,
+        starttime: Option<u64>,
     ) -> std::io::Result<u64> {
-        let mut row = Proc::new(pid, role);
+        let mut row = match starttime {
+            Some(t) => Proc::known(pid, role, t),
+            None => Proc::new(pid, role),
+        };
         row.cgroup = cgroup;
         let sink = self.sink(log_as, pid);
         match self.monitor(gen, pid, streams, sink, false) {
@@ -1117,7 +1127,7 @@ impl Core {
         }
         self.options.console.event(&name, pid, &format!("Started at {started_at}."));
         let role = Role::Slot { entry: name.clone(), index };
-        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), &name, cgroup) {
+        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), &name, cgroup, None) {
             log::error!("cannot watch {name}.{pid}: {e}");
             if let Some(run) = self.entries[i].slots.get_mut(&index) {
                 run.error = Some(format!("cannot watch the process: {e}"));
