@@ -1,6 +1,6 @@
 //! Starting a process without copying the supervisor. [`start`] runs a
 //! [`Process`] the way Go's runtime and glibc's `posix_spawn` do on Linux:
-//! `clone3(CLONE_VM | CLONE_INTO_CGROUP)` on a small stack of its own, so
+//! `clone3(CLONE_VM | CLONE_FILES | CLONE_INTO_CGROUP)` on a small stack of its own, so
 //! the child shares Sentry's memory until its `execve` instead of copying
 //! page tables — a spawn costs the same with a thousand children running as
 //! with none — and is born in its cgroup, which spares the migration a write
@@ -24,8 +24,9 @@
 //!   fence's write end is close-on-exec and only the child holds it, so the
 //!   hang-up comes once the child has a memory of its own (its `execve`
 //!   replaced it) or has exited; nothing of ours is touched after that.
-//! - It writes to no memory but its own stack: what went wrong goes to the
-//!   fence pipe (8 bytes: step and errno) before it exits.
+//! - It writes to no memory but its own stack, one atomic (`unshared`) and
+//!   one pointer of its own launch's shell argv: what went wrong goes to
+//!   the fence pipe (8 bytes: step and errno) before it exits.
 //! - It calls nothing but system calls, made directly ([`raw`]): no `libc`
 //!   wrapper, so no `errno` — which lives in the calling thread's TLS, shared
 //!   with a thread that is running — no lock, no allocation, no unwinding.
@@ -38,8 +39,13 @@
 //!   before `execve`. A signal for the child in between stays pending for the
 //!   new program; a Sentry handler never runs in the child — a SIGTERM there
 //!   would otherwise tell *Sentry* to stop.
-//! - Its fd table is a copy (no `CLONE_FILES`): its `dup2`s do not touch
-//!   Sentry's, and the caller closes its own copies of the child's ends at once.
+//! - Its fd table is Sentry's (`CLONE_FILES`) only until its first step,
+//!   `close_range(top + 1, ~0, CLOSE_RANGE_UNSHARE)`, which leaves it a table
+//!   of its own with the fds below `top` (see [`FdSet`]); it touches no fd
+//!   before that. Its `dup3`s onto 0, 1 and 2 come after, on its own table.
+//!   The caller leaves the set's fds alone until the child has said it
+//!   unshared (an atomic in its `Image`) or has been reaped. Without a free
+//!   set the table is copied at the clone, as by `fork`.
 //! - PDEATHSIG belongs to the forking thread (DESIGN): this runs on the core
 //!   thread, as `fork` did.
 //!
