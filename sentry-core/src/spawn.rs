@@ -241,6 +241,7 @@ impl Launches {
             let left = deadline.saturating_duration_since(Instant::now());
             let timeout = if waiting { left.as_millis().min(i32::MAX as u128) as i32 } else { 0 };
             if fds.is_empty() {
+                self.trim();
                 return;
             }
             // SAFETY: valid pollfds for fds we own.
@@ -267,6 +268,7 @@ impl Launches {
                 }
                 self.inflight = kept;
             }
+            self.trim();
             let still = pid.is_some_and(|p| self.inflight.iter().any(|l| l.pid == p));
             if !still || Instant::now() >= deadline {
                 return;
@@ -299,6 +301,18 @@ impl Launches {
                 }
             }
             self.retire(launch);
+        }
+    }
+
+    /// With nothing in flight, keeps one free fd set and closes the rest:
+    /// a burst of starts (a kill storm) does not leave Sentry holding more
+    /// fds than one start needs.
+    fn trim(&mut self) {
+        if self.inflight.iter().all(|l| l.set.is_none()) {
+            while self.sets.len() > 1 {
+                self.sets.pop();
+                self.set_count -= 1;
+            }
         }
     }
 
