@@ -170,6 +170,14 @@ fn where_clone3_is_refused_children_still_start_in_their_cgroups() {
     let (instance, _) = expected_instance_cgroup("tconf", dir.path());
     let envs = [("TBIN", bin.to_str().unwrap())];
     let s = Sentry::spawn_wrapped(dir, TCONF, "spawn-path", &[wrapper.to_str().unwrap()], &[], &envs, None).waiting();
+    // Without clone3 a child moves itself into its cgroup before its exec
+    // (it starts in Sentry's): once it runs its program, it is there.
+    wait_for("both echo lines in the log", || {
+        let log = s.log("echo");
+        (log.contains("hello from 0") && log.contains("hello from 1")).then_some(())
+    });
+    let tsleep = bin.join("tsleep");
+    wait_for("found to run tsleep", || s.pids("found").first().filter(|&&p| exe_of(p) == Some(tsleep.clone())).copied());
     for (entry, count) in [("found", 1), ("echo", 2)] {
         let pids = s.wait_pids(entry, count);
         for (slot, pid) in pids.iter().enumerate() {
@@ -178,17 +186,14 @@ fn where_clone3_is_refused_children_still_start_in_their_cgroups() {
             assert!(cgroup.as_ref().is_some_and(|c| slots.contains(c)), "{entry} #{slot} (pid {pid}) in {cgroup:?}");
         }
     }
-    wait_for("both echo lines in the log", || {
-        let log = s.log("echo");
-        (log.contains("hello from 0") && log.contains("hello from 1")).then_some(())
-    });
     // A restart, too, is born in its slot's cgroup.
     let old = s.wait_pids("found", 1)[0];
     // SAFETY: SIGKILL to the child this test's Sentry started.
     unsafe { libc::kill(old, libc::SIGKILL) };
-    let new = wait_for("found restarted", || s.pids("found").first().copied().filter(|&p| p != old));
+    let new = wait_for("found restarted and running tsleep", || {
+        s.pids("found").first().copied().filter(|&p| p != old && exe_of(p) == Some(tsleep.clone()))
+    });
     assert_eq!(cgroup_of(new), Some(format!("{instance}/found/0")));
-    assert_eq!(exe_of(new), Some(bin.join("tsleep")));
 }
 
 /// Prints the errno of a raw `clone3` with an invalid (too small) size: 38

@@ -350,7 +350,11 @@ impl Sentry {
         status["entries"].as_array().unwrap().iter().find(|e| e["name"] == name).cloned().unwrap_or(Value::Null)
     }
 
-    /// The PIDs of an entry's processes, in slot order.
+    /// The PIDs of an entry's processes that run their program, in slot
+    /// order. Sentry does not wait for a child's exec, so `status` may name
+    /// a child that still runs Sentry's own image for a moment: it is left
+    /// out until it has exec'd (what a test then reads of it — environment,
+    /// credentials, fds — is the program's).
     pub fn pids(&self, name: &str) -> Vec<i32> {
         let entry = self.entry(name);
         let mut procs: Vec<(u64, i32)> = entry["processes"]
@@ -358,7 +362,9 @@ impl Sentry {
             .map(|a| a.iter().map(|p| (p["index"].as_u64().unwrap(), p["pid"].as_i64().unwrap() as i32)).collect())
             .unwrap_or_default();
         procs.sort();
-        procs.into_iter().map(|(_, pid)| pid).collect()
+        let own = fs::read_link(format!("/proc/{}/exe", self.pid())).ok();
+        let before_exec = |pid: i32| own.is_some() && fs::read_link(format!("/proc/{pid}/exe")).ok() == own;
+        procs.into_iter().map(|(_, pid)| pid).filter(|&pid| !before_exec(pid)).collect()
     }
 
     /// Waits until entry `name` has exactly `n` processes; their PIDs by slot.
