@@ -275,6 +275,11 @@ impl Tree {
     /// An empty leftover that nobody owns is reused.
     pub fn leaf(&self, group: &str, name: &str, gen: u64, taken: &dyn Fn(&Path) -> bool) -> io::Result<Cgroup> {
         let dir = self.root.join(group);
+        // Mostly the group is there (a restart) and the leaf name is free: one mkdir.
+        let first = dir.join(name);
+        if fs::create_dir(&first).is_ok() {
+            return Ok(self.cgroup(first));
+        }
         let mut made = fs::create_dir(&dir);
         if made.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
             // The instance's own cgroup was removed while empty (by hand):
@@ -350,8 +355,15 @@ fn subtree_has_memory(dir: &Path) -> bool {
     fs::read_to_string(dir.join("cgroup.subtree_control")).is_ok_and(|s| s.split_whitespace().any(|c| c == "memory"))
 }
 
-/// Removes the cgroups of the tree at `dir`, deepest first.
+/// Removes the cgroups of the tree at `dir`, deepest first. A cgroup with
+/// no child cgroup (a slot's leaf, mostly) goes in one `rmdir`.
 fn remove_tree(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        // Not empty (child cgroups) or busy: take the tree apart below.
+        Err(_) => {}
+    }
     let subdirs: Vec<PathBuf> = match fs::read_dir(dir) {
         Ok(entries) => {
             entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect()
