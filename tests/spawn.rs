@@ -202,3 +202,56 @@ const CLONE3_PROBE: &str = "import ctypes, os\n\
 libc = ctypes.CDLL(None, use_errno=True)\n\
 r = libc.syscall(435, None, 0)\n\
 print(ctypes.get_errno() if r < 0 else 0)\n";
+
+/// The cgroup-v1 `pids` hierarchy, if mounted (the hybrid layout here).
+fn pids_v1() -> Option<PathBuf> {
+    let root = PathBuf::from("/sys/fs/cgroup/pids");
+    root.join("cgroup.procs").exists().then_some(root)
+}
+
+/// A `pids` cgroup of the test's own with a low `pids.max`; whatever is
+/// still in it is SIGKILLed and the cgroup removed on drop.
+struct PidsLimit(PathBuf);
+
+impl Drop for PidsLimit {
+    fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::remove_dir(&self.0).is_err() && std::time::Instant::now() < deadline {
+            let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: SIGKILL to a process in this test's own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// When a child's monitor cannot start (here: the pids limit refuses the
+/// thread), the child is killed and reaped and the supervisor goes on
+/// answering — also under process-group containment, where the child may
+/// not have made its process group yet when this happens (starts do not
+/// wait for the exec), so signalling only the group would reach nothing and
+/// the reap would wait forever.
+#[test]
+fn a_monitor_that_cannot_start_never_stalls_the_supervisor() {
+    let Some(pids) = pids_v1().filter(|_| unsafe { libc::geteuid() } == 0) else {
+        eprintln!("skipped: needs root and the cgroup-v1 pids controller");
+        return;
+    };
+    let limit = PidsLimit(pids.join(format!("sentry-test-pids-{}", std::process::id())));
+    std::fs::create_dir(&limit.0).unwrap();
+    std::fs::write(limit.0.join("pids.max"), "40").unwrap();
+    let script = format!("echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"", limit.0.display());
+    let envs = [("SENTRY_CONTAINMENT", "process-group"), ("TCOUNT", "60")];
+    let mut s =
+        Sentry::spawn_wrapped(TempDir::new("spawn-pids"), TCONF, "bench-stamp", &["sh", "-c", &script], &[], &envs, None);
+    // A stalled core never gets to say it: it waits on the child first.
+    wait_for("Sentry to say a monitor was refused", || s.console().contains("cannot watch").then_some(()));
+    // The core still handles what it is sent: a SIGTERM stops everything.
+    // (A status request needs a thread, which the limit may refuse.)
+    // SAFETY: SIGTERM to the supervisor this test started.
+    unsafe { libc::kill(s.pid(), libc::SIGTERM) };
+    s.wait_exit();
+    assert!(s.console().contains("Bye."), "{}", s.console());
+}

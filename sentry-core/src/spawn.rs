@@ -473,16 +473,20 @@ pub(crate) fn reaped(pid: i32) {
     })
 }
 
-/// Frees what launches whose child has exec'd or exited held (their stack
-/// and fence), without waiting: the core calls it when it has nothing to do.
-pub(crate) fn tidy() {
-    LAUNCHES.with(|l| {
-        if let Ok(mut l) = l.try_borrow_mut() {
+/// Frees what launches whose child has exec'd or exited held (their stack,
+/// fence and fd set), without waiting: the core calls it when it has
+/// nothing to do. Whether launches are still in flight (then the core calls
+/// it again soon).
+pub(crate) fn tidy() -> bool {
+    LAUNCHES.with(|l| match l.try_borrow_mut() {
+        Ok(mut l) => {
             if !l.inflight.is_empty() {
                 l.settle(None, Duration::ZERO);
             }
+            !l.inflight.is_empty()
         }
-    });
+        Err(_) => false,
+    })
 }
 
 /// Whether `clone3` was refused once; then glibc's `clone` is used from then on.

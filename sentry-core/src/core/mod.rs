@@ -296,6 +296,9 @@ impl EntryRun {
     }
 }
 
+/// How soon the core looks again at launches still between clone and exec.
+const LAUNCH_CHECK: Duration = Duration::from_millis(20);
+
 /// The window of [`FLAPPING_EXITS`].
 const FLAPPING_WINDOW: Duration = Duration::from_secs(60);
 
@@ -423,8 +426,15 @@ impl Core {
                 return CoreExit::Suspended(Box::new(self.suspend()));
             }
             self.write_ledger();
-            crate::spawn::tidy();
-            let command = match self.next_deadline() {
+            // Launches still between clone and exec are looked at again
+            // shortly, not only at the next command (an idle core would
+            // otherwise keep their fds and stacks until then).
+            let tidy_at = crate::spawn::tidy().then(|| later(Instant::now(), LAUNCH_CHECK));
+            let deadline = match (self.next_deadline(), tidy_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let command = match deadline {
                 Some(at) => match self.rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(c) => Some(c),
                     Err(RecvTimeoutError::Timeout) => None,
@@ -579,6 +589,12 @@ impl Core {
             Err(e) => {
                 row.signal(Signal::SIGKILL);
                 sys::signal_group(pid, Signal::SIGKILL);
+                // The child itself, too: it may not have made its process
+                // group yet (starts do not wait for the exec), and the reap
+                // below must not wait on a child nobody signalled. It is
+                // our unreaped child, so the PID is its own.
+                // SAFETY: kill of our own unreaped child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
                 sys::reap(pid);
                 crate::spawn::reaped(pid);
                 Err(e)
