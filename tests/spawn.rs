@@ -255,3 +255,31 @@ fn a_monitor_that_cannot_start_never_stalls_the_supervisor() {
     s.wait_exit();
     assert!(s.console().contains("Bye."), "{}", s.console());
 }
+
+/// After a burst of starts, an idle supervisor lets go of what its launches
+/// held (the children's pipe ends and cgroup directories it kept for them
+/// until they had a fd table of their own) without being sent anything.
+#[test]
+fn an_idle_supervisor_keeps_nothing_of_finished_launches() {
+    if !cgroups_writable() {
+        eprintln!("skipped: cgroup v2 is not writable here");
+        return;
+    }
+    let dir = TempDir::new("spawn-idle");
+    let (_, instance_dir) = expected_instance_cgroup("tconf", dir.path());
+    let s = Sentry::spawn_with(dir, TCONF, "bench-stamp", &[], &[("TCOUNT", "200")]);
+    // Counted in the cgroups, not asked of Sentry: no command wakes it.
+    wait_for("200 children", || (cgroup_tree_procs(&instance_dir).len() >= 200).then_some(()));
+    let held = || -> Vec<PathBuf> {
+        std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|target| target.starts_with(&instance_dir))
+            .collect()
+    };
+    wait_for_within("Sentry to hold no cgroup directory of a child", std::time::Duration::from_secs(5), || {
+        held().is_empty().then_some(())
+    });
+}
