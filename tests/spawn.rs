@@ -68,6 +68,15 @@ fn tbin(dir: &Path) -> PathBuf {
     bin
 }
 
+/// Whether this test process may create cgroups; says so when it may not.
+fn cgroups_here() -> bool {
+    let ok = cgroups_writable();
+    if !ok {
+        eprintln!("skipped: cgroup v2 is not writable here (not root, no delegation)");
+    }
+    ok
+}
+
 fn exe_of(pid: i32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
@@ -150,8 +159,7 @@ fn every_child_of_a_user_entry_gets_its_groups() {
 
 #[test]
 fn where_clone3_is_refused_children_still_start_in_their_cgroups() {
-    if !cgroups_writable() {
-        eprintln!("skipped: cgroup v2 is not writable here (not root, no delegation)");
+    if !cgroups_here() {
         return;
     }
     let work = TempDir::new("spawn-noclone3-bin");
@@ -261,8 +269,7 @@ fn a_monitor_that_cannot_start_never_stalls_the_supervisor() {
 /// until they had a fd table of their own) without being sent anything.
 #[test]
 fn an_idle_supervisor_keeps_nothing_of_finished_launches() {
-    if !cgroups_writable() {
-        eprintln!("skipped: cgroup v2 is not writable here");
+    if !cgroups_here() {
         return;
     }
     let dir = TempDir::new("spawn-idle");
