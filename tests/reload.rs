@@ -334,9 +334,8 @@ fn reload_exec_runs_a_binary_built_elsewhere_after_its_check() {
     assert!(exe.ends_with("rl_exec_other"), "{exe:?}");
     // The pause is said as the whole window the children were unwatched,
     // which holds the part after execve.
-    let line = wait_for("the handover line", || {
-        s.console().lines().find(|l| l.contains("Handover took")).map(str::to_string)
-    });
+    let line =
+        wait_for("the handover line", || s.console().lines().find(|l| l.contains("Handover took")).map(str::to_string));
     let number = |after: &str| -> f64 {
         let rest = &line[line.find(after).unwrap_or_else(|| panic!("{after:?} in {line}")) + after.len()..];
         rest.split(|c: char| !(c.is_ascii_digit() || c == '.')).next().unwrap().parse().unwrap()

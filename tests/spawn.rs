@@ -85,15 +85,19 @@ fn exe_of(pid: i32) -> Option<PathBuf> {
 fn a_command_is_found_in_the_childs_path_skipping_what_it_may_not_run() {
     let work = TempDir::new("spawn-path-bin");
     let bin = tbin(work.path());
-    let s = Sentry::spawn_with(TempDir::new("spawn-path"), TCONF, "spawn-path", &[], &[("TBIN", bin.to_str().unwrap())])
-        .waiting();
+    let s =
+        Sentry::spawn_with(TempDir::new("spawn-path"), TCONF, "spawn-path", &[], &[("TBIN", bin.to_str().unwrap())])
+            .waiting();
     let pid = s.wait_pids("found", 1)[0];
     assert_eq!(exe_of(pid), Some(bin.join("tsleep")), "the executable tsleep after the non-executable one");
     let console = wait_for("the denied entry's failed start", || {
         let c = s.console();
         c.contains("Cannot start \"tdenied\"").then_some(c)
     });
-    assert!(console.contains("Permission denied"), "execvp says EACCES when only a non-executable was found: {console}");
+    assert!(
+        console.contains("Permission denied"),
+        "execvp says EACCES when only a non-executable was found: {console}"
+    );
     assert!(s.pids("denied").is_empty());
 }
 
@@ -104,8 +108,9 @@ fn a_command_is_found_in_the_childs_path_skipping_what_it_may_not_run() {
 fn a_start_that_fails_in_the_child_says_why() {
     let work = TempDir::new("spawn-late-bin");
     let bin = tbin(work.path());
-    let s = Sentry::spawn_with(TempDir::new("spawn-late"), TCONF, "spawn-path", &[], &[("TBIN", bin.to_str().unwrap())])
-        .waiting();
+    let s =
+        Sentry::spawn_with(TempDir::new("spawn-late"), TCONF, "spawn-path", &[], &[("TBIN", bin.to_str().unwrap())])
+            .waiting();
     let slot_error = |entry: &str| {
         let e = s.entry(entry);
         let slot = e["slots"][0].clone();
@@ -185,7 +190,9 @@ fn where_clone3_is_refused_children_still_start_in_their_cgroups() {
         (log.contains("hello from 0") && log.contains("hello from 1")).then_some(())
     });
     let tsleep = bin.join("tsleep");
-    wait_for("found to run tsleep", || s.pids("found").first().filter(|&&p| exe_of(p) == Some(tsleep.clone())).copied());
+    wait_for("found to run tsleep", || {
+        s.pids("found").first().filter(|&&p| exe_of(p) == Some(tsleep.clone())).copied()
+    });
     for (entry, count) in [("found", 1), ("echo", 2)] {
         let pids = s.wait_pids(entry, count);
         for (slot, pid) in pids.iter().enumerate() {
@@ -252,8 +259,15 @@ fn a_monitor_that_cannot_start_never_stalls_the_supervisor() {
     std::fs::write(limit.0.join("pids.max"), "40").unwrap();
     let script = format!("echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"", limit.0.display());
     let envs = [("SENTRY_CONTAINMENT", "process-group"), ("TCOUNT", "60")];
-    let mut s =
-        Sentry::spawn_wrapped(TempDir::new("spawn-pids"), TCONF, "bench-stamp", &["sh", "-c", &script], &[], &envs, None);
+    let mut s = Sentry::spawn_wrapped(
+        TempDir::new("spawn-pids"),
+        TCONF,
+        "bench-stamp",
+        &["sh", "-c", &script],
+        &[],
+        &envs,
+        None,
+    );
     // A stalled core never gets to say it: it waits on the child first.
     wait_for("Sentry to say a monitor was refused", || s.console().contains("cannot watch").then_some(()));
     // The core still handles what it is sent: a SIGTERM stops everything.

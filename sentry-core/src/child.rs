@@ -92,8 +92,7 @@ pub(crate) fn spawn_helper(target: &str, argv: &[String], cgroup: Option<Borrowe
 /// A child's whole environment: what Sentry's own environment passes on,
 /// then `own` (later entries win), sorted by name.
 fn environment(own: Vec<(OsString, OsString)>) -> Vec<(OsString, OsString)> {
-    let mut env: BTreeMap<OsString, OsString> =
-        std::env::vars_os().filter(|(k, _)| passed_on(k.as_bytes())).collect();
+    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().filter(|(k, _)| passed_on(k.as_bytes())).collect();
     env.extend(own);
     env.into_iter().collect()
 }
@@ -113,7 +112,8 @@ fn passed_on(key: &[u8]) -> bool {
 /// the user's name and home when `.user` is given (`None` with only `.group`).
 fn credentials_of(entry: &EntryConfig) -> io::Result<(Option<Credentials>, Option<(OsString, PathBuf)>)> {
     use nix::unistd::{getgrouplist, Group, User};
-    let not_found = |what: &str, name: &str| io::Error::new(io::ErrorKind::NotFound, format!("no such {what} {name:?}"));
+    let not_found =
+        |what: &str, name: &str| io::Error::new(io::ErrorKind::NotFound, format!("no such {what} {name:?}"));
     let user = match &entry.user {
         Some(name) => Some(User::from_name(name).map_err(io::Error::from)?.ok_or_else(|| not_found("user", name))?),
         None => None,

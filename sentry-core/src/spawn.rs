@@ -547,7 +547,8 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
     let (out_read, out_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
     let (fence_read, fence_write) = pipe()?;
-    let (out_write, err_write, fence_write) = (above_stdio(out_write)?, above_stdio(err_write)?, above_stdio(fence_write)?);
+    let (out_write, err_write, fence_write) =
+        (above_stdio(out_write)?, above_stdio(err_write)?, above_stdio(fence_write)?);
     set_nonblocking(&fence_read)?;
     let mut set = LAUNCHES.with(|l| l.borrow_mut().take_set());
     if let Some(s) = &set {
@@ -829,7 +830,8 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
             let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
             let nofile = libc::RLIMIT_NOFILE as usize;
             if raw(libc::SYS_prlimit64, [0, nofile, 0, &mut old as *mut libc::rlimit as usize, 0, 0]) == 0 {
-                let new = libc::rlimit { rlim_cur: (image.nofile as libc::rlim_t).min(old.rlim_max), rlim_max: old.rlim_max };
+                let new =
+                    libc::rlimit { rlim_cur: (image.nofile as libc::rlim_t).min(old.rlim_max), rlim_max: old.rlim_max };
                 let e = raw(libc::SYS_prlimit64, [0, nofile, &new as *const libc::rlimit as usize, 0, 0, 0]);
                 if e < 0 {
                     fail(Stage::Limit, e);

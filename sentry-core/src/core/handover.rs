@@ -15,7 +15,6 @@ use crossbeam_channel::{Receiver, Sender};
 use super::{Command, Core, CoreOptions, EntryRun, FoundChild, Role, SlotRun, Suspended};
 use crate::budget::later;
 use crate::child::{Monitor, Quiesced, Stream};
-use std::os::fd::AsFd;
 use crate::config::{Config, EntryConfig, WatchConfig};
 use crate::handoff::{
     CoreSnapshot, DrainingSnapshot, EntrySnapshot, ExitSnapshot, HelperSnapshot, KeptFd, PhaseSnapshot,
@@ -24,6 +23,7 @@ use crate::handoff::{
 use crate::lifecycle::{AfterStop, ChildExit, Event, Phase, Slot};
 use crate::output::LineSplitter;
 use crate::{proc, sys, watch, Signal};
+use std::os::fd::AsFd;
 
 impl Core {
     /// Takes over children a previous image left without a readable

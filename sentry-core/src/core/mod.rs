@@ -731,7 +731,6 @@ impl Core {
         }
     }
 
-
     /// Looks, once for every row that is due, for live members of exited
     /// leaders' groups: an empty group's leader is reaped and its slot told;
     /// a lingering one is stopped (once) and looked at again later.

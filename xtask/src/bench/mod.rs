@@ -138,7 +138,14 @@ fn run(plan: &Plan, quick: bool, peers_wanted: bool, work: &Path, unix: u64) -> 
     );
     let (tconf, target_dir) = build_tconf_release()?;
     println!("bench: {} (release)", tconf.display());
-    let ctx = Ctx { stamp: progs.stamp, floor: progs.floor, scan: progs.scan, hog: progs.hog, tconf, work: work.to_path_buf() };
+    let ctx = Ctx {
+        stamp: progs.stamp,
+        floor: progs.floor,
+        scan: progs.scan,
+        hog: progs.hog,
+        tconf,
+        work: work.to_path_buf(),
+    };
     let (mut kinds, missing) = if peers_wanted { targets::peers() } else { (Vec::new(), Vec::new()) };
     for m in &missing {
         println!("bench: peer {m}");
@@ -587,9 +594,9 @@ fn watches(ctx: &Ctx, plan: &Plan, res: &mut Results) {
     let trigger_figure = format!("threshold crossed → SIGTERM delivered, scans every {WATCH_EVERY_MS} ms");
     let outcome = (|| -> Outcome<()> {
         let mut crowd_cmd = Command::new("sh");
-        crowd_cmd.arg("-c").arg(format!(
-            "i=0; while [ $i -lt {WATCH_EXTRA} ]; do sleep 100000 & i=$((i+1)); done; wait"
-        ));
+        crowd_cmd
+            .arg("-c")
+            .arg(format!("i=0; while [ $i -lt {WATCH_EXTRA} ]; do sleep 100000 & i=$((i+1)); done; wait"));
         let crowd = targets::Session::start(crowd_cmd, ctx, "crowd")?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while session_of(crowd.pid).len() < WATCH_EXTRA {
@@ -600,13 +607,18 @@ fn watches(ctx: &Ctx, plan: &Plan, res: &mut Results) {
         }
         let out = Command::new(&ctx.scan).arg("20").output().map_err(|e| format!("cannot run the scan floor: {e}"))?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let us: f64 = text.split_whitespace().next().and_then(|v| v.parse().ok()).ok_or("the scan floor said nothing")?;
+        let us: f64 =
+            text.split_whitespace().next().and_then(|v| v.parse().ok()).ok_or("the scan floor said nothing")?;
         res.add(&scan_figure, "ms", Kind::Floor, us / 1000.0);
 
         let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let tag = format!("bench-hog-{nonce}");
         let every = WATCH_EVERY_MS.to_string();
-        let mut inst = crate::soak::harness::Instance::start(&ctx.tconf, "bench-watch", &[("TPATTERN", tag.as_str()), ("TEVERY", every.as_str())])?;
+        let mut inst = crate::soak::harness::Instance::start(
+            &ctx.tconf,
+            "bench-watch",
+            &[("TPATTERN", tag.as_str()), ("TEVERY", every.as_str())],
+        )?;
         // The first scans read every command line once; later ones only /proc/PID/stat.
         std::thread::sleep(Duration::from_secs(2));
         for _ in 0..plan.scan_windows {
@@ -661,7 +673,9 @@ fn run_ns(pid: i32) -> u64 {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok()?.split_whitespace().next()?.parse::<u64>().ok())
+        .filter_map(|t| {
+            fs::read_to_string(t.path().join("schedstat")).ok()?.split_whitespace().next()?.parse::<u64>().ok()
+        })
         .sum()
 }
 
