@@ -77,17 +77,23 @@ fn cgroups_here() -> bool {
     ok
 }
 
+/// The `spawn-path` scenario running, with its `TBIN` (kept by the
+/// returned directory) and the path of that `TBIN`.
+fn spawn_path(tag: &str) -> (TempDir, PathBuf, Sentry) {
+    let work = TempDir::new(&format!("{tag}-bin"));
+    let bin = tbin(work.path());
+    let s =
+        Sentry::spawn_with(TempDir::new(tag), TCONF, "spawn-path", &[], &[("TBIN", bin.to_str().unwrap())]).waiting();
+    (work, bin, s)
+}
+
 fn exe_of(pid: i32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
 
 #[test]
 fn a_command_is_found_in_the_childs_path_skipping_what_it_may_not_run() {
-    let work = TempDir::new("spawn-path-bin");
-    let bin = tbin(work.path());
-    let s =
-        Sentry::spawn_with(TempDir::new("spawn-path"), TCONF, "spawn-path", &[], &[("TBIN", bin.to_str().unwrap())])
-            .waiting();
+    let (_work, bin, s) = spawn_path("spawn-path");
     let pid = s.wait_pids("found", 1)[0];
     assert_eq!(exe_of(pid), Some(bin.join("tsleep")), "the executable tsleep after the non-executable one");
     let console = wait_for("the denied entry's failed start", || {
@@ -106,11 +112,7 @@ fn a_command_is_found_in_the_childs_path_skipping_what_it_may_not_run() {
 /// and counts as a crash.
 #[test]
 fn a_start_that_fails_in_the_child_says_why() {
-    let work = TempDir::new("spawn-late-bin");
-    let bin = tbin(work.path());
-    let s =
-        Sentry::spawn_with(TempDir::new("spawn-late"), TCONF, "spawn-path", &[], &[("TBIN", bin.to_str().unwrap())])
-            .waiting();
+    let (_work, _bin, s) = spawn_path("spawn-late");
     let slot_error = |entry: &str| {
         let e = s.entry(entry);
         let slot = e["slots"][0].clone();

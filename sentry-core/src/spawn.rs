@@ -188,7 +188,7 @@ struct Inflight {
     program: String,
     fence: OwnedFd,
     stack: Stack,
-    _image: Box<Image>,
+    image: Box<Image>,
     _strings: Vec<CString>,
     _pointers: [Vec<*const libc::c_char>; 3],
     _cwd: Option<CString>,
@@ -225,12 +225,14 @@ impl Launches {
         loop {
             // A child with a table of its own no longer needs its set; the
             // fence can hang up only once the set no longer holds its end.
-            for launch in &mut self.inflight {
-                if launch.set.is_some() && launch._image.unshared.load(Ordering::Acquire) != 0 {
-                    if let Some(set) = launch.set.take() {
-                        self.sets.extend(set.release());
-                    }
-                }
+            let unshared: Vec<FdSet> = self
+                .inflight
+                .iter_mut()
+                .filter(|l| l.image.unshared.load(Ordering::Acquire) != 0)
+                .filter_map(|l| l.set.take())
+                .collect();
+            for set in unshared {
+                self.give_back(Some(set));
             }
             let mut fds: Vec<libc::pollfd> = self
                 .inflight
@@ -276,10 +278,18 @@ impl Launches {
         }
     }
 
-    fn retire(&mut self, mut launch: Inflight) {
-        if let Some(set) = launch.set.take() {
-            self.sets.extend(set.release());
+    /// Puts `set` back in the pool, emptied; one that cannot be emptied is
+    /// closed and no longer counted.
+    fn give_back(&mut self, set: Option<FdSet>) {
+        let Some(set) = set else { return };
+        match set.release() {
+            Some(set) => self.sets.push(set),
+            None => self.set_count -= 1,
         }
+    }
+
+    fn retire(&mut self, mut launch: Inflight) {
+        self.give_back(launch.set.take());
         drop(launch.fence);
         if self.free.len() < SPARE_STACKS {
             self.free.push(launch.stack);
@@ -291,9 +301,7 @@ impl Launches {
     fn ended(&mut self, pid: i32) {
         if let Some(at) = self.inflight.iter().position(|l| l.pid == pid) {
             let mut launch = self.inflight.swap_remove(at);
-            if let Some(set) = launch.set.take() {
-                self.sets.extend(set.release());
-            }
+            self.give_back(launch.set.take());
             // What it said before it died, if anything.
             if let Fence::Failed(e) = read_fence(&launch.fence) {
                 if self.failed.len() < FAILURES_KEPT {
@@ -387,8 +395,15 @@ impl FdSet {
 fn unshare_range_supported() -> bool {
     static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SUPPORTED.get_or_init(|| {
-        let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else { return false };
-        let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+        // SAFETY: uname fills a plain struct; its `release` is NUL-terminated.
+        let release = unsafe {
+            let mut names: libc::utsname = std::mem::zeroed();
+            if libc::uname(&mut names) != 0 {
+                return false;
+            }
+            std::ffi::CStr::from_ptr(names.release.as_ptr()).to_string_lossy().into_owned()
+        };
+        let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
         let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         (major, minor) >= (5, 9)
     })
@@ -558,7 +573,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
             .enumerate()
             .try_for_each(|(i, fd)| s.put(i, fd));
         if placed.is_err() {
-            set = None;
+            LAUNCHES.with(|l| l.borrow_mut().give_back(set.take()));
         }
     }
     let credentials = process.credentials;
@@ -591,9 +606,12 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
     LAUNCHES.with(|launches| {
         let mut launches = launches.borrow_mut();
         launches.settle(None, Duration::ZERO);
-        let stack = match launches.free.pop() {
-            Some(stack) => stack,
-            None => Stack::new()?,
+        let stack = match launches.free.pop().map_or_else(Stack::new, Ok) {
+            Ok(stack) => stack,
+            Err(e) => {
+                launches.give_back(set);
+                return Err(e);
+            }
         };
         let pid = {
             let _blocked = BlockedSignals::all();
@@ -623,9 +641,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
             Ok(pid) => pid,
             Err(e) => {
                 launches.free.push(stack);
-                if let Some(set) = set {
-                    launches.sets.extend(set.release());
-                }
+                launches.give_back(set);
                 return Err(e);
             }
         };
@@ -639,7 +655,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
             program: process.program.to_string_lossy().into_owned(),
             fence: fence_read,
             stack,
-            _image: image,
+            image,
             _strings: strings,
             _pointers: pointers,
             _cwd: cwd,

@@ -8,6 +8,7 @@
 //! each reads in one pass; it knows nothing of how the state crosses exec.
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -23,7 +24,6 @@ use crate::handoff::{
 use crate::lifecycle::{AfterStop, ChildExit, Event, Phase, Slot};
 use crate::output::LineSplitter;
 use crate::{proc, sys, watch, Signal};
-use std::os::fd::AsFd;
 
 impl Core {
     /// Takes over children a previous image left without a readable
