@@ -128,6 +128,35 @@ pub(crate) fn check_config(config: &Config, limit: u64, what: &str) -> Result<()
     check(children, config.entries.len(), limit, what)
 }
 
+/// Grows this process's fd table at once to hold [`fds_needed`] for
+/// `children` processes over `entries` entries (at most up to the soft
+/// open-file limit), so that opening them later never grows it.
+///
+/// The kernel doubles a full table, and a table shared by several threads
+/// (or by a child that has not yet unshared it, see `spawn`) grows only
+/// after an RCU grace period (`expand_fdtable` in `fs/file.c`): 5–15 ms
+/// each on these machines. A supervisor reaching 4 000 fds one at a time,
+/// its monitor threads running, paid six of them; one `F_DUPFD` to the
+/// last number needed pays at most one, before the threads exist. Best
+/// effort: a failure leaves the table to grow as it would have.
+pub(crate) fn reserve_fds(children: usize, entries: usize) {
+    let last = fds_needed(children, entries).min(nofile().0).saturating_sub(1);
+    if last < 256 {
+        return;
+    }
+    // SAFETY: F_DUPFD_CLOEXEC of stderr (or of whichever of the standard
+    // fds is open) to a new number, closed at once; no fd is taken over.
+    unsafe {
+        for source in 0..3 {
+            let fd = libc::fcntl(source, libc::F_DUPFD_CLOEXEC, last as libc::c_int);
+            if fd >= 0 {
+                libc::close(fd);
+                return;
+            }
+        }
+    }
+}
+
 /// `at + d`, or a far future if that cannot be represented: deadlines
 /// saturate instead of panicking.
 pub(crate) fn later(at: Instant, d: Duration) -> Instant {
@@ -152,6 +181,27 @@ pub(crate) fn far_future(at: Instant) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fd table's size (`FDSize` of /proc/self/status).
+    fn fd_table_size() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status.lines().find_map(|l| l.strip_prefix("FDSize:")).unwrap().trim().parse().unwrap()
+    }
+
+    #[test]
+    fn the_fd_table_is_grown_once_to_what_the_children_will_need() {
+        let children = 1000;
+        let wanted = fds_needed(children, 1).min(nofile().0);
+        if wanted < 512 {
+            eprintln!("skipped: the soft open-file limit ({}) is too low to show a reservation", nofile().0);
+            return;
+        }
+        reserve_fds(children, 1);
+        assert!(fd_table_size() >= wanted, "FDSize {} < {wanted}", fd_table_size());
+        // The probe fd was closed again: a new fd still gets a low number.
+        let f = std::fs::File::open("/dev/null").unwrap();
+        assert!((std::os::fd::AsRawFd::as_raw_fd(&f) as u64) < 256);
+    }
 
     #[test]
     fn the_budget_formula() {

@@ -76,6 +76,7 @@ mod spec;
 mod status;
 mod supervisor;
 mod sys;
+mod thread;
 mod watch;
 
 pub use cli::sentry;

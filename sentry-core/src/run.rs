@@ -43,6 +43,7 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Resu
     budget::limit_arenas();
     let config = Config::from_specs(specs)?;
     budget::check_config(&config, limit, "RLIMIT_NOFILE, raised to the hard limit")?;
+    budget::reserve_fds(config.entries.iter().map(|e| e.count).sum(), config.entries.len());
     // What the caller left open (a shell's or cargo's jobserver fds) is not
     // passed on to builds, checks or the next image.
     sys::cloexec_inherited();
@@ -110,6 +111,8 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
         Ok(h) => h,
         Err(why) => return resume_without_snapshot(specs, paths, &why),
     };
+    let entries = &handoff.core.entries;
+    budget::reserve_fds(entries.iter().map(|e| e.slots.len()).sum::<usize>(), entries.len());
     let kept = handoff.instance;
     let paths = Paths { name: kept.name.clone(), dir: kept.dir.clone(), crate_dir: kept.crate_dir.clone() };
     let lock = match kept.pidfile.adopt() {
@@ -576,8 +579,9 @@ impl Instance {
         let fds: Vec<RawFd> = [kept.pidfile.fd, kept.listener.fd, kept.signal_pipe.0.fd, kept.signal_pipe.1.fd]
             .into_iter()
             .chain(suspended.fds.iter().map(|f| f.as_raw_fd()))
+            .chain(suspended.pidfds.iter().copied())
             .collect();
-        let Suspended { snapshot, fds: owned, unwatched_since_ns } = suspended;
+        let Suspended { snapshot, fds: owned, unwatched_since_ns, parked, pidfds } = suspended;
         let exec_at_ns = sys::unix_now_ns();
         // Everything said so far must reach the console before the exec —
         // within a deadline: a stdout nobody reads must not block it.
@@ -611,7 +615,7 @@ impl Instance {
         self.console = Some(Console::stdout());
         say_dropped(self, console_dropped);
         self.http.lock().unwrap_or_else(|p| p.into_inner()).listener = Some(listener);
-        (error, Suspended { snapshot: handoff.core, fds: owned, unwatched_since_ns })
+        (error, Suspended { snapshot: handoff.core, fds: owned, unwatched_since_ns, parked, pidfds })
     }
 
     /// Resumes after a failed exec: the same core state, the old configuration.
@@ -619,6 +623,11 @@ impl Instance {
         // The snapshot refers to these fds by number; restore takes them back.
         for fd in suspended.fds {
             let _ = fd.into_raw_fd();
+        }
+        for p in suspended.parked {
+            if let Some(fd) = p.release().filter(|fd| suspended.pidfds.contains(&fd.as_raw_fd())) {
+                let _ = fd.into_raw_fd();
+            }
         }
         let (mut core, warnings) =
             Core::restore(suspended.snapshot, self.options(InfoSnapshot::default()), self.tx.clone(), self.rx.clone());

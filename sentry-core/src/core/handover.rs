@@ -8,14 +8,13 @@
 //! each reads in one pass; it knows nothing of how the state crosses exec.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Command, Core, CoreOptions, EntryRun, FoundChild, Role, SlotRun, Suspended};
+use super::{Adoption, Command, Core, CoreOptions, EntryRun, FoundChild, Role, SlotRun, Suspended};
 use crate::budget::later;
-use crate::child::{Monitor, Quiesced, Stream};
+use crate::child::{Quiesced, Stream};
 use crate::config::{Config, EntryConfig, WatchConfig};
 use crate::handoff::{
     CoreSnapshot, DrainingSnapshot, EntrySnapshot, ExitSnapshot, HelperSnapshot, KeptFd, PhaseSnapshot,
@@ -131,14 +130,15 @@ impl Core {
         self.stop_watcher();
         let now = Instant::now();
         let rows = std::mem::take(&mut self.procs);
-        // From here the children are unwatched: every monitor is told at
-        // once (one write to the fd they all poll), then each is joined
-        // (they end in parallel).
+        // From here the children are unwatched: each monitor's pipes and
+        // unwritten bytes are taken, and its thread stays parked, without
+        // being woken, until the exec ends it (see `child::Shared`).
         let unwatched_since_ns = sys::unix_now_ns();
-        match &self.suspend_all {
-            Some(all) => sys::eventfd_signal(all.as_fd()),
-            None => rows.values().filter_map(|row| row.monitor.as_ref()).for_each(Monitor::stop_soon),
-        }
+        let mut parked = Vec::new();
+        // The pidfds of unreaped children, kept open across the exec; only
+        // those the snapshot names go (see `Suspended::pidfds`).
+        let mut pidfds: HashMap<i32, KeptFd> = HashMap::new();
+        let mut kept_pidfds = Vec::new();
         let mut fds = Vec::new();
         let mut keep = |q: Option<Quiesced>| -> Vec<StreamSnapshot> {
             let streams = q.map(|q| q.streams).unwrap_or_default();
@@ -159,8 +159,24 @@ impl Core {
         let mut cgroups: HashMap<i32, std::path::PathBuf> = HashMap::new();
         let mut loose = Vec::new();
         let mut draining = Vec::new();
+        let mut starttimes: HashMap<i32, u64> = HashMap::new();
         for (_, row) in rows {
-            let q = row.monitor.map(|m| m.join());
+            let (q, pidfd) = match row.monitor {
+                Some(m) => {
+                    let (q, p) = m.park();
+                    let pidfd = p.pidfd().filter(|_| !row.reaped).and_then(|fd| KeptFd::of(&fd).ok());
+                    parked.push(p);
+                    (Some(q), pidfd)
+                }
+                None => (None, None),
+            };
+            let mut keep_pidfd = || {
+                kept_pidfds.extend(pidfd.map(|fd| fd.fd));
+                pidfd
+            };
+            if !row.reaped {
+                starttimes.insert(row.pid, row.starttime);
+            }
             let cgroup = row.cgroup.as_ref().map(|c| c.path().to_path_buf());
             match (&row.role, row.reaped) {
                 (Role::Pipes { entry }, _) | (Role::Slot { entry, .. } | Role::Stuck { entry, .. }, true) => {
@@ -180,6 +196,9 @@ impl Core {
                     if let Some(q) = q {
                         quiesced.insert(row.pid, q);
                     }
+                    if let Some(fd) = pidfd {
+                        pidfds.insert(row.pid, fd);
+                    }
                     if let Some(path) = cgroup {
                         cgroups.insert(row.pid, path);
                     }
@@ -195,6 +214,7 @@ impl Core {
                     killed: true,
                     cgroup,
                     stuck: Some(*index),
+                    pidfd: keep_pidfd(),
                 }),
                 (Role::Helper { kill_at, killed, .. } | Role::Stray { kill_at, killed }, false) => {
                     let target = match &row.role {
@@ -216,16 +236,22 @@ impl Core {
                         killed: *killed,
                         cgroup,
                         stuck: None,
+                        pidfd: keep_pidfd(),
                     })
                 }
             }
         }
         let left = |at: Instant| at.saturating_duration_since(now).as_millis() as u64;
         let ago = |at: Instant| now.saturating_duration_since(at).as_millis() as u64;
-        let process = |pid: i32, since: Instant| ProcessSnapshot {
-            pid,
-            starttime: proc::identity(pid).map(|id| id.starttime).unwrap_or(0),
-            up_ms: now.saturating_duration_since(since).as_millis() as u64,
+        let mut process = |pid: i32, since: Instant| {
+            let pidfd = pidfds.remove(&pid);
+            kept_pidfds.extend(pidfd.map(|fd| fd.fd));
+            ProcessSnapshot {
+                pid,
+                starttime: starttimes.get(&pid).copied().unwrap_or(0),
+                up_ms: now.saturating_duration_since(since).as_millis() as u64,
+                pidfd,
+            }
         };
         let exited_ms_ago = |then: AfterStop| match then {
             AfterStop::Policy { exited_at } => Some(ago(exited_at)),
@@ -292,7 +318,7 @@ impl Core {
             watches: self.config.watches.iter().map(|w| w.to_snapshot()).collect(),
             cgroup: self.options.fence.tree().map(|t| t.root().to_path_buf()),
         };
-        Suspended { snapshot, fds, unwatched_since_ns }
+        Suspended { snapshot, fds, unwatched_since_ns, parked, pidfds: kept_pidfds }
     }
 
     /// Rebuilds a core from a snapshot taken by a previous image (or by this
@@ -311,6 +337,9 @@ impl Core {
         let mut core = Core::new(Config::default(), options, tx, rx);
         let me = std::process::id() as i32;
         let mut gone = Vec::new();
+        // The slots' processes, watched all at once below.
+        let mut adoptions = Vec::new();
+        let mut slot_of: HashMap<u64, (usize, usize)> = HashMap::new();
         for (i, es) in snapshot.entries.into_iter().enumerate() {
             let config = EntryConfig::from_snapshot(&es.config).unwrap_or_else(|e| {
                 warnings.push(format!("entry {}: {e}; its rules are dropped", es.config.name));
@@ -370,7 +399,11 @@ impl Core {
                 );
                 let streams = adopt_streams(&ss.streams, &mut warnings);
                 let Some(p) = process else { continue };
-                let ours = proc::stat(p.pid).is_some_and(|s| (s.ppid, s.starttime) == (me, p.starttime));
+                // A kept pidfd is the process itself (our child: only we
+                // reap it); without one, (ppid, starttime) is checked.
+                let pidfd = p.pidfd.and_then(KeptFd::adopt);
+                let ours =
+                    pidfd.is_some() || proc::stat(p.pid).is_some_and(|s| (s.ppid, s.starttime) == (me, p.starttime));
                 if !ours {
                     warnings.push(format!("{name}.{} is no longer our child: counted as an exit", p.pid));
                     gone.push((i, ss.index));
@@ -384,11 +417,17 @@ impl Core {
                 let role = Role::Slot { entry: name.clone(), index: ss.index };
                 let gen = core.new_gen();
                 let cgroup = core.cgroup_at(ss.cgroup.as_deref(), p.pid);
-                if let Err(e) = core.adopt_process(gen, p.pid, role, streams, &name, cgroup, Some(p.starttime)) {
-                    warnings.push(format!("cannot watch {name}.{}: {e}; it was stopped", p.pid));
-                    gone.push((i, ss.index));
-                }
+                let known = Some((p.starttime, pidfd));
+                adoptions.push(Adoption { gen, pid: p.pid, role, streams, log_as: name.clone(), cgroup, known });
+                slot_of.insert(gen, (i, ss.index));
             }
+        }
+        for (gen, e) in core.adopt_all(adoptions) {
+            let (i, index) = slot_of[&gen];
+            let name = &core.entries[i].config.name;
+            let pid = core.entries[i].slots.get(&index).and_then(|s| s.slot.pid()).unwrap_or(0);
+            warnings.push(format!("cannot watch {name}.{pid}: {e}; it was stopped"));
+            gone.push((i, index));
         }
         for d in snapshot.draining {
             let streams = adopt_streams(&d.streams, &mut warnings);
@@ -398,7 +437,8 @@ impl Core {
         }
         for h in snapshot.helpers {
             let streams = adopt_streams(&h.streams, &mut warnings);
-            let ours = proc::stat(h.pid).is_some_and(|s| (s.ppid, s.starttime) == (me, h.starttime));
+            let pidfd = h.pidfd.and_then(KeptFd::adopt);
+            let ours = pidfd.is_some() || proc::stat(h.pid).is_some_and(|s| (s.ppid, s.starttime) == (me, h.starttime));
             if !ours {
                 if !streams.is_empty() {
                     let _ = core.drain_pipes(&h.target, h.pid, streams);
@@ -418,7 +458,8 @@ impl Core {
             let stuck = matches!(role, Role::Stuck { .. });
             let gen = core.new_gen();
             let cgroup = core.cgroup_at(h.cgroup.as_deref(), h.pid);
-            if let Err(e) = core.adopt_process(gen, h.pid, role, streams, &h.target, cgroup, None) {
+            if let Err(e) = core.adopt_process(gen, h.pid, role, streams, &h.target, cgroup, Some((h.starttime, pidfd)))
+            {
                 if !h.stray && !stuck {
                     core.helpers.release(&h.rule);
                 }

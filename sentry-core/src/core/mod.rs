@@ -218,6 +218,26 @@ pub(crate) struct Suspended {
     /// Unix time (ns) the first monitor was told to stop: from then on the
     /// children were unwatched.
     pub unwatched_since_ns: u64,
+    /// The stopped monitors, whose threads wait for the exec to end them
+    /// (after a failed exec, [`child::Parked::release`] does).
+    pub parked: Vec<child::Parked>,
+    /// The numbers of the pidfds the snapshot names (held by `parked`):
+    /// kept open across the exec.
+    pub pidfds: Vec<std::os::fd::RawFd>,
+}
+
+/// A process to put in the process table and watch (see [`Core::adopt_all`]).
+pub(crate) struct Adoption {
+    pub gen: u64,
+    pub pid: i32,
+    pub role: Role,
+    pub streams: Vec<Stream>,
+    /// The entry its output is logged as.
+    pub log_as: String,
+    pub cgroup: Option<Cgroup>,
+    /// Its starttime and pidfd, when known (a restored child's); otherwise
+    /// both are looked up.
+    pub known: Option<(u64, Option<OwnedFd>)>,
 }
 
 /// A child found in /proc (after an unreadable snapshot), to adopt or stop.
@@ -348,10 +368,6 @@ pub(crate) struct Core {
     helpers: Arc<watch::HelperGate>,
     /// Notice of lingering cgroups that change, under cgroup containment.
     events: Option<cgroup::EventWatch>,
-    /// Made readable once to stop every monitor at once (`suspend`); one
-    /// fd for all, polled by each (none if it could not be made: then each
-    /// monitor is told on its own).
-    suspend_all: Option<Arc<OwnedFd>>,
     options: CoreOptions,
     tx: Sender<Command>,
     rx: Receiver<Command>,
@@ -377,7 +393,6 @@ impl Core {
             watch_state: watch::State::default(),
             helpers: Arc::default(),
             events: None,
-            suspend_all: sys::eventfd().ok().map(Arc::new),
             options,
             tx,
             rx,
@@ -571,35 +586,75 @@ impl Core {
         streams: Vec<Stream>,
         log_as: &str,
         cgroup: Option<Cgroup>,
-        starttime: Option<u64>,
+        known: Option<(u64, Option<OwnedFd>)>,
     ) -> std::io::Result<u64> {
-        let mut row = match starttime {
-            Some(t) => Proc::known(pid, role, t),
-            None => Proc::new(pid, role),
+        let adoption = Adoption { gen, pid, role, streams, log_as: log_as.to_string(), cgroup, known };
+        self.adopt_all(vec![adoption]).pop().map_or(Ok(gen), |(_, e)| Err(e))
+    }
+
+    /// [`Core::adopt_process`] for many processes at once (a restored
+    /// core's): their monitor threads are made by two threads, on two CPUs,
+    /// since the children are unwatched until the last one runs. Returns the
+    /// adoptions that failed, by generation, with why (those processes were
+    /// killed and reaped).
+    fn adopt_all(&mut self, adoptions: Vec<Adoption>) -> Vec<(u64, std::io::Error)> {
+        let mut rows = Vec::with_capacity(adoptions.len());
+        let mut starts = Vec::with_capacity(adoptions.len());
+        for a in adoptions {
+            let (mut row, pidfd) = match a.known {
+                Some((t, pidfd)) => (Proc::known(a.pid, a.role, t), pidfd),
+                None => (Proc::new(a.pid, a.role), None),
+            };
+            row.cgroup = a.cgroup;
+            let sink = self.sink(&a.log_as, a.pid);
+            let tx = self.tx.clone();
+            let notify = move |note| {
+                let _ = tx.send(Command::Child(note));
+            };
+            starts.push(move || Monitor::start(a.gen, a.pid, pidfd, a.streams, sink, false, notify));
+            rows.push((a.gen, row));
+        }
+        // Below this many, a second thread costs more than it saves.
+        const SHARED_FROM: usize = 64;
+        let monitors: Vec<std::io::Result<Monitor>> = if starts.len() < SHARED_FROM {
+            starts.into_iter().map(|start| start()).collect()
+        } else {
+            let second = starts.split_off(starts.len() / 2);
+            std::thread::scope(|scope| {
+                let other = scope.spawn(move || second.into_iter().map(|start| start()).collect::<Vec<_>>());
+                let mut first: Vec<_> = starts.into_iter().map(|start| start()).collect();
+                match other.join() {
+                    Ok(rest) => first.extend(rest),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+                first
+            })
         };
-        row.cgroup = cgroup;
-        let sink = self.sink(log_as, pid);
-        match self.monitor(gen, pid, streams, sink, false) {
-            Ok(m) => {
-                row.monitor = Some(m);
-                self.procs.insert(gen, row);
-                self.ledger_dirty = true;
-                Ok(gen)
-            }
-            Err(e) => {
-                row.signal(Signal::SIGKILL);
-                sys::signal_group(pid, Signal::SIGKILL);
-                // The child itself, too: it may not have made its process
-                // group yet (starts do not wait for the exec), and the reap
-                // below must not wait on a child nobody signalled. It is
-                // our unreaped child, so the PID is its own.
-                // SAFETY: kill of our own unreaped child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                sys::reap(pid);
-                crate::spawn::reaped(pid);
-                Err(e)
+        let mut failed = Vec::new();
+        for ((gen, mut row), monitor) in rows.into_iter().zip(monitors) {
+            match monitor {
+                Ok(m) => {
+                    row.monitor = Some(m);
+                    self.procs.insert(gen, row);
+                    self.ledger_dirty = true;
+                }
+                Err(e) => {
+                    let pid = row.pid;
+                    row.signal(Signal::SIGKILL);
+                    sys::signal_group(pid, Signal::SIGKILL);
+                    // The child itself, too: it may not have made its process
+                    // group yet (starts do not wait for the exec), and the reap
+                    // below must not wait on a child nobody signalled. It is
+                    // our unreaped child, so the PID is its own.
+                    // SAFETY: kill of our own unreaped child.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    sys::reap(pid);
+                    crate::spawn::reaped(pid);
+                    failed.push((gen, e));
+                }
             }
         }
+        failed
     }
 
     /// Runs `spawn` with the placement of a fresh leaf `<group>/<name>` for
@@ -681,10 +736,9 @@ impl Core {
     fn drain_pipes(&mut self, entry: &str, pid: i32, streams: Vec<Stream>) -> std::io::Result<()> {
         let gen = self.new_gen();
         let sink = self.sink(entry, pid);
-        let monitor = self.monitor(gen, pid, streams, sink, true)?;
-        let mut row = Proc::new(pid, Role::Pipes { entry: entry.to_string() });
+        let monitor = self.monitor(gen, pid, None, streams, sink, true)?;
+        let mut row = Proc::known(pid, Role::Pipes { entry: entry.to_string() }, 0);
         row.reaped = true;
-        row.starttime = 0;
         row.monitor = Some(monitor);
         self.procs.insert(gen, row);
         Ok(())
@@ -888,6 +942,7 @@ impl Core {
                         let _ = reply.send(Err(e));
                         return;
                     }
+                    crate::budget::reserve_fds(others + count, self.entries.len());
                 }
                 self.entries[i].target = count;
                 self.reconcile(i, now);
@@ -1157,12 +1212,13 @@ impl Core {
         &mut self,
         gen: u64,
         pid: i32,
+        pidfd: Option<OwnedFd>,
         streams: Vec<Stream>,
         sink: LineSink,
         reaped: bool,
     ) -> std::io::Result<Monitor> {
         let tx = self.tx.clone();
-        Monitor::start(gen, pid, streams, sink, reaped, self.suspend_all.clone(), move |note| {
+        Monitor::start(gen, pid, pidfd, streams, sink, reaped, move |note| {
             let _ = tx.send(Command::Child(note));
         })
     }

@@ -27,9 +27,10 @@ use serde_json::{json, Value};
 use crate::soak::harness::{stat, Outcome};
 use targets::{is_stamp, launch, Ctx, Kind, Running};
 
-pub const USAGE: &str = "usage: cargo xtask bench [--quick] [--no-peers]\n  \
+pub const USAGE: &str = "usage: cargo xtask bench [--quick] [--no-peers] [--only GROUP,…]\n  \
     --quick     fewer samples, idle over 5 s, no reload at 1 000 children (a few minutes)\n  \
-    --no-peers  measure only the floor and Sentry\n\
+    --no-peers  measure only the floor and Sentry\n  \
+    --only      measure only these groups: respawn, mass (with idle), bringup, reload, watch\n\
     Sentry inherits the environment: SENTRY_CONTAINMENT=process-group measures it without cgroups.";
 
 /// How many samples of what. `--quick` is a smoke run.
@@ -114,10 +115,20 @@ impl Results {
 pub fn main(args: &[String]) -> Result<(), String> {
     let mut quick = false;
     let mut peers_wanted = true;
-    for a in args {
+    let mut only: Option<Vec<String>> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--no-peers" => peers_wanted = false,
+            "--only" => {
+                let groups: Vec<String> =
+                    it.next().ok_or("--only needs a value")?.split(',').map(|g| g.trim().to_string()).collect();
+                if let Some(bad) = groups.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+                    return Err(format!("unknown group {bad:?} (one of {})\n{USAGE}", GROUPS.join(", ")));
+                }
+                only = Some(groups);
+            }
             other => return Err(format!("unexpected argument {other:?}\n{USAGE}")),
         }
     }
@@ -125,12 +136,23 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let work = std::env::temp_dir().join(format!("sentry-bench-{}-{}", std::process::id(), nonce.as_nanos()));
     fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
-    let outcome = run(&plan, quick, peers_wanted, &work, nonce.as_secs());
+    let wanted = |g: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == g));
+    let outcome = run(&plan, quick, peers_wanted, &wanted, &work, nonce.as_secs());
     let _ = fs::remove_dir_all(&work);
     outcome
 }
 
-fn run(plan: &Plan, quick: bool, peers_wanted: bool, work: &Path, unix: u64) -> Result<(), String> {
+/// The groups of figures `--only` chooses from.
+const GROUPS: [&str; 5] = ["respawn", "mass", "bringup", "reload", "watch"];
+
+fn run(
+    plan: &Plan,
+    quick: bool,
+    peers_wanted: bool,
+    wanted: &dyn Fn(&str) -> bool,
+    work: &Path,
+    unix: u64,
+) -> Result<(), String> {
     let progs = programs::build(work)?;
     println!(
         "bench: floor and child compiled with cc -O2 (child linked {})",
@@ -157,11 +179,19 @@ fn run(plan: &Plan, quick: bool, peers_wanted: bool, work: &Path, unix: u64) -> 
     let t0 = Instant::now();
     for &kind in &kinds {
         println!("bench: {} …", kind.name());
-        respawn(&ctx, kind, plan, &mut res);
-        mass_and_idle(&ctx, kind, plan, &mut res);
-        bringups(&ctx, kind, plan, &mut res);
-        if kind == Kind::Sentry {
+        if wanted("respawn") {
+            respawn(&ctx, kind, plan, &mut res);
+        }
+        if wanted("mass") {
+            mass_and_idle(&ctx, kind, plan, &mut res);
+        }
+        if wanted("bringup") {
+            bringups(&ctx, kind, plan, &mut res);
+        }
+        if kind == Kind::Sentry && wanted("reload") {
             reload_lines = reloads(&ctx, plan, &mut res);
+        }
+        if kind == Kind::Sentry && wanted("watch") {
             watches(&ctx, plan, &mut res);
         }
     }
