@@ -194,6 +194,8 @@ struct Shared {
     changed: Condvar,
 }
 
+// One per monitor, inside its `Arc`: boxing `Work` would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Hand {
     /// The thread watches.
     Watching(Work),
