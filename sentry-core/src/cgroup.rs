@@ -326,7 +326,7 @@ impl Tree {
 
     fn cgroup(&self, path: PathBuf) -> Cgroup {
         let rel = rel_path(&self.mount, &self.mount_root, &path).unwrap_or_else(|| path.display().to_string());
-        Cgroup { path, rel }
+        Cgroup { path, rel, cpu_base_usec: 0 }
     }
 
     /// Removes `<group>` if it is empty (its last leaf went away).
@@ -383,13 +383,17 @@ fn remove_tree(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// One leaf cgroup: the whole tree of one process Sentry started.
+/// One leaf cgroup: the whole tree of one process Sentry started. A slot
+/// keeps its leaf from one process to the next when the next starts at
+/// once (delay 0); the CPU its earlier processes used is then subtracted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Cgroup {
     /// Its directory.
     path: PathBuf,
     /// Its path as `/proc/PID/cgroup` shows it.
     rel: String,
+    /// `cpu.stat` `usage_usec` when its current process started in it (µs).
+    cpu_base_usec: u64,
 }
 
 /// What a cgroup holds and has used.
@@ -397,8 +401,9 @@ pub(crate) struct Cgroup {
 pub(crate) struct Figures {
     /// Live processes in it and in cgroups below it (`cgroup.procs`).
     pub processes: usize,
-    /// CPU time used by everything that ever ran in it (`cpu.stat`
-    /// `usage_usec`), in microseconds.
+    /// CPU time used by everything that ran in it (`cpu.stat`
+    /// `usage_usec`), in microseconds; [`Cgroup::figures`] counts only its
+    /// current process's tree.
     pub cpu_usec: u64,
     /// Its memory in bytes: `memory.current` where the memory controller
     /// is enabled, else the summed PSS of its processes.
@@ -462,10 +467,26 @@ impl Cgroup {
         remove_tree(&self.path)
     }
 
-    /// What it holds and has used; `memory` says whether to read
-    /// `memory.current` (the controller is on) or sum the PSS.
+    /// What it holds and its current process has used; `memory` says
+    /// whether to read `memory.current` (the controller is on) or sum the PSS.
     pub fn figures(&self, memory: bool) -> Figures {
-        figures_of(&self.path, memory)
+        let mut f = figures_of(&self.path, memory);
+        f.cpu_usec = f.cpu_usec.saturating_sub(self.cpu_base_usec);
+        f
+    }
+
+    /// The CPU used in it so far counts as its earlier processes' (µs).
+    pub fn set_cpu_base(&mut self, usec: u64) {
+        self.cpu_base_usec = usec;
+    }
+
+    pub fn cpu_base(&self) -> u64 {
+        self.cpu_base_usec
+    }
+
+    /// `cpu.stat` `usage_usec`: CPU used by everything that ever ran in it (µs).
+    pub fn cpu_used(&self) -> u64 {
+        fs::read_to_string(self.path.join("cpu.stat")).ok().and_then(|t| stat_value(&t, "usage_usec")).unwrap_or(0)
     }
 }
 
@@ -787,7 +808,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let mut sleep = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
         fs::write(dir.join("cgroup.procs"), format!("{}\n", sleep.id())).unwrap();
-        let leaf = Cgroup { path: dir.clone(), rel: "/not/where/the/sleep/is".to_string() };
+        let leaf = Cgroup { path: dir.clone(), rel: "/not/where/the/sleep/is".to_string(), cpu_base_usec: 0 };
         assert_eq!(leaf.signal(Signal::SIGKILL), 1);
         assert_eq!(fs::read_to_string(dir.join("cgroup.kill")).unwrap(), "1");
         assert!(sleep.try_wait().unwrap().is_none(), "not signalled one by one");

@@ -50,6 +50,7 @@ impl Core {
                         slot: Slot { phase: Phase::Running { pid: child.pid, since: now }, crashes: 0 },
                         started_at: sys::unix_now(),
                         error: None,
+                        spare: None,
                     },
                 );
                 Some((e.config.name.clone(), index))
@@ -128,6 +129,7 @@ impl Core {
     /// kept as bytes) and describes the whole state. The children run on.
     pub(super) fn suspend(&mut self) -> Suspended {
         self.stop_watcher();
+        self.join_closed();
         let now = Instant::now();
         let rows = std::mem::take(&mut self.procs);
         // From here the children are unwatched: each monitor's pipes and
@@ -156,7 +158,7 @@ impl Core {
         // Every monitor stops; the pipes of unreaped processes go with their
         // slot or helper, those of reaped ones are drained by the next image.
         let mut quiesced: HashMap<i32, Quiesced> = HashMap::new();
-        let mut cgroups: HashMap<i32, std::path::PathBuf> = HashMap::new();
+        let mut cgroups: HashMap<i32, (std::path::PathBuf, u64)> = HashMap::new();
         let mut loose = Vec::new();
         let mut draining = Vec::new();
         let mut starttimes: HashMap<i32, u64> = HashMap::new();
@@ -199,8 +201,8 @@ impl Core {
                     if let Some(fd) = pidfd {
                         pidfds.insert(row.pid, fd);
                     }
-                    if let Some(path) = cgroup {
-                        cgroups.insert(row.pid, path);
+                    if let (Some(path), Some(c)) = (cgroup, &row.cgroup) {
+                        cgroups.insert(row.pid, (path, c.cpu_base()));
                     }
                 }
                 (Role::Stuck { entry, index }, false) => loose.push(HelperSnapshot {
@@ -291,7 +293,8 @@ impl Core {
                     phase,
                     streams,
                     error: run.error.clone(),
-                    cgroup: run.slot.pid().and_then(|pid| cgroups.remove(&pid)),
+                    cgroup_cpu_base_usec: run.slot.pid().and_then(|pid| cgroups.get(&pid)).map_or(0, |c| c.1),
+                    cgroup: run.slot.pid().and_then(|pid| cgroups.remove(&pid)).map(|c| c.0),
                 });
             }
             entries.push(EntrySnapshot {
@@ -395,7 +398,12 @@ impl Core {
                 };
                 core.entries[i].slots.insert(
                     ss.index,
-                    SlotRun { slot: Slot { phase, crashes: ss.crashes }, started_at: ss.started_at, error: ss.error },
+                    SlotRun {
+                        slot: Slot { phase, crashes: ss.crashes },
+                        started_at: ss.started_at,
+                        error: ss.error,
+                        spare: None,
+                    },
                 );
                 let streams = adopt_streams(&ss.streams, &mut warnings);
                 let Some(p) = process else { continue };
@@ -416,7 +424,10 @@ impl Core {
                 }
                 let role = Role::Slot { entry: name.clone(), index: ss.index };
                 let gen = core.new_gen();
-                let cgroup = core.cgroup_at(ss.cgroup.as_deref(), p.pid);
+                let mut cgroup = core.cgroup_at(ss.cgroup.as_deref(), p.pid);
+                if let Some(c) = &mut cgroup {
+                    c.set_cpu_base(ss.cgroup_cpu_base_usec);
+                }
                 let known = Some((p.starttime, pidfd));
                 adoptions.push(Adoption { gen, pid: p.pid, role, streams, log_as: name.clone(), cgroup, known });
                 slot_of.insert(gen, (i, ss.index));
