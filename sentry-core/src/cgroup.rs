@@ -326,7 +326,7 @@ impl Tree {
 
     fn cgroup(&self, path: PathBuf) -> Cgroup {
         let rel = rel_path(&self.mount, &self.mount_root, &path).unwrap_or_else(|| path.display().to_string());
-        Cgroup { path, rel, cpu_base_usec: 0 }
+        Cgroup { path, rel }
     }
 
     /// Removes `<group>` if it is empty (its last leaf went away).
@@ -383,17 +383,13 @@ fn remove_tree(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// One leaf cgroup: the whole tree of one process Sentry started. A slot
-/// keeps its leaf from one process to the next when the next starts at
-/// once (delay 0); the CPU its earlier processes used is then subtracted.
+/// One leaf cgroup: the whole tree of one process Sentry started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Cgroup {
     /// Its directory.
     path: PathBuf,
     /// Its path as `/proc/PID/cgroup` shows it.
     rel: String,
-    /// `cpu.stat` `usage_usec` when its current process started in it (µs).
-    cpu_base_usec: u64,
 }
 
 /// What a cgroup holds and has used.
@@ -401,9 +397,8 @@ pub(crate) struct Cgroup {
 pub(crate) struct Figures {
     /// Live processes in it and in cgroups below it (`cgroup.procs`).
     pub processes: usize,
-    /// CPU time used by everything that ran in it (`cpu.stat`
-    /// `usage_usec`), in microseconds; [`Cgroup::figures`] counts only its
-    /// current process's tree.
+    /// CPU time used by everything that ever ran in it (`cpu.stat`
+    /// `usage_usec`), in microseconds.
     pub cpu_usec: u64,
     /// Its memory in bytes: `memory.current` where the memory controller
     /// is enabled, else the summed PSS of its processes.
@@ -436,7 +431,10 @@ impl Cgroup {
     /// Whether any live process is in it (`cgroup.events`); a cgroup that
     /// is gone or unreadable holds nothing.
     pub fn populated(&self) -> bool {
-        fs::read_to_string(self.path.join("cgroup.events")).is_ok_and(|t| events_populated(&t))
+        // One read of a small file (it holds two short lines): no size query.
+        let mut buf = [0u8; 128];
+        let read = fs::File::open(self.path.join("cgroup.events")).and_then(|mut f| io::Read::read(&mut f, &mut buf));
+        read.is_ok_and(|n| events_populated(&String::from_utf8_lossy(&buf[..n])))
     }
 
     /// The PIDs of its live processes now.
@@ -467,26 +465,10 @@ impl Cgroup {
         remove_tree(&self.path)
     }
 
-    /// What it holds and its current process has used; `memory` says
-    /// whether to read `memory.current` (the controller is on) or sum the PSS.
+    /// What it holds and has used; `memory` says whether to read
+    /// `memory.current` (the controller is on) or sum the PSS.
     pub fn figures(&self, memory: bool) -> Figures {
-        let mut f = figures_of(&self.path, memory);
-        f.cpu_usec = f.cpu_usec.saturating_sub(self.cpu_base_usec);
-        f
-    }
-
-    /// The CPU used in it so far counts as its earlier processes' (µs).
-    pub fn set_cpu_base(&mut self, usec: u64) {
-        self.cpu_base_usec = usec;
-    }
-
-    pub fn cpu_base(&self) -> u64 {
-        self.cpu_base_usec
-    }
-
-    /// `cpu.stat` `usage_usec`: CPU used by everything that ever ran in it (µs).
-    pub fn cpu_used(&self) -> u64 {
-        fs::read_to_string(self.path.join("cpu.stat")).ok().and_then(|t| stat_value(&t, "usage_usec")).unwrap_or(0)
+        figures_of(&self.path, memory)
     }
 }
 
@@ -808,7 +790,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let mut sleep = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
         fs::write(dir.join("cgroup.procs"), format!("{}\n", sleep.id())).unwrap();
-        let leaf = Cgroup { path: dir.clone(), rel: "/not/where/the/sleep/is".to_string(), cpu_base_usec: 0 };
+        let leaf = Cgroup { path: dir.clone(), rel: "/not/where/the/sleep/is".to_string() };
         assert_eq!(leaf.signal(Signal::SIGKILL), 1);
         assert_eq!(fs::read_to_string(dir.join("cgroup.kill")).unwrap(), "1");
         assert!(sleep.try_wait().unwrap().is_none(), "not signalled one by one");

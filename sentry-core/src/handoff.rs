@@ -328,10 +328,6 @@ pub(crate) struct SlotSnapshot {
     /// Its process's cgroup directory, under cgroup containment.
     #[serde(default)]
     pub cgroup: Option<std::path::PathBuf>,
-    /// The CPU that cgroup had used before its process started in it (µs):
-    /// a slot keeps its cgroup across a restart at once.
-    #[serde(default)]
-    pub cgroup_cpu_base_usec: u64,
 }
 
 /// A slot's phase, with instants as durations from the snapshot.

@@ -560,13 +560,14 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
         .chain([std::ptr::null()])
         .collect();
 
-    let stdin = above_stdio(open_null()?)?;
-    let (out_read, out_write) = pipe()?;
-    let (err_read, err_write) = pipe()?;
-    let (fence_read, fence_write) = pipe()?;
+    let stdin = null()?;
+    let (out_read, out_write) = pipe(0)?;
+    let (err_read, err_write) = pipe(0)?;
+    // Non-blocking at both ends: the child's one 8-byte write never waits
+    // on an empty pipe, and the core only ever polls the read end.
+    let (fence_read, fence_write) = pipe(libc::O_NONBLOCK)?;
     let (out_write, err_write, fence_write) =
         (above_stdio(out_write)?, above_stdio(err_write)?, above_stdio(fence_write)?);
-    set_nonblocking(&fence_read)?;
     let mut set = LAUNCHES.with(|l| l.borrow_mut().take_set());
     if let Some(s) = &set {
         let placed = [stdin.as_raw_fd(), out_write.as_raw_fd(), err_write.as_raw_fd(), fence_write.as_raw_fd()]
@@ -657,7 +658,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
         // The child has its own copies (or, sharing the table, the set's
         // until it unshares); a failed or finished child must leave the
         // fence at end of file.
-        drop((stdin, out_write, err_write, fence_write));
+        drop((out_write, err_write, fence_write));
         launches.inflight.push(Inflight {
             pid,
             set,
@@ -1097,25 +1098,26 @@ unsafe fn clone_glibc(stack: &Stack, image: &Image, share_files: bool) -> io::Re
     Ok(pid)
 }
 
-fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: F_GETFL/F_SETFL on an fd we own.
-    unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A close-on-exec pipe, with `flags` (`O_NONBLOCK`) on both ends.
+fn pipe(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fds into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | flags) } != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: fresh fds owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `/dev/null`, opened once (above the standard fds) and shared by every
+/// launch as its child's stdin.
+fn null() -> io::Result<BorrowedFd<'static>> {
+    static NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = NULL.get() {
+        return Ok(std::os::fd::AsFd::as_fd(fd));
+    }
+    let fd = above_stdio(open_null()?)?;
+    Ok(std::os::fd::AsFd::as_fd(NULL.get_or_init(|| fd)))
 }
 
 fn open_null() -> io::Result<OwnedFd> {

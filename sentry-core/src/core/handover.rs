@@ -50,7 +50,6 @@ impl Core {
                         slot: Slot { phase: Phase::Running { pid: child.pid, since: now }, crashes: 0 },
                         started_at: sys::unix_now(),
                         error: None,
-                        spare: None,
                     },
                 );
                 Some((e.config.name.clone(), index))
@@ -158,7 +157,7 @@ impl Core {
         // Every monitor stops; the pipes of unreaped processes go with their
         // slot or helper, those of reaped ones are drained by the next image.
         let mut quiesced: HashMap<i32, Quiesced> = HashMap::new();
-        let mut cgroups: HashMap<i32, (std::path::PathBuf, u64)> = HashMap::new();
+        let mut cgroups: HashMap<i32, std::path::PathBuf> = HashMap::new();
         let mut loose = Vec::new();
         let mut draining = Vec::new();
         let mut starttimes: HashMap<i32, u64> = HashMap::new();
@@ -201,8 +200,8 @@ impl Core {
                     if let Some(fd) = pidfd {
                         pidfds.insert(row.pid, fd);
                     }
-                    if let (Some(path), Some(c)) = (cgroup, &row.cgroup) {
-                        cgroups.insert(row.pid, (path, c.cpu_base()));
+                    if let Some(path) = cgroup {
+                        cgroups.insert(row.pid, path);
                     }
                 }
                 (Role::Stuck { entry, index }, false) => loose.push(HelperSnapshot {
@@ -293,8 +292,7 @@ impl Core {
                     phase,
                     streams,
                     error: run.error.clone(),
-                    cgroup_cpu_base_usec: run.slot.pid().and_then(|pid| cgroups.get(&pid)).map_or(0, |c| c.1),
-                    cgroup: run.slot.pid().and_then(|pid| cgroups.remove(&pid)).map(|c| c.0),
+                    cgroup: run.slot.pid().and_then(|pid| cgroups.remove(&pid)),
                 });
             }
             entries.push(EntrySnapshot {
@@ -398,12 +396,7 @@ impl Core {
                 };
                 core.entries[i].slots.insert(
                     ss.index,
-                    SlotRun {
-                        slot: Slot { phase, crashes: ss.crashes },
-                        started_at: ss.started_at,
-                        error: ss.error,
-                        spare: None,
-                    },
+                    SlotRun { slot: Slot { phase, crashes: ss.crashes }, started_at: ss.started_at, error: ss.error },
                 );
                 let streams = adopt_streams(&ss.streams, &mut warnings);
                 let Some(p) = process else { continue };
@@ -424,10 +417,7 @@ impl Core {
                 }
                 let role = Role::Slot { entry: name.clone(), index: ss.index };
                 let gen = core.new_gen();
-                let mut cgroup = core.cgroup_at(ss.cgroup.as_deref(), p.pid);
-                if let Some(c) = &mut cgroup {
-                    c.set_cpu_base(ss.cgroup_cpu_base_usec);
-                }
+                let cgroup = core.cgroup_at(ss.cgroup.as_deref(), p.pid);
                 let known = Some((p.starttime, pidfd));
                 adoptions.push(Adoption { gen, pid: p.pid, role, streams, log_as: name.clone(), cgroup, known });
                 slot_of.insert(gen, (i, ss.index));

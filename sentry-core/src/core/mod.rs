@@ -328,16 +328,11 @@ struct SlotRun {
     started_at: u64,
     /// Why the last attempt to start a process failed, until one starts.
     error: Option<String>,
-    /// The empty cgroup of its last process, while the slot's exit is
-    /// applied: a start at once (delay 0) takes it again instead of
-    /// removing it and making another (two of the slowest steps of a
-    /// respawn); otherwise it is removed.
-    spare: Option<Cgroup>,
 }
 
 impl SlotRun {
     fn new(now: Instant) -> SlotRun {
-        SlotRun { slot: Slot::new(now), started_at: 0, error: None, spare: None }
+        SlotRun { slot: Slot::new(now), started_at: 0, error: None }
     }
 }
 
@@ -436,8 +431,8 @@ impl Core {
                 |name: &str| procs.values().any(|p| matches!(&p.role, Role::Stuck { entry, .. } if entry == name));
             self.entries.retain(|e| !(e.removed && e.slots.is_empty() && !stuck(&e.config.name)));
             self.check_groups(now);
-            self.join_closed();
             self.fire_due(now);
+            self.join_closed();
             self.answer_waiters(now);
             if self.shutting_down && self.finished(now) {
                 break;
@@ -564,8 +559,7 @@ impl Core {
     /// Starts an `exec` action's program, watched like a child and reaped by the core.
     fn run_helper(&mut self, target: &str, rule: String, argv: Vec<String>) {
         let gen = self.new_gen();
-        let spawned =
-            self.spawn_in(target, &format!("exec.{gen}"), gen, None, |fd| child::spawn_helper(target, &argv, fd));
+        let spawned = self.spawn_in(target, &format!("exec.{gen}"), gen, |fd| child::spawn_helper(target, &argv, fd));
         let (spawned, cgroup) = match spawned {
             Ok(s) => s,
             Err(e) => {
@@ -667,42 +661,19 @@ impl Core {
         failed
     }
 
-    /// Runs `spawn` with the placement of a leaf for row `gen` (under
-    /// cgroup containment; none otherwise): `spare`, the empty leaf of the
-    /// slot's last process, or else a fresh `<group>/<name>`. The leaf is
+    /// Runs `spawn` with the placement of a fresh leaf `<group>/<name>` for
+    /// row `gen` (under cgroup containment; none otherwise); the leaf is
     /// removed again if the start fails.
     fn spawn_in(
         &self,
         group: &str,
         name: &str,
         gen: u64,
-        spare: Option<Cgroup>,
         spawn: impl FnOnce(Option<BorrowedFd<'_>>) -> std::io::Result<child::Spawned>,
     ) -> std::io::Result<(child::Spawned, Option<Cgroup>)> {
-        let reused = spare.is_some();
-        let (cgroup, placement) = match spare {
-            Some(leaf) => match leaf.placement() {
-                Ok(fd) => (Some(leaf), Some(fd)),
-                Err(_) => {
-                    let _ = leaf.remove();
-                    self.leaf(group, name, gen)?
-                }
-            },
-            None => self.leaf(group, name, gen)?,
-        };
+        let (cgroup, placement) = self.leaf(group, name, gen)?;
         match spawn(placement.as_ref().map(|fd| fd.as_fd())) {
-            Ok(spawned) => {
-                // What its earlier processes used is not the new one's. Read
-                // after the clone (off the respawn's path): the microseconds
-                // the child runs before its exec count as theirs.
-                let cgroup = cgroup.map(|mut c| {
-                    if reused {
-                        c.set_cpu_base(c.cpu_used());
-                    }
-                    c
-                });
-                Ok((spawned, cgroup))
-            }
+            Ok(spawned) => Ok((spawned, cgroup)),
             Err(e) => {
                 if let Some(c) = cgroup {
                     let _ = c.remove();
@@ -747,11 +718,6 @@ impl Core {
     /// watch's helpers): a restart does not remove and remake it.
     fn remove_cgroup(&mut self, gen: u64, cgroup: Cgroup) {
         self.tree_cache.borrow_mut().remove(&gen);
-        self.remove_leaf(cgroup);
-    }
-
-    /// [`Core::remove_cgroup`] for a leaf no row has any more (a slot's spare).
-    fn remove_leaf(&mut self, cgroup: Cgroup) {
         if let Err(e) = cgroup.remove() {
             self.options.console.say(&format!("Cannot remove the cgroup {}: {e}.", cgroup.path().display()));
         }
@@ -907,77 +873,37 @@ impl Core {
                 self.procs.remove(&gen);
             }
         }
-        let mut spare = None;
         if let Some(cgroup) = cgroup {
-            match &role {
-                Role::Slot { .. } => {
-                    self.tree_cache.borrow_mut().remove(&gen);
-                    spare = Some(cgroup);
-                }
-                Role::Stuck { entry, .. } => {
-                    let text = format!("What outlived SIGKILL in the cgroup {} is gone.", cgroup.name());
-                    self.options.console.event(entry, pid, &text);
-                    self.remove_cgroup(gen, cgroup);
-                }
-                _ => self.remove_cgroup(gen, cgroup),
+            if let Role::Stuck { entry, .. } = &role {
+                let text = format!("What outlived SIGKILL in the cgroup {} is gone.", cgroup.name());
+                self.options.console.event(entry, pid, &text);
             }
+            self.remove_cgroup(gen, cgroup);
         }
         if let Role::Slot { entry, index } = role {
-            let slot_of = |core: &Core| {
-                let i = core.entries.iter().position(|e| e.config.name == entry)?;
-                let current = core.entries[i].slots.get(&index).and_then(|s| s.slot.pid()) == Some(pid);
-                current.then_some(i)
-            };
-            let Some(i) = slot_of(self) else {
-                if let Some(cgroup) = spare {
-                    self.remove_leaf(cgroup);
-                }
+            let Some(i) = self.entries.iter().position(|e| e.config.name == entry) else { return };
+            let e = &mut self.entries[i];
+            if e.slots.get(&index).and_then(|s| s.slot.pid()) != Some(pid) {
                 return;
-            };
-            if let Some(run) = self.entries[i].slots.get_mut(&index) {
-                run.spare = spare;
             }
-            self.slot_gone(i, index, pid, exit, exited_unix, start_error, now);
-            // Not taken by a start at once: removed as before.
-            let left = self.entries.get_mut(i).and_then(|e| e.slots.get_mut(&index)).and_then(|r| r.spare.take());
-            if let Some(cgroup) = left {
-                self.remove_leaf(cgroup);
+            // A stop Sentry asked for is no failure of the process's own.
+            let asked = e.slots.get(&index).is_some_and(|s| match s.slot.phase {
+                Phase::Stopping { then, .. } | Phase::Killing { then, .. } | Phase::Unkillable { then, .. } => {
+                    !matches!(then, AfterStop::Policy { .. })
+                }
+                _ => false,
+            });
+            // A start that failed in the child is a failed start, as one
+            // refused before the clone: no exit recorded, no restart counted.
+            let running = e.slots.get(&index).is_some_and(|s| matches!(s.slot.phase, Phase::Running { .. }));
+            if let (Some(error), Some(run), true) = (&start_error, e.slots.get_mut(&index), running) {
+                run.error = Some(format!("cannot start {:?}: {error}", e.config.command));
+                self.apply(i, index, Event::SpawnFailed { now });
+                return;
             }
+            e.record_exit(index, exit, exited_unix, asked, now);
+            self.apply(i, index, Event::Exited { exit, now });
         }
-    }
-
-    /// The process of slot `index` of entry `i` is gone: its exit is
-    /// recorded and applied.
-    #[allow(clippy::too_many_arguments)]
-    fn slot_gone(
-        &mut self,
-        i: usize,
-        index: usize,
-        pid: i32,
-        exit: ChildExit,
-        exited_unix: u64,
-        start_error: Option<String>,
-        now: Instant,
-    ) {
-        let e = &mut self.entries[i];
-        debug_assert_eq!(e.slots.get(&index).and_then(|s| s.slot.pid()), Some(pid));
-        // A stop Sentry asked for is no failure of the process's own.
-        let asked = e.slots.get(&index).is_some_and(|s| match s.slot.phase {
-            Phase::Stopping { then, .. } | Phase::Killing { then, .. } | Phase::Unkillable { then, .. } => {
-                !matches!(then, AfterStop::Policy { .. })
-            }
-            _ => false,
-        });
-        // A start that failed in the child is a failed start, as one
-        // refused before the clone: no exit recorded, no restart counted.
-        let running = e.slots.get(&index).is_some_and(|s| matches!(s.slot.phase, Phase::Running { .. }));
-        if let (Some(error), Some(run), true) = (&start_error, e.slots.get_mut(&index), running) {
-            run.error = Some(format!("cannot start {:?}: {error}", e.config.command));
-            self.apply(i, index, Event::SpawnFailed { now });
-            return;
-        }
-        e.record_exit(index, exit, exited_unix, asked, now);
-        self.apply(i, index, Event::Exited { exit, now });
     }
 
     fn handle(&mut self, command: Command) {
@@ -986,8 +912,8 @@ impl Core {
             Command::Child(ChildNote::Exited { gen }) => self.leader_exited(gen, now),
             Command::Child(ChildNote::Closed { gen }) => {
                 let Some(row) = self.procs.get_mut(&gen) else { return };
-                // Joined after this round's group checks: a respawn does
-                // not wait for the old monitor's thread to finish ending.
+                // Joined after this round's group checks and starts: a
+                // respawn does not wait for the old monitor's thread to end.
                 self.closed.extend(row.monitor.take());
                 if row.reaped {
                     self.procs.remove(&gen);
@@ -1211,9 +1137,7 @@ impl Core {
                 },
                 Effect::CountRestart => self.entries[i].restarts += 1,
                 Effect::Vacate => {
-                    if let Some(spare) = self.entries[i].slots.remove(&index).and_then(|run| run.spare) {
-                        self.remove_leaf(spare);
-                    }
+                    self.entries[i].slots.remove(&index);
                 }
             }
         }
@@ -1254,10 +1178,9 @@ impl Core {
     /// Starts slot `index` of entry `i` and says how that went.
     fn spawn(&mut self, i: usize, index: usize) -> Event {
         let gen = self.new_gen();
-        let spare = self.entries[i].slots.get_mut(&index).and_then(|r| r.spare.take());
         let config = &self.entries[i].config;
         let name = config.name.clone();
-        let spawned = self.spawn_in(&name, &index.to_string(), gen, spare, |fd| child::spawn(config, index, fd));
+        let spawned = self.spawn_in(&name, &index.to_string(), gen, |fd| child::spawn(config, index, fd));
         let (spawned, cgroup) = match spawned {
             Ok(s) => s,
             Err(e) => {
