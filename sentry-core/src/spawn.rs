@@ -33,10 +33,11 @@
 //!   Credentials change by raw `setgroups`/`setgid`/`setuid`: glibc's
 //!   wrappers would, in a process it believes multi-threaded, signal every
 //!   thread of *Sentry* to change theirs too (`setxid`).
-//! - Signals: the caller blocks them all around the clone; the child resets
-//!   every handler Sentry installed (its handler table is a copy, no
-//!   `CLONE_SIGHAND`) and SIGPIPE to the default, then empties its mask just
-//!   before `execve`. A signal for the child in between stays pending for the
+//! - Signals: the caller blocks them all around the clone; every handler
+//!   Sentry installed starts at the default in the child (`clone3`'s
+//!   `CLONE_CLEAR_SIGHAND`; after glibc's `clone` the child resets each one:
+//!   its handler table is a copy, no `CLONE_SIGHAND`), the child sets SIGPIPE
+//!   to the default, then empties its mask just before `execve`. A signal for the child in between stays pending for the
 //!   new program; a Sentry handler never runs in the child — a SIGTERM there
 //!   would otherwise tell *Sentry* to stop.
 //! - Its fd table is Sentry's (`CLONE_FILES`) only until its first step,
