@@ -623,13 +623,21 @@ impl Core {
         let monitors: Vec<std::io::Result<Monitor>> = if starts.len() < SHARED_FROM {
             starts.into_iter().map(|start| start()).collect()
         } else {
-            let second = starts.split_off(starts.len() / 2);
+            // Handed over through a lock, so that a second thread that
+            // cannot be made (EAGAIN at a tasks limit) loses nothing: this
+            // thread then makes them all.
+            let second = std::sync::Mutex::new(Some(starts.split_off(starts.len() / 2)));
+            let take = || second.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+            fn run<F: FnOnce() -> std::io::Result<Monitor>>(starts: Vec<F>) -> Vec<std::io::Result<Monitor>> {
+                starts.into_iter().map(|start| start()).collect()
+            }
             std::thread::scope(|scope| {
-                let other = scope.spawn(move || second.into_iter().map(|start| start()).collect::<Vec<_>>());
-                let mut first: Vec<_> = starts.into_iter().map(|start| start()).collect();
-                match other.join() {
-                    Ok(rest) => first.extend(rest),
-                    Err(panic) => std::panic::resume_unwind(panic),
+                let other = std::thread::Builder::new().name("sentry-adopt".into()).spawn_scoped(scope, || run(take()));
+                let mut first = run(starts);
+                match other.map(|o| o.join()) {
+                    Ok(Ok(rest)) => first.extend(rest),
+                    Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                    Err(_) => first.extend(run(take())),
                 }
                 first
             })
