@@ -364,6 +364,27 @@ pub(crate) enum PhaseSnapshot {
     },
 }
 
+impl PhaseSnapshot {
+    /// The slot's process, if it has one.
+    pub fn process(&self) -> Option<&ProcessSnapshot> {
+        match self {
+            PhaseSnapshot::Idle | PhaseSnapshot::Pending { .. } => None,
+            PhaseSnapshot::Running { process }
+            | PhaseSnapshot::Stopping { process, .. }
+            | PhaseSnapshot::Killing { process, .. }
+            | PhaseSnapshot::Unkillable { process, .. } => Some(process),
+        }
+    }
+}
+
+impl CoreSnapshot {
+    /// The numbers of the children's pidfds it names: kept open across the exec.
+    pub fn pidfds(&self) -> Vec<RawFd> {
+        let slots = self.entries.iter().flat_map(|e| &e.slots).filter_map(|s| s.phase.process()?.pidfd);
+        slots.chain(self.helpers.iter().filter_map(|h| h.pidfd)).map(|k| k.fd).collect()
+    }
+}
+
 /// A child process, identified by (pid, starttime).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub(crate) struct ProcessSnapshot {

@@ -579,9 +579,9 @@ impl Instance {
         let fds: Vec<RawFd> = [kept.pidfile.fd, kept.listener.fd, kept.signal_pipe.0.fd, kept.signal_pipe.1.fd]
             .into_iter()
             .chain(suspended.fds.iter().map(|f| f.as_raw_fd()))
-            .chain(suspended.pidfds.iter().copied())
+            .chain(suspended.snapshot.pidfds())
             .collect();
-        let Suspended { snapshot, fds: owned, unwatched_since_ns, parked, pidfds } = suspended;
+        let Suspended { snapshot, fds: owned, unwatched_since_ns, parked } = suspended;
         let exec_at_ns = sys::unix_now_ns();
         // Everything said so far must reach the console before the exec —
         // within a deadline: a stdout nobody reads must not block it.
@@ -615,7 +615,7 @@ impl Instance {
         self.console = Some(Console::stdout());
         say_dropped(self, console_dropped);
         self.http.lock().unwrap_or_else(|p| p.into_inner()).listener = Some(listener);
-        (error, Suspended { snapshot: handoff.core, fds: owned, unwatched_since_ns, parked, pidfds })
+        (error, Suspended { snapshot: handoff.core, fds: owned, unwatched_since_ns, parked })
     }
 
     /// Resumes after a failed exec: the same core state, the old configuration.
@@ -624,8 +624,9 @@ impl Instance {
         for fd in suspended.fds {
             let _ = fd.into_raw_fd();
         }
+        let named: std::collections::HashSet<RawFd> = suspended.snapshot.pidfds().into_iter().collect();
         for p in suspended.parked {
-            if let Some(fd) = p.release().filter(|fd| suspended.pidfds.contains(&fd.as_raw_fd())) {
+            if let Some(fd) = p.release().filter(|fd| named.contains(&fd.as_raw_fd())) {
                 let _ = fd.into_raw_fd();
             }
         }

@@ -136,10 +136,8 @@ impl Core {
         // being woken, until the exec ends it (see `child::Shared`).
         let unwatched_since_ns = sys::unix_now_ns();
         let mut parked = Vec::new();
-        // The pidfds of unreaped children, kept open across the exec; only
-        // those the snapshot names go (see `Suspended::pidfds`).
+        // The pidfds of unreaped slots' children, kept open across the exec.
         let mut pidfds: HashMap<i32, KeptFd> = HashMap::new();
-        let mut kept_pidfds = Vec::new();
         let mut fds = Vec::new();
         let mut keep = |q: Option<Quiesced>| -> Vec<StreamSnapshot> {
             let streams = q.map(|q| q.streams).unwrap_or_default();
@@ -170,10 +168,6 @@ impl Core {
                     (Some(q), pidfd)
                 }
                 None => (None, None),
-            };
-            let mut keep_pidfd = || {
-                kept_pidfds.extend(pidfd.map(|fd| fd.fd));
-                pidfd
             };
             if !row.reaped {
                 starttimes.insert(row.pid, row.starttime);
@@ -215,7 +209,7 @@ impl Core {
                     killed: true,
                     cgroup,
                     stuck: Some(*index),
-                    pidfd: keep_pidfd(),
+                    pidfd,
                 }),
                 (Role::Helper { kill_at, killed, .. } | Role::Stray { kill_at, killed }, false) => {
                     let target = match &row.role {
@@ -237,22 +231,18 @@ impl Core {
                         killed: *killed,
                         cgroup,
                         stuck: None,
-                        pidfd: keep_pidfd(),
+                        pidfd,
                     })
                 }
             }
         }
         let left = |at: Instant| at.saturating_duration_since(now).as_millis() as u64;
         let ago = |at: Instant| now.saturating_duration_since(at).as_millis() as u64;
-        let mut process = |pid: i32, since: Instant| {
-            let pidfd = pidfds.remove(&pid);
-            kept_pidfds.extend(pidfd.map(|fd| fd.fd));
-            ProcessSnapshot {
-                pid,
-                starttime: starttimes.get(&pid).copied().unwrap_or(0),
-                up_ms: now.saturating_duration_since(since).as_millis() as u64,
-                pidfd,
-            }
+        let mut process = |pid: i32, since: Instant| ProcessSnapshot {
+            pid,
+            starttime: starttimes.get(&pid).copied().unwrap_or(0),
+            up_ms: now.saturating_duration_since(since).as_millis() as u64,
+            pidfd: pidfds.remove(&pid),
         };
         let exited_ms_ago = |then: AfterStop| match then {
             AfterStop::Policy { exited_at } => Some(ago(exited_at)),
@@ -319,7 +309,7 @@ impl Core {
             watches: self.config.watches.iter().map(|w| w.to_snapshot()).collect(),
             cgroup: self.options.fence.tree().map(|t| t.root().to_path_buf()),
         };
-        Suspended { snapshot, fds, unwatched_since_ns, parked, pidfds: kept_pidfds }
+        Suspended { snapshot, fds, unwatched_since_ns, parked }
     }
 
     /// Rebuilds a core from a snapshot taken by a previous image (or by this

@@ -219,11 +219,9 @@ pub(crate) struct Suspended {
     /// children were unwatched.
     pub unwatched_since_ns: u64,
     /// The stopped monitors, whose threads wait for the exec to end them
-    /// (after a failed exec, [`child::Parked::release`] does).
+    /// (after a failed exec, [`child::Parked::release`] does); they hold
+    /// the pidfds the snapshot names ([`CoreSnapshot::pidfds`]).
     pub parked: Vec<child::Parked>,
-    /// The numbers of the pidfds the snapshot names (held by `parked`):
-    /// kept open across the exec.
-    pub pidfds: Vec<std::os::fd::RawFd>,
 }
 
 /// A process to put in the process table and watch (see [`Core::adopt_all`]).
@@ -611,26 +609,23 @@ impl Core {
             };
             row.cgroup = a.cgroup;
             let sink = self.sink(&a.log_as, a.pid);
-            let tx = self.tx.clone();
-            let notify = move |note| {
-                let _ = tx.send(Command::Child(note));
-            };
+            let notify = self.notifier();
             starts.push(move || Monitor::start(a.gen, a.pid, pidfd, a.streams, sink, false, notify));
             rows.push((a.gen, row));
         }
+        fn run<F: FnOnce() -> std::io::Result<Monitor>>(starts: Vec<F>) -> Vec<std::io::Result<Monitor>> {
+            starts.into_iter().map(|start| start()).collect()
+        }
         // Below this many, a second thread costs more than it saves.
         const SHARED_FROM: usize = 64;
-        let monitors: Vec<std::io::Result<Monitor>> = if starts.len() < SHARED_FROM {
-            starts.into_iter().map(|start| start()).collect()
+        let monitors = if starts.len() < SHARED_FROM {
+            run(starts)
         } else {
             // Handed over through a lock, so that a second thread that
             // cannot be made (EAGAIN at a tasks limit) loses nothing: this
             // thread then makes them all.
             let second = std::sync::Mutex::new(Some(starts.split_off(starts.len() / 2)));
             let take = || second.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
-            fn run<F: FnOnce() -> std::io::Result<Monitor>>(starts: Vec<F>) -> Vec<std::io::Result<Monitor>> {
-                starts.into_iter().map(|start| start()).collect()
-            }
             std::thread::scope(|scope| {
                 let other = std::thread::Builder::new().name("sentry-adopt".into()).spawn_scoped(scope, || run(take()));
                 let mut first = run(starts);
@@ -1229,10 +1224,15 @@ impl Core {
         sink: LineSink,
         reaped: bool,
     ) -> std::io::Result<Monitor> {
+        Monitor::start(gen, pid, pidfd, streams, sink, reaped, self.notifier())
+    }
+
+    /// How a monitor tells the core what it saw.
+    fn notifier(&self) -> impl Fn(ChildNote) + Send + 'static {
         let tx = self.tx.clone();
-        Monitor::start(gen, pid, pidfd, streams, sink, reaped, move |note| {
+        move |note| {
             let _ = tx.send(Command::Child(note));
-        })
+        }
     }
 
     fn sink(&mut self, entry: &str, pid: i32) -> LineSink {
