@@ -459,6 +459,15 @@ impl Cgroup {
         proc::cgroup_v2(pid).is_some_and(|c| within(&c, &self.rel))
     }
 
+    /// Removes it if nothing is in it — no live process, no cgroup below
+    /// (rmdir(2) fails with EBUSY otherwise); whether it is gone.
+    pub fn remove_if_empty(&self) -> bool {
+        match fs::remove_dir(&self.path) {
+            Ok(()) => true,
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        }
+    }
+
     /// Removes it and whatever cgroups its processes made inside it (all
     /// must be empty).
     pub fn remove(&self) -> io::Result<()> {

@@ -4,6 +4,7 @@
 //! pipe). [`LineSplitter`] turns a byte stream into lines and keeps the
 //! unfinished rest. This module knows nothing of the core or of processes.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -38,9 +39,26 @@ pub(crate) struct Console {
 }
 
 /// A cheap handle to queue console lines.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(crate) struct ConsoleHandle {
     tx: Option<Sender<Option<String>>>,
+    /// A [`holding`](ConsoleHandle::holding) handle's lines, kept until
+    /// [`release`](ConsoleHandle::release) (at most [`CONSOLE_BACKLOG`]).
+    held: Option<RefCell<Vec<String>>>,
+}
+
+/// A clone sends at once, even of a holding handle.
+impl Clone for ConsoleHandle {
+    fn clone(&self) -> ConsoleHandle {
+        ConsoleHandle { tx: self.tx.clone(), held: None }
+    }
+}
+
+/// What is held is sent, not lost.
+impl Drop for ConsoleHandle {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl Console {
@@ -83,7 +101,7 @@ impl Console {
     }
 
     pub fn handle(&self) -> ConsoleHandle {
-        ConsoleHandle { tx: self.tx.clone() }
+        ConsoleHandle { tx: self.tx.clone(), held: None }
     }
 
     /// Writes what is queued, then stops the writer thread — within
@@ -131,7 +149,36 @@ impl ConsoleHandle {
         }
     }
 
+    /// The same console, but lines are kept until [`ConsoleHandle::release`]:
+    /// the core's, so that waking the console thread (and being preempted
+    /// by it) happens after a restart, not in its middle.
+    pub fn holding(mut self) -> ConsoleHandle {
+        self.held = Some(RefCell::new(Vec::new()));
+        self
+    }
+
+    /// Sends the lines held so far, in order.
+    pub fn release(&self) {
+        let Some(held) = &self.held else { return };
+        let lines = std::mem::take(&mut *held.borrow_mut());
+        for line in lines {
+            self.send(line);
+        }
+    }
+
     fn push(&self, line: String) {
+        match &self.held {
+            Some(held) if self.tx.is_some() => {
+                let mut held = held.borrow_mut();
+                if held.len() < CONSOLE_BACKLOG {
+                    held.push(line);
+                }
+            }
+            _ => self.send(line),
+        }
+    }
+
+    fn send(&self, line: String) {
         if let Some(tx) = &self.tx {
             match tx.try_send(Some(line)) {
                 Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::build::{self, BuildError};
-use crate::core::Command;
+use crate::core::{Command, Post};
 use crate::handoff::HANDOFF_VERSION;
 use crate::http::ControlServer;
 use crate::output::ConsoleHandle;
@@ -45,7 +45,7 @@ pub(crate) struct ReloadContext {
     pub crate_dir: Option<PathBuf>,
     /// The binary Sentry was first started from: re-exec'd when nothing can be built.
     pub exe: PathBuf,
-    pub core: Sender<Command>,
+    pub core: Post,
     pub console: ConsoleHandle,
     pub http: Arc<Mutex<Http>>,
 }

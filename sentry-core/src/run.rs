@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::cgroup::{self, Fence};
 use crate::config::Config;
-use crate::core::{max_stop_wait, Command, Core, CoreExit, CoreOptions, FoundChild, Suspended};
+use crate::core::{max_stop_wait, Command, Core, CoreExit, CoreOptions, FoundChild, Mailbox, Post, Suspended};
 use crate::handoff::{self, Handoff, InfoSnapshot, InstanceSnapshot, KeptFd, HANDOFF_VERSION};
 use crate::http::{ControlServer, Routes};
 use crate::instance::{self, Paths, PidLock};
@@ -376,8 +376,8 @@ struct Instance {
     lock: PidLock,
     token: String,
     console: Option<Console>,
-    tx: Sender<Command>,
-    rx: Receiver<Command>,
+    tx: Post,
+    rx: Mailbox,
     http: Arc<Mutex<Http>>,
     reloader: Reloader,
     signals: Option<SignalThread>,
@@ -408,7 +408,10 @@ impl Instance {
         settle: Duration,
     ) -> Result<Instance, (Error, PidLock)> {
         let console = Console::stdout();
-        let (tx, rx) = unbounded();
+        let (tx, rx) = match crate::core::channel() {
+            Ok(pair) => pair,
+            Err(e) => return Err((Error::io("cannot make the core's mailbox", e), lock)),
+        };
         let http = Arc::new(Mutex::new(Http::default()));
         let (closing, shutdown) = bounded(1);
         let context = ReloadContext {

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{after, bounded, never, select, unbounded, Receiver, Sender, TryRecvError};
+use crossbeam_channel::{after, bounded, never, select, Receiver, TryRecvError};
 
 use crate::config::Config;
-use crate::core::{Command, Core, CoreOptions};
+use crate::core::{Command, Core, CoreOptions, Post};
 use crate::handoff::InfoSnapshot;
 use crate::output::ConsoleHandle;
 use crate::status::{EntryStatus, Status};
@@ -27,7 +27,7 @@ use crate::{sys, Error, Spec};
 /// the request): `Error::ShuttingDown`, or `Error::NoAnswer` after the time.
 #[derive(Clone)]
 pub(crate) struct CoreHandle {
-    tx: Sender<Command>,
+    tx: Post,
     /// The longest wait for a status, and for a scale or restart to settle.
     status_wait: Option<Duration>,
     settle_wait: Option<Duration>,
@@ -38,7 +38,7 @@ pub(crate) struct CoreHandle {
 }
 
 impl CoreHandle {
-    pub fn new(tx: Sender<Command>) -> CoreHandle {
+    pub fn new(tx: Post) -> CoreHandle {
         CoreHandle { tx, status_wait: None, settle_wait: None, cancel: never(), interrupt: never() }
     }
 
@@ -139,7 +139,7 @@ impl Supervisor {
         let config = Config::from_specs(&specs)?;
         // Embedded, the limit is the host's business: it is not raised.
         crate::budget::check_config(&config, crate::budget::nofile().0, "the soft RLIMIT_NOFILE")?;
-        let (tx, rx) = unbounded();
+        let (tx, rx) = crate::core::channel().map_err(|e| Error::io("cannot make the core's mailbox", e))?;
         let core_options = CoreOptions {
             log_dir: options.log_dir,
             console: ConsoleHandle::default(),
@@ -210,16 +210,15 @@ impl Drop for Supervisor {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use crossbeam_channel::{bounded, unbounded};
+    use crossbeam_channel::bounded;
 
     use super::CoreHandle;
-    use crate::core::Command;
     use crate::Error;
 
     #[test]
     fn bounded_waits_end_in_time_or_at_once_in_a_shutdown() {
         // A core that never reads its channel (it has returned).
-        let (tx, rx) = unbounded::<Command>();
+        let (tx, rx) = crate::core::channel().unwrap();
         let (closing, cancel) = bounded::<()>(1);
         let handle = CoreHandle::new(tx).bounded(Duration::from_millis(100), Duration::from_millis(200), cancel);
         let t = Instant::now();

@@ -10,9 +10,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
-
-use super::{Adoption, Command, Core, CoreOptions, EntryRun, FoundChild, Role, SlotRun, Suspended};
+use super::{Adoption, Core, CoreOptions, EntryRun, FoundChild, Mailbox, Post, Role, SlotRun, Suspended};
 use crate::budget::later;
 use crate::child::{Quiesced, Stream};
 use crate::config::{Config, EntryConfig, WatchConfig};
@@ -128,6 +126,7 @@ impl Core {
     /// kept as bytes) and describes the whole state. The children run on.
     pub(super) fn suspend(&mut self) -> Suspended {
         self.stop_watcher();
+        self.finish_reaps();
         self.join_closed();
         let now = Instant::now();
         let rows = std::mem::take(&mut self.procs);
@@ -316,12 +315,7 @@ impl Core {
     /// one, when an exec failed): verifies each child (still our child, same
     /// starttime), adopts its pipes and bytes in hand, and watches it again.
     /// A child that is gone counts as an exit. Returns what could not be kept.
-    pub fn restore(
-        snapshot: CoreSnapshot,
-        mut options: CoreOptions,
-        tx: Sender<Command>,
-        rx: Receiver<Command>,
-    ) -> (Core, Vec<String>) {
+    pub fn restore(snapshot: CoreSnapshot, mut options: CoreOptions, tx: Post, rx: Mailbox) -> (Core, Vec<String>) {
         let now = Instant::now();
         let mut warnings = Vec::new();
         options.info = snapshot.info.clone();
@@ -498,14 +492,14 @@ fn adopt_streams(snapshots: &[StreamSnapshot], warnings: &mut Vec<String>) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::CoreExit;
+    use crate::core::{Command, CoreExit};
     use crate::handoff::InfoSnapshot;
     use crate::output::ConsoleHandle;
     use crate::prelude::*;
     use crate::Spec;
 
-    fn core_for(specs: &[Spec], log_dir: Option<std::path::PathBuf>) -> (Core, Sender<Command>, Receiver<Command>) {
-        let (tx, rx) = crossbeam_channel::unbounded();
+    fn core_for(specs: &[Spec], log_dir: Option<std::path::PathBuf>) -> (Core, Post, Mailbox) {
+        let (tx, rx) = crate::core::channel().unwrap();
         let options = options(log_dir);
         let config = Config::from_specs(specs).unwrap();
         (Core::new(config, options, tx.clone(), rx.clone()), tx, rx)

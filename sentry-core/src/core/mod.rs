@@ -19,6 +19,9 @@
 //! row by generation, never by a PID that may have been reused.
 
 mod handover;
+mod mailbox;
+
+pub(crate) use mailbox::{channel, Mailbox, Post};
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -28,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::Sender;
 
 use crate::budget::later;
 use crate::cgroup::{self, Cgroup, Fence};
@@ -43,6 +46,7 @@ use crate::status::{
 };
 use crate::watch::{self, Hands, Report, Watcher};
 use crate::{leftovers, sys, Error, Signal, LINE_LIMIT};
+use mailbox::Waited;
 
 /// A request to the core. Replies travel on the channel inside the command.
 pub(crate) enum Command {
@@ -121,6 +125,10 @@ pub(crate) struct Proc {
     /// process is left in its group.
     pub exited: Option<Instant>,
     pub exited_unix: u64,
+    /// How the leader ended, as seen (not reaped) when it exited.
+    pub exit: Option<ChildExit>,
+    /// Taken out of the process table; the `wait` itself may still be
+    /// pending, until the end of the round (`Core::finish_reaps`).
     pub reaped: bool,
     /// The next look for live members of its group, and the interval after it.
     pub check: Option<(Instant, Duration)>,
@@ -132,6 +140,8 @@ pub(crate) struct Proc {
     /// Why it never ran its program (learnt at its exit: starts do not
     /// wait for the exec, see `spawn`).
     pub start_error: Option<String>,
+    /// Its cgroup was removed already (it was empty when its leader exited).
+    pub cgroup_removed: bool,
 }
 
 impl Proc {
@@ -150,10 +160,12 @@ impl Proc {
             start_error: None,
             exited: None,
             exited_unix: 0,
+            exit: None,
             reaped: false,
             check: None,
             lingering: false,
             cgroup: None,
+            cgroup_removed: false,
         }
     }
 
@@ -186,7 +198,7 @@ impl Proc {
 
 /// The watcher's way back into the core.
 struct CoreHands {
-    tx: Sender<Command>,
+    tx: Post,
 }
 
 impl Hands for CoreHands {
@@ -357,6 +369,11 @@ pub(crate) struct Core {
     waiters: Vec<Waiter>,
     /// Monitors that said [`ChildNote::Closed`], to join.
     closed: Vec<Monitor>,
+    /// What `write_ledger` last wrote.
+    ledger_written: Option<leftovers::Ledger>,
+    /// Leaders taken out of the table this round, to reap at its end:
+    /// (row, PID).
+    reaps: Vec<(u64, i32)>,
     logs: HashMap<String, Arc<File>>,
     shutting_down: bool,
     suspending: bool,
@@ -369,13 +386,15 @@ pub(crate) struct Core {
     /// Notice of lingering cgroups that change, under cgroup containment.
     events: Option<cgroup::EventWatch>,
     options: CoreOptions,
-    tx: Sender<Command>,
-    rx: Receiver<Command>,
+    tx: Post,
+    rx: Mailbox,
 }
 
 impl Core {
     /// A core for `config`, reading commands from `rx` (`tx` is handed to monitors).
-    pub fn new(config: Config, options: CoreOptions, tx: Sender<Command>, rx: Receiver<Command>) -> Core {
+    /// Its console lines are held while it works and sent before it waits.
+    pub fn new(config: Config, mut options: CoreOptions, tx: Post, rx: Mailbox) -> Core {
+        options.console = options.console.holding();
         let entries = config.entries.iter().cloned().map(EntryRun::new).collect();
         Core {
             config,
@@ -387,6 +406,8 @@ impl Core {
             tree_cache: RefCell::new(HashMap::new()),
             waiters: Vec::new(),
             closed: Vec::new(),
+            reaps: Vec::new(),
+            ledger_written: None,
             logs: HashMap::new(),
             shutting_down: false,
             suspending: false,
@@ -430,6 +451,7 @@ impl Core {
             self.entries.retain(|e| !(e.removed && e.slots.is_empty() && !stuck(&e.config.name)));
             self.check_groups(now);
             self.fire_due(now);
+            self.finish_reaps();
             self.join_closed();
             self.answer_waiters(now);
             if self.shutting_down && self.finished(now) {
@@ -440,7 +462,9 @@ impl Core {
                     continue;
                 }
                 self.events = None;
-                return CoreExit::Suspended(Box::new(self.suspend()));
+                let suspended = self.suspend();
+                self.options.console.release();
+                return CoreExit::Suspended(Box::new(suspended));
             }
             self.write_ledger();
             // Launches still between clone and exec are looked at again
@@ -451,21 +475,29 @@ impl Core {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let command = match deadline {
-                Some(at) => match self.rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                    Ok(c) => Some(c),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => Some(Command::Shutdown),
-                },
-                None => Some(self.rx.recv().unwrap_or(Command::Shutdown)),
+            // What this round said reaches the console before the wait,
+            // not in the middle of a restart.
+            self.options.console.release();
+            let mut exits = Vec::new();
+            let command = match self.rx.wait(deadline, &mut exits) {
+                Waited::Command(c) => Some(c),
+                Waited::Exits => {
+                    let now = Instant::now();
+                    for gen in exits {
+                        self.heard_exit(gen, now);
+                    }
+                    None
+                }
+                Waited::Timeout => None,
+                Waited::Disconnected => Some(Command::Shutdown),
             };
             if let Some(command) = command {
                 self.handle(command);
-                // What else is queued, before the next look at groups and
-                // deadlines: a thousand exits cost one /proc pass, not a thousand.
-                for command in self.rx.try_iter().take(COMMAND_BATCH).collect::<Vec<_>>() {
-                    self.handle(command);
-                }
+            }
+            // What else is queued, before the next look at groups and
+            // deadlines: a thousand exits cost one /proc pass, not a thousand.
+            for command in self.rx.try_iter().take(COMMAND_BATCH).collect::<Vec<_>>() {
+                self.handle(command);
             }
         }
         self.stop_watcher();
@@ -488,6 +520,7 @@ impl Core {
         }
         self.ledger_dirty = true;
         self.write_ledger();
+        self.options.console.release();
         CoreExit::Shutdown
     }
 
@@ -497,10 +530,14 @@ impl Core {
             return;
         }
         let Some(path) = &self.options.ledger else { return };
+        let cgroup = self.options.fence.tree().map(|t| t.root().to_path_buf());
+        // Under cgroup containment the next start looks in the cgroup only
+        // (`leftovers::stop_left`): the groups would be written for nothing,
+        // and the file would change at every restart.
         let groups = self
             .procs
             .values()
-            .filter(|p| !p.reaped)
+            .filter(|p| !p.reaped && cgroup.is_none())
             .filter_map(|p| {
                 let entry = match &p.role {
                     Role::Slot { entry, .. } | Role::Stuck { entry, .. } => entry,
@@ -510,9 +547,13 @@ impl Core {
                 Some(leftovers::Group { pgid: p.pid, starttime: p.starttime, entry: entry.clone() })
             })
             .collect();
-        let cgroup = self.options.fence.tree().map(|t| t.root().to_path_buf());
-        if let Err(e) = leftovers::write(path, &leftovers::Ledger::new(groups, cgroup)) {
-            log::warn!("cannot record the process groups in {}: {e}", path.display());
+        let ledger = leftovers::Ledger::new(groups, cgroup);
+        if self.ledger_written.as_ref() == Some(&ledger) {
+            return;
+        }
+        match leftovers::write(path, &ledger) {
+            Ok(()) => self.ledger_written = Some(ledger),
+            Err(e) => log::warn!("cannot record the process groups in {}: {e}", path.display()),
         }
     }
 
@@ -602,6 +643,8 @@ impl Core {
     fn adopt_all(&mut self, adoptions: Vec<Adoption>) -> Vec<(u64, std::io::Error)> {
         let mut rows = Vec::with_capacity(adoptions.len());
         let mut starts = Vec::with_capacity(adoptions.len());
+        let mailbox = self.rx.clone();
+        let mailbox = &mailbox;
         for a in adoptions {
             let (mut row, pidfd) = match a.known {
                 Some((t, pidfd)) => (Proc::known(a.pid, a.role, t), pidfd),
@@ -610,7 +653,17 @@ impl Core {
             row.cgroup = a.cgroup;
             let sink = self.sink(&a.log_as, a.pid);
             let notify = self.notifier();
-            starts.push(move || Monitor::start(a.gen, a.pid, pidfd, a.streams, sink, false, notify));
+            let gen = a.gen;
+            starts.push(move || {
+                let monitor = Monitor::start(gen, a.pid, pidfd, a.streams, sink, false, notify)?;
+                // Heard by the core at once, besides the monitor's note (see `mailbox`).
+                if let Some(pidfd) = monitor.pidfd() {
+                    if let Err(e) = mailbox.watch(pidfd, gen) {
+                        log::warn!("cannot watch the pidfd of {}: {e}; its monitor will tell", a.pid);
+                    }
+                }
+                Ok(monitor)
+            });
             rows.push((a.gen, row));
         }
         fn run<F: FnOnce() -> std::io::Result<Monitor>>(starts: Vec<F>) -> Vec<std::io::Result<Monitor>> {
@@ -719,9 +772,9 @@ impl Core {
     /// Removes row `gen`'s empty cgroup, and its group's directory once no
     /// process is wanted there any more (an entry scaled to 0 or removed, a
     /// watch's helpers): a restart does not remove and remake it.
-    fn remove_cgroup(&mut self, gen: u64, cgroup: Cgroup) {
+    fn remove_cgroup(&mut self, gen: u64, cgroup: Cgroup, removed: bool) {
         self.tree_cache.borrow_mut().remove(&gen);
-        if let Err(e) = cgroup.remove() {
+        if let Err(e) = if removed { Ok(()) } else { cgroup.remove() } {
             self.options.console.say(&format!("Cannot remove the cgroup {}: {e}.", cgroup.path().display()));
         }
         let Some(tree) = self.options.fence.tree() else { return };
@@ -756,17 +809,41 @@ impl Core {
         self.procs.iter().find(|(_, p)| p.pid == pid && !p.reaped).map(|(gen, _)| *gen)
     }
 
-    /// A monitor told us its leader exited: say so now, and look for what
-    /// is left of its group at once.
-    fn leader_exited(&mut self, gen: u64, now: Instant) {
-        let Some(row) = self.procs.get_mut(&gen) else { return };
+    /// The pidfd of row `gen`'s leader became readable (see `mailbox`):
+    /// the same as its monitor's note, which may follow and changes nothing.
+    fn heard_exit(&mut self, gen: u64, now: Instant) {
+        let Some(row) = self.procs.get(&gen) else { return };
         if row.reaped || row.exited.is_some() {
             return;
         }
+        match sys::peek_exit(row.pid) {
+            Some(exit) => self.leader_exited_as(gen, exit, now),
+            // Not exited after all: listen again.
+            None => {
+                if let Some(pidfd) = row.monitor.as_ref().and_then(|m| m.pidfd()) {
+                    let _ = self.rx.watch(pidfd, gen);
+                }
+            }
+        }
+    }
+
+    /// A monitor told us its leader exited: say so now, and look for what
+    /// is left of its group at once.
+    fn leader_exited(&mut self, gen: u64, now: Instant) {
+        let Some(row) = self.procs.get(&gen) else { return };
+        if row.reaped || row.exited.is_some() {
+            return;
+        }
+        let exit = sys::peek_exit(row.pid).unwrap_or(ChildExit::Unknown);
+        self.leader_exited_as(gen, exit, now);
+    }
+
+    fn leader_exited_as(&mut self, gen: u64, exit: ChildExit, now: Instant) {
+        let Some(row) = self.procs.get_mut(&gen) else { return };
         row.exited = Some(now);
         row.exited_unix = sys::unix_now();
+        row.exit = Some(exit);
         row.check = Some((now, GROUP_CHECK_MIN));
-        let exit = sys::peek_exit(row.pid).unwrap_or(ChildExit::Unknown);
         let (pid, at) = (row.pid, row.exited_unix);
         // A start that failed after the clone ends with 127 (`spawn`).
         let failed = if exit == ChildExit::Code(127) { crate::spawn::failure(pid) } else { None };
@@ -810,6 +887,12 @@ impl Core {
         for gen in due {
             let Some(row) = self.procs.get_mut(&gen) else { continue };
             let empty = match &row.cgroup {
+                // An empty leaf goes at once, its rmdir being the look
+                // (EBUSY while a process is in it, or a cgroup below it).
+                Some(cgroup) if cgroup.remove_if_empty() => {
+                    row.cgroup_removed = true;
+                    true
+                }
                 Some(cgroup) => !cgroup.populated(),
                 None => !live.get_or_insert_with(crate::proc::live_groups).contains(&row.pid),
             };
@@ -855,33 +938,45 @@ impl Core {
         }
     }
 
-    /// The leader of row `gen` exited and its group is empty: reap it, let
-    /// its monitor drain and close the pipes, and tell its slot.
+    /// The leader of row `gen` exited and its group is empty: take it out
+    /// of the table, tell its slot (which may start the next process at
+    /// once) and, at the end of the round, reap it and let its monitor
+    /// drain and close the pipes (`finish_reaps`).
     fn group_gone(&mut self, gen: u64, now: Instant) {
         let Some(row) = self.procs.get_mut(&gen) else { return };
-        let exit = sys::reap(row.pid);
-        crate::spawn::reaped(row.pid);
+        let exit = match row.exit {
+            Some(exit) if exit != ChildExit::Unknown => {
+                self.reaps.push((gen, row.pid));
+                exit
+            }
+            _ => {
+                let exit = sys::reap(row.pid);
+                crate::spawn::reaped(row.pid);
+                if let Some(m) = &row.monitor {
+                    m.finish();
+                }
+                exit
+            }
+        };
         row.reaped = true;
         row.check = None;
         let (pid, role, exited_unix) = (row.pid, row.role.clone(), row.exited_unix);
         let start_error = row.start_error.take();
         let cgroup = row.cgroup.take();
+        let removed = row.cgroup_removed;
         if let Role::Helper { rule, .. } = &role {
             self.helpers.release(rule);
         }
         self.ledger_dirty = true;
-        match &row.monitor {
-            Some(m) => m.finish(),
-            None => {
-                self.procs.remove(&gen);
-            }
+        if row.monitor.is_none() {
+            self.procs.remove(&gen);
         }
         if let Some(cgroup) = cgroup {
             if let Role::Stuck { entry, .. } = &role {
                 let text = format!("What outlived SIGKILL in the cgroup {} is gone.", cgroup.name());
                 self.options.console.event(entry, pid, &text);
             }
-            self.remove_cgroup(gen, cgroup);
+            self.remove_cgroup(gen, cgroup, removed);
         }
         if let Role::Slot { entry, index } = role {
             let Some(i) = self.entries.iter().position(|e| e.config.name == entry) else { return };
@@ -1306,6 +1401,20 @@ impl Core {
 
     /// Waits for the monitors that said [`ChildNote::Closed`] (their threads
     /// are ending, if not gone already).
+    /// Reaps the leaders that `group_gone` took out of the table this
+    /// round, after the restarts it led to, and lets their monitors drain
+    /// and end. Each PID is reaped once, here: until then its zombie keeps
+    /// the PID from being given to anyone else.
+    fn finish_reaps(&mut self) {
+        for (gen, pid) in std::mem::take(&mut self.reaps) {
+            sys::reap(pid);
+            crate::spawn::reaped(pid);
+            if let Some(m) = self.procs.get(&gen).and_then(|row| row.monitor.as_ref()) {
+                m.finish();
+            }
+        }
+    }
+
     fn join_closed(&mut self) {
         for m in self.closed.drain(..) {
             m.join();
@@ -1315,6 +1424,7 @@ impl Core {
     /// Stops monitors whose pipes are still held open (by escaped
     /// grandchildren) and writes what they had read, so no line is lost.
     fn close_monitors(&mut self) {
+        self.finish_reaps();
         self.join_closed();
         for (_, row) in std::mem::take(&mut self.procs) {
             if let Some(monitor) = row.monitor {

@@ -65,7 +65,7 @@ fn plan(quick: bool) -> Plan {
         }
     } else {
         Plan {
-            respawns: 15,
+            respawns: 31,
             mass: 9,
             bringups: vec![(1, 5), (100, 7), (1000, 5)],
             idle: Duration::from_secs(30),
