@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -174,6 +174,8 @@ pub(crate) struct Monitor {
     /// What the thread works on between two polls, which the core can take.
     shared: Arc<Shared>,
     thread: crate::thread::Thread<Quiesced>,
+    /// The child's starttime once known (0 before).
+    starttime: Arc<AtomicU64>,
 }
 
 /// A monitor's state, shared by the core and the thread. The thread holds
@@ -308,17 +310,22 @@ const MONITOR_NICE: i32 = 5;
 impl Monitor {
     /// Starts watching `pid` (which must be our unreaped child), or only
     /// its pipes when `reaped` (the child is gone, its pipes may not be).
-    /// Its notes carry `gen`. `pidfd` is the child's when the caller has it
-    /// already (one kept across an exec); otherwise one is opened.
+    /// Its notes carry `gen`. `known` is the child's pidfd and starttime
+    /// when the caller has them already (kept across an exec); otherwise a
+    /// pidfd is opened, and the thread reads the starttime (off the core's
+    /// path; see [`Monitor::starttime`]).
     pub fn start(
         gen: u64,
         pid: i32,
-        pidfd: Option<OwnedFd>,
+        known: (Option<OwnedFd>, Option<u64>),
         streams: Vec<Stream>,
         sink: LineSink,
         reaped: bool,
         notify: impl Fn(ChildNote) + Send + 'static,
     ) -> io::Result<Monitor> {
+        let (pidfd, starttime) = known;
+        let starttime = Arc::new(AtomicU64::new(starttime.unwrap_or(0)));
+        let starttime_for_thread = starttime.clone();
         let pidfd = match (reaped, pidfd) {
             (true, _) => None,
             (false, Some(fd)) => Some(Arc::new(fd)),
@@ -338,10 +345,19 @@ impl Monitor {
         // console line) uses a few KiB of its stack; its read buffer is on the heap.
         let thread = crate::thread::spawn(&name, move || {
             sys::lower_own_priority(MONITOR_NICE);
+            // Mostly the child is still unreaped here, so the number is its
+            // own. If it exited and was reaped first, the number may be a
+            // stranger's, but nothing asks a reaped row for its identity
+            // (`Proc::starttime`).
+            if !reaped && starttime_for_thread.load(Ordering::Relaxed) == 0 {
+                if let Some(id) = crate::proc::identity(pid) {
+                    starttime_for_thread.store(id.starttime, Ordering::Relaxed);
+                }
+            }
             let stop = Ends { gen, stop: stop_for_thread, finish: finish_for_thread };
             run(pid, pidfd_for_thread, stop, &ends.0, notify)
         })?;
-        Ok(Monitor { pidfd, stop, finish, shared, thread })
+        Ok(Monitor { pidfd, stop, finish, shared, thread, starttime })
     }
 
     /// Takes the thread's pipes and their unwritten bytes without waking
@@ -358,6 +374,11 @@ impl Monitor {
                 (quiesced, Parked { pidfd, stop, shared, thread: None })
             }
         }
+    }
+
+    /// The child's `/proc/PID/stat` starttime, once the thread has read it.
+    pub fn starttime(&self) -> Option<u64> {
+        Some(self.starttime.load(Ordering::Relaxed)).filter(|&t| t != 0)
     }
 
     /// The child's pidfd, for signals that must reach exactly this process.

@@ -159,6 +159,8 @@ impl Core {
         let mut draining = Vec::new();
         let mut starttimes: HashMap<i32, u64> = HashMap::new();
         for (_, row) in rows {
+            // Before the park: a new child's is held by its monitor.
+            let starttime = row.starttime();
             let (q, pidfd) = match row.monitor {
                 Some(m) => {
                     let (q, p) = m.park();
@@ -169,7 +171,7 @@ impl Core {
                 None => (None, None),
             };
             if !row.reaped {
-                starttimes.insert(row.pid, row.starttime);
+                starttimes.insert(row.pid, starttime);
             }
             let cgroup = row.cgroup.as_ref().map(|c| c.path().to_path_buf());
             match (&row.role, row.reaped) {
@@ -201,7 +203,7 @@ impl Core {
                     target: entry.clone(),
                     rule: String::new(),
                     pid: row.pid,
-                    starttime: row.starttime,
+                    starttime,
                     kill_in_ms: 0,
                     streams: keep(q),
                     stray: false,
@@ -223,7 +225,7 @@ impl Core {
                         target,
                         rule,
                         pid: row.pid,
-                        starttime: row.starttime,
+                        starttime,
                         kill_in_ms: kill_at.saturating_duration_since(now).as_millis() as u64,
                         streams: keep(q),
                         stray: matches!(row.role, Role::Stray { .. }),

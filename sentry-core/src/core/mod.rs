@@ -115,8 +115,10 @@ pub(crate) enum Role {
 /// One row of the process table.
 pub(crate) struct Proc {
     pub pid: i32,
-    /// `/proc/PID/stat` starttime: (pid, starttime) is the process's identity.
-    pub starttime: u64,
+    /// `/proc/PID/stat` starttime: (pid, starttime) is the process's
+    /// identity. 0 until known: a new child's is read by its monitor
+    /// thread, off the core's path (see [`Proc::starttime`]).
+    starttime: std::cell::Cell<u64>,
     pub role: Role,
     /// The thread reading its pipes, until it says [`ChildNote::Closed`].
     pub monitor: Option<Monitor>,
@@ -145,16 +147,29 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
+    /// A row for our new child `pid`, its starttime to be learnt.
     fn new(pid: i32, role: Role) -> Proc {
-        let starttime = crate::proc::identity(pid).map(|id| id.starttime).unwrap_or(0);
-        Proc::known(pid, role, starttime)
+        Proc::known(pid, role, 0)
+    }
+
+    /// Its starttime: as its monitor read it, or else from `/proc` now —
+    /// the PID is still ours then (unreaped), so the number is its own. 0
+    /// for a reaped row, whose identity nothing asks for.
+    pub fn starttime(&self) -> u64 {
+        if self.starttime.get() == 0 {
+            let read = self.monitor.as_ref().and_then(Monitor::starttime).or_else(|| {
+                (!self.reaped).then(|| crate::proc::identity(self.pid).map(|id| id.starttime)).flatten()
+            });
+            self.starttime.set(read.unwrap_or(0));
+        }
+        self.starttime.get()
     }
 
     /// A row for `pid` whose starttime was read already (a restored child's).
     fn known(pid: i32, role: Role, starttime: u64) -> Proc {
         Proc {
             pid,
-            starttime,
+            starttime: std::cell::Cell::new(starttime),
             role,
             monitor: None,
             start_error: None,
@@ -369,6 +384,8 @@ pub(crate) struct Core {
     waiters: Vec<Waiter>,
     /// Monitors that said [`ChildNote::Closed`], to join.
     closed: Vec<Monitor>,
+    /// Rows whose pidfds the mailbox does not hear yet (`watch_new`).
+    to_watch: Vec<u64>,
     /// What `write_ledger` last wrote.
     ledger_written: Option<leftovers::Ledger>,
     /// Leaders taken out of the table this round, to reap at its end:
@@ -408,6 +425,7 @@ impl Core {
             closed: Vec::new(),
             reaps: Vec::new(),
             ledger_written: None,
+            to_watch: Vec::new(),
             logs: HashMap::new(),
             shutting_down: false,
             suspending: false,
@@ -478,6 +496,7 @@ impl Core {
             // What this round said reaches the console before the wait,
             // not in the middle of a restart.
             self.options.console.release();
+            self.watch_new();
             let mut exits = Vec::new();
             let command = match self.rx.wait(deadline, &mut exits) {
                 Waited::Command(c) => Some(c),
@@ -544,7 +563,7 @@ impl Core {
                     Role::Helper { target, .. } => target,
                     Role::Stray { .. } | Role::Pipes { .. } => return None,
                 };
-                Some(leftovers::Group { pgid: p.pid, starttime: p.starttime, entry: entry.clone() })
+                Some(leftovers::Group { pgid: p.pid, starttime: p.starttime(), entry: entry.clone() })
             })
             .collect();
         let ledger = leftovers::Ledger::new(groups, cgroup);
@@ -643,27 +662,16 @@ impl Core {
     fn adopt_all(&mut self, adoptions: Vec<Adoption>) -> Vec<(u64, std::io::Error)> {
         let mut rows = Vec::with_capacity(adoptions.len());
         let mut starts = Vec::with_capacity(adoptions.len());
-        let mailbox = self.rx.clone();
-        let mailbox = &mailbox;
         for a in adoptions {
-            let (mut row, pidfd) = match a.known {
-                Some((t, pidfd)) => (Proc::known(a.pid, a.role, t), pidfd),
-                None => (Proc::new(a.pid, a.role), None),
+            let (mut row, pidfd, starttime) = match a.known {
+                Some((t, pidfd)) => (Proc::known(a.pid, a.role, t), pidfd, Some(t)),
+                None => (Proc::new(a.pid, a.role), None, None),
             };
             row.cgroup = a.cgroup;
             let sink = self.sink(&a.log_as, a.pid);
             let notify = self.notifier();
-            let gen = a.gen;
-            starts.push(move || {
-                let monitor = Monitor::start(gen, a.pid, pidfd, a.streams, sink, false, notify)?;
-                // Heard by the core at once, besides the monitor's note (see `mailbox`).
-                if let Some(pidfd) = monitor.pidfd() {
-                    if let Err(e) = mailbox.watch(pidfd, gen) {
-                        log::warn!("cannot watch the pidfd of {}: {e}; its monitor will tell", a.pid);
-                    }
-                }
-                Ok(monitor)
-            });
+            let known = (pidfd, starttime);
+            starts.push(move || Monitor::start(a.gen, a.pid, known, a.streams, sink, false, notify));
             rows.push((a.gen, row));
         }
         fn run<F: FnOnce() -> std::io::Result<Monitor>>(starts: Vec<F>) -> Vec<std::io::Result<Monitor>> {
@@ -695,6 +703,7 @@ impl Core {
             match monitor {
                 Ok(m) => {
                     row.monitor = Some(m);
+                    self.to_watch.push(gen);
                     self.procs.insert(gen, row);
                     self.ledger_dirty = true;
                 }
@@ -796,7 +805,7 @@ impl Core {
     fn drain_pipes(&mut self, entry: &str, pid: i32, streams: Vec<Stream>) -> std::io::Result<()> {
         let gen = self.new_gen();
         let sink = self.sink(entry, pid);
-        let monitor = self.monitor(gen, pid, None, streams, sink, true)?;
+        let monitor = Monitor::start(gen, pid, (None, None), streams, sink, true, self.notifier())?;
         let mut row = Proc::known(pid, Role::Pipes { entry: entry.to_string() }, 0);
         row.reaped = true;
         row.monitor = Some(monitor);
@@ -1093,7 +1102,7 @@ impl Core {
             }
             Command::RestartProcess { entry, pid, starttime } => {
                 let Some(i) = self.index_of(&entry) else { return };
-                let same = self.row_of(pid).is_some_and(|gen| self.procs[&gen].starttime == starttime);
+                let same = self.row_of(pid).is_some_and(|gen| self.procs[&gen].starttime() == starttime);
                 let slot = self.entries[i].slots.iter().find(|(_, s)| s.slot.pid() == Some(pid)).map(|(k, _)| *k);
                 if let (true, Some(index)) = (same, slot) {
                     self.apply(i, index, Event::Restart { now });
@@ -1309,19 +1318,6 @@ impl Core {
         Event::Spawned { pid, now }
     }
 
-    /// Starts a monitor whose notes carry `gen`.
-    fn monitor(
-        &mut self,
-        gen: u64,
-        pid: i32,
-        pidfd: Option<OwnedFd>,
-        streams: Vec<Stream>,
-        sink: LineSink,
-        reaped: bool,
-    ) -> std::io::Result<Monitor> {
-        Monitor::start(gen, pid, pidfd, streams, sink, reaped, self.notifier())
-    }
-
     /// How a monitor tells the core what it saw.
     fn notifier(&self) -> impl Fn(ChildNote) + Send + 'static {
         let tx = self.tx.clone();
@@ -1401,6 +1397,23 @@ impl Core {
 
     /// Waits for the monitors that said [`ChildNote::Closed`] (their threads
     /// are ending, if not gone already).
+    /// Lets the mailbox hear the exits of the processes adopted since the
+    /// last wait (once their monitors run: a child that exited before is
+    /// heard at once). Not done at each start: off a restart's path and out
+    /// of a reload's unwatched window.
+    fn watch_new(&mut self) {
+        for gen in std::mem::take(&mut self.to_watch) {
+            let Some(row) = self.procs.get(&gen) else { continue };
+            let Some(pidfd) = row.monitor.as_ref().and_then(|m| m.pidfd()) else { continue };
+            if row.reaped || row.exited.is_some() {
+                continue;
+            }
+            if let Err(e) = self.rx.watch(pidfd, gen) {
+                log::warn!("cannot watch the pidfd of {}: {e}; its monitor will tell", row.pid);
+            }
+        }
+    }
+
     /// Reaps the leaders that `group_gone` took out of the table this
     /// round, after the restarts it led to, and lets their monitors drain
     /// and end. Each PID is reaped once, here: until then its zombie keeps
