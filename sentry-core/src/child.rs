@@ -350,8 +350,8 @@ impl Monitor {
             // stranger's, but nothing asks a reaped row for its identity
             // (`Proc::starttime`).
             if !reaped && starttime_for_thread.load(Ordering::Relaxed) == 0 {
-                if let Some(id) = crate::proc::identity(pid) {
-                    starttime_for_thread.store(id.starttime, Ordering::Relaxed);
+                if let Some(t) = crate::proc::starttime_of(pid) {
+                    starttime_for_thread.store(t, Ordering::Relaxed);
                 }
             }
             let stop = Ends { gen, stop: stop_for_thread, finish: finish_for_thread };

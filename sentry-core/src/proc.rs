@@ -101,6 +101,39 @@ pub(crate) fn parse_stat(bytes: &[u8]) -> Option<ProcStat> {
     })
 }
 
+/// The starttime (field 22 of `/proc/PID/stat`, in clock ticks since
+/// boot; proc_pid_stat(5)) of `pid`, read without touching the heap: a
+/// monitor thread calls it, and a thread's first `malloc` costs it an
+/// arena (with 1 000 monitors, ~5 MiB of PSS).
+pub(crate) fn starttime_of(pid: i32) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut path = [0u8; 32];
+    let mut at = &mut path[..];
+    std::io::Write::write_fmt(&mut at, format_args!("/proc/{pid}/stat")).ok()?;
+    let len = 32 - at.len();
+    // std turns a short path into a C string on the stack.
+    let mut file = File::open(std::ffi::OsStr::from_bytes(&path[..len])).ok()?;
+    let mut buf = [0u8; 1024];
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    starttime_in(&buf[..n])
+}
+
+/// Field 22 of a `stat` line; the command (field 2) may hold spaces and
+/// parentheses, so the fields are counted from its last `)`.
+fn starttime_in(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let field = stat[close + 1..].split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(19)?;
+    std::str::from_utf8(field).ok()?.parse().ok()
+}
+
 /// Reads `stat` files with one path string and one buffer, reused: for a
 /// scan over many processes.
 pub(crate) struct StatReader {
@@ -336,6 +369,16 @@ pub(crate) fn holds_flock(pid: u32, dev: u64, ino: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn starttime_of_reads_what_the_full_parse_reads() {
+        let me = std::process::id() as i32;
+        assert_eq!(super::starttime_of(me), super::identity(me).map(|id| id.starttime));
+        let odd = b"42 (a) b) c (d) S 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
+        assert_eq!(super::starttime_in(odd), Some(987654));
+        assert_eq!(super::starttime_in(b"42 (x) S 1"), None);
+        assert_eq!(super::starttime_of(i32::MAX), None);
+    }
+
     use super::*;
 
     /// A stat line with `comm`, the fields after it made up.

@@ -157,9 +157,10 @@ impl Proc {
     /// for a reaped row, whose identity nothing asks for.
     pub fn starttime(&self) -> u64 {
         if self.starttime.get() == 0 {
-            let read = self.monitor.as_ref().and_then(Monitor::starttime).or_else(|| {
-                (!self.reaped).then(|| crate::proc::identity(self.pid).map(|id| id.starttime)).flatten()
-            });
+            let read =
+                self.monitor.as_ref().and_then(Monitor::starttime).or_else(|| {
+                    (!self.reaped).then(|| crate::proc::identity(self.pid).map(|id| id.starttime)).flatten()
+                });
             self.starttime.set(read.unwrap_or(0));
         }
         self.starttime.get()
