@@ -18,7 +18,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{unbounded, Receiver, SendError, Sender, TryIter, TryRecvError};
@@ -39,9 +39,15 @@ pub(crate) fn channel() -> io::Result<(Post, Mailbox)> {
         sleeping: AtomicBool::new(false),
         senders: AtomicUsize::new(1),
     });
+    let epoll = ringing(&bell)?;
+    Ok((Post { tx: Some(tx), bell: bell.clone() }, Mailbox { rx, bell, epoll: Arc::new(Mutex::new(epoll)) }))
+}
+
+/// An epoll set that holds the bell only.
+fn ringing(bell: &Bell) -> io::Result<Epoll> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     epoll.add(bell.fd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, BELL))?;
-    Ok((Post { tx: Some(tx), bell: bell.clone() }, Mailbox { rx, bell, epoll: Arc::new(epoll) }))
+    Ok(epoll)
 }
 
 struct Bell {
@@ -104,7 +110,8 @@ impl Drop for Post {
 pub(crate) struct Mailbox {
     rx: Receiver<Command>,
     bell: Arc<Bell>,
-    epoll: Arc<Epoll>,
+    /// Only the core that reads the mailbox uses it: never contended.
+    epoll: Arc<Mutex<Epoll>>,
 }
 
 /// What ended a [`Mailbox::wait`].
@@ -124,10 +131,25 @@ impl Mailbox {
     /// before a failed exec) is watched again.
     pub fn watch(&self, pidfd: BorrowedFd<'_>, gen: u64) -> io::Result<()> {
         let event = || EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, gen);
-        match self.epoll.add(pidfd, event()) {
-            Err(Errno::EEXIST) => Ok(self.epoll.modify(pidfd, &mut event())?),
+        let epoll = self.epoll();
+        match epoll.add(pidfd, event()) {
+            Err(Errno::EEXIST) => Ok(epoll.modify(pidfd, &mut event())?),
             other => Ok(other?),
         }
+    }
+
+    /// Hears no child any more (their exits reach the core through their
+    /// monitors' notes only). Before an exec: the set is emptied now, not
+    /// by the `execve` that closes it, while the children are unwatched.
+    pub fn forget_children(&self) {
+        match ringing(&self.bell) {
+            Ok(fresh) => drop(std::mem::replace(&mut *self.epoll(), fresh)),
+            Err(e) => log::warn!("cannot make a new epoll set ({e}): the old one is emptied by the exec"),
+        }
+    }
+
+    fn epoll(&self) -> std::sync::MutexGuard<'_, Epoll> {
+        self.epoll.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The commands queued now, without waiting.
@@ -175,7 +197,7 @@ impl Mailbox {
                     EpollTimeout::try_from(us.min(i32::MAX as u128) as i32).unwrap_or(EpollTimeout::MAX)
                 }
             };
-            let n = match self.epoll.wait(&mut events, timeout) {
+            let n = match self.epoll().wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
                 Err(e) => {
@@ -258,5 +280,21 @@ mod tests {
         assert!(matches!(mailbox.wait(Some(deadline), &mut exits), Waited::Exits));
         assert_eq!(exits, [7, 8]);
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_forgotten_child_wakes_nothing_and_commands_still_do() {
+        let (post, mailbox) = channel().unwrap();
+        let mut child = std::process::Command::new("sleep").arg("0.05").spawn().unwrap();
+        let pidfd = crate::sys::pidfd_open(child.id() as i32).unwrap();
+        mailbox.watch(pidfd.as_fd(), 7).unwrap();
+        mailbox.forget_children();
+        child.wait().unwrap();
+        let mut exits = Vec::new();
+        let t = Instant::now();
+        assert!(matches!(mailbox.wait(Some(t + Duration::from_millis(50)), &mut exits), Waited::Timeout));
+        assert!(exits.is_empty());
+        post.send(Command::Shutdown).unwrap();
+        assert!(matches!(mailbox.wait(None, &mut exits), Waited::Command(Command::Shutdown)));
     }
 }

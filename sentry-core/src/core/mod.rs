@@ -481,6 +481,7 @@ impl Core {
                     continue;
                 }
                 self.events = None;
+                self.rx.forget_children();
                 let suspended = self.suspend();
                 self.options.console.release();
                 return CoreExit::Suspended(Box::new(suspended));
