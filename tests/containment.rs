@@ -543,6 +543,24 @@ fn slots_going_away_and_a_clean_stop_leave_no_cgroup_behind() {
     assert_eq!(cgroup_of(solo), Some(format!("{rel}/solo/0")));
     assert_eq!(instance_cgroups_of(s.dir.path()), vec![abs.clone()], "one instance cgroup for the DIR");
 
+    // The ledger names the cgroup alone (the next start looks nowhere
+    // else), so a restart does not rewrite it; the slot's fresh leaf has
+    // the slot's name again.
+    let ledger = || {
+        use std::os::unix::fs::MetadataExt;
+        let path = s.file("tconf.procs");
+        let text = std::fs::read_to_string(&path).unwrap();
+        (std::fs::metadata(&path).unwrap().ino(), serde_json::from_str::<Value>(&text).unwrap())
+    };
+    let (ino, record) = ledger();
+    assert_eq!(record["cgroup"], abs.to_str().unwrap(), "{record}");
+    assert_eq!(record["groups"], serde_json::json!([]), "{record}");
+    // SAFETY: SIGKILL to this instance's own child, still unreaped by it.
+    unsafe { libc::kill(solo, libc::SIGKILL) };
+    let next = wait_for("solo's next process", || s.pids("solo").first().copied().filter(|&p| p != solo));
+    assert_eq!(cgroup_of(next), Some(format!("{rel}/solo/0")));
+    assert_eq!(ledger(), (ino, record), "the ledger was written again by a restart");
+
     // A slot that goes away takes its (empty) leaf along.
     let out = s.cli(&["scale", "pool", "1"]);
     assert!(out.status.success(), "scale: {}", text(&out.stderr));

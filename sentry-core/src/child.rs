@@ -302,11 +302,6 @@ impl Drop for Parked {
     }
 }
 
-/// The nice value of monitor threads, a little below the core's: a child's
-/// exit wakes both its monitor (its pipes close) and the core (its pidfd),
-/// often onto the same idle CPU, and the restart should run first.
-const MONITOR_NICE: i32 = 5;
-
 impl Monitor {
     /// Starts watching `pid` (which must be our unreaped child), or only
     /// its pipes when `reaped` (the child is gone, its pipes may not be).
@@ -344,7 +339,6 @@ impl Monitor {
         // A monitor's deepest path (a log write with its formatting, a
         // console line) uses a few KiB of its stack; its read buffer is on the heap.
         let thread = crate::thread::spawn(&name, move || {
-            sys::lower_own_priority(MONITOR_NICE);
             // Mostly the child is still unreaped here, so the number is its
             // own. If it exited and was reaped first, the number may be a
             // stranger's, but nothing asks a reaped row for its identity

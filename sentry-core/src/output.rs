@@ -748,6 +748,27 @@ mod tests {
     }
 
     #[test]
+    fn a_holding_handle_keeps_its_lines_until_released_or_dropped_and_its_clones_do_not() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        let console = Console::writing_to(fds[1]);
+        let held = console.handle().holding();
+        held.say("first said, held");
+        held.clone().say("said by a clone, at once");
+        held.release();
+        held.say("held until the drop");
+        drop(held);
+        assert_eq!(console.close(), 0);
+        // SAFETY: the write end's thread has ended (`close` returned 0).
+        unsafe { libc::close(fds[1]) };
+        let mut out = String::new();
+        // SAFETY: the read end is this test's, handed to the File.
+        std::io::Read::read_to_string(&mut unsafe { File::from_raw_fd(fds[0]) }, &mut out).unwrap();
+        assert_eq!(out, "said by a clone, at once\nfirst said, held\nheld until the drop\n");
+    }
+
+    #[test]
     fn a_long_line_is_held_whole_up_to_the_hold() {
         let limit = 1024;
         let hold = hold_for(limit);

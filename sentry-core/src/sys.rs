@@ -123,13 +123,6 @@ pub(crate) fn default_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
-/// Lowers the calling thread's scheduling priority to nice `nice` (on
-/// Linux a nice value is a thread's, see setpriority(2), BUGS); best effort.
-pub(crate) fn lower_own_priority(nice: i32) {
-    // SAFETY: no pointers; `0` is the calling thread.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-}
-
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };

@@ -262,12 +262,19 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(30));
     }
 
+    /// A child that exits after 50 ms (it ends by itself, whatever the
+    /// test does), watched as row `gen`; its pidfd.
+    fn watched_sleeper(mailbox: &Mailbox, gen: u64) -> (std::process::Child, std::os::fd::OwnedFd) {
+        let child = std::process::Command::new("sleep").arg("0.05").spawn().unwrap();
+        let pidfd = crate::sys::pidfd_open(child.id() as i32).unwrap();
+        mailbox.watch(pidfd.as_fd(), gen).unwrap();
+        (child, pidfd)
+    }
+
     #[test]
     fn a_watched_child_that_exits_wakes_the_wait_once_with_its_row() {
         let (_post, mailbox) = channel().unwrap();
-        let mut child = std::process::Command::new("sleep").arg("0.05").spawn().unwrap();
-        let pidfd = crate::sys::pidfd_open(child.id() as i32).unwrap();
-        mailbox.watch(pidfd.as_fd(), 7).unwrap();
+        let (mut child, pidfd) = watched_sleeper(&mailbox, 7);
         let mut exits = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         assert!(matches!(mailbox.wait(Some(deadline), &mut exits), Waited::Exits));
@@ -285,9 +292,7 @@ mod tests {
     #[test]
     fn a_forgotten_child_wakes_nothing_and_commands_still_do() {
         let (post, mailbox) = channel().unwrap();
-        let mut child = std::process::Command::new("sleep").arg("0.05").spawn().unwrap();
-        let pidfd = crate::sys::pidfd_open(child.id() as i32).unwrap();
-        mailbox.watch(pidfd.as_fd(), 7).unwrap();
+        let (mut child, _pidfd) = watched_sleeper(&mailbox, 7);
         mailbox.forget_children();
         child.wait().unwrap();
         let mut exits = Vec::new();

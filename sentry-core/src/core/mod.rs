@@ -142,8 +142,6 @@ pub(crate) struct Proc {
     /// Why it never ran its program (learnt at its exit: starts do not
     /// wait for the exec, see `spawn`).
     pub start_error: Option<String>,
-    /// Its cgroup was removed already (it was empty when its leader exited).
-    pub cgroup_removed: bool,
 }
 
 impl Proc {
@@ -181,7 +179,6 @@ impl Proc {
             check: None,
             lingering: false,
             cgroup: None,
-            cgroup_removed: false,
         }
     }
 
@@ -505,7 +502,7 @@ impl Core {
                 Waited::Exits => {
                     let now = Instant::now();
                     for gen in exits {
-                        self.heard_exit(gen, now);
+                        self.leader_exited(gen, true, now);
                     }
                     None
                 }
@@ -555,19 +552,22 @@ impl Core {
         // Under cgroup containment the next start looks in the cgroup only
         // (`leftovers::stop_left`): the groups would be written for nothing,
         // and the file would change at every restart.
-        let groups = self
-            .procs
-            .values()
-            .filter(|p| !p.reaped && cgroup.is_none())
-            .filter_map(|p| {
-                let entry = match &p.role {
-                    Role::Slot { entry, .. } | Role::Stuck { entry, .. } => entry,
-                    Role::Helper { target, .. } => target,
-                    Role::Stray { .. } | Role::Pipes { .. } => return None,
-                };
-                Some(leftovers::Group { pgid: p.pid, starttime: p.starttime(), entry: entry.clone() })
-            })
-            .collect();
+        let groups = match cgroup {
+            Some(_) => Vec::new(),
+            None => self
+                .procs
+                .values()
+                .filter(|p| !p.reaped)
+                .filter_map(|p| {
+                    let entry = match &p.role {
+                        Role::Slot { entry, .. } | Role::Stuck { entry, .. } => entry,
+                        Role::Helper { target, .. } => target,
+                        Role::Stray { .. } | Role::Pipes { .. } => return None,
+                    };
+                    Some(leftovers::Group { pgid: p.pid, starttime: p.starttime(), entry: entry.clone() })
+                })
+                .collect(),
+        };
         let ledger = leftovers::Ledger::new(groups, cgroup);
         if self.ledger_written.as_ref() == Some(&ledger) {
             return;
@@ -820,37 +820,26 @@ impl Core {
         self.procs.iter().find(|(_, p)| p.pid == pid && !p.reaped).map(|(gen, _)| *gen)
     }
 
-    /// The pidfd of row `gen`'s leader became readable (see `mailbox`):
-    /// the same as its monitor's note, which may follow and changes nothing.
-    fn heard_exit(&mut self, gen: u64, now: Instant) {
-        let Some(row) = self.procs.get(&gen) else { return };
+    /// Row `gen`'s leader exited — its pidfd became readable (`from_pidfd`,
+    /// see `mailbox`) or its monitor said so, whichever comes first; the
+    /// other changes nothing. Say so now, and look for what is left of its
+    /// group at once.
+    fn leader_exited(&mut self, gen: u64, from_pidfd: bool, now: Instant) {
+        let Some(row) = self.procs.get_mut(&gen) else { return };
         if row.reaped || row.exited.is_some() {
             return;
         }
-        match sys::peek_exit(row.pid) {
-            Some(exit) => self.leader_exited_as(gen, exit, now),
-            // Not exited after all: listen again.
-            None => {
+        let exit = match sys::peek_exit(row.pid) {
+            Some(exit) => exit,
+            // A pidfd is readable only at the exit; should it not be, listen again.
+            None if from_pidfd => {
                 if let Some(pidfd) = row.monitor.as_ref().and_then(|m| m.pidfd()) {
                     let _ = self.rx.watch(pidfd, gen);
                 }
+                return;
             }
-        }
-    }
-
-    /// A monitor told us its leader exited: say so now, and look for what
-    /// is left of its group at once.
-    fn leader_exited(&mut self, gen: u64, now: Instant) {
-        let Some(row) = self.procs.get(&gen) else { return };
-        if row.reaped || row.exited.is_some() {
-            return;
-        }
-        let exit = sys::peek_exit(row.pid).unwrap_or(ChildExit::Unknown);
-        self.leader_exited_as(gen, exit, now);
-    }
-
-    fn leader_exited_as(&mut self, gen: u64, exit: ChildExit, now: Instant) {
-        let Some(row) = self.procs.get_mut(&gen) else { return };
+            None => ChildExit::Unknown,
+        };
         row.exited = Some(now);
         row.exited_unix = sys::unix_now();
         row.exit = Some(exit);
@@ -897,18 +886,16 @@ impl Core {
         let mut live = None;
         for gen in due {
             let Some(row) = self.procs.get_mut(&gen) else { continue };
-            let empty = match &row.cgroup {
-                // An empty leaf goes at once, its rmdir being the look
-                // (EBUSY while a process is in it, or a cgroup below it).
-                Some(cgroup) if cgroup.remove_if_empty() => {
-                    row.cgroup_removed = true;
-                    true
-                }
-                Some(cgroup) => !cgroup.populated(),
-                None => !live.get_or_insert_with(crate::proc::live_groups).contains(&row.pid),
-            };
+            // An empty leaf goes at once, its rmdir being the look (EBUSY
+            // while a process is in it, or a cgroup below it).
+            let removed = row.cgroup.as_ref().is_some_and(Cgroup::remove_if_empty);
+            let empty = removed
+                || match &row.cgroup {
+                    Some(cgroup) => !cgroup.populated(),
+                    None => !live.get_or_insert_with(crate::proc::live_groups).contains(&row.pid),
+                };
             if empty {
-                self.group_gone(gen, now);
+                self.group_gone(gen, removed, now);
                 continue;
             }
             let (_, step) = row.check.unwrap_or((now, GROUP_CHECK_MIN));
@@ -952,8 +939,9 @@ impl Core {
     /// The leader of row `gen` exited and its group is empty: take it out
     /// of the table, tell its slot (which may start the next process at
     /// once) and, at the end of the round, reap it and let its monitor
-    /// drain and close the pipes (`finish_reaps`).
-    fn group_gone(&mut self, gen: u64, now: Instant) {
+    /// drain and close the pipes (`finish_reaps`). `removed`: its cgroup
+    /// is gone already.
+    fn group_gone(&mut self, gen: u64, removed: bool, now: Instant) {
         let Some(row) = self.procs.get_mut(&gen) else { return };
         let exit = match row.exit {
             Some(exit) if exit != ChildExit::Unknown => {
@@ -974,7 +962,6 @@ impl Core {
         let (pid, role, exited_unix) = (row.pid, row.role.clone(), row.exited_unix);
         let start_error = row.start_error.take();
         let cgroup = row.cgroup.take();
-        let removed = row.cgroup_removed;
         if let Role::Helper { rule, .. } = &role {
             self.helpers.release(rule);
         }
@@ -1018,7 +1005,7 @@ impl Core {
     fn handle(&mut self, command: Command) {
         let now = Instant::now();
         match command {
-            Command::Child(ChildNote::Exited { gen }) => self.leader_exited(gen, now),
+            Command::Child(ChildNote::Exited { gen }) => self.leader_exited(gen, false, now),
             Command::Child(ChildNote::Closed { gen }) => {
                 let Some(row) = self.procs.get_mut(&gen) else { return };
                 // Joined after this round's group checks and starts: a
