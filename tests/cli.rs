@@ -79,6 +79,15 @@ fn usage_errors_exit_64_and_help_works_everywhere() {
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         assert!(text(&out.stdout).contains("scale ENTRY COUNT"));
     }
+    // A command's own help first: its flags, then every command and the environment.
+    let out = tconf(&["logs", "--help"], "basic");
+    let help = text(&out.stdout);
+    assert!(
+        help.starts_with("Usage: tconf logs [ENTRY...]")
+            && help.contains("--since T")
+            && help.contains("SENTRY_SYSLOG"),
+        "{help}"
+    );
 }
 
 #[test]

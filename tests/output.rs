@@ -41,11 +41,12 @@ fn read_number(path: &Path) -> Option<u64> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// The child's lines back from `log`: `+` pieces joined with what follows.
+/// The child's lines back from `log`: `+` pieces joined with what follows;
+/// Sentry's own lines (`[sentry] Started …`) left out.
 fn reassemble(log: &str, tag: &str) -> Vec<String> {
     let mut lines = Vec::new();
     let mut current = String::new();
-    for line in log.lines() {
+    for line in log.lines().filter(|l| !l.contains(&format!(" {tag} [sentry] "))) {
         let (_, rest) =
             line.split_once(&format!(" {tag}")).unwrap_or_else(|| panic!("not a line of {tag}: {line:.200}"));
         if let Some(piece) = rest.strip_prefix("+ ") {

@@ -83,7 +83,11 @@ fn output_is_captured_whole_and_in_order() {
     let mut s = s;
     assert!(s.cli(&["stop"]).status.success());
     assert_eq!(s.wait_exit(), Some(0));
-    assert!(s.log("talk").lines().last().unwrap().ends_with(&format!("talk.{pid} partial")));
+    let log = s.log("talk");
+    let mut own = log.lines().rev().take_while(|l| l.contains(&format!("talk.{pid} [sentry] ")));
+    assert!(own.next().is_some_and(|l| l.contains("[sentry] Exited at")), "the exit is the last line: {log:.300}");
+    let output = log.lines().rev().find(|l| !l.contains(" [sentry] ")).unwrap();
+    assert!(output.ends_with(&format!("talk.{pid} partial")), "{output}");
 }
 
 #[test]

@@ -86,7 +86,10 @@ fn term_hits_the_hog_and_spares_the_innocent() {
     let line = console.lines().find(|l| l.contains(&format!("hog.{}", hog.pid()))).unwrap_or_default();
     assert!(line.contains("rmem ") && line.ends_with("> 50m: term."), "{console}");
     let log = s.log("hog");
-    assert!(log.lines().any(|l| l.contains(&format!("hog.{} rmem ", hog.pid())) && l.ends_with(": term.")), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains(&format!("hog.{} [sentry] rmem ", hog.pid())) && l.ends_with(": term.")),
+        "{log}"
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use crate::config::EntryConfig;
+use crate::lifecycle::ChildExit;
 use crate::output::{LineSink, LineSplitter, Outbox};
 use crate::spawn::{self, Credentials};
 use crate::sys;
@@ -216,13 +217,18 @@ struct Work {
     /// Streams at end of file (kept, not polled, until their lines are written).
     ended: Vec<bool>,
     sink: LineSink,
+    /// The `[sentry]` line that ends the process's part of the log (its
+    /// exit), from the core's [`Monitor::set_closing`] or its own look at the exit; and whether it was
+    /// queued.
+    closing: Option<String>,
+    closed: bool,
 }
 
 impl Work {
     /// Each stream still open, or ended with lines unwritten, goes back
     /// with those lines in front of its splitter's remainder.
     fn give_back(self) -> Quiesced {
-        let Work { streams, ended, mut out, sink } = self;
+        let Work { streams, ended, mut out, sink, .. } = self;
         let mut kept = Vec::new();
         for (i, mut stream) in streams.into_iter().enumerate() {
             if !ended[i] || out.holds(i) {
@@ -309,6 +315,7 @@ impl Monitor {
     /// when the caller has them already (kept across an exec); otherwise a
     /// pidfd is opened, and the thread reads the starttime (off the core's
     /// path; see [`Monitor::starttime`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         gen: u64,
         pid: i32,
@@ -316,6 +323,7 @@ impl Monitor {
         streams: Vec<Stream>,
         sink: LineSink,
         reaped: bool,
+        opening: Option<String>,
         notify: impl Fn(ChildNote) + Send + 'static,
     ) -> io::Result<Monitor> {
         let (pidfd, starttime) = known;
@@ -333,7 +341,11 @@ impl Monitor {
         let finish_for_thread = finish.clone();
         let name = format!("sentry-{}.{pid}", sink.entry);
         let ended = vec![false; streams.len()];
-        let work = Work { streams, out: Outbox::default(), ended, sink };
+        let mut out = Outbox::default();
+        if let Some(text) = opening {
+            out.add_own(&text);
+        }
+        let work = Work { streams, out, ended, sink, closing: None, closed: false };
         let shared = Arc::new(Shared { state: Mutex::new(Hand::Watching(work)), changed: Condvar::new() });
         let ends = EndsWatching(shared.clone());
         // A monitor's deepest path (a log write with its formatting, a
@@ -398,6 +410,15 @@ impl Monitor {
         sys::eventfd_signal(self.stop.as_fd());
     }
 
+    /// The `[sentry]` line that ends the process's part of its log
+    /// (`Exited at … with …`), written after its last output line — unless
+    /// the thread saw the exit itself first and has its own.
+    pub fn set_closing(&self, closing: String) {
+        if let Hand::Watching(w) = &mut *self.shared.lock() {
+            w.closing.get_or_insert(closing);
+        }
+    }
+
     /// Waits for a monitor that said [`ChildNote::Closed`].
     pub fn join(self) -> Quiesced {
         self.thread.join().unwrap_or(Quiesced { streams: Vec::new(), sink: None })
@@ -414,6 +435,9 @@ struct Ends {
 fn run(pid: i32, pidfd: Option<Arc<OwnedFd>>, ends: Ends, shared: &Shared, notify: impl Fn(ChildNote)) -> Quiesced {
     let Ends { gen, stop, finish } = ends;
     let mut exited = pidfd.is_none();
+    // The pidfd said the child is gone but the core had reaped it first:
+    // not polled again; the core's finish follows.
+    let mut pidfd_done = false;
     // Allocated at the first read: a quiet child (most of a thousand) costs no buffer.
     let mut buf = Vec::new();
     // What an earlier monitor left: a cut line's rest, whole lines it could not write.
@@ -428,9 +452,18 @@ fn run(pid: i32, pidfd: Option<Arc<OwnedFd>>, ends: Ends, shared: &Shared, notif
         let Hand::Watching(w) = &mut *state else { return shared.wait_released(state) };
         let done = |i: usize, w: &Work| w.ended[i] && !w.out.holds(i);
         if exited && (0..w.streams.len()).all(|i| done(i, w)) {
-            notify(ChildNote::Closed { gen });
-            let Hand::Watching(w) = std::mem::replace(&mut *state, Hand::Ended) else { unreachable!() };
-            return Quiesced { streams: Vec::new(), sink: Some(w.sink) };
+            if !w.closed {
+                w.closed = true;
+                if let Some(text) = w.closing.take() {
+                    w.out.add_own(&text);
+                    w.out.flush(&w.sink);
+                }
+            }
+            if !w.out.is_holding() {
+                notify(ChildNote::Closed { gen });
+                let Hand::Watching(w) = std::mem::replace(&mut *state, Hand::Ended) else { unreachable!() };
+                return Quiesced { streams: Vec::new(), sink: Some(w.sink) };
+            }
         }
         // Back-pressure: while lines wait for the log, the pipes are not read.
         let reading: Vec<usize> =
@@ -439,7 +472,7 @@ fn run(pid: i32, pidfd: Option<Arc<OwnedFd>>, ends: Ends, shared: &Shared, notif
             .iter()
             .map(|&i| pollfd(w.streams[i].fd.as_raw_fd()))
             .chain([pollfd(stop.as_raw_fd())])
-            .chain(pidfd.as_ref().filter(|_| !exited).map(|p| pollfd(p.as_raw_fd())))
+            .chain(pidfd.as_ref().filter(|_| !exited && !pidfd_done).map(|p| pollfd(p.as_raw_fd())))
             .collect();
         let timeout = w.out.timeout_ms(Instant::now());
         // The wait, without the lock: the core may take the work meanwhile.
@@ -461,7 +494,7 @@ fn run(pid: i32, pidfd: Option<Arc<OwnedFd>>, ends: Ends, shared: &Shared, notif
             // The child and its group are gone: take what the pipes hold
             // now, then end once every line is written — however long a
             // full disk makes that take (a stop still ends it at once).
-            let Work { streams, out, ended, sink } = w;
+            let Work { streams, out, ended, sink, .. } = w;
             for i in 0..streams.len() {
                 if !ended[i] {
                     drain_now(i, &mut streams[i], &mut buf, sink, out);
@@ -473,7 +506,7 @@ fn run(pid: i32, pidfd: Option<Arc<OwnedFd>>, ends: Ends, shared: &Shared, notif
             exited = true;
             continue;
         }
-        let Work { streams, out, ended, sink } = w;
+        let Work { streams, out, ended, sink, closing, .. } = w;
         if out.is_holding() {
             if out.is_due(Instant::now()) {
                 out.flush(sink);
@@ -492,9 +525,18 @@ fn run(pid: i32, pidfd: Option<Arc<OwnedFd>>, ends: Ends, shared: &Shared, notif
             // One write for what all pipes gave this round.
             out.flush(sink);
         }
-        if !exited && pidfd.is_some() && fds.last().is_some_and(|p| p.revents != 0) && sys::has_exited(pid) {
-            exited = true;
-            notify(ChildNote::Exited { gen });
+        let pidfd_polled = pidfd.is_some() && !exited && !pidfd_done;
+        if pidfd_polled && fds.last().is_some_and(|p| p.revents != 0) {
+            match sys::peek_exit(pid) {
+                // ECHILD: the core reaped it first and finishes this thread next.
+                Some(ChildExit::Unknown) => pidfd_done = true,
+                Some(exit) => {
+                    exited = true;
+                    closing.get_or_insert_with(|| crate::lifecycle::exit_text(exit, sys::unix_now()));
+                    notify(ChildNote::Exited { gen });
+                }
+                None => {}
+            }
         }
     }
 }

@@ -34,15 +34,19 @@ const EXIT_USAGE: i32 = 64;
 /// }
 /// ```
 pub fn sentry(specs: Vec<Spec>) -> ! {
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).try_init();
+    let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).build();
+    let max = inner.filter();
+    if log::set_boxed_logger(Box::new(crate::events::Logger { inner })).is_ok() {
+        log::set_max_level(max);
+    }
     sys::init_local_time();
     let invocation = parse(std::env::args_os().skip(1));
     if !matches!(invocation, Ok(Invocation::Run { command: Subcommand::Start { daemon: false, .. }, .. })) {
         sys::default_sigpipe();
     }
     let code = match invocation {
-        Ok(Invocation::Help) => {
-            print!("{}", usage());
+        Ok(Invocation::Help(command)) => {
+            print!("{}", command.as_deref().and_then(command_help).unwrap_or_else(usage));
             EXIT_OK
         }
         Ok(Invocation::Run { command, dir, crate_dir }) => {
@@ -60,13 +64,18 @@ pub fn sentry(specs: Vec<Spec>) -> ! {
 /// A parsed command line.
 #[derive(Debug, PartialEq, Eq)]
 enum Invocation {
-    Help,
-    Run { command: Subcommand, dir: Option<PathBuf>, crate_dir: Option<PathBuf> },
+    /// `--help`, for the command named (if any).
+    Help(Option<String>),
+    Run {
+        command: Subcommand,
+        dir: Option<PathBuf>,
+        crate_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Subcommand {
-    Start { http: Option<String>, daemon: bool, handoff: Option<i32> },
+    Start { http: Option<String>, daemon: bool, handoff: Option<i32>, syslog: bool },
     Stop,
     Reload { exec: Option<PathBuf> },
     Status { json: bool },
@@ -74,6 +83,8 @@ enum Subcommand {
     Restart { entry: String },
     Check { handoff_version: bool },
     Explain,
+    Logs { entries: Vec<String>, query: crate::logs::Query, since: Option<String>, reopen: bool },
+    SystemdUnit,
 }
 
 fn program() -> String {
@@ -89,21 +100,86 @@ fn usage() -> String {
         "Usage: {name} COMMAND [--dir DIR] [--crate CRATE]
 
 Commands:
-  start [--http ADDR] [--daemon]  run the supervisor (in the foreground unless --daemon)
+  start [--http ADDR] [--daemon] [--syslog]
+                                  run the supervisor (in the foreground unless --daemon)
   stop                            stop the running instance and wait for it
   reload [--exec PATH]            rebuild this configuration and re-exec in place
   status [--json]                 show the state of the running instance
   scale ENTRY COUNT               set the number of processes of an entry
   restart ENTRY                   gracefully restart an entry's processes
+  logs [ENTRY...] [-f] [-n N] [--since T] [--reopen]
+                                  show the entries' logs (merged by time)
   check                           validate the configuration
   explain                         show what watches and rules match now
+  systemd-unit                    print a systemd service unit for this configuration
 
 Options:
   --dir DIR      run directory (pidfile, control files, log/); default: the crate
   --crate CRATE  the configuration crate's directory
-  --help         this text
-"
+  --help         this text; COMMAND --help: that command's
+{ENVIRONMENT}"
     )
+}
+
+/// The environment variables every command reads.
+const ENVIRONMENT: &str = "
+Environment:
+  SENTRY_DIR     the run directory, as --dir
+  SENTRY_CRATE   the configuration crate, as --crate
+  SENTRY_HTTP    the control address, as start --http (HOST:PORT or unix:PATH)
+  SENTRY_SYSLOG  the syslog socket events go to with --syslog or --daemon (default /dev/log)
+  NOTIFY_SOCKET  set by systemd: readiness, reload and stop are notified there
+  JOURNAL_STREAM set by systemd: events also go to the journal, with SENTRY_ENTRY=…
+  RUST_LOG       how much Sentry logs about itself (default warn)
+";
+
+/// `COMMAND --help`.
+fn command_help(command: &str) -> Option<String> {
+    let name = program();
+    let (synopsis, text) = match command {
+        "start" => (
+            "start [--http ADDR] [--daemon] [--syslog]",
+            "Runs the supervisor in the foreground until SIGINT or SIGTERM (exit 0 after a clean stop;
+1 if already running, the configuration is invalid or the address cannot be bound).
+  --http ADDR  the control interface: HOST:PORT (default 127.0.0.1:0) or unix:PATH
+  --daemon     detach; return once the instance answers; output to DIR/NAME.out
+               (rotated at 10 MiB, 5 kept); events also to syslog
+  --syslog     send events to syslog too (RFC 5424, facility daemon)
+Signals: SIGHUP reloads, SIGUSR1 reopens every log file (after logrotate).",
+        ),
+        "stop" => ("stop", "Stops the running instance and waits for it (0 stopped or not running; 1 still running)."),
+        "reload" => (
+            "reload [--exec PATH]",
+            "Rebuilds the configuration crate and re-execs the running instance in place (or re-execs
+PATH after its check). 0 re-exec'd; 1 build or check failed; 2 not running.",
+        ),
+        "status" => {
+            ("status [--json]", "Shows the running instance's state (--json: as GET /status). 2 if not running.")
+        }
+        "scale" => ("scale ENTRY COUNT", "Sets an entry's number of processes at run time."),
+        "restart" => ("restart ENTRY", "Gracefully restarts an entry's processes."),
+        "logs" => (
+            "logs [ENTRY...] [-f] [-n N] [--since T] [--reopen]",
+            "Shows DIR/log/ENTRY.log and its rotated files (ENTRY.log.1 the newest), every entry when
+none is named, merged in time order.
+  -n, --lines N  the last N lines (default 10; all with --since)
+  --since T      lines since T: a duration back from now (30s, 10m, 2h, 1d) or an
+                 RFC 3339 time (2026-12-07T10:00:00Z, 2026-12-07 11:00:00+01:00)
+  -f, --follow   go on showing what is written, across rotations
+  --reopen       ask the running instance to reopen its log files (what SIGUSR1
+                 does; for logrotate's postrotate); 2 if not running",
+        ),
+        "check" => ("check", "Validates the configuration without starting anything (0 valid, 1 invalid)."),
+        "explain" => ("explain", "A dry run: what each watch and rule matches now and what would fire."),
+        "systemd-unit" => (
+            "systemd-unit",
+            "Prints a systemd service unit (Type=notify) that runs this configuration in DIR.
+Install it as /etc/systemd/system/NAME.service (or ~/.config/systemd/user/ with --user),
+then: systemctl daemon-reload && systemctl enable --now NAME.",
+        ),
+        _ => return None,
+    };
+    Some(format!("Usage: {name} {synopsis} [--dir DIR] [--crate CRATE]\n\n{text}\n\n{}", usage()))
 }
 
 /// Parses the arguments (without the program name). Arguments are
@@ -119,6 +195,8 @@ fn parse(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result<Invocati
     let mut http = None;
     let mut exec = None;
     let (mut daemon, mut json, mut handoff_version) = (false, false, false);
+    let (mut help, mut follow, mut reopen, mut syslog) = (false, false, false, false);
+    let (mut lines, mut since) = (None, None);
     let mut handoff = None;
     let mut words: Vec<OsString> = Vec::new();
     loop {
@@ -132,7 +210,15 @@ fn parse(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result<Invocati
         }
         let Some(arg) = parser.next().map_err(|e| e.to_string())? else { break };
         match arg {
-            Short('h') | Long("help") => return Ok(Invocation::Help),
+            Short('h') | Long("help") => help = true,
+            Short('f') | Long("follow") => follow = true,
+            Short('n') | Long("lines") => {
+                let n = text(value(&mut parser)?, "-n N")?;
+                lines = Some(n.parse::<usize>().map_err(|_| format!("-n needs a number of lines, not {n:?}"))?);
+            }
+            Long("since") => since = Some(text(value(&mut parser)?, "--since T")?),
+            Long("reopen") => reopen = true,
+            Long("syslog") => syslog = true,
             Long("dir") => dir = Some(PathBuf::from(value(&mut parser)?)),
             Long("crate") => crate_dir = Some(PathBuf::from(value(&mut parser)?)),
             Long("http") => http = Some(text(value(&mut parser)?, "--http ADDR")?),
@@ -150,6 +236,9 @@ fn parse(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result<Invocati
             other => return Err(other.unexpected().to_string()),
         }
     }
+    if help {
+        return Ok(Invocation::Help(words.first().and_then(|w| w.to_str()).map(str::to_string)));
+    }
     let mut words = words.into_iter();
     let name = words.next().ok_or("missing command")?;
     let Some(name) = name.to_str().map(str::to_string) else {
@@ -160,7 +249,7 @@ fn parse(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result<Invocati
         text(word, what).map_err(|e| format!("{name}: {e}"))
     };
     let command = match name.as_str() {
-        "start" => Subcommand::Start { http: http.take(), daemon, handoff },
+        "start" => Subcommand::Start { http: http.take(), daemon, handoff, syslog },
         "stop" => Subcommand::Stop,
         "reload" => Subcommand::Reload { exec: exec.take() },
         "status" => Subcommand::Status { json },
@@ -168,6 +257,12 @@ fn parse(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result<Invocati
         "restart" => Subcommand::Restart { entry: positional("ENTRY")? },
         "check" => Subcommand::Check { handoff_version },
         "explain" => Subcommand::Explain,
+        "systemd-unit" => Subcommand::SystemdUnit,
+        "logs" => {
+            let entries = words.by_ref().map(|w| text(w, "ENTRY")).collect::<Result<Vec<_>, _>>()?;
+            let query = crate::logs::Query { lines, since_ms: None, follow };
+            Subcommand::Logs { entries, query, since: since.take(), reopen }
+        }
         other => return Err(format!("unknown command {other:?}")),
     };
     if let Some(extra) = words.next() {
@@ -178,6 +273,13 @@ fn parse(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result<Invocati
     }
     if handoff_version && !matches!(command, Subcommand::Check { .. }) {
         return Err(format!("{name} does not take --handoff-version"));
+    }
+    let logs = matches!(command, Subcommand::Logs { .. });
+    if !logs && (follow || reopen || lines.is_some() || since.is_some()) {
+        return Err(format!("{name} does not take -f/-n/--since/--reopen"));
+    }
+    if syslog && !matches!(command, Subcommand::Start { .. }) {
+        return Err(format!("{name} does not take --syslog"));
     }
     let misplaced = match &command {
         Subcommand::Start { .. } => (exec.is_some() || json).then_some("--exec/--json"),
@@ -211,13 +313,15 @@ fn run(command: Subcommand, specs: Vec<Spec>, paths: &Paths) -> i32 {
         Subcommand::Check { handoff_version } => check(&specs, handoff_version),
         Subcommand::Explain => explain(&specs, paths),
         Subcommand::Start { handoff: Some(fd), .. } => run::resume(&specs, paths, fd).map_err(fail),
-        Subcommand::Start { http, daemon: false, .. } => run::start(&specs, paths, http).map_err(fail),
+        Subcommand::Start { http, daemon: false, syslog, .. } => run::start(&specs, paths, http, syslog).map_err(fail),
         Subcommand::Start { http, daemon: true, .. } => start_daemon(&specs, paths, http),
         Subcommand::Stop => stop(&specs, paths),
         Subcommand::Status { json } => status(paths, json),
         Subcommand::Scale { entry, count } => scale(paths, &entry, &count),
         Subcommand::Restart { entry } => restart(paths, &entry),
         Subcommand::Reload { exec } => reload(paths, exec),
+        Subcommand::Logs { entries, query, since, reopen } => logs(&specs, paths, entries, query, since, reopen),
+        Subcommand::SystemdUnit => systemd_unit(&specs, paths),
     };
     match result {
         Ok(()) => EXIT_OK,
@@ -366,6 +470,8 @@ fn start_daemon(specs: &[Spec], paths: &Paths, http: Option<String>) -> Outcome 
     if let Some(h) = http {
         cmd.arg("--http").arg(h);
     }
+    // Detached, its events go to syslog too (the seed's "syslogged events").
+    cmd.arg("--syslog");
     let err = out.try_clone().map_err(|e| fail(Error::io("cannot duplicate the output file", e)))?;
     cmd.stdin(std::process::Stdio::null()).stdout(out).stderr(err);
     // SAFETY: setsid is async-signal-safe.
@@ -582,6 +688,57 @@ fn reload(paths: &Paths, exec: Option<PathBuf>) -> Outcome {
     }
 }
 
+/// `logs`: reads the files; `--reopen` signals the instance, found by its
+/// locked pidfile only.
+fn logs(
+    specs: &[Spec],
+    paths: &Paths,
+    entries: Vec<String>,
+    mut query: crate::logs::Query,
+    since: Option<String>,
+    reopen: bool,
+) -> Outcome {
+    if reopen {
+        let pid = instance::live_pid(&paths.pidfile()).map_err(fail)?;
+        // SAFETY: kill of the PID whose pidfile lock is held: the live instance.
+        if unsafe { libc::kill(pid as i32, libc::SIGUSR1) } != 0 {
+            return Err((EXIT_FAIL, format!("cannot signal PID {pid}: {}", std::io::Error::last_os_error())));
+        }
+        println!("Asked PID {pid} to reopen its log files.");
+        return Ok(());
+    }
+    let dir = paths.log_dir();
+    let known: Vec<String> = specs.iter().filter(|s| s.is_entry()).map(|s| s.name().to_string()).collect();
+    let entries = if entries.is_empty() { known.clone() } else { entries };
+    for e in &entries {
+        if !known.contains(e) && !dir.join(format!("{e}.log")).exists() {
+            return Err((EXIT_FAIL, format!("unknown entry {e:?} (and no {e}.log in {})", dir.display())));
+        }
+    }
+    if let Some(t) = since {
+        let now_ms = (sys::unix_now_ns() / 1_000_000) as i64;
+        query.since_ms = Some(crate::logs::parse_since(&t, now_ms).map_err(|e| (EXIT_FAIL, e))?);
+    } else if query.lines.is_none() {
+        query.lines = Some(10);
+    }
+    let mut out = std::io::stdout().lock();
+    match crate::logs::show(&dir, &entries, &query, &mut out) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err((EXIT_FAIL, e.to_string())),
+    }
+}
+
+/// `systemd-unit`: the unit for this binary and DIR.
+fn systemd_unit(specs: &[Spec], paths: &Paths) -> Outcome {
+    let config = Config::from_specs(specs).map_err(fail)?;
+    let exe = std::env::current_exe().map_err(|e| fail(Error::io("cannot find this executable", e)))?;
+    let dir = std::fs::canonicalize(&paths.dir).unwrap_or_else(|_| paths.dir.clone());
+    let stop = max_stop_wait(&config).as_secs() + 10;
+    print!("{}", crate::systemd::unit(&paths.name, &exe, &dir, paths.crate_dir.as_deref(), stop));
+    Ok(())
+}
+
 fn restart(paths: &Paths, entry: &str) -> Outcome {
     let c = client(paths).map_err(fail)?;
     let (code, body) = c.post(&format!("/entries/{entry}/restart"), "{}").map_err(fail)?;
@@ -607,7 +764,12 @@ mod tests {
         assert_eq!(
             parse(args("start --http 127.0.0.1:0 --dir /d")),
             Ok(Invocation::Run {
-                command: Subcommand::Start { http: Some("127.0.0.1:0".into()), daemon: false, handoff: None },
+                command: Subcommand::Start {
+                    http: Some("127.0.0.1:0".into()),
+                    daemon: false,
+                    handoff: None,
+                    syslog: false
+                },
                 dir: Some("/d".into()),
                 crate_dir: None
             })
@@ -620,7 +782,7 @@ mod tests {
                 crate_dir: Some("/c".into())
             })
         );
-        assert_eq!(parse(args("status --help")), Ok(Invocation::Help));
+        assert_eq!(parse(args("status --help")), Ok(Invocation::Help(Some("status".into()))));
     }
 
     #[test]
@@ -677,7 +839,12 @@ mod tests {
         assert_eq!(
             parse(args("start --http=127.0.0.1:1 --daemon")),
             Ok(Invocation::Run {
-                command: Subcommand::Start { http: Some("127.0.0.1:1".into()), daemon: true, handoff: None },
+                command: Subcommand::Start {
+                    http: Some("127.0.0.1:1".into()),
+                    daemon: true,
+                    handoff: None,
+                    syslog: false
+                },
                 dir: None,
                 crate_dir: None
             })
@@ -685,6 +852,8 @@ mod tests {
         for bad in ["start --daemon=yes", "start -x", "status --json=1", "check --handoff-fd 3"] {
             assert!(parse(args(bad)).is_err(), "{bad:?}");
         }
-        assert_eq!(parse(args("-h")), Ok(Invocation::Help));
+        assert_eq!(parse(args("-h")), Ok(Invocation::Help(None)));
+        assert!(command_help("logs").unwrap().contains("--since T"));
+        assert!(command_help("nope").is_none());
     }
 }

@@ -14,6 +14,11 @@ use crate::handoff::{
 };
 use crate::rule::{Action, Comparison, Piece, Quantity, Trigger, Var, Word};
 use crate::spec::{EntryFields, Restart, Spec, SpecKind, MAX_COUNT, MAX_LINE_LIMIT, MIN_LINE_LIMIT};
+
+/// The smallest rotation size an entry may set (0 aside: no rotation).
+const MIN_LOG_SIZE: u64 = 4096;
+/// The most rotated log files an entry may keep.
+const MAX_LOG_KEEP: usize = 1000;
 use crate::{Error, Signal};
 
 /// A validated configuration.
@@ -42,6 +47,10 @@ pub(crate) struct EntryConfig {
     pub rules: Vec<Rule>,
     /// The longest piece of an output line one log line holds.
     pub line_limit: usize,
+    /// Bytes at which its log rotates (0: never).
+    pub log_size: u64,
+    /// Rotated log files kept.
+    pub log_keep: usize,
 }
 
 /// A validated watch.
@@ -98,6 +107,8 @@ impl Config {
                         children: spec.children,
                         rules,
                         line_limit: e.line_limit,
+                        log_size: e.log_size,
+                        log_keep: e.log_keep,
                     });
                 }
                 SpecKind::Watch(w) => {
@@ -160,6 +171,8 @@ impl EntryConfig {
             children: self.children,
             rules: self.rules.iter().map(|r| RuleForm::Data(r.to_snapshot())).collect(),
             line_limit: self.line_limit,
+            log_size: self.log_size,
+            log_keep: self.log_keep,
         }
     }
 
@@ -183,6 +196,8 @@ impl EntryConfig {
             children: s.children,
             rules,
             line_limit: s.line_limit.clamp(MIN_LINE_LIMIT, MAX_LINE_LIMIT),
+            log_size: if s.log_size == 0 { 0 } else { s.log_size.max(MIN_LOG_SIZE) },
+            log_keep: s.log_keep.min(MAX_LOG_KEEP),
         })
     }
 
@@ -373,6 +388,15 @@ fn validate_entry(name: &str, e: &EntryFields, problems: &mut Vec<String>) {
             e.line_limit
         ));
     }
+    if e.log_size != 0 && e.log_size < MIN_LOG_SIZE {
+        problems.push(format!(
+            "entry {name:?}: .log_size({}) is below {MIN_LOG_SIZE} bytes (0 turns rotation off)",
+            e.log_size
+        ));
+    }
+    if e.log_keep > MAX_LOG_KEEP {
+        problems.push(format!("entry {name:?}: .log_keep({}) is above {MAX_LOG_KEEP} files", e.log_keep));
+    }
     if let Some(cwd) = &e.cwd {
         use std::os::unix::ffi::OsStrExt;
         if cwd.as_os_str().is_empty() || cwd.as_os_str().as_bytes().contains(&0) {
@@ -463,6 +487,25 @@ mod tests {
             assert!(all.contains(needle), "{needle:?} missing from:\n{all}");
         }
         assert!(p.len() >= 8, "{p:#?}");
+    }
+
+    #[test]
+    fn log_rotation_is_checked_and_crosses_exec() {
+        let Err(Error::InvalidConfig(p)) = Config::from_specs(&[
+            entry("tiny", "sleep", ["1"], 0, 1).log_size(100),
+            entry("many", "sleep", ["1"], 0, 1).log_keep(5000),
+            watch("w", "x").log_size(1 << 20),
+        ]) else {
+            panic!("accepted")
+        };
+        assert!(p[0].contains(".log_size(100) is below 4096 bytes (0 turns rotation off)"), "{p:?}");
+        assert!(p[1].contains(".log_keep(5000) is above 1000 files"), "{p:?}");
+        assert!(p[2].contains(".log_size() applies to entries only"), "{p:?}");
+        let config = Config::from_specs(&[entry("ok", "sleep", ["1"], 0, 1).log_size(0).log_keep(0)]).unwrap();
+        let back = EntryConfig::from_snapshot(&config.entries[0].to_snapshot()).unwrap();
+        assert_eq!((back.log_size, back.log_keep), (0, 0));
+        let default = Config::from_specs(&[entry("d", "sleep", ["1"], 0, 1)]).unwrap();
+        assert_eq!((default.entries[0].log_size, default.entries[0].log_keep), (10 << 20, 5));
     }
 
     #[test]

@@ -307,6 +307,19 @@ pub(crate) struct EntryConfigSnapshot {
     /// Bytes; older images did not record it.
     #[serde(default = "default_line_limit")]
     pub line_limit: usize,
+    /// Bytes; older images did not rotate.
+    #[serde(default = "default_log_size")]
+    pub log_size: u64,
+    #[serde(default = "default_log_keep")]
+    pub log_keep: usize,
+}
+
+fn default_log_size() -> u64 {
+    crate::logfile::LOG_SIZE
+}
+
+fn default_log_keep() -> usize {
+    crate::logfile::LOG_KEEP
 }
 
 fn default_line_limit() -> usize {
@@ -603,6 +616,8 @@ mod tests {
                         children: false,
                         rules: vec![],
                         line_limit: 4096,
+                        log_size: 1 << 20,
+                        log_keep: 2,
                     },
                     target: 2,
                     restarts: 1,

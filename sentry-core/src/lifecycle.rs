@@ -291,6 +291,20 @@ fn with_then(phase: Phase, then: AfterStop) -> Phase {
     }
 }
 
+/// The seed's exit line: `Exited at T with ExitSuccess.`
+pub(crate) fn exit_text(exit: ChildExit, at: u64) -> String {
+    match exit {
+        ChildExit::Code(0) => format!("Exited at {at} with ExitSuccess."),
+        ChildExit::Code(code) => format!("Exited at {at} with ExitFailure {code}."),
+        ChildExit::Signal(sig) => {
+            let name =
+                Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {sig}"));
+            format!("Exited at {at}, killed by {name}.")
+        }
+        ChildExit::Unknown => format!("Exited at {at} with an unknown status."),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,19 +6,18 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
+use crate::logfile::{LogFile, LogState};
 use crate::sys;
 
 /// Lines waiting for the console writer; beyond this, console lines are dropped.
@@ -36,6 +35,60 @@ pub(crate) struct Console {
     done: Receiver<()>,
     /// Set when `close` gave up: the thread writes nothing more.
     abandoned: Arc<AtomicBool>,
+}
+
+/// `DIR/NAME.out` when this instance runs detached (`start --daemon`) and
+/// its standard output and error are that file: rotated like an entry's
+/// log (10 MiB × 5), reopened by SIGUSR1.
+static DAEMON_OUTPUT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Takes `path` as the daemon's output if standard output is that very file.
+pub(crate) fn adopt_daemon_output(path: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| (a.dev(), a.ino()) == (b.dev(), b.ino());
+    // SAFETY: fstat of fd 1 into a File we never close.
+    let stdout = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
+    if let (Ok(a), Ok(b)) = (stdout.metadata(), std::fs::metadata(path)) {
+        if a.is_file() && same(&a, &b) {
+            let _ = DAEMON_OUTPUT.set(path.to_path_buf());
+        }
+    }
+}
+
+/// Points standard output and error at a fresh opening of the daemon's
+/// output path (after logrotate moved it).
+pub(crate) fn reopen_daemon_output() {
+    if let Some(path) = DAEMON_OUTPUT.get() {
+        if let Ok(file) = crate::logfile::open_log(path) {
+            use std::os::fd::AsRawFd;
+            // SAFETY: dup2 onto fds 1 and 2, which stay open throughout.
+            unsafe {
+                libc::dup2(file.as_raw_fd(), 1);
+                libc::dup2(file.as_raw_fd(), 2);
+            }
+        }
+    }
+}
+
+/// Rotates the daemon's output once it is past 10 MiB (`.out.1` the newest, 5 kept).
+fn rotate_daemon_output() {
+    let Some(path) = DAEMON_OUTPUT.get() else { return };
+    // SAFETY: fstat of fd 1 through a File we never close.
+    let stdout = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
+    if stdout.metadata().map_or(true, |m| m.len() < crate::logfile::LOG_SIZE) {
+        return;
+    }
+    let numbered = |k: usize| {
+        let mut p = path.clone().into_os_string();
+        p.push(format!(".{k}"));
+        std::path::PathBuf::from(p)
+    };
+    for k in (1..crate::logfile::LOG_KEEP).rev() {
+        let _ = std::fs::rename(numbered(k), numbered(k + 1));
+    }
+    if std::fs::rename(path, numbered(1)).is_ok() {
+        reopen_daemon_output();
+    }
 }
 
 /// A cheap handle to queue console lines.
@@ -92,6 +145,7 @@ impl Console {
                     let _ = out.write_all(line.as_bytes());
                     if rx.is_empty() {
                         let _ = out.flush();
+                        rotate_daemon_output();
                     }
                 }
                 let _ = out.flush();
@@ -132,20 +186,43 @@ impl Console {
 impl ConsoleHandle {
     /// Queues `text` plus a newline; drops it if the console is far behind.
     pub fn say(&self, text: &str) {
+        if self.tx.is_some() {
+            crate::events::emit(None, 0, text);
+            if crate::events::to_journal() {
+                return;
+            }
+        }
         self.push(format!("{text}\n"));
     }
 
-    /// Queues an event line in the seed's style: `HH:MM:SS name.PID      text`.
+    /// Queues an event line in the seed's style: `HH:MM:SS name.PID      text`
+    /// (and sends it to syslog or the journal, where set up).
     pub fn event(&self, name: &str, pid: i32, text: &str) {
         if self.tx.is_some() {
-            self.tagged(&format!("{name}.{pid}"), text);
+            crate::events::emit(Some(name), pid, text);
+            if !crate::events::to_journal() {
+                self.tagged(&format!("{name}.{pid}"), text);
+            }
         }
     }
 
     /// Queues an event line about `tag` (such as `name.PID` or `name.?`).
+    /// (A child's line, say: not an event, not sent to syslog.)
     pub fn tagged(&self, tag: &str, text: &str) {
         if self.tx.is_some() {
-            self.say(&format!("{} {tag:<15} {text}", sys::local_hms(sys::unix_now())));
+            self.push(format!("{} {tag:<15} {text}\n", sys::local_hms(sys::unix_now())));
+        }
+    }
+
+    /// An event of entry `entry` about `tag` (`name.?`, or the entry's
+    /// name alone): shown like [`ConsoleHandle::tagged`] and sent to syslog
+    /// or the journal where set up.
+    pub fn entry_event(&self, entry: &str, tag: &str, text: &str) {
+        if self.tx.is_some() {
+            crate::events::emit(Some(entry), 0, text);
+            if !crate::events::to_journal() {
+                self.tagged(tag, text);
+            }
         }
     }
 
@@ -206,32 +283,6 @@ fn hold_for(limit: usize) -> usize {
     (HOLD / limit).max(1) * limit
 }
 
-/// Opens a log file for appending, creating it with mode 0640 (children's
-/// output often holds secrets). A symbolic link there is not followed and
-/// anything but a regular file is refused. An existing file keeps its mode.
-pub(crate) fn open_log(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        // O_NONBLOCK: a FIFO planted there must not block the opening.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => io::Error::other("it is a symbolic link, which is not followed"),
-            // A FIFO without a reader.
-            Some(libc::ENXIO) => io::Error::other("it is not a regular file"),
-            _ => e,
-        })?;
-    if !file.metadata()?.file_type().is_file() {
-        return Err(io::Error::other("it is not a regular file"));
-    }
-    let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
-    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
-    Ok(file)
-}
-
 /// How a [`Record`] ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum End {
@@ -241,6 +292,9 @@ pub(crate) enum End {
     Eof,
     /// The line goes on: the stream gave more than the hold without a newline.
     Open,
+    /// A line Sentry itself writes (a process started or exited, a rule
+    /// fired): marked `[sentry]` in the log, never part of a stream.
+    Own,
 }
 
 /// A line read from a stream (or, for a line longer than the hold, its part so far).
@@ -347,63 +401,27 @@ impl LineSplitter {
     }
 }
 
-/// What Sentry knows about one log file, shared by every writer of it.
-#[derive(Default)]
-struct LogState {
-    /// The [`Outbox`] that owes the file the rest of a cut line: nobody
-    /// else writes until it has.
-    owed_by: Option<u64>,
-    /// The rest of a line a short write of [`LineSink::write`] cut: whoever
-    /// writes next writes it first.
-    orphan: Vec<u8>,
-    /// Since when writing fails (one warning when it starts, one when it ends).
-    failing_since: Option<Instant>,
-}
-
-impl LogState {
-    /// Writes the rest of a cut line nobody owns, if any.
-    fn write_orphan(&mut self, file: &File) -> io::Result<()> {
-        if self.orphan.is_empty() {
-            return Ok(());
-        }
-        let (n, error) = append(file, &self.orphan);
-        self.orphan.drain(..n);
-        error.map_or(Ok(()), Err)
-    }
-}
-
-/// The shared state of `file`'s log, by device and inode.
-fn log_state(file: &File) -> Arc<Mutex<LogState>> {
-    type States = Vec<((u64, u64), Weak<Mutex<LogState>>)>;
-    static STATES: Mutex<States> = Mutex::new(Vec::new());
-    let key = file.metadata().map(|m| (m.dev(), m.ino())).unwrap_or((0, 0));
-    let mut states = STATES.lock().unwrap_or_else(|e| e.into_inner());
-    states.retain(|(_, w)| w.strong_count() > 0);
-    if let Some(state) = states.iter().find(|(k, _)| *k == key).and_then(|(_, w)| w.upgrade()) {
-        return state;
-    }
-    let state = Arc::new(Mutex::new(LogState::default()));
-    states.push((key, Arc::downgrade(&state)));
-    state
-}
-
 /// Where one child's lines go: its entry's log file and the console.
 #[derive(Clone)]
 pub(crate) struct LineSink {
     pub entry: String,
     pub pid: i32,
-    pub log: Option<Arc<File>>,
+    pub log: Option<Arc<LogFile>>,
     pub console: ConsoleHandle,
     /// The longest piece of a line one log line holds.
     pub line_limit: usize,
-    shared: Option<Arc<Mutex<LogState>>>,
 }
 
 impl LineSink {
-    pub fn new(entry: &str, pid: i32, log: Option<Arc<File>>, console: ConsoleHandle, line_limit: usize) -> LineSink {
-        let shared = log.as_deref().map(log_state);
+    pub fn new(
+        entry: &str,
+        pid: i32,
+        log: Option<Arc<LogFile>>,
+        console: ConsoleHandle,
+        line_limit: usize,
+    ) -> LineSink {
         let line_limit = line_limit.clamp(crate::spec::MIN_LINE_LIMIT, crate::spec::MAX_LINE_LIMIT);
-        LineSink { entry: entry.to_string(), pid, log, console, line_limit, shared }
+        LineSink { entry: entry.to_string(), pid, log, console, line_limit }
     }
 
     /// The log lines of `record`: `DATE TIME ENTRY.PID TEXT`, with `ENTRY.PID+`
@@ -414,25 +432,32 @@ impl LineSink {
             // Written in place: no allocation per line on the hot path.
             use std::io::Write as _;
             let _ = write!(out, " {}.{}{} ", self.entry, self.pid, if more { "+" } else { "" });
+            if record.end == End::Own {
+                out.extend_from_slice(b"[sentry] ");
+            }
             out.extend_from_slice(piece);
             out.push(b'\n');
         }
     }
 
-    /// Writes `lines` (Sentry's own, such as a rule that fired) to the log
-    /// at once if it can take them, and to the console; never waits.
+    /// Writes `lines` (Sentry's own, such as a rule that fired) to the log,
+    /// marked `[sentry]`, if it can take them now, and to the console; never
+    /// waits: a log another writer has, or that fails, does not get them.
     pub fn write(&self, lines: &[Vec<u8>]) {
-        let records: Vec<Record> = lines.iter().map(|l| Record { text: l.clone(), end: End::Newline }).collect();
+        for l in lines {
+            crate::events::emit(Some(&self.entry), self.pid, &String::from_utf8_lossy(l));
+        }
+        let records: Vec<Record> = lines.iter().map(|l| Record { text: l.clone(), end: End::Own }).collect();
         records.iter().for_each(|r| self.show(r));
-        let (Some(file), Some(shared)) = (&self.log, &self.shared) else { return };
-        let mut state = lock(shared);
-        if state.owed_by.is_some() || state.failing_since.is_some() || state.write_orphan(file).is_err() {
+        let Some(log) = &self.log else { return };
+        let Some(mut state) = log.try_lock() else { return };
+        if state.owed_by.is_some() || state.failing_since.is_some() || write_orphan(log, &mut state).is_err() {
             return;
         }
-        let date = sys::local_datetime(sys::unix_now());
+        let date = sys::log_time(sys::unix_now_ns());
         let mut buf = Vec::new();
         records.iter().for_each(|r| self.format_into(r, &date, &mut buf));
-        let (n, _) = append(file, &buf);
+        let (n, _) = log.append(&mut state, &buf, true);
         if n > 0 && n < buf.len() {
             state.orphan = buf[n..].to_vec();
         }
@@ -448,6 +473,20 @@ impl LineSink {
             self.console.tagged(&tag, &String::from_utf8_lossy(piece));
         }
     }
+}
+
+/// The stream number of Sentry's own lines in an [`Outbox`]: never a pipe's.
+const OWN_STREAM: usize = usize::MAX;
+
+/// Writes the rest of a cut line nobody owns, if any.
+fn write_orphan(log: &LogFile, state: &mut LogState) -> io::Result<()> {
+    if state.orphan.is_empty() {
+        return Ok(());
+    }
+    let orphan = std::mem::take(&mut state.orphan);
+    let (n, error) = log.append(state, &orphan, false);
+    state.orphan = orphan[n..].to_vec();
+    error.map_or(Ok(()), Err)
 }
 
 /// Lines of one child read and not yet in its log, in the order they were
@@ -478,8 +517,8 @@ impl Outbox {
         let unfinished = splitter.take_unfinished();
         if !unfinished.is_empty() {
             self.cut = Some((stream, unfinished));
-            if let Some(state) = &sink.shared {
-                lock(state).owed_by = Some(self.id);
+            if let Some(log) = &sink.log {
+                log.lock().owed_by = Some(self.id);
             }
         }
         splitter.push(&[], sink.line_limit, |r| self.add(sink, stream, r));
@@ -489,6 +528,12 @@ impl Outbox {
     pub fn add(&mut self, sink: &LineSink, stream: usize, record: Record) {
         sink.show(&record);
         self.queue.push_back((stream, record));
+    }
+
+    /// Queues a line of Sentry's own for the log (marked `[sentry]`; the
+    /// console has its event already), in order with the child's lines.
+    pub fn add_own(&mut self, text: &str) {
+        self.queue.push_back((OWN_STREAM, Record { text: text.as_bytes().to_vec(), end: End::Own }));
     }
 
     /// Whether lines wait to be written.
@@ -522,13 +567,13 @@ impl Outbox {
             self.retry = None;
             return true;
         }
-        let (Some(file), Some(shared)) = (&sink.log, &sink.shared) else {
+        let Some(log) = &sink.log else {
             self.queue.clear();
             self.cut = None;
             return true;
         };
-        let mut state = lock(shared);
-        match self.write_held(sink, file, &mut state) {
+        let mut state = log.lock();
+        match self.write_held(sink, log, &mut state) {
             Ok(()) => {
                 self.retry = None;
                 self.error = None;
@@ -558,13 +603,13 @@ impl Outbox {
         }
     }
 
-    fn write_held(&mut self, sink: &LineSink, file: &File, state: &mut LogState) -> io::Result<()> {
+    fn write_held(&mut self, sink: &LineSink, log: &LogFile, state: &mut LogState) -> io::Result<()> {
         if state.owed_by.is_some_and(|id| id != self.id) {
             return Err(io::Error::new(io::ErrorKind::WouldBlock, "another writer owes the rest of a line"));
         }
-        state.write_orphan(file)?;
+        write_orphan(log, state)?;
         if let Some((_, rest)) = &mut self.cut {
-            let (n, error) = append(file, rest);
+            let (n, error) = log.append(state, rest, false);
             rest.drain(..n);
             if let Some(e) = error {
                 return Err(e);
@@ -575,14 +620,14 @@ impl Outbox {
         if self.queue.is_empty() {
             return Ok(());
         }
-        let date = sys::local_datetime(sys::unix_now());
+        let date = sys::log_time(sys::unix_now_ns());
         let mut buf = Vec::new();
         let mut ends = Vec::with_capacity(self.queue.len());
         for (_, record) in &self.queue {
             sink.format_into(record, &date, &mut buf);
             ends.push(buf.len());
         }
-        let (n, error) = append(file, &buf);
+        let (n, error) = log.append(state, &buf, true);
         let done = ends.iter().take_while(|&&end| end <= n).count();
         let written_to = if done == 0 { 0 } else { ends[done - 1] };
         if done < ends.len() && n > written_to {
@@ -609,8 +654,8 @@ impl Outbox {
         let why = self.error.as_ref().map(|e| e.to_string()).unwrap_or_default();
         log::warn!("{lines} line(s) of {}.{} could not be written to its log ({why}): lost", sink.entry, sink.pid);
         if self.cut.take().is_some() {
-            if let Some(state) = &sink.shared {
-                lock(state).owed_by = None;
+            if let Some(log) = &sink.log {
+                log.lock().owed_by = None;
             }
         }
         self.queue.clear();
@@ -628,8 +673,8 @@ impl Outbox {
         });
         let unfinished = match self.cut.take() {
             Some((s, rest)) if s == stream => {
-                if let Some(state) = &sink.shared {
-                    lock(state).owed_by = None;
+                if let Some(log) = &sink.log {
+                    log.lock().owed_by = None;
                 }
                 rest
             }
@@ -640,45 +685,6 @@ impl Outbox {
         };
         splitter.put_back(raw, unfinished);
     }
-}
-
-/// Appends `buf` with as few writes as the file allows, after reserving the
-/// space (so a full disk fails the reservation, not half a write). Returns
-/// how much was written and the error that stopped it.
-fn append(file: &File, buf: &[u8]) -> (usize, Option<io::Error>) {
-    if let Err(e) = reserve(file, buf.len()) {
-        return (0, Some(e));
-    }
-    let mut n = 0;
-    while n < buf.len() {
-        match (&*file).write(&buf[n..]) {
-            Ok(0) => return (n, Some(io::ErrorKind::WriteZero.into())),
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (n, Some(e)),
-        }
-    }
-    (n, None)
-}
-
-/// Allocates `len` bytes after the end of `file` without changing its size;
-/// file systems that cannot are written to without.
-fn reserve(file: &File, len: usize) -> io::Result<()> {
-    let size = file.metadata()?.len();
-    // SAFETY: fallocate on an fd we own, with plain integer arguments.
-    let r = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, size as i64, len as i64) };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL | libc::ENODEV | libc::EPERM | libc::ESPIPE) => Ok(()),
-        _ => Err(e),
-    }
-}
-
-fn lock(state: &Mutex<LogState>) -> std::sync::MutexGuard<'_, LogState> {
-    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -823,7 +829,7 @@ mod tests {
         let (reader, writer) = nix::unistd::pipe().unwrap();
         nix::fcntl::fcntl(&writer, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
         let mut reader = File::from(reader);
-        let sink = LineSink::new("e", 7, Some(Arc::new(File::from(writer))), ConsoleHandle::default(), 1024);
+        let sink = LineSink::new("e", 7, Some(LogFile::of_file(File::from(writer))), ConsoleHandle::default(), 1024);
         let sent: Vec<String> = (0..3000).map(|i| format!("line {i} {}", "x".repeat(i % 50))).collect();
         let mut out = Outbox::default();
         let mut splitter = LineSplitter::default();
@@ -868,8 +874,7 @@ mod tests {
         let _ = std::fs::create_dir(&dir);
         let path = dir.join("e.log");
         let _ = std::fs::remove_file(&path);
-        let file = open_log(&path).unwrap();
-        let sink = LineSink::new("e", 3, Some(Arc::new(file)), ConsoleHandle::default(), 1024);
+        let sink = LineSink::new("e", 3, Some(LogFile::open(&path, 0, 0).unwrap()), ConsoleHandle::default(), 1024);
         let long: String = (0..5000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
         let mut out = Outbox::default();
         out.add(&sink, 0, Record { text: long.clone().into_bytes(), end: End::Newline });
@@ -900,11 +905,11 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(dir.join("target"), "precious\n").unwrap();
         std::os::unix::fs::symlink(dir.join("target"), dir.join("e.log")).unwrap();
-        let e = open_log(&dir.join("e.log")).unwrap_err();
+        let e = crate::logfile::open_log(&dir.join("e.log")).unwrap_err();
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(std::fs::read_to_string(dir.join("target")).unwrap(), "precious\n");
         nix::unistd::mkfifo(&dir.join("f.log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-        assert!(open_log(&dir.join("f.log")).unwrap_err().to_string().contains("not a regular file"));
+        assert!(crate::logfile::open_log(&dir.join("f.log")).unwrap_err().to_string().contains("not a regular file"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

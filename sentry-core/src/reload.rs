@@ -114,6 +114,7 @@ impl Reloader {
                 // Everything queued so far is answered by this build; the last word wins.
                 (id, pending.try_iter().fold(first, |_, later| later))
             };
+            crate::systemd::reloading();
             match prepare(&context, exec) {
                 Ok((binary, note)) => {
                     {
@@ -132,6 +133,7 @@ impl Reloader {
                 }
                 Err(error) => {
                     context.console.say(&format!("Reload failed:\n{error}"));
+                    crate::systemd::ready();
                     let outcome = ReloadOutcome { at: sys::unix_now(), ok: false, error: Some(error), id };
                     let _ = context.core.send(Command::ReloadOutcome(outcome));
                 }

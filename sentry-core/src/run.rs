@@ -34,11 +34,12 @@ use crate::supervisor::CoreHandle;
 use crate::{budget, proc, sys, Error, Signal, Spec};
 
 /// The signals an instance handles.
-const HANDLED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+const HANDLED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGUSR1];
 
 /// Starts a new instance in the foreground; returns after a clean stop.
-pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Result<(), Error> {
+pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>, syslog: bool) -> Result<(), Error> {
     // Process-wide settings first, while this is the only thread.
+    crate::events::init(crate::events::Destinations::from_environment(syslog));
     let limit = budget::raise_nofile(false);
     budget::limit_arenas();
     let config = Config::from_specs(specs)?;
@@ -104,6 +105,7 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>) -> Resu
 /// Continues an instance in a freshly exec'd image, from the snapshot in
 /// the memfd `fd`.
 pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Error> {
+    crate::events::init(crate::events::Destinations::from_environment(false));
     // The original soft limit comes from the first image, not the raised one in force.
     budget::raise_nofile(true);
     budget::limit_arenas();
@@ -407,6 +409,7 @@ impl Instance {
         next_reload_id: u64,
         settle: Duration,
     ) -> Result<Instance, (Error, PidLock)> {
+        crate::output::adopt_daemon_output(&paths.dir.join(format!("{}.out", paths.name)));
         let console = Console::stdout();
         let (tx, rx) = match crate::core::channel() {
             Ok(pair) => pair,
@@ -479,6 +482,7 @@ impl Instance {
             info,
             ledger: Some(self.paths.ledger_file()),
             fence: self.fence.clone(),
+            on_started: Some(crate::systemd::ready),
         }
     }
 
@@ -504,10 +508,15 @@ impl Instance {
         let thread = signals::forward(self.idle_pipe.take(), &HANDLED, move |signal| {
             if signal == Signal::SIGHUP {
                 reloader.request(None);
+            } else if signal == Signal::SIGUSR1 {
+                // logrotate's postrotate: every log file opens its path again.
+                crate::logfile::reopen_all();
+                crate::output::reopen_daemon_output();
             } else {
                 // The HTTP interface first: nothing new reaches the core, and
                 // requests waiting for it get 503 at once.
                 closing.lock().unwrap_or_else(|p| p.into_inner()).take();
+                crate::systemd::stopping();
                 let _ = tx.send(Command::Shutdown);
             }
         })
@@ -521,7 +530,10 @@ impl Instance {
     fn supervise(mut self, mut core: Core) -> Result<(), Error> {
         loop {
             match core.run() {
-                CoreExit::Shutdown => break,
+                CoreExit::Shutdown => {
+                    crate::systemd::stopping();
+                    break;
+                }
                 CoreExit::Suspended(suspended) => {
                     let suspended = *suspended;
                     let (why, suspended, reload_id) = match self.reloader.take_plan() {

@@ -72,6 +72,8 @@ pub(crate) struct EntryFields {
     pub user: Option<String>,
     pub group: Option<String>,
     pub line_limit: usize,
+    pub log_size: u64,
+    pub log_keep: usize,
 }
 
 /// What a watch declares, before validation.
@@ -118,6 +120,8 @@ pub fn entry(name: &str, command: &str, args: impl IntoArgs, restart_delay_ms: u
             user: None,
             group: None,
             line_limit: LINE_LIMIT,
+            log_size: crate::logfile::LOG_SIZE,
+            log_keep: crate::logfile::LOG_KEEP,
         }),
         children: false,
         rules: Vec::new(),
@@ -262,6 +266,20 @@ impl Spec {
     /// each but the last has `+` right after `ENTRY.PID`.
     pub fn line_limit(self, bytes: usize) -> Spec {
         self.entry_only("line_limit", |e| e.line_limit = bytes)
+    }
+
+    /// Rotates the entry's log, `DIR/log/ENTRY.log`, once it would grow
+    /// past `bytes` (default 10 MiB; 0: never rotated, as supervisord's
+    /// `logfile_maxbytes=0`). Rotation happens between whole lines; the
+    /// rotated files are `ENTRY.log.1` (the newest) … `ENTRY.log.K`.
+    pub fn log_size(self, bytes: u64) -> Spec {
+        self.entry_only("log_size", |e| e.log_size = bytes)
+    }
+
+    /// How many rotated files of the entry's log are kept (default 5; at
+    /// most 1 000; 0: the log starts afresh at each rotation).
+    pub fn log_keep(self, files: usize) -> Spec {
+        self.entry_only("log_keep", |e| e.log_keep = files)
     }
 
     fn entry_only(mut self, method: &str, set: impl FnOnce(&mut EntryFields)) -> Spec {

@@ -150,6 +150,7 @@ impl Supervisor {
             fence: crate::cgroup::Fence::ProcessGroup(
                 "an embedded Supervisor has no instance directory to record cgroups in".to_string(),
             ),
+            on_started: None,
         };
         let core = Core::new(config, core_options, tx.clone(), rx);
         let thread = std::thread::Builder::new()

@@ -76,12 +76,6 @@ pub(crate) fn peek_exit(pid: i32) -> Option<ChildExit> {
     }
 }
 
-/// Whether the child `pid` has exited, without reaping it (`waitid … WNOWAIT`).
-pub(crate) fn has_exited(pid: i32) -> bool {
-    // ECHILD (not our child any more) counts as exited, so it is accounted for.
-    peek_exit(pid).is_some()
-}
-
 /// Reaps the child `pid` (which must have exited) and says how it ended.
 pub(crate) fn reap(pid: i32) -> ChildExit {
     loop {
@@ -199,6 +193,33 @@ pub(crate) fn local_datetime(unix: u64) -> String {
             tm.tm_sec
         ),
         None => "????-??-?? ??:??:??".to_string(),
+    }
+}
+
+/// A log line's time: `YYYY-MM-DD HH:MM:SS.mmm+HH:MM` of `unix_ns`, in
+/// local time with its offset from UTC (RFC 3339 with a space between date
+/// and time, which RFC 3339 §5.6 allows), so that lines from several logs
+/// sort and filter by instant (`logs --since`).
+pub(crate) fn log_time(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    let ms = (unix_ns / 1_000_000) % 1000;
+    match local_tm(secs) {
+        Some(tm) => {
+            let off = tm.tm_gmtoff;
+            let (sign, off) = if off < 0 { ('-', -off) } else { ('+', off) };
+            format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{ms:03}{sign}{:02}:{:02}",
+                tm.tm_year + 1900,
+                tm.tm_mon + 1,
+                tm.tm_mday,
+                tm.tm_hour,
+                tm.tm_min,
+                tm.tm_sec,
+                off / 3600,
+                (off % 3600) / 60
+            )
+        }
+        None => "????-??-?? ??:??:??.???+00:00".to_string(),
     }
 }
 

@@ -343,6 +343,21 @@ fn specs(scenario: &str) -> Vec<Spec> {
             );
             vec![entry("writer", "python3", ["-c", script.as_str()], 0, 1)]
         }
+        // Rotation: TLINES numbered lines (default 30 000) at TRATE lines/s
+        // (default 6 000), then `done`; the log rotates every 64 KiB and
+        // keeps every file.
+        "rotate" => {
+            let lines: u64 = std::env::var("TLINES").ok().and_then(|n| n.parse().ok()).unwrap_or(30_000);
+            let rate: u64 = std::env::var("TRATE").ok().and_then(|n| n.parse().ok()).unwrap_or(6_000);
+            let script = format!(
+                "import os, time\n\
+                 t0 = time.monotonic(); i = 0\n\
+                 while i < {lines}:\n    due = min({lines}, int((time.monotonic() - t0) * {rate}) + 1)\n    \
+                 while i < due:\n        os.write(1, b'seq=%d\\n' % i); i += 1\n    time.sleep(0.002)\n\
+                 os.write(1, b'done\\n')\ntime.sleep(100000)\n"
+            );
+            vec![entry("writer", "python3", ["-c", script.as_str()], 0, 1).log_size(64 * 1024).log_keep(1000)]
+        }
         // Control storm: a pool scaled by requests.
         "soak-control" => vec![entry("pool", "sleep", ["100000"], 0, 2)],
         // Churn: scaled 0 <-> 200 by the soak.

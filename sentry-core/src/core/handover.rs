@@ -63,7 +63,7 @@ impl Core {
             let streams = child.pipes.into_iter().map(|fd| Stream { fd, splitter: LineSplitter::default() }).collect();
             let gen = self.new_gen();
             let cgroup = self.cgroup_at(None, child.pid);
-            if let Err(e) = self.adopt_process(gen, child.pid, role, streams, &name, cgroup, None) {
+            if let Err(e) = self.adopt_process(gen, child.pid, role, streams, &name, cgroup, None, None) {
                 report.push(format!("cannot watch {name}.{}: {e}", child.pid));
                 if let Some((name, index)) = placed {
                     if let Some(e) = self.entries.iter_mut().find(|e| e.config.name == name) {
@@ -405,7 +405,16 @@ impl Core {
                 let gen = core.new_gen();
                 let cgroup = core.cgroup_at(ss.cgroup.as_deref(), p.pid);
                 let known = Some((p.starttime, pidfd));
-                adoptions.push(Adoption { gen, pid: p.pid, role, streams, log_as: name.clone(), cgroup, known });
+                adoptions.push(Adoption {
+                    gen,
+                    pid: p.pid,
+                    role,
+                    streams,
+                    log_as: name.clone(),
+                    cgroup,
+                    known,
+                    opening: None,
+                });
                 slot_of.insert(gen, (i, ss.index));
             }
         }
@@ -445,7 +454,8 @@ impl Core {
             let stuck = matches!(role, Role::Stuck { .. });
             let gen = core.new_gen();
             let cgroup = core.cgroup_at(h.cgroup.as_deref(), h.pid);
-            if let Err(e) = core.adopt_process(gen, h.pid, role, streams, &h.target, cgroup, Some((h.starttime, pidfd)))
+            if let Err(e) =
+                core.adopt_process(gen, h.pid, role, streams, &h.target, cgroup, Some((h.starttime, pidfd)), None)
             {
                 if !h.stray && !stuck {
                     core.helpers.release(&h.rule);
@@ -515,6 +525,7 @@ mod tests {
             info: InfoSnapshot::default(),
             ledger: None,
             fence: crate::cgroup::Fence::ProcessGroup("a unit test".to_string()),
+            on_started: None,
         }
     }
 
@@ -552,7 +563,7 @@ mod tests {
             .unwrap();
         let CoreExit::Suspended(suspended) = core.run() else { panic!("the core did not suspend") };
         let log = std::fs::read_to_string(dir.join("w.log")).unwrap_or_default();
-        assert!(log.contains("w.4242 rmem 2g > 1g: exec."), "the firing line reached the log: {log:?}");
+        assert!(log.contains("w.4242 [sentry] rmem 2g > 1g: exec."), "the firing line reached the log: {log:?}");
         let helpers = &suspended.snapshot.helpers;
         assert_eq!(helpers.len(), 1, "the requested program runs and is handed over");
         assert_eq!(helpers[0].target, "w");

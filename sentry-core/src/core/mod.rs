@@ -25,7 +25,6 @@ pub(crate) use mailbox::{channel, Mailbox, Post};
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,8 +37,9 @@ use crate::cgroup::{self, Cgroup, Fence};
 use crate::child::{self, ChildNote, Monitor, Stream};
 use crate::config::{Config, EntryConfig, Rule};
 use crate::handoff::{CoreSnapshot, InfoSnapshot};
-use crate::lifecycle::{self, AfterStop, ChildExit, Effect, Event, Phase, Policy, Slot, KILL_GRACE};
-use crate::output::{self, ConsoleHandle, LineSink, LineSplitter};
+use crate::lifecycle::{self, exit_text, AfterStop, ChildExit, Effect, Event, Phase, Policy, Slot, KILL_GRACE};
+use crate::logfile::{self, LogFile};
+use crate::output::{ConsoleHandle, LineSink, LineSplitter};
 use crate::status::{
     Containment, EntryState, EntryStatus, ExitStatus, ProcessStatus, ReloadOutcome, RuleStatus, SlotState, SlotStatus,
     Status, TreeStatus, UnkillableStatus, WatchStatus, FLAPPING_EXITS,
@@ -261,6 +261,9 @@ pub(crate) struct Adoption {
     /// Its starttime and pidfd, when known (a restored child's); otherwise
     /// both are looked up.
     pub known: Option<(u64, Option<OwnedFd>)>,
+    /// The `[sentry]` line its monitor writes first to the log (a fresh
+    /// start's `Started at T.`; none for a process adopted across an exec).
+    pub opening: Option<String>,
 }
 
 /// A child found in /proc (after an unreadable snapshot), to adopt or stop.
@@ -287,6 +290,8 @@ pub(crate) struct CoreOptions {
     /// How each process's tree is fenced: a cgroup of its own, or its
     /// process group.
     pub fence: Fence,
+    /// Called once the first children are started (the first round of a run).
+    pub on_started: Option<fn()>,
 }
 
 /// An entry at run time: its configuration, target count and slots.
@@ -389,7 +394,7 @@ pub(crate) struct Core {
     /// Leaders taken out of the table this round, to reap at its end:
     /// (row, PID).
     reaps: Vec<(u64, i32)>,
-    logs: HashMap<String, Arc<File>>,
+    logs: HashMap<String, Arc<LogFile>>,
     shutting_down: bool,
     suspending: bool,
     /// The watch thread, while any watch or rule exists.
@@ -457,6 +462,9 @@ impl Core {
         }
         for i in 0..self.entries.len() {
             self.reconcile(i, Instant::now());
+        }
+        if let Some(started) = self.options.on_started.take() {
+            started();
         }
         self.restart_watcher();
         loop {
@@ -624,14 +632,18 @@ impl Core {
             Ok(s) => s,
             Err(e) => {
                 self.helpers.release(&rule);
-                self.options.console.tagged(&format!("{target}.?"), &format!("Cannot run {:?}: {e}.", argv[0]));
+                self.options.console.entry_event(
+                    target,
+                    &format!("{target}.?"),
+                    &format!("Cannot run {:?}: {e}.", argv[0]),
+                );
                 return;
             }
         };
         let pid = spawned.pid;
         let kill_at = later(Instant::now(), HELPER_TIMEOUT);
         let role = Role::Helper { target: target.to_string(), rule: rule.clone(), kill_at, killed: false };
-        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), target, cgroup, None) {
+        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), target, cgroup, None, None) {
             self.helpers.release(&rule);
             log::error!("cannot watch helper {target}.{pid}: {e}");
         }
@@ -651,8 +663,9 @@ impl Core {
         log_as: &str,
         cgroup: Option<Cgroup>,
         known: Option<(u64, Option<OwnedFd>)>,
+        opening: Option<String>,
     ) -> std::io::Result<u64> {
-        let adoption = Adoption { gen, pid, role, streams, log_as: log_as.to_string(), cgroup, known };
+        let adoption = Adoption { gen, pid, role, streams, log_as: log_as.to_string(), cgroup, known, opening };
         self.adopt_all(vec![adoption]).pop().map_or(Ok(gen), |(_, e)| Err(e))
     }
 
@@ -673,7 +686,8 @@ impl Core {
             let sink = self.sink(&a.log_as, a.pid);
             let notify = self.notifier();
             let known = (pidfd, starttime);
-            starts.push(move || Monitor::start(a.gen, a.pid, known, a.streams, sink, false, notify));
+            let opening = a.opening;
+            starts.push(move || Monitor::start(a.gen, a.pid, known, a.streams, sink, false, opening, notify));
             rows.push((a.gen, row));
         }
         fn run<F: FnOnce() -> std::io::Result<Monitor>>(starts: Vec<F>) -> Vec<std::io::Result<Monitor>> {
@@ -807,7 +821,7 @@ impl Core {
     fn drain_pipes(&mut self, entry: &str, pid: i32, streams: Vec<Stream>) -> std::io::Result<()> {
         let gen = self.new_gen();
         let sink = self.sink(entry, pid);
-        let monitor = Monitor::start(gen, pid, (None, None), streams, sink, true, self.notifier())?;
+        let monitor = Monitor::start(gen, pid, (None, None), streams, sink, true, None, self.notifier())?;
         let mut row = Proc::known(pid, Role::Pipes { entry: entry.to_string() }, 0);
         row.reaped = true;
         row.monitor = Some(monitor);
@@ -856,6 +870,9 @@ impl Core {
                     None => exit_text(exit, at),
                 };
                 self.options.console.event(&entry, pid, &text);
+                if let Some(m) = &row.monitor {
+                    m.set_closing(text);
+                }
             }
             Role::Helper { target, .. } => {
                 let text = match &failed {
@@ -864,6 +881,9 @@ impl Core {
                 };
                 let target = target.clone();
                 self.options.console.event(&target, pid, &text);
+                if let Some(m) = &row.monitor {
+                    m.set_closing(text);
+                }
             }
             Role::Stray { .. } | Role::Pipes { .. } | Role::Stuck { .. } => {}
         }
@@ -1044,6 +1064,10 @@ impl Core {
                     }
                     crate::budget::reserve_fds(others + count, self.entries.len());
                 }
+                let before = self.entries[i].target;
+                if before != count {
+                    self.options.console.entry_event(&entry, &entry, &format!("Scaled from {before} to {count}."));
+                }
                 self.entries[i].target = count;
                 self.reconcile(i, now);
                 self.waiters.push(Waiter { entry, reply });
@@ -1054,6 +1078,9 @@ impl Core {
                     return;
                 };
                 let indexes: Vec<usize> = self.entries[i].slots.keys().copied().collect();
+                let text =
+                    format!("Restart requested: {} process(es) stopped gracefully, then started.", indexes.len());
+                self.options.console.entry_event(&entry, &entry, &text);
                 for index in indexes {
                     self.apply(i, index, Event::Restart { now });
                 }
@@ -1281,7 +1308,11 @@ impl Core {
             Ok(s) => s,
             Err(e) => {
                 let command = config.command.clone();
-                self.options.console.tagged(&format!("{name}.?"), &format!("Cannot start {command:?}: {e}."));
+                self.options.console.entry_event(
+                    &name,
+                    &format!("{name}.?"),
+                    &format!("Cannot start {command:?}: {e}."),
+                );
                 if let Some(run) = self.entries[i].slots.get_mut(&index) {
                     run.error = Some(format!("cannot start {command:?}: {e}"));
                 }
@@ -1295,9 +1326,10 @@ impl Core {
             run.started_at = started_at;
             run.error = None;
         }
-        self.options.console.event(&name, pid, &format!("Started at {started_at}."));
+        let started = format!("Started at {started_at}.");
+        self.options.console.event(&name, pid, &started);
         let role = Role::Slot { entry: name.clone(), index };
-        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), &name, cgroup, None) {
+        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), &name, cgroup, None, Some(started)) {
             log::error!("cannot watch {name}.{pid}: {e}");
             if let Some(run) = self.entries[i].slots.get_mut(&index) {
                 run.error = Some(format!("cannot watch the process: {e}"));
@@ -1320,15 +1352,20 @@ impl Core {
         LineSink::new(entry, pid, self.log_of(entry), self.options.console.clone(), limit)
     }
 
-    fn log_of(&mut self, entry: &str) -> Option<Arc<File>> {
+    fn log_of(&mut self, entry: &str) -> Option<Arc<LogFile>> {
         let dir = self.options.log_dir.as_ref()?;
+        let (size, keep) = self
+            .entries
+            .iter()
+            .find(|e| e.config.name == entry)
+            .map_or((logfile::LOG_SIZE, logfile::LOG_KEEP), |e| (e.config.log_size, e.config.log_keep));
         if let Some(f) = self.logs.get(entry) {
+            f.set_rotation(size, keep);
             return Some(f.clone());
         }
         let path = dir.join(format!("{entry}.log"));
-        match output::open_log(&path) {
+        match LogFile::open(&path, size, keep) {
             Ok(f) => {
-                let f = Arc::new(f);
                 self.logs.insert(entry.to_string(), f.clone());
                 Some(f)
             }
@@ -1680,20 +1717,6 @@ fn streams_of(spawned: child::Spawned) -> Vec<Stream> {
         Stream { fd: spawned.stdout, splitter: LineSplitter::default() },
         Stream { fd: spawned.stderr, splitter: LineSplitter::default() },
     ]
-}
-
-/// The seed's exit line: `Exited at T with ExitSuccess.`
-pub(crate) fn exit_text(exit: ChildExit, at: u64) -> String {
-    match exit {
-        ChildExit::Code(0) => format!("Exited at {at} with ExitSuccess."),
-        ChildExit::Code(code) => format!("Exited at {at} with ExitFailure {code}."),
-        ChildExit::Signal(sig) => {
-            let name =
-                Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {sig}"));
-            format!("Exited at {at}, killed by {name}.")
-        }
-        ChildExit::Unknown => format!("Exited at {at} with an unknown status."),
-    }
 }
 
 /// How long a stop of every child may take: the largest stop timeout, plus margin.

@@ -1,0 +1,264 @@
+//! Where Sentry's events go besides the console: syslog (RFC 5424
+//! datagrams, facility daemon, on `/dev/log` or `SENTRY_SYSLOG`) and the
+//! systemd journal (its native protocol, with `SENTRY_ENTRY`, `SENTRY_PID`
+//! and, for an exit, `SENTRY_EXIT_STATUS` or `SENTRY_EXIT_SIGNAL`). Both are
+//! sent by one thread of their own behind a bounded queue: a missing, slow
+//! or full receiver never blocks or crashes supervision — what does not fit
+//! is dropped and counted, and said once. Nothing is set up in an embedded
+//! supervisor: only `start` calls [`init`]. This module knows nothing of
+//! the core; the console hands it what it shows.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use crossbeam_channel::{bounded, Sender, TrySendError};
+
+/// Events queued for the sender thread; beyond this they are dropped.
+const BACKLOG: usize = 1024;
+
+/// The environment variable that names the syslog socket (default `/dev/log`).
+pub const SYSLOG_ENV: &str = "SENTRY_SYSLOG";
+/// Set by `start --syslog` (and `--daemon`) so that re-exec'd images keep sending.
+const SYSLOG_ON_ENV: &str = "SENTRY_SYSLOG_ON";
+
+/// One event: the entry (if any), the process, the text, and how grave.
+struct Event {
+    entry: Option<String>,
+    pid: i32,
+    text: String,
+    severity: syslog::Severity,
+}
+
+static QUEUE: OnceLock<Sender<Event>> = OnceLock::new();
+/// Events go to the journal natively: the console (whose standard output
+/// the journal also reads) leaves them out, so each is there once.
+static JOURNAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether events go to the journal (then not to standard output too).
+pub(crate) fn to_journal() -> bool {
+    JOURNAL.load(Ordering::Relaxed)
+}
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Where events go, chosen at start.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Destinations {
+    pub syslog: Option<PathBuf>,
+    pub journal: bool,
+}
+
+impl Destinations {
+    /// Syslog when asked (`--syslog`, a daemon, or an earlier image that
+    /// was); the journal when standard error is the journal's stream
+    /// (`JOURNAL_STREAM`, what systemd sets for a service).
+    pub fn from_environment(syslog: bool) -> Destinations {
+        let syslog = syslog || std::env::var_os(SYSLOG_ON_ENV).is_some();
+        Destinations {
+            syslog: syslog
+                .then(|| std::env::var_os(SYSLOG_ENV).map_or_else(|| PathBuf::from("/dev/log"), PathBuf::from)),
+            journal: systemd_journal_logger::connected_to_journal(),
+        }
+    }
+}
+
+/// Starts the sender thread for `to` (nothing when it names no
+/// destination). Call once, from `start`.
+pub(crate) fn init(to: Destinations) {
+    if to.syslog.is_some() {
+        // SAFETY: called at start, before the threads that read the environment.
+        unsafe { std::env::set_var(SYSLOG_ON_ENV, "1") };
+    }
+    if to.syslog.is_none() && !to.journal {
+        return;
+    }
+    let (tx, rx) = bounded::<Event>(BACKLOG);
+    if QUEUE.set(tx).is_err() {
+        return;
+    }
+    let journal = if to.journal { systemd_journal_logger::JournalLog::new().ok() } else { None };
+    JOURNAL.store(journal.is_some(), Ordering::Relaxed);
+    let journal = journal.map(|j| j.with_syslog_identifier(process_name()));
+    let syslog = to.syslog.map(|path| {
+        let socket = UnixDatagram::unbound().ok();
+        if let Some(s) = &socket {
+            let _ = s.set_nonblocking(true);
+        }
+        let formatter = syslog::Formatter5424 {
+            facility: syslog::Facility::LOG_DAEMON,
+            hostname: None,
+            process: process_name(),
+            pid: std::process::id(),
+        };
+        (path, socket, formatter)
+    });
+    let spawned = std::thread::Builder::new().name("sentry-events".into()).stack_size(128 * 1024).spawn(move || {
+        let mut warned = false;
+        for event in rx {
+            let mut failed = None;
+            if let Some(j) = &journal {
+                if let Err(e) = send_journal(j, &event) {
+                    failed = Some(format!("the journal: {e}"));
+                }
+            }
+            if let Some((path, Some(socket), formatter)) = &syslog {
+                if let Err(e) = send_syslog(socket, path, formatter, &event) {
+                    failed = Some(format!("syslog at {}: {e}", path.display()));
+                }
+            }
+            match failed {
+                Some(why) if !warned => {
+                    warned = true;
+                    // To stderr only: this logger's own events are not sent (no loop).
+                    eprintln!("sentry: cannot send events to {why}; events that cannot be sent are dropped");
+                }
+                None if warned => warned = false,
+                _ => {}
+            }
+        }
+    });
+    if spawned.is_err() {
+        log::warn!("cannot start the thread that sends events to syslog or the journal");
+    }
+}
+
+fn process_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "sentry".to_string())
+}
+
+/// Queues an event of `entry`'s process `pid` (0: none); never waits.
+pub(crate) fn emit(entry: Option<&str>, pid: i32, text: &str) {
+    let Some(tx) = QUEUE.get() else { return };
+    let severity = if text.contains("killed by") || text.contains("ExitFailure") || text.starts_with("Cannot") {
+        syslog::Severity::LOG_WARNING
+    } else {
+        syslog::Severity::LOG_NOTICE
+    };
+    let event = Event { entry: entry.map(str::to_string), pid, text: text.to_string(), severity };
+    if let Err(TrySendError::Full(_)) = tx.try_send(event) {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Queues a warning or an error of Sentry's own (`log::warn!`, `log::error!`).
+pub(crate) fn emit_problem(level: log::Level, text: &str) {
+    let Some(tx) = QUEUE.get() else { return };
+    let severity = if level == log::Level::Error { syslog::Severity::LOG_ERR } else { syslog::Severity::LOG_WARNING };
+    if let Err(TrySendError::Full(_)) = tx.try_send(Event { entry: None, pid: 0, text: text.to_string(), severity }) {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Events dropped because the queue was full.
+#[allow(dead_code)] // read by metrics, which come with the metrics issue
+pub(crate) fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// `SENTRY_EXIT_STATUS` or `SENTRY_EXIT_SIGNAL` of an exit line (`… with
+/// ExitFailure 3.`, `… killed by SIGTERM.`, `… with ExitSuccess.`).
+fn exit_fields(text: &str) -> Option<(&'static str, String)> {
+    if text.contains("with ExitSuccess") {
+        return Some(("SENTRY_EXIT_STATUS", "0".to_string()));
+    }
+    if let Some(rest) = text.split("with ExitFailure ").nth(1) {
+        return Some(("SENTRY_EXIT_STATUS", rest.trim_end_matches('.').to_string()));
+    }
+    let rest = text.split("killed by ").nth(1)?;
+    Some(("SENTRY_EXIT_SIGNAL", rest.trim_end_matches('.').to_string()))
+}
+
+/// The event's structured fields, for both destinations.
+fn fields(event: &Event) -> Vec<(&'static str, String)> {
+    let mut fields = Vec::new();
+    if let Some(entry) = &event.entry {
+        fields.push(("SENTRY_ENTRY", entry.clone()));
+    }
+    if event.pid > 0 {
+        fields.push(("SENTRY_PID", event.pid.to_string()));
+    }
+    fields.extend(exit_fields(&event.text));
+    fields
+}
+
+fn send_journal(journal: &systemd_journal_logger::JournalLog, event: &Event) -> std::io::Result<()> {
+    let level = match event.severity {
+        syslog::Severity::LOG_ERR => log::Level::Error,
+        syslog::Severity::LOG_WARNING => log::Level::Warn,
+        _ => log::Level::Info,
+    };
+    let fields = fields(event);
+    let kvs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let message = match &event.entry {
+        Some(entry) if event.pid > 0 => format!("{entry}.{} {}", event.pid, event.text),
+        _ => event.text.clone(),
+    };
+    journal.journal_send(
+        &log::Record::builder().args(format_args!("{message}")).level(level).target("sentry").key_values(&kvs).build(),
+    )
+}
+
+fn send_syslog(
+    socket: &UnixDatagram,
+    path: &std::path::Path,
+    formatter: &syslog::Formatter5424,
+    event: &Event,
+) -> std::io::Result<()> {
+    use syslog::LogFormat;
+    let mut data = std::collections::BTreeMap::new();
+    let fields = fields(event);
+    if !fields.is_empty() {
+        // An SD-ID with an `@` and a private number is what RFC 5424 §7.2.2
+        // allows for names of one's own; 32473 is the number RFC 5612 sets
+        // aside for documentation and examples.
+        let params = fields.iter().map(|(k, v)| (k.trim_start_matches("SENTRY_").to_lowercase(), v.clone())).collect();
+        data.insert("sentry@32473".to_string(), params);
+    }
+    let mut buf = Vec::new();
+    formatter
+        .format(&mut buf, event.severity, (0u32, data, &event.text))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    socket.send_to(&buf, path).map(|_| ())
+}
+
+/// The logger `start` installs: `env_logger`'s output, and warnings and
+/// errors also sent as events.
+pub(crate) struct Logger {
+    pub inner: env_logger::Logger,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.inner.matches(record) {
+            self.inner.log(record);
+            if record.level() <= log::Level::Warn {
+                emit_problem(record.level(), &record.args().to_string());
+            }
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_lines_give_their_status_or_signal() {
+        assert_eq!(exit_fields("Exited at 1 with ExitSuccess."), Some(("SENTRY_EXIT_STATUS", "0".into())));
+        assert_eq!(exit_fields("Exited at 1 with ExitFailure 3."), Some(("SENTRY_EXIT_STATUS", "3".into())));
+        assert_eq!(exit_fields("Exited at 1, killed by SIGTERM."), Some(("SENTRY_EXIT_SIGNAL", "SIGTERM".into())));
+        assert_eq!(exit_fields("Started at 1."), None);
+    }
+}

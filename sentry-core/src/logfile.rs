@@ -1,0 +1,353 @@
+//! One entry's log file on disk, `DIR/log/ENTRY.log`: appends whole buffers
+//! after reserving their space, rotates by size into `ENTRY.log.1` …
+//! `ENTRY.log.K` (`.1` the newest, plain text) between two appends, and
+//! reopens its path when asked (SIGUSR1 or `logs --reopen`, after logrotate
+//! moved the file away). Every writer of one path in this process shares one
+//! [`LogFile`], and what a writer owes the file (the rest of a line a short
+//! write cut) lives in its [`LogState`], so a rotation or a reopen never
+//! falls inside a line. This module knows nothing of lines' contents,
+//! processes or the core; `output` decides what is whole.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+/// The default size at which a log is rotated: 10 MiB.
+pub const LOG_SIZE: u64 = 10 << 20;
+/// The default number of rotated files kept.
+pub const LOG_KEEP: usize = 5;
+
+/// Bumped by [`reopen_all`]; each file compares it with what it last saw.
+static REOPENS: AtomicU64 = AtomicU64::new(0);
+
+/// Asks every log file of this process to reopen its path before its next
+/// write (what logrotate's `postrotate` asks with SIGUSR1).
+pub(crate) fn reopen_all() {
+    REOPENS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A log file shared by every writer of its path.
+pub(crate) struct LogFile {
+    path: PathBuf,
+    /// Bytes at which the file is rotated; 0: never.
+    size: AtomicU64,
+    /// Rotated files kept; 0: the file is started afresh, nothing kept.
+    keep: AtomicUsize,
+    state: Mutex<LogState>,
+}
+
+/// What writers share about the file; held while writing.
+pub(crate) struct LogState {
+    file: File,
+    /// The [`REOPENS`] count this file was last opened for.
+    reopened: u64,
+    /// The path could not be opened again after a rotation moved it: the
+    /// old file (now `.1`) is written until it can.
+    detached: bool,
+    /// Whether a failed rotation was reported (once until one succeeds).
+    rotation_failing: bool,
+    /// The writer that owes the file the rest of a cut line: nobody else
+    /// writes until it has.
+    pub owed_by: Option<u64>,
+    /// The rest of a line a short write cut that no writer owns: whoever
+    /// writes next writes it first.
+    pub orphan: Vec<u8>,
+    /// Since when writing fails (one warning when it starts, one when it ends).
+    pub failing_since: Option<Instant>,
+}
+
+impl LogFile {
+    /// The shared log file at `path`, opened (created mode 0640) if no
+    /// writer of this process has it open; `size` and `keep` are its
+    /// rotation (they replace those of an earlier opening).
+    pub fn open(path: &Path, size: u64, keep: usize) -> io::Result<Arc<LogFile>> {
+        type Files = Vec<(PathBuf, Weak<LogFile>)>;
+        static FILES: Mutex<Files> = Mutex::new(Vec::new());
+        let mut files = FILES.lock().unwrap_or_else(|e| e.into_inner());
+        files.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(log) = files.iter().find(|(p, _)| p == path).and_then(|(_, w)| w.upgrade()) {
+            log.set_rotation(size, keep);
+            return Ok(log);
+        }
+        let file = open_log(path)?;
+        let state = LogState {
+            file,
+            reopened: REOPENS.load(Ordering::SeqCst),
+            detached: false,
+            rotation_failing: false,
+            owed_by: None,
+            orphan: Vec::new(),
+            failing_since: None,
+        };
+        let log = Arc::new(LogFile {
+            path: path.to_path_buf(),
+            size: AtomicU64::new(size),
+            keep: AtomicUsize::new(keep),
+            state: Mutex::new(state),
+        });
+        files.push((path.to_path_buf(), Arc::downgrade(&log)));
+        Ok(log)
+    }
+
+    /// A log on an already open file (a pipe, in tests), never rotated.
+    #[cfg(test)]
+    pub fn of_file(file: File) -> Arc<LogFile> {
+        let state = LogState {
+            file,
+            reopened: REOPENS.load(Ordering::SeqCst),
+            detached: false,
+            rotation_failing: false,
+            owed_by: None,
+            orphan: Vec::new(),
+            failing_since: None,
+        };
+        Arc::new(LogFile {
+            path: PathBuf::from("/nonexistent/sentry-test-log"),
+            size: AtomicU64::new(0),
+            keep: AtomicUsize::new(0),
+            state: Mutex::new(state),
+        })
+    }
+
+    /// Changes the rotation (a reload's new configuration); never waits.
+    pub fn set_rotation(&self, size: u64, keep: usize) {
+        self.size.store(size, Ordering::Relaxed);
+        self.keep.store(keep, Ordering::Relaxed);
+    }
+
+    /// Takes the file for writing (waits for the writer that has it).
+    pub fn lock(&self) -> MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the file if nobody writes it now.
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, LogState>> {
+        match self.state.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Appends `buf` with as few writes as the file allows, after reserving
+    /// the space (so that a full disk fails the reservation, not half a
+    /// write). `whole`: `buf` starts a line and nothing is owed to the
+    /// current file, so a rotation or a reopen may come first. Returns how
+    /// much was written and the error that stopped it.
+    pub fn append(&self, state: &mut LogState, buf: &[u8], whole: bool) -> (usize, Option<io::Error>) {
+        let whole = whole && state.orphan.is_empty() && state.owed_by.is_none();
+        if whole {
+            self.reopen_if_asked(state);
+        }
+        let size = match state.file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => return (0, Some(e)),
+        };
+        let limit = self.size.load(Ordering::Relaxed);
+        let size = if whole && limit > 0 && size > 0 && size + buf.len() as u64 > limit {
+            match self.rotate(state) {
+                Ok(()) => 0,
+                Err(e) => {
+                    if !state.rotation_failing {
+                        state.rotation_failing = true;
+                        log::warn!("cannot rotate {}: {e}; it grows until it can", self.path.display());
+                    }
+                    size
+                }
+            }
+        } else {
+            size
+        };
+        if let Err(e) = reserve(&state.file, size, buf.len()) {
+            return (0, Some(e));
+        }
+        let mut n = 0;
+        while n < buf.len() {
+            match (&state.file).write(&buf[n..]) {
+                Ok(0) => return (n, Some(io::ErrorKind::WriteZero.into())),
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (n, Some(e)),
+            }
+        }
+        (n, None)
+    }
+
+    /// Opens the path again if [`reopen_all`] asked since the last opening
+    /// or an earlier rotation could not.
+    fn reopen_if_asked(&self, state: &mut LogState) {
+        let asked = REOPENS.load(Ordering::SeqCst);
+        if asked == state.reopened && !state.detached {
+            return;
+        }
+        match open_log(&self.path) {
+            Ok(file) => {
+                state.file = file;
+                state.reopened = asked;
+                state.detached = false;
+            }
+            Err(e) => {
+                if asked != state.reopened {
+                    log::warn!("cannot reopen {}: {e}; the open file is written on", self.path.display());
+                }
+                state.reopened = asked;
+            }
+        }
+    }
+
+    /// `.K-1` → `.K`, …, `.1` → `.2`, the file → `.1`, and a new file;
+    /// with `keep` 0 the file is removed and started afresh.
+    fn rotate(&self, state: &mut LogState) -> io::Result<()> {
+        let keep = self.keep.load(Ordering::Relaxed);
+        let numbered = |k: usize| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{k}"));
+            PathBuf::from(p)
+        };
+        let ignore_missing = |r: io::Result<()>| match r {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+        if keep == 0 {
+            ignore_missing(fs::remove_file(&self.path))?;
+        } else {
+            for k in (1..keep).rev() {
+                ignore_missing(fs::rename(numbered(k), numbered(k + 1)))?;
+            }
+            fs::rename(&self.path, numbered(1))?;
+        }
+        state.rotation_failing = false;
+        match open_log(&self.path) {
+            Ok(file) => {
+                state.file = file;
+                Ok(())
+            }
+            Err(e) => {
+                // The old file, moved, is written on until the path opens.
+                state.detached = true;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Opens a log file for appending, creating it with mode 0640 (children's
+/// output often holds secrets). A symbolic link there is not followed and
+/// anything but a regular file is refused. An existing file keeps its mode.
+pub(crate) fn open_log(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        // O_NONBLOCK: a FIFO planted there must not block the opening.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::other("it is a symbolic link, which is not followed"),
+            // A FIFO without a reader.
+            Some(libc::ENXIO) => io::Error::other("it is not a regular file"),
+            _ => e,
+        })?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::other("it is not a regular file"));
+    }
+    let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(file)
+}
+
+/// Allocates `len` bytes after the end (`size`) of `file` without changing
+/// its size; file systems that cannot are written to without.
+fn reserve(file: &File, size: u64, len: usize) -> io::Result<()> {
+    // SAFETY: fallocate on an fd we own, with plain integer arguments.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, size as i64, len as i64) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL | libc::ENODEV | libc::EPERM | libc::ESPIPE) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sentry-logfile-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn write_lines(log: &LogFile, from: usize, to: usize) {
+        for i in from..to {
+            let mut st = log.lock();
+            let line = format!("line {i:06}\n");
+            let (n, e) = log.append(&mut st, line.as_bytes(), true);
+            assert_eq!((n, e.map(|e| e.to_string())), (line.len(), None));
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_k_files_newest_first_and_every_line_once() {
+        let d = dir("rotate");
+        let path = d.join("w.log");
+        let log = LogFile::open(&path, 1000, 3).unwrap();
+        write_lines(&log, 0, 400);
+        let text = |p: &Path| fs::read_to_string(p).unwrap_or_default();
+        let current = text(&path);
+        let first = text(&d.join("w.log.1"));
+        assert!(current.len() <= 1000 && first.len() <= 1000 && !first.is_empty());
+        assert!(!d.join("w.log.4").exists(), "only 3 rotated files are kept");
+        // Newest first: .3 < .2 < .1 < the file, each line whole.
+        let all: String = ["w.log.3", "w.log.2", "w.log.1", "w.log"].iter().map(|f| text(&d.join(f))).collect();
+        let numbers: Vec<usize> = all.lines().map(|l| l.strip_prefix("line ").unwrap().parse().unwrap()).collect();
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "in order, none doubled or lost");
+        assert_eq!(*numbers.last().unwrap(), 399);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn nothing_rotates_inside_an_owed_line_or_with_size_zero() {
+        let d = dir("owed");
+        let path = d.join("w.log");
+        let log = LogFile::open(&path, 10, 2).unwrap();
+        let mut st = log.lock();
+        st.owed_by = Some(7);
+        log.append(&mut st, b"0123456789abcdef", true);
+        log.append(&mut st, b"rest\n", true);
+        assert!(!d.join("w.log.1").exists(), "the owed rest went to the same file");
+        st.owed_by = None;
+        log.append(&mut st, b"next\n", true);
+        assert_eq!(fs::read_to_string(d.join("w.log.1")).unwrap(), "0123456789abcdefrest\n");
+        drop(st);
+        log.set_rotation(0, 2);
+        write_lines(&log, 0, 50);
+        assert!(!d.join("w.log.2").exists(), "size 0: never rotated");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_reopen_follows_a_moved_file() {
+        let d = dir("reopen");
+        let path = d.join("w.log");
+        let log = LogFile::open(&path, 0, 0).unwrap();
+        write_lines(&log, 0, 2);
+        fs::rename(&path, d.join("moved")).unwrap();
+        write_lines(&log, 2, 3);
+        reopen_all();
+        write_lines(&log, 3, 4);
+        assert_eq!(fs::read_to_string(d.join("moved")).unwrap(), "line 000000\nline 000001\nline 000002\n");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "line 000003\n");
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,80 @@
+//! What systemd needs from an instance it runs: readiness notifications on
+//! `NOTIFY_SOCKET` (`READY=1` once the first generation of children has
+//! started, `RELOADING=1` … `READY=1` around each reload, the PID staying
+//! the same across the re-exec, `STOPPING=1` at shutdown; sd_notify(3)),
+//! and the unit `NAME systemd-unit` prints. Outside systemd (no
+//! `NOTIFY_SOCKET`) every notification is nothing. Children never inherit
+//! the socket (`spawn` removes `NOTIFY_SOCKET` from their environment).
+//! This module knows nothing of the core.
+
+use std::path::Path;
+
+use sd_notify::NotifyState;
+
+fn notify(states: &[NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(states) {
+        log::debug!("cannot notify systemd: {e}");
+    }
+}
+
+/// `READY=1`: the children are started (after a start, or a reload's re-exec or failure).
+pub(crate) fn ready() {
+    notify(&[NotifyState::Ready, NotifyState::Status("supervising")]);
+}
+
+/// `RELOADING=1` with the monotonic time (what `Type=notify-reload` requires).
+pub(crate) fn reloading() {
+    let mut states = vec![NotifyState::Reloading, NotifyState::Status("reloading")];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    notify(&states);
+}
+
+/// `STOPPING=1`: every child is being stopped.
+pub(crate) fn stopping() {
+    notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+/// A service unit running configuration binary `exe` in `dir`
+/// (systemd.service(5)): `Type=notify`, reload by `reload` (the PID stays),
+/// `Delegate=yes` so that the cgroup containment can make its cgroups,
+/// `KillMode=mixed` so that systemd's SIGTERM reaches Sentry alone and its
+/// own stop runs, and a stop timeout above Sentry's own bound.
+pub(crate) fn unit(name: &str, exe: &Path, dir: &Path, crate_dir: Option<&Path>, stop_secs: u64) -> String {
+    let quote = |p: &Path| {
+        let s = p.display().to_string();
+        if s.contains([' ', '"', '\\', '\'']) {
+            format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+        } else {
+            s
+        }
+    };
+    let exe = quote(exe);
+    let dir_arg = format!("--dir {}", quote(dir));
+    let crate_arg = crate_dir.map(|c| format!(" --crate {}", quote(c))).unwrap_or_default();
+    format!(
+        "[Unit]
+Description=Sentry configuration {name}
+After=network.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={exe} start {dir_arg}{crate_arg}
+ExecReload={exe} reload {dir_arg}{crate_arg}
+ExecStop={exe} stop {dir_arg}{crate_arg}
+KillMode=mixed
+Delegate=yes
+TimeoutStopSec={stop_secs}
+TimeoutStartSec=120
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
+"
+    )
+}
