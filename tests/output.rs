@@ -73,7 +73,7 @@ struct FullDisk {
     stalled: u64,
 }
 
-fn counter_on_a_full_disk(tag: &str) -> Option<FullDisk> {
+fn counter_on_a_full_disk(tag: &str, envs: &[(&str, &str)]) -> Option<FullDisk> {
     let dir = TempDir::new(tag);
     // The logs (only: the console file stays readable) go to a small tmpfs.
     let mount = match Mount::tmpfs(&dir.path().join("log"), "2m") {
@@ -84,7 +84,9 @@ fn counter_on_a_full_disk(tag: &str) -> Option<FullDisk> {
         }
     };
     let side = dir.path().join("counter.txt");
-    let s = Sentry::spawn_with(dir, TCONF, "counter", &[], &[("TSIDE", side.to_str().unwrap())]).waiting();
+    let mut all = vec![("TSIDE", side.to_str().unwrap())];
+    all.extend_from_slice(envs);
+    let s = Sentry::spawn_with(dir, TCONF, "counter", &[], &all).waiting();
     let pid = s.wait_pids("counter", 1)[0];
     wait_for("some lines in the log", || (s.log("counter").lines().count() > 200).then_some(()));
     let filler = mount.0.join("filler");
@@ -100,7 +102,9 @@ fn counter_on_a_full_disk(tag: &str) -> Option<FullDisk> {
 
 #[test]
 fn a_full_disk_makes_the_child_wait_and_loses_no_line() {
-    let Some(FullDisk { mount, s, pid, filler, side, stalled }) = counter_on_a_full_disk("fulldisk") else { return };
+    let Some(FullDisk { mount, s, pid, filler, side, stalled }) = counter_on_a_full_disk("fulldisk", &[]) else {
+        return;
+    };
     let tag = format!("counter.{pid}");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(read_number(&side), Some(stalled), "the child kept writing into a full disk");
@@ -123,6 +127,44 @@ fn a_full_disk_makes_the_child_wait_and_loses_no_line() {
     assert!(expected > stalled + 1000, "{expected} lines");
     assert_eq!(console.matches("cannot write the log of counter").count(), 1, "{console}");
     assert_eq!(console.matches("the log of counter is written again").count(), 1, "{console}");
+    drop(s);
+    drop(mount);
+}
+
+#[test]
+fn a_full_disk_across_rotations_loses_no_line() {
+    let Some(FullDisk { mount, s, pid, filler, side, stalled }) =
+        counter_on_a_full_disk("fulldisk-rotate", &[("TLOGSIZE", "65536")])
+    else {
+        return;
+    };
+    let tag = format!("counter.{pid}");
+    fs::remove_file(&filler).unwrap();
+    wait_for("the child to go on", || (read_number(&side)? > stalled + 3000).then_some(()));
+    // The files oldest first: counter.log.K … counter.log.1, counter.log.
+    let mut rotated: Vec<(usize, PathBuf)> = fs::read_dir(&mount.0)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.strip_prefix("counter.log.")?.parse().ok()?, e.path())))
+        .collect();
+    assert!(rotated.len() >= 10, "the log rotated on the small disk: {} files", rotated.len());
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let log: String = rotated
+        .iter()
+        .map(|(_, p)| p.clone())
+        .chain([mount.0.join("counter.log")])
+        .map(|p| fs::read_to_string(p).unwrap())
+        .collect();
+    let pad = "0".repeat(150);
+    let mut expected = 0u64;
+    for line in reassemble(&log, &tag) {
+        let Some(rest) = line.strip_prefix("n ") else { continue };
+        let (n, p) = rest.split_once(' ').unwrap_or_else(|| panic!("cut line {line:?}"));
+        assert_eq!(p, pad, "line {n} is not whole");
+        assert_eq!(n.parse::<u64>().unwrap(), expected, "a line lost, doubled or out of order");
+        expected += 1;
+    }
+    assert!(expected > stalled + 1000, "{expected} lines");
     drop(s);
     drop(mount);
 }
@@ -177,7 +219,8 @@ fn logs_are_private_and_a_planted_symlink_is_not_followed() {
 
 #[test]
 fn a_restart_while_the_disk_is_full_loses_none_of_the_old_processs_lines() {
-    let Some(FullDisk { mount, s, pid: old, filler, side: _, stalled }) = counter_on_a_full_disk("fullrestart") else {
+    let Some(FullDisk { mount, s, pid: old, filler, side: _, stalled }) = counter_on_a_full_disk("fullrestart", &[])
+    else {
         return;
     };
     // Restart it while the disk is still full: what it wrote must survive.

@@ -40,7 +40,12 @@ fn specs(scenario: &str) -> Vec<Spec> {
             let script = format!(
                 "pad=$(printf '%0150d' 0); i=0; while :; do echo \"n $i $pad\"; echo $i > {side}.tmp && mv {side}.tmp {side}; i=$((i+1)); if [ $((i % 20)) = 0 ]; then sleep 0.01; fi; done"
             );
-            vec![entry("counter", "sh", ["-c", script.as_str()], 0, 1)]
+            // TLOGSIZE: rotated at that size, every file kept.
+            let counter = entry("counter", "sh", ["-c", script.as_str()], 0, 1);
+            match std::env::var("TLOGSIZE").ok().and_then(|n| n.parse().ok()) {
+                Some(size) => vec![counter.log_size(size).log_keep(1000)],
+                None => vec![counter],
+            }
         }
         // Three 200 KiB lines on stdout while stderr writes short lines.
         "long" => vec![entry(
