@@ -195,6 +195,10 @@ pub(crate) struct Monitor {
 struct Shared {
     state: Mutex<Hand>,
     changed: Condvar,
+    /// The exit line from the core ([`Monitor::set_closing`]): a lock of
+    /// its own, never held across I/O, so that the core does not wait for
+    /// a thread that writes to a stuck disk under `state`.
+    closing: Mutex<Option<String>>,
 }
 
 // One per monitor, inside its `Arc`: boxing `Work` would only add an allocation.
@@ -218,8 +222,8 @@ struct Work {
     ended: Vec<bool>,
     sink: LineSink,
     /// The `[sentry]` line that ends the process's part of the log (its
-    /// exit), from the core's [`Monitor::set_closing`] or its own look at the exit; and whether it was
-    /// queued.
+    /// exit), from the thread's own look at the exit (else the core's, in
+    /// [`Shared::closing`]); and whether it was queued.
     closing: Option<String>,
     closed: bool,
 }
@@ -346,7 +350,11 @@ impl Monitor {
             out.add_own(&text);
         }
         let work = Work { streams, out, ended, sink, closing: None, closed: false };
-        let shared = Arc::new(Shared { state: Mutex::new(Hand::Watching(work)), changed: Condvar::new() });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Hand::Watching(work)),
+            changed: Condvar::new(),
+            closing: Mutex::new(None),
+        });
         let ends = EndsWatching(shared.clone());
         // A monitor's deepest path (a log write with its formatting, a
         // console line) uses a few KiB of its stack; its read buffer is on the heap.
@@ -414,9 +422,7 @@ impl Monitor {
     /// (`Exited at … with …`), written after its last output line — unless
     /// the thread saw the exit itself first and has its own.
     pub fn set_closing(&self, closing: String) {
-        if let Hand::Watching(w) = &mut *self.shared.lock() {
-            w.closing.get_or_insert(closing);
-        }
+        self.shared.closing.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(closing);
     }
 
     /// Waits for a monitor that said [`ChildNote::Closed`].
@@ -454,7 +460,8 @@ fn run(pid: i32, pidfd: Option<Arc<OwnedFd>>, ends: Ends, shared: &Shared, notif
         if exited && (0..w.streams.len()).all(|i| done(i, w)) {
             if !w.closed {
                 w.closed = true;
-                if let Some(text) = w.closing.take() {
+                let from_core = || shared.closing.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(text) = w.closing.take().or_else(from_core) {
                     w.out.add_own(&text);
                     w.out.flush(&w.sink);
                 }
