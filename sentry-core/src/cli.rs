@@ -456,9 +456,11 @@ fn start_daemon(specs: &[Spec], paths: &Paths, http: Option<String>) -> Outcome 
     std::fs::create_dir_all(&paths.dir)
         .map_err(|e| fail(Error::io(format!("cannot create {}", paths.dir.display()), e)))?;
     let out_path = paths.dir.join(format!("{}.out", paths.name));
+    use std::os::unix::fs::OpenOptionsExt;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o640)
         .open(&out_path)
         .map_err(|e| fail(Error::io(format!("cannot open {}", out_path.display()), e)))?;
     let exe = std::env::current_exe().map_err(|e| fail(Error::io("cannot find this executable", e)))?;
@@ -709,8 +711,16 @@ fn logs(
     }
     let dir = paths.log_dir();
     let known: Vec<String> = specs.iter().filter(|s| s.is_entry()).map(|s| s.name().to_string()).collect();
-    let entries = if entries.is_empty() { known.clone() } else { entries };
+    let mut entries = if entries.is_empty() { known.clone() } else { entries };
+    let mut seen = std::collections::HashSet::new();
+    entries.retain(|e| seen.insert(e.clone()));
     for e in &entries {
+        // A name, not a path: what entries may be called.
+        let valid =
+            (1..=64).contains(&e.len()) && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err((EXIT_FAIL, format!("{e:?} is not an entry name ([A-Za-z0-9_-], 1 to 64 characters)")));
+        }
         if !known.contains(e) && !dir.join(format!("{e}.log")).exists() {
             return Err((EXIT_FAIL, format!("unknown entry {e:?} (and no {e}.log in {})", dir.display())));
         }

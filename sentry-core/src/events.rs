@@ -87,7 +87,8 @@ pub(crate) fn init(to: Destinations) {
         }
         let formatter = syslog::Formatter5424 {
             facility: syslog::Facility::LOG_DAEMON,
-            hostname: None,
+            // RFC 5424 §6.2.4: the host's name ("-" would be the nil value).
+            hostname: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()),
             process: process_name(),
             pid: std::process::id(),
         };

@@ -23,7 +23,7 @@ pub(crate) struct Query {
 }
 
 /// How long `--follow` waits between two looks at the files.
-const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 
 /// `--since T`: a duration back from `now_ms` (`10m`, as the rule language
 /// writes them) or an RFC 3339 time (`2026-12-07T10:00:00Z`,
@@ -126,21 +126,59 @@ fn line_time(line: &[u8]) -> Option<i64> {
     parse_time(&format!("{date} {time}"), false)
 }
 
-/// An entry's log files, oldest first: `ENTRY.log.K` … `ENTRY.log.1`, `ENTRY.log`.
-fn files_of(dir: &Path, entry: &str) -> Vec<PathBuf> {
-    let current = dir.join(format!("{entry}.log"));
+/// The longest line `logs` keeps whole: a longer one is shown in pieces of
+/// this size (so that memory stays bounded whatever a file holds).
+const MAX_LINE: usize = 1 << 20;
+
+/// A file's identity.
+type FileId = (u64, u64);
+
+/// Opens a log file to read: never through a symbolic link, never waiting
+/// (a FIFO planted there), regular files only.
+fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+fn id_of(file: &File) -> Option<FileId> {
+    file.metadata().ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// An entry's log files, oldest first — `ENTRY.log.K` … `ENTRY.log.1`,
+/// `ENTRY.log` — those that are regular files (not followed through links),
+/// with their identities.
+fn chain(dir: &Path, entry: &str) -> Vec<(PathBuf, FileId)> {
+    let prefix = format!("{entry}.log.");
     let mut rotated: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|d| {
             let name = d.file_name().into_string().ok()?;
-            let k = name.strip_prefix(&format!("{entry}.log."))?.parse::<usize>().ok()?;
+            let k = name.strip_prefix(&prefix)?.parse::<usize>().ok()?;
             Some((k, d.path()))
         })
         .collect();
     rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
-    rotated.into_iter().map(|(_, p)| p).chain(current.exists().then_some(current)).collect()
+    let current = dir.join(format!("{entry}.log"));
+    let mut seen = std::collections::HashSet::new();
+    rotated
+        .into_iter()
+        .map(|(_, p)| p)
+        .chain([current])
+        .filter_map(|p| {
+            let m = std::fs::symlink_metadata(&p).ok()?;
+            let id = (m.dev(), m.ino());
+            (m.is_file() && seen.insert(id)).then_some((p, id))
+        })
+        .collect()
 }
 
 /// One line, with the time it is sorted by (that of the last line that had one).
@@ -149,55 +187,148 @@ struct Line {
     text: Vec<u8>,
 }
 
-/// The lines of one entry that `query` asks for, oldest first, reading
-/// from the newest file back only as far as needed.
-fn lines_of(dir: &Path, entry: &str, query: &Query) -> io::Result<Vec<Line>> {
-    let mut files = files_of(dir, entry);
-    let mut chunks: Vec<Vec<Line>> = Vec::new();
-    let mut have = 0;
-    while let Some(path) = files.pop() {
-        let mut bytes = Vec::new();
-        match File::open(&path) {
-            Ok(mut f) => {
-                f.read_to_end(&mut bytes)?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))),
+/// Reads `file` from where it is to its end in chunks, calling `each` with
+/// every whole line (newline included); `partial` holds an unfinished last
+/// line across calls (a line past [`MAX_LINE`] comes out in pieces).
+fn read_lines(file: &mut File, partial: &mut Vec<u8>, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut chunk = &buf[..n];
+        while let Some(i) = memchr_newline(chunk) {
+            partial.extend_from_slice(&chunk[..=i]);
+            each(partial);
+            partial.clear();
+            chunk = &chunk[i + 1..];
         }
-        let mut at = i64::MIN;
-        let lines: Vec<Line> = bytes
-            .split_inclusive(|&b| b == b'\n')
-            .map(|l| {
-                if let Some(t) = line_time(l) {
-                    at = t;
+        partial.extend_from_slice(chunk);
+        while partial.len() >= MAX_LINE {
+            let mut piece: Vec<u8> = partial.drain(..MAX_LINE).collect();
+            piece.push(b'\n');
+            each(&piece);
+        }
+    }
+}
+
+fn memchr_newline(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == b'\n')
+}
+
+/// Lines of one file, with their times; at most `keep` of them (the last).
+struct FileLines {
+    lines: std::collections::VecDeque<Line>,
+    first_at: Option<i64>,
+}
+
+fn collect(file: &mut File, partial: &mut Vec<u8>, keep: Option<usize>, since: Option<i64>) -> io::Result<FileLines> {
+    let mut at = i64::MIN;
+    let mut lines = std::collections::VecDeque::new();
+    let mut first_at = None;
+    read_lines(file, partial, |l| {
+        if let Some(t) = line_time(l) {
+            at = t;
+            first_at.get_or_insert(t);
+        }
+        if since.is_some_and(|s| at < s) || keep == Some(0) {
+            return;
+        }
+        if keep.is_some_and(|k| lines.len() == k) {
+            lines.pop_front();
+        }
+        lines.push_back(Line { at, text: l.to_vec() });
+    })?;
+    Ok(FileLines { lines, first_at })
+}
+
+/// The lines of one entry that `query` asks for, oldest first — reading
+/// from the newest file back only as far as needed, at most the lines
+/// asked for in memory — and, to follow it, the current file, open where
+/// the lines stop.
+fn lines_of(dir: &Path, entry: &str, query: &Query, warn: &mut dyn FnMut(String)) -> (Vec<Line>, Tail) {
+    let path = dir.join(format!("{entry}.log"));
+    let mut tail =
+        Tail { dir: dir.to_path_buf(), entry: entry.to_string(), file: None, partial: Vec::new(), at: i64::MIN };
+    let mut chunks: Vec<std::collections::VecDeque<Line>> = Vec::new();
+    let mut have = 0;
+    let need = |have: usize| query.lines.map(|n| n.saturating_sub(have));
+    let mut current_id = None;
+    match open_regular(&path) {
+        Ok(mut f) => {
+            current_id = id_of(&f);
+            match collect(&mut f, &mut tail.partial, need(0), query.since_ms) {
+                Ok(got) => {
+                    have += got.lines.len();
+                    tail.at = got.lines.back().map_or(i64::MIN, |l| l.at);
+                    chunks.push(got.lines);
                 }
-                let mut text = l.to_vec();
-                if text.last() != Some(&b'\n') {
-                    text.push(b'\n');
-                }
-                Line { at, text }
-            })
-            .collect();
-        let older_than_since = query.since_ms.is_some_and(|s| lines.first().is_some_and(|l| l.at < s));
+                Err(e) => warn(format!("cannot read {}: {e}", path.display())),
+            }
+            tail.file = Some(f);
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => warn(format!("{} is skipped: {e}", path.display())),
+    }
+    let older: Vec<(PathBuf, FileId)> =
+        chain(dir, entry).into_iter().filter(|(p, id)| *p != path && Some(*id) != current_id).collect();
+    for (p, _) in older.into_iter().rev() {
+        if need(have) == Some(0) {
+            break;
+        }
+        let mut f = match open_regular(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                warn(format!("{} is skipped: {e}", p.display()));
+                continue;
+            }
+        };
+        let mut partial = Vec::new();
+        let got = match collect(&mut f, &mut partial, need(have), query.since_ms) {
+            Ok(got) => got,
+            Err(e) => {
+                warn(format!("cannot read {}: {e}", p.display()));
+                continue;
+            }
+        };
+        let mut lines = got.lines;
+        if !partial.is_empty() && need(have + lines.len()) != Some(0) {
+            partial.push(b'\n');
+            lines.push_back(Line { at: lines.back().map_or(i64::MIN, |l| l.at), text: partial });
+        }
         have += lines.len();
         chunks.push(lines);
-        if older_than_since || query.lines.is_some_and(|n| have >= n) && query.since_ms.is_none() {
+        if query.since_ms.is_some_and(|s| got.first_at.is_some_and(|t| t < s)) {
             break;
         }
     }
-    let mut all: Vec<Line> = chunks.into_iter().rev().flatten().collect();
-    if let Some(since) = query.since_ms {
-        all.retain(|l| l.at >= since);
+    if !query.follow && !tail.partial.is_empty() {
+        // The current file's last line, unfinished: shown as it is.
+        let mut text = std::mem::take(&mut tail.partial);
+        text.push(b'\n');
+        if chunks.is_empty() {
+            chunks.push(std::collections::VecDeque::new());
+        }
+        chunks[0].push_back(Line { at: tail.at, text });
     }
-    Ok(all)
+    (chunks.into_iter().rev().flatten().collect(), tail)
 }
 
-/// Prints what `query` asks of `entries`' logs in `dir` to `out`; with
+/// Prints what `query` asks of `entries`' logs in `dir` to `out` (files
+/// that cannot be read are said on standard error and skipped); with
 /// `follow`, goes on until the output is closed.
 pub(crate) fn show(dir: &Path, entries: &[String], query: &Query, out: &mut impl Write) -> io::Result<()> {
+    let mut warn = |w: String| eprintln!("logs: {w}");
     let mut all = Vec::new();
+    let mut tails = Vec::new();
     for entry in entries {
-        all.extend(lines_of(dir, entry, query)?);
+        let (lines, tail) = lines_of(dir, entry, query, &mut warn);
+        all.extend(lines);
+        tails.push(tail);
     }
     // Stable: lines of one entry keep their order within a millisecond.
     all.sort_by_key(|l| l.at);
@@ -209,12 +340,12 @@ pub(crate) fn show(dir: &Path, entries: &[String], query: &Query, out: &mut impl
     if !query.follow {
         return Ok(());
     }
-    let mut tails: Vec<Tail> = entries.iter().map(|e| Tail::at_end(dir.join(format!("{e}.log")))).collect();
+    drop(all);
     loop {
         std::thread::sleep(FOLLOW_EVERY);
         let mut new = Vec::new();
         for t in &mut tails {
-            t.read_new(&mut new);
+            t.read_new(&mut new, &mut warn);
         }
         new.sort_by_key(|l| l.at);
         for l in &new {
@@ -224,11 +355,12 @@ pub(crate) fn show(dir: &Path, entries: &[String], query: &Query, out: &mut impl
     }
 }
 
-/// `tail -F` of one path: the file it has open, read to its end; a new
-/// file at the path (a rotation, a logrotate) is read from its start once
-/// the old one's rest has been read.
+/// `tail -F` of one entry's log: the file it has open, read to its end;
+/// when the path holds another file (rotations, a logrotate), the files
+/// rotated since — however many — then the new one, each from its start.
 struct Tail {
-    path: PathBuf,
+    dir: PathBuf,
+    entry: String,
     file: Option<File>,
     /// An unfinished last line, kept until its newline comes.
     partial: Vec<u8>,
@@ -236,42 +368,68 @@ struct Tail {
 }
 
 impl Tail {
-    fn at_end(path: PathBuf) -> Tail {
-        let file = File::open(&path).ok().and_then(|mut f| f.seek(SeekFrom::End(0)).ok().map(|_| f));
-        Tail { path, file, partial: Vec::new(), at: i64::MIN }
-    }
-
-    fn read_new(&mut self, out: &mut Vec<Line>) {
-        self.drain(out);
-        let moved = match (&self.file, std::fs::metadata(&self.path)) {
-            (Some(f), Ok(now)) => f.metadata().is_ok_and(|m| (m.dev(), m.ino()) != (now.dev(), now.ino())),
-            (None, Ok(_)) => true,
-            _ => false,
-        };
-        if moved {
-            self.file = File::open(&self.path).ok();
-            self.drain(out);
-        } else if let Some(f) = &mut self.file {
+    fn read_new(&mut self, out: &mut Vec<Line>, warn: &mut dyn FnMut(String)) {
+        let path = self.dir.join(format!("{}.log", self.entry));
+        let now = std::fs::symlink_metadata(&path).ok().filter(|m| m.is_file()).map(|m| (m.dev(), m.ino()));
+        let ours = self.file.as_ref().and_then(id_of);
+        if ours.is_some() && now == ours {
             // Truncated in place (logrotate's copytruncate): from the start.
-            let (pos, len) = (f.stream_position().unwrap_or(0), f.metadata().map_or(0, |m| m.len()));
-            if len < pos {
-                let _ = f.seek(SeekFrom::Start(0));
-                self.drain(out);
+            if let Some(f) = &mut self.file {
+                let (pos, len) = (f.stream_position().unwrap_or(0), f.metadata().map_or(0, |m| m.len()));
+                if len < pos {
+                    let _ = f.seek(SeekFrom::Start(0));
+                }
+            }
+            self.drain(out);
+            return;
+        }
+        if now.is_none() {
+            self.drain(out);
+            return;
+        }
+        // The path holds another file: ours to its end (its last lines came
+        // before the rotation), then every file newer than ours, in order.
+        self.drain(out);
+        self.end_line(out);
+        let files = chain(&self.dir, &self.entry);
+        let newer = match ours.and_then(|id| files.iter().position(|(_, i)| *i == id)) {
+            Some(k) => &files[k + 1..],
+            // Ours is gone (past the files kept), or there was none: the current one.
+            None => &files[files.len().saturating_sub(1)..],
+        };
+        let last = newer.len().saturating_sub(1);
+        for (k, (p, _)) in newer.iter().enumerate() {
+            match open_regular(p) {
+                Ok(f) => {
+                    self.file = Some(f);
+                    self.drain(out);
+                    if k < last {
+                        self.end_line(out);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => warn(format!("{} is skipped: {e}", p.display())),
             }
         }
     }
 
     fn drain(&mut self, out: &mut Vec<Line>) {
         let Some(f) = &mut self.file else { return };
-        let mut bytes = std::mem::take(&mut self.partial);
-        let _ = f.read_to_end(&mut bytes);
-        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        self.partial = bytes.split_off(complete);
-        for l in bytes.split_inclusive(|&b| b == b'\n') {
+        let at = &mut self.at;
+        let _ = read_lines(f, &mut self.partial, |l| {
             if let Some(t) = line_time(l) {
-                self.at = t;
+                *at = t;
             }
-            out.push(Line { at: self.at, text: l.to_vec() });
+            out.push(Line { at: *at, text: l.to_vec() });
+        });
+    }
+
+    /// A file that will not grow again ended without a newline: its last line as it is.
+    fn end_line(&mut self, out: &mut Vec<Line>) {
+        if !self.partial.is_empty() {
+            let mut text = std::mem::take(&mut self.partial);
+            text.push(b'\n');
+            out.push(Line { at: self.at, text });
         }
     }
 }
@@ -323,6 +481,75 @@ mod tests {
         assert_eq!(run(Query { lines: Some(2), ..all.clone() }), ["time", "five"]);
         let since = parse_time("2026-12-07T10:00:03Z", true);
         assert_eq!(run(Query { since_ms: since, ..all }), ["three", "four", "time", "five"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn fresh(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sentry-logs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn append(path: &Path, from: u32, to: u32) {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        for i in from..to {
+            writeln!(f, "2026-12-07 10:00:00.000+00:00 w.1 seq={i}").unwrap();
+        }
+    }
+
+    fn numbers(lines: &[Line]) -> Vec<u32> {
+        lines
+            .iter()
+            .map(|l| String::from_utf8_lossy(&l.text).trim_end().rsplit("seq=").next().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn following_goes_on_where_the_lines_stopped_and_through_several_rotations_at_once() {
+        let dir = fresh("follow");
+        let log = dir.join("w.log");
+        append(&log, 0, 10);
+        let q = Query { lines: Some(3), since_ms: None, follow: true };
+        let (shown, mut tail) = lines_of(&dir, "w", &q, &mut |w| panic!("{w}"));
+        assert_eq!(numbers(&shown), [7, 8, 9]);
+        // Written after the lines were read, then rotated three times before the next look.
+        append(&log, 10, 12);
+        for k in 0..3u32 {
+            for j in (1..=3).rev() {
+                let _ = std::fs::rename(dir.join(format!("w.log.{j}")), dir.join(format!("w.log.{}", j + 1)));
+            }
+            std::fs::rename(&log, dir.join("w.log.1")).unwrap();
+            append(&log, 12 + k * 5, 17 + k * 5);
+        }
+        let mut got = Vec::new();
+        tail.read_new(&mut got, &mut |w| panic!("{w}"));
+        assert_eq!(numbers(&got), (10..27).collect::<Vec<_>>(), "nothing lost or doubled");
+        append(&log, 27, 29);
+        let mut more = Vec::new();
+        tail.read_new(&mut more, &mut |w| panic!("{w}"));
+        assert_eq!(numbers(&more), [27, 28]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn links_fifos_directories_and_endless_lines_are_skipped_or_bounded() {
+        let dir = fresh("hostile");
+        append(&dir.join("w.log"), 0, 2);
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("w.log.1")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join("w.log.2")).unwrap();
+        nix::unistd::mkfifo(&dir.join("w.log.3"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::fs::create_dir(dir.join("w.log.4")).unwrap();
+        // 3 MiB without a newline: shown in pieces of at most MAX_LINE.
+        std::fs::write(dir.join("w.log.5"), vec![b'x'; (3 << 20) + 100]).unwrap();
+        let mut warnings = Vec::new();
+        let q = Query { lines: None, since_ms: None, follow: false };
+        let (lines, _) = lines_of(&dir, "w", &q, &mut |w| warnings.push(w));
+        assert_eq!(lines.len(), 2 + 4, "3 MiB in 1 MiB pieces (the last one short), then the two lines");
+        assert!(lines.iter().all(|l| l.text.len() <= MAX_LINE + 1));
+        assert!(lines.iter().all(|l| !String::from_utf8_lossy(&l.text).contains("root:")), "a link was followed");
+        assert!(warnings.is_empty(), "links, FIFOs and directories are not log files: {warnings:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

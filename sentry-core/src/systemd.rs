@@ -34,9 +34,10 @@ pub(crate) fn reloading() {
     notify(&states);
 }
 
-/// `STOPPING=1`: every child is being stopped.
+/// `STOPPING=1`: every child is being stopped (said once).
 pub(crate) fn stopping() {
-    notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]));
 }
 
 /// A service unit running configuration binary `exe` in `dir`
@@ -45,9 +46,11 @@ pub(crate) fn stopping() {
 /// `KillMode=mixed` so that systemd's SIGTERM reaches Sentry alone and its
 /// own stop runs, and a stop timeout above Sentry's own bound.
 pub(crate) fn unit(name: &str, exe: &Path, dir: &Path, crate_dir: Option<&Path>, stop_secs: u64) -> String {
+    // systemd.service(5) "Command lines": `%` starts a specifier and `$`
+    // a variable, so both are doubled; then quoted if it has blanks or quotes.
     let quote = |p: &Path| {
-        let s = p.display().to_string();
-        if s.contains([' ', '"', '\\', '\'']) {
+        let s = p.display().to_string().replace('%', "%%").replace('$', "$$");
+        if s.contains([' ', '\t', '"', '\\', '\'']) {
             format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
         } else {
             s
@@ -77,4 +80,16 @@ Restart=on-failure
 WantedBy=multi-user.target
 "
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specifiers_and_variables_in_paths_are_escaped_and_blanks_quoted() {
+        let unit = unit("n", Path::new("/opt/b in/conf"), Path::new("/srv/p%n$HOME"), None, 20);
+        assert!(unit.contains("ExecStart=\"/opt/b in/conf\" start --dir /srv/p%%n$$HOME\n"), "{unit}");
+        assert!(unit.contains("TimeoutStopSec=20"), "{unit}");
+    }
 }
