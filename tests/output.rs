@@ -59,6 +59,21 @@ fn reassemble(log: &str, tag: &str) -> Vec<String> {
     lines
 }
 
+/// The counter's lines in `log`: each whole, numbered from 0 without a gap
+/// or a double, and well past where it stalled.
+fn assert_counted(log: &str, tag: &str, stalled: u64) {
+    let pad = "0".repeat(150);
+    let mut expected = 0u64;
+    for line in reassemble(log, tag) {
+        let Some(rest) = line.strip_prefix("n ") else { continue };
+        let (n, p) = rest.split_once(' ').unwrap_or_else(|| panic!("cut line {line:?}"));
+        assert_eq!(p, pad, "line {n} is not whole");
+        assert_eq!(n.parse::<u64>().unwrap(), expected, "a line lost, doubled or out of order");
+        expected += 1;
+    }
+    assert!(expected > stalled + 1000, "{expected} lines");
+}
+
 /// The `counter` scenario with its log directory on a small tmpfs, running
 /// until its log has some lines; then the tmpfs is filled up and the child
 /// waits until it blocks. Returns the mount, the instance, the child's PID,
@@ -113,18 +128,8 @@ fn a_full_disk_makes_the_child_wait_and_loses_no_line() {
     // Free the space: everything held comes out, and the child goes on.
     fs::remove_file(&filler).unwrap();
     wait_for("the child to go on", || (read_number(&side)? > stalled + 2000).then_some(()));
-    let log = s.log("counter");
     let console = s.console();
-    let mut expected = 0u64;
-    let pad = "0".repeat(150);
-    for line in reassemble(&log, &tag) {
-        let Some(rest) = line.strip_prefix("n ") else { continue };
-        let (n, p) = rest.split_once(' ').unwrap_or_else(|| panic!("cut line {line:?}"));
-        assert_eq!(p, pad, "line {n} is not whole");
-        assert_eq!(n.parse::<u64>().unwrap(), expected, "a line lost, doubled or out of order");
-        expected += 1;
-    }
-    assert!(expected > stalled + 1000, "{expected} lines");
+    assert_counted(&s.log("counter"), &tag, stalled);
     assert_eq!(console.matches("cannot write the log of counter").count(), 1, "{console}");
     assert_eq!(console.matches("the log of counter is written again").count(), 1, "{console}");
     drop(s);
@@ -155,16 +160,7 @@ fn a_full_disk_across_rotations_loses_no_line() {
         .chain([mount.0.join("counter.log")])
         .map(|p| fs::read_to_string(p).unwrap())
         .collect();
-    let pad = "0".repeat(150);
-    let mut expected = 0u64;
-    for line in reassemble(&log, &tag) {
-        let Some(rest) = line.strip_prefix("n ") else { continue };
-        let (n, p) = rest.split_once(' ').unwrap_or_else(|| panic!("cut line {line:?}"));
-        assert_eq!(p, pad, "line {n} is not whole");
-        assert_eq!(n.parse::<u64>().unwrap(), expected, "a line lost, doubled or out of order");
-        expected += 1;
-    }
-    assert!(expected > stalled + 1000, "{expected} lines");
+    assert_counted(&log, &tag, stalled);
     drop(s);
     drop(mount);
 }

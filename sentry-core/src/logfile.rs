@@ -74,7 +74,12 @@ impl LogFile {
             log.set_rotation(size, keep);
             return Ok(log);
         }
-        let file = open_log(path)?;
+        let log = LogFile::on(path.to_path_buf(), open_log(path)?, size, keep);
+        files.push((path.to_path_buf(), Arc::downgrade(&log)));
+        Ok(log)
+    }
+
+    fn on(path: PathBuf, file: File, size: u64, keep: usize) -> Arc<LogFile> {
         let state = LogState {
             file,
             reopened: REOPENS.load(Ordering::SeqCst),
@@ -84,34 +89,13 @@ impl LogFile {
             orphan: Vec::new(),
             failing_since: None,
         };
-        let log = Arc::new(LogFile {
-            path: path.to_path_buf(),
-            size: AtomicU64::new(size),
-            keep: AtomicUsize::new(keep),
-            state: Mutex::new(state),
-        });
-        files.push((path.to_path_buf(), Arc::downgrade(&log)));
-        Ok(log)
+        Arc::new(LogFile { path, size: AtomicU64::new(size), keep: AtomicUsize::new(keep), state: Mutex::new(state) })
     }
 
     /// A log on an already open file (a pipe, in tests), never rotated.
     #[cfg(test)]
     pub fn of_file(file: File) -> Arc<LogFile> {
-        let state = LogState {
-            file,
-            reopened: REOPENS.load(Ordering::SeqCst),
-            detached: false,
-            rotation_failing: false,
-            owed_by: None,
-            orphan: Vec::new(),
-            failing_since: None,
-        };
-        Arc::new(LogFile {
-            path: PathBuf::from("/nonexistent/sentry-test-log"),
-            size: AtomicU64::new(0),
-            keep: AtomicUsize::new(0),
-            state: Mutex::new(state),
-        })
+        LogFile::on(PathBuf::from("/nonexistent/sentry-test-log"), file, 0, 0)
     }
 
     /// Changes the rotation (a reload's new configuration); never waits.
