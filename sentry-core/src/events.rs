@@ -1,4 +1,6 @@
-//! Where Sentry's events go besides the console: syslog (RFC 5424
+//! Where Sentry's events go besides the console: a bounded ring of the
+//! latest ones with increasing sequence numbers (what `GET /events` and
+//! the dashboard read; it crosses re-execs), syslog (RFC 5424
 //! datagrams, facility daemon, on `/dev/log` or `SENTRY_SYSLOG`) and the
 //! systemd journal (its native protocol, with `SENTRY_ENTRY`, `SENTRY_PID`
 //! and, for an exit, `SENTRY_EXIT_STATUS` or `SENTRY_EXIT_SIGNAL`). Both are
@@ -131,8 +133,15 @@ fn process_name() -> String {
         .unwrap_or_else(|| "sentry".to_string())
 }
 
-/// Queues an event of `entry`'s process `pid` (0: none); never waits.
+/// Records an event of `entry`'s process `pid` (0: none) in the ring and
+/// queues it for syslog and the journal; never waits for them.
 pub(crate) fn emit(entry: Option<&str>, pid: i32, text: &str) {
+    emit_kind(kind_of(text), entry, pid, text);
+}
+
+/// [`emit`] with its kind said (a rule that fired).
+pub(crate) fn emit_kind(kind: &'static str, entry: Option<&str>, pid: i32, text: &str) {
+    record(kind, entry, pid, text);
     let Some(tx) = QUEUE.get() else { return };
     let severity = if text.contains("killed by") || text.contains("ExitFailure") || text.starts_with("Cannot") {
         syslog::Severity::LOG_WARNING
@@ -147,10 +156,152 @@ pub(crate) fn emit(entry: Option<&str>, pid: i32, text: &str) {
 
 /// Queues a warning or an error of Sentry's own (`log::warn!`, `log::error!`).
 pub(crate) fn emit_problem(level: log::Level, text: &str) {
+    record(if level == log::Level::Error { "error" } else { "warning" }, None, 0, text);
     let Some(tx) = QUEUE.get() else { return };
     let severity = if level == log::Level::Error { syslog::Severity::LOG_ERR } else { syslog::Severity::LOG_WARNING };
     if let Err(TrySendError::Full(_)) = tx.try_send(Event { entry: None, pid: 0, text: text.to_string(), severity }) {
         DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The kind of an event, from its text (the console's wording).
+fn kind_of(text: &str) -> &'static str {
+    const KINDS: [(&str, &str); 10] = [
+        ("Started at", "started"),
+        ("Exited at", "exited"),
+        ("Action program exited", "action_exited"),
+        ("Cannot start", "start_failed"),
+        ("Cannot run", "action_failed"),
+        ("Scaled from", "scaled"),
+        ("Restart requested", "restart"),
+        ("Sentry reexec'd", "reloaded"),
+        ("Reload failed", "reload_failed"),
+        ("Its process group outlived SIGKILL", "unkillable"),
+    ];
+    KINDS.iter().find(|(prefix, _)| text.starts_with(prefix)).map_or("notice", |(_, kind)| kind)
+}
+
+/// One event as `GET /events` shows it (SPEC): `at` in Unix seconds;
+/// `entry` and `pid` null where they do not apply. It crosses re-execs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub at: u64,
+    pub kind: String,
+    pub entry: Option<String>,
+    pub pid: Option<i32>,
+    pub text: String,
+}
+
+/// How many events the ring keeps.
+pub(crate) const RING: usize = 1000;
+
+/// The latest events and the next sequence number (1 is the first).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Ring {
+    pub next: u64,
+    pub events: std::collections::VecDeque<EventRecord>,
+}
+
+static THE_RING: std::sync::Mutex<Ring> =
+    std::sync::Mutex::new(Ring { next: 1, events: std::collections::VecDeque::new() });
+static NEWER: std::sync::Condvar = std::sync::Condvar::new();
+/// Long polls waiting on [`NEWER`]: without any, recording an event makes
+/// no wake-up system call (it happens on the core's restart path).
+static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn ring() -> std::sync::MutexGuard<'static, Ring> {
+    THE_RING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn record(kind: &'static str, entry: Option<&str>, pid: i32, text: &str) {
+    let mut ring = ring();
+    let seq = ring.next.max(1);
+    ring.next = seq + 1;
+    if ring.events.len() == RING {
+        ring.events.pop_front();
+    }
+    let at = crate::sys::unix_now();
+    let text = text.lines().next().unwrap_or_default().chars().take(4096).collect();
+    ring.events.push_back(EventRecord {
+        seq,
+        at,
+        kind: kind.to_string(),
+        entry: entry.map(str::to_string),
+        pid: (pid > 0).then_some(pid),
+        text,
+    });
+    drop(ring);
+    if WAITING.load(Ordering::SeqCst) > 0 {
+        NEWER.notify_all();
+    }
+}
+
+/// What `GET /events?since=SEQ` answers.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EventsPage {
+    pub events: Vec<EventRecord>,
+    /// The sequence number to ask `since` next: the last one returned (or,
+    /// when none is newer, the newest there is).
+    pub next: u64,
+    /// Events after `since` have already left the ring.
+    pub lost: bool,
+}
+
+impl Ring {
+    /// The events after `since`, at most `limit`.
+    pub fn since(&self, since: u64, limit: usize) -> EventsPage {
+        let newest = self.next.saturating_sub(1);
+        let events: Vec<EventRecord> = self.events.iter().filter(|e| e.seq > since).take(limit).cloned().collect();
+        let oldest_kept = self.events.front().map_or(self.next, |e| e.seq);
+        let lost = since < newest && since + 1 < oldest_kept;
+        let next = events.last().map_or(since.min(newest), |e| e.seq);
+        EventsPage { events, next, lost }
+    }
+}
+
+/// The events after `since` (at most `limit`); if there are none, waits
+/// for one until `deadline` or until `stop` says to give up, whichever
+/// comes first (a long poll; `stop` is asked every 100 ms).
+pub(crate) fn events_since(
+    since: u64,
+    limit: usize,
+    deadline: std::time::Instant,
+    stop: &dyn Fn() -> bool,
+) -> EventsPage {
+    let mut ring = ring();
+    loop {
+        let page = ring.since(since, limit);
+        let now = std::time::Instant::now();
+        if !page.events.is_empty() || now >= deadline || stop() {
+            return page;
+        }
+        let wait = (deadline - now).min(std::time::Duration::from_millis(100));
+        WAITING.fetch_add(1, Ordering::SeqCst);
+        ring = NEWER.wait_timeout(ring, wait).unwrap_or_else(|p| p.into_inner()).0;
+        WAITING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The ring, for the next image.
+pub(crate) fn ring_snapshot() -> Ring {
+    ring().clone()
+}
+
+/// The ring an earlier image handed over, before anything of this one
+/// (events of this image so far come after it, renumbered).
+pub(crate) fn restore_ring(old: Ring) {
+    let mut ring = ring();
+    let mine: Vec<EventRecord> = ring.events.drain(..).collect();
+    *ring = old;
+    ring.next = ring.next.max(ring.events.back().map_or(1, |e| e.seq + 1));
+    for mut e in mine {
+        e.seq = ring.next;
+        ring.next += 1;
+        if ring.events.len() == RING {
+            ring.events.pop_front();
+        }
+        ring.events.push_back(e);
     }
 }
 
@@ -254,6 +405,39 @@ impl log::Log for Logger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ring_of(n: u64) -> Ring {
+        let events = (1..=n)
+            .map(|seq| EventRecord { seq, at: 0, kind: "notice".into(), entry: None, pid: None, text: seq.to_string() })
+            .collect();
+        Ring { next: n + 1, events }
+    }
+
+    #[test]
+    fn a_page_says_what_is_newer_and_whether_some_left_the_ring() {
+        let mut ring = ring_of(10);
+        let seqs = |p: &EventsPage| p.events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let page = ring.since(7, 100);
+        assert_eq!((seqs(&page), page.next, page.lost), (vec![8, 9, 10], 10, false));
+        let page = ring.since(10, 100);
+        assert_eq!((seqs(&page), page.next, page.lost), (vec![], 10, false));
+        // A client from the future (a sequence never given): told where things are.
+        assert_eq!(ring.since(99, 100).next, 10);
+        ring.events.drain(..5);
+        let page = ring.since(2, 100);
+        assert_eq!((seqs(&page), page.lost), (vec![6, 7, 8, 9, 10], true));
+        assert!(!ring.since(5, 100).lost, "6 is the first after 5, and it is there");
+        assert_eq!(seqs(&ring.since(0, 2)), vec![6, 7]);
+    }
+
+    #[test]
+    fn kinds_come_from_the_consoles_wording() {
+        assert_eq!(kind_of("Started at 1."), "started");
+        assert_eq!(kind_of("Exited at 1, killed by SIGTERM."), "exited");
+        assert_eq!(kind_of("Scaled from 1 to 3."), "scaled");
+        assert_eq!(kind_of("Sentry reexec'd. Initially started at 1"), "reloaded");
+        assert_eq!(kind_of("anything else"), "notice");
+    }
 
     #[test]
     fn exit_lines_give_their_status_or_signal() {

@@ -75,6 +75,13 @@ pub(crate) struct InstanceSnapshot {
     /// re-exec'd without being rebuilt.
     #[serde(default)]
     pub reload_note: Option<String>,
+    /// The latest events and the next sequence number (`GET /events`'s
+    /// numbers go on increasing); empty from an older image.
+    #[serde(default)]
+    pub events: crate::events::Ring,
+    /// When the build of this reload started (Unix ns; 0: unknown).
+    #[serde(default)]
+    pub reload_started_ns: u64,
 }
 
 /// The supervision core's state.
@@ -259,6 +266,8 @@ pub(crate) struct InfoSnapshot {
     pub reexec_count: u64,
     pub reexeced_at: Option<u64>,
     pub last_reload: Option<ReloadOutcome>,
+    #[serde(default)]
+    pub reloads_failed: u64,
 }
 
 /// One entry: its (old) configuration and run-time state.
@@ -267,6 +276,8 @@ pub(crate) struct EntrySnapshot {
     pub config: EntryConfigSnapshot,
     pub target: usize,
     pub restarts: u64,
+    #[serde(default)]
+    pub restarts_requested: u64,
     pub removed: bool,
     pub slots: Vec<SlotSnapshot>,
     /// The last exit of each slot.
@@ -597,6 +608,8 @@ mod tests {
                 unwatched_since_ns: 0,
                 console_dropped: 0,
                 reload_note: None,
+                events: crate::events::Ring::default(),
+                reload_started_ns: 0,
             },
             core: CoreSnapshot {
                 entries: vec![EntrySnapshot {
@@ -621,6 +634,7 @@ mod tests {
                     },
                     target: 2,
                     restarts: 1,
+                    restarts_requested: 0,
                     removed: false,
                     slots: vec![SlotSnapshot {
                         index: 0,

@@ -128,6 +128,8 @@ struct Shared {
     /// The address bound (perhaps unspecified: 0.0.0.0).
     bound: SocketAddr,
     routes: Routes,
+    /// Event streams being served.
+    streams: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -209,7 +211,14 @@ impl ControlServer {
         let (interrupt, interrupted) = crossbeam_channel::bounded::<()>(0);
         routes.core =
             routes.core.bounded(STATUS_WAIT, routes.settle, routes.shutdown.clone()).interruptible(interrupted);
-        let shared = Arc::new(Shared { conns: Mutex::default(), ended: Condvar::new(), stop, bound, routes });
+        let shared = Arc::new(Shared {
+            conns: Mutex::default(),
+            ended: Condvar::new(),
+            stop,
+            bound,
+            routes,
+            streams: std::sync::atomic::AtomicUsize::new(0),
+        });
         let for_acceptor = shared.clone();
         let acceptor = std::thread::Builder::new()
             .name("sentry-http".into())
@@ -383,6 +392,8 @@ impl Socket<'_> {
 struct Request {
     method: String,
     path: String,
+    /// What followed `?` in the target (undecoded).
+    query: String,
     headers: Vec<(String, String)>,
     body: String,
     /// The address this connection reached.
@@ -425,6 +436,12 @@ fn read_request(conn: &mut Socket<'_>) -> Result<Request, Unread> {
                 let request = Request {
                     method: parsed.method.unwrap_or_default().to_string(),
                     path: parsed.path.unwrap_or_default().split('?').next().unwrap_or("").to_string(),
+                    query: parsed
+                        .path
+                        .unwrap_or_default()
+                        .split_once('?')
+                        .map(|(_, q)| q.to_string())
+                        .unwrap_or_default(),
                     headers: parsed
                         .headers
                         .iter()
@@ -481,20 +498,35 @@ fn serve(stream: &TcpStream, id: u64, shared: &Shared) {
     }
     let mut conn =
         Socket { stream, stop: shared.stop.as_raw_fd(), deadline: Instant::now() + REQUEST_DEADLINE, stopping: false };
-    let (code, body) = match read_request(&mut conn) {
+    let Reply { code, content_type, body } = match read_request(&mut conn) {
         Ok(request) => {
             shared.set_phase(id, Phase::Busy);
-            route(&request, shared)
+            match route(&request, shared) {
+                Routed::Reply(reply) => reply,
+                Routed::EventStream { since } => {
+                    shared.set_phase(id, Phase::Answering);
+                    return stream_events(&mut conn, since, shared);
+                }
+            }
         }
         Err(Unread::Gone) => return,
-        Err(Unread::Answer(code, message)) => (code, error_body(&message)),
+        Err(Unread::Answer(code, message)) => Reply::json(code, error_body(&message)),
     };
     shared.set_phase(id, Phase::Answering);
     let mut answer = format!(
-        "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\
+         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
         reason(code),
         body.len()
     );
+    if content_type.starts_with("text/html") {
+        // The dashboard: nothing from another origin, and never in a frame.
+        answer.push_str(
+            "Content-Security-Policy: default-src 'self'; script-src 'self' 'unsafe-inline'; \
+             style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'\r\n\
+             X-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n",
+        );
+    }
     if code == 401 {
         answer.push_str("WWW-Authenticate: Bearer\r\n");
     }
@@ -541,26 +573,170 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-fn route(request: &Request, shared: &Shared) -> (u16, String) {
+/// An answer: its status, type and body.
+struct Reply {
+    code: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Reply {
+    fn json(code: u16, body: String) -> Reply {
+        Reply { code, content_type: "application/json", body }
+    }
+}
+
+/// What a request leads to: an answer, or a stream of events.
+enum Routed {
+    Reply(Reply),
+    /// `GET /events` with `Accept: text/event-stream`: after `since`.
+    EventStream {
+        since: u64,
+    },
+}
+
+/// The longest `GET /events?wait=S` waits, and the longest an event stream
+/// lasts before the client reconnects (with `Last-Event-ID`, losing nothing).
+const EVENTS_WAIT_MAX: Duration = Duration::from_secs(60);
+const STREAM_LIFETIME: Duration = Duration::from_secs(600);
+/// Event streams served at once (each holds a connection and its thread).
+const MAX_STREAMS: usize = 16;
+/// Events in one answer.
+const EVENTS_PAGE: usize = 500;
+
+fn route(request: &Request, shared: &Shared) -> Routed {
     let routes = &shared.routes;
+    let reply = |code, body| Routed::Reply(Reply::json(code, body));
     if routes.shutting_down() {
-        return (503, error_body(&Error::ShuttingDown.to_string()));
+        return reply(503, error_body(&Error::ShuttingDown.to_string()));
     }
     if request.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("Host")).count() > 1 {
-        return (400, error_body("more than one Host header"));
+        return reply(400, error_body("more than one Host header"));
     }
     let host = request.header("Host");
     if !host_allowed(host, shared.bound, request.local) {
         let host = host.unwrap_or_default();
-        return (421, error_body(&format!("this server does not answer for Host {host:?}")));
+        return reply(421, error_body(&format!("this server does not answer for Host {host:?}")));
     }
     // Off loopback, anyone on the network could read the state: the token is
     // needed for every request.
     if !shared.bound.ip().is_loopback() && !has_token(request, &routes.token) {
-        return (401, error_body("missing or wrong bearer token"));
+        return reply(401, error_body("missing or wrong bearer token"));
     }
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (request.method.as_str(), segments.as_slice()) {
+        ("GET", [""]) => Routed::Reply(Reply {
+            code: 200,
+            content_type: "text/html; charset=utf-8",
+            body: crate::dashboard::PAGE.to_string(),
+        }),
+        ("GET", ["metrics"]) => match crate::metrics::render(&routes.core) {
+            Ok(text) => Routed::Reply(Reply { code: 200, content_type: crate::metrics::CONTENT_TYPE, body: text }),
+            Err(e) => {
+                let (code, body) = unavailable(e);
+                reply(code, body)
+            }
+        },
+        ("GET", ["events"]) => events(request, shared),
+        (_, [""]) | (_, ["metrics"]) | (_, ["events"]) => reply(405, error_body("method not allowed")),
+        _ => {
+            let (code, body) = route_json(request, segments.as_slice(), routes);
+            reply(code, body)
+        }
+    }
+}
+
+/// `GET /events?since=SEQ[&wait=S]`, or its stream.
+fn events(request: &Request, shared: &Shared) -> Routed {
+    let reply = |code, body| Routed::Reply(Reply::json(code, body));
+    let mut since = 0;
+    let mut wait = Duration::ZERO;
+    for pair in request.query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "since" => match digits(value).map(|n| n as u64) {
+                Some(n) => since = n,
+                None => return reply(400, error_body(&format!("since must be a sequence number, not {value:?}"))),
+            },
+            "wait" => match digits(value) {
+                Some(s) => wait = Duration::from_secs(s as u64).min(EVENTS_WAIT_MAX),
+                None => return reply(400, error_body(&format!("wait must be whole seconds, not {value:?}"))),
+            },
+            _ => return reply(400, error_body(&format!("unknown parameter {key:?} (since, wait)"))),
+        }
+    }
+    // An EventSource that reconnects says where it was.
+    if let Some(last) = request.header("Last-Event-ID").and_then(digits) {
+        since = last as u64;
+    }
+    if request.header("Accept").is_some_and(|a| a.contains("text/event-stream")) {
+        return Routed::EventStream { since };
+    }
+    let stopping = || shared.routes.shutting_down() || stop_signalled(shared);
+    let page = crate::events::events_since(since, EVENTS_PAGE, Instant::now() + wait, &stopping);
+    reply(200, serde_json::to_string(&page).unwrap_or_default())
+}
+
+/// Whether the server has been told to stop (its eventfd is readable).
+fn stop_signalled(shared: &Shared) -> bool {
+    let mut fds = [libc::pollfd { fd: shared.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+    sys::poll(&mut fds, 0).is_ok_and(|n| n > 0)
+}
+
+/// Streams events (`text/event-stream`: `id`, `event` and `data` lines)
+/// until the client leaves, the server stops or [`STREAM_LIFETIME`] is
+/// up; a comment every 15 s keeps the connection alive.
+fn stream_events(conn: &mut Socket<'_>, mut since: u64, shared: &Shared) {
+    let streams = &shared.streams;
+    if streams.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= MAX_STREAMS {
+        streams.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let body = error_body(&format!("too many event streams (at most {MAX_STREAMS})"));
+        let head = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        conn.deadline = Instant::now() + ANSWER_DEADLINE;
+        let _ = conn.write_all((head + &body).as_bytes());
+        return;
+    }
+    struct Leave<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let _leave = Leave(streams);
+    let ends = Instant::now() + STREAM_LIFETIME;
+    conn.deadline = Instant::now() + ANSWER_DEADLINE;
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n: events\n\n";
+    if conn.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let stopping = || shared.routes.shutting_down() || stop_signalled(shared);
+    while Instant::now() < ends && !stopping() {
+        let page = crate::events::events_since(since, EVENTS_PAGE, Instant::now() + Duration::from_secs(15), &stopping);
+        let mut text = String::new();
+        if page.lost {
+            text.push_str(&format!("event: lost\ndata: {{\"lost\": true, \"since\": {since}}}\n\n"));
+        }
+        for e in &page.events {
+            let data = serde_json::to_string(e).unwrap_or_default();
+            text.push_str(&format!("id: {}\nevent: {}\ndata: {data}\n\n", e.seq, e.kind));
+        }
+        if text.is_empty() {
+            text.push_str(": keep-alive\n\n");
+        }
+        since = page.next.max(since);
+        conn.deadline = Instant::now() + ANSWER_DEADLINE;
+        if conn.write_all(text.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// SPEC's JSON requests.
+fn route_json(request: &Request, segments: &[&str], routes: &Routes) -> (u16, String) {
+    match (request.method.as_str(), segments) {
         ("GET", ["status"]) => match routes.core.status() {
             Ok(status) => (200, serde_json::to_string(&status).unwrap_or_default()),
             Err(e) => unavailable(e),

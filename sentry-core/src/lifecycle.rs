@@ -130,8 +130,11 @@ pub(crate) enum Effect {
     Spawn,
     /// Send `signal` to the process group of `pid`.
     Signal { pid: i32, signal: Signal },
-    /// Count one restart of the entry.
+    /// Count one restart of the entry, after its process exited by itself.
     CountRestart,
+    /// Count one restart that was asked for (a restart request, a rule, a
+    /// changed configuration).
+    CountRequestedRestart,
     /// The slot is finished: remove it.
     Vacate,
 }
@@ -210,7 +213,9 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
             Stopping { since, then, .. } | Killing { since, then, .. } | Unkillable { since, then, .. },
             Event::Exited { exit, now },
         ) => match then {
-            AfterStop::Respawn => (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRestart]),
+            AfterStop::Respawn => {
+                (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRequestedRestart])
+            }
             AfterStop::Vacate => (Slot { phase: Idle, crashes }, vec![Effect::Vacate]),
             AfterStop::Policy { exited_at } => after_exit(crashes, since, exit, exited_at, policy),
         },
@@ -251,7 +256,7 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
         ) => (Slot { phase: with_then(phase, AfterStop::Respawn), crashes }, Vec::new()),
         (Idle | Pending { .. }, Event::Stop { .. }) => (Slot { phase: Idle, crashes }, vec![Effect::Vacate]),
         (Idle, Event::Restart { now }) => {
-            (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRestart])
+            (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRequestedRestart])
         }
         (Pending { .. }, Event::Restart { now }) => (Slot { phase: Pending { due: now }, crashes: 0 }, Vec::new()),
         _ => same,
@@ -431,7 +436,7 @@ mod tests {
         let (slot, fx) = step(slot, &p, Event::Restart { now: t0 });
         assert_eq!(fx, vec![Effect::Signal { pid: 7, signal: Signal::SIGTERM }]);
         let (slot, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Signal(15), now: ms(t0, 20) });
-        assert_eq!(fx, vec![Effect::CountRestart]);
+        assert_eq!(fx, vec![Effect::CountRequestedRestart], "asked for, not after an exit of its own");
         assert_eq!(slot, Slot { phase: Phase::Pending { due: ms(t0, 20) }, crashes: 0 });
     }
 
@@ -465,7 +470,7 @@ mod tests {
         for (phase, counted) in [(Phase::Idle, true), (Phase::Pending { due: ms(t0, 30_000) }, false)] {
             let (slot, fx) = step(Slot { phase, crashes: 9 }, &p, Event::Restart { now: t0 });
             assert_eq!(slot, Slot { phase: Phase::Pending { due: t0 }, crashes: 0 });
-            assert_eq!(fx.contains(&Effect::CountRestart), counted);
+            assert_eq!(fx.contains(&Effect::CountRequestedRestart), counted);
         }
     }
 
@@ -538,7 +543,7 @@ mod tests {
         let (slot, fx) = step(draining, &p, Event::Restart { now: t0 });
         assert!(fx.is_empty(), "no second signal");
         let (slot, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Code(0), now: ms(t0, 50) });
-        assert_eq!((slot.phase, fx), (Phase::Pending { due: ms(t0, 50) }, vec![Effect::CountRestart]));
+        assert_eq!((slot.phase, fx), (Phase::Pending { due: ms(t0, 50) }, vec![Effect::CountRequestedRestart]));
         // stop: vacate once gone.
         let (slot, _) = step(draining, &p, Event::Stop { now: t0 });
         let (_, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Code(0), now: ms(t0, 50) });

@@ -209,6 +209,17 @@ pub(crate) fn ticks_per_second() -> u64 {
     hz.max(1) as u64
 }
 
+/// When the machine booted (`btime` of `/proc/stat`), Unix seconds.
+pub(crate) fn boot_time() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
+}
+
+/// The number of threads of this process (`Threads:` of its status).
+pub(crate) fn threads_of_self() -> Option<u64> {
+    status_value(std::process::id() as i32, "Threads").and_then(|v| v.trim().parse().ok())
+}
+
 /// The NUL-separated words of a file, decoded lossily, empty words dropped.
 fn words(raw: &[u8]) -> Vec<String> {
     raw.split(|b| *b == 0).filter(|w| !w.is_empty()).map(|w| String::from_utf8_lossy(w).into_owned()).collect()
@@ -236,7 +247,6 @@ pub(crate) fn environ_var(pid: i32, key: &str) -> Option<String> {
 /// lossy. Read as bytes: its `Name:` line shows the command name with only
 /// some bytes escaped, so the file need not be UTF-8 (procfs-core's parser
 /// reads it as text and would fail on such a process).
-#[cfg(test)]
 pub(crate) fn status_value(pid: i32, key: &str) -> Option<String> {
     let raw = read(pid, "status")?;
     raw.split(|b| *b == b'\n').find_map(|line| {

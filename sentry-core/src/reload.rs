@@ -29,6 +29,8 @@ pub(crate) struct ExecPlan {
     /// Said with the outcome when the binary was not rebuilt (no crate, no
     /// toolchain): the same binary is re-exec'd and an edit is not applied.
     pub note: Option<String>,
+    /// When its build started (Unix ns).
+    pub started_ns: u64,
 }
 
 /// The HTTP server, shared so the reloader can stop it before a suspend,
@@ -115,6 +117,7 @@ impl Reloader {
                 (id, pending.try_iter().fold(first, |_, later| later))
             };
             crate::systemd::reloading();
+            let started_ns = sys::unix_now_ns();
             match prepare(&context, exec) {
                 Ok((binary, note)) => {
                     {
@@ -124,7 +127,7 @@ impl Reloader {
                         }
                     }
                     *self.plan.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(ExecPlan { binary, reload_id: id, note });
+                        Some(ExecPlan { binary, reload_id: id, note, started_ns });
                     let _ = context.core.send(Command::Suspend);
                     // Returns only if the exec failed (or the instance is shutting down).
                     if resumed.recv().is_err() {
@@ -134,7 +137,8 @@ impl Reloader {
                 Err(error) => {
                     context.console.say(&format!("Reload failed:\n{error}"));
                     crate::systemd::ready();
-                    let outcome = ReloadOutcome { at: sys::unix_now(), ok: false, error: Some(error), id };
+                    let duration_ms = Some(sys::unix_now_ns().saturating_sub(started_ns) / 1_000_000);
+                    let outcome = ReloadOutcome { at: sys::unix_now(), ok: false, error: Some(error), id, duration_ms };
                     let _ = context.core.send(Command::ReloadOutcome(outcome));
                 }
             }

@@ -116,6 +116,7 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     let entries = &handoff.core.entries;
     budget::reserve_fds(entries.iter().map(|e| e.slots.len()).sum::<usize>(), entries.len());
     let kept = handoff.instance;
+    crate::events::restore_ring(kept.events.clone());
     let paths = Paths { name: kept.name.clone(), dir: kept.dir.clone(), crate_dir: kept.crate_dir.clone() };
     let lock = match kept.pidfile.adopt() {
         Some(fd) => PidLock::adopt(fd, paths.pidfile()),
@@ -145,7 +146,10 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     let previous = info.reexeced_at.unwrap_or(info.started_at);
     info.reexec_count += 1;
     info.reexeced_at = Some(now);
-    info.last_reload = Some(ReloadOutcome { at: now, ok: true, error: kept.reload_note.clone(), id: kept.reload_id });
+    let duration_ms =
+        (kept.reload_started_ns > 0).then(|| sys::unix_now_ns().saturating_sub(kept.reload_started_ns) / 1_000_000);
+    info.last_reload =
+        Some(ReloadOutcome { at: now, ok: true, error: kept.reload_note.clone(), id: kept.reload_id, duration_ms });
     let mut instance = instance;
     let (fence, lines) = match handoff.core.cgroup.as_deref() {
         Some(root) => containment(&instance.paths, Resume::Snapshot(root)),
@@ -228,8 +232,9 @@ fn resume_without_snapshot(specs: &[Spec], paths: &Paths, why: &str) -> Result<(
     }
     instance.fence = fence;
     let error = format!("re-exec'd, but the handed-over state was unreadable ({why}); children adopted from /proc");
-    let last_reload = Some(ReloadOutcome { at: now, ok: true, error: Some(error), id });
-    let info = InfoSnapshot { started_at: now, reexec_count: 1, reexeced_at: Some(now), last_reload };
+    let last_reload = Some(ReloadOutcome { at: now, ok: true, error: Some(error), id, duration_ms: None });
+    let info =
+        InfoSnapshot { started_at: now, reexec_count: 1, reexeced_at: Some(now), last_reload, reloads_failed: 0 };
     let mut core = Core::new(config, instance.options(info), instance.tx.clone(), instance.rx.clone());
     for line in core.adopt(our_children(&mut pipes)) {
         instance.say(&line);
@@ -582,6 +587,8 @@ impl Instance {
                 unwatched_since_ns: suspended.unwatched_since_ns,
                 console_dropped: 0,
                 reload_note: plan.note.clone(),
+                events: crate::events::Ring::default(),
+                reload_started_ns: plan.started_ns,
             })
         })();
         let kept = match kept {
@@ -601,7 +608,8 @@ impl Instance {
         // Everything said so far must reach the console before the exec —
         // within a deadline: a stdout nobody reads must not block it.
         let console_dropped = self.console.take().map(Console::close).unwrap_or(0) as u64;
-        let kept = InstanceSnapshot { exec_at_ns, console_dropped, ..kept };
+        let events = crate::events::ring_snapshot();
+        let kept = InstanceSnapshot { exec_at_ns, console_dropped, events, ..kept };
         let handoff = Handoff { version: HANDOFF_VERSION, instance: kept, core: snapshot };
         let memfd = if let Some(corrupt) = test_hooks::corrupt_handoff() {
             // Test hook: exercise the new image's fallback for an unreadable snapshot.
@@ -656,6 +664,7 @@ impl Instance {
             ok: false,
             error: Some(why.to_string()),
             id: reload_id,
+            duration_ms: None,
         });
         if let Err(e) = self.forward_signals() {
             self.say(&format!("Warning: {e}"));

@@ -12,6 +12,10 @@ pub struct Status {
     pub reexec_count: u64,
     pub reexeced_at: Option<u64>,
     pub last_reload: Option<ReloadOutcome>,
+    /// Reloads that failed (a build, a check or an exec); those that
+    /// worked are `reexec_count`.
+    #[serde(default)]
+    pub reloads_failed: u64,
     pub entries: Vec<EntryStatus>,
     /// What a slot's process tree is fenced by.
     #[serde(default)]
@@ -66,6 +70,10 @@ pub struct ReloadOutcome {
     /// The build's number; `reload` waits for the one its request got.
     #[serde(default)]
     pub id: u64,
+    /// From the request's build starting to the outcome (the new image
+    /// running, or the failure), ms; `null` where not measured.
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
 }
 
 /// One entry.
@@ -84,6 +92,10 @@ pub struct EntryStatus {
     pub configured_count: usize,
     /// Every restart: after an exit, on request, by a rule.
     pub restarts: u64,
+    /// Of `restarts`, those that were asked for (a restart request, a
+    /// rule, a changed configuration) rather than after an exit.
+    #[serde(default)]
+    pub restarts_requested: u64,
     pub state: EntryState,
     /// At least [`FLAPPING_EXITS`] non-success exits within the last minute.
     #[serde(default)]

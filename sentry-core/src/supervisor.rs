@@ -171,6 +171,7 @@ impl Supervisor {
             reexec_count: 0,
             reexeced_at: None,
             last_reload: None,
+            reloads_failed: 0,
             entries: Vec::new(),
             containment: Default::default(),
             watches: Vec::new(),

@@ -290,6 +290,7 @@ impl Core {
                 config: e.config.to_snapshot(),
                 target: e.target,
                 restarts: e.restarts,
+                restarts_requested: e.restarts_requested,
                 removed: e.removed,
                 slots,
                 last_exits: e
@@ -338,6 +339,7 @@ impl Core {
             let mut run = EntryRun::new(config);
             run.target = es.target;
             run.restarts = es.restarts;
+            run.restarts_requested = es.restarts_requested;
             run.removed = es.removed;
             run.last_exits = es.last_exits.iter().map(|x| (x.index, (x.at, x.exit))).collect();
             run.failures =

@@ -300,6 +300,8 @@ struct EntryRun {
     /// The current target: the configured count or a run-time override.
     target: usize,
     restarts: u64,
+    /// Of `restarts`, those asked for (not after an exit of its own).
+    restarts_requested: u64,
     /// No longer in the configuration: stopping, then dropped.
     removed: bool,
     slots: BTreeMap<usize, SlotRun>,
@@ -314,6 +316,7 @@ impl EntryRun {
         EntryRun {
             target: config.count,
             restarts: 0,
+            restarts_requested: 0,
             removed: false,
             slots: BTreeMap::new(),
             last_exits: BTreeMap::new(),
@@ -1091,7 +1094,7 @@ impl Core {
                 let _ = reply.send(if self.shutting_down { Err(Error::ShuttingDown) } else { Ok(self.status()) });
             }
             Command::Shutdown => self.begin_shutdown(now),
-            Command::ReloadOutcome(outcome) => self.options.info.last_reload = Some(outcome),
+            Command::ReloadOutcome(outcome) => self.record_reload(outcome),
             Command::Suspend => {
                 // Nobody can wait across the exec: what was asked goes on
                 // in the new image (the slots' phases cross it).
@@ -1259,6 +1262,10 @@ impl Core {
                     None => log::error!("no process table row for {pid}: {signal} not sent"),
                 },
                 Effect::CountRestart => self.entries[i].restarts += 1,
+                Effect::CountRequestedRestart => {
+                    self.entries[i].restarts += 1;
+                    self.entries[i].restarts_requested += 1;
+                }
                 Effect::Vacate => {
                     self.entries[i].slots.remove(&index);
                 }
@@ -1487,6 +1494,9 @@ impl Core {
 
     /// Records how a reload attempt ended.
     pub fn record_reload(&mut self, outcome: ReloadOutcome) {
+        if !outcome.ok {
+            self.options.info.reloads_failed += 1;
+        }
         self.options.info.last_reload = Some(outcome);
     }
 
@@ -1548,6 +1558,7 @@ impl Core {
             reexec_count: info.reexec_count,
             reexeced_at: info.reexeced_at,
             last_reload: info.last_reload.clone(),
+            reloads_failed: info.reloads_failed,
             entries: {
                 let figures = self.figures();
                 self.entries.iter().map(|e| entry_status(e, &report, &figures)).collect()
@@ -1654,6 +1665,7 @@ fn entry_status(e: &EntryRun, report: &Report, figures: &Figures) -> EntryStatus
         count: e.target,
         configured_count: e.config.count,
         restarts: e.restarts,
+        restarts_requested: e.restarts_requested,
         state,
         flapping: e.flapping(now),
         processes: e
