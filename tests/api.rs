@@ -1,0 +1,192 @@
+//! The rest of the HTTP interface, end to end on a real instance:
+//! `GET /metrics` checked by `promtool`, `GET /events` (pages, long polls,
+//! the event stream with `Last-Event-ID`, numbers that keep increasing
+//! across a reload, `lost` once the ring has moved on), `GET /` and bad
+//! requests to each.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const TCONF: &str = env!("CARGO_BIN_EXE_tconf");
+
+fn addr(s: &Sentry) -> String {
+    std::fs::read_to_string(s.file("tconf.addr")).unwrap().trim().to_string()
+}
+
+/// `GET path` with `headers`: (status, the head, the body).
+fn get(addr: &str, path: &str, headers: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, head.to_string(), body.to_string())
+}
+
+fn events(addr: &str, query: &str) -> Value {
+    let (code, _, body) = get(addr, &format!("/events?{query}"), "");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn seqs(page: &Value) -> Vec<u64> {
+    page["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn metrics_pass_promtool_and_name_what_runs() {
+    let s = Sentry::start(TCONF, "basic", &[]);
+    s.wait_pids("idle", 2);
+    let a = addr(&s);
+    let (code, head, body) = get(&a, "/metrics", "Accept: text/plain\r\n");
+    assert_eq!(code, 200, "{body}");
+    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    for want in [
+        "sentry_entry_processes_running{entry=\"idle\"} 2",
+        "sentry_entry_processes_target{entry=\"idle\"} 2",
+        "sentry_build_info{version=",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "sentry_reexecs_total 0",
+        "sentry_process_cpu_seconds_total{entry=\"idle\",slot=\"0\"}",
+    ] {
+        assert!(body.contains(want), "{want} missing in\n{body}");
+    }
+    assert!(!body.contains(&format!("\"{}\"", s.pids("idle")[0])), "no PID as a label");
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+            assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{body}");
+        }
+        Err(e) => eprintln!("promtool not run ({e}): install Debian's prometheus package (.ci/run does)"),
+    }
+    let (code, _, body) = get(&a, "/metrics", "");
+    assert_eq!(code, 200, "{body}");
+    let post = Command::new("curl")
+        .arg("-s")
+        .arg("-o")
+        .arg("/dev/null")
+        .arg("-w")
+        .arg("%{http_code}")
+        .arg("-X")
+        .arg("POST")
+        .arg(format!("http://{a}/metrics"))
+        .output();
+    if let Ok(out) = post {
+        assert_eq!(text(&out.stdout), "405");
+    }
+}
+
+#[test]
+fn events_page_wait_stream_and_survive_a_reload() {
+    let s = Sentry::start(TCONF, "basic", &[]);
+    let pids = s.wait_pids("idle", 2);
+    let a = addr(&s);
+    let first = events(&a, "since=0");
+    let started: Vec<&Value> =
+        first["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "started" && e["entry"] == "idle").collect();
+    assert_eq!(started.len(), 2, "{first}");
+    assert!(pids.contains(&(started[0]["pid"].as_i64().unwrap() as i32)));
+    assert_eq!(first["lost"], false);
+    let next = first["next"].as_u64().unwrap();
+    assert_eq!(Some(&next), seqs(&first).last());
+    // Nothing newer: an empty page at once; with wait, the next event ends the wait.
+    assert!(seqs(&events(&a, &format!("since={next}"))).is_empty());
+    let a2 = a.clone();
+    let waiter = std::thread::spawn(move || {
+        let t = Instant::now();
+        (events(&a2, &format!("since={next}&wait=30")), t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.cli(&["scale", "idle", "3"]).status.success());
+    let (page, took) = waiter.join().unwrap();
+    assert!(took < Duration::from_secs(20), "the long poll ended with the event: {took:?}");
+    assert_eq!(page["events"][0]["kind"], "scaled", "{page}");
+    assert_eq!(page["events"][0]["text"], "Scaled from 2 to 3.");
+    // The stream: from Last-Event-ID on, one `id`/`event`/`data` block each.
+    let mut stream = TcpStream::connect(&a).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(stream, "GET /events HTTP/1.1\r\nHost: {a}\r\nAccept: text/event-stream\r\nLast-Event-ID: {next}\r\n\r\n")
+        .unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(id) = line.strip_prefix("id: ") {
+            ids.push(id.parse::<u64>().unwrap());
+        }
+    }
+    assert_eq!(ids[0], next + 1, "the stream goes on after Last-Event-ID");
+    // Across a reload the numbers go on increasing, and old ones are still there.
+    let before = seqs(&events(&a, "since=0"));
+    let out = s.cli(&["reload", "--exec", TCONF]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let after = wait_for("the reload's event", || {
+        let page = events(&a, "since=0");
+        page["events"].as_array().unwrap().iter().any(|e| e["kind"] == "reloaded").then_some(page)
+    });
+    let all = seqs(&after);
+    assert!(all.starts_with(&before), "the ring crossed the exec");
+    assert!(all.windows(2).all(|w| w[1] == w[0] + 1), "increasing, no gap: {all:?}");
+    // Bad requests: 400 with an error, nothing else.
+    for q in ["since=-1", "since=abc", "wait=x", "nosuch=1", "since=99999999999999999999999"] {
+        let (code, _, body) = get(&a, &format!("/events?{q}"), "");
+        assert_eq!(code, 400, "{q}: {body}");
+        assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
+    }
+    let (code, _, _) = get(&a, "/events?since=0", "Authorization: Bearer wrong\r\n");
+    assert_eq!(code, 200, "reading needs no token on loopback");
+}
+
+#[test]
+fn a_client_older_than_the_ring_is_told_it_lost_events() {
+    let s = Sentry::start(TCONF, "basic", &[]);
+    s.wait_pids("idle", 2);
+    let a = addr(&s);
+    // Over a thousand events: 600 starts and 600 exits.
+    assert!(s.cli(&["scale", "idle", "600"]).status.success());
+    s.wait_pids("idle", 600);
+    assert!(s.cli(&["scale", "idle", "0"]).status.success());
+    let page = wait_for("the ring to move on", || {
+        let page = events(&a, "since=1");
+        (page["lost"] == true).then_some(page)
+    });
+    assert!(seqs(&page).first().unwrap() > &2, "{}", page["events"][0]);
+    let newest = events(&a, "since=0")["next"].as_u64().unwrap();
+    assert_eq!(events(&a, &format!("since={newest}"))["lost"], false);
+}
+
+#[test]
+fn the_dashboard_is_one_self_contained_page() {
+    let s = Sentry::start(TCONF, "basic", &[]);
+    let a = addr(&s);
+    let (code, head, body) = get(&a, "/", "");
+    assert_eq!(code, 200);
+    assert!(head.contains("Content-Type: text/html"), "{head}");
+    assert!(head.contains("Content-Security-Policy: default-src 'self'"), "{head}");
+    assert!(body.contains("<title>Sentry</title>") && body.contains("sessionStorage"), "the page");
+    for outside in ["http://", "https://", "//cdn", "src=\"//"] {
+        assert!(!body.contains(outside), "nothing loaded from another host: {outside}");
+    }
+    let (code, _, body) = get(&a, "/nosuch", "");
+    assert_eq!(code, 404, "{body}");
+}
