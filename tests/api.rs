@@ -190,3 +190,79 @@ fn the_dashboard_is_one_self_contained_page() {
     let (code, _, body) = get(&a, "/nosuch", "");
     assert_eq!(code, 404, "{body}");
 }
+
+#[test]
+fn a_unix_socket_serves_its_owner_across_a_reload_and_goes_at_the_end() {
+    let dir = TempDir::new("unix");
+    let sock = dir.path().join("control.sock");
+    let http = format!("unix:{}", sock.display());
+    let mut s = Sentry::spawn_in(dir, TCONF, "basic", &["--http", &http]).waiting();
+    s.wait_pids("idle", 2);
+    let recorded = std::fs::read_to_string(s.file("tconf.addr")).unwrap();
+    assert_eq!(recorded.trim(), format!("unix:{}", std::fs::canonicalize(&sock).unwrap().display()));
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // The CLI speaks over it, and so does any HTTP client.
+    assert!(s.cli(&["scale", "idle", "3"]).status.success());
+    let curl = Command::new("curl").args(["-s", "--unix-socket"]).arg(&sock).arg("http://localhost/status").output();
+    if let Ok(out) = curl {
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status["entries"][0]["count"], 3);
+    }
+    // Another user is refused by the peer check even when the mode lets it connect.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = format!(
+        "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?}); \
+         s.sendall(b'GET /status HTTP/1.0\\r\\n\\r\\n'); print(s.recv(100).split()[1].decode())",
+        sock.display().to_string()
+    );
+    let other = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", &script])
+        .output();
+    match other {
+        Ok(out) if out.status.success() => assert_eq!(text(&out.stdout).trim(), "403", "{}", text(&out.stderr)),
+        Ok(out) => panic!("the other user could not ask: {}", text(&out.stderr)),
+        Err(e) => eprintln!("setpriv not run ({e}): the peer check is not exercised"),
+    }
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Handed across a reload: the same socket, still answering.
+    let inode = meta.ino();
+    let out = s.cli(&["reload", "--exec", TCONF]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::metadata(&sock).unwrap().ino(), inode);
+    assert_eq!(s.status()["reexec_count"], 1);
+    // Bad input over it gets the same answers.
+    assert_eq!(s.cli(&["scale", "idle", "x"]).status.code(), Some(1));
+    assert!(s.cli(&["stop"]).status.success());
+    assert_eq!(s.wait_exit(), Some(0));
+    assert!(!sock.exists(), "the socket goes with the instance");
+}
+
+#[test]
+fn a_unix_socket_left_by_a_killed_instance_is_replaced_and_a_file_never_is() {
+    let dir = TempDir::new("unix-stale");
+    let sock = dir.path().join("control.sock");
+    let http = format!("unix:{}", sock.display());
+    let mut first = Sentry::spawn_in(TempDir(dir.path().to_path_buf()), TCONF, "basic", &["--http", &http]).waiting();
+    let pids = first.wait_pids("idle", 2);
+    first.sigkill_taking_along(&pids);
+    assert!(sock.exists(), "a SIGKILLed instance leaves its socket");
+    let second = Sentry::spawn_in(dir, TCONF, "basic", &["--http", &http]).waiting();
+    assert!(second.cli(&["status"]).status.success());
+    drop(second);
+    std::mem::forget(first);
+    // A regular file where the socket should go: refused, untouched.
+    let other = TempDir::new("unix-file");
+    let file = other.path().join("not-a-socket");
+    std::fs::write(&file, "keep me").unwrap();
+    let out = run(Command::new(TCONF)
+        .args(["start", "--dir"])
+        .arg(other.path())
+        .arg("--http")
+        .arg(format!("unix:{}", file.display()))
+        .env("TCONF", "basic"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+}

@@ -9,6 +9,57 @@ use std::time::Duration;
 
 use crate::Error;
 
+/// A connection to `HOST:PORT` or `unix:PATH`.
+enum Connection {
+    Tcp(TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Connection {
+    fn to(addr: &str) -> std::io::Result<Connection> {
+        match addr.strip_prefix("unix:") {
+            Some(path) => std::os::unix::net::UnixStream::connect(path).map(Connection::Unix),
+            None => TcpStream::connect(addr).map(Connection::Tcp),
+        }
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Connection::Tcp(s) => s.set_read_timeout(t),
+            Connection::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Connection::Tcp(s) => s.set_write_timeout(t),
+            Connection::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Tcp(s) => s.read(buf),
+            Connection::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Tcp(s) => s.write(buf),
+            Connection::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// How long a `GET` may wait for its answer.
 const GET_PATIENCE: Duration = Duration::from_secs(30);
 /// How long a `POST` (scale, restart: answered once stops are done) may wait.
@@ -33,7 +84,7 @@ impl Client {
 
     fn request(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), Error> {
         let context = |what: &str| format!("cannot {what} the control interface at {}", self.addr);
-        let mut stream = TcpStream::connect(&self.addr).map_err(|e| Error::io(context("reach"), e))?;
+        let mut stream = Connection::to(&self.addr).map_err(|e| Error::io(context("reach"), e))?;
         // A status comes at once (the server bounds its wait on the core);
         // scale and restart answer once stops are done: allow for long stop
         // timeouts. Either way, a connection that is never accepted (an
@@ -41,7 +92,8 @@ impl Client {
         let patience = if body.is_none() { GET_PATIENCE } else { POST_PATIENCE };
         let _ = stream.set_read_timeout(Some(patience));
         let _ = stream.set_write_timeout(Some(GET_PATIENCE));
-        let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n", self.addr);
+        let host = if self.addr.starts_with("unix:") { "localhost" } else { self.addr.as_str() };
+        let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n");
         // Every request carries the token: off loopback, even `GET /status` needs it.
         if let Some(token) = &self.token {
             head.push_str(&format!("Authorization: Bearer {token}\r\n"));

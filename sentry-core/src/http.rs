@@ -27,7 +27,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 
+use crate::listener::{Listener, Stream};
 use crate::spec::MAX_COUNT;
 use crate::supervisor::CoreHandle;
 use crate::{sys, Error};
@@ -125,8 +126,11 @@ struct Shared {
     ended: Condvar,
     /// Readable once the server stops.
     stop: OwnedFd,
-    /// The address bound (perhaps unspecified: 0.0.0.0).
-    bound: SocketAddr,
+    /// The TCP address bound (perhaps unspecified: 0.0.0.0); `None` on a
+    /// unix socket, where the peer's user is checked instead.
+    bound: Option<SocketAddr>,
+    /// What clients connect to: `HOST:PORT` or `unix:PATH`.
+    address: String,
     routes: Routes,
     /// Event streams being served.
     streams: std::sync::atomic::AtomicUsize,
@@ -192,16 +196,17 @@ impl Drop for Registration<'_> {
 /// A running control server.
 pub(crate) struct ControlServer {
     shared: Arc<Shared>,
-    acceptor: JoinHandle<TcpListener>,
+    acceptor: JoinHandle<Listener>,
     /// Dropped by [`ControlServer::stop`]: ends the waits for settling.
     interrupt: crossbeam_channel::Sender<()>,
 }
 
 impl ControlServer {
     /// Serves `routes` on `listener`.
-    pub fn start(listener: TcpListener, routes: Routes) -> Result<ControlServer, Error> {
+    pub fn start(listener: Listener, routes: Routes) -> Result<ControlServer, Error> {
         let io = |what: &str, e| Error::io(format!("cannot {what}"), e);
-        let bound = listener.local_addr().map_err(|e| io("read the bound address", e))?;
+        let bound = listener.tcp_addr();
+        let address = listener.address();
         listener.set_nonblocking(true).map_err(|e| io("configure the listener", e))?;
         let stop = sys::eventfd().map_err(|e| io("create an eventfd", e))?;
         let mut routes = routes;
@@ -216,6 +221,7 @@ impl ControlServer {
             ended: Condvar::new(),
             stop,
             bound,
+            address,
             routes,
             streams: std::sync::atomic::AtomicUsize::new(0),
         });
@@ -227,9 +233,9 @@ impl ControlServer {
         Ok(ControlServer { shared, acceptor, interrupt })
     }
 
-    /// The address the server listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.shared.bound
+    /// The address the server listens on: `HOST:PORT` or `unix:PATH`.
+    pub fn addr(&self) -> String {
+        self.shared.address.clone()
     }
 
     /// Stops accepting, lets connections still sending their request finish
@@ -237,7 +243,7 @@ impl ControlServer {
     /// request have their answer (every wait for the core is bounded, and
     /// ends at once in a shutdown), and gives the listener back, still open
     /// and listening.
-    pub fn stop(self) -> Option<TcpListener> {
+    pub fn stop(self) -> Option<Listener> {
         drop(self.interrupt);
         sys::eventfd_signal(self.shared.stop.as_fd());
         let listener = self.acceptor.join().ok();
@@ -258,7 +264,7 @@ impl ControlServer {
 
 /// Accepts until told to stop; backs off when `accept` fails for want of
 /// fds or memory (the listener stays readable: retrying at once would spin).
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> TcpListener {
+fn accept_loop(listener: Listener, shared: Arc<Shared>) -> Listener {
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut pause: Option<Duration> = None;
     loop {
@@ -275,7 +281,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> TcpListener {
             break;
         }
         match listener.accept() {
-            Ok((stream, _)) => {
+            Ok(stream) => {
                 backoff = ACCEPT_BACKOFF_MIN;
                 serve_connection(stream, &shared);
             }
@@ -298,7 +304,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> TcpListener {
 }
 
 /// Registers `stream` and serves it on a thread of its own.
-fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
+fn serve_connection(stream: Stream, shared: &Arc<Shared>) {
     let Some(id) = shared.admit(stream.as_raw_fd()) else {
         return; // closed: every connection is busy with the core
     };
@@ -320,7 +326,7 @@ fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
 
 /// A socket with a deadline, cut short when the server stops.
 struct Socket<'a> {
-    stream: &'a TcpStream,
+    stream: &'a Stream,
     stop: RawFd,
     deadline: Instant,
     stopping: bool,
@@ -448,7 +454,7 @@ fn read_request(conn: &mut Socket<'_>) -> Result<Request, Unread> {
                         .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string()))
                         .collect(),
                     body: String::new(),
-                    local: conn.stream.local_addr().ok(),
+                    local: conn.stream.local_addr(),
                 };
                 break (len, request);
             }
@@ -492,13 +498,16 @@ fn read_request(conn: &mut Socket<'_>) -> Result<Request, Unread> {
 }
 
 /// One connection, start to answer.
-fn serve(stream: &TcpStream, id: u64, shared: &Shared) {
+fn serve(stream: &Stream, id: u64, shared: &Shared) {
     if stream.set_nonblocking(true).is_err() {
         return;
     }
     let mut conn =
         Socket { stream, stop: shared.stop.as_raw_fd(), deadline: Instant::now() + REQUEST_DEADLINE, stopping: false };
+    // A unix socket answers its owner and root only (unix(7) SO_PEERCRED).
+    let peer_refused = stream.is_unix() && stream.peer_uid().is_none_or(|uid| uid != 0 && uid != sys::own_uid());
     let Reply { code, content_type, body } = match read_request(&mut conn) {
+        Ok(_) if peer_refused => Reply::json(403, error_body("only the owner of this socket, or root, may use it")),
         Ok(request) => {
             shared.set_phase(id, Phase::Busy);
             match route(&request, shared) {
@@ -542,7 +551,7 @@ fn serve(stream: &TcpStream, id: u64, shared: &Shared) {
     // Half-close, then read what the client still sends until it closes
     // (bounded): closing with unread bytes would reset the connection and
     // could destroy the answer before the client reads it.
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    stream.shutdown_write();
     conn.deadline = conn.deadline.min(Instant::now() + LINGER);
     let mut drained = 0;
     let mut sink = [0u8; 8192];
@@ -613,15 +622,19 @@ fn route(request: &Request, shared: &Shared) -> Routed {
     if request.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("Host")).count() > 1 {
         return reply(400, error_body("more than one Host header"));
     }
-    let host = request.header("Host");
-    if !host_allowed(host, shared.bound, request.local) {
-        let host = host.unwrap_or_default();
-        return reply(421, error_body(&format!("this server does not answer for Host {host:?}")));
-    }
-    // Off loopback, anyone on the network could read the state: the token is
-    // needed for every request.
-    if !shared.bound.ip().is_loopback() && !has_token(request, &routes.token) {
-        return reply(401, error_body("missing or wrong bearer token"));
+    // On a unix socket no web page can reach us (DNS rebinding needs TCP):
+    // the Host header is whatever the client says.
+    if let Some(bound) = shared.bound {
+        let host = request.header("Host");
+        if !host_allowed(host, bound, request.local) {
+            let host = host.unwrap_or_default();
+            return reply(421, error_body(&format!("this server does not answer for Host {host:?}")));
+        }
+        // Off loopback, anyone on the network could read the state: the token is
+        // needed for every request.
+        if !bound.ip().is_loopback() && !has_token(request, &routes.token) {
+            return reply(401, error_body("missing or wrong bearer token"));
+        }
     }
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (request.method.as_str(), segments.as_slice()) {

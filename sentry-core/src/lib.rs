@@ -67,6 +67,7 @@ mod http;
 mod instance;
 mod leftovers;
 mod lifecycle;
+mod listener;
 mod logfile;
 mod logs;
 mod metrics;

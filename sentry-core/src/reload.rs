@@ -8,7 +8,6 @@
 //! [`ExecPlan`] and asks the core to suspend; the main thread then execs.
 //! It knows nothing of how the exec is done.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -38,7 +37,7 @@ pub(crate) struct ExecPlan {
 #[derive(Default)]
 pub(crate) struct Http {
     pub server: Option<ControlServer>,
-    pub listener: Option<TcpListener>,
+    pub listener: Option<crate::listener::Listener>,
 }
 
 /// Where the reloader finds what it builds and whom it tells.

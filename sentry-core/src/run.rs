@@ -9,9 +9,9 @@
 //! as before. If the snapshot cannot be read, [`resume`] adopts what /proc
 //! shows and says so loudly.
 
+use crate::listener::Listener;
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -52,7 +52,7 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>, syslog:
     let lock = PidLock::acquire(&paths.pidfile())?;
     let addr = http.or_else(|| std::env::var("SENTRY_HTTP").ok()).unwrap_or_else(|| "127.0.0.1:0".to_string());
     let prepared =
-        TcpListener::bind(&addr).map_err(|source| Error::Bind { addr: addr.clone(), source }).and_then(|listener| {
+        Listener::bind(&addr).map_err(|source| Error::Bind { addr: addr.clone(), source }).and_then(|listener| {
             let token = sys::random_hex(16).map_err(|e| Error::io("cannot read /dev/urandom", e))?;
             instance::write_replacing(&paths.token_file(), &format!("{token}\n"), 0o600)?;
             Ok((listener, token))
@@ -123,7 +123,8 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
         None => PidLock::acquire(&paths.pidfile())?,
     };
     let listener = match kept.listener.adopt() {
-        Some(fd) => TcpListener::from(fd),
+        Some(fd) => Listener::from_fd(fd, &std::fs::read_to_string(paths.addr_file()).unwrap_or_default())
+            .map_err(|e| Error::io("cannot take over the control socket", e))?,
         None => rebind(&paths)?,
     };
     let pipe = match (kept.signal_pipe.0.adopt(), kept.signal_pipe.1.adopt()) {
@@ -206,7 +207,8 @@ fn resume_without_snapshot(specs: &[Spec], paths: &Paths, why: &str) -> Result<(
         None => PidLock::acquire(&paths.pidfile())?,
     };
     let listener = match listener_fd {
-        Some(fd) => TcpListener::from(fd),
+        Some(fd) => Listener::from_fd(fd, &std::fs::read_to_string(paths.addr_file()).unwrap_or_default())
+            .map_err(|e| Error::io("cannot take over the control socket", e))?,
         None => rebind(paths)?,
     };
     let token = std::fs::read_to_string(paths.token_file())
@@ -305,10 +307,10 @@ fn say_dropped(instance: &Instance, dropped: u64) {
 }
 
 /// Binds the address recorded in `NAME.addr` again (or a new ephemeral port).
-fn rebind(paths: &Paths) -> Result<TcpListener, Error> {
+fn rebind(paths: &Paths) -> Result<Listener, Error> {
     let addr = std::fs::read_to_string(paths.addr_file()).map(|a| a.trim().to_string()).unwrap_or_default();
     let addr = if addr.is_empty() { "127.0.0.1:0".to_string() } else { addr };
-    TcpListener::bind(&addr).map_err(|source| Error::Bind { addr, source })
+    Listener::bind(&addr).map_err(|source| Error::Bind { addr, source })
 }
 
 /// Among the fds a previous image left open: the pidfile's and a listening
@@ -409,7 +411,7 @@ impl Instance {
         exe: PathBuf,
         lock: PidLock,
         token: String,
-        listener: TcpListener,
+        listener: Listener,
         pipe: Option<SignalPipe>,
         next_reload_id: u64,
         settle: Duration,
@@ -492,7 +494,7 @@ impl Instance {
     }
 
     /// Serves the control interface on `listener` and records its address.
-    fn listen(&mut self, listener: TcpListener) -> Result<(), Error> {
+    fn listen(&mut self, listener: Listener) -> Result<(), Error> {
         let reloader = self.reloader.clone();
         let routes = Routes {
             core: CoreHandle::new(self.tx.clone()),
@@ -681,8 +683,12 @@ impl Instance {
 
     /// After the core has stopped every child: remove the files, say bye.
     fn finish(mut self) {
-        if let Some(server) = self.http.lock().unwrap_or_else(|p| p.into_inner()).server.take() {
-            server.stop();
+        let mut http = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        let listener = http.server.take().and_then(ControlServer::stop).or_else(|| http.listener.take());
+        drop(http);
+        // A unix socket's file goes with the instance (a TCP port has none).
+        if let Some(l) = listener {
+            l.remove_file();
         }
         let _ = std::fs::remove_file(self.paths.addr_file());
         let _ = std::fs::remove_file(self.paths.token_file());
