@@ -200,7 +200,10 @@ impl LogFile {
         if keep == 0 {
             ignore_missing(fs::remove_file(&self.path))?;
         } else {
-            for k in (1..keep).rev() {
+            // Only the files there are moved (`.1` … up to the first gap), so
+            // the renames, and the moment names shift, stay short.
+            let top = (1..keep).take_while(|&k| fs::symlink_metadata(numbered(k)).is_ok()).last().unwrap_or(0);
+            for k in (1..=top).rev() {
                 ignore_missing(fs::rename(numbered(k), numbered(k + 1)))?;
             }
             fs::rename(&self.path, numbered(1))?;

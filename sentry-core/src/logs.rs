@@ -153,8 +153,22 @@ fn id_of(file: &File) -> Option<FileId> {
 
 /// An entry's log files, oldest first — `ENTRY.log.K` … `ENTRY.log.1`,
 /// `ENTRY.log` — those that are regular files (not followed through links),
-/// with their identities.
+/// with their identities. Names shift while a rotation renames them, so the
+/// order is that of the files' last writes (then of their names), and the
+/// directory is read until two readings agree (at most a few times).
 fn chain(dir: &Path, entry: &str) -> Vec<(PathBuf, FileId)> {
+    let mut last = listing(dir, entry);
+    for _ in 0..5 {
+        let again = listing(dir, entry);
+        if again == last {
+            break;
+        }
+        last = again;
+    }
+    last
+}
+
+fn listing(dir: &Path, entry: &str) -> Vec<(PathBuf, FileId)> {
     let prefix = format!("{entry}.log.");
     let mut rotated: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
         .into_iter()
@@ -169,16 +183,41 @@ fn chain(dir: &Path, entry: &str) -> Vec<(PathBuf, FileId)> {
     rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
     let current = dir.join(format!("{entry}.log"));
     let mut seen = std::collections::HashSet::new();
-    rotated
+    let mut files: Vec<(i128, usize, PathBuf, FileId)> = rotated
         .into_iter()
         .map(|(_, p)| p)
         .chain([current])
-        .filter_map(|p| {
+        .enumerate()
+        .filter_map(|(order, p)| {
             let m = std::fs::symlink_metadata(&p).ok()?;
             let id = (m.dev(), m.ino());
-            (m.is_file() && seen.insert(id)).then_some((p, id))
+            let written = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+            (m.is_file() && seen.insert(id)).then_some((written, order, p, id))
         })
-        .collect()
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, _, p, id)| (p, id)).collect()
+}
+
+/// Opens the file `id` of the entry's logs, found at `path` by a listing:
+/// a rotation may have renamed it since (to the next number), so the file
+/// opened must be that one, else it is looked for again by its identity.
+/// `NotFound` when it is gone (past the files kept).
+fn open_file(dir: &Path, entry: &str, path: &Path, id: FileId) -> io::Result<File> {
+    let mut path = path.to_path_buf();
+    for _ in 0..5 {
+        match open_regular(&path) {
+            Ok(f) if id_of(&f) == Some(id) => return Ok(f),
+            Ok(_) => {}
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            Err(_) => {}
+        }
+        match chain(dir, entry).into_iter().find(|(_, i)| *i == id) {
+            Some((p, _)) => path = p,
+            None => break,
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::NotFound, "rotated away"))
 }
 
 /// One line, with the time it is sorted by (that of the last line that had one).
@@ -251,8 +290,14 @@ fn collect(file: &mut File, partial: &mut Vec<u8>, keep: Option<usize>, since: O
 /// the lines stop.
 fn lines_of(dir: &Path, entry: &str, query: &Query, warn: &mut dyn FnMut(String)) -> (Vec<Line>, Tail) {
     let path = dir.join(format!("{entry}.log"));
-    let mut tail =
-        Tail { dir: dir.to_path_buf(), entry: entry.to_string(), file: None, partial: Vec::new(), at: i64::MIN };
+    let mut tail = Tail {
+        dir: dir.to_path_buf(),
+        entry: entry.to_string(),
+        file: None,
+        partial: Vec::new(),
+        at: i64::MIN,
+        read: std::collections::HashSet::new(),
+    };
     let mut chunks: Vec<std::collections::VecDeque<Line>> = Vec::new();
     let mut have = 0;
     let need = |have: usize| query.lines.map(|n| n.saturating_sub(have));
@@ -275,11 +320,14 @@ fn lines_of(dir: &Path, entry: &str, query: &Query, warn: &mut dyn FnMut(String)
     }
     let older: Vec<(PathBuf, FileId)> =
         chain(dir, entry).into_iter().filter(|(p, id)| *p != path && Some(*id) != current_id).collect();
-    for (p, _) in older.into_iter().rev() {
+    // Every file there now is read (or left for good) by the listing: the
+    // follow never reads one of them again.
+    tail.read.extend(older.iter().map(|(_, id)| *id));
+    for (p, id) in older.into_iter().rev() {
         if need(have) == Some(0) {
             break;
         }
-        let mut f = match open_regular(&p) {
+        let mut f = match open_file(dir, entry, &p, id) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => {
@@ -365,6 +413,9 @@ struct Tail {
     /// An unfinished last line, kept until its newline comes.
     partial: Vec<u8>,
     at: i64,
+    /// The files read to their end (or shown before the follow began):
+    /// never read again, whatever a rotation's renames make a listing say.
+    read: std::collections::HashSet<FileId>,
 }
 
 impl Tail {
@@ -391,20 +442,24 @@ impl Tail {
         // before the rotation), then every file newer than ours, in order.
         self.drain(out);
         self.end_line(out);
+        self.read.extend(ours);
         let files = chain(&self.dir, &self.entry);
-        let newer = match ours.and_then(|id| files.iter().position(|(_, i)| *i == id)) {
-            Some(k) => &files[k + 1..],
-            // Ours is gone (past the files kept), or there was none: the current one.
-            None => &files[files.len().saturating_sub(1)..],
+        let newer: Vec<&(PathBuf, FileId)> = match ours.and_then(|id| files.iter().position(|(_, i)| *i == id)) {
+            Some(k) => files[k + 1..].iter().collect(),
+            // Ours is gone (past the files kept), or there was none: the
+            // files not read yet.
+            None => files.iter().collect(),
         };
+        let newer: Vec<&(PathBuf, FileId)> = newer.into_iter().filter(|(_, id)| !self.read.contains(id)).collect();
         let last = newer.len().saturating_sub(1);
-        for (k, (p, _)) in newer.iter().enumerate() {
-            match open_regular(p) {
+        for (k, (p, id)) in newer.into_iter().enumerate() {
+            match open_file(&self.dir, &self.entry, p, *id) {
                 Ok(f) => {
                     self.file = Some(f);
                     self.drain(out);
                     if k < last {
                         self.end_line(out);
+                        self.read.insert(*id);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -550,6 +605,30 @@ mod tests {
         assert!(lines.iter().all(|l| l.text.len() <= MAX_LINE + 1));
         assert!(lines.iter().all(|l| !String::from_utf8_lossy(&l.text).contains("root:")), "a link was followed");
         assert!(warnings.is_empty(), "links, FIFOs and directories are not log files: {warnings:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_renamed_between_the_listing_and_the_opening_is_found_by_its_identity() {
+        let dir = fresh("renamed");
+        append(&dir.join("w.log.2"), 0, 1);
+        append(&dir.join("w.log.1"), 1, 2);
+        append(&dir.join("w.log"), 2, 3);
+        let listed = chain(&dir, "w");
+        assert_eq!(listed.len(), 3);
+        // A rotation now: every name moves up by one.
+        std::fs::rename(dir.join("w.log.2"), dir.join("w.log.3")).unwrap();
+        std::fs::rename(dir.join("w.log.1"), dir.join("w.log.2")).unwrap();
+        std::fs::rename(dir.join("w.log"), dir.join("w.log.1")).unwrap();
+        append(&dir.join("w.log"), 3, 4);
+        let mut seen = Vec::new();
+        for (path, id) in &listed {
+            let mut f = open_file(&dir, "w", path, *id).unwrap();
+            let mut text = String::new();
+            f.read_to_string(&mut text).unwrap();
+            seen.push(text.trim_end().rsplit("seq=").next().unwrap().to_string());
+        }
+        assert_eq!(seen, ["0", "1", "2"], "each listed file, not whatever took its name");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
