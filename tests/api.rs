@@ -158,6 +158,37 @@ fn events_page_wait_stream_and_survive_a_reload() {
 }
 
 #[test]
+fn event_streams_are_capped_and_a_client_that_leaves_frees_its_place_at_once() {
+    let s = Sentry::start(TCONF, "basic", &[]);
+    let a = addr(&s);
+    let open = || {
+        let mut stream = TcpStream::connect(&a).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(stream, "GET /events HTTP/1.1\r\nHost: {a}\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        (stream, String::from_utf8_lossy(&head[9..12]).into_owned())
+    };
+    for round in 0..3 {
+        let streams: Vec<(TcpStream, String)> = (0..16).map(|_| open()).collect();
+        assert!(streams.iter().all(|(_, code)| code == "200"), "round {round}: 16 streams are served");
+        let (_, code) = open();
+        assert_eq!(code, "503", "round {round}: the 17th is refused");
+        drop(streams);
+        // Gone clients free their places within a moment, not at a write 15 s later.
+        let t = Instant::now();
+        wait_for("the places to be free", || {
+            let (probe, code) = open();
+            drop(probe);
+            (code == "200").then_some(())
+        });
+        assert!(t.elapsed() < Duration::from_secs(5), "round {round}: freed in {:?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(s.cli(&["status"]).status.success());
+}
+
+#[test]
 fn a_client_older_than_the_ring_is_told_it_lost_events() {
     let s = Sentry::start(TCONF, "basic", &[]);
     s.wait_pids("idle", 2);

@@ -569,6 +569,7 @@ fn reason(code: u16) -> &'static str {
         202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -577,8 +578,10 @@ fn reason(code: u16) -> &'static str {
         415 => "Unsupported Media Type",
         421 => "Misdirected Request",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
         504 => "Gateway Timeout",
-        _ => "Service Unavailable",
+        _ => "Error",
     }
 }
 
@@ -690,6 +693,13 @@ fn events(request: &Request, shared: &Shared) -> Routed {
     reply(200, serde_json::to_string(&page).unwrap_or_default())
 }
 
+/// Whether the client of `fd` has closed its end or the connection broke.
+fn peer_gone(fd: RawFd) -> bool {
+    let mut fds = [libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 }];
+    sys::poll(&mut fds, 0).is_ok_and(|n| n > 0)
+        && fds[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// Whether the server has been told to stop (its eventfd is readable).
 fn stop_signalled(shared: &Shared) -> bool {
     let mut fds = [libc::pollfd { fd: shared.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
@@ -725,7 +735,9 @@ fn stream_events(conn: &mut Socket<'_>, mut since: u64, shared: &Shared) {
     if conn.write_all(head.as_bytes()).is_err() {
         return;
     }
-    let stopping = || shared.routes.shutting_down() || stop_signalled(shared);
+    // The client leaving frees its place at once, not at the next write.
+    let fd = conn.stream.as_raw_fd();
+    let stopping = || shared.routes.shutting_down() || stop_signalled(shared) || peer_gone(fd);
     while Instant::now() < ends && !stopping() {
         let page = crate::events::events_since(since, EVENTS_PAGE, Instant::now() + Duration::from_secs(15), &stopping);
         let mut text = String::new();

@@ -1,7 +1,7 @@
 //! The control interface's listening socket: TCP (`HOST:PORT`) or a unix
 //! socket (`unix:PATH`, SPEC), and the connections it accepts. A unix
-//! socket is created mode 0600 without a moment of wider access (bound in
-//! a private directory, then renamed into place), refuses to replace
+//! socket is created mode 0600 without a moment of wider access (the
+//! socket's mode is set before `bind` makes its file), refuses to replace
 //! anything but a stale socket, is told apart from a TCP one when an exec
 //! hands it over (`SO_DOMAIN`), and says who connected (`SO_PEERCRED`).
 //! This module knows nothing of HTTP.
@@ -117,40 +117,71 @@ impl AsRawFd for Listener {
     }
 }
 
-/// Binds a unix socket at `path`, mode 0600 from its first moment: bound
-/// in a new directory of mode 0700 next to it, then renamed over `path`. A
-/// socket already at `path` is replaced only if nobody listens on it;
-/// anything else there is an error.
+/// Binds a unix socket at `path`, mode 0600 from its first moment: the
+/// socket's own mode is set before `bind` creates the file, which takes it
+/// (Linux's `unix_bind` creates the file with the socket inode's mode less
+/// the umask), and the file is checked after. A socket already at `path`
+/// is replaced only if nobody listens on it; anything else there is an
+/// error.
 fn bind_unix(path: &Path) -> io::Result<Listener> {
-    if path.as_os_str().is_empty() {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "unix: needs a path"));
+    }
+    // sockaddr_un's sun_path: 108 bytes with the terminating NUL (unix(7)).
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a unix socket's path is at most {} bytes, without NUL", addr.sun_path.len() - 1),
+        ));
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
                 return Err(io::Error::new(io::ErrorKind::AddrInUse, "something listens on that socket"));
             }
+            std::fs::remove_file(path)?;
         }
         Ok(_) => return Err(io::Error::new(io::ErrorKind::AlreadyExists, "something that is not a socket is there")),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let private = parent.join(format!(".sentry-bind-{}-{}", std::process::id(), crate::sys::unix_now_ns()));
-    std::fs::create_dir(&private)?;
-    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
-    let temporary = private.join(name);
-    let bound = UnixListener::bind(&temporary).and_then(|l| {
-        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(&temporary, path)?;
-        Ok(l)
-    });
-    let _ = std::fs::remove_file(&temporary);
-    let _ = std::fs::remove_dir(&private);
-    let listener = bound?;
-    // The socket's address names the temporary path; the real one is kept.
-    Ok(Listener::Unix { listener, path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()) })
+    // SAFETY: a new socket; its fd is owned at once.
+    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: fchmod on our own socket.
+    if unsafe { libc::fchmod(fd.as_raw_fd(), 0o600) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: a sockaddr_un filled above, its length within the struct.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let wider = std::fs::symlink_metadata(path).map(|m| m.permissions().mode() & 0o077 != 0).unwrap_or(true);
+    if wider {
+        let _ = std::fs::remove_file(path);
+        return Err(io::Error::other("the socket could not be made private (mode 0600)"));
+    }
+    // SAFETY: listen on our bound socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), 128) } != 0 {
+        let e = io::Error::last_os_error();
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    Ok(Listener::Unix { listener: UnixListener::from(fd), path })
 }
 
 impl Stream {
@@ -258,6 +289,11 @@ mod tests {
         drop(fd);
         // Nobody listens now: a stale socket is replaced.
         assert!(Listener::bind(&format!("unix:{}", path.display())).is_ok());
+        let long = dir.join("l".repeat(107 - dir.as_os_str().len() - 1));
+        assert_eq!(long.as_os_str().len(), 107);
+        assert!(Listener::bind(&format!("unix:{}", long.display())).is_ok(), "107 bytes is the longest path");
+        let e = Listener::bind(&format!("unix:{}x", long.display())).err().unwrap();
+        assert!(e.to_string().contains("at most 107 bytes"), "{e}");
         std::fs::write(dir.join("file"), "x").unwrap();
         assert!(Listener::bind(&format!("unix:{}", dir.join("file").display())).is_err(), "a file is never replaced");
         assert_eq!(std::fs::read_to_string(dir.join("file")).unwrap(), "x");
