@@ -408,3 +408,23 @@ fn a_daemon_rotates_its_output_file_and_reopens_it_on_request() {
     wait_for("the reload in tconf.out", || fs::read_to_string(&out_file).ok()?.contains("reexec'd").then_some(()));
     assert!(cli(&["stop"]).status.success());
 }
+
+#[test]
+fn a_quiet_process_gets_its_started_line_with_its_start_time_even_across_a_reload() {
+    let mut s = Sentry::start(TCONF, "basic", &[]);
+    let pids = s.wait_pids("idle", 2);
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = s.cli(&["reload", "--exec", TCONF]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(s.cli(&["stop"]).status.success());
+    assert_eq!(s.wait_exit(), Some(0));
+    let log = s.log("idle");
+    for pid in pids {
+        let mine: Vec<&str> = log.lines().filter(|l| l.contains(&format!(" idle.{pid} "))).collect();
+        assert_eq!(mine.len(), 2, "a Started and an Exited line for {pid}: {log}");
+        assert!(mine[0].contains("[sentry] Started at") && mine[1].contains("[sentry] Exited at"), "{mine:?}");
+        // Written together at the end, but the first carries the start's time.
+        let time = |l: &str| l.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        assert!(time(mine[0]) < time(mine[1]), "{mine:?}");
+    }
+}

@@ -345,11 +345,7 @@ impl Monitor {
         let finish_for_thread = finish.clone();
         let name = format!("sentry-{}.{pid}", sink.entry);
         let ended = vec![false; streams.len()];
-        let mut out = Outbox::default();
-        if let Some(text) = opening {
-            out.add_own(&text);
-        }
-        let work = Work { streams, out, ended, sink, closing: None, closed: false };
+        let work = Work { streams, out: Outbox::default(), ended, sink, closing: None, closed: false };
         let shared = Arc::new(Shared {
             state: Mutex::new(Hand::Watching(work)),
             changed: Condvar::new(),
@@ -369,7 +365,7 @@ impl Monitor {
                 }
             }
             let stop = Ends { gen, stop: stop_for_thread, finish: finish_for_thread };
-            run(pid, pidfd_for_thread, stop, &ends.0, notify)
+            run(pid, pidfd_for_thread, stop, &ends.0, opening, notify)
         })?;
         Ok(Monitor { pidfd, stop, finish, shared, thread, starttime })
     }
@@ -438,7 +434,14 @@ struct Ends {
     finish: Arc<AtomicBool>,
 }
 
-fn run(pid: i32, pidfd: Option<Arc<OwnedFd>>, ends: Ends, shared: &Shared, notify: impl Fn(ChildNote)) -> Quiesced {
+fn run(
+    pid: i32,
+    pidfd: Option<Arc<OwnedFd>>,
+    ends: Ends,
+    shared: &Shared,
+    opening: Option<String>,
+    notify: impl Fn(ChildNote),
+) -> Quiesced {
     let Ends { gen, stop, finish } = ends;
     let mut exited = pidfd.is_none();
     // The pidfd said the child is gone but the core had reaped it first:
@@ -451,6 +454,10 @@ fn run(pid: i32, pidfd: Option<Arc<OwnedFd>>, ends: Ends, shared: &Shared, notif
         for (i, stream) in w.streams.iter_mut().enumerate() {
             w.out.resume(&w.sink, i, &mut stream.splitter);
         }
+        // Formatted here, off the core's path; written with the first output.
+        if let Some(text) = opening {
+            w.out.set_opening(&w.sink, &text);
+        }
         w.out.flush(&w.sink);
     }
     loop {
@@ -460,11 +467,12 @@ fn run(pid: i32, pidfd: Option<Arc<OwnedFd>>, ends: Ends, shared: &Shared, notif
         if exited && (0..w.streams.len()).all(|i| done(i, w)) {
             if !w.closed {
                 w.closed = true;
+                w.out.opening_due();
                 let from_core = || shared.closing.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if let Some(text) = w.closing.take().or_else(from_core) {
                     w.out.add_own(&text);
-                    w.out.flush(&w.sink);
                 }
+                w.out.flush(&w.sink);
             }
             if !w.out.is_holding() {
                 notify(ChildNote::Closed { gen });

@@ -501,12 +501,26 @@ pub(crate) struct Outbox {
     retry: Option<(Instant, Duration)>,
     /// Why the last try failed.
     error: Option<io::Error>,
+    /// The process's `[sentry] Started` line, formatted with the time it
+    /// started: written before its first output, or with its exit when it
+    /// says nothing (a quiet child costs no write at its start); and
+    /// whether it is due now.
+    opening: Option<Vec<u8>>,
+    opening_due: bool,
 }
 
 impl Default for Outbox {
     fn default() -> Outbox {
         static IDS: AtomicU64 = AtomicU64::new(1);
-        Outbox { id: IDS.fetch_add(1, Ordering::Relaxed), queue: VecDeque::new(), cut: None, retry: None, error: None }
+        Outbox {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            queue: VecDeque::new(),
+            cut: None,
+            retry: None,
+            error: None,
+            opening: None,
+            opening_due: false,
+        }
     }
 }
 
@@ -530,6 +544,23 @@ impl Outbox {
         self.queue.push_back((stream, record));
     }
 
+    /// Keeps `text` (`Started at T.`) as the process's first log line,
+    /// with the time now, to be written before anything else of it.
+    pub fn set_opening(&mut self, sink: &LineSink, text: &str) {
+        if sink.log.is_some() {
+            let mut line = Vec::new();
+            let record = Record { text: text.as_bytes().to_vec(), end: End::Own };
+            sink.format_into(&record, &sys::log_time(sys::unix_now_ns()), &mut line);
+            self.opening = Some(line);
+        }
+    }
+
+    /// The process is done: its opening line is written now if it has
+    /// not been (with what follows it).
+    pub fn opening_due(&mut self) {
+        self.opening_due = true;
+    }
+
     /// Queues a line of Sentry's own for the log (marked `[sentry]`; the
     /// console has its event already), in order with the child's lines.
     pub fn add_own(&mut self, text: &str) {
@@ -538,7 +569,7 @@ impl Outbox {
 
     /// Whether lines wait to be written.
     pub fn is_holding(&self) -> bool {
-        !self.queue.is_empty() || self.cut.is_some()
+        !self.queue.is_empty() || self.cut.is_some() || (self.opening_due && self.opening.is_some())
     }
 
     /// Whether lines of `stream` wait to be written.
@@ -617,6 +648,20 @@ impl Outbox {
             self.cut = None;
             state.owed_by = None;
         }
+        if self.opening.is_some() && (self.opening_due || !self.queue.is_empty()) {
+            let line = self.opening.take().unwrap_or_default();
+            let (n, error) = log.append(state, &line, true);
+            if n < line.len() && n > 0 {
+                // Its rest is owed first, as any cut line's.
+                self.cut = Some((OWN_STREAM, line[n..].to_vec()));
+                state.owed_by = Some(self.id);
+            } else if n == 0 {
+                self.opening = Some(line);
+            }
+            if let Some(e) = error {
+                return Err(e);
+            }
+        }
         if self.queue.is_empty() {
             return Ok(());
         }
@@ -664,6 +709,13 @@ impl Outbox {
     /// Hands back what `stream` holds to its splitter (the monitor stops):
     /// unwritten lines go in front of its remainder, a cut line's rest with it.
     pub fn give_back(&mut self, sink: &LineSink, stream: usize, splitter: &mut LineSplitter) {
+        // An opening line not yet written goes with the first stream given
+        // back, as a whole line owed to the log before anything else.
+        if self.cut.is_none() && splitter.unfinished.is_empty() {
+            if let Some(line) = self.opening.take() {
+                self.cut = Some((stream, line));
+            }
+        }
         let mut raw = Vec::new();
         self.queue.retain(|(s, record)| {
             if *s == stream {
