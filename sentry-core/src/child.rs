@@ -327,7 +327,7 @@ impl Monitor {
         streams: Vec<Stream>,
         sink: LineSink,
         reaped: bool,
-        opening: Option<String>,
+        opening: Option<u64>,
         notify: impl Fn(ChildNote) + Send + 'static,
     ) -> io::Result<Monitor> {
         let (pidfd, starttime) = known;
@@ -439,7 +439,7 @@ fn run(
     pidfd: Option<Arc<OwnedFd>>,
     ends: Ends,
     shared: &Shared,
-    opening: Option<String>,
+    opening: Option<u64>,
     notify: impl Fn(ChildNote),
 ) -> Quiesced {
     let Ends { gen, stop, finish } = ends;
@@ -455,8 +455,8 @@ fn run(
             w.out.resume(&w.sink, i, &mut stream.splitter);
         }
         // Formatted here, off the core's path; written with the first output.
-        if let Some(text) = opening {
-            w.out.set_opening(&w.sink, &text);
+        if let Some(started_at) = opening {
+            w.out.set_opening(started_at);
         }
         w.out.flush(&w.sink);
     }

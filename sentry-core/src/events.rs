@@ -187,7 +187,8 @@ fn kind_of(text: &str) -> &'static str {
 pub struct EventRecord {
     pub seq: u64,
     pub at: u64,
-    pub kind: String,
+    /// One of a fixed set (no allocation while it runs; owned when read back).
+    pub kind: std::borrow::Cow<'static, str>,
     pub entry: Option<String>,
     pub pid: Option<i32>,
     pub text: String,
@@ -226,7 +227,7 @@ fn record(kind: &'static str, entry: Option<&str>, pid: i32, text: &str) {
     ring.events.push_back(EventRecord {
         seq,
         at,
-        kind: kind.to_string(),
+        kind: std::borrow::Cow::Borrowed(kind),
         entry: entry.map(str::to_string),
         pid: (pid > 0).then_some(pid),
         text,

@@ -263,7 +263,7 @@ pub(crate) struct Adoption {
     pub known: Option<(u64, Option<OwnedFd>)>,
     /// The `[sentry]` line its monitor writes first to the log (a fresh
     /// start's `Started at T.`; none for a process adopted across an exec).
-    pub opening: Option<String>,
+    pub opening: Option<u64>,
 }
 
 /// A child found in /proc (after an unreadable snapshot), to adopt or stop.
@@ -666,7 +666,7 @@ impl Core {
         log_as: &str,
         cgroup: Option<Cgroup>,
         known: Option<(u64, Option<OwnedFd>)>,
-        opening: Option<String>,
+        opening: Option<u64>,
     ) -> std::io::Result<u64> {
         let adoption = Adoption { gen, pid, role, streams, log_as: log_as.to_string(), cgroup, known, opening };
         self.adopt_all(vec![adoption]).pop().map_or(Ok(gen), |(_, e)| Err(e))
@@ -1336,7 +1336,7 @@ impl Core {
         let started = format!("Started at {started_at}.");
         self.options.console.event(&name, pid, &started);
         let role = Role::Slot { entry: name.clone(), index };
-        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), &name, cgroup, None, Some(started)) {
+        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), &name, cgroup, None, Some(started_at)) {
             log::error!("cannot watch {name}.{pid}: {e}");
             if let Some(run) = self.entries[i].slots.get_mut(&index) {
                 run.error = Some(format!("cannot watch the process: {e}"));
