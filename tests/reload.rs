@@ -574,3 +574,37 @@ fn a_console_nobody_reads_never_blocks_a_reload() {
     assert_eq!(s.pids("chatty"), vec![pid]);
     drop(read_end);
 }
+
+#[test]
+fn a_reload_asked_for_during_another_execs_the_binary_it_named() {
+    const TCONF: &str = env!("CARGO_BIN_EXE_tconf");
+    let s = Sentry::start(TCONF, "basic", &[]);
+    let pid = s.wait_pids("idle", 2);
+    let second = s.dir.path().join("tconf-second");
+    std::fs::copy(TCONF, &second).unwrap();
+    let addr = std::fs::read_to_string(s.file("tconf.addr")).unwrap().trim().to_string();
+    let token = std::fs::read_to_string(s.file("tconf.token")).unwrap().trim().to_string();
+    let post = |path: &std::path::Path| {
+        let body = serde_json::json!({ "exec": path }).to_string();
+        let mut c = TcpStream::connect(&addr).unwrap();
+        write!(
+            c,
+            "POST /reload HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    };
+    // The first reload's check runs while the second is asked for: the
+    // second waits for the next build, in whichever image that is.
+    post(std::path::Path::new(TCONF));
+    std::thread::sleep(std::time::Duration::from_millis(15));
+    post(&second);
+    wait_for("the second binary to run", || {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", s.pid())).ok()?;
+        exe.ends_with("tconf-second").then_some(())
+    });
+    assert_eq!(s.pids("idle"), pid, "the children went on");
+}

@@ -56,6 +56,9 @@ pub(crate) struct InstanceSnapshot {
     pub next_reload_id: u64,
     /// A reload was asked for while the previous one was being exec'd.
     pub pending_reload: bool,
+    /// What that reload asks for: `reload --exec PATH`'s PATH (none: a rebuild).
+    #[serde(default, with = "os_path::option")]
+    pub pending_exec: Option<PathBuf>,
     /// The build that produced the new image.
     pub reload_id: u64,
     /// When the old image called execve (Unix nanoseconds).
@@ -603,6 +606,7 @@ mod tests {
                 signal_pipe: (fd, fd),
                 next_reload_id: 4,
                 pending_reload: false,
+                pending_exec: None,
                 reload_id: 3,
                 exec_at_ns: 0,
                 unwatched_since_ns: 0,

@@ -56,6 +56,9 @@ pub(crate) struct ReloadContext {
 pub(crate) struct Reloader {
     requests: Sender<Option<PathBuf>>,
     pending: Receiver<Option<PathBuf>>,
+    /// What the last request asked for (the last word wins in a batch):
+    /// what a queued request asks of the next image.
+    last: Arc<Mutex<Option<PathBuf>>>,
     next_id: Arc<Mutex<u64>>,
     plan: Arc<Mutex<Option<ExecPlan>>>,
     resume: Sender<()>,
@@ -69,6 +72,7 @@ impl Reloader {
         let reloader = Reloader {
             requests,
             pending: pending.clone(),
+            last: Arc::new(Mutex::new(None)),
             next_id: Arc::new(Mutex::new(next_id)),
             plan: Arc::new(Mutex::new(None)),
             resume,
@@ -82,6 +86,7 @@ impl Reloader {
     /// ticket: the id of the build that will answer this request.
     pub fn request(&self, exec: Option<PathBuf>) -> u64 {
         let next = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = exec.clone();
         let _ = self.requests.send(exec);
         *next
     }
@@ -94,6 +99,12 @@ impl Reloader {
     /// Whether requests wait for a build that has not started.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// What the requests waiting for a build ask for: a rebuild (`None`)
+    /// or that binary; only meaningful while [`Reloader::has_pending`].
+    pub fn pending_exec(&self) -> Option<PathBuf> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The plan left by a successful build, for the main thread.

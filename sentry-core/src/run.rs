@@ -191,7 +191,7 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     }
     say_dropped(&instance, kept.console_dropped);
     if kept.pending_reload {
-        instance.reloader.request(None);
+        instance.reloader.request(kept.pending_exec.clone());
     }
     instance.supervise(core)
 }
@@ -584,6 +584,7 @@ impl Instance {
                 signal_pipe: (KeptFd::of(&pipe.0)?, KeptFd::of(&pipe.1)?),
                 next_reload_id: self.reloader.next_id(),
                 pending_reload: self.reloader.has_pending(),
+                pending_exec: self.reloader.has_pending().then(|| self.reloader.pending_exec()).flatten(),
                 reload_id: plan.reload_id,
                 exec_at_ns: 0,
                 unwatched_since_ns: suspended.unwatched_since_ns,
