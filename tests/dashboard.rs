@@ -26,7 +26,7 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 struct Browser {
     port: u16,
     session: String,
-    _driver: SessionGuard,
+    _driver: Driver,
     _profile: TempDir,
 }
 
@@ -44,8 +44,7 @@ impl Browser {
         cmd.arg(format!("--port={port}")).arg(format!("--log-path={}", log.display()));
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         let child = in_own_session(&mut cmd).spawn().map_err(|e| e.to_string())?;
-        let driver = SessionGuard(child.id() as i32);
-        std::mem::forget(child);
+        let driver = Driver(child);
         wait_for("chromedriver to listen", || TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()));
         let args = [
             "--headless=new".to_string(),
@@ -117,6 +116,17 @@ impl Browser {
         let bytes = base64(png.as_str().unwrap_or_default());
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes).unwrap();
+    }
+}
+
+/// ChromeDriver in a session of its own: that session (Chromium with it)
+/// is killed, and ChromeDriver reaped, when it goes.
+struct Driver(std::process::Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        kill_session(self.0.id() as i32);
+        let _ = self.0.wait();
     }
 }
 

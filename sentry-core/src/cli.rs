@@ -716,9 +716,7 @@ fn logs(
     entries.retain(|e| seen.insert(e.clone()));
     for e in &entries {
         // A name, not a path: what entries may be called.
-        let valid =
-            (1..=64).contains(&e.len()) && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !valid {
+        if !crate::config::valid_name(e) {
             return Err((EXIT_FAIL, format!("{e:?} is not an entry name ([A-Za-z0-9_-], 1 to 64 characters)")));
         }
         if !known.contains(e) && !dir.join(format!("{e}.log")).exists() {

@@ -352,7 +352,8 @@ fn bounded_ms(ms: u64) -> Duration {
     Duration::from_millis(ms).min(MAX_DURATION)
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` may name an entry or a watch: `[A-Za-z0-9_-]{1,64}` (SPEC).
+pub(crate) fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 

@@ -148,7 +148,11 @@ pub(crate) fn emit_kind(kind: &'static str, entry: Option<&str>, pid: i32, text:
     } else {
         syslog::Severity::LOG_NOTICE
     };
-    let event = Event { entry: entry.map(str::to_string), pid, text: text.to_string(), severity };
+    queue(tx, Event { entry: entry.map(str::to_string), pid, text: text.to_string(), severity });
+}
+
+/// Hands `event` to the sender thread, or counts it dropped.
+fn queue(tx: &Sender<Event>, event: Event) {
     if let Err(TrySendError::Full(_)) = tx.try_send(event) {
         DROPPED.fetch_add(1, Ordering::Relaxed);
     }
@@ -159,9 +163,7 @@ pub(crate) fn emit_problem(level: log::Level, text: &str) {
     record(if level == log::Level::Error { "error" } else { "warning" }, None, 0, text);
     let Some(tx) = QUEUE.get() else { return };
     let severity = if level == log::Level::Error { syslog::Severity::LOG_ERR } else { syslog::Severity::LOG_WARNING };
-    if let Err(TrySendError::Full(_)) = tx.try_send(Event { entry: None, pid: 0, text: text.to_string(), severity }) {
-        DROPPED.fetch_add(1, Ordering::Relaxed);
-    }
+    queue(tx, Event { entry: None, pid: 0, text: text.to_string(), severity });
 }
 
 /// The kind of an event, from its text (the console's wording).

@@ -512,7 +512,7 @@ fn serve(stream: &Stream, id: u64, shared: &Shared) {
             shared.set_phase(id, Phase::Busy);
             match route(&request, shared) {
                 Routed::Reply(reply) => reply,
-                Routed::EventStream { since } => {
+                Routed::EventStream { since, _place } => {
                     shared.set_phase(id, Phase::Answering);
                     return stream_events(&mut conn, since, shared);
                 }
@@ -599,12 +599,31 @@ impl Reply {
 }
 
 /// What a request leads to: an answer, or a stream of events.
-enum Routed {
+enum Routed<'a> {
     Reply(Reply),
-    /// `GET /events` with `Accept: text/event-stream`: after `since`.
+    /// `GET /events` with `Accept: text/event-stream`: after `since`, in
+    /// one of the [`MAX_STREAMS`] places.
     EventStream {
         since: u64,
+        _place: StreamPlace<'a>,
     },
+}
+
+/// One of the places for event streams, given back when dropped.
+struct StreamPlace<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl StreamPlace<'_> {
+    /// A place, if one is free.
+    fn take(streams: &std::sync::atomic::AtomicUsize) -> Option<StreamPlace<'_>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        streams.fetch_update(SeqCst, SeqCst, |n| (n < MAX_STREAMS).then_some(n + 1)).ok().map(|_| StreamPlace(streams))
+    }
+}
+
+impl Drop for StreamPlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The longest `GET /events?wait=S` waits, and the longest an event stream
@@ -616,7 +635,7 @@ const MAX_STREAMS: usize = 16;
 /// Events in one answer.
 const EVENTS_PAGE: usize = 500;
 
-fn route(request: &Request, shared: &Shared) -> Routed {
+fn route<'a>(request: &Request, shared: &'a Shared) -> Routed<'a> {
     let routes = &shared.routes;
     let reply = |code, body| Routed::Reply(Reply::json(code, body));
     if routes.shutting_down() {
@@ -663,7 +682,7 @@ fn route(request: &Request, shared: &Shared) -> Routed {
 }
 
 /// `GET /events?since=SEQ[&wait=S]`, or its stream.
-fn events(request: &Request, shared: &Shared) -> Routed {
+fn events<'a>(request: &Request, shared: &'a Shared) -> Routed<'a> {
     let reply = |code, body| Routed::Reply(Reply::json(code, body));
     let mut since = 0;
     let mut wait = Duration::ZERO;
@@ -686,7 +705,10 @@ fn events(request: &Request, shared: &Shared) -> Routed {
         since = last as u64;
     }
     if request.header("Accept").is_some_and(|a| a.contains("text/event-stream")) {
-        return Routed::EventStream { since };
+        return match StreamPlace::take(&shared.streams) {
+            Some(_place) => Routed::EventStream { since, _place },
+            None => reply(503, error_body(&format!("too many event streams (at most {MAX_STREAMS})"))),
+        };
     }
     let stopping = || shared.routes.shutting_down() || stop_signalled(shared);
     let page = crate::events::events_since(since, EVENTS_PAGE, Instant::now() + wait, &stopping);
@@ -710,25 +732,6 @@ fn stop_signalled(shared: &Shared) -> bool {
 /// until the client leaves, the server stops or [`STREAM_LIFETIME`] is
 /// up; a comment every 15 s keeps the connection alive.
 fn stream_events(conn: &mut Socket<'_>, mut since: u64, shared: &Shared) {
-    let streams = &shared.streams;
-    if streams.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= MAX_STREAMS {
-        streams.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        let body = error_body(&format!("too many event streams (at most {MAX_STREAMS})"));
-        let head = format!(
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        conn.deadline = Instant::now() + ANSWER_DEADLINE;
-        let _ = conn.write_all((head + &body).as_bytes());
-        return;
-    }
-    struct Leave<'a>(&'a std::sync::atomic::AtomicUsize);
-    impl Drop for Leave<'_> {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-    let _leave = Leave(streams);
     let ends = Instant::now() + STREAM_LIFETIME;
     conn.deadline = Instant::now() + ANSWER_DEADLINE;
     let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n: events\n\n";

@@ -35,25 +35,12 @@ impl Listener {
     }
 
     /// A listening socket handed over by an earlier image; `recorded` is
-    /// the address it wrote (`NAME.addr`), which names a unix socket's path
-    /// (its own address names where it was bound before the rename).
+    /// the address it wrote (`NAME.addr`), which names a unix socket's
+    /// canonical path (its own address keeps the path as it was given).
     pub fn from_fd(fd: OwnedFd, recorded: &str) -> io::Result<Listener> {
-        let mut domain: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt into a c_int of the size given.
-        let r = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_DOMAIN,
-                (&mut domain as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if domain == libc::AF_UNIX {
+        use nix::sys::socket::{getsockname, AddressFamily, SockaddrLike, SockaddrStorage};
+        let bound: SockaddrStorage = getsockname(fd.as_raw_fd()).map_err(io::Error::from)?;
+        if bound.family() == Some(AddressFamily::Unix) {
             let path =
                 recorded.trim().strip_prefix("unix:").map(PathBuf::from).ok_or_else(|| {
                     io::Error::other(format!("a unix socket, but the address recorded is {recorded:?}"))
@@ -124,18 +111,18 @@ impl AsRawFd for Listener {
 /// is replaced only if nobody listens on it; anything else there is an
 /// error.
 fn bind_unix(path: &Path) -> io::Result<Listener> {
-    use std::os::fd::FromRawFd;
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
     use std::os::unix::ffi::OsStrExt;
     let bytes = path.as_os_str().as_bytes();
     if bytes.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "unix: needs a path"));
     }
     // sockaddr_un's sun_path: 108 bytes with the terminating NUL (unix(7)).
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+    const SUN_PATH: usize = 108;
+    if bytes.len() >= SUN_PATH || bytes.contains(&0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("a unix socket's path is at most {} bytes, without NUL", addr.sun_path.len() - 1),
+            format!("a unix socket's path is at most {} bytes, without NUL", SUN_PATH - 1),
         ));
     }
     match std::fs::symlink_metadata(path) {
@@ -149,36 +136,17 @@ fn bind_unix(path: &Path) -> io::Result<Listener> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    // SAFETY: a new socket; its fd is owned at once.
-    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a new fd nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: fchmod on our own socket.
-    if unsafe { libc::fchmod(fd.as_raw_fd(), 0o600) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
-    // SAFETY: a sockaddr_un filled above, its length within the struct.
-    if unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(io::Error::from)?;
+    nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(io::Error::from)?;
+    bind(fd.as_raw_fd(), &UnixAddr::new(path).map_err(io::Error::from)?).map_err(io::Error::from)?;
     let wider = std::fs::symlink_metadata(path).map(|m| m.permissions().mode() & 0o077 != 0).unwrap_or(true);
     if wider {
         let _ = std::fs::remove_file(path);
         return Err(io::Error::other("the socket could not be made private (mode 0600)"));
     }
-    // SAFETY: listen on our bound socket.
-    if unsafe { libc::listen(fd.as_raw_fd(), 128) } != 0 {
-        let e = io::Error::last_os_error();
+    if let Err(e) = listen(&fd, Backlog::MAXCONN) {
         let _ = std::fs::remove_file(path);
-        return Err(e);
+        return Err(e.into());
     }
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     Ok(Listener::Unix { listener: UnixListener::from(fd), path })
@@ -210,19 +178,7 @@ impl Stream {
     /// The user id of a unix socket's peer (`SO_PEERCRED`, unix(7)).
     pub fn peer_uid(&self) -> Option<u32> {
         let Stream::Unix(s) = self else { return None };
-        let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        // SAFETY: getsockopt into a ucred of the size given.
-        let r = unsafe {
-            libc::getsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERCRED,
-                (&mut cred as *mut libc::ucred).cast(),
-                &mut len,
-            )
-        };
-        (r == 0).then_some(cred.uid)
+        nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials).ok().map(|c| c.uid())
     }
 
     pub fn is_unix(&self) -> bool {

@@ -187,27 +187,7 @@ impl LogFile {
     /// `.K-1` → `.K`, …, `.1` → `.2`, the file → `.1`, and a new file;
     /// with `keep` 0 the file is removed and started afresh.
     fn rotate(&self, state: &mut LogState) -> io::Result<()> {
-        let keep = self.keep.load(Ordering::Relaxed);
-        let numbered = |k: usize| {
-            let mut p = self.path.clone().into_os_string();
-            p.push(format!(".{k}"));
-            PathBuf::from(p)
-        };
-        let ignore_missing = |r: io::Result<()>| match r {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
-        if keep == 0 {
-            ignore_missing(fs::remove_file(&self.path))?;
-        } else {
-            // Only the files there are moved (`.1` … up to the first gap), so
-            // the renames, and the moment names shift, stay short.
-            let top = (1..keep).take_while(|&k| fs::symlink_metadata(numbered(k)).is_ok()).last().unwrap_or(0);
-            for k in (1..=top).rev() {
-                ignore_missing(fs::rename(numbered(k), numbered(k + 1)))?;
-            }
-            fs::rename(&self.path, numbered(1))?;
-        }
+        shift(&self.path, self.keep.load(Ordering::Relaxed))?;
         state.rotation_failing = false;
         match open_log(&self.path) {
             Ok(file) => {
@@ -221,6 +201,30 @@ impl LogFile {
             }
         }
     }
+}
+
+/// Moves `path` aside as `path.1` (the newest), `.1` to `.2`, … keeping
+/// `keep` rotated files; with `keep` 0, `path` is removed. Only the files
+/// there are moved (`.1` up to the first gap), so the renames, and the
+/// moment names shift, stay short.
+pub(crate) fn shift(path: &Path, keep: usize) -> io::Result<()> {
+    let numbered = |k: usize| {
+        let mut p = path.as_os_str().to_os_string();
+        p.push(format!(".{k}"));
+        PathBuf::from(p)
+    };
+    let ignore_missing = |r: io::Result<()>| match r {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    if keep == 0 {
+        return ignore_missing(fs::remove_file(path));
+    }
+    let top = (1..keep).take_while(|&k| fs::symlink_metadata(numbered(k)).is_ok()).last().unwrap_or(0);
+    for k in (1..=top).rev() {
+        ignore_missing(fs::rename(numbered(k), numbered(k + 1)))?;
+    }
+    fs::rename(path, numbered(1))
 }
 
 /// Opens a log file for appending, creating it with mode 0640 (children's

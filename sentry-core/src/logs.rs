@@ -120,10 +120,11 @@ fn local_to_utc(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64>
 
 /// The time at the start of a log line (its first two words).
 fn line_time(line: &[u8]) -> Option<i64> {
-    let head = String::from_utf8_lossy(&line[..line.len().min(40)]);
-    let mut words = head.splitn(3, ' ');
-    let (date, time) = (words.next()?, words.next()?);
-    parse_time(&format!("{date} {time}"), false)
+    // The first two words, `DATE TIME`, with the space between them.
+    let head = &line[..line.len().min(40)];
+    let second = head.iter().position(|&b| b == b' ')? + 1;
+    let end = second + head[second..].iter().position(|&b| b == b' ' || b == b'\n').unwrap_or(head.len() - second);
+    parse_time(std::str::from_utf8(&head[..end]).ok()?, false)
 }
 
 /// The longest line `logs` keeps whole: a longer one is shown in pieces of

@@ -78,15 +78,7 @@ fn rotate_daemon_output() {
     if stdout.metadata().map_or(true, |m| m.len() < crate::logfile::LOG_SIZE) {
         return;
     }
-    let numbered = |k: usize| {
-        let mut p = path.clone().into_os_string();
-        p.push(format!(".{k}"));
-        std::path::PathBuf::from(p)
-    };
-    for k in (1..crate::logfile::LOG_KEEP).rev() {
-        let _ = std::fs::rename(numbered(k), numbered(k + 1));
-    }
-    if std::fs::rename(path, numbered(1)).is_ok() {
+    if crate::logfile::shift(path, crate::logfile::LOG_KEEP).is_ok() {
         reopen_daemon_output();
     }
 }
