@@ -42,10 +42,22 @@ pub(crate) use crate::spawn::Spawned;
 
 /// Starts `entry`'s command in slot `index`, in the cgroup whose directory
 /// is `cgroup` if one is given (see [`spawn::start`]).
-pub(crate) fn spawn(entry: &EntryConfig, index: usize, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Spawned> {
+pub(crate) fn spawn(
+    entry: &EntryConfig,
+    index: usize,
+    cgroup: Option<BorrowedFd<'_>>,
+    notify: Option<&str>,
+) -> io::Result<Spawned> {
     let mut own: Vec<(OsString, OsString)> = entry.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
     own.push(("SENTRY_ENTRY".into(), entry.name.clone().into()));
     own.push(("SENTRY_INDEX".into(), index.to_string().into()));
+    // systemd's readiness protocol and watchdog (sd_notify(3), sd_watchdog_enabled(3)).
+    if let Some(socket) = notify {
+        own.push(("NOTIFY_SOCKET".into(), socket.into()));
+        if let Some(d) = entry.watchdog {
+            own.push(("WATCHDOG_USEC".into(), d.as_micros().to_string().into()));
+        }
+    }
     let (credentials, user) = credentials_of(entry)?;
     if let Some((user, home)) = user {
         // What login(1) sets, from the passwd entry, unless `.env` does.

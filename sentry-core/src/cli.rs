@@ -354,6 +354,9 @@ fn check(specs: &[Spec], handoff_version: bool) -> Outcome {
         println!("handoff-version {}", crate::handoff::HANDOFF_VERSION);
     }
     println!("The configuration is valid: {} entries, {} watches.", config.entries.len(), config.watches.len());
+    for line in config.health_lines() {
+        println!("{line}");
+    }
     println!(
         "{}",
         match crate::cgroup::probe() {
@@ -378,6 +381,9 @@ fn explain(specs: &[Spec], paths: &Paths) -> Outcome {
     // of their own: as it records it in DIR.
     let cgroup_root = live.and_then(|_| crate::leftovers::recorded_cgroup(&paths.ledger_file()));
     let targets = crate::watch::targets(&config, cgroup_root.as_deref());
+    for line in config.health_lines() {
+        println!("{line}");
+    }
     if targets.is_empty() {
         println!("No watches and no rules: nothing to explain.");
         return Ok(());
@@ -533,10 +539,33 @@ fn stop_wait(specs: &[Spec], paths: &Paths) -> Duration {
     let running = client(paths)
         .and_then(|c| c.get("/status"))
         .and_then(|(code, body)| answer::<Status>(code, &body))
-        .map(|s| s.entries.iter().map(|e| e.stop_timeout_ms).max().unwrap_or(0))
-        .map(|ms| max_stop_wait_for(Duration::from_millis(ms)))
+        .map(|s| longest_stop_chain(&s))
+        .map(max_stop_wait_for)
         .unwrap_or_default();
     own.max(running)
+}
+
+/// The longest sum of stop timeouts along the running instance's `.after`
+/// chains (entries stop one after the other along them).
+fn longest_stop_chain(status: &Status) -> Duration {
+    use std::collections::HashMap;
+    fn chain<'a>(s: &'a Status, name: &'a str, memo: &mut HashMap<&'a str, u64>, depth: usize) -> u64 {
+        if let Some(ms) = memo.get(name) {
+            return *ms;
+        }
+        let Some(e) = s.entries.iter().find(|e| e.name == name) else { return 0 };
+        // An instance's order has no cycle; the depth bound guards a bad answer.
+        let before = if depth > s.entries.len() {
+            0
+        } else {
+            e.after.iter().map(|n| chain(s, n, memo, depth + 1)).max().unwrap_or(0)
+        };
+        let ms = before.saturating_add(e.stop_timeout_ms);
+        memo.insert(name, ms);
+        ms
+    }
+    let mut memo = HashMap::new();
+    Duration::from_millis(status.entries.iter().map(|e| chain(status, &e.name, &mut memo, 0)).max().unwrap_or(0))
 }
 
 /// A client for the live instance, or `NotRunning`. (It signals nothing,

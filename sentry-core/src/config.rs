@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use crate::budget::MAX_DURATION;
 use crate::handoff::{
-    ActionSnapshot, EntryConfigSnapshot, OpSnapshot, PieceSnapshot, QuantitySnapshot, RuleForm, RuleSnapshot,
-    TriggerSnapshot, VarSnapshot, WatchConfigSnapshot,
+    ActionSnapshot, EntryConfigSnapshot, OpSnapshot, PieceSnapshot, ProbeCheckSnapshot, ProbeSnapshot,
+    QuantitySnapshot, RuleForm, RuleSnapshot, TriggerSnapshot, VarSnapshot, WatchConfigSnapshot,
 };
+use crate::lifecycle::ExitCodes;
+use crate::probe::{Check, Probe};
 use crate::rule::{Action, Comparison, Piece, Quantity, Trigger, Var, Word};
 use crate::spec::{EntryFields, Restart, Spec, SpecKind, MAX_COUNT, MAX_LINE_LIMIT, MIN_LINE_LIMIT};
 
@@ -51,6 +53,19 @@ pub(crate) struct EntryConfig {
     pub log_size: u64,
     /// Rotated log files kept.
     pub log_keep: usize,
+    /// Health probes of each process (`.ready`, `.alive`).
+    pub ready: Option<Probe>,
+    pub alive: Option<Probe>,
+    /// `.watchdog(interval)`: keep-alives expected at least this often.
+    pub watchdog: Option<Duration>,
+    /// Entries that must be ready before this one starts (`.after`, and
+    /// `.binds_to`, which implies it), and those whose exits restart it.
+    pub after: Vec<String>,
+    pub binds_to: Vec<String>,
+    /// `.give_up(exits, within)`.
+    pub give_up: Option<(u32, Duration)>,
+    pub success_codes: ExitCodes,
+    pub stop_codes: ExitCodes,
 }
 
 /// A validated watch.
@@ -91,6 +106,7 @@ impl Config {
             match &spec.kind {
                 SpecKind::Entry(e) => {
                     validate_entry(&spec.name, e, &mut problems);
+                    validate_probes(&spec.name, e, &mut problems);
                     config.entries.push(EntryConfig {
                         name: spec.name.clone(),
                         command: e.command.clone(),
@@ -109,6 +125,14 @@ impl Config {
                         line_limit: e.line_limit,
                         log_size: e.log_size,
                         log_keep: e.log_keep,
+                        ready: e.ready.clone(),
+                        alive: e.alive.clone(),
+                        watchdog: e.watchdog,
+                        after: e.after.clone(),
+                        binds_to: e.binds_to.clone(),
+                        give_up: e.give_up,
+                        success_codes: ExitCodes::of(e.success_codes.as_deref().unwrap_or(&[0])),
+                        stop_codes: ExitCodes::of(&e.stop_codes),
                     });
                 }
                 SpecKind::Watch(w) => {
@@ -144,6 +168,7 @@ impl Config {
                 }
             }
         }
+        validate_order(&config, specs, &mut problems);
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -173,7 +198,25 @@ impl EntryConfig {
             line_limit: self.line_limit,
             log_size: self.log_size,
             log_keep: self.log_keep,
+            ready: self.ready.as_ref().map(probe_snapshot),
+            alive: self.alive.as_ref().map(probe_snapshot),
+            watchdog_ms: self.watchdog.map(|d| d.as_millis() as u64),
+            after: self.after.clone(),
+            binds_to: self.binds_to.clone(),
+            give_up: self.give_up.map(|(n, d)| (n, d.as_millis() as u64)),
+            success_codes: Some(self.success_codes.list()),
+            stop_codes: self.stop_codes.list(),
         }
+    }
+
+    /// The entries this one starts after (`.after` and `.binds_to`).
+    pub fn follows(&self) -> impl Iterator<Item = &String> {
+        self.after.iter().chain(&self.binds_to)
+    }
+
+    /// Whether any of its processes is to get `NOTIFY_SOCKET`.
+    pub fn uses_notify(&self) -> bool {
+        self.watchdog.is_some() || self.ready.as_ref().is_some_and(Probe::is_notify)
     }
 
     /// Back from data; `Err` if a rule of a version 1 snapshot (text) no
@@ -198,6 +241,14 @@ impl EntryConfig {
             line_limit: s.line_limit.clamp(MIN_LINE_LIMIT, MAX_LINE_LIMIT),
             log_size: if s.log_size == 0 { 0 } else { s.log_size.max(MIN_LOG_SIZE) },
             log_keep: s.log_keep.min(MAX_LOG_KEEP),
+            ready: s.ready.as_ref().map(probe_from_snapshot),
+            alive: s.alive.as_ref().map(probe_from_snapshot),
+            watchdog: s.watchdog_ms.map(bounded_ms),
+            after: s.after.clone(),
+            binds_to: s.binds_to.clone(),
+            give_up: s.give_up.map(|(n, ms)| (n.max(1), bounded_ms(ms))),
+            success_codes: ExitCodes::of(s.success_codes.as_deref().unwrap_or(&[0])),
+            stop_codes: ExitCodes::of(&s.stop_codes),
         })
     }
 
@@ -413,6 +464,233 @@ fn validate_entry(name: &str, e: &EntryFields, problems: &mut Vec<String>) {
     }
 }
 
+/// Checks `.after` and `.binds_to`: every name is another entry's, and the
+/// order has no cycle (named, as `a → b → a`).
+fn validate_order(config: &Config, specs: &[Spec], problems: &mut Vec<String>) {
+    let entries: HashSet<&str> = config.entries.iter().map(|e| e.name.as_str()).collect();
+    let watches: HashSet<&str> = specs.iter().filter(|s| !s.is_entry()).map(|s| s.name.as_str()).collect();
+    let mut known = true;
+    for e in &config.entries {
+        for (method, names) in [("after", &e.after), ("binds_to", &e.binds_to)] {
+            for n in names {
+                if n == &e.name {
+                    problems.push(format!("entry {:?}: .{method}({n:?}) names the entry itself", e.name));
+                    known = false;
+                } else if watches.contains(n.as_str()) {
+                    problems.push(format!("entry {:?}: .{method}({n:?}) names a watch, not an entry", e.name));
+                    known = false;
+                } else if !entries.contains(n.as_str()) {
+                    problems.push(format!("entry {:?}: .{method}({n:?}): no entry has that name", e.name));
+                    known = false;
+                }
+            }
+        }
+    }
+    if known {
+        if let Some(cycle) = config.order_cycle() {
+            problems.push(format!("the start order has a cycle: {}", cycle.join(" → ")));
+        }
+    }
+}
+
+fn validate_probes(name: &str, e: &EntryFields, problems: &mut Vec<String>) {
+    for (method, probe) in [("ready", &e.ready), ("alive", &e.alive)] {
+        let Some(probe) = probe else { continue };
+        for p in probe.problems() {
+            problems.push(format!("entry {name:?}: .{method}({}): {p}", probe.what()));
+        }
+    }
+    if e.alive.as_ref().is_some_and(Probe::is_notify) {
+        problems.push(format!(
+            "entry {name:?}: .alive(probe::notify()): notify is for readiness; ask for keep-alives with .watchdog(interval)"
+        ));
+    }
+    if let Some(d) = e.watchdog {
+        if d < Duration::from_millis(10) || d > MAX_DURATION {
+            problems.push(format!("entry {name:?}: .watchdog({d:?}) must be from 10ms to 10 years"));
+        }
+    }
+    if let Some((exits, within)) = e.give_up {
+        if exits == 0 {
+            problems.push(format!("entry {name:?}: .give_up(0, …): give up after at least 1 exit"));
+        }
+        if within.is_zero() || within > MAX_DURATION {
+            problems.push(format!("entry {name:?}: .give_up(_, {within:?}): the window must be from 1ns to 10 years"));
+        }
+    }
+    let codes = e.success_codes.iter().flatten().chain(&e.stop_codes);
+    for c in codes.filter(|c| !(0..=255).contains(*c)) {
+        problems.push(format!("entry {name:?}: exit code {c} is outside 0..=255"));
+    }
+    if e.success_codes.as_ref().is_some_and(|c| c.is_empty()) {
+        problems.push(format!("entry {name:?}: .success_codes([]) leaves no exit a success"));
+    }
+}
+
+impl Config {
+    /// A cycle in the start order, as the names along it (first = last).
+    pub fn order_cycle(&self) -> Option<Vec<String>> {
+        // Depth-first, colouring: 0 unseen, 1 on the path, 2 done.
+        fn visit<'a>(
+            config: &'a Config,
+            name: &'a str,
+            colour: &mut std::collections::HashMap<&'a str, u8>,
+            path: &mut Vec<&'a str>,
+        ) -> Option<Vec<String>> {
+            match colour.get(name) {
+                Some(1) => {
+                    let from = path.iter().position(|n| *n == name).unwrap_or(0);
+                    let mut cycle: Vec<String> = path[from..].iter().map(|n| n.to_string()).collect();
+                    cycle.push(name.to_string());
+                    return Some(cycle);
+                }
+                Some(_) => return None,
+                None => {}
+            }
+            colour.insert(name, 1);
+            path.push(name);
+            if let Some(e) = config.entries.iter().find(|e| e.name == name) {
+                for next in e.follows() {
+                    if let Some(c) = visit(config, next, colour, path) {
+                        return Some(c);
+                    }
+                }
+            }
+            path.pop();
+            colour.insert(name, 2);
+            None
+        }
+        let mut colour = std::collections::HashMap::new();
+        for e in &self.entries {
+            if let Some(c) = visit(self, &e.name, &mut colour, &mut Vec::new()) {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// The entries in an order that starts each after those it follows
+    /// (ties in configuration order); a cycle's members last.
+    pub fn start_order(&self) -> Vec<&EntryConfig> {
+        let mut placed: Vec<&EntryConfig> = Vec::new();
+        while placed.len() < self.entries.len() {
+            let next = self.entries.iter().find(|e| {
+                !placed.iter().any(|p| p.name == e.name)
+                    && e.follows()
+                        .all(|n| placed.iter().any(|p| &p.name == n) || !self.entries.iter().any(|x| &x.name == n))
+            });
+            match next {
+                Some(e) => placed.push(e),
+                None => {
+                    placed.extend(
+                        self.entries.iter().filter(|e| !placed.iter().any(|p| p.name == e.name)).collect::<Vec<_>>(),
+                    );
+                }
+            }
+        }
+        placed
+    }
+
+    /// What `check` and `explain` say about start order, probes and limits:
+    /// one line for the order (when any entry follows another), one per
+    /// entry that has a probe, a watchdog, a limit or exit codes of its own.
+    pub fn health_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.entries.iter().any(|e| e.follows().next().is_some()) {
+            let order: Vec<String> = self
+                .start_order()
+                .iter()
+                .map(|e| {
+                    let mut s = e.name.clone();
+                    if !e.after.is_empty() {
+                        s += &format!(" (after {})", e.after.join(", "));
+                    }
+                    if !e.binds_to.is_empty() {
+                        s += &format!(" (binds to {})", e.binds_to.join(", "));
+                    }
+                    s
+                })
+                .collect();
+            lines.push(format!("Start order: {}; stopped in reverse.", order.join(" → ")));
+        }
+        for e in &self.entries {
+            let mut what = Vec::new();
+            if let Some(p) = &e.ready {
+                what.push(format!("ready: {}", p.describe()));
+            }
+            if let Some(p) = &e.alive {
+                what.push(format!("alive: {}", p.describe()));
+            }
+            if let Some(d) = e.watchdog {
+                what.push(format!("watchdog: WATCHDOG=1 at least every {d:?}"));
+            }
+            if let Some((n, within)) = e.give_up {
+                what.push(format!("gives up after {n} exit(s) within {within:?}"));
+            }
+            if e.success_codes != ExitCodes::of(&[0]) {
+                what.push(format!("success codes {:?}", e.success_codes.list()));
+            }
+            if e.stop_codes != ExitCodes::default() {
+                what.push(format!("stays down after exit codes {:?}", e.stop_codes.list()));
+            }
+            if !what.is_empty() {
+                lines.push(format!("entry {}: {}", e.name, what.join("; ")));
+            }
+        }
+        lines
+    }
+
+    /// The longest sum of stop timeouts along a chain of entries that
+    /// stop one after the other (the reverse of the start order).
+    pub fn longest_stop_chain(&self) -> Duration {
+        let mut longest: std::collections::HashMap<&str, Duration> = std::collections::HashMap::new();
+        // In start order, a chain ending at an entry is its own stop
+        // timeout plus the longest of those it follows.
+        for e in self.start_order() {
+            let before = e.follows().filter_map(|n| longest.get(n.as_str()).copied()).max().unwrap_or_default();
+            longest.insert(&e.name, before.saturating_add(e.stop_timeout));
+        }
+        longest.values().copied().max().unwrap_or_default()
+    }
+}
+
+fn probe_snapshot(p: &Probe) -> ProbeSnapshot {
+    let ms = |d: Duration| d.as_millis() as u64;
+    ProbeSnapshot {
+        check: match &p.check {
+            Check::Exec { command, args } => ProbeCheckSnapshot::Exec { command: command.clone(), args: args.clone() },
+            Check::Tcp(addr) => ProbeCheckSnapshot::Tcp { addr: addr.clone() },
+            Check::Http(url) => ProbeCheckSnapshot::Http { url: url.clone() },
+            Check::Notify => ProbeCheckSnapshot::Notify,
+            Check::Func(_) | Check::Lost => ProbeCheckSnapshot::Func,
+        },
+        initial_delay_ms: ms(p.initial_delay),
+        period_ms: ms(p.period),
+        timeout_ms: ms(p.timeout),
+        failures: p.failures,
+        successes: p.successes,
+    }
+}
+
+fn probe_from_snapshot(s: &ProbeSnapshot) -> Probe {
+    let check = match &s.check {
+        ProbeCheckSnapshot::Exec { command, args } => Check::Exec { command: command.clone(), args: args.clone() },
+        ProbeCheckSnapshot::Tcp { addr } => Check::Tcp(addr.clone()),
+        ProbeCheckSnapshot::Http { url } => Check::Http(url.clone()),
+        ProbeCheckSnapshot::Notify => Check::Notify,
+        ProbeCheckSnapshot::Func => Check::Lost,
+    };
+    let period = bounded_ms(s.period_ms).max(Duration::from_millis(10));
+    Probe {
+        check,
+        initial_delay: bounded_ms(s.initial_delay_ms),
+        period,
+        timeout: bounded_ms(s.timeout_ms).clamp(Duration::from_millis(1), period),
+        failures: s.failures.max(1),
+        successes: s.successes.max(1),
+    }
+}
+
 fn validate_rules(spec: &Spec, problems: &mut Vec<String>) -> Vec<Rule> {
     let mut rules = Vec::new();
     for rule in &spec.rules {
@@ -454,6 +732,72 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(Error::InvalidConfig(p)) => p,
             Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    #[test]
+    fn start_order_names_and_cycles() {
+        let e = |n: &str| entry(n, "sleep", ["1"], 0, 1);
+        // (specs, a problem containing this, or none)
+        let table: Vec<(Vec<Spec>, Option<&str>)> = vec![
+            (vec![e("db"), e("web").after(["db"])], None),
+            (vec![e("web").after(["db"])], Some(r#".after("db"): no entry has that name"#)),
+            (vec![e("web").binds_to(["web"])], Some("names the entry itself")),
+            (vec![e("web").after(["w"]), watch("w", "x")], Some("names a watch")),
+            (vec![e("a").after(["b"]), e("b").after(["c"]), e("c").after(["a"])], Some("cycle: a → b → c → a")),
+            (vec![e("a").after(["b"]), e("b").binds_to(["a"])], Some("cycle: a → b → a")),
+            (vec![e("a").after(&["b", "c"]), e("b").after(vec!["c"]), e("c")], None),
+        ];
+        for (specs, want) in table {
+            let got = problems(specs);
+            match want {
+                None => assert!(got.is_empty(), "{got:?}"),
+                Some(w) => assert!(got.iter().any(|p| p.contains(w)), "{w:?} not in {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn start_order_and_stop_chain() {
+        let e = |n: &str, stop: u64| entry(n, "sleep", ["1"], 0, 1).stop_timeout(Duration::from_secs(stop));
+        let c = Config::from_specs(&[
+            e("web", 5).after(["db", "cache"]),
+            e("cache", 1),
+            e("worker", 2).binds_to(["web"]),
+            e("db", 10),
+        ])
+        .unwrap();
+        let order: Vec<&str> = c.start_order().iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(order, ["cache", "db", "web", "worker"]);
+        assert_eq!(c.longest_stop_chain(), Duration::from_secs(17), "worker, then web, then db");
+        assert!(
+            c.health_lines()[0].starts_with("Start order: cache → db → web (after db, cache) → worker (binds to web)")
+        );
+    }
+
+    #[test]
+    fn probe_and_limit_values_are_checked() {
+        let e = || entry("e", "sleep", ["1"], 0, 1);
+        let table: Vec<(Spec, Option<&str>)> = vec![
+            (e().ready(probe::tcp("127.0.0.1:80")).alive(probe::http("http://127.0.0.1/h")), None),
+            (e().ready(probe::tcp("localhost")), Some("expected HOST:PORT")),
+            (e().alive(probe::http("https://x/")), Some("https is not spoken")),
+            (e().alive(probe::notify()), Some("ask for keep-alives with .watchdog")),
+            (e().ready(probe::exec("", [])), Some("bad command")),
+            (e().ready(probe::func(|| true).timeout(Duration::from_secs(2))), Some("from 1ms to the period")),
+            (e().give_up(0, Duration::from_secs(1)), Some("at least 1 exit")),
+            (e().success_codes([0, 256]), Some("exit code 256 is outside")),
+            (e().stop_codes(&[-1]), Some("exit code -1 is outside")),
+            (e().success_codes(Vec::<i32>::new()), Some("leaves no exit a success")),
+            (e().watchdog(Duration::from_millis(1)), Some(".watchdog(1ms)")),
+            (watch("w", "x").ready(probe::notify()), Some(".ready() applies to entries only")),
+        ];
+        for (spec, want) in table {
+            let got = problems(vec![spec]);
+            match want {
+                None => assert!(got.is_empty(), "{got:?}"),
+                Some(w) => assert!(got.iter().any(|p| p.contains(w)), "{w:?} not in {got:?}"),
+            }
         }
     }
 

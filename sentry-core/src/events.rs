@@ -168,7 +168,7 @@ pub(crate) fn emit_problem(level: log::Level, text: &str) {
 
 /// The kind of an event, from its text (the console's wording).
 fn kind_of(text: &str) -> &'static str {
-    const KINDS: [(&str, &str); 10] = [
+    const KINDS: [(&str, &str); 18] = [
         ("Started at", "started"),
         ("Exited at", "exited"),
         ("Action program exited", "action_exited"),
@@ -179,6 +179,14 @@ fn kind_of(text: &str) -> &'static str {
         ("Sentry reexec'd", "reloaded"),
         ("Reload failed", "reload_failed"),
         ("Its process group outlived SIGKILL", "unkillable"),
+        ("Ready.", "ready"),
+        ("Not ready", "not_ready"),
+        ("Liveness probe failed", "unhealthy"),
+        ("Watchdog", "unhealthy"),
+        ("Gave up", "failed"),
+        ("Restarted with", "restart"),
+        ("Waiting for", "waiting"),
+        ("Stopped in order", "notice"),
     ];
     KINDS.iter().find(|(prefix, _)| text.starts_with(prefix)).map_or("notice", |(_, kind)| kind)
 }

@@ -112,6 +112,9 @@ pub(crate) struct CoreSnapshot {
     /// images: none, and the new image decides afresh).
     #[serde(default)]
     pub cgroup: Option<std::path::PathBuf>,
+    /// The notify socket, if one was open.
+    #[serde(default)]
+    pub notify: Option<NotifySnapshot>,
 }
 
 /// A watch's configuration as data.
@@ -326,6 +329,56 @@ pub(crate) struct EntryConfigSnapshot {
     pub log_size: u64,
     #[serde(default = "default_log_keep")]
     pub log_keep: usize,
+    /// Health, order and limits (absent before them).
+    #[serde(default)]
+    pub ready: Option<ProbeSnapshot>,
+    #[serde(default)]
+    pub alive: Option<ProbeSnapshot>,
+    #[serde(default)]
+    pub watchdog_ms: Option<u64>,
+    #[serde(default)]
+    pub after: Vec<String>,
+    #[serde(default)]
+    pub binds_to: Vec<String>,
+    /// (exits, within ms).
+    #[serde(default)]
+    pub give_up: Option<(u32, u64)>,
+    /// None: the default, `[0]`.
+    #[serde(default)]
+    pub success_codes: Option<Vec<i32>>,
+    #[serde(default)]
+    pub stop_codes: Vec<i32>,
+}
+
+/// A probe as data. A function cannot cross an exec: it is recorded as
+/// [`ProbeCheckSnapshot::Func`] and comes back as a probe that passes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ProbeSnapshot {
+    pub check: ProbeCheckSnapshot,
+    pub initial_delay_ms: u64,
+    pub period_ms: u64,
+    pub timeout_ms: u64,
+    pub failures: u32,
+    pub successes: u32,
+}
+
+/// What a probe does, as data.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum ProbeCheckSnapshot {
+    Exec { command: String, args: Vec<String> },
+    Tcp { addr: String },
+    Http { url: String },
+    Notify,
+    Func,
+}
+
+/// The socket children send `sd_notify` messages to (kept open across the
+/// exec, so a message sent meanwhile waits in it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct NotifySnapshot {
+    pub fd: KeptFd,
+    /// `NOTIFY_SOCKET`'s value, as the children have it.
+    pub name: String,
 }
 
 fn default_log_size() -> u64 {
@@ -355,6 +408,12 @@ pub(crate) struct SlotSnapshot {
     /// Its process's cgroup directory, under cgroup containment.
     #[serde(default)]
     pub cgroup: Option<std::path::PathBuf>,
+    /// Whether its process passed its readiness probe (none: not known).
+    #[serde(default)]
+    pub ready: Option<bool>,
+    /// How long ago its recent exits were (for `.give_up`).
+    #[serde(default)]
+    pub exits_ms_ago: Vec<u64>,
 }
 
 /// A slot's phase, with instants as durations from the snapshot.
@@ -375,6 +434,9 @@ pub(crate) enum PhaseSnapshot {
         respawn: bool,
         #[serde(default)]
         exited_ms_ago: Option<u64>,
+        /// A restart by a rule or a liveness probe, with the crash count to start again with.
+        #[serde(default)]
+        recover: Option<u32>,
     },
     Killing {
         process: ProcessSnapshot,
@@ -383,19 +445,25 @@ pub(crate) enum PhaseSnapshot {
         exited_ms_ago: Option<u64>,
         #[serde(default)]
         give_up_in_ms: u64,
+        #[serde(default)]
+        recover: Option<u32>,
     },
     Unkillable {
         process: ProcessSnapshot,
         respawn: bool,
         exited_ms_ago: Option<u64>,
+        #[serde(default)]
+        recover: Option<u32>,
     },
+    /// Given up on (`.give_up`).
+    Failed,
 }
 
 impl PhaseSnapshot {
     /// The slot's process, if it has one.
     pub fn process(&self) -> Option<&ProcessSnapshot> {
         match self {
-            PhaseSnapshot::Idle | PhaseSnapshot::Pending { .. } => None,
+            PhaseSnapshot::Idle | PhaseSnapshot::Pending { .. } | PhaseSnapshot::Failed => None,
             PhaseSnapshot::Running { process }
             | PhaseSnapshot::Stopping { process, .. }
             | PhaseSnapshot::Killing { process, .. }
@@ -635,6 +703,21 @@ mod tests {
                         line_limit: 4096,
                         log_size: 1 << 20,
                         log_keep: 2,
+                        ready: Some(ProbeSnapshot {
+                            check: ProbeCheckSnapshot::Tcp { addr: "127.0.0.1:1".into() },
+                            initial_delay_ms: 0,
+                            period_ms: 1000,
+                            timeout_ms: 1000,
+                            failures: 3,
+                            successes: 1,
+                        }),
+                        alive: None,
+                        watchdog_ms: None,
+                        after: vec!["d".into()],
+                        binds_to: vec![],
+                        give_up: Some((3, 60_000)),
+                        success_codes: Some(vec![0, 143]),
+                        stop_codes: vec![125],
                     },
                     target: 2,
                     restarts: 1,
@@ -650,6 +733,8 @@ mod tests {
                         streams: vec![StreamSnapshot { fd, pending: vec![0xe2, 0x82], unfinished: b"t\n".to_vec() }],
                         error: None,
                         cgroup: Some("/sys/fs/cgroup/sentry.t.0/e/0".into()),
+                        ready: Some(true),
+                        exits_ms_ago: vec![5, 10],
                     }],
                     last_exits: vec![],
                     failures_ms_ago: vec![],
@@ -667,6 +752,9 @@ mod tests {
         assert_eq!(back.core.entries[0].target, 2);
         assert_eq!(back.core.entries[0].slots[0].streams[0].pending, vec![0xe2, 0x82]);
         assert_eq!(back.instance.next_reload_id, 4);
+        assert_eq!(back.core.entries[0].slots[0].ready, Some(true));
+        assert_eq!(back.core.entries[0].config.after, vec!["d".to_string()]);
+        assert_eq!(back.core.entries[0].config.give_up, Some((3, 60_000)));
     }
 
     #[test]

@@ -71,7 +71,9 @@ mod listener;
 mod logfile;
 mod logs;
 mod metrics;
+mod notify;
 mod output;
+pub mod probe;
 mod proc;
 mod reload;
 pub mod rule;
@@ -101,6 +103,6 @@ pub use supervisor::{Options, Supervisor};
 
 /// Everything a configuration's `main.rs` needs.
 pub mod prelude {
-    pub use crate::{entry, sentry, watch, Error, Restart, Signal, Spec, Status, Supervisor};
+    pub use crate::{entry, probe, sentry, watch, Error, Restart, Signal, Spec, Status, Supervisor};
     pub use std::time::Duration;
 }

@@ -39,6 +39,38 @@ pub(crate) struct Policy {
     pub delay: Duration,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
+    /// Exit codes that are a success (`.success_codes`, default 0).
+    pub success: ExitCodes,
+    /// Exit codes after which the slot stays down (`.stop_codes`).
+    pub stop_codes: ExitCodes,
+}
+
+/// A set of exit codes (0 to 255), small enough to copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) struct ExitCodes([u64; 4]);
+
+impl ExitCodes {
+    /// The codes of `codes` that are exit codes (0 to 255).
+    pub fn of(codes: &[i32]) -> ExitCodes {
+        let mut set = ExitCodes::default();
+        for c in codes.iter().filter(|c| (0..=255).contains(*c)) {
+            set.0[*c as usize / 64] |= 1 << (*c as usize % 64);
+        }
+        set
+    }
+
+    /// Whether `exit` is an exit with one of these codes.
+    pub fn contains(&self, exit: ChildExit) -> bool {
+        match exit {
+            ChildExit::Code(c) if (0..=255).contains(&c) => self.0[c as usize / 64] & (1 << (c as usize % 64)) != 0,
+            _ => false,
+        }
+    }
+
+    /// The codes, in order.
+    pub fn list(&self) -> Vec<i32> {
+        (0..=255).filter(|c| self.contains(ChildExit::Code(*c))).collect()
+    }
 }
 
 /// How a child ended.
@@ -70,6 +102,20 @@ pub(crate) enum AfterStop {
     /// is being stopped: once it is gone, apply the restart policy as if the
     /// process had ended then.
     Policy { exited_at: Instant },
+    /// A restart by a rule or a failed liveness probe: start again after
+    /// the back-off of `crashes` (none for 0), the slot's crash count then.
+    Recover { crashes: u32 },
+}
+
+/// Why a process is restarted on Sentry's own initiative.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Recovery {
+    /// A rule's `restart` action: at once, not a crash.
+    Rule,
+    /// A failed liveness probe or watchdog: backed off like a crash loop
+    /// (each one in a row is one more step), unless the process had passed
+    /// its probe for [`HEALTHY_RUN`] (`reset`), which starts the count again.
+    Liveness { reset: bool },
 }
 
 /// Where a slot is in its life.
@@ -87,6 +133,8 @@ pub(crate) enum Phase {
     Killing { pid: i32, since: Instant, give_up_at: Instant, then: AfterStop },
     /// The group outlived SIGKILL by [`KILL_GRACE`]; still waited for.
     Unkillable { pid: i32, since: Instant, then: AfterStop },
+    /// Given up on (`.give_up`): no process until a restart is asked for.
+    Failed,
 }
 
 /// One slot (`SENTRY_INDEX`) of an entry.
@@ -121,6 +169,12 @@ pub(crate) enum Event {
     /// stopping it): once its process is gone, start another instead of
     /// removing the slot.
     Keep,
+    /// Stop the process gracefully and start it again, on Sentry's own
+    /// initiative (counted towards `.give_up`, see [`Recovery`]).
+    Recover { now: Instant, why: Recovery },
+    /// Too many exits within the `.give_up` window: a slot about to start
+    /// again is `Failed` instead.
+    GiveUp,
 }
 
 /// What the core must do after a step.
@@ -218,6 +272,10 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
             }
             AfterStop::Vacate => (Slot { phase: Idle, crashes }, vec![Effect::Vacate]),
             AfterStop::Policy { exited_at } => after_exit(crashes, since, exit, exited_at, policy),
+            AfterStop::Recover { crashes } => {
+                let due = if crashes == 0 { now } else { later(now, restart_delay(policy.delay, crashes)) };
+                (Slot { phase: Pending { due }, crashes }, vec![Effect::CountRequestedRestart])
+            }
         },
         (Running { pid, since }, Event::Stop { now } | Event::Restart { now }) => {
             let then = if matches!(event, Event::Stop { .. }) { AfterStop::Vacate } else { AfterStop::Respawn };
@@ -259,6 +317,26 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
             (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRequestedRestart])
         }
         (Pending { .. }, Event::Restart { now }) => (Slot { phase: Pending { due: now }, crashes: 0 }, Vec::new()),
+        (Running { pid, since }, Event::Recover { now, why }) => {
+            let crashes = match why {
+                Recovery::Rule => 0,
+                Recovery::Liveness { reset: true } => 1,
+                Recovery::Liveness { reset: false } => crashes.saturating_add(1),
+            };
+            let kill_at = later(now, policy.stop_timeout);
+            (
+                Slot {
+                    phase: Stopping { pid, since, kill_at, then: AfterStop::Recover { crashes } },
+                    crashes: slot.crashes,
+                },
+                vec![Effect::Signal { pid, signal: policy.stop_signal }],
+            )
+        }
+        (Pending { .. }, Event::GiveUp) => (Slot { phase: Failed, crashes }, Vec::new()),
+        (Failed, Event::Restart { now }) => {
+            (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRequestedRestart])
+        }
+        (Failed, Event::Stop { .. }) => (Slot { phase: Failed, crashes }, vec![Effect::Vacate]),
         _ => same,
     }
 }
@@ -273,17 +351,40 @@ fn after_exit(crashes: u32, since: Instant, exit: ChildExit, ended: Instant, pol
     } else {
         crashes
     };
-    let again = match policy.restart {
-        Restart::Always => true,
-        Restart::OnFailure => !exit.success(),
-        Restart::Never => false,
-    };
+    let again = !policy.stop_codes.contains(exit)
+        && match policy.restart {
+            Restart::Always => true,
+            Restart::OnFailure => !policy.success.contains(exit),
+            Restart::Never => false,
+        };
     if again {
         let due = later(ended, restart_delay(policy.delay, crashes));
         (Slot { phase: Phase::Pending { due }, crashes }, vec![Effect::CountRestart])
     } else {
         (Slot { phase: Phase::Idle, crashes }, Vec::new())
     }
+}
+
+/// Adds an exit at `now` to a slot's recent exits (kept to the window of
+/// `limit`, `.give_up(exits, within)`) and says whether the slot gives up:
+/// `exits` of them fall within `within`. Without a limit nothing is kept.
+pub(crate) fn gives_up(
+    history: &mut std::collections::VecDeque<Instant>,
+    now: Instant,
+    limit: Option<(u32, Duration)>,
+) -> bool {
+    let Some((exits, within)) = limit else {
+        history.clear();
+        return false;
+    };
+    history.push_back(now);
+    while history.front().is_some_and(|t| now.saturating_duration_since(*t) > within) {
+        history.pop_front();
+    }
+    while history.len() > exits.max(1) as usize {
+        history.pop_front();
+    }
+    history.len() >= exits.max(1) as usize
 }
 
 /// `phase` (a stop in progress) with what follows it replaced.
@@ -320,6 +421,8 @@ mod tests {
             delay: Duration::from_millis(delay_ms),
             stop_signal: Signal::SIGTERM,
             stop_timeout: Duration::from_secs(10),
+            success: ExitCodes::of(&[0]),
+            stop_codes: ExitCodes::default(),
         }
     }
 
@@ -587,6 +690,91 @@ mod tests {
         assert_eq!(step(restarting, &p, Event::Keep), (restarting, Vec::new()));
     }
 
+    #[test]
+    fn success_and_stop_codes() {
+        let t0 = Instant::now();
+        let mut p = policy(Restart::OnFailure, 0);
+        p.success = ExitCodes::of(&[0, 143]);
+        p.stop_codes = ExitCodes::of(&[125]);
+        // (policy, exit, restarted)
+        let table = [
+            (Restart::OnFailure, ChildExit::Code(143), false),
+            (Restart::OnFailure, ChildExit::Code(0), false),
+            (Restart::OnFailure, ChildExit::Code(1), true),
+            (Restart::OnFailure, ChildExit::Signal(15), true),
+            (Restart::OnFailure, ChildExit::Code(125), false),
+            (Restart::Always, ChildExit::Code(125), false),
+            (Restart::Always, ChildExit::Code(124), true),
+        ];
+        for (restart, exit, again) in table {
+            p.restart = restart;
+            let (slot, _) = run_and_exit(&p, Slot::new(t0), t0, 4000, exit);
+            assert_eq!(matches!(slot.phase, Phase::Pending { .. }), again, "{restart:?} {exit:?}");
+        }
+        assert_eq!(ExitCodes::of(&[0, 143, 300, -1]).list(), vec![0, 143]);
+        assert!(!ExitCodes::of(&[9]).contains(ChildExit::Signal(9)));
+    }
+
+    #[test]
+    fn recovery_restarts_count_and_liveness_backs_off() {
+        let p = policy(Restart::Always, 0);
+        let t0 = Instant::now();
+        // (crashes before, why, crashes after, due after the exit)
+        let table = [
+            (3, Recovery::Rule, 0, 0),
+            (0, Recovery::Liveness { reset: false }, 1, 100),
+            (2, Recovery::Liveness { reset: false }, 3, 400),
+            (5, Recovery::Liveness { reset: true }, 1, 100),
+        ];
+        for (before, why, after, due_ms) in table {
+            let slot = Slot { phase: Phase::Running { pid: 7, since: t0 }, crashes: before };
+            let (slot, fx) = step(slot, &p, Event::Recover { now: t0, why });
+            assert_eq!(fx, vec![Effect::Signal { pid: 7, signal: Signal::SIGTERM }]);
+            let (slot, fx) = step(slot, &p, Event::Exited { exit: ChildExit::Signal(15), now: ms(t0, 50) });
+            assert_eq!(fx, vec![Effect::CountRequestedRestart], "{why:?}");
+            assert_eq!(slot, Slot { phase: Phase::Pending { due: ms(t0, 50 + due_ms) }, crashes: after }, "{why:?}");
+        }
+        // Only a running process is recovered.
+        for phase in [Phase::Idle, Phase::Pending { due: t0 }, Phase::Failed] {
+            let slot = Slot { phase, crashes: 0 };
+            assert_eq!(step(slot, &p, Event::Recover { now: t0, why: Recovery::Rule }), (slot, vec![]));
+        }
+    }
+
+    #[test]
+    fn a_slot_that_gives_up_is_failed_until_restarted() {
+        let p = policy(Restart::Always, 0);
+        let t0 = Instant::now();
+        let (slot, _) = run_and_exit(&p, Slot::new(t0), t0, 4000, ChildExit::Code(1));
+        let (failed, fx) = step(slot, &p, Event::GiveUp);
+        assert_eq!((failed.phase, fx), (Phase::Failed, vec![]));
+        assert_eq!(failed.deadline(), None);
+        assert_eq!(step(failed, &p, Event::Due { now: ms(t0, 99_000) }), (failed, vec![]));
+        let (again, fx) = step(failed, &p, Event::Restart { now: ms(t0, 5000) });
+        assert_eq!(again, Slot { phase: Phase::Pending { due: ms(t0, 5000) }, crashes: 0 });
+        assert_eq!(fx, vec![Effect::CountRequestedRestart]);
+        let (_, fx) = step(failed, &p, Event::Stop { now: t0 });
+        assert_eq!(fx, vec![Effect::Vacate]);
+        // Give up applies only to a slot about to start again.
+        let running = Slot { phase: Phase::Running { pid: 1, since: t0 }, crashes: 0 };
+        assert_eq!(step(running, &p, Event::GiveUp), (running, vec![]));
+    }
+
+    #[test]
+    fn give_up_counts_exits_within_the_window() {
+        let t0 = Instant::now();
+        let limit = Some((3, Duration::from_secs(10)));
+        let mut h = std::collections::VecDeque::new();
+        // (exit at ms, gives up)
+        for (at, gives_up_now) in [(0, false), (4000, false), (11_000, false), (12_000, true)] {
+            assert_eq!(gives_up(&mut h, ms(t0, at), limit), gives_up_now, "at {at}");
+        }
+        let mut h = std::collections::VecDeque::new();
+        assert!(!gives_up(&mut h, t0, None));
+        assert!(h.is_empty());
+        assert!(gives_up(&mut h, t0, Some((1, Duration::from_secs(1)))), "one exit is enough for give_up(1, …)");
+    }
+
     /// The longest durations, at the latest instants: no step panics and
     /// every deadline is at or after its event.
     #[test]
@@ -599,7 +787,14 @@ mod tests {
             (Duration::MAX, Duration::ZERO),
             (crate::budget::MAX_DURATION, crate::budget::MAX_DURATION),
         ] {
-            let p = Policy { restart: Restart::Always, delay, stop_signal: Signal::SIGTERM, stop_timeout };
+            let p = Policy {
+                restart: Restart::Always,
+                delay,
+                stop_signal: Signal::SIGTERM,
+                stop_timeout,
+                success: ExitCodes::of(&[0]),
+                stop_codes: ExitCodes::default(),
+            };
             for now in [t0, far] {
                 let mut slot = Slot::new(now);
                 let events = [

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::probe::Probe;
 use crate::rule::{Action, Trigger};
 use crate::Signal;
 
@@ -74,6 +75,14 @@ pub(crate) struct EntryFields {
     pub line_limit: usize,
     pub log_size: u64,
     pub log_keep: usize,
+    pub ready: Option<Probe>,
+    pub alive: Option<Probe>,
+    pub watchdog: Option<Duration>,
+    pub after: Vec<String>,
+    pub binds_to: Vec<String>,
+    pub give_up: Option<(u32, Duration)>,
+    pub success_codes: Option<Vec<i32>>,
+    pub stop_codes: Vec<i32>,
 }
 
 /// What a watch declares, before validation.
@@ -122,6 +131,14 @@ pub fn entry(name: &str, command: &str, args: impl IntoArgs, restart_delay_ms: u
             line_limit: LINE_LIMIT,
             log_size: crate::logfile::LOG_SIZE,
             log_keep: crate::logfile::LOG_KEEP,
+            ready: None,
+            alive: None,
+            watchdog: None,
+            after: Vec::new(),
+            binds_to: Vec::new(),
+            give_up: None,
+            success_codes: None,
+            stop_codes: Vec::new(),
         }),
         children: false,
         rules: Vec::new(),
@@ -280,6 +297,105 @@ impl Spec {
     /// most 1 000; 0: the log starts afresh at each rotation).
     pub fn log_keep(self, files: usize) -> Spec {
         self.entry_only("log_keep", |e| e.log_keep = files)
+    }
+
+    /// The readiness probe of each process: until it passes, the process
+    /// is not ready (`slots[].ready` is `false`) and the entries that come
+    /// [`.after`](Spec::after) this one do not start. See [`crate::probe`].
+    pub fn ready(self, probe: Probe) -> Spec {
+        self.entry_only("ready", |e| e.ready = Some(probe))
+    }
+
+    /// The liveness probe of each process: once it fails (`.failures(n)`
+    /// checks in a row), the process is restarted gracefully — counted as a
+    /// requested restart, towards [`.give_up`](Spec::give_up), and backed
+    /// off when it happens again to the next process. Not `probe::notify()`:
+    /// keep-alives are [`.watchdog`](Spec::watchdog).
+    pub fn alive(self, probe: Probe) -> Spec {
+        self.entry_only("alive", |e| e.alive = Some(probe))
+    }
+
+    /// systemd's watchdog (`sd_watchdog_enabled(3)`): each process gets
+    /// `NOTIFY_SOCKET` and `WATCHDOG_USEC`, and must send `WATCHDOG=1` at
+    /// least once per `interval` once it is ready (at its start without a
+    /// `notify()` readiness probe); a missed keep-alive, or `WATCHDOG=trigger`,
+    /// restarts it as a failed liveness probe does.
+    pub fn watchdog(self, interval: Duration) -> Spec {
+        self.entry_only("watchdog", |e| e.watchdog = Some(interval))
+    }
+
+    /// Start order: the entry's processes start only once every entry named
+    /// here is ready (each of its processes passes its readiness probe, or
+    /// runs if it has none, or exited with success and is not restarted),
+    /// and at shutdown they stop before those entries do. A name no entry
+    /// has, or a cycle, is a configuration error.
+    ///
+    /// ```
+    /// use sentry_core::prelude::*;
+    /// let specs = vec![
+    ///     entry("db", "sleep", ["1000"], 0, 1).ready(probe::tcp("127.0.0.1:5432")),
+    ///     entry("web", "sleep", ["1000"], 0, 2).after(["db"]),
+    /// ];
+    /// assert_eq!(specs.len(), 2);
+    /// ```
+    pub fn after<I>(self, names: I) -> Spec
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let names: Vec<String> = names.into_iter().map(|n| n.as_ref().to_string()).collect();
+        self.entry_only("after", |e| e.after.extend(names))
+    }
+
+    /// Like [`.after`](Spec::after), and more: whenever a process of an entry
+    /// named here exits (it crashed, was restarted or stopped), this entry's
+    /// processes are restarted too, and start again once that entry is
+    /// ready (systemd's `BindsTo=` with `After=`).
+    pub fn binds_to<I>(self, names: I) -> Spec
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let names: Vec<String> = names.into_iter().map(|n| n.as_ref().to_string()).collect();
+        self.entry_only("binds_to", |e| e.binds_to.extend(names))
+    }
+
+    /// A bound on restart loops (systemd's `StartLimitBurst=` within
+    /// `StartLimitIntervalSec=`): once a slot's processes have exited
+    /// `exits` times within `within` — crashes, clean exits, and restarts by
+    /// a rule or a liveness probe alike; not restarts, scalings or reloads
+    /// asked for by a user — the slot is `failed` and stays down until
+    /// `restart ENTRY`, `POST /entries/ENTRY/restart`, or a reload that
+    /// changes the entry.
+    pub fn give_up(self, exits: u32, within: Duration) -> Spec {
+        self.entry_only("give_up", |e| e.give_up = Some((exits, within)))
+    }
+
+    /// The exit codes that count as success (default `[0]`): for
+    /// [`Restart::OnFailure`], and for `flapping`. A process killed by a
+    /// signal never succeeded (a shell reports SIGTERM as 143: list it here
+    /// to accept that).
+    pub fn success_codes<I>(self, codes: I) -> Spec
+    where
+        I: IntoIterator,
+        I::Item: std::borrow::Borrow<i32>,
+    {
+        use std::borrow::Borrow;
+        let codes: Vec<i32> = codes.into_iter().map(|c| *c.borrow()).collect();
+        self.entry_only("success_codes", |e| e.success_codes = Some(codes))
+    }
+
+    /// Exit codes after which the slot stays down whatever the restart
+    /// policy (like s6's `finish` exit code 125): the process says it must
+    /// not be started again. `restart ENTRY` starts it again.
+    pub fn stop_codes<I>(self, codes: I) -> Spec
+    where
+        I: IntoIterator,
+        I::Item: std::borrow::Borrow<i32>,
+    {
+        use std::borrow::Borrow;
+        let codes: Vec<i32> = codes.into_iter().map(|c| *c.borrow()).collect();
+        self.entry_only("stop_codes", |e| e.stop_codes.extend(codes))
     }
 
     fn entry_only(mut self, method: &str, set: impl FnOnce(&mut EntryFields)) -> Spec {

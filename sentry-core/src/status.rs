@@ -114,6 +114,12 @@ pub struct EntryStatus {
     /// Trees that outlived SIGKILL while their slots went on.
     #[serde(default)]
     pub unkillable: Vec<UnkillableStatus>,
+    /// The entries it starts after (`.after`, `.binds_to`).
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Of those, the ones not ready yet (while its state is `waiting`).
+    #[serde(default)]
+    pub waiting_for: Vec<String>,
 }
 
 /// Non-success exits within a minute that make an entry `flapping`.
@@ -180,6 +186,10 @@ pub enum EntryState {
     Backoff,
     /// No process runs and none is due.
     Stopped,
+    /// Its starts wait for the entries it comes `.after` to be ready.
+    Waiting,
+    /// A slot was given up on (`.give_up`).
+    Failed,
 }
 
 impl EntryState {
@@ -188,6 +198,8 @@ impl EntryState {
             EntryState::Running => "running",
             EntryState::Backoff => "backoff",
             EntryState::Stopped => "stopped",
+            EntryState::Waiting => "waiting",
+            EntryState::Failed => "failed",
         }
     }
 }

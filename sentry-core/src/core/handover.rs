@@ -15,7 +15,7 @@ use crate::budget::later;
 use crate::child::{Quiesced, Stream};
 use crate::config::{Config, EntryConfig, WatchConfig};
 use crate::handoff::{
-    CoreSnapshot, DrainingSnapshot, EntrySnapshot, ExitSnapshot, HelperSnapshot, KeptFd, PhaseSnapshot,
+    CoreSnapshot, DrainingSnapshot, EntrySnapshot, ExitSnapshot, HelperSnapshot, KeptFd, NotifySnapshot, PhaseSnapshot,
     ProcessSnapshot, SlotSnapshot, StreamSnapshot,
 };
 use crate::lifecycle::{AfterStop, ChildExit, Event, Phase, Slot};
@@ -44,11 +44,11 @@ impl Core {
                 }
                 e.slots.insert(
                     index,
-                    SlotRun {
-                        slot: Slot { phase: Phase::Running { pid: child.pid, since: now }, crashes: 0 },
-                        started_at: sys::unix_now(),
-                        error: None,
-                    },
+                    SlotRun::with(
+                        Slot { phase: Phase::Running { pid: child.pid, since: now }, crashes: 0 },
+                        sys::unix_now(),
+                        None,
+                    ),
                 );
                 Some((e.config.name.clone(), index))
             });
@@ -96,6 +96,7 @@ impl Core {
             };
             let e = &mut self.entries[i];
             let restart = e.config.needs_restart_for(config);
+            let changed = e.config != *config;
             if e.removed || config.count != e.config.count {
                 e.target = config.count;
             }
@@ -104,6 +105,21 @@ impl Core {
             if restart {
                 let indexes: Vec<usize> = e.slots.keys().copied().collect();
                 for index in indexes {
+                    self.apply(i, index, Event::Restart { now });
+                }
+            }
+            // A slot given up on gets another chance from a changed entry.
+            if changed {
+                let failed: Vec<usize> = self.entries[i]
+                    .slots
+                    .iter()
+                    .filter(|(_, r)| r.slot.phase == Phase::Failed)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for index in failed {
+                    if let Some(run) = self.entries[i].slots.get_mut(&index) {
+                        run.exits.clear();
+                    }
                     self.apply(i, index, Event::Restart { now });
                 }
             }
@@ -120,12 +136,19 @@ impl Core {
         if self.watcher.is_some() {
             self.restart_watcher();
         }
+        // Probes as the new configuration says, from the readiness each
+        // process had.
+        self.stop_probers(false);
+        self.ensure_health();
     }
 
     /// Stops every monitor (lines already complete are written; the rest is
     /// kept as bytes) and describes the whole state. The children run on.
     pub(super) fn suspend(&mut self) -> Suspended {
         self.stop_watcher();
+        // Probe threads end by themselves (the exec ends any that lag);
+        // the new image probes afresh from the readiness each slot had.
+        self.stop_probers(false);
         self.finish_reaps();
         self.join_closed();
         let now = Instant::now();
@@ -249,6 +272,10 @@ impl Core {
             AfterStop::Policy { exited_at } => Some(ago(exited_at)),
             _ => None,
         };
+        let recover = |then: AfterStop| match then {
+            AfterStop::Recover { crashes } => Some(crashes),
+            _ => None,
+        };
         let mut entries = Vec::new();
         for e in &self.entries {
             let mut slots = Vec::new();
@@ -262,18 +289,22 @@ impl Core {
                         kill_in_ms: left(kill_at),
                         respawn: then == AfterStop::Respawn,
                         exited_ms_ago: exited_ms_ago(then),
+                        recover: recover(then),
                     },
                     Phase::Killing { pid, since, give_up_at, then } => PhaseSnapshot::Killing {
                         process: process(pid, since),
                         respawn: then == AfterStop::Respawn,
                         exited_ms_ago: exited_ms_ago(then),
                         give_up_in_ms: left(give_up_at),
+                        recover: recover(then),
                     },
                     Phase::Unkillable { pid, since, then } => PhaseSnapshot::Unkillable {
                         process: process(pid, since),
                         respawn: then == AfterStop::Respawn,
                         exited_ms_ago: exited_ms_ago(then),
+                        recover: recover(then),
                     },
+                    Phase::Failed => PhaseSnapshot::Failed,
                 };
                 let streams = run.slot.pid().map(|pid| keep(quiesced.remove(&pid))).unwrap_or_default();
                 slots.push(SlotSnapshot {
@@ -284,6 +315,8 @@ impl Core {
                     streams,
                     error: run.error.clone(),
                     cgroup: run.slot.pid().and_then(|pid| cgroups.remove(&pid)),
+                    ready: Some(run.ready),
+                    exits_ms_ago: run.exits.iter().map(|t| ago(*t)).collect(),
                 });
             }
             entries.push(EntrySnapshot {
@@ -301,6 +334,11 @@ impl Core {
                 failures_ms_ago: e.failures.iter().map(|t| ago(*t)).collect(),
             });
         }
+        let notify = self.notify.take().and_then(|n| n.into_fd()).and_then(|(fd, name)| {
+            let kept = KeptFd::of(&fd).ok()?;
+            fds.push(fd);
+            Some(NotifySnapshot { fd: kept, name })
+        });
         let snapshot = CoreSnapshot {
             info: self.options.info.clone(),
             entries,
@@ -310,6 +348,7 @@ impl Core {
             helpers: loose,
             watches: self.config.watches.iter().map(|w| w.to_snapshot()).collect(),
             cgroup: self.options.fence.tree().map(|t| t.root().to_path_buf()),
+            notify,
         };
         Suspended { snapshot, fds, unwatched_since_ns, parked }
     }
@@ -322,7 +361,15 @@ impl Core {
         let now = Instant::now();
         let mut warnings = Vec::new();
         options.info = snapshot.info.clone();
+        let notify = snapshot.notify.clone();
         let mut core = Core::new(Config::default(), options, tx, rx);
+        if let Some(n) = notify {
+            match n.fd.adopt().map(|fd| crate::notify::NotifySocket::adopt(fd, n.name.clone())) {
+                Some(Ok(socket)) => core.notify = Some(socket),
+                Some(Err(e)) => warnings.push(format!("the notify socket: {e}; a new one is opened")),
+                None => warnings.push("the notify socket was not handed over; a new one is opened".to_string()),
+            }
+        }
         let me = std::process::id() as i32;
         let mut gone = Vec::new();
         // The slots' processes, watched all at once below.
@@ -348,44 +395,51 @@ impl Core {
             for ss in es.slots {
                 let at = |ms: u64| later(now, Duration::from_millis(ms));
                 let since = |p: &ProcessSnapshot| now.checked_sub(Duration::from_millis(p.up_ms)).unwrap_or(now);
-                let then = |respawn: bool, exited_ms_ago: Option<u64>| match exited_ms_ago {
+                let then = |respawn: bool, exited_ms_ago: Option<u64>, recover: Option<u32>| match exited_ms_ago {
                     Some(ms) => {
                         AfterStop::Policy { exited_at: now.checked_sub(Duration::from_millis(ms)).unwrap_or(now) }
                     }
+                    None if recover.is_some() => AfterStop::Recover { crashes: recover.unwrap_or(0) },
                     None if respawn => AfterStop::Respawn,
                     None => AfterStop::Vacate,
                 };
                 let (phase, process) = match &ss.phase {
                     PhaseSnapshot::Idle => (Phase::Idle, None),
+                    PhaseSnapshot::Failed => (Phase::Failed, None),
                     PhaseSnapshot::Pending { due_in_ms } => (Phase::Pending { due: at(*due_in_ms) }, None),
                     PhaseSnapshot::Running { process: p } => (Phase::Running { pid: p.pid, since: since(p) }, Some(*p)),
-                    PhaseSnapshot::Stopping { process: p, kill_in_ms, respawn, exited_ms_ago } => (
+                    PhaseSnapshot::Stopping { process: p, kill_in_ms, respawn, exited_ms_ago, recover } => (
                         Phase::Stopping {
                             pid: p.pid,
                             since: since(p),
                             kill_at: at(*kill_in_ms),
-                            then: then(*respawn, *exited_ms_ago),
+                            then: then(*respawn, *exited_ms_ago, *recover),
                         },
                         Some(*p),
                     ),
-                    PhaseSnapshot::Killing { process: p, respawn, exited_ms_ago, give_up_in_ms } => (
+                    PhaseSnapshot::Killing { process: p, respawn, exited_ms_ago, give_up_in_ms, recover } => (
                         Phase::Killing {
                             pid: p.pid,
                             since: since(p),
                             give_up_at: at(*give_up_in_ms),
-                            then: then(*respawn, *exited_ms_ago),
+                            then: then(*respawn, *exited_ms_ago, *recover),
                         },
                         Some(*p),
                     ),
-                    PhaseSnapshot::Unkillable { process: p, respawn, exited_ms_ago } => (
-                        Phase::Unkillable { pid: p.pid, since: since(p), then: then(*respawn, *exited_ms_ago) },
+                    PhaseSnapshot::Unkillable { process: p, respawn, exited_ms_ago, recover } => (
+                        Phase::Unkillable {
+                            pid: p.pid,
+                            since: since(p),
+                            then: then(*respawn, *exited_ms_ago, *recover),
+                        },
                         Some(*p),
                     ),
                 };
-                core.entries[i].slots.insert(
-                    ss.index,
-                    SlotRun { slot: Slot { phase, crashes: ss.crashes }, started_at: ss.started_at, error: ss.error },
-                );
+                let mut run = SlotRun::with(Slot { phase, crashes: ss.crashes }, ss.started_at, ss.error);
+                run.ready = ss.ready.unwrap_or(false);
+                run.exits =
+                    ss.exits_ms_ago.iter().rev().filter_map(|ms| now.checked_sub(Duration::from_millis(*ms))).collect();
+                core.entries[i].slots.insert(ss.index, run);
                 let streams = adopt_streams(&ss.streams, &mut warnings);
                 let Some(p) = process else { continue };
                 // A kept pidfd is the process itself (our child: only we

@@ -19,6 +19,7 @@
 //! row by generation, never by a PID that may have been reused.
 
 mod handover;
+mod health;
 mod mailbox;
 
 pub(crate) use mailbox::{channel, Mailbox, Post};
@@ -75,6 +76,10 @@ pub(crate) enum Command {
     Fired { target: String, pid: i32, text: String },
     /// A watched cgroup's `cgroup.events` changed: look at lingering trees now.
     TreesChanged,
+    /// A probe of a process changed state.
+    Probe(crate::probe::ProbeNote),
+    /// A process sent an `sd_notify` message (`pid` as the kernel says).
+    Notify { pid: i32, message: crate::notify::Message },
 }
 
 /// How long an `exec` action's program may run before it is killed.
@@ -309,6 +314,9 @@ struct EntryRun {
     last_exits: BTreeMap<usize, (u64, ChildExit)>,
     /// When recent non-success exits happened (for `flapping`).
     failures: VecDeque<Instant>,
+    /// Shutting down or removed, its stop has begun: it waited for the
+    /// entries that follow it (`.after`) to be stopped first.
+    stop_begun: bool,
 }
 
 impl EntryRun {
@@ -321,6 +329,7 @@ impl EntryRun {
             slots: BTreeMap::new(),
             last_exits: BTreeMap::new(),
             failures: VecDeque::new(),
+            stop_begun: false,
             config,
         }
     }
@@ -331,7 +340,7 @@ impl EntryRun {
     /// does not count towards `flapping`.
     fn record_exit(&mut self, index: usize, exit: ChildExit, at: u64, asked: bool, now: Instant) {
         self.last_exits.insert(index, (at, exit));
-        if !exit.success() && !asked {
+        if !self.config.success_codes.contains(exit) && !asked {
             self.failures.push_back(now);
         }
         while self.failures.front().is_some_and(|t| now.saturating_duration_since(*t) > FLAPPING_WINDOW) {
@@ -359,11 +368,23 @@ struct SlotRun {
     started_at: u64,
     /// Why the last attempt to start a process failed, until one starts.
     error: Option<String>,
+    /// Its process passed its readiness probe (false without a process).
+    ready: bool,
+    /// Its recent exits, for `.give_up`.
+    exits: VecDeque<Instant>,
+    /// The thread probing its process, while it runs.
+    prober: Option<crate::probe::Prober>,
+    /// When its process's next keep-alive is due at the latest (`.watchdog`).
+    watchdog_at: Option<Instant>,
 }
 
 impl SlotRun {
     fn new(now: Instant) -> SlotRun {
-        SlotRun { slot: Slot::new(now), started_at: 0, error: None }
+        SlotRun::with(Slot::new(now), 0, None)
+    }
+
+    fn with(slot: Slot, started_at: u64, error: Option<String>) -> SlotRun {
+        SlotRun { slot, started_at, error, ready: false, exits: VecDeque::new(), prober: None, watchdog_at: None }
     }
 }
 
@@ -408,6 +429,10 @@ pub(crate) struct Core {
     helpers: Arc<watch::HelperGate>,
     /// Notice of lingering cgroups that change, under cgroup containment.
     events: Option<cgroup::EventWatch>,
+    /// Where children send `sd_notify` messages, once an entry asks for it.
+    notify: Option<crate::notify::NotifySocket>,
+    /// Probe threads told to stop, joined once they have ended.
+    old_probers: Vec<crate::probe::Prober>,
     options: CoreOptions,
     tx: Post,
     rx: Mailbox,
@@ -439,6 +464,8 @@ impl Core {
             watch_state: watch::State::default(),
             helpers: Arc::default(),
             events: None,
+            notify: None,
+            old_probers: Vec::new(),
             options,
             tx,
             rx,
@@ -463,6 +490,7 @@ impl Core {
                 Err(e) => log::warn!("no inotify for cgroup events ({e}): lingering trees are looked at on a schedule"),
             }
         }
+        self.ensure_health();
         for i in 0..self.entries.len() {
             self.reconcile(i, Instant::now());
         }
@@ -476,6 +504,8 @@ impl Core {
             let stuck =
                 |name: &str| procs.values().any(|p| matches!(&p.role, Role::Stuck { entry, .. } if entry == name));
             self.entries.retain(|e| !(e.removed && e.slots.is_empty() && !stuck(&e.config.name)));
+            self.stop_in_order(now);
+            self.old_probers.retain_mut(|p| !p.reap());
             self.check_groups(now);
             self.fire_due(now);
             self.finish_reaps();
@@ -531,6 +561,10 @@ impl Core {
         }
         self.stop_watcher();
         self.events = None;
+        self.stop_probers(true);
+        if let Some(mut n) = self.notify.take() {
+            n.quiet();
+        }
         self.close_monitors();
         if let Some(tree) = self.options.fence.tree() {
             // Whatever is still in the tree (moved out of its leaf, or left
@@ -1006,22 +1040,33 @@ impl Core {
                 return;
             }
             // A stop Sentry asked for is no failure of the process's own.
-            let asked = e.slots.get(&index).is_some_and(|s| match s.slot.phase {
+            let then = e.slots.get(&index).and_then(|s| match s.slot.phase {
                 Phase::Stopping { then, .. } | Phase::Killing { then, .. } | Phase::Unkillable { then, .. } => {
-                    !matches!(then, AfterStop::Policy { .. })
+                    Some(then)
                 }
-                _ => false,
+                _ => None,
             });
+            let asked = then.is_some_and(|t| !matches!(t, AfterStop::Policy { .. }));
+            // What `.give_up` counts: exits of its own, and restarts by a
+            // rule or a liveness probe; not what a user asked for.
+            let counted = !matches!(then, Some(AfterStop::Respawn | AfterStop::Vacate));
             // A start that failed in the child is a failed start, as one
             // refused before the clone: no exit recorded, no restart counted.
             let running = e.slots.get(&index).is_some_and(|s| matches!(s.slot.phase, Phase::Running { .. }));
             if let (Some(error), Some(run), true) = (&start_error, e.slots.get_mut(&index), running) {
                 run.error = Some(format!("cannot start {:?}: {error}", e.config.command));
                 self.apply(i, index, Event::SpawnFailed { now });
+                self.count_towards_give_up(i, index, now);
                 return;
             }
             e.record_exit(index, exit, exited_unix, asked, now);
             self.apply(i, index, Event::Exited { exit, now });
+            if counted {
+                self.count_towards_give_up(i, index, now);
+            }
+            if then != Some(AfterStop::Vacate) {
+                self.restart_bound(&entry, pid, now);
+            }
         }
     }
 
@@ -1081,6 +1126,9 @@ impl Core {
                     return;
                 };
                 let indexes: Vec<usize> = self.entries[i].slots.keys().copied().collect();
+                for run in self.entries[i].slots.values_mut() {
+                    run.exits.clear();
+                }
                 let text =
                     format!("Restart requested: {} process(es) stopped gracefully, then started.", indexes.len());
                 self.options.console.entry_event(&entry, &entry, &text);
@@ -1110,6 +1158,8 @@ impl Core {
                     self.helpers.release(&rule);
                 }
             }
+            Command::Probe(note) => self.probe_changed(note, now),
+            Command::Notify { pid, message } => self.notified(pid, message, now),
             Command::TreesChanged => {
                 for row in self.procs.values_mut().filter(|p| !p.reaped && p.exited.is_some() && p.cgroup.is_some()) {
                     row.check = Some((now, GROUP_CHECK_MIN));
@@ -1124,7 +1174,7 @@ impl Core {
                 let same = self.row_of(pid).is_some_and(|gen| self.procs[&gen].starttime() == starttime);
                 let slot = self.entries[i].slots.iter().find(|(_, s)| s.slot.pid() == Some(pid)).map(|(k, _)| *k);
                 if let (true, Some(index)) = (same, slot) {
-                    self.apply(i, index, Event::Restart { now });
+                    self.apply(i, index, Event::Recover { now, why: lifecycle::Recovery::Rule });
                 }
             }
         }
@@ -1140,7 +1190,15 @@ impl Core {
     /// Adds missing slots below the target and stops those at or above it.
     fn reconcile(&mut self, i: usize, now: Instant) {
         let e = &self.entries[i];
-        let target = if self.shutting_down || e.removed { 0 } else { e.target };
+        let ending = self.shutting_down || e.removed;
+        // An entry that is going away stops after those that follow it
+        // (`stop_in_order` comes back to it).
+        if ending && !self.may_stop(i) {
+            return;
+        }
+        self.entries[i].stop_begun = ending;
+        let e = &self.entries[i];
+        let target = if ending { 0 } else { e.target };
         for index in 0..target {
             match self.entries[i].slots.entry(index) {
                 // Being stopped for good by an earlier scale down: kept.
@@ -1193,7 +1251,16 @@ impl Core {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let slots = self.entries.iter().flat_map(|e| e.slots.values()).filter_map(|s| s.slot.deadline());
+        // A start held back (waiting for `.after`, or the entry ending)
+        // is looked at again when something changes, not on a clock.
+        let slots = self.entries.iter().enumerate().flat_map(|(i, e)| {
+            let held = self.held(i);
+            e.slots.values().filter_map(move |s| match s.slot.phase {
+                Phase::Pending { .. } if held => None,
+                Phase::Running { .. } => s.watchdog_at,
+                _ => s.slot.deadline(),
+            })
+        });
         let rows = self.procs.values().filter(|p| !p.reaped).flat_map(|p| {
             let kill = match p.role {
                 Role::Helper { kill_at, killed, .. } | Role::Stray { kill_at, killed } => {
@@ -1211,13 +1278,18 @@ impl Core {
         // loop from answering status and notes in between.
         let mut spawns = 0;
         for i in 0..self.entries.len() {
+            let held = self.held(i);
             let due: Vec<(usize, bool)> = self.entries[i]
                 .slots
                 .iter()
                 .filter(|(_, s)| s.slot.deadline().is_some_and(|d| d <= now))
                 .map(|(k, s)| (*k, matches!(s.slot.phase, Phase::Pending { .. })))
                 .collect();
+            self.watchdog_due(i, now);
             for (index, spawn) in due {
+                if spawn && held {
+                    continue;
+                }
                 if spawn {
                     if spawns == SPAWN_BATCH {
                         continue;
@@ -1247,6 +1319,15 @@ impl Core {
         let policy = policy_of(&entry.config);
         let (next, effects) = lifecycle::step(run.slot, &policy, event);
         let became_unkillable = !matches!(run.slot.phase, Phase::Unkillable { .. });
+        if matches!(run.slot.phase, Phase::Running { .. }) && !matches!(next.phase, Phase::Running { .. }) {
+            // Probes and keep-alives are for running processes only.
+            run.ready = false;
+            run.watchdog_at = None;
+            if let Some(mut p) = run.prober.take() {
+                p.stop();
+                self.old_probers.push(p);
+            }
+        }
         run.slot = next;
         if let (true, Phase::Unkillable { pid, then, .. }) = (became_unkillable, next.phase) {
             self.unkillable(i, index, pid, then);
@@ -1255,7 +1336,11 @@ impl Core {
             match effect {
                 Effect::Spawn => {
                     let event = self.spawn(i, index);
+                    let failed = matches!(event, Event::SpawnFailed { .. });
                     self.apply(i, index, event);
+                    if failed {
+                        self.count_towards_give_up(i, index, Instant::now());
+                    }
                 }
                 Effect::Signal { pid, signal } => match self.row_of(pid) {
                     Some(gen) => self.procs[&gen].signal(signal),
@@ -1303,6 +1388,10 @@ impl Core {
         let e = &mut self.entries[i];
         e.record_exit(index, ChildExit::Unknown, sys::unix_now(), then == AfterStop::Respawn, now);
         self.apply(i, index, Event::Exited { exit: ChildExit::Unknown, now });
+        if then != AfterStop::Respawn {
+            self.count_towards_give_up(i, index, now);
+        }
+        self.restart_bound(&name, pid, now);
     }
 
     /// Starts slot `index` of entry `i` and says how that went.
@@ -1310,7 +1399,10 @@ impl Core {
         let gen = self.new_gen();
         let config = &self.entries[i].config;
         let name = config.name.clone();
-        let spawned = self.spawn_in(&name, &index.to_string(), gen, |fd| child::spawn(config, index, fd));
+        let notify = if config.uses_notify() { self.notify_name() } else { None };
+        let config = &self.entries[i].config;
+        let spawned =
+            self.spawn_in(&name, &index.to_string(), gen, |fd| child::spawn(config, index, fd, notify.as_deref()));
         let (spawned, cgroup) = match spawned {
             Ok(s) => s,
             Err(e) => {
@@ -1343,6 +1435,7 @@ impl Core {
             }
             return Event::SpawnFailed { now };
         }
+        self.start_health(i, index, gen, pid, false, now);
         Event::Spawned { pid, now }
     }
 
@@ -1390,13 +1483,17 @@ impl Core {
         let report = self.watcher.as_ref().map(Watcher::report).unwrap_or_default();
         let mut waiting = std::mem::take(&mut self.waiters);
         waiting.retain(|w| {
-            let Some(e) = self.entries.iter().find(|e| e.config.name == w.entry) else {
+            let Some(i) = self.entries.iter().position(|e| e.config.name == w.entry) else {
                 let _ = w.reply.send(Err(Error::UnknownEntry(w.entry.clone())));
                 return false;
             };
+            let e = &self.entries[i];
+            // A start held back for `.after` is where it will stay for now:
+            // answered, with the entry `waiting`.
+            let held = self.held(i);
             let settled = e.slots.values().all(|s| match s.slot.phase {
                 Phase::Stopping { .. } | Phase::Killing { .. } => false,
-                Phase::Pending { due } => due > now,
+                Phase::Pending { due } => due > now || held,
                 _ => true,
             });
             if settled {
@@ -1419,7 +1516,7 @@ impl Core {
                         target: e.target,
                         error: error.clone(),
                     }),
-                    _ => Ok(entry_status(e, &report, &self.figures())),
+                    _ => Ok(entry_status(e, &report, &self.figures(), self.waiting_for(i))),
                 };
                 let _ = w.reply.send(answer);
             }
@@ -1561,7 +1658,11 @@ impl Core {
             reloads_failed: info.reloads_failed,
             entries: {
                 let figures = self.figures();
-                self.entries.iter().map(|e| entry_status(e, &report, &figures)).collect()
+                self.entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| entry_status(e, &report, &figures, self.waiting_for(i)))
+                    .collect()
             },
             containment: match &self.options.fence {
                 Fence::Cgroup(tree) => Containment {
@@ -1590,7 +1691,14 @@ impl Core {
 }
 
 fn policy_of(c: &EntryConfig) -> Policy {
-    Policy { restart: c.restart, delay: c.delay, stop_signal: c.stop_signal, stop_timeout: c.stop_timeout }
+    Policy {
+        restart: c.restart,
+        delay: c.delay,
+        stop_signal: c.stop_signal,
+        stop_timeout: c.stop_timeout,
+        success: c.success_codes,
+        stop_codes: c.stop_codes,
+    }
 }
 
 fn rule_status(owner: &str, rules: &[Rule], report: &Report) -> Vec<RuleStatus> {
@@ -1637,7 +1745,8 @@ impl Figures<'_> {
     }
 }
 
-fn entry_status(e: &EntryRun, report: &Report, figures: &Figures) -> EntryStatus {
+/// `waiting_for`: the entries it follows that are not ready, while its starts are held for them.
+fn entry_status(e: &EntryRun, report: &Report, figures: &Figures, waiting_for: Vec<String>) -> EntryStatus {
     let now = Instant::now();
     let trees: BTreeMap<usize, (String, TreeStatus)> =
         e.slots.iter().filter_map(|(index, s)| Some((*index, figures.tree(s.slot.pid()?)?))).collect();
@@ -1649,7 +1758,12 @@ fn entry_status(e: &EntryRun, report: &Report, figures: &Figures) -> EntryStatus
             memory_current: t.memory_current,
         })
     });
-    let state = if e.slots.values().any(|s| matches!(s.slot.phase, Phase::Pending { .. }) && s.slot.crashes > 0) {
+    let pending = e.slots.values().any(|s| matches!(s.slot.phase, Phase::Pending { .. }));
+    let state = if e.slots.values().any(|s| matches!(s.slot.phase, Phase::Failed)) {
+        EntryState::Failed
+    } else if pending && !waiting_for.is_empty() {
+        EntryState::Waiting
+    } else if e.slots.values().any(|s| matches!(s.slot.phase, Phase::Pending { .. }) && s.slot.crashes > 0) {
         EntryState::Backoff
     } else if e.slots.values().any(|s| !matches!(s.slot.phase, Phase::Idle)) {
         EntryState::Running
@@ -1700,7 +1814,7 @@ fn entry_status(e: &EntryRun, report: &Report, figures: &Figures) -> EntryStatus
                 index: *index,
                 state: slot_state(&s.slot),
                 pid: s.slot.pid().map(|p| p as u32),
-                ready: None,
+                ready: e.config.ready.as_ref().map(|_| s.ready && matches!(s.slot.phase, Phase::Running { .. })),
                 error: s.error.clone(),
                 cgroup: trees.get(index).map(|(name, _)| name.clone()),
                 tree: trees.get(index).map(|(_, t)| *t),
@@ -1709,6 +1823,8 @@ fn entry_status(e: &EntryRun, report: &Report, figures: &Figures) -> EntryStatus
         rules: rule_status(&e.config.name, &e.config.rules, report),
         tree,
         unkillable: figures.unkillable(&e.config.name),
+        after: e.config.follows().cloned().collect(),
+        waiting_for: if pending { waiting_for } else { Vec::new() },
     }
 }
 
@@ -1720,6 +1836,7 @@ fn slot_state(slot: &Slot) -> SlotState {
         Phase::Running { .. } => SlotState::Running,
         Phase::Stopping { .. } | Phase::Killing { .. } => SlotState::Stopping,
         Phase::Unkillable { .. } => SlotState::Unkillable,
+        Phase::Failed => SlotState::Failed,
     }
 }
 
@@ -1732,8 +1849,10 @@ fn streams_of(spawned: child::Spawned) -> Vec<Stream> {
 }
 
 /// How long a stop of every child may take: the largest stop timeout, plus margin.
+/// Entries stop one after the other along `.after` chains: the longest
+/// chain's stop timeouts add up.
 pub(crate) fn max_stop_wait(config: &Config) -> Duration {
-    max_stop_wait_for(config.entries.iter().map(|e| e.stop_timeout).max().unwrap_or_default())
+    max_stop_wait_for(config.longest_stop_chain())
 }
 
 /// How long a stop may take whose longest stop timeout is `stop_timeout`:

@@ -1,0 +1,231 @@
+//! The socket children send systemd's readiness messages to
+//! (`sd_notify(3)`: `READY=1`, `RELOADING=1`, `WATCHDOG=1`,
+//! `WATCHDOG=trigger`), for `probe::notify()` and `.watchdog(D)`. It owns the
+//! socket and the thread that reads it, and reports each message with the
+//! sender's PID as the kernel vouches for it (`SCM_CREDENTIALS`, unix(7));
+//! which slot a PID belongs to is the core's business, not this module's.
+//!
+//! The socket is a datagram socket in the abstract namespace (its
+//! `NOTIFY_SOCKET` value starts with `@`, which libsystemd, the `sd-notify`
+//! crate and python-systemd all accept): it needs no file that a child
+//! running as another user could not write to, and leaves none behind. It
+//! crosses a reload as an fd (the children keep its name), so a message sent
+//! during the exec waits in it.
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use nix::sys::socket::{
+    bind, recvmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    UnixAddr,
+};
+
+/// What a message asked for; a message may say several things at once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Message {
+    /// `READY=1` (true) or `RELOADING=1` / `STOPPING=1` (false).
+    pub ready: Option<bool>,
+    /// `WATCHDOG=1`.
+    pub keepalive: bool,
+    /// `WATCHDOG=trigger`: the process asks to be treated as hung.
+    pub trigger: bool,
+}
+
+impl Message {
+    /// Reads a datagram: newline-separated `KEY=VALUE` assignments; what is
+    /// not understood is ignored (sd_notify(3) allows many more keys).
+    pub fn parse(data: &[u8]) -> Message {
+        let mut m = Message::default();
+        for line in data.split(|b| *b == b'\n') {
+            match line {
+                b"READY=1" => m.ready = Some(true),
+                b"RELOADING=1" | b"STOPPING=1" => m.ready = Some(false),
+                b"WATCHDOG=1" => m.keepalive = true,
+                b"WATCHDOG=trigger" => m.trigger = true,
+                _ => {}
+            }
+        }
+        m
+    }
+
+    /// Whether it says anything Sentry acts on.
+    pub fn is_empty(&self) -> bool {
+        *self == Message::default()
+    }
+}
+
+/// The open socket, with its reading thread while one runs.
+pub(crate) struct NotifySocket {
+    /// Shared with the reading thread; always `Some` until [`NotifySocket::into_fd`].
+    fd: Option<Arc<OwnedFd>>,
+    /// The `NOTIFY_SOCKET` value (`@` and the abstract name).
+    name: String,
+    reader: Option<(OwnedFd, JoinHandle<()>)>,
+}
+
+/// The largest datagram read; the rest of a longer one is cut off.
+const MAX_MESSAGE: usize = 4096;
+
+impl NotifySocket {
+    /// A new socket with a name no other instance has.
+    pub fn open() -> io::Result<NotifySocket> {
+        let fd =
+            socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+        let name = format!("sentry/{}/{}/notify", std::process::id(), crate::sys::random_hex(8)?);
+        bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name.as_bytes())?)?;
+        setsockopt(&fd, sockopt::PassCred, &true)?;
+        Ok(NotifySocket { fd: Some(Arc::new(fd)), name: format!("@{name}"), reader: None })
+    }
+
+    /// The socket a previous image kept open, named `name`.
+    pub fn adopt(fd: OwnedFd, name: String) -> io::Result<NotifySocket> {
+        setsockopt(&fd, sockopt::PassCred, &true)?;
+        Ok(NotifySocket { fd: Some(Arc::new(fd)), name, reader: None })
+    }
+
+    /// `NOTIFY_SOCKET`'s value for the children.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Starts the thread that reads the socket and calls `deliver(pid,
+    /// message)` for each message that says something. Idempotent.
+    pub fn listen(&mut self, deliver: impl Fn(i32, Message) + Send + 'static) -> io::Result<()> {
+        if self.reader.is_some() {
+            return Ok(());
+        }
+        let stop = crate::sys::eventfd()?;
+        let stop_read = stop.try_clone()?;
+        let Some(fd) = self.fd.clone() else { return Ok(()) };
+        let thread = std::thread::Builder::new().name("sentry-notify".into()).spawn(move || {
+            let mut buf = vec![0u8; MAX_MESSAGE];
+            loop {
+                let mut fds = [
+                    libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                    libc::pollfd { fd: stop_read.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                ];
+                if crate::sys::poll(&mut fds, -1).is_err() {
+                    continue;
+                }
+                if fds[1].revents != 0 {
+                    return;
+                }
+                // Everything queued, then back to the wait.
+                while let Some((pid, message)) = receive(fd.as_fd(), &mut buf) {
+                    if let (Some(pid), false) = (pid, message.is_empty()) {
+                        deliver(pid, message);
+                    }
+                }
+            }
+        })?;
+        self.reader = Some((stop, thread));
+        Ok(())
+    }
+
+    /// Stops the reading thread (what arrives meanwhile waits in the socket).
+    pub fn quiet(&mut self) {
+        if let Some((stop, thread)) = self.reader.take() {
+            crate::sys::eventfd_signal(stop.as_fd());
+            let _ = thread.join();
+        }
+    }
+
+    /// The socket itself, to keep open across an exec (the thread stopped).
+    pub fn into_fd(mut self) -> Option<(OwnedFd, String)> {
+        self.quiet();
+        let fd = Arc::try_unwrap(self.fd.take()?).ok()?;
+        Some((fd, std::mem::take(&mut self.name)))
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.quiet();
+    }
+}
+
+/// One datagram: the sender's PID (from its credentials) and what it says;
+/// `None` once nothing is queued.
+fn receive(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> Option<(Option<i32>, Message)> {
+    let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [std::os::fd::RawFd; 16]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = match recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    ) {
+        Ok(m) => m,
+        Err(nix::errno::Errno::EINTR) => return Some((None, Message::default())),
+        Err(_) => return None,
+    };
+    let mut pid = None;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
+                // Passed fds (FDSTORE=1) are not kept: closed at once.
+                ControlMessageOwned::ScmRights(fds) => {
+                    for fd in fds {
+                        // SAFETY: the kernel just gave us this fd; nobody else holds it.
+                        unsafe { libc::close(fd) };
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let n = msg.bytes;
+    Some((pid, Message::parse(&buf[..n.min(buf.len())])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages() {
+        let table: &[(&[u8], Message)] = &[
+            (b"READY=1", Message { ready: Some(true), ..Default::default() }),
+            (b"STATUS=warming up\nREADY=1\n", Message { ready: Some(true), ..Default::default() }),
+            (b"RELOADING=1\nMONOTONIC_USEC=5", Message { ready: Some(false), ..Default::default() }),
+            (b"WATCHDOG=1", Message { keepalive: true, ..Default::default() }),
+            (b"WATCHDOG=trigger", Message { trigger: true, ..Default::default() }),
+            (b"READY=0\nREADY=11\nready=1", Message::default()),
+        ];
+        for (data, want) in table {
+            assert_eq!(&Message::parse(data), want, "{:?}", String::from_utf8_lossy(data));
+        }
+    }
+
+    #[test]
+    fn a_message_arrives_with_the_senders_pid() {
+        let mut s = NotifySocket::open().unwrap();
+        assert!(s.name().starts_with('@'));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        s.listen(move |pid, m| {
+            let _ = tx.send((pid, m));
+        })
+        .unwrap();
+        let out = std::process::Command::new("sh").arg("-c").arg("true").status().unwrap();
+        assert!(out.success());
+        let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&s.name().as_bytes()[1..]).unwrap();
+        client.send_to_addr(b"READY=1", &addr).unwrap();
+        let (pid, m) = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(pid, std::process::id() as i32);
+        assert_eq!(m.ready, Some(true));
+        s.quiet();
+        // Sent while nobody reads: waits in the socket for the next reader.
+        client.send_to_addr(b"WATCHDOG=1", &addr).unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        s.listen(move |pid, m| {
+            let _ = tx.send((pid, m));
+        })
+        .unwrap();
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap().1.keepalive);
+    }
+}
