@@ -175,6 +175,9 @@ pub(crate) enum Event {
     /// Too many exits within the `.give_up` window: a slot about to start
     /// again is `Failed` instead.
     GiveUp,
+    /// [`Event::Exited`] that reaches the `.give_up` limit: where the slot
+    /// would start again, it is `Failed` instead (no restart counted).
+    LastExit { exit: ChildExit, now: Instant },
 }
 
 /// What the core must do after a step.
@@ -333,6 +336,19 @@ pub(crate) fn step(slot: Slot, policy: &Policy, event: Event) -> (Slot, Vec<Effe
             )
         }
         (Pending { .. }, Event::GiveUp) => (Slot { phase: Failed, crashes }, Vec::new()),
+        (_, Event::LastExit { exit, now }) => {
+            let (next, effects) = step(slot, policy, Event::Exited { exit, now });
+            match next.phase {
+                Pending { .. } => (
+                    Slot { phase: Failed, crashes: next.crashes },
+                    effects
+                        .into_iter()
+                        .filter(|e| !matches!(e, Effect::CountRestart | Effect::CountRequestedRestart))
+                        .collect(),
+                ),
+                _ => (next, effects),
+            }
+        }
         (Failed, Event::Restart { now }) => {
             (Slot { phase: Pending { due: now }, crashes: 0 }, vec![Effect::CountRequestedRestart])
         }
@@ -755,6 +771,14 @@ mod tests {
         assert_eq!(fx, vec![Effect::CountRequestedRestart]);
         let (_, fx) = step(failed, &p, Event::Stop { now: t0 });
         assert_eq!(fx, vec![Effect::Vacate]);
+        // The last exit: failed at once, no restart counted; with a policy
+        // that does not restart, the slot is idle as usual.
+        let running = Slot { phase: Phase::Running { pid: 1, since: t0 }, crashes: 0 };
+        let (slot, fx) = step(running, &p, Event::LastExit { exit: ChildExit::Code(1), now: ms(t0, 5000) });
+        assert_eq!((slot.phase, fx), (Phase::Failed, vec![]));
+        let never = policy(Restart::Never, 0);
+        let (slot, _) = step(running, &never, Event::LastExit { exit: ChildExit::Code(1), now: ms(t0, 5000) });
+        assert_eq!(slot.phase, Phase::Idle);
         // Give up applies only to a slot about to start again.
         let running = Slot { phase: Phase::Running { pid: 1, since: t0 }, crashes: 0 };
         assert_eq!(step(running, &p, Event::GiveUp), (running, vec![]));

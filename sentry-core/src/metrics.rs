@@ -52,6 +52,8 @@ struct Metrics {
     slots: IntGaugeVec,
     restarts: IntCounterVec,
     flapping: IntGaugeVec,
+    ready: IntGaugeVec,
+    entry_state: IntGaugeVec,
     last_exit_time: IntGaugeVec,
     last_exit_code: IntGaugeVec,
     last_exit_signal: IntGaugeVec,
@@ -102,6 +104,16 @@ impl Metrics {
                 &["entry", "cause"],
             ),
             flapping: gauges("sentry_entry_flapping", "1 when the entry had 5 or more failed exits within 60 s.", entry),
+            ready: gauges(
+                "sentry_process_ready",
+                "1 when the slot's process passes its readiness probe (or runs, without one), else 0.",
+                slot,
+            ),
+            entry_state: gauges(
+                "sentry_entry_state",
+                "1 for the entry's state (running, backoff, stopped, waiting for .after, failed after .give_up), 0 for the others.",
+                &["entry", "state"],
+            ),
             last_exit_time: gauges(
                 "sentry_entry_last_exit_timestamp_seconds",
                 "When the entry's latest exit happened (Unix time).",
@@ -202,6 +214,13 @@ impl Metrics {
             self.restarts.with_label_values(&[name, "exit"]).inc_by(e.restarts - requested);
             self.restarts.with_label_values(&[name, "requested"]).inc_by(requested);
             self.flapping.with_label_values(&[name]).set(i64::from(e.flapping));
+            for state in ["running", "backoff", "stopped", "waiting", "failed"] {
+                self.entry_state.with_label_values(&[name, state]).set(i64::from(e.state.as_str() == state));
+            }
+            for s in &e.slots {
+                let ready = s.ready.unwrap_or(s.state == SlotState::Running);
+                self.ready.with_label_values(&[name, &s.index.to_string()]).set(i64::from(ready));
+            }
             if let Some(last) = e.last_exits.iter().max_by_key(|x| x.at) {
                 self.last_exit_time.with_label_values(&[name]).set(last.at as i64);
                 self.last_exit_code.with_label_values(&[name]).set(last.code.map_or(-1, i64::from));

@@ -200,11 +200,12 @@ impl Probe {
         if matches!(self.check, Check::Notify) {
             return self.what();
         }
+        let delay =
+            if self.initial_delay.is_zero() { String::new() } else { format!(" from {:?}", self.initial_delay) };
         format!(
-            "{}, every {:?} after {:?}, timeout {:?}, {} failure(s) / {} success(es)",
+            "{}, every {:?}{delay}, timeout {:?}, {} failure(s) / {} success(es)",
             self.what(),
             self.period,
-            self.initial_delay,
             self.timeout,
             self.failures,
             self.successes
@@ -318,7 +319,7 @@ pub(crate) struct Context {
 
 /// One check: `Ok` if it passed, else why not. Takes at most about the
 /// probe's timeout (a function probe's call is abandoned then).
-pub(crate) fn check(probe: &Probe, ctx: &Context, worker: Option<&FuncWorker>) -> Result<(), String> {
+pub(crate) fn check(probe: &Probe, ctx: &Context, worker: Option<&Arc<FuncWorker>>) -> Result<(), String> {
     let deadline = Instant::now() + probe.timeout;
     match &probe.check {
         Check::Exec { command, args } => run_exec(command, args, ctx, deadline),
@@ -450,7 +451,9 @@ fn run_exec(command: &str, args: &[String], ctx: &Context, deadline: Instant) ->
     }
 }
 
-/// The thread a function probe's calls run on, one call at a time.
+/// The thread a function probe's calls run on, one call at a time. One per
+/// probe of an entry, shared by the probers of all its processes: a hung
+/// call holds this one thread and no other.
 pub(crate) struct FuncWorker {
     go: Sender<()>,
     done: Receiver<Result<(), String>>,
@@ -463,16 +466,28 @@ pub(crate) struct FuncWorker {
 impl FuncWorker {
     /// A thread for `f`, named after `what`.
     pub fn start(f: Arc<dyn Fn() -> bool + Send + Sync + 'static>, what: &str) -> io::Result<FuncWorker> {
+        quiet_probe_panics();
         let (go, calls) = bounded::<()>(1);
+        let what_owned = what.to_string();
         let (answer, done) = bounded(1);
         let busy = Arc::new(AtomicBool::new(false));
         let flag = busy.clone();
         std::thread::Builder::new().name(format!("sentry-probe-fn {what}")).spawn(move || {
+            let mut told = false;
             for () in calls.iter() {
                 let result = match std::panic::catch_unwind(AssertUnwindSafe(|| f())) {
                     Ok(true) => Ok(()),
                     Ok(false) => Err("returned false".to_string()),
-                    Err(panic) => Err(format!("panicked: {}", panic_text(&panic))),
+                    Err(panic) => {
+                        let text = panic_text(&panic);
+                        // Said once (the hook keeps every panic off stderr).
+                        if !std::mem::replace(&mut told, true) {
+                            log::warn!(
+                                "the {what_owned} probe function panicked: {text} (each call counts as a failure)"
+                            );
+                        }
+                        Err(format!("panicked: {text}"))
+                    }
                 };
                 // A late answer (after a timeout) is dropped with the next call's.
                 let _ = answer.try_send(result);
@@ -485,11 +500,11 @@ impl FuncWorker {
     /// One call, waited for at most `timeout`. Never starts a second call
     /// while one is running.
     fn call(&self, timeout: Duration) -> Result<(), String> {
-        if self.busy.load(Ordering::SeqCst) {
+        if self.busy.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
             return Err("the previous call has not returned; not called again".to_string());
         }
+        // A late answer of an abandoned call is not this call's.
         while self.done.try_recv().is_ok() {}
-        self.busy.store(true, Ordering::SeqCst);
         if self.go.try_send(()).is_err() {
             self.busy.store(false, Ordering::SeqCst);
             return Err("its thread is gone".to_string());
@@ -506,6 +521,21 @@ impl FuncWorker {
             }
         }
     }
+}
+
+/// Keeps a probe function's panics off standard error: they are failures,
+/// said once per probe. Panics elsewhere go to the hook there was before.
+fn quiet_probe_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let probe = std::thread::current().name().is_some_and(|n| n.starts_with("sentry-probe-fn"));
+            if !probe {
+                previous(info);
+            }
+        }));
+    });
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -550,7 +580,7 @@ impl Tally {
 }
 
 /// Which of an entry's probes a note is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Which {
     Ready,
     Alive,
@@ -589,23 +619,25 @@ pub(crate) struct Prober {
 
 impl Prober {
     /// Starts probing row `gen`'s process; `ready_passing`: the readiness
-    /// state it starts from (a process adopted across a reload keeps its own).
+    /// state it starts from (a process adopted across a reload keeps its
+    /// own). A function probe calls through `workers` (its entry's, by
+    /// [`Which`]).
     pub fn start(
         gen: u64,
         ready: Option<Probe>,
         alive: Option<Probe>,
         ready_passing: bool,
         ctx: Context,
+        workers: [Option<Arc<FuncWorker>>; 2],
         report: impl Fn(ProbeNote) + Send + 'static,
     ) -> io::Result<Prober> {
         let mut probes = Vec::new();
         let start = Instant::now();
-        for (which, probe, passing) in [(Which::Ready, ready, ready_passing), (Which::Alive, alive, true)] {
+        let [ready_worker, alive_worker] = workers;
+        for (which, probe, passing, worker) in
+            [(Which::Ready, ready, ready_passing, ready_worker), (Which::Alive, alive, true, alive_worker)]
+        {
             let Some(probe) = probe.filter(|p| !p.is_notify()) else { continue };
-            let worker = match &probe.check {
-                Check::Func(f) => Some(FuncWorker::start(f.clone(), which.as_str())?),
-                _ => None,
-            };
             let due = start + probe.initial_delay;
             probes.push(Scheduled { which, probe, worker, due, tally: Tally::new(passing) });
         }
@@ -668,7 +700,7 @@ impl Prober {
 struct Scheduled {
     which: Which,
     probe: Probe,
-    worker: Option<FuncWorker>,
+    worker: Option<Arc<FuncWorker>>,
     due: Instant,
     tally: Tally,
 }

@@ -394,12 +394,109 @@ fn specs(scenario: &str) -> Vec<Spec> {
             watch("w", "x").on("rmem > 1g", "restart").on("rmem > 1x", "term").on("rmem > 1g", "exec @ 5 echo")
                 .on("rmem > 1g", "exec echo $FOO").on("cpu > 90", "term"),
         ],
+        // Health, order and limits (tests/health.rs). TPORT: a free port;
+        // TSIDE: a file each entry appends its name to when asked to stop.
+        "order" => {
+            let port = std::env::var("TPORT").unwrap_or_else(|_| "1".to_string());
+            let fast = |p: probe::Probe| p.period(Duration::from_millis(100)).timeout(Duration::from_millis(100));
+            vec![
+                entry("web", "sh", ["-c", &stopper("web")], 0, 1).after(["db"]),
+                entry("worker", "sh", ["-c", &stopper("worker")], 0, 1).binds_to(["web"]),
+                entry("db", "python3", ["-c", SLOW_DB], 0, 1).ready(fast(probe::tcp(&format!("127.0.0.1:{port}")))),
+            ]
+        }
+        "notify" => vec![
+            entry("notifier", "python3", ["-c", NOTIFIER], 0, 1)
+                .ready(probe::notify())
+                .watchdog(Duration::from_millis(800)),
+            entry("after-notify", "sleep", ["1000"], 0, 1).after(["notifier"]),
+            entry("silent", "python3", ["-c", SILENT], 0, 1).watchdog(Duration::from_millis(300)),
+        ],
+        "liveness" => {
+            let url = format!("http://127.0.0.1:{}/health", std::env::var("TPORT").unwrap_or_else(|_| "1".into()));
+            let ms = Duration::from_millis;
+            vec![entry("hangs", "python3", ["-c", HANGING_HTTP], 0, 1)
+                .ready(probe::http(&url).period(ms(100)).timeout(ms(100)))
+                .alive(probe::http(&url).period(ms(200)).timeout(ms(150)).failures(2))]
+        }
+        "probe-fn" => {
+            let ms = Duration::from_millis;
+            vec![
+                entry("panicky", "sleep", ["1000"], 0, 1)
+                    .ready(probe::func(|| panic!("a bug in the probe")).period(ms(100)).timeout(ms(100))),
+                entry("stuck", "sleep", ["1000"], 0, 1).alive(
+                    probe::func(|| loop {
+                        std::thread::park();
+                    })
+                    .period(ms(200))
+                    .timeout(ms(100))
+                    .failures(2),
+                ),
+            ]
+        }
+        "flap" => vec![
+            entry("flap", "sh", ["-c", "exit 1"], 0, 1).give_up(3, Duration::from_secs(60)),
+            entry("codes", "sh", ["-c", "exit 143"], 0, 1).restart(Restart::OnFailure).success_codes([0, 143]),
+            entry("finish", "sh", ["-c", "exit 125"], 0, 1).stop_codes([125]),
+        ],
+        "cycle" => vec![
+            entry("a", "sleep", ["1"], 0, 1).after(["b"]),
+            entry("b", "sleep", ["1"], 0, 1).binds_to(["c"]),
+            entry("c", "sleep", ["1"], 0, 1).after(["a"]),
+        ],
         other => {
             eprintln!("tconf: unknown scenario {other:?}");
             std::process::exit(3)
         }
     }
 }
+
+/// A shell loop that appends NAME to $TSIDE when asked to stop.
+fn stopper(name: &str) -> String {
+    format!("trap 'echo {name} >> \"$TSIDE\"; exit 0' TERM; while :; do sleep 0.05; done")
+}
+
+/// A server that takes 1.5 s to listen on $TPORT, and says `db` in $TSIDE when asked to stop.
+const SLOW_DB: &str = r#"import os, signal, socket, sys, time
+def bye(*_):
+    open(os.environ['TSIDE'], 'a').write('db\n'); sys.exit(0)
+signal.signal(signal.SIGTERM, bye)
+time.sleep(1.5)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(os.environ['TPORT']))); s.listen(64)
+while True:
+    c, _ = s.accept(); c.close()
+"#;
+
+/// Says READY=1 after a second, then WATCHDOG=1 every 100 ms (sd_notify(3)).
+const NOTIFIER: &str = r#"import os, socket, time
+a = os.environ['NOTIFY_SOCKET']
+a = '\0' + a[1:] if a.startswith('@') else a
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+time.sleep(1)
+s.sendto(b'STATUS=up\nREADY=1', a)
+while True:
+    time.sleep(0.1); s.sendto(b'WATCHDOG=1', a)
+"#;
+
+/// Sends one keep-alive, then none.
+const SILENT: &str = r#"import os, socket, time
+a = os.environ['NOTIFY_SOCKET']
+a = '\0' + a[1:] if a.startswith('@') else a
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'WATCHDOG=1', a)
+time.sleep(1000)
+"#;
+
+/// An HTTP server on $TPORT whose answers hang from 2 s after its start.
+const HANGING_HTTP: &str = r#"import http.server, os, time
+start = time.time()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if time.time() - start > 2: time.sleep(1000)
+        self.send_response(200); self.send_header('Content-Length', '0'); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['TPORT'])), H).serve_forever()
+"#;
 
 fn main() {
     let scenario = std::env::var("TCONF").unwrap_or_else(|_| "basic".to_string());

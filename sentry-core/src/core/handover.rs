@@ -139,6 +139,8 @@ impl Core {
         // Probes as the new configuration says, from the readiness each
         // process had.
         self.stop_probers(false);
+        // The functions are the new configuration's.
+        self.func_workers.clear();
         self.ensure_health();
     }
 

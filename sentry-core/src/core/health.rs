@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use super::{Command, Core, Role};
 use crate::lifecycle::{self, Event, Phase, Recovery, HEALTHY_RUN};
 use crate::notify::{Message, NotifySocket};
-use crate::probe::{Context, ProbeNote, Prober, Which};
+use std::sync::Arc;
+
+use crate::probe::{Check, Context, FuncWorker, Probe, ProbeNote, Prober, Which};
 
 impl Core {
     /// Opens the notify socket if an entry needs one and starts reading
@@ -70,9 +72,15 @@ impl Core {
         let probed = |p: &Option<crate::probe::Probe>| p.clone().filter(|p| !p.is_notify());
         let (ready_probe, alive_probe) = (probed(&config.ready), probed(&config.alive));
         let ctx = Context { pid, env: config.env.clone(), cwd: config.cwd.clone() };
+        let name = config.name.clone();
+        let workers = [(Which::Ready, &ready_probe), (Which::Alive, &alive_probe)].map(|(which, p)| match p {
+            Some(Probe { check: Check::Func(f), .. }) => self.func_worker(&name, which, f),
+            _ => None,
+        });
+        let config = &self.entries[i].config;
         let prober = if ready_probe.is_some() || alive_probe.is_some() {
             let tx = self.tx.clone();
-            match Prober::start(gen, ready_probe, alive_probe, ready, ctx, move |note| {
+            match Prober::start(gen, ready_probe, alive_probe, ready, ctx, workers, move |note| {
                 let _ = tx.send(Command::Probe(note));
             }) {
                 Ok(p) => Some(p),
@@ -94,6 +102,31 @@ impl Core {
         // The watchdog runs once the process is ready (a notify one says
         // so itself), as systemd's does.
         run.watchdog_at = watchdog.filter(|_| !notify_ready || ready).map(|d| crate::budget::later(now, d));
+    }
+
+    /// The thread entry `name`'s function probe `which` is called on:
+    /// one per probe, made on first use.
+    fn func_worker(
+        &mut self,
+        name: &str,
+        which: Which,
+        f: &Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> Option<Arc<FuncWorker>> {
+        let key = (name.to_string(), which);
+        if let Some(w) = self.func_workers.get(&key) {
+            return Some(w.clone());
+        }
+        match FuncWorker::start(f.clone(), &format!("{name} {}", which.as_str())) {
+            Ok(w) => {
+                let w = Arc::new(w);
+                self.func_workers.insert(key, w.clone());
+                Some(w)
+            }
+            Err(e) => {
+                log::warn!("cannot start the thread of {name}'s {} probe: {e}", which.as_str());
+                None
+            }
+        }
     }
 
     /// Stops every probe thread; `wait`: and waits for them (each ends
@@ -280,17 +313,32 @@ impl Core {
         }
     }
 
-    /// Records an exit (or a failed start) of slot `index` for `.give_up`;
-    /// past the limit, the slot is failed.
+    /// Records a failed start of slot `index` (now pending again) for
+    /// `.give_up`; at the limit, the slot is failed.
     pub(super) fn count_towards_give_up(&mut self, i: usize, index: usize, now: Instant) {
-        let limit = self.entries[i].config.give_up;
-        let Some(run) = self.entries[i].slots.get_mut(&index) else { return };
-        if !lifecycle::gives_up(&mut run.exits, now, limit) || !matches!(run.slot.phase, Phase::Pending { .. }) {
-            return;
+        if self.give_up_due(i, index, now) {
+            self.apply(i, index, Event::GiveUp);
+            self.gave_up(i, index);
         }
-        let Some((exits, within)) = limit else { return };
-        self.apply(i, index, Event::GiveUp);
-        let name = self.entries[i].config.name.clone();
+    }
+
+    /// Records an exit or failed start of slot `index` for `.give_up`;
+    /// says whether this one reaches the limit.
+    pub(super) fn give_up_due(&mut self, i: usize, index: usize, now: Instant) -> bool {
+        let limit = self.entries[i].config.give_up;
+        let Some(run) = self.entries[i].slots.get_mut(&index) else { return false };
+        lifecycle::gives_up(&mut run.exits, now, limit)
+    }
+
+    /// Says so if slot `index` was given up on.
+    pub(super) fn gave_up(&mut self, i: usize, index: usize) {
+        let e = &self.entries[i];
+        let (Some((exits, within)), Some(Phase::Failed)) =
+            (e.config.give_up, e.slots.get(&index).map(|r| r.slot.phase))
+        else {
+            return;
+        };
+        let name = e.config.name.clone();
         let text = format!(
             "Gave up on slot {index} after {exits} exit(s) within {within:?}: it stays down until restarted (restart {name})."
         );

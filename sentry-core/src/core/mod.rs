@@ -433,6 +433,8 @@ pub(crate) struct Core {
     notify: Option<crate::notify::NotifySocket>,
     /// Probe threads told to stop, joined once they have ended.
     old_probers: Vec<crate::probe::Prober>,
+    /// The threads function probes are called on, by entry and probe.
+    func_workers: HashMap<(String, crate::probe::Which), Arc<crate::probe::FuncWorker>>,
     options: CoreOptions,
     tx: Post,
     rx: Mailbox,
@@ -466,6 +468,7 @@ impl Core {
             events: None,
             notify: None,
             old_probers: Vec::new(),
+            func_workers: HashMap::new(),
             options,
             tx,
             rx,
@@ -504,10 +507,12 @@ impl Core {
             let stuck =
                 |name: &str| procs.values().any(|p| matches!(&p.role, Role::Stuck { entry, .. } if entry == name));
             self.entries.retain(|e| !(e.removed && e.slots.is_empty() && !stuck(&e.config.name)));
-            self.stop_in_order(now);
             self.old_probers.retain_mut(|p| !p.reap());
             self.check_groups(now);
             self.fire_due(now);
+            // After the groups were looked at: a follower that is gone now
+            // lets what it follows stop in this round.
+            self.stop_in_order(now);
             self.finish_reaps();
             self.join_closed();
             self.answer_waiters(now);
@@ -1060,9 +1065,10 @@ impl Core {
                 return;
             }
             e.record_exit(index, exit, exited_unix, asked, now);
-            self.apply(i, index, Event::Exited { exit, now });
-            if counted {
-                self.count_towards_give_up(i, index, now);
+            let last = counted && self.give_up_due(i, index, now);
+            self.apply(i, index, if last { Event::LastExit { exit, now } } else { Event::Exited { exit, now } });
+            if last {
+                self.gave_up(i, index);
             }
             if then != Some(AfterStop::Vacate) {
                 self.restart_bound(&entry, pid, now);
@@ -1387,9 +1393,11 @@ impl Core {
         let now = Instant::now();
         let e = &mut self.entries[i];
         e.record_exit(index, ChildExit::Unknown, sys::unix_now(), then == AfterStop::Respawn, now);
-        self.apply(i, index, Event::Exited { exit: ChildExit::Unknown, now });
-        if then != AfterStop::Respawn {
-            self.count_towards_give_up(i, index, now);
+        let last = then != AfterStop::Respawn && self.give_up_due(i, index, now);
+        let exit = ChildExit::Unknown;
+        self.apply(i, index, if last { Event::LastExit { exit, now } } else { Event::Exited { exit, now } });
+        if last {
+            self.gave_up(i, index);
         }
         self.restart_bound(&name, pid, now);
     }
