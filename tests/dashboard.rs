@@ -244,3 +244,37 @@ fn the_dashboard_scales_restarts_and_shows_events_in_a_real_browser() {
     browser.screenshot(&shot);
     assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"), "a PNG at {}", shot.display());
 }
+
+#[test]
+fn the_dashboard_shows_health_order_and_failures() {
+    let browser = match Browser::start() {
+        Ok(b) => b,
+        Err(why) => {
+            eprintln!("skipped: {why} (Debian's chromium and chromium-driver; .ci/run installs them)");
+            return;
+        }
+    };
+    let s = Sentry::start(TCONF, "flap", &[]);
+    wait_for("flap to be given up on", || (s.entry("flap")["state"] == "failed").then_some(()));
+    let addr = std::fs::read_to_string(s.file("tconf.addr")).unwrap().trim().to_string();
+    let token = std::fs::read_to_string(s.file("tconf.token")).unwrap().trim().to_string();
+    browser.go(&format!("http://{addr}/"));
+    browser.find("[data-entry=\"flap\"]");
+    browser.type_into("#token", &token);
+    browser.click("#save-token");
+    let shown = |b: &Browser| -> String {
+        b.eval("const e = document.querySelector('[data-entry=\"flap\"]'); return e.querySelector('.pill').textContent + ' | ' + (e.querySelector('[data-order]') || {}).textContent;")
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_for("the failure on the page", || {
+        let t = shown(&browser);
+        (t.starts_with("failed | ") && t.contains("given up on slot 0")).then_some(())
+    });
+    // Restart brings it back: the page shows it leave `failed`.
+    browser.click("[data-entry=\"flap\"] button[data-act=\"restart\"]");
+    wait_for("the restart to reach the instance", || (s.entry("flap")["restarts"].as_u64()? >= 3).then_some(()));
+    let kinds = browser.eval("return [...document.querySelectorAll('#events li')].map(l => l.dataset.kind);");
+    assert!(kinds.as_array().unwrap().iter().any(|k| k == "failed"), "{kinds}");
+}

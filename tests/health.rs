@@ -61,6 +61,7 @@ fn a_dependent_waits_for_readiness_and_the_order_holds_at_shutdown_and_across_a_
     let ready = line_of(&console, &[&format!("db.{db}"), "Ready."]).expect("db's Ready line");
     let started = line_of(&console, &[&format!("web.{web_pid}"), "Started"]).expect("web's Started line");
     assert!(ready < started, "web started before db was ready:\n{console}");
+    assert!(console.contains("Waiting for db to be ready."), "{console}");
     assert_eq!(s.entry("web")["state"], "running");
 
     // Across a reload: the same processes, db still ready, nothing restarted.

@@ -776,6 +776,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_borrows_for_generic_args)] // `&[…]` is one of the forms SPEC promises
     fn probe_and_limit_values_are_checked() {
         let e = || entry("e", "sleep", ["1"], 0, 1);
         let table: Vec<(Spec, Option<&str>)> = vec![

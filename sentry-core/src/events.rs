@@ -186,7 +186,7 @@ fn kind_of(text: &str) -> &'static str {
         ("Gave up", "failed"),
         ("Restarted with", "restart"),
         ("Waiting for", "waiting"),
-        ("Stopped in order", "notice"),
+        ("Flapping", "flapping"),
     ];
     KINDS.iter().find(|(prefix, _)| text.starts_with(prefix)).map_or("notice", |(_, kind)| kind)
 }

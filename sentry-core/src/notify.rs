@@ -50,6 +50,14 @@ impl Message {
         m
     }
 
+    /// `later` said after this one: the later readiness wins; keep-alives
+    /// and triggers add up.
+    pub fn merge(&mut self, later: Message) {
+        self.ready = later.ready.or(self.ready);
+        self.keepalive |= later.keepalive;
+        self.trigger |= later.trigger;
+    }
+
     /// Whether it says anything Sentry acts on.
     pub fn is_empty(&self) -> bool {
         *self == Message::default()
@@ -67,6 +75,8 @@ pub(crate) struct NotifySocket {
 
 /// The largest datagram read; the rest of a longer one is cut off.
 const MAX_MESSAGE: usize = 4096;
+/// The most senders merged in one look at the socket (the rest wait).
+const MAX_SENDERS: usize = 256;
 
 impl NotifySocket {
     /// A new socket with a name no other instance has.
@@ -112,11 +122,22 @@ impl NotifySocket {
                 if fds[1].revents != 0 {
                     return;
                 }
-                // Everything queued, then back to the wait.
+                // Everything queued, merged by sender (a child that floods
+                // the socket costs the core one message per look), then
+                // back to the wait.
+                let mut batch: Vec<(i32, Message)> = Vec::new();
                 while let Some((pid, message)) = receive(fd.as_fd(), &mut buf) {
-                    if let (Some(pid), false) = (pid, message.is_empty()) {
-                        deliver(pid, message);
+                    let (Some(pid), false) = (pid, message.is_empty()) else { continue };
+                    match batch.iter_mut().find(|(p, _)| *p == pid) {
+                        Some((_, m)) => m.merge(message),
+                        None => batch.push((pid, message)),
                     }
+                    if batch.len() >= MAX_SENDERS {
+                        break;
+                    }
+                }
+                for (pid, message) in batch {
+                    deliver(pid, message);
                 }
             }
         })?;

@@ -712,7 +712,8 @@ mod tests {
     #[test]
     fn tally_table() {
         // (starting state, results, successes, failures, changes seen)
-        let table: &[(bool, &[bool], u32, u32, &[Option<bool>])] = &[
+        type Row<'a> = (bool, &'a [bool], u32, u32, &'a [Option<bool>]);
+        let table: &[Row] = &[
             (false, &[true], 1, 3, &[Some(true)]),
             (false, &[true, false, true, true], 2, 3, &[None, None, None, Some(true)]),
             (true, &[false, false, true, false, false, false], 1, 3, &[None, None, None, None, None, Some(false)]),

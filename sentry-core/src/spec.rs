@@ -54,7 +54,7 @@ pub struct Spec {
 
 #[derive(Clone, Debug)]
 pub(crate) enum SpecKind {
-    Entry(EntryFields),
+    Entry(Box<EntryFields>),
     Watch(WatchFields),
 }
 
@@ -116,7 +116,7 @@ pub(crate) struct RuleText {
 pub fn entry(name: &str, command: &str, args: impl IntoArgs, restart_delay_ms: u64, count: usize) -> Spec {
     Spec {
         name: name.to_string(),
-        kind: SpecKind::Entry(EntryFields {
+        kind: SpecKind::Entry(Box::new(EntryFields {
             command: command.to_string(),
             args: args.into_args(),
             delay_ms: restart_delay_ms,
@@ -139,7 +139,7 @@ pub fn entry(name: &str, command: &str, args: impl IntoArgs, restart_delay_ms: u
             give_up: None,
             success_codes: None,
             stop_codes: Vec::new(),
-        }),
+        })),
         children: false,
         rules: Vec::new(),
         problems: Vec::new(),

@@ -292,6 +292,20 @@ impl Core {
         self.shutting_down || e.removed || e.config.follows().any(|n| !self.entry_ready(n))
     }
 
+    /// Says once, until the entry starts a process, what its due starts wait for.
+    pub(super) fn announce_wait(&mut self, i: usize) {
+        if self.shutting_down || self.entries[i].removed || self.entries[i].announced_wait {
+            return;
+        }
+        let waiting = self.waiting_for(i);
+        if waiting.is_empty() {
+            return;
+        }
+        self.entries[i].announced_wait = true;
+        let name = self.entries[i].config.name.clone();
+        self.options.console.entry_event(&name, &name, &format!("Waiting for {} to be ready.", waiting.join(", ")));
+    }
+
     /// Whether entry `i`, which is ending, may stop now: no entry that
     /// follows it still has a process (one that outlived SIGKILL aside).
     pub(super) fn may_stop(&self, i: usize) -> bool {

@@ -317,6 +317,8 @@ struct EntryRun {
     /// Shutting down or removed, its stop has begun: it waited for the
     /// entries that follow it (`.after`) to be stopped first.
     stop_begun: bool,
+    /// Its held starts were announced ("Waiting for …"), until one starts.
+    announced_wait: bool,
 }
 
 impl EntryRun {
@@ -330,6 +332,7 @@ impl EntryRun {
             last_exits: BTreeMap::new(),
             failures: VecDeque::new(),
             stop_begun: false,
+            announced_wait: false,
             config,
         }
     }
@@ -1064,7 +1067,12 @@ impl Core {
                 self.count_towards_give_up(i, index, now);
                 return;
             }
+            let was_flapping = e.flapping(now);
             e.record_exit(index, exit, exited_unix, asked, now);
+            if !was_flapping && e.flapping(now) {
+                let text = format!("Flapping: {FLAPPING_EXITS} or more failed exits within the last minute.");
+                self.options.console.entry_event(&entry, &entry, &text);
+            }
             let last = counted && self.give_up_due(i, index, now);
             self.apply(i, index, if last { Event::LastExit { exit, now } } else { Event::Exited { exit, now } });
             if last {
@@ -1292,6 +1300,9 @@ impl Core {
                 .map(|(k, s)| (*k, matches!(s.slot.phase, Phase::Pending { .. })))
                 .collect();
             self.watchdog_due(i, now);
+            if held && due.iter().any(|(_, spawn)| *spawn) {
+                self.announce_wait(i);
+            }
             for (index, spawn) in due {
                 if spawn && held {
                     continue;
@@ -1444,6 +1455,7 @@ impl Core {
             return Event::SpawnFailed { now };
         }
         self.start_health(i, index, gen, pid, false, now);
+        self.entries[i].announced_wait = false;
         Event::Spawned { pid, now }
     }
 
