@@ -198,6 +198,44 @@ fn an_entry_that_keeps_exiting_is_given_up_on_until_restarted() {
 }
 
 #[test]
+fn a_reload_applies_the_order_to_what_it_starts_and_stops() {
+    let port = free_port();
+    let dir = TempDir::new("staged");
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (stage, side, go) = (p("stage"), p("side.txt"), p("go"));
+    std::fs::write(&stage, "1").unwrap();
+    let envs = [("TPORT", port.as_str()), ("TSIDE", side.as_str()), ("TSTAGE", stage.as_str()), ("TGO", go.as_str())];
+    let s = start_in(dir, "staged", &envs);
+    let first = s.wait_pids("app", 1)[0];
+    // Stage 2: app (changed) now comes after gate, which is not ready: its
+    // restart is held; a new entry after gate waits too.
+    std::fs::write(&stage, "2").unwrap();
+    reload_same_binary(&s);
+    wait_for("app's old process to be gone", || (!alive(first)).then_some(()));
+    let app = s.entry("app");
+    assert_eq!(app["state"], "waiting", "{app}");
+    assert_eq!(app["waiting_for"], serde_json::json!(["gate"]));
+    assert!(s.pids("app").is_empty() && s.pids("late").is_empty());
+    assert_eq!(s.entry("late")["state"], "waiting");
+    std::fs::write(&go, "").unwrap();
+    let second = s.wait_pids("app", 1)[0];
+    let late = s.wait_pids("late", 1)[0];
+    assert_eq!(slot(&s.entry("gate"), 0)["ready"], true, "started once gate was ready");
+    // Stage 3: gate and late are removed; late stops first, app runs on.
+    std::fs::write(&side, "").unwrap();
+    std::fs::write(&stage, "3").unwrap();
+    reload_same_binary(&s);
+    wait_for("the removed entries to be gone", || {
+        let st = s.status();
+        (st["entries"].as_array()?.len() == 1).then_some(())
+    });
+    assert!(!alive(late));
+    let order = std::fs::read_to_string(&side).unwrap();
+    assert_eq!(order.lines().collect::<Vec<_>>(), ["late", "gate"], "{order}");
+    assert_eq!(s.pids("app"), vec![second]);
+}
+
+#[test]
 fn a_cycle_in_the_start_order_is_refused_by_check_and_start() {
     let dir = TempDir::new("cycle");
     for cmd in ["check", "start"] {

@@ -439,6 +439,25 @@ fn specs(scenario: &str) -> Vec<Spec> {
             entry("codes", "sh", ["-c", "exit 143"], 0, 1).restart(Restart::OnFailure).success_codes([0, 143]),
             entry("finish", "sh", ["-c", "exit 125"], 0, 1).stop_codes([125]),
         ],
+        // The configuration in three stages ($TSTAGE holds 1, 2 or 3), for
+        // reloads that add and remove dependencies. TGO: gate listens once
+        // this file exists.
+        "staged" => {
+            let stage = std::env::var("TSTAGE").ok().and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
+            let port = std::env::var("TPORT").unwrap_or_else(|_| "1".to_string());
+            let ms = Duration::from_millis;
+            let gate = entry("gate", "python3", ["-c", GATE], 0, 1)
+                .ready(probe::tcp(&format!("127.0.0.1:{port}")).period(ms(100)).timeout(ms(100)));
+            match stage.trim() {
+                "1" => vec![entry("app", "sleep", ["1000"], 0, 1)],
+                "2" => vec![
+                    entry("app", "sleep", ["1001"], 0, 1).after(["gate"]),
+                    gate,
+                    entry("late", "sh", ["-c", &stopper("late")], 0, 1).after(["gate"]),
+                ],
+                _ => vec![entry("app", "sleep", ["1001"], 0, 1)],
+            }
+        }
         "cycle" => vec![
             entry("a", "sleep", ["1"], 0, 1).after(["b"]),
             entry("b", "sleep", ["1"], 0, 1).binds_to(["c"]),
@@ -462,6 +481,19 @@ def bye(*_):
     open(os.environ['TSIDE'], 'a').write('db\n'); sys.exit(0)
 signal.signal(signal.SIGTERM, bye)
 time.sleep(1.5)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(os.environ['TPORT']))); s.listen(64)
+while True:
+    c, _ = s.accept(); c.close()
+"#;
+
+/// Listens on $TPORT once $TGO exists; says `gate` in $TSIDE when asked to stop.
+const GATE: &str = r#"import os, signal, socket, sys, time
+def bye(*_):
+    open(os.environ['TSIDE'], 'a').write('gate\n'); sys.exit(0)
+signal.signal(signal.SIGTERM, bye)
+while not os.path.exists(os.environ['TGO']):
+    time.sleep(0.05)
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('127.0.0.1', int(os.environ['TPORT']))); s.listen(64)
 while True:
