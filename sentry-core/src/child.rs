@@ -99,7 +99,7 @@ pub(crate) fn spawn_helper(target: &str, argv: &[String], cgroup: Option<Borrowe
 
 /// A child's whole environment: what Sentry's own environment passes on,
 /// then `own` (later entries win), sorted by name.
-fn environment(own: Vec<(OsString, OsString)>) -> Vec<(OsString, OsString)> {
+pub(crate) fn environment(own: Vec<(OsString, OsString)>) -> Vec<(OsString, OsString)> {
     let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().filter(|(k, _)| passed_on(k.as_bytes())).collect();
     env.extend(own);
     env.into_iter().collect()

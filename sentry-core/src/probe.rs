@@ -90,7 +90,8 @@ impl PartialEq for Probe {
 }
 
 /// Runs `command args…` (not through a shell) in the entry's working
-/// directory and environment, plus `SENTRY_PID` (the probed process); exit
+/// directory and with the environment its processes get, plus `SENTRY_PID`
+/// (the probed process); exit
 /// status 0 passes. It runs in a process group of its own, which is killed
 /// at the timeout.
 pub fn exec(command: &str, args: impl IntoArgs) -> Probe {
@@ -310,8 +311,9 @@ impl HttpTarget {
 /// What a probe of a process needs to know about it.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Context {
-    /// The probed process.
+    /// The probed process, and its entry's name.
     pub pid: i32,
+    pub entry: String,
     /// The entry's environment additions and working directory (exec probes).
     pub env: Vec<(String, String)>,
     pub cwd: Option<std::path::PathBuf>,
@@ -400,13 +402,19 @@ fn timed_out(e: io::Error) -> String {
 }
 
 fn run_exec(command: &str, args: &[String], ctx: &Context, deadline: Instant) -> Result<(), String> {
+    // The environment a child of the entry gets (Sentry's own variables
+    // left out), plus the probed process's PID.
+    let mut own: Vec<(std::ffi::OsString, std::ffi::OsString)> =
+        ctx.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+    own.push(("SENTRY_ENTRY".into(), ctx.entry.clone().into()));
+    own.push(("SENTRY_PID".into(), ctx.pid.to_string().into()));
     let mut cmd = Command::new(command);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .env("SENTRY_PID", ctx.pid.to_string())
-        .envs(ctx.env.iter().map(|(k, v)| (k, v)))
+        .env_clear()
+        .envs(crate::child::environment(own))
         .process_group(0);
     if let Some(cwd) = &ctx.cwd {
         cmd.current_dir(cwd);

@@ -71,7 +71,7 @@ impl Core {
         let notify_ready = config.ready.as_ref().is_some_and(|p| p.is_notify());
         let probed = |p: &Option<crate::probe::Probe>| p.clone().filter(|p| !p.is_notify());
         let (ready_probe, alive_probe) = (probed(&config.ready), probed(&config.alive));
-        let ctx = Context { pid, env: config.env.clone(), cwd: config.cwd.clone() };
+        let ctx = Context { pid, entry: config.name.clone(), env: config.env.clone(), cwd: config.cwd.clone() };
         let name = config.name.clone();
         let workers = [(Which::Ready, &ready_probe), (Which::Alive, &alive_probe)].map(|(which, p)| match p {
             Some(Probe { check: Check::Func(f), .. }) => self.func_worker(&name, which, f),
