@@ -194,15 +194,16 @@ fn base64(text: &str) -> Vec<u8> {
         .collect()
 }
 
+/// A browser, or `None` (said) where chromium and its driver are missing.
+fn browser() -> Option<Browser> {
+    Browser::start()
+        .map_err(|why| eprintln!("skipped: {why} (Debian's chromium and chromium-driver; .ci/run installs them)"))
+        .ok()
+}
+
 #[test]
 fn the_dashboard_scales_restarts_and_shows_events_in_a_real_browser() {
-    let browser = match Browser::start() {
-        Ok(b) => b,
-        Err(why) => {
-            eprintln!("skipped: {why} (Debian's chromium and chromium-driver; .ci/run installs them)");
-            return;
-        }
-    };
+    let Some(browser) = browser() else { return };
     let s = Sentry::start(TCONF, "basic", &[]);
     s.wait_pids("idle", 2);
     let addr = std::fs::read_to_string(s.file("tconf.addr")).unwrap().trim().to_string();
@@ -247,13 +248,7 @@ fn the_dashboard_scales_restarts_and_shows_events_in_a_real_browser() {
 
 #[test]
 fn the_dashboard_shows_health_order_and_failures() {
-    let browser = match Browser::start() {
-        Ok(b) => b,
-        Err(why) => {
-            eprintln!("skipped: {why} (Debian's chromium and chromium-driver; .ci/run installs them)");
-            return;
-        }
-    };
+    let Some(browser) = browser() else { return };
     let s = Sentry::start(TCONF, "flap", &[]);
     wait_for("flap to be given up on", || (s.entry("flap")["state"] == "failed").then_some(()));
     let addr = std::fs::read_to_string(s.file("tconf.addr")).unwrap().trim().to_string();

@@ -343,7 +343,7 @@ impl Spec {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let names: Vec<String> = names.into_iter().map(|n| n.as_ref().to_string()).collect();
+        let names = owned(names);
         self.entry_only("after", |e| e.after.extend(names))
     }
 
@@ -356,7 +356,7 @@ impl Spec {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let names: Vec<String> = names.into_iter().map(|n| n.as_ref().to_string()).collect();
+        let names = owned(names);
         self.entry_only("binds_to", |e| e.binds_to.extend(names))
     }
 
@@ -407,6 +407,15 @@ impl Spec {
         }
         self
     }
+}
+
+/// A list of names as owned strings.
+fn owned<I>(names: I) -> Vec<String>
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
+    names.into_iter().map(|n| n.as_ref().to_string()).collect()
 }
 
 /// Anything that can be the argument list of an entry:
