@@ -235,6 +235,54 @@ fn a_reload_applies_the_order_to_what_it_starts_and_stops() {
     assert_eq!(s.pids("app"), vec![second]);
 }
 
+/// Processes whose command line is exactly `words`.
+fn processes_running(words: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = words.iter().flat_map(|w| w.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+#[test]
+fn an_exec_probe_runs_as_the_entry_in_its_cgroup_and_leaves_nothing_behind() {
+    if !cgroups_writable() || unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root and a writable cgroup v2 (.ci/run has both)");
+        return;
+    }
+    // A file the probe (as nobody) can write: in /tmp, not in the 0700 run directory.
+    let side = std::env::temp_dir().join(format!("sentry-exec-probe-{}.txt", std::process::id()));
+    std::fs::write(&side, "").unwrap();
+    std::fs::set_permissions(&side, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = Remove(side.clone());
+    let s = start("exec-probe", &[("TSIDE", side.to_str().unwrap())]);
+    wait_for("ready", || (slot(&s.entry("probed"), 0)["ready"] == true).then_some(()));
+    // As the entry's user (nobody), not as Sentry's root.
+    let uid = wait_for("the probe's uid", || std::fs::read_to_string(&side).ok().filter(|u| !u.is_empty()));
+    let nobody = std::process::Command::new("id").args(["-u", "nobody"]).output().unwrap();
+    assert_eq!(uid.trim(), text(&nobody.stdout).trim());
+    // Several checks later, what each left behind (setsid) is gone.
+    let before = s.entry("probed")["restarts"].clone();
+    std::thread::sleep(Duration::from_millis(1200));
+    let left = processes_running(&["sleep", "7777.25"]);
+    assert!(left.len() <= 1, "escaped probe processes pile up: {left:?}");
+    for pid in &left {
+        let cgroup = cgroup_of(*pid).unwrap_or_default();
+        assert!(cgroup.ends_with("/probed/0/sentry-probe"), "a probe's process outside the slot's cgroup: {cgroup}");
+    }
+    assert_eq!(s.entry("probed")["restarts"], before);
+    let out = s.cli(&["stop"]);
+    assert!(out.status.success());
+    wait_for("nothing of the probes left", || processes_running(&["sleep", "7777.25"]).is_empty().then_some(()));
+}
+
 #[test]
 fn a_cycle_in_the_start_order_is_refused_by_check_and_start() {
     let dir = TempDir::new("cycle");

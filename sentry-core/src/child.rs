@@ -118,7 +118,7 @@ fn passed_on(key: &[u8]) -> bool {
 /// Who a child of `entry` runs as, looked up before the clone (`getpwnam`,
 /// `getgrnam` and `getgrouplist` are not async-signal-safe): its ids, and
 /// the user's name and home when `.user` is given (`None` with only `.group`).
-fn credentials_of(entry: &EntryConfig) -> io::Result<(Option<Credentials>, Option<(OsString, PathBuf)>)> {
+pub(crate) fn credentials_of(entry: &EntryConfig) -> io::Result<(Option<Credentials>, Option<(OsString, PathBuf)>)> {
     use nix::unistd::{getgrouplist, Group, User};
     let not_found =
         |what: &str, name: &str| io::Error::new(io::ErrorKind::NotFound, format!("no such {what} {name:?}"));

@@ -784,7 +784,17 @@ fn restart(paths: &Paths, entry: &str) -> Outcome {
         return Ok(());
     }
     let e: crate::status::EntryStatus = answer(code, &body).map_err(fail)?;
-    println!("{}: restarted ({} restarts in all).", e.name, e.restarts);
+    if e.waiting_for.is_empty() {
+        println!("{}: restarted ({} restarts in all).", e.name, e.restarts);
+    } else {
+        // Stopped; its start is held for `.after`.
+        println!(
+            "{}: stopped; it starts once {} {} ready.",
+            e.name,
+            e.waiting_for.join(", "),
+            if e.waiting_for.len() == 1 { "is" } else { "are" }
+        );
+    }
     Ok(())
 }
 

@@ -75,6 +75,8 @@ pub(crate) struct NotifySocket {
 
 /// The largest datagram read; the rest of a longer one is cut off.
 const MAX_MESSAGE: usize = 4096;
+/// The most fds one message can pass (`SCM_MAX_FD`, include/net/scm.h).
+const SCM_MAX_FD: usize = 253;
 /// The most senders merged in one look at the socket (the rest wait).
 const MAX_SENDERS: usize = 256;
 
@@ -170,7 +172,10 @@ impl Drop for NotifySocket {
 /// One datagram: the sender's PID (from its credentials) and what it says;
 /// `None` once nothing is queued.
 fn receive(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> Option<(Option<i32>, Message)> {
-    let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [std::os::fd::RawFd; 16]);
+    // Room for the credentials and for as many fds as one message can pass
+    // (SCM_MAX_FD, 253: include/net/scm.h), so the control data is never
+    // cut short: every fd anyone sends is seen, and closed at once.
+    let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [std::os::fd::RawFd; SCM_MAX_FD]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = match recvmsg::<()>(
         fd.as_raw_fd(),
@@ -183,6 +188,11 @@ fn receive(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> Option<(Option<i3
         Err(_) => return None,
     };
     let mut pid = None;
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        // Cannot happen with the room above; if it did, the fds installed
+        // could not be read back to close them: say so.
+        log::warn!("a notify message's control data was cut short");
+    }
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
             match c {
@@ -205,6 +215,51 @@ fn receive(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> Option<(Option<i3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fds_passed_with_a_message_are_closed() {
+        use std::os::fd::AsRawFd;
+        let mut s = NotifySocket::open().unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        s.listen(move |pid, m| {
+            let _ = tx.send((pid, m));
+        })
+        .unwrap();
+        // A file of its own, so that other tests' fds do not count.
+        let path = std::env::temp_dir().join(format!("sentry-notify-fds-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let count = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter(|e| e.as_ref().is_ok_and(|e| std::fs::read_link(e.path()).ok().as_ref() == Some(&path)))
+                .count()
+        };
+        let fds = vec![file.as_raw_fd(); 200];
+        let before = count();
+        let client = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        let addr = UnixAddr::new_abstract(&s.name().as_bytes()[1..]).unwrap();
+        for _ in 0..20 {
+            let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+            nix::sys::socket::sendmsg(
+                client.as_raw_fd(),
+                &[std::io::IoSlice::new(b"READY=1")],
+                &cmsg,
+                MsgFlags::empty(),
+                Some(&addr),
+            )
+            .unwrap();
+        }
+        // Merged by sender: one delivery (or a few) for the twenty.
+        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap().1.ready, Some(true));
+        // 4 000 fds were passed; none is left open.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while count() > before && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(count(), before, "fds of the file left open");
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn messages() {

@@ -14,10 +14,10 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::panic::AssertUnwindSafe;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -89,11 +89,13 @@ impl PartialEq for Probe {
     }
 }
 
-/// Runs `command args…` (not through a shell) in the entry's working
-/// directory and with the environment its processes get, plus `SENTRY_PID`
-/// (the probed process); exit
-/// status 0 passes. It runs in a process group of its own, which is killed
-/// at the timeout.
+/// Runs `command args…` (not through a shell) as the entry's processes
+/// run: in its working directory, as its `.user`/`.group`, with the
+/// environment they get plus `SENTRY_PID` (the probed process); exit status
+/// 0 passes. Under cgroup containment it runs in a cgroup inside the probed
+/// process's own (so it is counted, stopped and cleaned up with it), and
+/// whatever it leaves behind is killed after each check (`cgroup.kill`);
+/// elsewhere in a process group of its own, killed after each check.
 pub fn exec(command: &str, args: impl IntoArgs) -> Probe {
     Probe::new(Check::Exec { command: command.to_string(), args: args.into_args() })
 }
@@ -226,13 +228,13 @@ impl Probe {
         }
         let too_long = |d: Duration| d > crate::budget::MAX_DURATION;
         if self.period < Duration::from_millis(10) || too_long(self.period) {
-            problems.push(format!(".period({:?}) must be from 10ms to 10 years", self.period));
+            problems.push(format!(".period({:?}) must be from 10ms to 7 days", self.period));
         }
         if self.timeout < Duration::from_millis(1) || self.timeout > self.period {
             problems.push(format!(".timeout({:?}) must be from 1ms to the period ({:?})", self.timeout, self.period));
         }
         if too_long(self.initial_delay) {
-            problems.push(format!(".initial_delay({:?}) is too long", self.initial_delay));
+            problems.push(format!(".initial_delay({:?}) is longer than 7 days", self.initial_delay));
         }
         if self.failures == 0 || self.successes == 0 {
             problems.push(".failures() and .successes() must be at least 1".to_string());
@@ -314,9 +316,16 @@ pub(crate) struct Context {
     /// The probed process, and its entry's name.
     pub pid: i32,
     pub entry: String,
-    /// The entry's environment additions and working directory (exec probes).
+    /// What an exec probe runs with: the entry's environment additions
+    /// (with `HOME`, `USER`, `LOGNAME` for `.user`), working directory and
+    /// credentials.
     pub env: Vec<(String, String)>,
     pub cwd: Option<std::path::PathBuf>,
+    pub credentials: Option<crate::spawn::Credentials>,
+    /// The probed process's cgroup, under cgroup containment: an exec
+    /// probe runs in a cgroup below it (`sentry-probe`), emptied with
+    /// `cgroup.kill` after each check.
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 /// One check: `Ok` if it passed, else why not. Takes at most about the
@@ -408,6 +417,14 @@ fn run_exec(command: &str, args: &[String], ctx: &Context, deadline: Instant) ->
         ctx.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
     own.push(("SENTRY_ENTRY".into(), ctx.entry.clone().into()));
     own.push(("SENTRY_PID".into(), ctx.pid.to_string().into()));
+    // Its cgroup, made and opened before the fork: the child only writes
+    // to an open fd before its exec.
+    let cgroup = match &ctx.cgroup {
+        Some(leaf) => Some(ProbeCgroup::open(leaf).map_err(|e| format!("cannot make its cgroup: {e}"))?),
+        None => None,
+    };
+    let place = cgroup.as_ref().map(|c| c.procs.as_raw_fd());
+    let credentials = ctx.credentials.clone();
     let mut cmd = Command::new(command);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -419,38 +436,107 @@ fn run_exec(command: &str, args: &[String], ctx: &Context, deadline: Instant) ->
     if let Some(cwd) = &ctx.cwd {
         cmd.current_dir(cwd);
     }
-    // SAFETY: prctl is async-signal-safe; the probe dies with its thread
-    // (this one), so a Sentry that is SIGKILLed leaves no probe behind.
+    // SAFETY: only async-signal-safe system calls between fork and exec
+    // (prctl, write, setgroups, setgid, setuid), on memory allocated before
+    // the fork. The probe dies with its thread (this one), so a Sentry that
+    // is SIGKILLed leaves no probe process behind (what it started is in
+    // the probed process's cgroup, emptied by the next start).
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(fd) = place {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some(c) = &credentials {
+                if let Some(groups) = &c.groups {
+                    if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                if libc::setgid(c.gid) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if let Some(uid) = c.uid {
+                    if libc::setuid(uid) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    let spawned = cmd.spawn().map_err(|e| format!("cannot run {command:?}: {e}"));
+    let result = spawned.and_then(|child| wait_exec(child, command, deadline));
+    if let Some(c) = cgroup {
+        c.empty();
+    }
+    result
+}
+
+/// The cgroup an exec probe runs in: `sentry-probe` inside the probed
+/// process's cgroup, its `cgroup.procs` open for the child to join.
+struct ProbeCgroup {
+    dir: std::path::PathBuf,
+    procs: std::fs::File,
+}
+
+impl ProbeCgroup {
+    fn open(leaf: &std::path::Path) -> io::Result<ProbeCgroup> {
+        let dir = leaf.join("sentry-probe");
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let procs = std::fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
+        Ok(ProbeCgroup { dir, procs })
+    }
+
+    /// Kills whatever the check left in it, and removes it once empty
+    /// (left for the next check, or the probed process's end, otherwise).
+    fn empty(self) {
+        let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+        for _ in 0..20 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Waits for an exec probe's process until `deadline`, then kills it.
+fn wait_exec(mut child: std::process::Child, command: &str, deadline: Instant) -> Result<(), String> {
+    use crate::lifecycle::ChildExit;
+    use nix::sys::signal::Signal::SIGKILL;
     let pid = child.id() as i32;
     // Waited on through a pidfd, so the timeout needs no polling.
     let pidfd = crate::sys::pidfd_open(pid).ok();
     loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            // Whatever it left in its group goes too.
-            crate::sys::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-            return match status.code() {
-                Some(0) => Ok(()),
-                Some(code) => Err(format!("{command:?} exited with {code}")),
-                None => Err(format!("{command:?} was killed by a signal")),
+        // Looked at without reaping: while the exited leader is a zombie,
+        // its PID and group number are still its own, so the group can be
+        // signalled (whatever it left there goes too) without any risk of
+        // hitting a stranger that got the number.
+        if let Some(exit) = crate::sys::peek_exit(pid) {
+            crate::sys::signal_group(pid, SIGKILL);
+            let _ = child.wait();
+            return match exit {
+                ChildExit::Code(0) => Ok(()),
+                ChildExit::Code(code) => Err(format!("{command:?} exited with {code}")),
+                ChildExit::Signal(_) | ChildExit::Unknown => Err(format!("{command:?} was killed by a signal")),
             };
         }
         let wait = deadline.saturating_duration_since(Instant::now());
         if wait.is_zero() {
-            crate::sys::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            crate::sys::signal_group(pid, SIGKILL);
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!("{command:?} did not finish within the timeout"));
         }
         match &pidfd {
             Some(fd) => {
-                use std::os::fd::AsRawFd;
                 let mut fds = [libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
                 let _ = crate::sys::poll(&mut fds, wait.as_millis().clamp(1, i32::MAX as u128) as i32);
             }
@@ -463,10 +549,13 @@ fn run_exec(command: &str, args: &[String], ctx: &Context, deadline: Instant) ->
 /// probe of an entry, shared by the probers of all its processes: a hung
 /// call holds this one thread and no other.
 pub(crate) struct FuncWorker {
-    go: Sender<()>,
-    done: Receiver<Result<(), String>>,
-    /// A call is running (possibly hung, past an earlier timeout).
-    busy: Arc<AtomicBool>,
+    /// A call, with where its answer goes (dropped by a caller that gave
+    /// up: a late answer goes nowhere).
+    go: Sender<Sender<Result<(), String>>>,
+    /// The turn to call: one token, taken by a caller and given back by
+    /// the thread when the call returns — so callers take turns, and a
+    /// call that never returns keeps it.
+    turn: Receiver<()>,
     /// A hung call was reported already.
     reported: Mutex<bool>,
 }
@@ -475,14 +564,13 @@ impl FuncWorker {
     /// A thread for `f`, named after `what`.
     pub fn start(f: Arc<dyn Fn() -> bool + Send + Sync + 'static>, what: &str) -> io::Result<FuncWorker> {
         quiet_probe_panics();
-        let (go, calls) = bounded::<()>(1);
+        let (go, calls) = bounded::<Sender<Result<(), String>>>(1);
+        let (give_back, turn) = bounded::<()>(1);
+        let _ = give_back.send(());
         let what_owned = what.to_string();
-        let (answer, done) = bounded(1);
-        let busy = Arc::new(AtomicBool::new(false));
-        let flag = busy.clone();
         std::thread::Builder::new().name(format!("sentry-probe-fn {what}")).spawn(move || {
             let mut told = false;
-            for () in calls.iter() {
+            for reply in calls.iter() {
                 let result = match std::panic::catch_unwind(AssertUnwindSafe(|| f())) {
                     Ok(true) => Ok(()),
                     Ok(false) => Err("returned false".to_string()),
@@ -497,27 +585,25 @@ impl FuncWorker {
                         Err(format!("panicked: {text}"))
                     }
                 };
-                // A late answer (after a timeout) is dropped with the next call's.
-                let _ = answer.try_send(result);
-                flag.store(false, Ordering::SeqCst);
+                let _ = reply.try_send(result);
+                let _ = give_back.send(());
             }
         })?;
-        Ok(FuncWorker { go, done, busy, reported: Mutex::new(false) })
+        Ok(FuncWorker { go, turn, reported: Mutex::new(false) })
     }
 
-    /// One call, waited for at most `timeout`. Never starts a second call
-    /// while one is running.
+    /// One call, once the call of another process's probe (if one runs)
+    /// has returned, waited for at most `timeout` each. Never starts a
+    /// second call while one is running.
     fn call(&self, timeout: Duration) -> Result<(), String> {
-        if self.busy.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-            return Err("the previous call has not returned; not called again".to_string());
+        if self.turn.recv_timeout(timeout).is_err() {
+            return Err(format!("an earlier call has not returned within {timeout:?}; not called again"));
         }
-        // A late answer of an abandoned call is not this call's.
-        while self.done.try_recv().is_ok() {}
-        if self.go.try_send(()).is_err() {
-            self.busy.store(false, Ordering::SeqCst);
+        let (reply, answer) = bounded(1);
+        if self.go.send(reply).is_err() {
             return Err("its thread is gone".to_string());
         }
-        match self.done.recv_timeout(timeout) {
+        match answer.recv_timeout(timeout) {
             Ok(result) => result,
             Err(_) => {
                 let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
@@ -716,6 +802,7 @@ struct Scheduled {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn tally_table() {
@@ -779,14 +866,39 @@ mod tests {
         assert!(w.call(Duration::from_millis(50)).unwrap_err().contains("not called again"));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         release.send(()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while w.busy.load(Ordering::SeqCst) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
         drop(release);
-        // Free again: the next call runs (and ends at once: `hold` is closed).
+        // Free again once it returned: the next call runs (and ends at once: `hold` is closed).
         assert_eq!(w.call(Duration::from_secs(10)), Ok(()));
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn callers_take_turns_and_a_slow_healthy_function_never_fails() {
+        use std::sync::atomic::AtomicU32;
+        // Three processes' probes call one 30 ms function at the same moments.
+        let running = Arc::new(AtomicU32::new(0));
+        let r = running.clone();
+        let w = Arc::new(
+            FuncWorker::start(
+                Arc::new(move || {
+                    assert_eq!(r.fetch_add(1, Ordering::SeqCst), 0, "two calls at once");
+                    std::thread::sleep(Duration::from_millis(30));
+                    r.fetch_sub(1, Ordering::SeqCst);
+                    true
+                }),
+                "test",
+            )
+            .unwrap(),
+        );
+        let callers: Vec<_> = (0..3)
+            .map(|_| {
+                let w = w.clone();
+                std::thread::spawn(move || (0..5).map(|_| w.call(Duration::from_millis(500))).collect::<Vec<_>>())
+            })
+            .collect();
+        for c in callers {
+            assert!(c.join().unwrap().iter().all(|r| r.is_ok()));
+        }
     }
 
     #[test]

@@ -70,6 +70,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Who the child runs as: raw ids, looked up by the caller before the clone.
+#[derive(Clone, Debug)]
 pub(crate) struct Credentials {
     pub uid: Option<libc::uid_t>,
     pub gid: libc::gid_t,

@@ -458,6 +458,13 @@ fn specs(scenario: &str) -> Vec<Spec> {
                 _ => vec![entry("app", "sleep", ["1001"], 0, 1)],
             }
         }
+        // An exec probe that says who it runs as in $TSIDE and leaves an
+        // escaped process behind at every check.
+        "exec-probe" => vec![entry("probed", "sleep", ["1000"], 0, 1).user("nobody").ready(
+            probe::exec("sh", ["-c", "id -u > \"$TSIDE\"; setsid sleep 7777.25 & exit 0"])
+                .period(Duration::from_millis(200))
+                .timeout(Duration::from_millis(150)),
+        )],
         "cycle" => vec![
             entry("a", "sleep", ["1"], 0, 1).after(["b"]),
             entry("b", "sleep", ["1"], 0, 1).binds_to(["c"]),

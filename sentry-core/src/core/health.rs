@@ -71,7 +71,21 @@ impl Core {
         let notify_ready = config.ready.as_ref().is_some_and(|p| p.is_notify());
         let probed = |p: &Option<crate::probe::Probe>| p.clone().filter(|p| !p.is_notify());
         let (ready_probe, alive_probe) = (probed(&config.ready), probed(&config.alive));
-        let ctx = Context { pid, entry: config.name.clone(), env: config.env.clone(), cwd: config.cwd.clone() };
+        // An exec probe runs as the entry's processes do, in their cgroup.
+        let execs =
+            [&ready_probe, &alive_probe].iter().any(|p| matches!(p, Some(Probe { check: Check::Exec { .. }, .. })));
+        let (credentials, user) =
+            if execs { crate::child::credentials_of(config).unwrap_or((None, None)) } else { (None, None) };
+        let mut env = config.env.clone();
+        if let Some((user, home)) = user {
+            for (key, value) in [("HOME", home.into_os_string()), ("USER", user.clone()), ("LOGNAME", user)] {
+                if !env.iter().any(|(k, _)| k == key) {
+                    env.push((key.to_string(), value.to_string_lossy().into_owned()));
+                }
+            }
+        }
+        let cgroup = self.procs.get(&gen).and_then(|r| r.cgroup.as_ref()).map(|c| c.path().to_path_buf());
+        let ctx = Context { pid, entry: config.name.clone(), env, cwd: config.cwd.clone(), credentials, cgroup };
         let name = config.name.clone();
         let workers = [(Which::Ready, &ready_probe), (Which::Alive, &alive_probe)].map(|(which, p)| match p {
             Some(Probe { check: Check::Func(f), .. }) => self.func_worker(&name, which, f),
@@ -264,20 +278,22 @@ impl Core {
         }
     }
 
-    /// Whether entry `name` is ready for those that follow it: every slot
-    /// up to its target runs and is ready (or has no readiness probe), or
-    /// exited with success and is not restarted. An entry no longer
-    /// configured holds nothing back.
+    /// Whether entry `name` is ready for those that follow it: it has a
+    /// process to run (an entry scaled to 0, for maintenance say, is not
+    /// ready), and every slot up to its target runs and is ready (or has no
+    /// readiness probe), or exited with success and is not restarted. An
+    /// entry no longer configured holds nothing back.
     pub(super) fn entry_ready(&self, name: &str) -> bool {
         let Some(e) = self.entries.iter().find(|e| e.config.name == name && !e.removed) else { return true };
         let probed = e.config.ready.is_some();
-        (0..e.target).all(|index| match e.slots.get(&index).map(|r| (r, r.slot.phase)) {
-            Some((r, Phase::Running { .. })) => !probed || r.ready,
-            Some((_, Phase::Idle)) => {
-                e.last_exits.get(&index).is_some_and(|(_, x)| e.config.success_codes.contains(*x))
-            }
-            _ => false,
-        })
+        e.target > 0
+            && (0..e.target).all(|index| match e.slots.get(&index).map(|r| (r, r.slot.phase)) {
+                Some((r, Phase::Running { .. })) => !probed || r.ready,
+                Some((_, Phase::Idle)) => {
+                    e.last_exits.get(&index).is_some_and(|(_, x)| e.config.success_codes.contains(*x))
+                }
+                _ => false,
+            })
     }
 
     /// The entries entry `i` waits for (`.after`, `.binds_to`) that are not ready.
