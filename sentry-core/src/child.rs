@@ -118,7 +118,10 @@ fn passed_on(key: &[u8]) -> bool {
 /// Who a child of `entry` runs as, looked up before the clone (`getpwnam`,
 /// `getgrnam` and `getgrouplist` are not async-signal-safe): its ids, and
 /// the user's name and home when `.user` is given (`None` with only `.group`).
-pub(crate) fn credentials_of(entry: &EntryConfig) -> io::Result<(Option<Credentials>, Option<(OsString, PathBuf)>)> {
+/// A `.user`'s name and home directory.
+pub(crate) type Login = (OsString, PathBuf);
+
+pub(crate) fn credentials_of(entry: &EntryConfig) -> io::Result<(Option<Credentials>, Option<Login>)> {
     use nix::unistd::{getgrouplist, Group, User};
     let not_found =
         |what: &str, name: &str| io::Error::new(io::ErrorKind::NotFound, format!("no such {what} {name:?}"));
