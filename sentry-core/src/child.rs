@@ -115,12 +115,12 @@ fn passed_on(key: &[u8]) -> bool {
     !dropped_prefix && !dropped
 }
 
-/// Who a child of `entry` runs as, looked up before the clone (`getpwnam`,
-/// `getgrnam` and `getgrouplist` are not async-signal-safe): its ids, and
-/// the user's name and home when `.user` is given (`None` with only `.group`).
 /// A `.user`'s name and home directory.
 pub(crate) type Login = (OsString, PathBuf);
 
+/// Who a child of `entry` runs as, looked up before the clone (`getpwnam`,
+/// `getgrnam` and `getgrouplist` are not async-signal-safe): its ids, and
+/// the user's name and home when `.user` is given (`None` with only `.group`).
 pub(crate) fn credentials_of(entry: &EntryConfig) -> io::Result<(Option<Credentials>, Option<Login>)> {
     use nix::unistd::{getgrouplist, Group, User};
     let not_found =
