@@ -46,9 +46,21 @@ fn a_dependent_waits_for_readiness_and_the_order_holds_at_shutdown_and_across_a_
     let side = dir.path().join("side.txt");
     let side_s = side.to_str().unwrap().to_string();
     let mut s = start_in(dir, "order", &[("TPORT", &port), ("TSIDE", &side_s)]);
-    // db takes 1.5 s to listen: until then web waits and has no process.
+    // db takes 3 s to listen: until then web waits and has no process.
+    // While web waits, the loop sleeps: a held start is not on its clock.
+    let cpu = || {
+        let f = stat_fields(s.pid()).unwrap();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let (ticks, t0) = (cpu(), std::time::Instant::now());
+    std::thread::sleep(Duration::from_millis(700));
+    let (used, over) = (cpu() - ticks, t0.elapsed());
     let web = s.entry("web");
     assert_eq!(web["state"], "waiting", "{web}");
+    assert!(
+        (used as f64) < over.as_secs_f64() * 100.0 * 0.5,
+        "{used} ticks of CPU in {over:?} while an entry waits: a busy loop"
+    );
     assert_eq!(web["waiting_for"], serde_json::json!(["db"]));
     assert!(s.pids("web").is_empty());
     assert_eq!(slot(&s.entry("db"), 0)["ready"], false);
@@ -107,6 +119,10 @@ fn notify_readiness_and_the_watchdog_work_and_cross_a_reload() {
         (s.entry("silent")["restarts_requested"].as_u64().unwrap() >= 1).then_some(())
     });
     assert!(s.console().contains("Watchdog: no WATCHDOG=1 within 300ms; restarting it."), "{}", s.console());
+    wait_for("WATCHDOG=trigger to restart its sender", || {
+        (s.entry("trigger")["restarts_requested"].as_u64().unwrap() >= 1).then_some(())
+    });
+    assert!(s.console().contains("Watchdog: it sent WATCHDOG=trigger; restarting it."), "{}", s.console());
     let notifier = s.pids("notifier");
     reload_same_binary(&s);
     assert_eq!(slot(&s.entry("notifier"), 0)["ready"], true);
@@ -170,23 +186,50 @@ fn a_probe_function_that_panics_or_never_returns_fails_without_harm() {
 
 #[test]
 fn an_entry_that_keeps_exiting_is_given_up_on_until_restarted() {
-    let s = start("flap", &[]);
+    let dir = TempDir::new("flap");
+    let stage = dir.path().join("stage").to_str().unwrap().to_string();
+    let s = start_in(dir, "flap", &[("TSTAGE", &stage)]);
     wait_for("flap to be failed", || (s.entry("flap")["state"] == "failed").then_some(()));
     let e = s.entry("flap");
     assert_eq!(slot(&e, 0)["state"], "failed");
     assert_eq!(e["restarts"], 2, "3 exits: started 3 times");
     assert!(s.console().contains("Gave up on slot 0 after 3 exit(s) within 60s"), "{}", s.console());
-    // It stays down, across a reload too.
+    // A start that fails (no such program) counts too.
+    wait_for("missing to be failed", || (s.entry("missing")["state"] == "failed").then_some(()));
+    assert!(s.console().contains("missing.0"), "{}", s.console());
+    // The history crosses a reload: slow-flap exited twice (3 s apart),
+    // the reload comes before its third exit, which is the last.
+    wait_for("slow-flap's second exit", || (s.entry("slow-flap")["restarts"] == 2).then_some(()));
     reload_same_binary(&s);
-    std::thread::sleep(Duration::from_millis(500));
     let e = s.entry("flap");
-    assert_eq!((e["state"].as_str(), e["restarts"].as_u64()), (Some("failed"), Some(2)), "{e}");
-    // A restart request brings it back (and it fails again, 3 exits later).
+    assert_eq!((e["state"].as_str(), e["restarts"].as_u64()), (Some("failed"), Some(2)), "stays down: {e}");
+    wait_for("slow-flap's third exit to fail it", || (s.entry("slow-flap")["state"] == "failed").then_some(()));
+    assert_eq!(s.entry("slow-flap")["restarts"], 2);
+    // Restarts and scalings a user asks for never count.
+    for _ in 0..3 {
+        assert!(s.cli(&["restart", "steady"]).status.success());
+    }
+    assert!(s.cli(&["scale", "steady", "0"]).status.success());
+    assert!(s.cli(&["scale", "steady", "1"]).status.success());
+    let steady = s.entry("steady");
+    assert_eq!(steady["state"], "running", "{steady}");
+    s.wait_pids("steady", 1);
+    // An entry that follows a one-shot job which succeeded runs.
+    s.wait_pids("after-oneshot", 1);
+    assert_eq!(s.entry("after-oneshot")["waiting_for"], serde_json::json!([]));
+    // A reload that changes the entry gives it another chance.
+    std::fs::write(&stage, "2").unwrap();
+    reload_same_binary(&s);
+    wait_for("the changed flap to run and fail again", || {
+        let e = s.entry("flap");
+        (e["restarts"].as_u64().unwrap() >= 5 && e["state"] == "failed").then_some(())
+    });
+    // So does a restart request.
     let out = s.cli(&["restart", "flap"]);
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     wait_for("flap to be restarted and fail again", || {
         let e = s.entry("flap");
-        (e["restarts"].as_u64().unwrap() >= 5 && e["state"] == "failed").then_some(())
+        (e["restarts"].as_u64().unwrap() >= 8 && e["state"] == "failed").then_some(())
     });
     // 143 is a success here, 125 a stop code: neither is restarted.
     for (name, code) in [("codes", 143), ("finish", 125)] {

@@ -381,6 +381,14 @@ fn after_exit(crashes: u32, since: Instant, exit: ChildExit, ended: Instant, pol
     }
 }
 
+/// Whether a liveness restart starts the back-off anew: the process ran
+/// `run` in all, the last `failing` of it failing its probe, so it had been
+/// healthy for the rest — [`HEALTHY_RUN`] or more resets, as a run of its
+/// own that long would.
+pub(crate) fn liveness_reset(run: Duration, failing: Duration) -> bool {
+    run.saturating_sub(failing) >= HEALTHY_RUN
+}
+
 /// Adds an exit at `now` to a slot's recent exits (kept to the window of
 /// `limit`, `.give_up(exits, within)`) and says whether the slot gives up:
 /// `exits` of them fall within `within`. Without a limit nothing is kept.
@@ -782,6 +790,17 @@ mod tests {
         // Give up applies only to a slot about to start again.
         let running = Slot { phase: Phase::Running { pid: 1, since: t0 }, crashes: 0 };
         assert_eq!(step(running, &p, Event::GiveUp), (running, vec![]));
+    }
+
+    #[test]
+    fn liveness_back_off_starts_anew_after_a_healthy_run() {
+        let s = Duration::from_secs;
+        // (ran, failing for, reset)
+        for (run, failing, reset) in
+            [(s(3), s(3), false), (s(12), s(3), false), (s(13), s(3), true), (s(60), s(0), true), (s(2), s(9), false)]
+        {
+            assert_eq!(liveness_reset(run, failing), reset, "{run:?} {failing:?}");
+        }
     }
 
     #[test]

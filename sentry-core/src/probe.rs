@@ -914,10 +914,22 @@ mod tests {
         let ctx = Context::default();
         assert_eq!(check(&exec("true", []), &ctx, None), Ok(()));
         assert!(check(&exec("false", []), &ctx, None).unwrap_err().contains("exited with 1"));
-        let slow = exec("sleep", ["5"]).timeout(Duration::from_millis(100));
-        let t = Instant::now();
+        // At the timeout the probe is killed, with what it started in its group.
+        let pidfile = std::env::temp_dir().join(format!("sentry-probe-pid-{}", std::process::id()));
+        let script = format!("sleep 5 & echo $! > {}; wait", pidfile.display());
+        let slow = exec("sh", ["-c", script.as_str()]).timeout(Duration::from_millis(300));
         assert!(check(&slow, &ctx, None).unwrap_err().contains("timeout"));
-        assert!(t.elapsed() < Duration::from_secs(4));
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let _ = std::fs::remove_file(&pidfile);
+        let gone = || {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gone() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(gone(), "the probe's own child {pid} outlived its timeout");
         // A listener that accepts but never answers: tcp passes, http times out.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();

@@ -411,6 +411,7 @@ fn specs(scenario: &str) -> Vec<Spec> {
                 .watchdog(Duration::from_millis(800)),
             entry("after-notify", "sleep", ["1000"], 0, 1).after(["notifier"]),
             entry("silent", "python3", ["-c", SILENT], 0, 1).watchdog(Duration::from_millis(300)),
+            entry("trigger", "python3", ["-c", TRIGGER], 0, 1).watchdog(Duration::from_secs(60)),
         ],
         "liveness" => {
             let url = format!("http://127.0.0.1:{}/health", std::env::var("TPORT").unwrap_or_else(|_| "1".into()));
@@ -434,11 +435,22 @@ fn specs(scenario: &str) -> Vec<Spec> {
                 ),
             ]
         }
-        "flap" => vec![
-            entry("flap", "sh", ["-c", "exit 1"], 0, 1).give_up(3, Duration::from_secs(60)),
-            entry("codes", "sh", ["-c", "exit 143"], 0, 1).restart(Restart::OnFailure).success_codes([0, 143]),
-            entry("finish", "sh", ["-c", "exit 125"], 0, 1).stop_codes([125]),
-        ],
+        // Limits and exit codes. $TSTAGE (a file) holding 2 changes `flap`.
+        "flap" => {
+            let stage = std::env::var("TSTAGE").ok().and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
+            let minute = Duration::from_secs(60);
+            let flap = entry("flap", "sh", ["-c", "exit 1"], 0, 1).give_up(3, minute);
+            vec![
+                if stage.trim() == "2" { flap.env("CHANGED", "yes") } else { flap },
+                entry("codes", "sh", ["-c", "exit 143"], 0, 1).restart(Restart::OnFailure).success_codes([0, 143]),
+                entry("finish", "sh", ["-c", "exit 125"], 0, 1).stop_codes([125]),
+                entry("slow-flap", "sh", ["-c", "exit 1"], 3000, 1).give_up(3, minute),
+                entry("missing", "/nonexistent/program", [], 0, 1).give_up(3, minute),
+                entry("steady", "sleep", ["1000"], 0, 1).give_up(2, minute),
+                entry("oneshot", "sh", ["-c", "exit 0"], 0, 1).restart(Restart::OnFailure),
+                entry("after-oneshot", "sleep", ["1000"], 0, 1).after(["oneshot"]),
+            ]
+        }
         // The configuration in three stages ($TSTAGE holds 1, 2 or 3), for
         // reloads that add and remove dependencies. TGO: gate listens once
         // this file exists.
@@ -482,12 +494,12 @@ fn stopper(name: &str) -> String {
     format!("trap 'echo {name} >> \"$TSIDE\"; exit 0' TERM; while :; do sleep 0.05; done")
 }
 
-/// A server that takes 1.5 s to listen on $TPORT, and says `db` in $TSIDE when asked to stop.
+/// A server that takes 3 s to listen on $TPORT, and says `db` in $TSIDE when asked to stop.
 const SLOW_DB: &str = r#"import os, signal, socket, sys, time
 def bye(*_):
     open(os.environ['TSIDE'], 'a').write('db\n'); sys.exit(0)
 signal.signal(signal.SIGTERM, bye)
-time.sleep(1.5)
+time.sleep(3)
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('127.0.0.1', int(os.environ['TPORT']))); s.listen(64)
 while True:
@@ -523,6 +535,15 @@ const SILENT: &str = r#"import os, socket, time
 a = os.environ['NOTIFY_SOCKET']
 a = '\0' + a[1:] if a.startswith('@') else a
 socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'WATCHDOG=1', a)
+time.sleep(1000)
+"#;
+
+/// Asks to be treated as hung (WATCHDOG=trigger) once, then waits.
+const TRIGGER: &str = r#"import os, socket, time
+a = os.environ['NOTIFY_SOCKET']
+a = '\0' + a[1:] if a.startswith('@') else a
+time.sleep(0.3)
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'WATCHDOG=trigger', a)
 time.sleep(1000)
 "#;
 

@@ -102,6 +102,12 @@ impl Core {
             }
             e.removed = false;
             e.config = config.clone();
+            // A changed entry starts its `.give_up` count afresh.
+            if changed {
+                for run in e.slots.values_mut() {
+                    run.exits.clear();
+                }
+            }
             if restart {
                 let indexes: Vec<usize> = e.slots.keys().copied().collect();
                 for index in indexes {
@@ -117,9 +123,6 @@ impl Core {
                     .map(|(k, _)| *k)
                     .collect();
                 for index in failed {
-                    if let Some(run) = self.entries[i].slots.get_mut(&index) {
-                        run.exits.clear();
-                    }
                     self.apply(i, index, Event::Restart { now });
                 }
             }

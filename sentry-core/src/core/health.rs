@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Command, Core, Role};
-use crate::lifecycle::{self, Event, Phase, Recovery, HEALTHY_RUN};
+use crate::lifecycle::{self, Event, Phase, Recovery};
 use crate::notify::{Message, NotifySocket};
 use std::sync::Arc;
 
@@ -220,7 +220,7 @@ impl Core {
         // A process that was healthy long enough starts the back-off anew.
         let alive = &self.entries[i].config.alive;
         let failing_for = alive.as_ref().map_or(Duration::ZERO, |p| p.period.saturating_mul(p.failures));
-        let reset = now.saturating_duration_since(since).saturating_sub(failing_for) >= HEALTHY_RUN;
+        let reset = lifecycle::liveness_reset(now.saturating_duration_since(since), failing_for);
         self.apply(i, index, Event::Recover { now, why: Recovery::Liveness { reset } });
     }
 
