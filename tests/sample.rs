@@ -13,16 +13,43 @@ use support::*;
 
 /// Builds `conf-examples`' `sample` with cargo and returns its path.
 fn build_sample() -> PathBuf {
+    build_example("sample")
+}
+
+/// Builds one of `conf-examples`' binaries with cargo and returns its path.
+fn build_example(name: &str) -> PathBuf {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = run(Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "conf-examples", "--bin", "sample", "--message-format=json"])
+        .args(["build", "--quiet", "-p", "conf-examples", "--bin", name, "--message-format=json"])
         .current_dir(&workspace));
     assert!(out.status.success(), "cargo build failed: {}", text(&out.stderr));
+    let suffix = format!("/{name}");
     text(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|m| m["executable"].as_str().filter(|e| e.ends_with("/sample")).map(PathBuf::from))
-        .expect("cargo reports the sample executable")
+        .find_map(|m| m["executable"].as_str().filter(|e| e.ends_with(&suffix)).map(PathBuf::from))
+        .expect("cargo reports the executable")
+}
+
+#[test]
+fn the_macro_and_typed_examples_are_the_same_configuration() {
+    // What `explain` says of their rules, order and probes (not of the
+    // processes it finds, which come and go).
+    let said = |name: &str| {
+        let dir = TempDir::new(name);
+        let out = run(Command::new(build_example(name)).args(["explain", "--dir"]).arg(dir.path()));
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .filter(|l| {
+                l.contains(" rule ") || l.starts_with("Start order") || l.starts_with("entry ") && l.contains(':')
+            })
+            .map(|l| l.split(": would fire").next().unwrap_or(l).to_string())
+            .collect::<Vec<_>>()
+    };
+    let (macros, typed) = (said("macros"), said("typed"));
+    assert!(macros.len() >= 5, "{macros:?}");
+    assert_eq!(macros, typed);
 }
 
 #[test]

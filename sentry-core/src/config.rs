@@ -720,6 +720,22 @@ fn validate_rules(spec: &Spec, problems: &mut Vec<String>) -> Vec<Rule> {
                         action.to_string()
                     ));
                 }
+                // What the text forms cannot say but typed values can.
+                if action.every().is_some_and(|d| d < Duration::from_secs(1)) {
+                    problems.push(format!(
+                        "{:?}: action {:?}: the rate limit must be at least 1s",
+                        spec.name,
+                        action.to_string()
+                    ));
+                }
+                if trigger.quantity == Quantity::Cpu && trigger.threshold > crate::rule::MAX_CPU_PERCENT {
+                    problems.push(format!(
+                        "{:?}: trigger {:?}: at most {}%",
+                        spec.name,
+                        trigger.to_string(),
+                        crate::rule::MAX_CPU_PERCENT
+                    ));
+                }
                 if action.is_entry_only() && !spec.is_entry() {
                     problems.push(format!(
                         "watch {:?}: action {:?} applies to entries only",

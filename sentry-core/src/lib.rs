@@ -76,7 +76,8 @@ mod output;
 pub mod probe;
 mod proc;
 mod reload;
-pub mod rule;
+/// The trigger and action languages (the `sentry-rules` crate).
+pub use sentry_rules as rule;
 mod run;
 mod signals;
 mod spawn;
@@ -104,5 +105,11 @@ pub use supervisor::{Options, Supervisor};
 /// Everything a configuration's `main.rs` needs.
 pub mod prelude {
     pub use crate::{entry, probe, sentry, watch, Error, Restart, Signal, Spec, Status, Supervisor};
+    // The checked forms (compile errors) and the typed builders of rules.
+    pub use crate::rule::{
+        cpu, days, gib, hours, kib, mib, minutes, rmem, seconds, treemem, vmem, Action, Pattern, Trigger, CMDLINE,
+        NAME, PID, RMEM, VMEM,
+    };
+    pub use sentry_macros::{action, duration, pattern, sentry, trigger};
     pub use std::time::Duration;
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::probe::Probe;
-use crate::rule::{Action, Trigger};
+use crate::rule::{Action, ExecAction, Pattern, Trigger};
 use crate::Signal;
 
 /// The largest number of processes one entry may ask for.
@@ -473,6 +473,13 @@ impl IntoPattern for String {
     }
 }
 
+/// The `pattern!` macro's value (its regex checked at compile time).
+impl IntoPattern for Pattern {
+    fn into_pattern(self) -> String {
+        self.as_str().to_string()
+    }
+}
+
 /// Anything that can be a rule's trigger: trigger text such as `"rmem > 900m"`,
 /// or an already parsed [`Trigger`].
 pub trait IntoTrigger {
@@ -520,5 +527,13 @@ impl IntoAction for String {
 impl IntoAction for Action {
     fn into_action(self) -> Result<Action, String> {
         Ok(self)
+    }
+}
+
+/// `Action::exec([…]).at_most_every(…)`, whose mistakes (an unknown `$VAR`)
+/// validation reports.
+impl IntoAction for ExecAction {
+    fn into_action(self) -> Result<Action, String> {
+        self.build()
     }
 }

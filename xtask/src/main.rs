@@ -117,13 +117,18 @@ fn new(name: &str, parent: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The recommended form: `sentry![…]` and the rule macros, so that
+/// mistakes are compile errors (the function form and strings work too).
 const MAIN_RS: &str = r#"//! A Sentry configuration: edit, then `reload` the running instance.
+//! `sentry![…]` checks names at compile time; `trigger!`, `action!`,
+//! `pattern!` and `duration!` check rules the same way.
 use sentry_core::prelude::*;
 
 fn main() {
-    sentry(vec![
+    sentry![
         // name, command, arguments, restart delay (ms), number of processes
         entry("dummy", "sleep", ["4"], 1000, 1),
-    ]);
+        // watch("browser", pattern!("firefox")).on(trigger!(rmem > 4g), action!(stop @ 10m)),
+    ];
 }
 "#;

@@ -1,4 +1,4 @@
-//! The trigger and action languages of rules. This module parses and displays
+//! The trigger and action languages of Sentry's rules. This crate parses and displays
 //! triggers (`rmem > 900m`, `cpu >= 90%`) and actions (`term`, `kill`,
 //! `stop @ 10m`, `restart`, `exec [@ 1h] PROGRAM ARGS…`), evaluates a trigger
 //! against a measured figure, and expands the words of an `exec` action into an
@@ -113,7 +113,7 @@ impl Comparison {
 // ---------------------------------------------------------------------------
 
 /// The largest cpu threshold accepted, in percent (a thousand busy cores).
-const MAX_CPU_PERCENT: u64 = 100_000;
+pub const MAX_CPU_PERCENT: u64 = 100_000;
 
 /// A condition on one measured figure of a process, such as `rmem > 900m`.
 ///
@@ -960,12 +960,274 @@ fn take_name(chars: &mut Chars<'_>) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// The same languages without text: typed builders
+// ---------------------------------------------------------------------------
+
+/// A quantity to compare, from [`rmem`], [`vmem`], [`cpu`] or [`treemem`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Measure(Quantity);
+
+/// Resident memory (bytes), as `rmem` in a trigger: `rmem().gt(gib(1))` is `rmem > 1g`.
+pub fn rmem() -> Measure {
+    Measure(Quantity::Rmem)
+}
+
+/// Virtual memory (bytes), as `vmem`.
+pub fn vmem() -> Measure {
+    Measure(Quantity::Vmem)
+}
+
+/// CPU in percent of one core, as `cpu`: `cpu().gt(90)` is `cpu > 90%`.
+pub fn cpu() -> Measure {
+    Measure(Quantity::Cpu)
+}
+
+/// The memory of a process tree (bytes), as `treemem`.
+pub fn treemem() -> Measure {
+    Measure(Quantity::Treemem)
+}
+
+impl Measure {
+    fn trigger(self, comparison: Comparison, threshold: u64) -> Trigger {
+        Trigger { quantity: self.0, comparison, threshold }
+    }
+
+    /// `QUANTITY > threshold` (bytes, or percent for [`cpu`]).
+    pub fn gt(self, threshold: u64) -> Trigger {
+        self.trigger(Comparison::Greater, threshold)
+    }
+
+    /// `QUANTITY >= threshold`.
+    pub fn ge(self, threshold: u64) -> Trigger {
+        self.trigger(Comparison::GreaterOrEqual, threshold)
+    }
+
+    /// `QUANTITY < threshold`.
+    pub fn lt(self, threshold: u64) -> Trigger {
+        self.trigger(Comparison::Less, threshold)
+    }
+
+    /// `QUANTITY <= threshold`.
+    pub fn le(self, threshold: u64) -> Trigger {
+        self.trigger(Comparison::LessOrEqual, threshold)
+    }
+}
+
+/// `n` KiB in bytes (the trigger language's `k`), saturating.
+pub const fn kib(n: u64) -> u64 {
+    n.saturating_mul(1 << 10)
+}
+
+/// `n` MiB in bytes (`m`), saturating.
+pub const fn mib(n: u64) -> u64 {
+    n.saturating_mul(1 << 20)
+}
+
+/// `n` GiB in bytes (`g`), saturating.
+pub const fn gib(n: u64) -> u64 {
+    n.saturating_mul(1 << 30)
+}
+
+/// `n` seconds (the duration language's `s`).
+pub const fn seconds(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// `n` minutes (`m`), saturating.
+pub const fn minutes(n: u64) -> Duration {
+    Duration::from_secs(n.saturating_mul(60))
+}
+
+/// `n` hours (`h`), saturating.
+pub const fn hours(n: u64) -> Duration {
+    Duration::from_secs(n.saturating_mul(3_600))
+}
+
+/// `n` days (`d`), saturating.
+pub const fn days(n: u64) -> Duration {
+    Duration::from_secs(n.saturating_mul(86_400))
+}
+
+/// `$NAME` in a word of [`Action::exec`]: the entry's or watch's name.
+pub const NAME: &str = "$NAME";
+/// `$PID`: the process id.
+pub const PID: &str = "$PID";
+/// `$RMEM`: resident memory in bytes.
+pub const RMEM: &str = "$RMEM";
+/// `$VMEM`: virtual memory in bytes.
+pub const VMEM: &str = "$VMEM";
+/// `$CMDLINE`: the process's command line.
+pub const CMDLINE: &str = "$CMDLINE";
+
+impl Action {
+    /// `stop @ every`.
+    pub fn stop(every: Duration) -> Action {
+        Action::Stop { every }
+    }
+
+    /// `exec PROGRAM ARGS…`, one word per item, never split further: `$NAME`,
+    /// `${PID}` (or [`NAME`], [`PID`] …) are variables, `\$` a dollar sign.
+    ///
+    /// ```
+    /// use sentry_rules::{hours, Action, NAME, PID};
+    /// let a = Action::exec(["logger", NAME, PID]).at_most_every(hours(1)).build().unwrap();
+    /// assert_eq!(a, Action::parse("exec @ 1h logger $NAME $PID").unwrap());
+    /// ```
+    pub fn exec<I>(words: I) -> ExecAction
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let words = words.into_iter().map(|w| Word::template(w.as_ref())).collect::<Result<Vec<_>, _>>();
+        let words = match words {
+            Ok(w) if w.is_empty() => Err("exec needs a program to run".to_string()),
+            Ok(w) if w[0].0.is_empty() => Err("the program name is empty".to_string()),
+            other => other,
+        };
+        ExecAction { words, every: None }
+    }
+}
+
+/// An `exec` action being built by [`Action::exec`]; its mistakes (an
+/// unknown `$VAR`, no program) are reported when it is used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecAction {
+    words: Result<Vec<Word>, String>,
+    every: Option<Duration>,
+}
+
+impl ExecAction {
+    /// Runs at most once per `every` (`exec @ every …`).
+    pub fn at_most_every(mut self, every: Duration) -> ExecAction {
+        self.every = Some(every);
+        self
+    }
+
+    /// The action, or what is wrong with it.
+    pub fn build(self) -> Result<Action, String> {
+        let every = self.every;
+        self.words.map(|words| Action::Exec { every, words }).map_err(|e| format!("invalid exec action: {e}"))
+    }
+}
+
+impl Word {
+    /// One word from `text`: `$VAR` and `${VAR}` are variables, `\x` is `x`,
+    /// everything else literal (spaces included: never split).
+    pub fn template(text: &str) -> Result<Word, String> {
+        let mut chars = text.chars().peekable();
+        let mut word = WordBuilder::default();
+        word.start();
+        while let Some(c) = chars.next() {
+            let step = match c {
+                '$' => read_variable(&mut chars, &mut word),
+                '\\' => {
+                    word.push_char(chars.next().unwrap_or('\\'));
+                    Ok(())
+                }
+                c => {
+                    word.push_char(c);
+                    Ok(())
+                }
+            };
+            step.map_err(|e| match e {
+                ActionError::Invalid(detail) => detail,
+                ActionError::UnknownVariable(v) => format!("unknown variable {v:?} (known: {KNOWN_VARIABLES})"),
+            })?;
+        }
+        Ok(Word(word.pieces))
+    }
+}
+
+/// A watch's pattern (a regex), checked where it was written — by the
+/// `pattern!` macro at compile time; validation checks it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pattern(String);
+
+impl Pattern {
+    /// A pattern whose regex was checked already (what `pattern!` expands to).
+    #[doc(hidden)]
+    pub fn from_checked(source: &str) -> Pattern {
+        Pattern(source.to_string())
+    }
+
+    /// The regex, as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The parsers as the macros use them: the error is what is wrong alone,
+/// quoting the offending piece (`unknown quantity "rss" …`), without the
+/// whole text around it — the macro points at the token instead.
+pub mod detail {
+    use super::*;
+
+    /// [`Trigger::parse`]'s detail.
+    pub fn trigger(text: &str) -> Result<Trigger, String> {
+        parse_trigger(text)
+    }
+
+    /// [`Action::parse`]'s detail.
+    pub fn action(text: &str) -> Result<Action, String> {
+        parse_action(text).map_err(|e| match e {
+            ActionError::Invalid(detail) => detail,
+            ActionError::UnknownVariable(v) => format!("unknown variable {v:?} (known: {KNOWN_VARIABLES})"),
+        })
+    }
+
+    /// [`parse_duration`]'s detail.
+    pub fn duration(text: &str) -> Result<Duration, String> {
+        duration_seconds(text.trim()).map(Duration::from_secs)
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typed_builders_mean_what_the_text_means() {
+        let table = [
+            (rmem().gt(gib(1)), "rmem > 1g"),
+            (vmem().le(mib(900)), "vmem <= 900m"),
+            (cpu().ge(90), "cpu >= 90%"),
+            (treemem().lt(kib(512)), "treemem < 512k"),
+        ];
+        for (typed, text) in table {
+            assert_eq!(typed, Trigger::parse(text).unwrap(), "{text}");
+        }
+        let actions = [
+            (Action::stop(minutes(10)), "stop @ 10m"),
+            (
+                Action::exec(["logger", NAME, PID]).at_most_every(hours(1)).build().unwrap(),
+                "exec @ 1h logger $NAME $PID",
+            ),
+            (
+                Action::exec(["notify-send", "$NAME ($PID) is big"]).build().unwrap(),
+                "exec notify-send \"$NAME ($PID) is big\"",
+            ),
+            (Action::exec(["echo", "\\$5"]).build().unwrap(), "exec echo '$5'"),
+        ];
+        for (typed, text) in actions {
+            assert_eq!(typed, Action::parse(text).unwrap(), "{text}");
+        }
+        assert!(Action::exec(["echo", "$FOO"]).build().unwrap_err().contains("unknown variable \"$FOO\""));
+        assert!(Action::exec(Vec::<String>::new()).build().is_err());
+        assert_eq!(days(2), Duration::from_secs(172_800));
+    }
+
+    #[test]
+    fn details_quote_the_offending_piece() {
+        assert!(detail::trigger("rss > 1g").unwrap_err().contains("\"rss\""));
+        assert!(detail::trigger("rmem >> 1g").unwrap_err().contains("\">>\""));
+        assert!(detail::trigger("rmem > 5q").unwrap_err().contains("\"q\""));
+        assert!(detail::action("exec echo $FOO").unwrap_err().contains("\"$FOO\""));
+        assert!(detail::duration("1y").unwrap_err().contains("\"y\""));
+    }
 
     const K: u64 = 1 << 10;
     const M: u64 = 1 << 20;

@@ -1,0 +1,4 @@
+use sentry_core::prelude::*;
+fn main() {
+    let _ = trigger!(rss > 1g);
+}
