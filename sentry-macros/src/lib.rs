@@ -304,7 +304,7 @@ struct Text {
 
 impl Text {
     /// Tokens joined by single spaces, except after a joint punctuation
-    /// (`>=`), after `$` (`$NAME`) and before `%` (`90%`). With `words`,
+    /// (`>=`), after `$` and `-` (`$NAME`, `-5m`) and before `%` (`90%`). With `words`,
     /// a string literal is one word of an `exec` action: written
     /// double-quoted, with `"` and `\` escaped and `$VAR`s left to expand.
     fn of(input: Tokens, words: bool) -> Text {
@@ -335,7 +335,8 @@ impl Text {
                         *glue = true;
                     }
                     self.push(&c, p.span(), glue);
-                    *glue = p.spacing() == Spacing::Joint || c == "$";
+                    // `$NAME`, `-5m` (refused as negative), `-t`.
+                    *glue = p.spacing() == Spacing::Joint || c == "$" || c == "-";
                 }
                 TokenTree::Ident(i) => self.push(&i.to_string(), i.span(), glue),
                 TokenTree::Literal(l) => {
