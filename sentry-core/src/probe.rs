@@ -1,8 +1,8 @@
 //! Health probes: what `.ready(probe)` and `.alive(probe)` are given
 //! ([`exec`], [`tcp`], [`http`], [`notify`], [`func`] and the knobs of
-//! [`Probe`]), how one check runs under its timeout ([`check`]), how
-//! consecutive results become a state ([`Tally`], pure), and the thread that
-//! probes one process on schedule ([`Prober`]). It reports to whoever
+//! [`Probe`]), how one check runs under its timeout (`check`), how
+//! consecutive results become a state (`Tally`, pure), and the thread that
+//! probes one process on schedule (`Prober`). It reports to whoever
 //! started it through a callback and knows nothing of slots, the core or
 //! HTTP serving. `notify()` probes are not run here: the child reports on
 //! the notify socket (`notify` module).

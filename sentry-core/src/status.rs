@@ -97,7 +97,7 @@ pub struct EntryStatus {
     #[serde(default)]
     pub restarts_requested: u64,
     pub state: EntryState,
-    /// At least [`FLAPPING_EXITS`] non-success exits within the last minute.
+    /// At least 5 non-success exits within the last minute.
     #[serde(default)]
     pub flapping: bool,
     pub processes: Vec<ProcessStatus>,
