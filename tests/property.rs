@@ -59,7 +59,7 @@ fn duration(rng: &mut Rng) -> Duration {
 fn rule(rng: &mut Rng, entry: bool) -> (&'static str, &'static str) {
     let trigger = rng.pick(&["rmem > 1k", "vmem > 1k", "cpu >= 0%", "rmem < 1g", "vmem > 100g"]);
     let actions: &[&str] = if entry {
-        &["term", "kill", "restart", "stop @ 1s", "exec true", "exec @ 7d true", "exec @ 1s true", "exec @ 36500d true"]
+        &["term", "kill", "restart", "stop @ 1s", "exec true", "exec @ 7d true", "exec @ 1s true", "exec @ 1h true"]
     } else {
         &["term", "kill", "stop @ 7d", "exec true $PID", "exec @ 1s true"]
     };

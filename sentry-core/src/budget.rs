@@ -34,7 +34,7 @@ pub const HELPERS_PER_RULE: usize = 4;
 /// The longest stop timeout, restart delay, scan interval or rule `@`
 /// duration a configuration may give: a week. Longer ones are refused by
 /// validation, so no deadline computed from a configuration can overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(7 * 86_400);
+pub const MAX_DURATION: Duration = crate::rule::MAX_DURATION;
 
 /// The soft open-file limit Sentry was given, once it raised its own
 /// (0: not raised, children inherit the limit in force).

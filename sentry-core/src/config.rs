@@ -721,12 +721,14 @@ fn validate_rules(spec: &Spec, problems: &mut Vec<String>) -> Vec<Rule> {
                     ));
                 }
                 // What the text forms cannot say but typed values can.
-                if action.every().is_some_and(|d| d < Duration::from_secs(1)) {
-                    problems.push(format!(
-                        "{:?}: action {:?}: the rate limit must be at least 1s",
-                        spec.name,
-                        action.to_string()
-                    ));
+                if let Some(d) = action.every().filter(|d| *d < Duration::from_secs(1) || d.subsec_nanos() != 0) {
+                    problems.push(format!("{:?}: the rate limit {d:?} must be whole seconds, at least 1s", spec.name));
+                }
+                if let Action::Exec { words, .. } = action {
+                    let nul = words.iter().flat_map(|w| &w.0).any(|p| matches!(p, Piece::Text(t) if t.contains('\0')));
+                    if nul {
+                        problems.push(format!("{:?}: an exec word contains a NUL byte", spec.name));
+                    }
                 }
                 if trigger.quantity == Quantity::Cpu && trigger.threshold > crate::rule::MAX_CPU_PERCENT {
                     problems.push(format!(
@@ -846,6 +848,10 @@ mod tests {
             (e().success_codes(Vec::<i32>::new()), Some("leaves no exit a success")),
             (e().watchdog(Duration::from_millis(1)), Some(".watchdog(1ms)")),
             (watch("w", "x").ready(probe::notify()), Some(".ready() applies to entries only")),
+            (e().on(cpu().gt(200_000), Action::Term), Some("at most 100000%")),
+            (e().on(rmem().gt(1), Action::stop(Duration::from_millis(1500))), Some("must be whole seconds")),
+            (e().on(rmem().gt(1), Action::exec(["echo", "a\0b"])), Some("NUL byte")),
+            (e().on(rmem().gt(1), Action::exec(["echo", "$FOO"])), Some("unknown variable \"$FOO\"")),
         ];
         for (spec, want) in table {
             let got = problems(vec![spec]);
@@ -1021,7 +1027,7 @@ mod tests {
             entry("rule", "true", [], 0, 1).on("rmem > 1g", "exec @ 8d echo").on("rmem > 2g", "stop @ 36500d"),
         ]);
         assert_eq!(p.len(), 5, "{p:#?}");
-        assert!(p.iter().all(|p| p.contains("maximum of 7 days")), "{p:#?}");
+        assert!(p.iter().all(|p| p.contains("maximum of 7 days") || p.contains("at most 7d")), "{p:#?}");
         assert!(p[0].contains("\"stop\"") && p[2].contains("\"scan\""), "{p:#?}");
         let fine = [
             entry("stop", "sleep", ["1"], week.as_millis() as u64, 1).stop_timeout(week).on("rmem > 1g", "stop @ 7d"),

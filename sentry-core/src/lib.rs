@@ -68,6 +68,7 @@ mod instance;
 mod leftovers;
 mod lifecycle;
 mod listener;
+pub mod locate;
 mod logfile;
 mod logs;
 mod metrics;
@@ -79,6 +80,7 @@ mod reload;
 /// The trigger and action languages (the `sentry-rules` crate).
 pub use sentry_rules as rule;
 mod run;
+pub mod scaffold;
 mod signals;
 mod spawn;
 mod spec;

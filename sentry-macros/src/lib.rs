@@ -34,7 +34,7 @@ use syn::{Expr, Lit, LitStr, Token};
 #[proc_macro]
 pub fn trigger(input: TokenStream) -> TokenStream {
     let input = Tokens::from(input);
-    let text = Text::of(input.clone(), false);
+    let text = Text::of(input.clone());
     match sentry_rules::detail::trigger(&text.text) {
         Ok(t) => trigger_tokens(&t).into(),
         Err(detail) => text.error(&format!("invalid trigger: {detail}"), &input).into(),
@@ -59,8 +59,35 @@ pub fn trigger(input: TokenStream) -> TokenStream {
 #[proc_macro]
 pub fn action(input: TokenStream) -> TokenStream {
     let input = Tokens::from(input);
-    let text = Text::of(input.clone(), true);
-    match sentry_rules::detail::action(&text.text) {
+    // `exec [@ DURATION]` is the language's head; each word after it is a
+    // string literal, made a word as `Action::exec` makes one
+    // (`Word::template`), then written in the language's quoting, which
+    // parses back to the same word.
+    let trees: Vec<TokenTree> = input.clone().into_iter().collect();
+    let exec = matches!(trees.first(), Some(TokenTree::Ident(i)) if i == "exec");
+    let head_len = match (exec, trees.get(1)) {
+        (false, _) => trees.len(),
+        (true, Some(TokenTree::Punct(p))) if p.as_char() == '@' => 3.min(trees.len()),
+        (true, _) => 1,
+    };
+    let head: Tokens = trees[..head_len].iter().cloned().collect();
+    let mut words = Vec::new();
+    for tree in &trees[head_len..] {
+        let word = match tree {
+            TokenTree::Literal(l) => match syn::parse_str::<LitStr>(&l.to_string()) {
+                Ok(s) if s.suffix().is_empty() => Word::template(&s.value()).map_err(|e| (l.span(), e)),
+                _ => Err((l.span(), "each word of exec is a plain string literal, e.g. \"notify-send\"".to_string())),
+            },
+            other => Err((other.span(), "each word of exec is a string literal, e.g. \"notify-send\"".to_string())),
+        };
+        match word {
+            Ok(w) => words.push(w.to_string()),
+            Err((span, e)) => return syn::Error::new(span, format!("invalid action: {e}")).to_compile_error().into(),
+        }
+    }
+    let text = Text::of(head);
+    let full = std::iter::once(text.text.clone()).chain(words).collect::<Vec<_>>().join(" ");
+    match sentry_rules::detail::action(&full) {
         Ok(a) => action_tokens(&a).into(),
         Err(detail) => text.error(&format!("invalid action: {detail}"), &input).into(),
     }
@@ -78,7 +105,7 @@ pub fn action(input: TokenStream) -> TokenStream {
 #[proc_macro]
 pub fn duration(input: TokenStream) -> TokenStream {
     let input = Tokens::from(input);
-    let text = Text::of(input.clone(), false);
+    let text = Text::of(input.clone());
     match sentry_rules::detail::duration(&text.text) {
         Ok(d) => duration_tokens(d).into(),
         Err(detail) => text.error(&format!("invalid duration: {detail}"), &input).into(),
@@ -104,6 +131,11 @@ pub fn pattern(input: TokenStream) -> TokenStream {
             return syn::Error::new(e.span(), "pattern! takes one string literal, a regex").to_compile_error().into()
         }
     };
+    if !lit.suffix().is_empty() {
+        return syn::Error::new(lit.span(), "pattern! takes a plain string literal (no suffix)")
+            .to_compile_error()
+            .into();
+    }
     let source = lit.value();
     match regex::Regex::new(&source) {
         Ok(_) => quote!(::sentry_core::rule::Pattern::from_checked(#source)).into(),
@@ -146,6 +178,10 @@ pub fn sentry(input: TokenStream) -> TokenStream {
     let mut seen: Vec<&str> = Vec::new();
     for item in &items {
         let Some((name, span)) = &item.name else { continue };
+        // Under `#[cfg(…)]` two items may share a name: one is compiled.
+        if item.conditional {
+            continue;
+        }
         let what = if item.entry { "entry" } else { "watch" };
         if !valid_name(name) {
             fail(*span, format!("{what} name {name:?} must be 1 to 64 characters from A-Z a-z 0-9 _ -"));
@@ -185,6 +221,8 @@ pub fn sentry(input: TokenStream) -> TokenStream {
 /// `watch("NAME", …)` at the start of a chain of builder calls.
 struct Item {
     entry: bool,
+    /// It has attributes (`#[cfg(…)]`): it may not be compiled.
+    conditional: bool,
     /// The name, if a literal.
     name: Option<(String, Span)>,
     /// `.after` and `.binds_to` names that are literals: (method, name, span).
@@ -193,6 +231,18 @@ struct Item {
 
 impl Item {
     fn of(expr: &Expr) -> Item {
+        let conditional = match expr {
+            Expr::MethodCall(m) => !m.attrs.is_empty(),
+            Expr::Call(c) => !c.attrs.is_empty(),
+            Expr::Paren(p) => !p.attrs.is_empty(),
+            _ => false,
+        };
+        let mut item = Item::chain(expr);
+        item.conditional = conditional;
+        item
+    }
+
+    fn chain(expr: &Expr) -> Item {
         let mut follows = Vec::new();
         let mut e = expr;
         loop {
@@ -215,17 +265,17 @@ impl Item {
                     };
                     let entry = func.as_deref() == Some("entry");
                     if !entry && func.as_deref() != Some("watch") {
-                        return Item { entry: false, name: None, follows };
+                        return Item { entry: false, conditional: false, name: None, follows };
                     }
                     let name = match c.args.first() {
                         Some(Expr::Lit(syn::ExprLit { lit: Lit::Str(s), .. })) => Some((s.value(), s.span())),
                         _ => None,
                     };
-                    return Item { entry, name, follows };
+                    return Item { entry, conditional: false, name, follows };
                 }
                 Expr::Paren(p) => e = &p.expr,
                 Expr::Group(g) => e = &g.expr,
-                _ => return Item { entry: false, name: None, follows },
+                _ => return Item { entry: false, conditional: false, name: None, follows },
             }
         }
     }
@@ -283,7 +333,9 @@ fn cycle(items: &[Item]) -> Option<(Vec<String>, Span)> {
     for item in items {
         let Some((name, span)) = &item.name else { continue };
         if let Some(c) = visit(items, name, &mut Vec::new(), &mut done) {
-            return Some((c, *span));
+            // Said at the first member of the cycle.
+            let first = items.iter().find_map(|i| i.name.as_ref().filter(|(n, _)| *n == c[0]).map(|(_, s)| *s));
+            return Some((c, first.unwrap_or(*span)));
         }
     }
     None
@@ -304,20 +356,19 @@ struct Text {
 
 impl Text {
     /// Tokens joined by single spaces, except after a joint punctuation
-    /// (`>=`), after `$` and `-` (`$NAME`, `-5m`) and before `%` (`90%`). With `words`,
-    /// a string literal is one word of an `exec` action: written
-    /// double-quoted, with `"` and `\` escaped and `$VAR`s left to expand.
-    fn of(input: Tokens, words: bool) -> Text {
+    /// (`>=`), after `$` and `-` (`-5m`) and before `%` (`90%`): Rust's
+    /// tokens carry no spaces, so `cpu > 90 %` is `cpu > 90%`.
+    fn of(input: Tokens) -> Text {
         let mut text = Text { text: String::new(), tokens: Vec::new() };
         let mut glue = true;
-        text.push_all(input, words, &mut glue);
+        text.push_all(input, &mut glue);
         text
     }
 
-    fn push_all(&mut self, input: Tokens, words: bool, glue: &mut bool) {
+    fn push_all(&mut self, input: Tokens, glue: &mut bool) {
         for tree in input {
             match tree {
-                TokenTree::Group(g) if g.delimiter() == Delimiter::None => self.push_all(g.stream(), words, glue),
+                TokenTree::Group(g) if g.delimiter() == Delimiter::None => self.push_all(g.stream(), glue),
                 TokenTree::Group(g) => {
                     // Not part of either language: kept so the parser names it.
                     let (open, close) = match g.delimiter() {
@@ -326,7 +377,7 @@ impl Text {
                         _ => ("[", "]"),
                     };
                     self.push(open, g.span_open(), glue);
-                    self.push_all(g.stream(), words, glue);
+                    self.push_all(g.stream(), glue);
                     self.push(close, g.span_close(), glue);
                 }
                 TokenTree::Punct(p) => {
@@ -339,18 +390,7 @@ impl Text {
                     *glue = p.spacing() == Spacing::Joint || c == "$" || c == "-";
                 }
                 TokenTree::Ident(i) => self.push(&i.to_string(), i.span(), glue),
-                TokenTree::Literal(l) => {
-                    let span = l.span();
-                    let token = l.to_string();
-                    let string = syn::parse_str::<LitStr>(&token).ok().map(|s| s.value());
-                    match string {
-                        Some(value) if words => {
-                            let quoted = format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""));
-                            self.push(&quoted, span, glue)
-                        }
-                        _ => self.push(&token, span, glue),
-                    }
-                }
+                TokenTree::Literal(l) => self.push(&l.to_string(), l.span(), glue),
             }
         }
     }
@@ -369,7 +409,12 @@ impl Text {
     /// (a token that is that text, else one that holds it, else where it
     /// starts in the text), or over the whole input.
     fn error(&self, message: &str, input: &Tokens) -> Tokens {
-        let span = quoted(message).iter().find_map(|q| self.span_of(q)).unwrap_or_else(|| {
+        let fragments = quoted(message);
+        let token = |(s, e, _): &&(usize, usize, Span)| &self.text[*s..*e];
+        // A token that is a quoted piece, else one that holds one, else
+        // where the last such text is (what is wrong comes after what is not).
+        let exact = fragments.iter().find_map(|q| self.tokens.iter().find(|t| token(t) == q).map(|t| t.2));
+        let span = exact.or_else(|| fragments.iter().find_map(|q| self.span_of(q))).unwrap_or_else(|| {
             if input.is_empty() {
                 Span::call_site()
             } else {
@@ -381,13 +426,10 @@ impl Text {
 
     fn span_of(&self, fragment: &str) -> Option<Span> {
         let token = |(s, e, _): &&(usize, usize, Span)| &self.text[*s..*e];
-        if let Some(t) = self.tokens.iter().find(|t| token(t) == fragment) {
-            return Some(t.2);
-        }
         if let Some(t) = self.tokens.iter().find(|t| !fragment.is_empty() && token(t).contains(fragment)) {
             return Some(t.2);
         }
-        let at = self.text.find(fragment)?;
+        let at = self.text.rfind(fragment)?;
         self.tokens.iter().find(|(s, e, _)| (*s..*e.max(&(s + 1))).contains(&at)).map(|t| t.2)
     }
 }

@@ -351,12 +351,16 @@ fn format_bytes(bytes: u64) -> String {
 // Durations
 // ---------------------------------------------------------------------------
 
-/// The longest duration accepted (100 years), so that adding it to an
-/// `Instant` can never overflow.
-const MAX_DURATION_SECS: u64 = 36_500 * 86_400;
+/// The longest duration accepted: a week — the longest rate limit, stop
+/// timeout, restart delay or interval a configuration may give, so that no
+/// deadline computed from one can overflow.
+const MAX_DURATION_SECS: u64 = 7 * 86_400;
+
+/// [`MAX_DURATION_SECS`] as a duration (7 days).
+pub const MAX_DURATION: Duration = Duration::from_secs(MAX_DURATION_SECS);
 
 /// Parses a rate-limit duration: a positive integer immediately followed by one
-/// unit `s`, `m`, `h` or `d` (seconds, minutes, hours, days), at most 36500d.
+/// unit `s`, `m`, `h` or `d` (seconds, minutes, hours, days), at most 7d.
 ///
 /// ```text
 /// 30s   10m   1h   2d
@@ -394,7 +398,7 @@ fn duration_seconds(text: &str) -> Result<u64, String> {
         }
         _ => return Err(format!("unknown unit {unit:?} (expected s, m, h or d)")),
     };
-    let too_long = || "too long (at most 36500d)".to_string();
+    let too_long = || "too long (at most 7d, a week)".to_string();
     let number = digits.parse::<u64>().map_err(|_| too_long())?;
     if number == 0 {
         return Err("must be positive (at least 1s)".to_string());
@@ -1065,8 +1069,9 @@ impl Action {
         Action::Stop { every }
     }
 
-    /// `exec PROGRAM ARGS…`, one word per item, never split further: `$NAME`,
-    /// `${PID}` (or [`NAME`], [`PID`] …) are variables, `\$` a dollar sign.
+    /// `exec PROGRAM ARGS…`, one word per item, never split further (see
+    /// [`Word::template`]: `$NAME`, `${PID}` — or [`NAME`], [`PID`] … — are
+    /// variables, `$$` a dollar sign, everything else literal).
     ///
     /// ```
     /// use sentry_rules::{hours, Action, NAME, PID};
@@ -1111,19 +1116,21 @@ impl ExecAction {
 }
 
 impl Word {
-    /// One word from `text`: `$VAR` and `${VAR}` are variables, `\x` is `x`,
-    /// everything else literal (spaces included: never split).
+    /// One word from `text`, as `action!`'s string literals and
+    /// [`Action::exec`]'s items are: `$VAR` and `${VAR}` are variables, `$$`
+    /// is a dollar sign, everything else is literal — spaces, quotes and
+    /// backslashes included (`a\.b` stays `a\.b`); never split.
     pub fn template(text: &str) -> Result<Word, String> {
         let mut chars = text.chars().peekable();
         let mut word = WordBuilder::default();
         word.start();
         while let Some(c) = chars.next() {
             let step = match c {
-                '$' => read_variable(&mut chars, &mut word),
-                '\\' => {
-                    word.push_char(chars.next().unwrap_or('\\'));
+                '$' if chars.next_if_eq(&'$').is_some() => {
+                    word.push_char('$');
                     Ok(())
                 }
+                '$' => read_variable(&mut chars, &mut word),
                 c => {
                     word.push_char(c);
                     Ok(())
@@ -1210,7 +1217,8 @@ mod tests {
                 Action::exec(["notify-send", "$NAME ($PID) is big"]).build().unwrap(),
                 "exec notify-send \"$NAME ($PID) is big\"",
             ),
-            (Action::exec(["echo", "\\$5"]).build().unwrap(), "exec echo '$5'"),
+            (Action::exec(["echo", "$$5"]).build().unwrap(), "exec echo '$5'"),
+            (Action::exec(["grep", "a\\.b", "C:\\dir"]).build().unwrap(), r"exec grep 'a\.b' 'C:\dir'"),
         ];
         for (typed, text) in actions {
             assert_eq!(typed, Action::parse(text).unwrap(), "{text}");
@@ -1427,7 +1435,8 @@ mod tests {
             ("1s", 1),
             (" 5m ", 300),
             ("007s", 7),
-            ("36500d", MAX_DURATION_SECS),
+            ("7d", MAX_DURATION_SECS),
+            ("168h", MAX_DURATION_SECS),
         ];
         for (input, seconds) in table {
             assert_eq!(parse_duration(input), Ok(Duration::from_secs(seconds)), "{input:?}");

@@ -62,12 +62,7 @@ fn parse_new(args: &[String]) -> Result<(String, PathBuf), String> {
         }
     }
     let name = name.ok_or(USAGE)?;
-    let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if !valid {
-        return Err(format!("{name:?} is not a valid name: a letter, then letters, digits, _ or - (64 at most)"));
-    }
+    sentry_core::scaffold::check_name(&name)?;
     let parent = match parent {
         Some(p) => p,
         None => PathBuf::from(std::env::var_os("HOME").ok_or("HOME is not set: give --dir")?).join(".sentry/conf"),
@@ -78,33 +73,12 @@ fn parse_new(args: &[String]) -> Result<(String, PathBuf), String> {
 /// Creates `parent/name` and builds it once.
 fn new(name: &str, parent: &Path) -> Result<(), String> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("no workspace")?;
-    let parent = if parent.is_absolute() {
-        parent.to_path_buf()
-    } else {
-        std::env::current_dir().map_err(|e| e.to_string())?.join(parent)
-    };
-    let dir = parent.join(name);
-    if dir.exists() {
-        return Err(format!("{} already exists", dir.display()));
-    }
-    let write = |path: &Path, text: &str| {
-        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
-    };
-    std::fs::create_dir_all(dir.join("src")).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    write(
-        &dir.join("Cargo.toml"),
-        &format!(
-            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n\
-             [dependencies]\nsentry-core = {{ path = {:?} }}\n\n\
-             # A configuration crate stands alone, outside any other workspace.\n[workspace]\n",
-            workspace.join("sentry-core")
-        ),
+    let dir = sentry_core::scaffold::create(
+        parent,
+        name,
+        &workspace.join("sentry-core"),
+        Some(&workspace.join("Cargo.lock")),
     )?;
-    write(&dir.join("src/main.rs"), MAIN_RS)?;
-    write(&dir.join(".gitignore"), "/target\n*.pid\n*.addr\n*.token\n*.out\n*.procs\n/log/\n")?;
-    // The checkout's lock file pins the versions it is tested with.
-    std::fs::copy(workspace.join("Cargo.lock"), dir.join("Cargo.lock"))
-        .map_err(|e| format!("cannot copy Cargo.lock: {e}"))?;
     println!("Created {}. Building it once…", dir.display());
     let binary =
         sentry_core::build::build(&dir, name, false, sentry_core::build::BUILD_TIMEOUT).map_err(|e| e.to_string())?;
@@ -116,19 +90,3 @@ fn new(name: &str, parent: &Path) -> Result<(), String> {
     );
     Ok(())
 }
-
-/// The recommended form: `sentry![…]` and the rule macros, so that
-/// mistakes are compile errors (the function form and strings work too).
-const MAIN_RS: &str = r#"//! A Sentry configuration: edit, then `reload` the running instance.
-//! `sentry![…]` checks names at compile time; `trigger!`, `action!`,
-//! `pattern!` and `duration!` check rules the same way.
-use sentry_core::prelude::*;
-
-fn main() {
-    sentry![
-        // name, command, arguments, restart delay (ms), number of processes
-        entry("dummy", "sleep", ["4"], 1000, 1),
-        // watch("browser", pattern!("firefox")).on(trigger!(rmem > 4g), action!(stop @ 10m)),
-    ];
-}
-"#;

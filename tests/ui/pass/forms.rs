@@ -26,7 +26,13 @@ fn main() {
         (
             action!(exec "logger" "a \"quoted\" word" r"back\slash"),
             r#"exec logger "a \"quoted\" word" 'back\slash'"#,
-            Action::exec(["logger", "a \"quoted\" word", "back\\\\slash"]).build().unwrap(),
+            Action::exec(["logger", "a \"quoted\" word", "back\\slash"]).build().unwrap(),
+        ),
+        (action!(exec "echo" "$$5"), "exec echo '$5'", Action::exec(["echo", "$$5"]).build().unwrap()),
+        (
+            action!(exec "grep" r"a\.b" "${NAME}x"),
+            r"exec grep 'a\.b' ${NAME}x",
+            Action::exec(["grep", "a\\.b", "${NAME}x"]).build().unwrap(),
         ),
     ];
     for (macro_form, text, typed) in actions {
@@ -52,5 +58,10 @@ fn configuration() {
         entry("web", "sleep", ["1000"], 0, 2).after(["db"]),
         entry("worker", "sleep", ["1000"], 0, 1).binds_to(vec!["web"]).after(&["db"]),
         watch("firefox", pattern!("firefox")).on(trigger!(rmem > 4g), action!(term)),
+        // One of the two is compiled: not a duplicate.
+        #[cfg(debug_assertions)]
+        entry("mode", "sleep", ["1"], 0, 1),
+        #[cfg(not(debug_assertions))]
+        entry("mode", "sleep", ["2"], 0, 1),
     ];
 }
