@@ -179,6 +179,11 @@ fn start_in_the_foreground_becomes_the_instance() {
     let c = Confs::new("sentryd-fg");
     let dir = c.make("sdfg");
     c.ok(&["check", "-c", "sdfg"]);
+    // The unit it prints runs it through `sentryd start --foreground`.
+    let unit = c.ok(&["systemd-unit", "-c", "sdfg"]);
+    let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap_or_default();
+    assert!(exec.contains("sentryd") && exec.ends_with("start -c sdfg --foreground"), "{unit}");
+    assert!(unit.contains("Type=notify") && unit.contains("ExecReload="), "{unit}");
     let console = std::fs::File::create(c.dir.path().join("console.txt")).unwrap();
     let mut cmd = c.command(&["start", "-c", "sdfg", "--foreground"]);
     cmd.stdout(console.try_clone().unwrap()).stderr(console);

@@ -103,6 +103,8 @@ pub use status::{
     EntryState, EntryStatus, MatchedProcess, ProcessStatus, ReloadOutcome, RuleStatus, Status, WatchStatus,
 };
 pub use supervisor::{Options, Supervisor};
+/// One word of a systemd unit's command line, escaped (for tools that write units).
+pub use systemd::quote_for_unit;
 
 /// Everything a configuration's `main.rs` needs.
 pub mod prelude {

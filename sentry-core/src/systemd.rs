@@ -40,22 +40,25 @@ pub(crate) fn stopping() {
     SAID.call_once(|| notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]));
 }
 
+/// `word` as one word of a unit's command line (systemd.service(5),
+/// "Command lines"): `%` starts a specifier and `$` a variable, so both
+/// are doubled; then it is quoted if it has blanks or quotes.
+pub fn quote_for_unit(word: &str) -> String {
+    let s = word.replace('%', "%%").replace('$', "$$");
+    if s.contains([' ', '\t', '"', '\\', '\'']) {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        s
+    }
+}
+
 /// A service unit running configuration binary `exe` in `dir`
 /// (systemd.service(5)): `Type=notify`, reload by `reload` (the PID stays),
 /// `Delegate=yes` so that the cgroup containment can make its cgroups,
 /// `KillMode=mixed` so that systemd's SIGTERM reaches Sentry alone and its
 /// own stop runs, and a stop timeout above Sentry's own bound.
 pub(crate) fn unit(name: &str, exe: &Path, dir: &Path, crate_dir: Option<&Path>, stop_secs: u64) -> String {
-    // systemd.service(5) "Command lines": `%` starts a specifier and `$`
-    // a variable, so both are doubled; then quoted if it has blanks or quotes.
-    let quote = |p: &Path| {
-        let s = p.display().to_string().replace('%', "%%").replace('$', "$$");
-        if s.contains([' ', '\t', '"', '\\', '\'']) {
-            format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-        } else {
-            s
-        }
-    };
+    let quote = |p: &Path| quote_for_unit(&p.display().to_string());
     let exe = quote(exe);
     let dir_arg = format!("--dir {}", quote(dir));
     let crate_arg = crate_dir.map(|c| format!(" --crate {}", quote(c))).unwrap_or_default();

@@ -177,7 +177,10 @@ impl Conf {
                 };
                 if failed_now {
                     State::DoesNotBuild
-                } else if !self.binary().is_file() {
+                } else if !self.binary().is_file() || (!self.own().join("binary").is_file() && self.needs_build()) {
+                    // No binary, or only one sentryd did not build that is
+                    // older than the sources (another crate's, in a shared
+                    // target directory).
                     State::NotBuilt
                 } else {
                     State::Stopped

@@ -113,7 +113,8 @@ fn run(r: Request) -> Result<ExitCode, String> {
         "list" => list(&dir, r.json),
         "status" if r.name.is_none() && r.rest.is_empty() => status_all(&dir),
         "start" => start(&confs::find(&dir, &name)?, r.foreground, &r.rest),
-        "stop" | "reload" | "status" | "scale" | "restart" | "logs" | "check" | "explain" | "systemd-unit" => {
+        "systemd-unit" => systemd_unit(&dir, &confs::find(&dir, &name)?),
+        "stop" | "reload" | "status" | "scale" | "restart" | "logs" | "check" | "explain" => {
             pass_through(&confs::find(&dir, &name)?, &r.command, &r.rest)
         }
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
@@ -162,11 +163,39 @@ fn start(conf: &Conf, foreground: bool, rest: &[OsString]) -> Result<ExitCode, S
     Ok(ExitCode::from(status.code().map_or(1, |c| c.clamp(0, 255) as u8)))
 }
 
+/// The unit the configuration prints, started through `sentryd start
+/// --foreground` (which execs the configuration in place: the same PID
+/// for `Type=notify`, and a build first if the sources changed).
+fn systemd_unit(dir: &std::path::Path, conf: &Conf) -> Result<ExitCode, String> {
+    let binary = conf.built()?;
+    let out = Command::new(&binary)
+        .arg("systemd-unit")
+        .args(conf.place_args())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    if !out.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        return Ok(ExitCode::from(out.status.code().map_or(1, |c| c.clamp(0, 255) as u8)));
+    }
+    let me = std::env::current_exe().map_err(|e| format!("cannot find sentryd itself: {e}"))?;
+    let q = |s: &str| sentry_core::quote_for_unit(s);
+    let start = format!(
+        "ExecStart={} --conf-dir {} start -c {} --foreground",
+        q(&me.to_string_lossy()),
+        q(&dir.to_string_lossy()),
+        q(&conf.name)
+    );
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("{}", if line.starts_with("ExecStart=") { start.as_str() } else { line });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `NAME COMMAND ARGS… --dir D --crate D`, in place of this process.
 fn pass_through(conf: &Conf, command: &str, rest: &[OsString]) -> Result<ExitCode, String> {
     let binary = match command {
         // These need the configuration as it is now.
-        "check" | "explain" | "systemd-unit" => conf.built()?,
+        "check" | "explain" => conf.built()?,
         _ => {
             let b = conf.binary();
             if !b.is_file() {
