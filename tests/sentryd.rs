@@ -40,8 +40,8 @@ impl Confs {
         Confs { bin: sentryd_binary(), dir: TempDir::new(tag) }
     }
 
-    /// `sentryd ARGS…` with this directory, none of the test's cargo
-    /// variables, and the configurations' builds in one shared target.
+    /// `sentryd ARGS…` with this directory and none of the test's cargo
+    /// variables (its configurations build in `DIR/.target`).
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
         for (k, _) in std::env::vars() {
@@ -49,8 +49,7 @@ impl Confs {
                 cmd.env_remove(k);
             }
         }
-        let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/sentryd-confs");
-        cmd.args(args).env("SENTRY_CONF_DIR", self.dir.path()).env("CARGO_TARGET_DIR", target).stdin(Stdio::null());
+        cmd.args(args).env("SENTRY_CONF_DIR", self.dir.path()).stdin(Stdio::null());
         cmd
     }
 
@@ -100,6 +99,19 @@ impl Drop for Confs {
 
 fn code(out: &Output) -> Option<i32> {
     out.status.code()
+}
+
+trait Spawned {
+    /// Starts the command with its output captured, in a session of its own.
+    fn output_spawned(self) -> std::process::Child;
+}
+
+impl Spawned for Command {
+    fn output_spawned(mut self) -> std::process::Child {
+        self.stdout(Stdio::piped()).stderr(Stdio::piped());
+        in_own_session(&mut self);
+        self.spawn().unwrap()
+    }
 }
 
 #[test]
@@ -162,6 +174,29 @@ fn a_stale_pidfile_and_a_configuration_that_does_not_build_are_shown_and_nothing
         let _ = c.run(args);
     }
     assert!(alive(bystander.id() as i32), "a process named by a stale pidfile was signalled");
+    // A pidfile that is a FIFO (an open would wait) or a symbolic link
+    // (written through, it would overwrite its target) is not used, and
+    // nothing hangs.
+    let odd = c.make("sdodd");
+    let fifo = std::ffi::CString::new(odd.join("sdodd.pid").to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    assert_eq!(c.row("sdodd")["state"], "stale pidfile");
+    assert_eq!(code(&c.run(&["start", "-c", "sdodd"])), Some(1));
+    std::fs::remove_file(odd.join("sdodd.pid")).unwrap();
+    let victim = c.dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&victim, odd.join("sdodd.pid")).unwrap();
+    assert_eq!(code(&c.run(&["start", "-c", "sdodd"])), Some(1));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    // Two starts at once: one instance, and the other start says so.
+    let both: Vec<_> = (0..2).map(|_| c.command(&["start", "-c", "sdstale"]).output_spawned()).collect();
+    let codes: Vec<Option<i32>> = both.into_iter().map(|h| h.wait_with_output().unwrap().status.code()).collect();
+    let mut sorted = codes.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![Some(0), Some(1)], "{codes:?}");
+    c.ok(&["stop", "-c", "sdstale"]);
+    assert!(alive(bystander.id() as i32));
     let _ = bystander.kill();
     let _ = bystander.wait();
     // Fixed, it builds and shows as stopped.

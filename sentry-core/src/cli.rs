@@ -493,9 +493,16 @@ fn start_daemon(specs: &[Spec], paths: &Paths, http: Option<String>) -> Outcome 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(pid) = instance::live_pid(&paths.pidfile()) {
+                return Err(fail(Error::AlreadyRunning { pidfile: paths.pidfile(), pid: Some(pid) }));
+            }
             return Err((EXIT_FAIL, format!("the daemon exited ({status}); see {}", out_path.display())));
         }
-        if instance::live_pid(&paths.pidfile()).is_ok() && client(paths).and_then(|c| c.get("/status")).is_ok() {
+        // Started only if the instance that answers is our own child: one
+        // started at the same moment by someone else is not ours, and ours
+        // will say it found it running.
+        let ours = instance::live_pid(&paths.pidfile()).is_ok_and(|pid| pid == child.id());
+        if ours && client(paths).and_then(|c| c.get("/status")).is_ok() {
             println!("Sentry started in the background (PID: {}; output in {}).", child.id(), out_path.display());
             return Ok(());
         }

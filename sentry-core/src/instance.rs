@@ -216,14 +216,24 @@ pub(crate) struct PidLock {
 impl PidLock {
     /// Takes the lock and writes our PID, or says who holds it.
     pub fn acquire(path: &Path) -> Result<PidLock, Error> {
+        // Never through a symbolic link (written through, it would let
+        // whoever made it choose a file for us to overwrite), never a FIFO
+        // (an open would wait for a writer).
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
-            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+            .map_err(|e| Error::io(format!("cannot open {} (it must be a plain file)", path.display()), e))?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(Error::io(
+                format!("cannot use {}", path.display()),
+                io::Error::new(io::ErrorKind::InvalidInput, "not a plain file"),
+            ));
+        }
         let deadline = Instant::now() + PROBE_GRACE;
         loop {
             match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
@@ -272,9 +282,20 @@ fn flock(file: &File, how: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// Opens an existing pidfile to look at: never through a symbolic link,
+/// never blocking (a FIFO), only a plain file.
+fn open_pidfile(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(io::Error::new(io::ErrorKind::InvalidInput, "not a plain file"))
+    }
+}
+
 fn read_pid(path: &Path) -> Option<u32> {
     let mut text = String::new();
-    File::open(path).ok()?.read_to_string(&mut text).ok()?;
+    open_pidfile(path).ok()?.take(64).read_to_string(&mut text).ok()?;
     text.trim().parse().ok()
 }
 
@@ -284,7 +305,7 @@ fn read_pid(path: &Path) -> Option<u32> {
 pub(crate) fn live_pid(path: &Path) -> Result<u32, Error> {
     use std::os::unix::fs::MetadataExt;
     let not_running = || Error::NotRunning { pidfile: path.to_path_buf() };
-    let file = File::open(path).map_err(|_| not_running())?;
+    let file = open_pidfile(path).map_err(|_| not_running())?;
     if !is_held(&file) {
         return Err(not_running());
     }
@@ -308,7 +329,7 @@ pub(crate) fn live_pid(path: &Path) -> Result<u32, Error> {
 
 /// Whether some process holds the lock of the pidfile `path`.
 pub(crate) fn is_locked(path: &Path) -> bool {
-    File::open(path).is_ok_and(|file| is_held(&file))
+    open_pidfile(path).is_ok_and(|file| is_held(&file))
 }
 
 /// Whether another open file holds a lock on `file`, by a trial shared lock

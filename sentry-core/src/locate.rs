@@ -48,8 +48,18 @@ impl InstanceFiles {
                 // Locked, but its holder did not say who it is yet.
                 InstanceState::Running { pid: 0 }
             }
-            Err(_) if pidfile.exists() => InstanceState::StalePidfile {
-                says: std::fs::read_to_string(&pidfile).ok().map(|s| s.trim().chars().take(20).collect()),
+            Err(_) if pidfile.symlink_metadata().is_ok() => InstanceState::StalePidfile {
+                // Read only if it is a plain file (a FIFO's read would wait).
+                says: pidfile
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.is_file())
+                    .then(|| {
+                        use std::io::Read;
+                        let mut text = String::new();
+                        std::fs::File::open(&pidfile).ok()?.take(64).read_to_string(&mut text).ok()?;
+                        Some(text.trim().chars().take(20).collect())
+                    })
+                    .flatten(),
             },
             Err(_) => InstanceState::Stopped,
         }

@@ -17,6 +17,15 @@ pub struct Conf {
     pub name: String,
     /// The crate's directory, which is also its run directory (DIR).
     pub dir: PathBuf,
+    /// Where its builds go: `CONF_DIR/.target`, shared by the directory's
+    /// configurations (one sentry-core build for all; their names, the
+    /// directory's entries, cannot collide).
+    pub target: PathBuf,
+}
+
+/// The build directory of the configurations in `conf_dir` (see [`Conf::target`]).
+pub fn target_dir(conf_dir: &Path) -> PathBuf {
+    conf_dir.join(".target")
 }
 
 /// Where the configurations are: `--conf-dir`, `SENTRY_CONF_DIR`, else `~/.sentry/conf`.
@@ -36,18 +45,23 @@ fn absolute(p: PathBuf) -> PathBuf {
     }
 }
 
-/// Every configuration crate in `dir` (a directory with a `Cargo.toml`), by name.
-pub fn all(dir: &Path) -> Vec<Conf> {
-    let mut confs: Vec<Conf> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
+/// Every configuration crate in `dir` (a directory with a `Cargo.toml`),
+/// by name; none if `dir` does not exist, an error if it cannot be read.
+pub fn all(dir: &Path) -> Result<Vec<Conf>, String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
+    };
+    let target = target_dir(dir);
+    let mut confs: Vec<Conf> = entries
         .flatten()
         .filter(|e| e.path().join("Cargo.toml").is_file())
-        .filter_map(|e| Some(Conf { name: e.file_name().to_str()?.to_string(), dir: e.path() }))
+        .filter_map(|e| Some(Conf { name: e.file_name().to_str()?.to_string(), dir: e.path(), target: target.clone() }))
         .filter(|c| sentry_core::scaffold::check_name(&c.name).is_ok())
         .collect();
     confs.sort_by(|a, b| a.name.cmp(&b.name));
-    confs
+    Ok(confs)
 }
 
 /// The configuration `name` in `dir`, or why there is none.
@@ -57,7 +71,7 @@ pub fn find(dir: &Path, name: &str) -> Result<Conf, String> {
     if !crate_dir.join("Cargo.toml").is_file() {
         return Err(format!("no configuration {name:?} in {} (sentryd new {name} makes one)", dir.display()));
     }
-    Ok(Conf { name: name.to_string(), dir: crate_dir })
+    Ok(Conf { name: name.to_string(), dir: crate_dir, target: target_dir(dir) })
 }
 
 /// What `list` says of a configuration.
@@ -95,19 +109,9 @@ impl Conf {
         InstanceFiles::new(&self.dir, &self.name)
     }
 
-    /// Its binary: where its last build by sentryd put it, else where
-    /// cargo puts it by default (`$CARGO_TARGET_DIR` honoured).
+    /// Its binary, in the directory's build directory.
     pub fn binary(&self) -> PathBuf {
-        if let Some(p) = std::fs::read_to_string(self.own().join("binary")).ok().map(|t| PathBuf::from(t.trim())) {
-            if p.is_file() {
-                return p;
-            }
-        }
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .filter(|v| !v.is_empty())
-            .map(|t| absolute(PathBuf::from(t)))
-            .unwrap_or_else(|| self.dir.join("target"));
-        target.join("debug").join(&self.name)
+        self.target.join("debug").join(&self.name)
     }
 
     /// The newest modification time of its sources (`Cargo.toml`,
@@ -139,17 +143,21 @@ impl Conf {
     /// `.sentryd/build-error` for `list`.
     pub fn build(&self) -> Result<PathBuf, String> {
         let _ = std::fs::create_dir_all(self.own());
+        // `CARGO_TARGET_DIR` is set to the directory's build directory for
+        // sentryd and what it starts (see `main`), so an instance's own
+        // reloads build there too.
         match sentry_core::build::build(&self.dir, &self.name, false, sentry_core::build::BUILD_TIMEOUT) {
             Ok(binary) => {
-                let _ = std::fs::write(self.own().join("binary"), binary.to_string_lossy().as_bytes());
                 let _ = std::fs::remove_file(self.own().join("build-error"));
                 Ok(binary)
             }
-            Err(e) => {
+            // What the sources are worth is known only from a build that ran.
+            Err(e @ sentry_core::build::BuildError::Failed(_)) => {
                 let text = e.to_string();
                 let _ = std::fs::write(self.own().join("build-error"), &text);
                 Err(text)
             }
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -177,10 +185,7 @@ impl Conf {
                 };
                 if failed_now {
                     State::DoesNotBuild
-                } else if !self.binary().is_file() || (!self.own().join("binary").is_file() && self.needs_build()) {
-                    // No binary, or only one sentryd did not build that is
-                    // older than the sources (another crate's, in a shared
-                    // target directory).
+                } else if !self.binary().is_file() {
                     State::NotBuilt
                 } else {
                     State::Stopped

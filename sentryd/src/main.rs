@@ -16,6 +16,9 @@ use std::process::{Command, ExitCode};
 
 use confs::{Conf, State};
 
+/// `EX_USAGE` (sysexits.h), as the configuration binaries use.
+const EX_USAGE: u8 = 64;
+
 const USAGE: &str = "\
 usage: sentryd [--conf-dir DIR] COMMAND [-c NAME] [ARGS…]
 
@@ -63,10 +66,17 @@ fn parse(args: Vec<OsString>) -> Result<Request, String> {
                 r.name = Some(v.into_string().map_err(|_| "NAME is not text".to_string())?);
             }
             Some(s) if s.starts_with("--config=") => r.name = Some(s["--config=".len()..].to_string()),
-            Some("-h" | "--help") if r.command.is_empty() => r.command = "help".to_string(),
+            Some(s) if s.starts_with("-c=") => r.name = Some(s["-c=".len()..].to_string()),
+            Some(s) if s.starts_with("-c") && s.len() > 2 && !s.starts_with("--") => r.name = Some(s[2..].to_string()),
+            Some("-h" | "--help") if r.command.is_empty() || matches!(r.command.as_str(), "new" | "list" | "start") => {
+                r.command = "help".to_string()
+            }
             Some(s) if r.command.is_empty() && !s.starts_with('-') => r.command = s.to_string(),
             Some("--foreground") if r.command == "start" => r.foreground = true,
-            Some("--json") if r.command == "list" => r.json = true,
+            Some("--json") if r.command == "list" || r.command == "status" => {
+                r.json = true;
+                r.rest.push(arg);
+            }
             _ if r.command.is_empty() => return Err(format!("unknown option {:?}", arg.to_string_lossy())),
             _ => r.rest.push(arg),
         }
@@ -82,15 +92,21 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sentryd: {e}\n{USAGE}");
-            return ExitCode::from(2);
+            return ExitCode::from(EX_USAGE);
         }
     };
     match run(request) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("sentryd: {e}");
-            ExitCode::from(1)
-        }
+        Err(e) => match e.strip_prefix(USAGE_MARK) {
+            Some(e) => {
+                eprintln!("sentryd: {e}");
+                ExitCode::from(EX_USAGE)
+            }
+            None => {
+                eprintln!("sentryd: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
@@ -100,26 +116,39 @@ fn run(r: Request) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     let dir = confs::conf_dir(r.conf_dir.clone())?;
+    // Every build of these configurations — sentryd's and their instances'
+    // own reloads — goes to the directory's build directory. Set before
+    // any thread exists.
+    std::env::set_var("CARGO_TARGET_DIR", confs::target_dir(&dir));
     let name = r.name.clone().unwrap_or_else(|| "sentry".to_string());
     match r.command.as_str() {
         "new" => {
-            let name = match (&r.name, r.rest.first()) {
-                (Some(n), _) => n.clone(),
-                (None, Some(n)) => n.to_string_lossy().into_owned(),
-                (None, None) => return Err("new needs a NAME".to_string()),
+            let name = match (&r.name, r.rest.as_slice()) {
+                (Some(n), []) => n.clone(),
+                (None, [n]) => n.to_string_lossy().into_owned(),
+                _ => return Err(usage("new takes one NAME")),
             };
             new(&dir, &name)
         }
-        "list" => list(&dir, r.json),
-        "status" if r.name.is_none() && r.rest.is_empty() => status_all(&dir),
+        "list" if r.rest.iter().all(|a| a == "--json") => list(&dir, r.json),
+        "list" => Err(usage("list takes only --json")),
+        "status" if r.name.is_none() && r.rest.iter().all(|a| a == "--json") => status_all(&dir, r.json),
         "start" => start(&confs::find(&dir, &name)?, r.foreground, &r.rest),
         "systemd-unit" => systemd_unit(&dir, &confs::find(&dir, &name)?),
         "stop" | "reload" | "status" | "scale" | "restart" | "logs" | "check" | "explain" => {
             pass_through(&confs::find(&dir, &name)?, &r.command, &r.rest)
         }
-        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+        other => Err(usage(&format!("unknown command {other:?}"))),
     }
 }
+
+/// A usage error: said with the usage, exit 64 (`EX_USAGE`, as the
+/// configuration binaries do).
+fn usage(what: &str) -> String {
+    format!("{USAGE_MARK}{what}\n{USAGE}")
+}
+
+const USAGE_MARK: &str = "\u{0}usage:";
 
 /// The sentry-core sources this `sentryd` was built from, which a new
 /// configuration depends on by path, and their workspace's lock file.
@@ -179,6 +208,8 @@ fn systemd_unit(dir: &std::path::Path, conf: &Conf) -> Result<ExitCode, String> 
     }
     let me = std::env::current_exe().map_err(|e| format!("cannot find sentryd itself: {e}"))?;
     let q = |s: &str| sentry_core::quote_for_unit(s);
+    // systemd's own PATH has no cargo (~/.cargo/bin): the unit gets this one.
+    let path = std::env::var("PATH").unwrap_or_default();
     let start = format!(
         "ExecStart={} --conf-dir {} start -c {} --foreground",
         q(&me.to_string_lossy()),
@@ -186,7 +217,12 @@ fn systemd_unit(dir: &std::path::Path, conf: &Conf) -> Result<ExitCode, String> 
         q(&conf.name)
     );
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        println!("{}", if line.starts_with("ExecStart=") { start.as_str() } else { line });
+        if line.starts_with("ExecStart=") {
+            println!("Environment={}", q(&format!("PATH={path}")));
+            println!("{start}");
+        } else {
+            println!("{line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -195,7 +231,7 @@ fn systemd_unit(dir: &std::path::Path, conf: &Conf) -> Result<ExitCode, String> 
 fn pass_through(conf: &Conf, command: &str, rest: &[OsString]) -> Result<ExitCode, String> {
     let binary = match command {
         // These need the configuration as it is now.
-        "check" | "explain" => conf.built()?,
+        "check" | "explain" | "logs" => conf.built()?,
         _ => {
             let b = conf.binary();
             if !b.is_file() {
@@ -260,7 +296,7 @@ fn human(secs: u64) -> String {
 }
 
 fn list(dir: &std::path::Path, json: bool) -> Result<ExitCode, String> {
-    let rows: Vec<serde_json::Value> = confs::all(dir).iter().map(summary).collect();
+    let rows: Vec<serde_json::Value> = confs::all(dir)?.iter().map(summary).collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
@@ -295,12 +331,18 @@ fn list(dir: &std::path::Path, json: bool) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One table of every running configuration's entries.
-fn status_all(dir: &std::path::Path) -> Result<ExitCode, String> {
+/// One table of every running configuration's entries (`--json`: each
+/// one's `GET /status`, by name).
+fn status_all(dir: &std::path::Path, json: bool) -> Result<ExitCode, String> {
     let mut table = vec![["CONFIG", "PID", "ENTRY", "STATE", "PROCS", "RESTARTS"].map(String::from).to_vec()];
-    for conf in confs::all(dir) {
+    let mut all = serde_json::Map::new();
+    for conf in confs::all(dir)? {
         let State::Running { pid } = conf.state() else { continue };
         let Some(s) = conf.status() else { continue };
+        if json {
+            all.insert(conf.name.clone(), s);
+            continue;
+        }
         for e in s["entries"].as_array().into_iter().flatten() {
             let procs =
                 format!("{}/{}", e["processes"].as_array().map_or(0, Vec::len), e["count"].as_u64().unwrap_or(0));
@@ -314,7 +356,9 @@ fn status_all(dir: &std::path::Path) -> Result<ExitCode, String> {
             ]);
         }
     }
-    if table.len() == 1 {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+    } else if table.len() == 1 {
         println!("No configuration is running.");
     } else {
         print_table(&table);
