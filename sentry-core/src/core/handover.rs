@@ -105,7 +105,7 @@ impl Core {
             // A changed entry starts its `.give_up` count afresh.
             if changed {
                 for run in e.slots.values_mut() {
-                    run.exits.clear();
+                    run.clear_exits();
                 }
             }
             if restart {
@@ -321,7 +321,11 @@ impl Core {
                     error: run.error.clone(),
                     cgroup: run.slot.pid().and_then(|pid| cgroups.remove(&pid)),
                     ready: Some(run.ready),
-                    exits_ms_ago: run.exits.iter().map(|t| ago(*t)).collect(),
+                    exits_ms_ago: run
+                        .health
+                        .as_ref()
+                        .map(|h| h.exits.iter().map(|t| ago(*t)).collect())
+                        .unwrap_or_default(),
                 });
             }
             entries.push(EntrySnapshot {
@@ -442,8 +446,14 @@ impl Core {
                 };
                 let mut run = SlotRun::with(Slot { phase, crashes: ss.crashes }, ss.started_at, ss.error);
                 run.ready = ss.ready.unwrap_or(false);
-                run.exits =
-                    ss.exits_ms_ago.iter().rev().filter_map(|ms| now.checked_sub(Duration::from_millis(*ms))).collect();
+                if !ss.exits_ms_ago.is_empty() {
+                    run.health().exits = ss
+                        .exits_ms_ago
+                        .iter()
+                        .rev()
+                        .filter_map(|ms| now.checked_sub(Duration::from_millis(*ms)))
+                        .collect();
+                }
                 core.entries[i].slots.insert(ss.index, run);
                 let streams = adopt_streams(&ss.streams, &mut warnings);
                 let Some(p) = process else { continue };

@@ -36,7 +36,8 @@ impl Core {
         let mut start = Vec::new();
         for (i, e) in self.entries.iter().enumerate() {
             for (index, run) in &e.slots {
-                if let (Phase::Running { pid, .. }, None) = (run.slot.phase, &run.prober) {
+                let probed = run.health.as_ref().is_some_and(|h| h.prober.is_some());
+                if let (Phase::Running { pid, .. }, false) = (run.slot.phase, probed) {
                     start.push((i, *index, pid, run.ready));
                 }
             }
@@ -108,14 +109,21 @@ impl Core {
         };
         let Some(run) = self.entries[i].slots.get_mut(&index) else { return };
         run.ready = ready;
-        if let Some(old) = std::mem::replace(&mut run.prober, prober) {
+        let old = match prober {
+            Some(p) => run.health().prober.replace(p),
+            None => run.take_prober(),
+        };
+        if let Some(old) = old {
             let mut old = old;
             old.stop();
             self.old_probers.push(old);
         }
         // The watchdog runs once the process is ready (a notify one says
         // so itself), as systemd's does.
-        run.watchdog_at = watchdog.filter(|_| !notify_ready || ready).map(|d| crate::budget::later(now, d));
+        let at = watchdog.filter(|_| !notify_ready || ready).map(|d| crate::budget::later(now, d));
+        if at.is_some() || run.health.is_some() {
+            run.health().watchdog_at = at;
+        }
     }
 
     /// The thread entry `name`'s function probe `which` is called on:
@@ -149,7 +157,7 @@ impl Core {
         let mut all = std::mem::take(&mut self.old_probers);
         for e in &mut self.entries {
             for run in e.slots.values_mut() {
-                all.extend(run.prober.take());
+                all.extend(run.take_prober());
             }
         }
         for p in &mut all {
@@ -205,8 +213,8 @@ impl Core {
         let notify_ready = self.entries[i].config.ready.as_ref().is_some_and(|p| p.is_notify());
         let Some(run) = self.entries[i].slots.get_mut(&index) else { return };
         run.ready = ready;
-        if ready && notify_ready && run.watchdog_at.is_none() {
-            run.watchdog_at = watchdog.map(|d| crate::budget::later(now, d));
+        if let (true, true, None, Some(d)) = (ready, notify_ready, run.watchdog_at(), watchdog) {
+            run.health().watchdog_at = Some(crate::budget::later(now, d));
         }
     }
 
@@ -255,7 +263,7 @@ impl Core {
             }
             if message.keepalive {
                 if let Some(run) = self.entries[i].slots.get_mut(&index) {
-                    run.watchdog_at = Some(crate::budget::later(now, d));
+                    run.health().watchdog_at = Some(crate::budget::later(now, d));
                 }
             }
         }
@@ -268,7 +276,7 @@ impl Core {
             .slots
             .iter()
             .filter_map(|(index, run)| match run.slot.phase {
-                Phase::Running { pid, .. } if run.watchdog_at.is_some_and(|at| at <= now) => Some((*index, pid)),
+                Phase::Running { pid, .. } if run.watchdog_at().is_some_and(|at| at <= now) => Some((*index, pid)),
                 _ => None,
             })
             .collect();
@@ -357,7 +365,11 @@ impl Core {
     pub(super) fn give_up_due(&mut self, i: usize, index: usize, now: Instant) -> bool {
         let limit = self.entries[i].config.give_up;
         let Some(run) = self.entries[i].slots.get_mut(&index) else { return false };
-        lifecycle::gives_up(&mut run.exits, now, limit)
+        if limit.is_none() {
+            run.clear_exits();
+            return false;
+        }
+        lifecycle::gives_up(&mut run.health().exits, now, limit)
     }
 
     /// Says so if slot `index` was given up on.

@@ -373,6 +373,13 @@ struct SlotRun {
     error: Option<String>,
     /// Its process passed its readiness probe (false without a process).
     ready: bool,
+    /// What only slots with probes, a watchdog or a `.give_up` limit need,
+    /// boxed so that the others (thousands, maybe) do not pay for it.
+    health: Option<Box<SlotHealth>>,
+}
+
+#[derive(Default)]
+struct SlotHealth {
     /// Its recent exits, for `.give_up`.
     exits: VecDeque<Instant>,
     /// The thread probing its process, while it runs.
@@ -387,7 +394,26 @@ impl SlotRun {
     }
 
     fn with(slot: Slot, started_at: u64, error: Option<String>) -> SlotRun {
-        SlotRun { slot, started_at, error, ready: false, exits: VecDeque::new(), prober: None, watchdog_at: None }
+        SlotRun { slot, started_at, error, ready: false, health: None }
+    }
+
+    /// Its health state, made on first use.
+    fn health(&mut self) -> &mut SlotHealth {
+        self.health.get_or_insert_with(Box::default)
+    }
+
+    fn watchdog_at(&self) -> Option<Instant> {
+        self.health.as_ref().and_then(|h| h.watchdog_at)
+    }
+
+    fn take_prober(&mut self) -> Option<crate::probe::Prober> {
+        self.health.as_mut().and_then(|h| h.prober.take())
+    }
+
+    fn clear_exits(&mut self) {
+        if let Some(h) = &mut self.health {
+            h.exits.clear();
+        }
     }
 }
 
@@ -1141,7 +1167,7 @@ impl Core {
                 };
                 let indexes: Vec<usize> = self.entries[i].slots.keys().copied().collect();
                 for run in self.entries[i].slots.values_mut() {
-                    run.exits.clear();
+                    run.clear_exits();
                 }
                 let text =
                     format!("Restart requested: {} process(es) stopped gracefully, then started.", indexes.len());
@@ -1271,7 +1297,7 @@ impl Core {
             let held = self.held(i);
             e.slots.values().filter_map(move |s| match s.slot.phase {
                 Phase::Pending { .. } if held => None,
-                Phase::Running { .. } => s.watchdog_at,
+                Phase::Running { .. } => s.watchdog_at(),
                 _ => s.slot.deadline(),
             })
         });
@@ -1339,8 +1365,10 @@ impl Core {
         if matches!(run.slot.phase, Phase::Running { .. }) && !matches!(next.phase, Phase::Running { .. }) {
             // Probes and keep-alives are for running processes only.
             run.ready = false;
-            run.watchdog_at = None;
-            if let Some(mut p) = run.prober.take() {
+            if let Some(h) = &mut run.health {
+                h.watchdog_at = None;
+            }
+            if let Some(mut p) = run.take_prober() {
                 p.stop();
                 self.old_probers.push(p);
             }
