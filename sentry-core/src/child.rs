@@ -59,14 +59,7 @@ pub(crate) fn spawn(
         }
     }
     let (credentials, user) = credentials_of(entry)?;
-    if let Some((user, home)) = user {
-        // What login(1) sets, from the passwd entry, unless `.env` does.
-        for (key, value) in [("HOME", home.into_os_string()), ("USER", user.clone()), ("LOGNAME", user)] {
-            if !entry.env.iter().any(|(k, _)| k == key) {
-                own.push((key.into(), value));
-            }
-        }
-    }
+    own.extend(login_env(&entry.env, user));
     let env = environment(own);
     let process = spawn::Process {
         program: entry.command.as_ref(),
@@ -118,18 +111,38 @@ fn passed_on(key: &[u8]) -> bool {
 /// A `.user`'s name and home directory.
 pub(crate) type Login = (OsString, PathBuf);
 
-/// Who a child of `entry` runs as, looked up before the clone (`getpwnam`,
-/// `getgrnam` and `getgrouplist` are not async-signal-safe): its ids, and
-/// the user's name and home when `.user` is given (`None` with only `.group`).
+/// What login(1) sets from the passwd entry — `HOME`, `USER`, `LOGNAME` —
+/// except what `env` (the entry's `.env`) sets itself.
+pub(crate) fn login_env(env: &[(String, String)], user: Option<Login>) -> Vec<(OsString, OsString)> {
+    let Some((user, home)) = user else { return Vec::new() };
+    [("HOME", home.into_os_string()), ("USER", user.clone()), ("LOGNAME", user)]
+        .into_iter()
+        .filter(|(key, _)| !env.iter().any(|(k, _)| k == key))
+        .map(|(key, value)| (key.into(), value))
+        .collect()
+}
+
+/// Who a child of `entry` runs as (see [`credentials_for`]).
 pub(crate) fn credentials_of(entry: &EntryConfig) -> io::Result<(Option<Credentials>, Option<Login>)> {
+    credentials_for(entry.user.as_deref(), entry.group.as_deref())
+}
+
+/// Who runs as `.user(user)` and `.group(group)`, looked up before the clone
+/// (`getpwnam`, `getgrnam` and `getgrouplist` are not async-signal-safe):
+/// its ids, and the user's name and home when a user is given (`None` with
+/// only a group).
+pub(crate) fn credentials_for(
+    user: Option<&str>,
+    group: Option<&str>,
+) -> io::Result<(Option<Credentials>, Option<Login>)> {
     use nix::unistd::{getgrouplist, Group, User};
     let not_found =
         |what: &str, name: &str| io::Error::new(io::ErrorKind::NotFound, format!("no such {what} {name:?}"));
-    let user = match &entry.user {
+    let user = match user {
         Some(name) => Some(User::from_name(name).map_err(io::Error::from)?.ok_or_else(|| not_found("user", name))?),
         None => None,
     };
-    let group = match &entry.group {
+    let group = match group {
         Some(name) => Some(Group::from_name(name).map_err(io::Error::from)?.ok_or_else(|| not_found("group", name))?),
         None => None,
     };

@@ -555,24 +555,14 @@ fn stop_wait(specs: &[Spec], paths: &Paths) -> Duration {
 /// The longest sum of stop timeouts along the running instance's `.after`
 /// chains (entries stop one after the other along them).
 fn longest_stop_chain(status: &Status) -> Duration {
-    use std::collections::HashMap;
-    fn chain<'a>(s: &'a Status, name: &'a str, memo: &mut HashMap<&'a str, u64>, depth: usize) -> u64 {
-        if let Some(ms) = memo.get(name) {
-            return *ms;
-        }
-        let Some(e) = s.entries.iter().find(|e| e.name == name) else { return 0 };
-        // An instance's order has no cycle; the depth bound guards a bad answer.
-        let before = if depth > s.entries.len() {
-            0
-        } else {
-            e.after.iter().map(|n| chain(s, n, memo, depth + 1)).max().unwrap_or(0)
-        };
-        let ms = before.saturating_add(e.stop_timeout_ms);
-        memo.insert(name, ms);
-        ms
-    }
-    let mut memo = HashMap::new();
-    Duration::from_millis(status.entries.iter().map(|e| chain(status, &e.name, &mut memo, 0)).max().unwrap_or(0))
+    let nodes: Vec<(&str, Duration, Vec<&str>)> = status
+        .entries
+        .iter()
+        .map(|e| {
+            (e.name.as_str(), Duration::from_millis(e.stop_timeout_ms), e.after.iter().map(String::as_str).collect())
+        })
+        .collect();
+    crate::config::longest_chain(&nodes)
 }
 
 /// A client for the live instance, or `NotRunning`. (It signals nothing,

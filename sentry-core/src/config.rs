@@ -660,15 +660,48 @@ impl Config {
     /// The longest sum of stop timeouts along a chain of entries that
     /// stop one after the other (the reverse of the start order).
     pub fn longest_stop_chain(&self) -> Duration {
-        let mut longest: std::collections::HashMap<&str, Duration> = std::collections::HashMap::new();
-        // In start order, a chain ending at an entry is its own stop
-        // timeout plus the longest of those it follows.
-        for e in self.start_order() {
-            let before = e.follows().filter_map(|n| longest.get(n.as_str()).copied()).max().unwrap_or_default();
-            longest.insert(&e.name, before.saturating_add(e.stop_timeout));
-        }
-        longest.values().copied().max().unwrap_or_default()
+        let nodes: Vec<(&str, Duration, Vec<&str>)> = self
+            .entries
+            .iter()
+            .map(|e| (e.name.as_str(), e.stop_timeout, e.follows().map(String::as_str).collect()))
+            .collect();
+        longest_chain(&nodes)
     }
+}
+
+/// The longest sum of durations along a chain of `(name, duration, names
+/// it follows)`: in start order (Kahn's, iterative), a chain ending at a
+/// node is its own duration plus the longest of those it follows. Names
+/// that are no node's are ignored; so are the members of a cycle (which a
+/// valid configuration has none of, but a status answer could).
+pub(crate) fn longest_chain(nodes: &[(&str, Duration, Vec<&str>)]) -> Duration {
+    let index: std::collections::HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.0, i)).collect();
+    let mut waiting_on = vec![0usize; nodes.len()];
+    let mut followers: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for (i, (_, _, follows)) in nodes.iter().enumerate() {
+        let mut deps: Vec<usize> = follows.iter().filter_map(|n| index.get(n).copied()).collect();
+        deps.sort_unstable();
+        deps.dedup();
+        waiting_on[i] = deps.len();
+        for d in deps {
+            followers[d].push(i);
+        }
+    }
+    let mut before = vec![Duration::ZERO; nodes.len()];
+    let mut ready: Vec<usize> = (0..nodes.len()).filter(|i| waiting_on[*i] == 0).collect();
+    let mut longest = Duration::ZERO;
+    while let Some(i) = ready.pop() {
+        let chain = before[i].saturating_add(nodes[i].1);
+        longest = longest.max(chain);
+        for &f in &followers[i] {
+            before[f] = before[f].max(chain);
+            waiting_on[f] -= 1;
+            if waiting_on[f] == 0 {
+                ready.push(f);
+            }
+        }
+    }
+    longest
 }
 
 fn probe_snapshot(p: &Probe) -> ProbeSnapshot {
@@ -790,6 +823,14 @@ mod tests {
                 Some(w) => assert!(got.iter().any(|p| p.contains(w)), "{w:?} not in {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_longest_chain_ignores_cycles_and_unknown_names() {
+        let s = Duration::from_secs;
+        // As a status answer could have it: a cycle, and a name no entry has.
+        let nodes = [("a", s(5), vec!["b"]), ("b", s(5), vec!["a"]), ("c", s(3), vec!["gone"]), ("d", s(2), vec!["c"])];
+        assert_eq!(longest_chain(&nodes), s(5));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! period of 1 s instead of 10 s: a readiness probe gates the start of the
 //! entries that come `.after` it, and a 10 s period would delay them by as much.
 
+use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
@@ -316,24 +317,41 @@ pub(crate) struct Context {
     /// The probed process, and its entry's name.
     pub pid: i32,
     pub entry: String,
-    /// What an exec probe runs with: the entry's environment additions
-    /// (with `HOME`, `USER`, `LOGNAME` for `.user`), working directory and
-    /// credentials.
+    /// What an exec probe runs with: the entry's environment additions,
+    /// working directory, `.user` and `.group` (looked up by the probe's
+    /// own thread, off the core's, see [`Context::as_entry`]).
     pub env: Vec<(String, String)>,
     pub cwd: Option<std::path::PathBuf>,
-    pub credentials: Option<crate::spawn::Credentials>,
+    pub user: Option<String>,
+    pub group: Option<String>,
     /// The probed process's cgroup, under cgroup containment: an exec
     /// probe runs in a cgroup below it (`sentry-probe`), emptied with
     /// `cgroup.kill` after each check.
     pub cgroup: Option<std::path::PathBuf>,
 }
 
-/// One check: `Ok` if it passed, else why not. Takes at most about the
-/// probe's timeout (a function probe's call is abandoned then).
-pub(crate) fn check(probe: &Probe, ctx: &Context, worker: Option<&Arc<FuncWorker>>) -> Result<(), String> {
+impl Context {
+    /// Who an exec probe runs as, and the environment that goes with it
+    /// (`HOME`, `USER`, `LOGNAME` for a `.user`): looked up once per prober.
+    pub fn as_entry(&self) -> RunAs {
+        let (credentials, login) = crate::child::credentials_for(self.user.as_deref(), self.group.as_deref())
+            .map_err(|e| format!("cannot run as the entry's user: {e}"))?;
+        let mut env: Vec<(OsString, OsString)> = self.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        env.extend(crate::child::login_env(&self.env, login));
+        Ok((credentials, env))
+    }
+}
+
+/// One check: `Ok` if it passed, else why not; `who`, what an exec probe
+/// runs as ([`Context::as_entry`], looked up once per prober). Takes at
+/// most about the probe's timeout (a function probe's call is abandoned then).
+pub(crate) fn check(probe: &Probe, ctx: &Context, worker: Option<&Arc<FuncWorker>>, who: &RunAs) -> Result<(), String> {
     let deadline = Instant::now() + probe.timeout;
     match &probe.check {
-        Check::Exec { command, args } => run_exec(command, args, ctx, deadline),
+        Check::Exec { command, args } => {
+            let (credentials, env) = who.as_ref().map_err(String::clone)?;
+            run_exec(command, args, ctx, credentials.as_ref(), env, deadline)
+        }
         Check::Tcp(addr) => connect(addr, deadline).map(drop),
         Check::Http(url) => get(url, deadline),
         Check::Func(_) => match worker {
@@ -410,11 +428,20 @@ fn timed_out(e: io::Error) -> String {
     }
 }
 
-fn run_exec(command: &str, args: &[String], ctx: &Context, deadline: Instant) -> Result<(), String> {
+/// Who an exec probe runs as, and its environment additions (or why not).
+pub(crate) type RunAs = Result<(Option<crate::spawn::Credentials>, Vec<(OsString, OsString)>), String>;
+
+fn run_exec(
+    command: &str,
+    args: &[String],
+    ctx: &Context,
+    credentials: Option<&crate::spawn::Credentials>,
+    env: &[(OsString, OsString)],
+    deadline: Instant,
+) -> Result<(), String> {
     // The environment a child of the entry gets (Sentry's own variables
     // left out), plus the probed process's PID.
-    let mut own: Vec<(std::ffi::OsString, std::ffi::OsString)> =
-        ctx.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+    let mut own = env.to_vec();
     own.push(("SENTRY_ENTRY".into(), ctx.entry.clone().into()));
     own.push(("SENTRY_PID".into(), ctx.pid.to_string().into()));
     // Its cgroup, made and opened before the fork: the child only writes
@@ -424,7 +451,7 @@ fn run_exec(command: &str, args: &[String], ctx: &Context, deadline: Instant) ->
         None => None,
     };
     let place = cgroup.as_ref().map(|c| c.procs.as_raw_fd());
-    let credentials = ctx.credentials.clone();
+    let credentials = credentials.cloned();
     let mut cmd = Command::new(command);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -738,6 +765,12 @@ impl Prober {
         let (stop, stopped) = bounded::<()>(1);
         let thread = std::thread::Builder::new().name("sentry-probe".into()).spawn(move || {
             let mut probes = probes;
+            // Looked up here, once, not on the core's thread at each start.
+            let who = if probes.iter().any(|p| matches!(p.probe.check, Check::Exec { .. })) {
+                ctx.as_entry()
+            } else {
+                Ok((None, Vec::new()))
+            };
             loop {
                 let Some(next) = probes.iter().map(|p| p.due).min() else { return };
                 match stopped.recv_timeout(next.saturating_duration_since(Instant::now())) {
@@ -747,7 +780,7 @@ impl Prober {
                 let now = Instant::now();
                 for p in probes.iter_mut().filter(|p| p.due <= now) {
                     p.due = crate::budget::later(p.due, p.probe.period).max(now);
-                    let result = check(&p.probe, &ctx, p.worker.as_ref());
+                    let result = check(&p.probe, &ctx, p.worker.as_ref(), &who);
                     // Stopped meanwhile (the sender is dropped): nothing more is said.
                     if !matches!(stopped.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
                         return;
@@ -912,13 +945,14 @@ mod tests {
     #[test]
     fn exec_tcp_and_http_checks_against_real_things() {
         let ctx = Context::default();
-        assert_eq!(check(&exec("true", []), &ctx, None), Ok(()));
-        assert!(check(&exec("false", []), &ctx, None).unwrap_err().contains("exited with 1"));
+        let who = ctx.as_entry();
+        assert_eq!(check(&exec("true", []), &ctx, None, &who), Ok(()));
+        assert!(check(&exec("false", []), &ctx, None, &who).unwrap_err().contains("exited with 1"));
         // At the timeout the probe is killed, with what it started in its group.
         let pidfile = std::env::temp_dir().join(format!("sentry-probe-pid-{}", std::process::id()));
         let script = format!("sleep 5 & echo $! > {}; wait", pidfile.display());
         let slow = exec("sh", ["-c", script.as_str()]).timeout(Duration::from_millis(300));
-        assert!(check(&slow, &ctx, None).unwrap_err().contains("timeout"));
+        assert!(check(&slow, &ctx, None, &who).unwrap_err().contains("timeout"));
         let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
         let _ = std::fs::remove_file(&pidfile);
         let gone = || {
@@ -933,9 +967,9 @@ mod tests {
         // A listener that accepts but never answers: tcp passes, http times out.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        assert_eq!(check(&tcp(&addr), &ctx, None), Ok(()));
+        assert_eq!(check(&tcp(&addr), &ctx, None, &who), Ok(()));
         let hung = http(&format!("http://{addr}/")).timeout(Duration::from_millis(100));
-        assert!(check(&hung, &ctx, None).unwrap_err().contains("timed out"));
+        assert!(check(&hung, &ctx, None, &who).unwrap_err().contains("timed out"));
         // One that answers 200, then one that answers 503.
         for (status, ok) in [("200 OK", true), ("503 Service Unavailable", false)] {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -946,7 +980,7 @@ mod tests {
                 let _ = s.read(&mut buf);
                 let _ = s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes());
             });
-            assert_eq!(check(&http(&format!("http://{addr}/h")), &ctx, None).is_ok(), ok);
+            assert_eq!(check(&http(&format!("http://{addr}/h")), &ctx, None, &who).is_ok(), ok);
             server.join().unwrap();
         }
         drop(l);

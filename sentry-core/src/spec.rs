@@ -380,8 +380,7 @@ impl Spec {
         I: IntoIterator,
         I::Item: std::borrow::Borrow<i32>,
     {
-        use std::borrow::Borrow;
-        let codes: Vec<i32> = codes.into_iter().map(|c| *c.borrow()).collect();
+        let codes = integers(codes);
         self.entry_only("success_codes", |e| e.success_codes = Some(codes))
     }
 
@@ -393,8 +392,7 @@ impl Spec {
         I: IntoIterator,
         I::Item: std::borrow::Borrow<i32>,
     {
-        use std::borrow::Borrow;
-        let codes: Vec<i32> = codes.into_iter().map(|c| *c.borrow()).collect();
+        let codes = integers(codes);
         self.entry_only("stop_codes", |e| e.stop_codes.extend(codes))
     }
 
@@ -407,6 +405,16 @@ impl Spec {
         }
         self
     }
+}
+
+/// A list of integers: `[0, 143]`, `&[125]`, `vec![1]`.
+fn integers<I>(codes: I) -> Vec<i32>
+where
+    I: IntoIterator,
+    I::Item: std::borrow::Borrow<i32>,
+{
+    use std::borrow::Borrow;
+    codes.into_iter().map(|c| *c.borrow()).collect()
 }
 
 /// A list of names as owned strings.

@@ -9,11 +9,11 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use super::{Command, Core, Role};
 use crate::lifecycle::{self, Event, Phase, Recovery};
 use crate::notify::{Message, NotifySocket};
-use std::sync::Arc;
-
 use crate::probe::{Check, Context, FuncWorker, Probe, ProbeNote, Prober, Which};
 
 impl Core {
@@ -73,20 +73,16 @@ impl Core {
         let probed = |p: &Option<crate::probe::Probe>| p.clone().filter(|p| !p.is_notify());
         let (ready_probe, alive_probe) = (probed(&config.ready), probed(&config.alive));
         // An exec probe runs as the entry's processes do, in their cgroup.
-        let execs =
-            [&ready_probe, &alive_probe].iter().any(|p| matches!(p, Some(Probe { check: Check::Exec { .. }, .. })));
-        let (credentials, user) =
-            if execs { crate::child::credentials_of(config).unwrap_or((None, None)) } else { (None, None) };
-        let mut env = config.env.clone();
-        if let Some((user, home)) = user {
-            for (key, value) in [("HOME", home.into_os_string()), ("USER", user.clone()), ("LOGNAME", user)] {
-                if !env.iter().any(|(k, _)| k == key) {
-                    env.push((key.to_string(), value.to_string_lossy().into_owned()));
-                }
-            }
-        }
         let cgroup = self.procs.get(&gen).and_then(|r| r.cgroup.as_ref()).map(|c| c.path().to_path_buf());
-        let ctx = Context { pid, entry: config.name.clone(), env, cwd: config.cwd.clone(), credentials, cgroup };
+        let ctx = Context {
+            pid,
+            entry: config.name.clone(),
+            env: config.env.clone(),
+            cwd: config.cwd.clone(),
+            user: config.user.clone(),
+            group: config.group.clone(),
+            cgroup,
+        };
         let name = config.name.clone();
         let workers = [(Which::Ready, &ready_probe), (Which::Alive, &alive_probe)].map(|(which, p)| match p {
             Some(Probe { check: Check::Func(f), .. }) => self.func_worker(&name, which, f),
@@ -113,8 +109,7 @@ impl Core {
             Some(p) => run.health().prober.replace(p),
             None => run.take_prober(),
         };
-        if let Some(old) = old {
-            let mut old = old;
+        if let Some(mut old) = old {
             old.stop();
             self.old_probers.push(old);
         }
