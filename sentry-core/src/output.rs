@@ -87,9 +87,21 @@ fn rotate_daemon_output() {
 #[derive(Default)]
 pub(crate) struct ConsoleHandle {
     tx: Option<Sender<Option<String>>>,
-    /// A [`holding`](ConsoleHandle::holding) handle's lines, kept until
-    /// [`release`](ConsoleHandle::release) (at most [`CONSOLE_BACKLOG`]).
-    held: Option<RefCell<Vec<String>>>,
+    /// What a [`holding`](ConsoleHandle::holding) handle was told, kept
+    /// until [`release`](ConsoleHandle::release) (at most [`CONSOLE_BACKLOG`]).
+    held: Option<RefCell<Vec<Said>>>,
+}
+
+/// One console line as it was told, not yet formatted: a holding handle
+/// formats and sends it only at the release, so that the work lies not
+/// between a child's exit and its restart. (An event is recorded for
+/// `/events` and syslog when told, as ever.)
+enum Said {
+    /// A line of its own ([`ConsoleHandle::say`]).
+    Plain(String),
+    /// `HH:MM:SS tag text` for the Unix time `at`; the tag is `name.pid`
+    /// when `pid` is given.
+    Tagged { name: String, pid: Option<i32>, text: String, at: u64 },
 }
 
 /// A clone sends at once, even of a holding handle.
@@ -180,11 +192,10 @@ impl ConsoleHandle {
     pub fn say(&self, text: &str) {
         if self.tx.is_some() {
             crate::events::emit(None, 0, text);
-            if crate::events::to_journal() {
-                return;
+            if !crate::events::to_journal() {
+                self.tell(Said::Plain(text.to_string()));
             }
         }
-        self.push(format!("{text}\n"));
     }
 
     /// Queues an event line in the seed's style: `HH:MM:SS name.PID      text`
@@ -193,7 +204,8 @@ impl ConsoleHandle {
         if self.tx.is_some() {
             crate::events::emit(Some(name), pid, text);
             if !crate::events::to_journal() {
-                self.tagged(&format!("{name}.{pid}"), text);
+                let at = sys::unix_now();
+                self.tell(Said::Tagged { name: name.to_string(), pid: Some(pid), text: text.to_string(), at });
             }
         }
     }
@@ -202,7 +214,7 @@ impl ConsoleHandle {
     /// (A child's line, say: not an event, not sent to syslog.)
     pub fn tagged(&self, tag: &str, text: &str) {
         if self.tx.is_some() {
-            self.push(format!("{} {tag:<15} {text}\n", sys::local_hms(sys::unix_now())));
+            self.tell(Said::Tagged { name: tag.to_string(), pid: None, text: text.to_string(), at: sys::unix_now() });
         }
     }
 
@@ -218,6 +230,30 @@ impl ConsoleHandle {
         }
     }
 
+    /// Holds `said` (a holding handle with room left) or sends it now.
+    fn tell(&self, said: Said) {
+        if let Some(held) = &self.held {
+            let mut held = held.borrow_mut();
+            if held.len() < CONSOLE_BACKLOG {
+                held.push(said);
+            }
+            return;
+        }
+        self.out(said);
+    }
+
+    /// Formats `said` and queues the line.
+    fn out(&self, said: Said) {
+        let line = match said {
+            Said::Plain(text) => format!("{text}\n"),
+            Said::Tagged { name, pid: Some(pid), text, at } => {
+                format!("{} {:<15} {text}\n", sys::local_hms(at), format!("{name}.{pid}"))
+            }
+            Said::Tagged { name, pid: None, text, at } => format!("{} {name:<15} {text}\n", sys::local_hms(at)),
+        };
+        self.send(line);
+    }
+
     /// The same console, but lines are kept until [`ConsoleHandle::release`]:
     /// the core's, so that waking the console thread (and being preempted
     /// by it) happens after a restart, not in its middle.
@@ -229,21 +265,9 @@ impl ConsoleHandle {
     /// Sends the lines held so far, in order.
     pub fn release(&self) {
         let Some(held) = &self.held else { return };
-        let lines = std::mem::take(&mut *held.borrow_mut());
-        for line in lines {
-            self.send(line);
-        }
-    }
-
-    fn push(&self, line: String) {
-        match &self.held {
-            Some(held) if self.tx.is_some() => {
-                let mut held = held.borrow_mut();
-                if held.len() < CONSOLE_BACKLOG {
-                    held.push(line);
-                }
-            }
-            _ => self.send(line),
+        let said = std::mem::take(&mut *held.borrow_mut());
+        for said in said {
+            self.out(said);
         }
     }
 
@@ -811,6 +835,8 @@ mod tests {
         let console = Console::writing_to(fds[1]);
         let held = console.handle().holding();
         held.say("first said, held");
+        held.event("web", 42, "Exited at 0 with 1.");
+        held.entry_event("web", "web.?", "Cannot start \"x\".");
         held.clone().say("said by a clone, at once");
         held.release();
         held.say("held until the drop");
@@ -821,7 +847,29 @@ mod tests {
         let mut out = String::new();
         // SAFETY: the read end is this test's, handed to the File.
         std::io::Read::read_to_string(&mut unsafe { File::from_raw_fd(fds[0]) }, &mut out).unwrap();
-        assert_eq!(out, "said by a clone, at once\nfirst said, held\nheld until the drop\n");
+        // An event line is `HH:MM:SS tag text`, the tag padded to 15; the
+        // time is the call's (here shown as `T`).
+        let out: String = out
+            .lines()
+            .map(|l| match l.as_bytes().get(..9) {
+                Some([h, h2, b':', m, m2, b':', s, s2, b' '])
+                    if [h, h2, m, m2, s, s2].iter().all(|c| c.is_ascii_digit()) =>
+                {
+                    format!("T {}\n", &l[9..])
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        let event = |tag: &str, text: &str| format!("T {tag:<15} {text}\n");
+        let want = [
+            "said by a clone, at once\n".to_string(),
+            "first said, held\n".to_string(),
+            event("web.42", "Exited at 0 with 1."),
+            event("web.?", "Cannot start \"x\"."),
+            "held until the drop\n".to_string(),
+        ]
+        .concat();
+        assert_eq!(out, want);
     }
 
     #[test]

@@ -458,7 +458,7 @@ fn run_exec(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .env_clear()
-        .envs(crate::child::environment(own))
+        .envs(crate::child::environment(&own))
         .process_group(0);
     if let Some(cwd) = &ctx.cwd {
         cmd.current_dir(cwd);

@@ -60,7 +60,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -84,7 +84,7 @@ pub(crate) struct Credentials {
 pub(crate) struct Process<'a> {
     pub program: &'a OsStr,
     pub args: &'a [String],
-    pub env: &'a [(OsString, OsString)],
+    pub env: &'a [(&'a OsStr, &'a OsStr)],
     /// Entered after the credentials change (so as that user, as `su` does).
     pub cwd: Option<&'a PathBuf>,
     pub credentials: Option<&'a Credentials>,
@@ -681,12 +681,12 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
 /// The paths `execvp(3)` would try for `program`, in order: `program` itself
 /// if it holds a `/`, else each directory of the `PATH` in `env` (glibc's
 /// default `/bin:/usr/bin` without one; an empty entry is the current directory).
-fn candidates_of(program: &OsStr, env: &[(OsString, OsString)]) -> Vec<Vec<u8>> {
+fn candidates_of(program: &OsStr, env: &[(&OsStr, &OsStr)]) -> Vec<Vec<u8>> {
     let name = program.as_bytes();
     if name.contains(&b'/') || name.is_empty() {
         return vec![name.to_vec()];
     }
-    let path = env.iter().rev().find(|(k, _)| k == "PATH").map_or(&b"/bin:/usr/bin"[..], |(_, v)| v.as_bytes());
+    let path = env.iter().rev().find(|(k, _)| *k == "PATH").map_or(&b"/bin:/usr/bin"[..], |(_, v)| v.as_bytes());
     path.split(|&b| b == b':')
         .map(|dir| match dir {
             b"" => name.to_vec(),
@@ -1151,8 +1151,8 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
 mod tests {
     use super::*;
 
-    fn env(path: Option<&str>) -> Vec<(OsString, OsString)> {
-        path.map(|p| vec![(OsString::from("PATH"), OsString::from(p))]).unwrap_or_default()
+    fn env(path: Option<&str>) -> Vec<(&OsStr, &OsStr)> {
+        path.map(|p| vec![(OsStr::new("PATH"), OsStr::new(p))]).unwrap_or_default()
     }
 
     #[test]
