@@ -114,9 +114,10 @@ pub(crate) fn environment(own: &[(OsString, OsString)]) -> Vec<(&OsStr, &OsStr)>
 fn inherited() -> &'static [(OsString, OsString)] {
     static INHERITED: std::sync::OnceLock<Vec<(OsString, OsString)>> = std::sync::OnceLock::new();
     INHERITED.get_or_init(|| {
-        let mut env: Vec<(OsString, OsString)> = std::env::vars_os().filter(|(k, _)| passed_on(k.as_bytes())).collect();
-        env.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        env
+        // Through a map: an `environ` may name a variable twice (a raw
+        // `execve` can), and the last one wins, as it always did here.
+        let env: BTreeMap<OsString, OsString> = std::env::vars_os().filter(|(k, _)| passed_on(k.as_bytes())).collect();
+        env.into_iter().collect()
     })
 }
 
