@@ -463,7 +463,9 @@ pub fn text(bytes: &[u8]) -> String {
 /// A configuration crate in a temporary directory, depending on this
 /// checkout's sentry-core by path (with its `test-hooks` feature) and built
 /// into a target directory shared by all tests (so only the first build
-/// compiles the dependencies).
+/// compiles the dependencies). Built with line tables only and without
+/// incremental data, to spare a CI machine's disk: with full debug info
+/// each binary was ~80 MiB, and the reload tests build dozens.
 pub struct ConfCrate {
     pub dir: TempDir,
     pub name: String,
@@ -479,7 +481,8 @@ impl ConfCrate {
             dir.path().join("Cargo.toml"),
             format!(
                 "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
-                 [dependencies]\nsentry-core = {{ path = {:?}, features = [\"test-hooks\"] }}\n\n[workspace]\n",
+                 [dependencies]\nsentry-core = {{ path = {:?}, features = [\"test-hooks\"] }}\n\n[workspace]\n\n\
+                 [profile.dev]\ndebug = \"line-tables-only\"\nincremental = false\n",
                 workspace.join("sentry-core")
             ),
         )
