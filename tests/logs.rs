@@ -428,3 +428,56 @@ fn a_quiet_process_gets_its_started_line_with_its_start_time_even_across_a_reloa
         assert!(time(mine[0]) < time(mine[1]), "{mine:?}");
     }
 }
+
+/// On the console, each process's lines come in the order they happened:
+/// its `Started` line, then what it printed, then its `Exited` line — for
+/// a process that prints at once and exits at once (in a crash loop of 20
+/// slots), and for one that answers the stop signal of a restart.
+#[test]
+fn the_console_shows_each_process_from_its_start_through_its_output_to_its_exit() {
+    let s = Sentry::start(TCONF, "ordered", &[]);
+    let count = |c: &str, what: &str| c.lines().filter(|l| l.contains(what)).count();
+    wait_for("many short runs", || (count(&s.console(), " hello ") >= 80).then_some(()));
+    for _ in 0..3 {
+        let before = s.wait_pids("polite", 4);
+        let out = s.cli(&["restart", "polite"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        wait_for("new processes", || (s.pids("polite").iter().all(|p| !before.contains(p))).then_some(()));
+    }
+    assert!(s.cli(&["stop"]).status.success());
+    let console = s.console();
+    // `HH:MM:SS name.PID text`: each process's lines in console order.
+    let mut of: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for line in console.lines() {
+        let mut words = line.splitn(3, ' ');
+        let (_, Some(tag), Some(rest)) = (words.next(), words.next(), words.next()) else { continue };
+        if tag.starts_with("hello.") || tag.starts_with("polite.") {
+            of.entry(tag).or_default().push(rest.trim_start());
+        }
+    }
+    let (mut short, mut answered) = (0, 0);
+    for (tag, lines) in &of {
+        let pid = tag.split('.').nth(1).unwrap();
+        let at = |what: &str| lines.iter().position(|l| l.starts_with(what));
+        let said = if tag.starts_with("hello.") { format!("hello {pid}") } else { format!("bye {pid}") };
+        let (Some(started), Some(exited)) = (at("Started at "), at("Exited at ")) else {
+            panic!("{tag}: no Started or no Exited line: {lines:?}\n{console}");
+        };
+        if tag.starts_with("polite.") {
+            let up = at(&format!("up {pid}")).unwrap_or_else(|| panic!("{tag}: {lines:?}"));
+            assert!(started < up, "{tag}: {lines:?}");
+        }
+        let Some(output) = at(&said) else {
+            // Only a process stopped before it could print may lack it.
+            assert!(tag.starts_with("polite."), "{tag} never said {said:?}: {lines:?}");
+            continue;
+        };
+        assert!(started < output && output < exited, "{tag}: {lines:?}");
+        if tag.starts_with("hello.") {
+            short += 1
+        } else {
+            answered += 1
+        }
+    }
+    assert!(short >= 80 && answered >= 12, "{short} short runs and {answered} answered stops checked");
+}

@@ -23,6 +23,14 @@ use crate::spawn::{self, Credentials};
 use crate::sys;
 
 const READ_CHUNK: usize = 16 * 1024;
+/// How long a monitor that has seen its child's exit (and written its
+/// last lines) waits for the core's line about it — which can say more
+/// than the exit status ("Cannot start …") — before it makes its own.
+const CLOSING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often it looks meanwhile: after 1 ms, then twice as long each
+/// time, up to this (the core does not wake it: a few looks are cheaper
+/// than a wake-up on every exit, and the core is usually first).
+const CLOSING_TICK_MAX_MS: i32 = 64;
 /// At the end, how many chunks of a pipe are read at most.
 const DRAIN_CHUNKS: usize = 1024;
 
@@ -194,6 +202,8 @@ pub(crate) struct Quiesced {
     /// Output pipes still open, with their unwritten bytes.
     pub streams: Vec<Stream>,
     pub sink: Option<LineSink>,
+    /// Whether the thread had written the process's closing line.
+    pub closed: bool,
 }
 
 impl Quiesced {
@@ -201,7 +211,8 @@ impl Quiesced {
     /// lines, then closes the pipes (the end of supervision: nothing lost).
     /// A log that cannot take them is tried a few more times, for at most
     /// about half a second, and then said so once.
-    pub fn drain_and_finish(self) {
+    /// `closing`, the exit line the core told, comes last (on the console too).
+    pub fn drain_and_finish(self, closing: Option<String>) {
         let Some(sink) = self.sink else { return };
         let mut buf = vec![0u8; READ_CHUNK];
         let mut out = Outbox::default();
@@ -209,6 +220,10 @@ impl Quiesced {
             out.resume(&sink, i, &mut stream.splitter);
             drain_now(i, &mut stream, &mut buf, &sink, &mut out);
             write_last_line(i, &mut stream, &sink, &mut out);
+        }
+        if let Some(text) = closing {
+            sink.console.show_event(&sink.entry, sink.pid, &text);
+            out.add_own(&text);
         }
         out.flush_last(&sink);
     }
@@ -283,7 +298,7 @@ impl Work {
     /// Each stream still open, or ended with lines unwritten, goes back
     /// with those lines in front of its splitter's remainder.
     fn give_back(self) -> Quiesced {
-        let Work { streams, ended, mut out, sink, .. } = self;
+        let Work { streams, ended, mut out, sink, closed, .. } = self;
         let mut kept = Vec::new();
         for (i, mut stream) in streams.into_iter().enumerate() {
             if !ended[i] || out.holds(i) {
@@ -291,7 +306,7 @@ impl Work {
                 kept.push(stream);
             }
         }
-        Quiesced { streams: kept, sink: Some(sink) }
+        Quiesced { streams: kept, sink: Some(sink), closed }
     }
 }
 
@@ -305,7 +320,7 @@ impl Shared {
         while !matches!(*state, Hand::Released) {
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
-        Quiesced { streams: Vec::new(), sink: None }
+        Quiesced { streams: Vec::new(), sink: None, closed: true }
     }
 }
 
@@ -379,6 +394,7 @@ impl Monitor {
         sink: LineSink,
         reaped: bool,
         opening: Option<u64>,
+        told_exit: bool,
         notify: impl Fn(ChildNote) + Send + 'static,
     ) -> io::Result<Monitor> {
         let (pidfd, starttime) = known;
@@ -416,7 +432,7 @@ impl Monitor {
                 }
             }
             let stop = Ends { gen, stop: stop_for_thread, finish: finish_for_thread };
-            run(pid, pidfd_for_thread, stop, &ends.0, opening, notify)
+            run(pid, pidfd_for_thread, stop, &ends.0, (opening, told_exit), notify)
         })?;
         Ok(Monitor { pidfd, stop, finish, shared, thread, starttime })
     }
@@ -431,7 +447,7 @@ impl Monitor {
             Hand::Watching(work) => (work.give_back(), Parked { pidfd, stop, shared, thread: Some(thread) }),
             other => {
                 *shared.lock() = other;
-                let quiesced = thread.join().unwrap_or(Quiesced { streams: Vec::new(), sink: None });
+                let quiesced = thread.join().unwrap_or(Quiesced { streams: Vec::new(), sink: None, closed: true });
                 (quiesced, Parked { pidfd, stop, shared, thread: None })
             }
         }
@@ -454,6 +470,17 @@ impl Monitor {
         self.join()
     }
 
+    /// The end of supervision: stops the thread wherever it is, writes
+    /// what the pipes still hold and then, if the thread had not, the exit
+    /// line the core told ([`Quiesced::drain_and_finish`]).
+    pub fn end(self) {
+        let shared = self.shared.clone();
+        let quiesced = self.quiesce();
+        let closing =
+            if quiesced.closed { None } else { shared.closing.lock().unwrap_or_else(|p| p.into_inner()).take() };
+        quiesced.drain_and_finish(closing);
+    }
+
     /// Tells the thread that the child and its process group are gone: it
     /// takes what the pipes hold now and the unfinished last lines, writes
     /// them (retrying while the log cannot take them, as ever), closes the
@@ -474,7 +501,7 @@ impl Monitor {
 
     /// Waits for a monitor that said [`ChildNote::Closed`].
     pub fn join(self) -> Quiesced {
-        self.thread.join().unwrap_or(Quiesced { streams: Vec::new(), sink: None })
+        self.thread.join().unwrap_or(Quiesced { streams: Vec::new(), sink: None, closed: true })
     }
 }
 
@@ -485,15 +512,24 @@ struct Ends {
     finish: Arc<AtomicBool>,
 }
 
+/// `lines`: the time the core started the child at, for its opening log
+/// line (none for a child adopted across an exec); and whether the core
+/// tells the exit's line ([`Monitor::set_closing`]), which is then waited
+/// for (at most [`CLOSING_WAIT`]) rather than made here.
 fn run(
     pid: i32,
     pidfd: Option<Arc<OwnedFd>>,
     ends: Ends,
     shared: &Shared,
-    opening: Option<u64>,
+    lines: (Option<u64>, bool),
     notify: impl Fn(ChildNote),
 ) -> Quiesced {
     let Ends { gen, stop, finish } = ends;
+    let (opening, told_exit) = lines;
+    // Until when the exit's line is waited for from the core, once all
+    // else is done.
+    let mut closing_by: Option<Instant> = None;
+    let mut closing_tick_ms = 1;
     let mut exited = pidfd.is_none();
     // The pidfd said the child is gone but the core had reaped it first:
     // not polled again; the core's finish follows.
@@ -515,20 +551,38 @@ fn run(
         let mut state = shared.lock();
         let Hand::Watching(w) = &mut *state else { return shared.wait_released(state) };
         let done = |i: usize, w: &Work| w.ended[i] && !w.out.holds(i);
+        let mut awaiting_closing = false;
         if exited && (0..w.streams.len()).all(|i| done(i, w)) {
             if !w.closed {
-                w.closed = true;
-                w.out.opening_due();
-                let from_core = || shared.closing.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some(text) = w.closing.take().or_else(from_core) {
-                    w.out.add_own(&text);
+                let from_core = shared.closing.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let now = Instant::now();
+                let by = *closing_by.get_or_insert(now + CLOSING_WAIT);
+                let text = match from_core {
+                    Some(text) => Some(text),
+                    None if told_exit && now < by => {
+                        awaiting_closing = true;
+                        None
+                    }
+                    None => w.closing.take(),
+                };
+                if !awaiting_closing {
+                    w.closed = true;
+                    w.out.opening_due();
+                    if let Some(text) = text {
+                        // Where the core tells the exit, its console line
+                        // is shown here: after the process's last line.
+                        if told_exit {
+                            w.sink.console.show_event(&w.sink.entry, w.sink.pid, &text);
+                        }
+                        w.out.add_own(&text);
+                    }
+                    w.out.flush(&w.sink);
                 }
-                w.out.flush(&w.sink);
             }
-            if !w.out.is_holding() {
+            if w.closed && !w.out.is_holding() {
                 notify(ChildNote::Closed { gen });
                 let Hand::Watching(w) = std::mem::replace(&mut *state, Hand::Ended) else { unreachable!() };
-                return Quiesced { streams: Vec::new(), sink: Some(w.sink) };
+                return Quiesced { streams: Vec::new(), sink: Some(w.sink), closed: true };
             }
         }
         // Back-pressure: while lines wait for the log, the pipes are not read.
@@ -540,7 +594,11 @@ fn run(
             .chain([pollfd(stop.as_raw_fd())])
             .chain(pidfd.as_ref().filter(|_| !exited && !pidfd_done).map(|p| pollfd(p.as_raw_fd())))
             .collect();
-        let timeout = w.out.timeout_ms(Instant::now());
+        let mut timeout = w.out.timeout_ms(Instant::now());
+        if awaiting_closing {
+            timeout = if timeout < 0 { closing_tick_ms } else { timeout.min(closing_tick_ms) };
+            closing_tick_ms = (closing_tick_ms * 2).min(CLOSING_TICK_MAX_MS);
+        }
         // The wait, without the lock: the core may take the work meanwhile.
         drop(state);
         let polled = sys::poll(&mut fds, timeout);

@@ -201,12 +201,25 @@ impl ConsoleHandle {
     /// Queues an event line in the seed's style: `HH:MM:SS name.PID      text`
     /// (and sends it to syslog or the journal, where set up).
     pub fn event(&self, name: &str, pid: i32, text: &str) {
+        self.record(name, pid, text);
+        self.show_event(name, pid, text);
+    }
+
+    /// The half of [`ConsoleHandle::event`] that records it (`/events`,
+    /// syslog or the journal), for an event whose console line the
+    /// process's monitor shows in order with the process's own lines.
+    pub fn record(&self, name: &str, pid: i32, text: &str) {
         if self.tx.is_some() {
             crate::events::emit(Some(name), pid, text);
-            if !crate::events::to_journal() {
-                let at = sys::unix_now();
-                self.tell(Said::Tagged { name: name.to_string(), pid: Some(pid), text: text.to_string(), at });
-            }
+        }
+    }
+
+    /// The other half: the console line of an event recorded elsewhere
+    /// (none where events go to the journal, as for [`ConsoleHandle::event`]).
+    pub fn show_event(&self, name: &str, pid: i32, text: &str) {
+        if self.tx.is_some() && !crate::events::to_journal() {
+            let at = sys::unix_now();
+            self.tell(Said::Tagged { name: name.to_string(), pid: Some(pid), text: text.to_string(), at });
         }
     }
 

@@ -19,6 +19,12 @@ fn specs(scenario: &str) -> Vec<Spec> {
         ],
         // A crash loop with no delay: must be backed off, not spin.
         "crash" => vec![entry("crash", "sh", ["-c", "exit 3"], 0, 1)],
+        // Console order (tests/logs.rs): lines right after the start and
+        // right before the exit, and an answer to the stop signal.
+        "ordered" => vec![
+            entry("hello", "sh", ["-c", "echo hello $$; exit 1"], 0, 20),
+            entry("polite", "sh", ["-c", "trap 'echo bye $$; exit 0' TERM; echo up $$; while :; do sleep 0.05; done"], 0, 4),
+        ],
         // Restart policies.
         "policy" => vec![
             entry("ok-onfailure", "sh", ["-c", "exit 0"], 0, 1).restart(Restart::OnFailure),

@@ -749,6 +749,8 @@ impl Core {
         let mut rows = Vec::with_capacity(adoptions.len());
         let mut starts = Vec::with_capacity(adoptions.len());
         for a in adoptions {
+            // The core tells these rows' exit lines (`leader_exited`).
+            let told_exit = matches!(a.role, Role::Slot { .. } | Role::Helper { .. });
             let (mut row, pidfd, starttime) = match a.known {
                 Some((t, pidfd)) => (Proc::known(a.pid, a.role, t), pidfd, Some(t)),
                 None => (Proc::new(a.pid, a.role), None, None),
@@ -758,9 +760,13 @@ impl Core {
             let notify = self.notifier();
             let known = (pidfd, starttime);
             let opening = a.opening;
-            starts.push(move || Monitor::start(a.gen, a.pid, known, a.streams, sink, false, opening, notify));
+            starts
+                .push(move || Monitor::start(a.gen, a.pid, known, a.streams, sink, false, opening, told_exit, notify));
             rows.push((a.gen, row));
         }
+        // What was said so far (a `Started` line) reaches the console before
+        // anything a monitor shows of its process.
+        self.options.console.release();
         fn run<F: FnOnce() -> std::io::Result<Monitor>>(starts: Vec<F>) -> Vec<std::io::Result<Monitor>> {
             starts.into_iter().map(|start| start()).collect()
         }
@@ -892,7 +898,7 @@ impl Core {
     fn drain_pipes(&mut self, entry: &str, pid: i32, streams: Vec<Stream>) -> std::io::Result<()> {
         let gen = self.new_gen();
         let sink = self.sink(entry, pid);
-        let monitor = Monitor::start(gen, pid, (None, None), streams, sink, true, None, self.notifier())?;
+        let monitor = Monitor::start(gen, pid, (None, None), streams, sink, true, None, false, self.notifier())?;
         let mut row = Proc::known(pid, Role::Pipes { entry: entry.to_string() }, 0);
         row.reaped = true;
         row.monitor = Some(monitor);
@@ -940,10 +946,7 @@ impl Core {
                     Some((program, e)) => format!("Cannot start {program:?}: {e}."),
                     None => exit_text(exit, at),
                 };
-                self.options.console.event(&entry, pid, &text);
-                if let Some(m) = &row.monitor {
-                    m.set_closing(text);
-                }
+                tell_exit(&self.options.console, row, &entry, text);
             }
             Role::Helper { target, .. } => {
                 let text = match &failed {
@@ -951,10 +954,7 @@ impl Core {
                     None => exit_text(exit, at).replacen("Exited", "Action program exited", 1),
                 };
                 let target = target.clone();
-                self.options.console.event(&target, pid, &text);
-                if let Some(m) = &row.monitor {
-                    m.set_closing(text);
-                }
+                tell_exit(&self.options.console, row, &target, text);
             }
             Role::Stray { .. } | Role::Pipes { .. } | Role::Stuck { .. } => {}
         }
@@ -1388,7 +1388,11 @@ impl Core {
                     }
                 }
                 Effect::Signal { pid, signal } => match self.row_of(pid) {
-                    Some(gen) => self.procs[&gen].signal(signal),
+                    Some(gen) => {
+                        // What was said of the stop goes before what the process says of it.
+                        self.options.console.release();
+                        self.procs[&gen].signal(signal)
+                    }
                     None => log::error!("no process table row for {pid}: {signal} not sent"),
                 },
                 Effect::CountRestart => self.entries[i].restarts += 1,
@@ -1619,7 +1623,7 @@ impl Core {
         self.join_closed();
         for (_, row) in std::mem::take(&mut self.procs) {
             if let Some(monitor) = row.monitor {
-                monitor.quiesce().drain_and_finish();
+                monitor.end();
             }
         }
         for w in self.waiters.drain(..) {
@@ -1885,6 +1889,19 @@ fn slot_state(slot: &Slot) -> SlotState {
         Phase::Stopping { .. } | Phase::Killing { .. } => SlotState::Stopping,
         Phase::Unkillable { .. } => SlotState::Unkillable,
         Phase::Failed => SlotState::Failed,
+    }
+}
+
+/// Tells the exit line `text` of `row`'s process: recorded as an event now,
+/// shown on the console by its monitor after the process's last output
+/// line (as in its log) — or at once, if no monitor watches it.
+fn tell_exit(console: &ConsoleHandle, row: &Proc, name: &str, text: String) {
+    match &row.monitor {
+        Some(m) => {
+            console.record(name, row.pid, &text);
+            m.set_closing(text);
+        }
+        None => console.event(name, row.pid, &text),
     }
 }
 
