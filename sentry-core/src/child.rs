@@ -31,6 +31,8 @@ const CLOSING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// time, up to this (the core does not wake it: a few looks are cheaper
 /// than a wake-up on every exit, and the core is usually first).
 const CLOSING_TICK_MAX_MS: i32 = 64;
+/// The most output pipes one monitor reads (a child's stdout and stderr).
+const MAX_STREAMS: usize = 2;
 /// At the end, how many chunks of a pipe are read at most.
 const DRAIN_CHUNKS: usize = 1024;
 
@@ -285,7 +287,7 @@ struct Work {
     /// Lines read and not yet written; while it holds any, no stream is read.
     out: Outbox,
     /// Streams at end of file (kept, not polled, until their lines are written).
-    ended: Vec<bool>,
+    ended: [bool; MAX_STREAMS],
     sink: LineSink,
     /// The `[sentry]` line that ends the process's part of the log (its
     /// exit), from the thread's own look at the exit (else the core's, in
@@ -411,7 +413,10 @@ impl Monitor {
         let finish = Arc::new(AtomicBool::new(false));
         let finish_for_thread = finish.clone();
         let name = format!("sentry-{}.{pid}", sink.entry);
-        let ended = vec![false; streams.len()];
+        if streams.len() > MAX_STREAMS {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a monitor reads at most two pipes"));
+        }
+        let ended = [false; MAX_STREAMS];
         let work = Work { streams, out: Outbox::default(), ended, sink, closing: None, closed: false };
         let shared = Arc::new(Shared {
             state: Mutex::new(Hand::Watching(work)),
@@ -586,14 +591,29 @@ fn run(
             }
         }
         // Back-pressure: while lines wait for the log, the pipes are not read.
-        let reading: Vec<usize> =
-            if w.out.is_holding() { Vec::new() } else { (0..w.streams.len()).filter(|&i| !w.ended[i]).collect() };
-        let mut fds: Vec<libc::pollfd> = reading
-            .iter()
-            .map(|&i| pollfd(w.streams[i].fd.as_raw_fd()))
-            .chain([pollfd(stop.as_raw_fd())])
-            .chain(pidfd.as_ref().filter(|_| !exited && !pidfd_done).map(|p| pollfd(p.as_raw_fd())))
-            .collect();
+        // On the stack: a quiet child's monitor never allocates, so its
+        // thread never gets a malloc cache of its own (glibc makes one,
+        // ~0.6 KiB, at a thread's first allocation).
+        let mut reading = [0usize; MAX_STREAMS];
+        let mut n_reading = 0;
+        if !w.out.is_holding() {
+            for i in (0..w.streams.len()).filter(|&i| !w.ended[i]) {
+                reading[n_reading] = i;
+                n_reading += 1;
+            }
+        }
+        let reading = &reading[..n_reading];
+        let mut all_fds = [pollfd(-1); MAX_STREAMS + 2];
+        for (k, &i) in reading.iter().enumerate() {
+            all_fds[k] = pollfd(w.streams[i].fd.as_raw_fd());
+        }
+        all_fds[n_reading] = pollfd(stop.as_raw_fd());
+        let mut n_fds = n_reading + 1;
+        if let Some(p) = pidfd.as_ref().filter(|_| !exited && !pidfd_done) {
+            all_fds[n_fds] = pollfd(p.as_raw_fd());
+            n_fds += 1;
+        }
+        let fds = &mut all_fds[..n_fds];
         let mut timeout = w.out.timeout_ms(Instant::now());
         if awaiting_closing {
             timeout = if timeout < 0 { closing_tick_ms } else { timeout.min(closing_tick_ms) };
@@ -601,7 +621,7 @@ fn run(
         }
         // The wait, without the lock: the core may take the work meanwhile.
         drop(state);
-        let polled = sys::poll(&mut fds, timeout);
+        let polled = sys::poll(fds, timeout);
         let mut state = shared.lock();
         let Hand::Watching(w) = &mut *state else { return shared.wait_released(state) };
         if polled.is_err() {
