@@ -8,7 +8,9 @@
 //! respawn with delay 0, 100 killed at once → all back, bring-up of 1, 100
 //! and 1 000 children, the supervisor's RSS and PSS at those counts, idle
 //! CPU and context switches with 100 children, and (Sentry only) the
-//! reload pause Sentry prints itself (`Handover took`). A table on stdout,
+//! reload pause Sentry prints itself (`Handover took`). The respawn, mass
+//! and idle samples are taken in three rounds, each supervisor in turn, so
+//! that a slower minute of a shared machine weighs on all. A table on stdout,
 //! JSON under `<target>/bench/`. Never run by `cargo test`: nothing here
 //! is asserted.
 
@@ -142,6 +144,14 @@ pub fn main(args: &[String]) -> Result<(), String> {
     outcome
 }
 
+/// In how many interleaved rounds the respawn, mass and idle samples are taken.
+const ROUNDS: usize = 3;
+
+/// Round `round`'s part of `total` samples (the first rounds take the rest).
+fn share(total: usize, round: usize) -> usize {
+    total / ROUNDS + usize::from(round < total % ROUNDS)
+}
+
 /// The groups of figures `--only` chooses from.
 const GROUPS: [&str; 5] = ["respawn", "mass", "bringup", "reload", "watch"];
 
@@ -177,14 +187,21 @@ fn run(
     let mut res = Results::default();
     let mut reload_lines = Vec::new();
     let t0 = Instant::now();
+    // The timed figures in rounds, each supervisor in turn: a machine that
+    // is slower for a minute slows every one of them, not one alone.
+    for round in 0..ROUNDS {
+        for &kind in &kinds {
+            println!("bench: round {}/{ROUNDS}: {} …", round + 1, kind.name());
+            if wanted("respawn") {
+                respawn(&ctx, kind, share(plan.respawns, round), &mut res);
+            }
+            if wanted("mass") {
+                mass_and_idle(&ctx, kind, share(plan.mass, round), share(plan.idle_samples, round), plan, &mut res);
+            }
+        }
+    }
     for &kind in &kinds {
         println!("bench: {} …", kind.name());
-        if wanted("respawn") {
-            respawn(&ctx, kind, plan, &mut res);
-        }
-        if wanted("mass") {
-            mass_and_idle(&ctx, kind, plan, &mut res);
-        }
         if wanted("bringup") {
             bringups(&ctx, kind, plan, &mut res);
         }
@@ -394,7 +411,10 @@ fn ms(ns: u64) -> f64 {
 }
 
 /// (1) Crash → respawn, delay 0: one child, SIGKILLed at T; the replacement's stamp − T.
-fn respawn(ctx: &Ctx, kind: Kind, plan: &Plan, res: &mut Results) {
+fn respawn(ctx: &Ctx, kind: Kind, samples: usize, res: &mut Results) {
+    if samples == 0 {
+        return;
+    }
     let mut stamps = Stamps::new(ctx, "respawn");
     let outcome = (|| -> Outcome<()> {
         let running = launch(kind, ctx, 1, &stamps.path)?;
@@ -404,7 +424,7 @@ fn respawn(ctx: &Ctx, kind: Kind, plan: &Plan, res: &mut Results) {
             let said = console.lines().find(|l| l.contains("Containment:"));
             res.notes.push(format!("Sentry's start said: {}", said.unwrap_or("(nothing about containment)")));
         }
-        for _ in 0..plan.respawns {
+        for _ in 0..samples {
             let live = stamps.wait_live(ctx, 1, Duration::from_secs(30))?;
             wait_age(&live);
             let old: HashSet<i32> = live.iter().map(|&(p, _)| p).collect();
@@ -423,19 +443,22 @@ fn respawn(ctx: &Ctx, kind: Kind, plan: &Plan, res: &mut Results) {
 
 /// (2) 100 children SIGKILLed at once → all replacements stamped; then
 /// (5) idle CPU and context switches of the supervisor with 100 children.
-fn mass_and_idle(ctx: &Ctx, kind: Kind, plan: &Plan, res: &mut Results) {
+fn mass_and_idle(ctx: &Ctx, kind: Kind, mass: usize, idle_samples: usize, plan: &Plan, res: &mut Results) {
+    if mass + idle_samples == 0 {
+        return;
+    }
     let mut stamps = Stamps::new(ctx, "mass");
     let outcome = (|| -> Outcome<()> {
         let running = launch(kind, ctx, MASS.max(IDLE_CHILDREN), &stamps.path)?;
         let secs = plan.idle.as_secs();
-        for _ in 0..plan.idle_samples {
+        for _ in 0..idle_samples {
             stamps.wait_live(ctx, IDLE_CHILDREN, Duration::from_secs(60))?;
             std::thread::sleep(SETTLE);
             let (cpu, switches) = idle(&running, ctx, plan.idle);
             res.add(&format!("idle CPU, {IDLE_CHILDREN} children, {secs} s"), "ms", kind, cpu);
             res.add(&format!("idle context switches, {IDLE_CHILDREN} children, {secs} s"), "", kind, switches);
         }
-        for _ in 0..plan.mass {
+        for _ in 0..mass {
             let live = stamps.wait_live(ctx, MASS, Duration::from_secs(60))?;
             wait_age(&live);
             let old: HashSet<i32> = live.iter().map(|&(p, _)| p).collect();
