@@ -368,8 +368,10 @@ fn an_unreadable_snapshot_adopts_the_children_and_says_so() {
     let supervisor = s.pid();
     // The new image cannot tell the outcome from its snapshot, so `reload` may
     // not see it: ask over HTTP, then watch the console.
-    let _ = s.cli(&["reload"]);
-    wait_for("the loud warning", || s.console().contains("could not read its handed-over state").then_some(()));
+    let out = s.cli(&["reload"]);
+    // Should it never come, what `reload` said tells why.
+    let said = format!("the loud warning (reload said: {}{})", text(&out.stdout), text(&out.stderr));
+    wait_for(&said, || s.console().contains("could not read its handed-over state").then_some(()));
     assert!(alive(supervisor));
     let now = wait_for("the children adopted", || Some(s.pids("keep")).filter(|p| p.len() == 2));
     assert_eq!(now, pids, "same slots, same PIDs");
@@ -527,8 +529,10 @@ fn an_unreadable_snapshot_keeps_the_adopted_childrens_output_pipes() {
     let s = c.start(&[("SENTRY_TEST_CORRUPT_HANDOFF", "1")]);
     let pid = wait_for("talk", || s.pids("talk").first().copied());
     wait_for("output", || s.log("talk").contains("n 5\n").then_some(()));
-    let _ = s.cli(&["reload"]);
-    wait_for("the loud warning", || s.console().contains("could not read its handed-over state").then_some(()));
+    let out = s.cli(&["reload"]);
+    // Should it never come, what `reload` said tells why.
+    let said = format!("the loud warning (reload said: {}{})", text(&out.stdout), text(&out.stderr));
+    wait_for(&said, || s.console().contains("could not read its handed-over state").then_some(()));
     let lines = |s: &Sentry| s.log("talk").lines().filter(|l| l.contains(&format!("talk.{pid} n "))).count();
     let after_reload = lines(&s);
     wait_for("more lines of the same child after the reload", || (lines(&s) >= after_reload + 10).then_some(()));
