@@ -147,8 +147,23 @@ fn events_page_wait_stream_and_survive_a_reload() {
     let all = seqs(&after);
     assert!(all.starts_with(&before), "the ring crossed the exec");
     assert!(all.windows(2).all(|w| w[1] == w[0] + 1), "increasing, no gap: {all:?}");
+    // A query is decoded as a form is, as client libraries encode it.
+    let since_one = seqs(&events(&a, "since=1"));
+    assert!(!since_one.is_empty());
+    for q in ["since=%31", "%73ince=1", "since=1&", "since=1&wait=%30"] {
+        assert_eq!(seqs(&events(&a, q)), since_one, "{q}");
+    }
     // Bad requests: 400 with an error, nothing else.
-    for q in ["since=-1", "since=abc", "wait=x", "nosuch=1", "since=99999999999999999999999"] {
+    for q in [
+        "since=-1",
+        "since=abc",
+        "wait=x",
+        "nosuch=1",
+        "since=99999999999999999999999",
+        "since=%3",
+        "since=%FF",
+        "since=+1",
+    ] {
         let (code, _, body) = get(&a, &format!("/events?{q}"), "");
         assert_eq!(code, 400, "{q}: {body}");
         assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());

@@ -686,9 +686,10 @@ fn events<'a>(request: &Request, shared: &'a Shared) -> Routed<'a> {
     let reply = |code, body| Routed::Reply(Reply::json(code, body));
     let mut since = 0;
     let mut wait = Duration::ZERO;
-    for pair in request.query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
+    // Decoded as a form is (`%31` is `1`, `+` a space): what a client library sends.
+    for (key, value) in form_urlencoded::parse(request.query.as_bytes()) {
+        let value = value.as_ref();
+        match key.as_ref() {
             "since" => match digits(value).map(|n| n as u64) {
                 Some(n) => since = n,
                 None => return reply(400, error_body(&format!("since must be a sequence number, not {value:?}"))),
