@@ -50,6 +50,28 @@ pub(crate) enum ChildNote {
 
 pub(crate) use crate::spawn::Spawned;
 
+/// Who tells a watched process's exit, and in which words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Teller {
+    /// Nobody: a stray's or only pipes' (the log gets the monitor's own line).
+    Nobody,
+    /// An entry's process: `Exited at T with …`.
+    Slot,
+    /// An `exec` action's program: `Action program exited at T with …`.
+    Helper,
+}
+
+impl Teller {
+    /// The exit line of `exit` at Unix time `at`, in this teller's words.
+    pub fn exit_line(self, exit: ChildExit, at: u64) -> String {
+        let text = crate::lifecycle::exit_text(exit, at);
+        match self {
+            Teller::Helper => text.replacen("Exited", "Action program exited", 1),
+            Teller::Slot | Teller::Nobody => text,
+        }
+    }
+}
+
 /// Starts `entry`'s command in slot `index`, in the cgroup whose directory
 /// is `cgroup` if one is given (see [`spawn::start`]).
 pub(crate) fn spawn(
@@ -206,6 +228,10 @@ pub(crate) struct Quiesced {
     pub sink: Option<LineSink>,
     /// Whether the thread had written the process's closing line.
     pub closed: bool,
+    /// Whether its console exit line was shown (or is nobody's to show).
+    pub exit_shown: bool,
+    /// The exit line the thread made from its own look at the exit.
+    pub own_exit: Option<String>,
 }
 
 impl Quiesced {
@@ -213,8 +239,8 @@ impl Quiesced {
     /// lines, then closes the pipes (the end of supervision: nothing lost).
     /// A log that cannot take them is tried a few more times, for at most
     /// about half a second, and then said so once.
-    /// `closing`, the exit line the core told, comes last (on the console too).
-    pub fn drain_and_finish(self, closing: Option<String>) {
+    /// Then `closing`, the log's last line, and `shown`, the console's exit line.
+    pub fn drain_and_finish(self, closing: Option<String>, shown: Option<String>) {
         let Some(sink) = self.sink else { return };
         let mut buf = vec![0u8; READ_CHUNK];
         let mut out = Outbox::default();
@@ -223,8 +249,10 @@ impl Quiesced {
             drain_now(i, &mut stream, &mut buf, &sink, &mut out);
             write_last_line(i, &mut stream, &sink, &mut out);
         }
-        if let Some(text) = closing {
+        if let Some(text) = shown {
             sink.console.show_event(&sink.entry, sink.pid, &text);
+        }
+        if let Some(text) = closing {
             out.add_own(&text);
         }
         out.flush_last(&sink);
@@ -294,13 +322,18 @@ struct Work {
     /// [`Shared::closing`]); and whether it was queued.
     closing: Option<String>,
     closed: bool,
+    /// Whether the console's exit line was shown (see [`run`]).
+    exit_shown: bool,
+    /// The exit was status 127, which may be a start that failed after
+    /// the clone: only the core can tell ([`Monitor::set_closing`]).
+    exit_unsure: bool,
 }
 
 impl Work {
     /// Each stream still open, or ended with lines unwritten, goes back
     /// with those lines in front of its splitter's remainder.
     fn give_back(self) -> Quiesced {
-        let Work { streams, ended, mut out, sink, closed, .. } = self;
+        let Work { streams, ended, mut out, sink, closed, exit_shown, closing, .. } = self;
         let mut kept = Vec::new();
         for (i, mut stream) in streams.into_iter().enumerate() {
             if !ended[i] || out.holds(i) {
@@ -308,7 +341,7 @@ impl Work {
                 kept.push(stream);
             }
         }
-        Quiesced { streams: kept, sink: Some(sink), closed }
+        Quiesced { streams: kept, sink: Some(sink), closed, exit_shown, own_exit: closing }
     }
 }
 
@@ -322,7 +355,7 @@ impl Shared {
         while !matches!(*state, Hand::Released) {
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
-        Quiesced { streams: Vec::new(), sink: None, closed: true }
+        Quiesced { streams: Vec::new(), sink: None, closed: true, exit_shown: true, own_exit: None }
     }
 }
 
@@ -396,7 +429,7 @@ impl Monitor {
         sink: LineSink,
         reaped: bool,
         opening: Option<u64>,
-        told_exit: bool,
+        teller: Teller,
         notify: impl Fn(ChildNote) + Send + 'static,
     ) -> io::Result<Monitor> {
         let (pidfd, starttime) = known;
@@ -417,7 +450,18 @@ impl Monitor {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a monitor reads at most two pipes"));
         }
         let ended = [false; MAX_STREAMS];
-        let work = Work { streams, out: Outbox::default(), ended, sink, closing: None, closed: false };
+        // Nobody's exit has no console line to show.
+        let exit_shown = teller == Teller::Nobody;
+        let work = Work {
+            streams,
+            out: Outbox::default(),
+            ended,
+            sink,
+            closing: None,
+            closed: false,
+            exit_shown,
+            exit_unsure: false,
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(Hand::Watching(work)),
             changed: Condvar::new(),
@@ -437,7 +481,7 @@ impl Monitor {
                 }
             }
             let stop = Ends { gen, stop: stop_for_thread, finish: finish_for_thread };
-            run(pid, pidfd_for_thread, stop, &ends.0, (opening, told_exit), notify)
+            run(pid, pidfd_for_thread, stop, &ends.0, (opening, teller), notify)
         })?;
         Ok(Monitor { pidfd, stop, finish, shared, thread, starttime })
     }
@@ -452,7 +496,13 @@ impl Monitor {
             Hand::Watching(work) => (work.give_back(), Parked { pidfd, stop, shared, thread: Some(thread) }),
             other => {
                 *shared.lock() = other;
-                let quiesced = thread.join().unwrap_or(Quiesced { streams: Vec::new(), sink: None, closed: true });
+                let quiesced = thread.join().unwrap_or(Quiesced {
+                    streams: Vec::new(),
+                    sink: None,
+                    closed: true,
+                    exit_shown: true,
+                    own_exit: None,
+                });
                 (quiesced, Parked { pidfd, stop, shared, thread: None })
             }
         }
@@ -481,9 +531,11 @@ impl Monitor {
     pub fn end(self) {
         let shared = self.shared.clone();
         let quiesced = self.quiesce();
-        let closing =
-            if quiesced.closed { None } else { shared.closing.lock().unwrap_or_else(|p| p.into_inner()).take() };
-        quiesced.drain_and_finish(closing);
+        let told = shared.closing.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let line = told.or(quiesced.own_exit.clone());
+        let closing = if quiesced.closed { None } else { line.clone() };
+        let shown = if quiesced.exit_shown { None } else { line };
+        quiesced.drain_and_finish(closing, shown);
     }
 
     /// Tells the thread that the child and its process group are gone: it
@@ -506,7 +558,13 @@ impl Monitor {
 
     /// Waits for a monitor that said [`ChildNote::Closed`].
     pub fn join(self) -> Quiesced {
-        self.thread.join().unwrap_or(Quiesced { streams: Vec::new(), sink: None, closed: true })
+        self.thread.join().unwrap_or(Quiesced {
+            streams: Vec::new(),
+            sink: None,
+            closed: true,
+            exit_shown: true,
+            own_exit: None,
+        })
     }
 }
 
@@ -518,19 +576,27 @@ struct Ends {
 }
 
 /// `lines`: the time the core started the child at, for its opening log
-/// line (none for a child adopted across an exec); and whether the core
-/// tells the exit's line ([`Monitor::set_closing`]), which is then waited
-/// for (at most [`CLOSING_WAIT`]) rather than made here.
+/// line (none for a child adopted across an exec); and who tells the exit.
+///
+/// A told exit is shown on the console as soon as the exit is seen and
+/// the pipes hold nothing more (so after everything the process wrote
+/// before it exited, and before its replacement starts, in most cases),
+/// in the core's words if they are there ([`Monitor::set_closing`]), else
+/// in the thread's own ([`Teller::exit_line`]) — except a status 127,
+/// which may be a failed start that only the core can tell: for that the
+/// core's words are waited for. The log gets the line after the pipes'
+/// last one, in the core's words. Waits for them end after [`CLOSING_WAIT`].
 fn run(
     pid: i32,
     pidfd: Option<Arc<OwnedFd>>,
     ends: Ends,
     shared: &Shared,
-    lines: (Option<u64>, bool),
+    lines: (Option<u64>, Teller),
     notify: impl Fn(ChildNote),
 ) -> Quiesced {
     let Ends { gen, stop, finish } = ends;
-    let (opening, told_exit) = lines;
+    let (opening, teller) = lines;
+    let told_exit = teller != Teller::Nobody;
     // Until when the exit's line is waited for from the core, once all
     // else is done.
     let mut closing_by: Option<Instant> = None;
@@ -557,9 +623,28 @@ fn run(
         let Hand::Watching(w) = &mut *state else { return shared.wait_released(state) };
         let done = |i: usize, w: &Work| w.ended[i] && !w.out.holds(i);
         let mut awaiting_closing = false;
+        let told = || shared.closing.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if exited && !w.exit_shown && !w.out.is_holding() && pipes_quiet(w) {
+            let now = Instant::now();
+            let by = *closing_by.get_or_insert(now + CLOSING_WAIT);
+            let text = match told() {
+                Some(text) => Some(text),
+                None if w.exit_unsure && now < by => {
+                    awaiting_closing = true;
+                    None
+                }
+                None => w.closing.clone(),
+            };
+            if !awaiting_closing {
+                w.exit_shown = true;
+                if let Some(text) = text {
+                    w.sink.console.show_event(&w.sink.entry, w.sink.pid, &text);
+                }
+            }
+        }
         if exited && (0..w.streams.len()).all(|i| done(i, w)) {
             if !w.closed {
-                let from_core = shared.closing.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let from_core = told();
                 let now = Instant::now();
                 let by = *closing_by.get_or_insert(now + CLOSING_WAIT);
                 let text = match from_core {
@@ -574,11 +659,6 @@ fn run(
                     w.closed = true;
                     w.out.opening_due();
                     if let Some(text) = text {
-                        // Where the core tells the exit, its console line
-                        // is shown here: after the process's last line.
-                        if told_exit {
-                            w.sink.console.show_event(&w.sink.entry, w.sink.pid, &text);
-                        }
                         w.out.add_own(&text);
                     }
                     w.out.flush(&w.sink);
@@ -587,7 +667,13 @@ fn run(
             if w.closed && !w.out.is_holding() {
                 notify(ChildNote::Closed { gen });
                 let Hand::Watching(w) = std::mem::replace(&mut *state, Hand::Ended) else { unreachable!() };
-                return Quiesced { streams: Vec::new(), sink: Some(w.sink), closed: true };
+                return Quiesced {
+                    streams: Vec::new(),
+                    sink: Some(w.sink),
+                    closed: true,
+                    exit_shown: true,
+                    own_exit: None,
+                };
             }
         }
         // Back-pressure: while lines wait for the log, the pipes are not read.
@@ -650,7 +736,7 @@ fn run(
             exited = true;
             continue;
         }
-        let Work { streams, out, ended, sink, closing, .. } = w;
+        let Work { streams, out, ended, sink, closing, exit_unsure, .. } = w;
         if out.is_holding() {
             if out.is_due(Instant::now()) {
                 out.flush(sink);
@@ -676,13 +762,25 @@ fn run(
                 Some(ChildExit::Unknown) => pidfd_done = true,
                 Some(exit) => {
                     exited = true;
-                    closing.get_or_insert_with(|| crate::lifecycle::exit_text(exit, sys::unix_now()));
+                    closing.get_or_insert_with(|| teller.exit_line(exit, sys::unix_now()));
+                    *exit_unsure = exit == ChildExit::Code(127);
                     notify(ChildNote::Exited { gen });
                 }
                 None => {}
             }
         }
     }
+}
+
+/// Whether no open pipe of `w` has anything to read right now.
+fn pipes_quiet(w: &Work) -> bool {
+    let mut fds = [pollfd(-1); MAX_STREAMS];
+    let mut n = 0;
+    for i in (0..w.streams.len()).filter(|&i| !w.ended[i]) {
+        fds[n] = pollfd(w.streams[i].fd.as_raw_fd());
+        n += 1;
+    }
+    n == 0 || sys::poll(&mut fds[..n], 0).is_ok_and(|ready| ready == 0)
 }
 
 /// Reads what `stream` holds right now, without waiting (bounded: a writer

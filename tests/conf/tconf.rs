@@ -22,7 +22,8 @@ fn specs(scenario: &str) -> Vec<Spec> {
         // Console order (tests/logs.rs): lines right after the start and
         // right before the exit, and an answer to the stop signal.
         "ordered" => vec![
-            entry("hello", "sh", ["-c", "echo hello $$; exit 1"], 0, 20),
+            entry("hello", "sh", ["-c", "echo hello $$ $SENTRY_INDEX; exit 1"], 0, 20),
+            entry("steady", "sh", ["-c", "echo hello $$ $SENTRY_INDEX; sleep 1.05; echo bye $$; exit 1"], 0, 20),
             entry("polite", "sh", ["-c", "trap 'echo bye $$; exit 0' TERM; echo up $$; while :; do sleep 0.05; done"], 0, 4),
         ],
         // Restart policies.

@@ -35,10 +35,10 @@ use crossbeam_channel::Sender;
 
 use crate::budget::later;
 use crate::cgroup::{self, Cgroup, Fence};
-use crate::child::{self, ChildNote, Monitor, Stream};
+use crate::child::{self, ChildNote, Monitor, Stream, Teller};
 use crate::config::{Config, EntryConfig, Rule};
 use crate::handoff::{CoreSnapshot, InfoSnapshot};
-use crate::lifecycle::{self, exit_text, AfterStop, ChildExit, Effect, Event, Phase, Policy, Slot, KILL_GRACE};
+use crate::lifecycle::{self, AfterStop, ChildExit, Effect, Event, Phase, Policy, Slot, KILL_GRACE};
 use crate::logfile::{self, LogFile};
 use crate::output::{ConsoleHandle, LineSink, LineSplitter};
 use crate::status::{
@@ -749,8 +749,12 @@ impl Core {
         let mut rows = Vec::with_capacity(adoptions.len());
         let mut starts = Vec::with_capacity(adoptions.len());
         for a in adoptions {
-            // The core tells these rows' exit lines (`leader_exited`).
-            let told_exit = matches!(a.role, Role::Slot { .. } | Role::Helper { .. });
+            // The core tells these rows' exits (`leader_exited`).
+            let teller = match a.role {
+                Role::Slot { .. } => Teller::Slot,
+                Role::Helper { .. } => Teller::Helper,
+                Role::Stray { .. } | Role::Pipes { .. } | Role::Stuck { .. } => Teller::Nobody,
+            };
             let (mut row, pidfd, starttime) = match a.known {
                 Some((t, pidfd)) => (Proc::known(a.pid, a.role, t), pidfd, Some(t)),
                 None => (Proc::new(a.pid, a.role), None, None),
@@ -760,8 +764,7 @@ impl Core {
             let notify = self.notifier();
             let known = (pidfd, starttime);
             let opening = a.opening;
-            starts
-                .push(move || Monitor::start(a.gen, a.pid, known, a.streams, sink, false, opening, told_exit, notify));
+            starts.push(move || Monitor::start(a.gen, a.pid, known, a.streams, sink, false, opening, teller, notify));
             rows.push((a.gen, row));
         }
         // What was said so far (a `Started` line) reaches the console before
@@ -898,7 +901,8 @@ impl Core {
     fn drain_pipes(&mut self, entry: &str, pid: i32, streams: Vec<Stream>) -> std::io::Result<()> {
         let gen = self.new_gen();
         let sink = self.sink(entry, pid);
-        let monitor = Monitor::start(gen, pid, (None, None), streams, sink, true, None, false, self.notifier())?;
+        let monitor =
+            Monitor::start(gen, pid, (None, None), streams, sink, true, None, Teller::Nobody, self.notifier())?;
         let mut row = Proc::known(pid, Role::Pipes { entry: entry.to_string() }, 0);
         row.reaped = true;
         row.monitor = Some(monitor);
@@ -944,14 +948,14 @@ impl Core {
                 let entry = entry.clone();
                 let text = match &failed {
                     Some((program, e)) => format!("Cannot start {program:?}: {e}."),
-                    None => exit_text(exit, at),
+                    None => Teller::Slot.exit_line(exit, at),
                 };
                 tell_exit(&self.options.console, row, &entry, text);
             }
             Role::Helper { target, .. } => {
                 let text = match &failed {
                     Some((program, e)) => format!("Cannot run {program:?}: {e}."),
-                    None => exit_text(exit, at).replacen("Exited", "Action program exited", 1),
+                    None => Teller::Helper.exit_line(exit, at),
                 };
                 let target = target.clone();
                 tell_exit(&self.options.console, row, &target, text);
@@ -1892,9 +1896,10 @@ fn slot_state(slot: &Slot) -> SlotState {
     }
 }
 
-/// Tells the exit line `text` of `row`'s process: recorded as an event now,
-/// shown on the console by its monitor after the process's last output
-/// line (as in its log) — or at once, if no monitor watches it.
+/// Tells the exit of `row`'s process: `text` (`Exited at …`, or `Cannot
+/// start …` in its place) is recorded as an event now; its monitor shows
+/// it on the console after the process's last output line and ends the
+/// log with it (see `child::run`). Without a monitor, the core shows it.
 fn tell_exit(console: &ConsoleHandle, row: &Proc, name: &str, text: String) {
     match &row.monitor {
         Some(m) => {
