@@ -487,3 +487,24 @@ fn the_console_shows_each_process_from_its_start_through_its_output_to_its_exit(
     }
     assert!(short >= 80 && answered >= 12, "{short} short runs and {answered} answered stops checked");
 }
+
+/// A console that falls behind drops lines (it is best effort; the logs
+/// have them all) and says how many once it has caught up: every line is
+/// either shown or counted.
+#[test]
+fn a_console_that_falls_behind_says_how_many_lines_it_dropped() {
+    let s = Sentry::start(TCONF, "flood", &[]);
+    let pids = s.wait_pids("flood", 3);
+    for pid in &pids {
+        wait_for("a whole flood logged", || s.log("flood").contains(&format!("flood.{pid} line19999\n")).then_some(()));
+    }
+    let expected = 3 * (20000 + 1); // each process's lines and its Started line
+    let (shown, dropped) = wait_for("every line shown or counted", || {
+        let console = s.console();
+        let shown = console.lines().filter(|l| l.split(' ').nth(1).is_some_and(|t| t.starts_with("flood."))).count();
+        let dropped: usize =
+            console.lines().filter_map(|l| l.strip_prefix("Sentry: ")?.split(' ').next()?.parse::<usize>().ok()).sum();
+        (shown + dropped == expected).then_some((shown, dropped))
+    });
+    eprintln!("{shown} shown, {dropped} dropped");
+}

@@ -23,6 +23,11 @@ use crate::sys;
 /// Lines waiting for the console writer; beyond this, console lines are dropped.
 const CONSOLE_BACKLOG: usize = 4096;
 
+/// Console lines dropped because the writer was [`CONSOLE_BACKLOG`] lines
+/// behind, since the console last said so: said, and reset, each time the
+/// writer has caught up (the logs have every line).
+static CONSOLE_DROPPED: AtomicU64 = AtomicU64::new(0);
+
 /// How long [`Console::close`] waits for what is queued to be written: a
 /// standard output nobody reads (a full pipe) must not block an exec or a stop.
 pub(crate) const CLOSE_PATIENCE: Duration = Duration::from_secs(1);
@@ -148,6 +153,14 @@ impl Console {
                     // Best effort: a closed or broken stdout must not stop anything.
                     let _ = out.write_all(line.as_bytes());
                     if rx.is_empty() {
+                        let dropped = CONSOLE_DROPPED.swap(0, Ordering::Relaxed);
+                        if dropped > 0 {
+                            let _ = writeln!(
+                                out,
+                                "Sentry: {dropped} console line{} dropped: the console could not keep up (the logs have every line).",
+                                if dropped == 1 { "" } else { "s" }
+                            );
+                        }
                         let _ = out.flush();
                         rotate_daemon_output();
                     }
@@ -287,7 +300,10 @@ impl ConsoleHandle {
     fn send(&self, line: String) {
         if let Some(tx) = &self.tx {
             match tx.try_send(Some(line)) {
-                Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Full(_)) => {
+                    CONSOLE_DROPPED.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             }
         }
     }

@@ -19,6 +19,14 @@ fn specs(scenario: &str) -> Vec<Spec> {
         ],
         // A crash loop with no delay: must be backed off, not spin.
         "crash" => vec![entry("crash", "sh", ["-c", "exit 3"], 0, 1)],
+        // A console that cannot keep up (tests/logs.rs).
+        "flood" => vec![entry(
+            "flood",
+            "sh",
+            ["-c", "i=0; while [ $i -lt 20000 ]; do echo line$i; i=$((i+1)); done; exec sleep 100000"],
+            0,
+            3,
+        )],
         // Console order (tests/logs.rs): lines right after the start and
         // right before the exit, and an answer to the stop signal.
         "ordered" => vec![
