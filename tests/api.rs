@@ -312,3 +312,34 @@ fn a_unix_socket_left_by_a_killed_instance_is_replaced_and_a_file_never_is() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
 }
+
+/// An exit told before a reload (its process group still being stopped)
+/// is not told again after it: one `exited` event, one `Exited` line on the
+/// console and in the log, one line about the leftover, with the exit's
+/// own time.
+#[test]
+fn an_exit_told_before_a_reload_is_told_once() {
+    let s = Sentry::start(TCONF, "lingerer", &[]);
+    let pid = s.wait_pids("lingerer", 1)[0];
+    let tag = format!("lingerer.{pid} ");
+    let mine = |text: &str, what: &str| text.lines().filter(|l| l.contains(&tag) && l.contains(what)).count();
+    wait_for("the leftover said", || (mine(&s.console(), " left in its ") == 1).then_some(()));
+    let out = s.cli(&["reload", "--exec", TCONF]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for("the replacement", || s.pids("lingerer").iter().any(|&p| p != pid).then_some(()));
+    let a = addr(&s);
+    let told: Vec<Value> = events(&a, "since=0")["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["pid"] == pid && e["kind"] == "exited")
+        .cloned()
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    let console = s.console();
+    assert_eq!(mine(&console, " Exited at "), 1, "{console}");
+    assert_eq!(mine(&console, " left in its "), 1, "{console}");
+    let at = told[0]["text"].as_str().unwrap();
+    assert!(console.lines().any(|l| l.contains(&tag) && l.contains(at)), "the exit's own time: {at}\n{console}");
+    wait_for("the log's exit line", || (mine(&s.log("lingerer"), "Exited at ") == 1).then_some(()));
+}

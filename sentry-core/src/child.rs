@@ -61,6 +61,28 @@ pub(crate) enum Teller {
     Helper,
 }
 
+/// What a monitor says of its process besides the process's own lines.
+#[derive(Debug, Clone)]
+pub(crate) struct Telling {
+    /// The Unix time the core started it at, for the log's opening line
+    /// (none for a process adopted across an exec).
+    pub opening: Option<u64>,
+    pub teller: Teller,
+    /// Carried across an exec: the exit line the core told already, and
+    /// whether the console showed it and the log has it.
+    pub told: Option<String>,
+    pub shown: bool,
+    pub logged: bool,
+}
+
+impl Telling {
+    /// A process whose exit is still to come.
+    pub fn new(opening: Option<u64>, teller: Teller) -> Telling {
+        // Nobody's exit has no console line to show.
+        Telling { opening, teller, told: None, shown: teller == Teller::Nobody, logged: false }
+    }
+}
+
 impl Teller {
     /// The exit line of `exit` at Unix time `at`, in this teller's words.
     pub fn exit_line(self, exit: ChildExit, at: u64) -> String {
@@ -232,9 +254,16 @@ pub(crate) struct Quiesced {
     pub exit_shown: bool,
     /// The exit line the thread made from its own look at the exit.
     pub own_exit: Option<String>,
+    /// The start time of the log's opening line, not written yet.
+    pub opening: Option<u64>,
 }
 
 impl Quiesced {
+    /// What a thread that has ended hands back: nothing left to read or say.
+    fn ended(sink: Option<LineSink>) -> Quiesced {
+        Quiesced { streams: Vec::new(), sink, closed: true, exit_shown: true, own_exit: None, opening: None }
+    }
+
     /// Writes whatever the pipes hold right now and the unfinished last
     /// lines, then closes the pipes (the end of supervision: nothing lost).
     /// A log that cannot take them is tried a few more times, for at most
@@ -334,6 +363,7 @@ impl Work {
     /// with those lines in front of its splitter's remainder.
     fn give_back(self) -> Quiesced {
         let Work { streams, ended, mut out, sink, closed, exit_shown, closing, .. } = self;
+        let opening = out.take_opening();
         let mut kept = Vec::new();
         for (i, mut stream) in streams.into_iter().enumerate() {
             if !ended[i] || out.holds(i) {
@@ -341,7 +371,7 @@ impl Work {
                 kept.push(stream);
             }
         }
-        Quiesced { streams: kept, sink: Some(sink), closed, exit_shown, own_exit: closing }
+        Quiesced { streams: kept, sink: Some(sink), closed, exit_shown, own_exit: closing, opening }
     }
 }
 
@@ -355,7 +385,7 @@ impl Shared {
         while !matches!(*state, Hand::Released) {
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
-        Quiesced { streams: Vec::new(), sink: None, closed: true, exit_shown: true, own_exit: None }
+        Quiesced::ended(None)
     }
 }
 
@@ -428,8 +458,7 @@ impl Monitor {
         streams: Vec<Stream>,
         sink: LineSink,
         reaped: bool,
-        opening: Option<u64>,
-        teller: Teller,
+        telling: Telling,
         notify: impl Fn(ChildNote) + Send + 'static,
     ) -> io::Result<Monitor> {
         let (pidfd, starttime) = known;
@@ -450,22 +479,20 @@ impl Monitor {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a monitor reads at most two pipes"));
         }
         let ended = [false; MAX_STREAMS];
-        // Nobody's exit has no console line to show.
-        let exit_shown = teller == Teller::Nobody;
         let work = Work {
             streams,
             out: Outbox::default(),
             ended,
             sink,
             closing: None,
-            closed: false,
-            exit_shown,
+            closed: telling.logged,
+            exit_shown: telling.shown,
             exit_unsure: false,
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(Hand::Watching(work)),
             changed: Condvar::new(),
-            closing: Mutex::new(None),
+            closing: Mutex::new(telling.told.clone()),
         });
         let ends = EndsWatching(shared.clone());
         // A monitor's deepest path (a log write with its formatting, a
@@ -481,7 +508,7 @@ impl Monitor {
                 }
             }
             let stop = Ends { gen, stop: stop_for_thread, finish: finish_for_thread };
-            run(pid, pidfd_for_thread, stop, &ends.0, (opening, teller), notify)
+            run(pid, pidfd_for_thread, stop, &ends.0, (telling.opening, telling.teller), notify)
         })?;
         Ok(Monitor { pidfd, stop, finish, shared, thread, starttime })
     }
@@ -496,13 +523,7 @@ impl Monitor {
             Hand::Watching(work) => (work.give_back(), Parked { pidfd, stop, shared, thread: Some(thread) }),
             other => {
                 *shared.lock() = other;
-                let quiesced = thread.join().unwrap_or(Quiesced {
-                    streams: Vec::new(),
-                    sink: None,
-                    closed: true,
-                    exit_shown: true,
-                    own_exit: None,
-                });
+                let quiesced = thread.join().unwrap_or(Quiesced::ended(None));
                 (quiesced, Parked { pidfd, stop, shared, thread: None })
             }
         }
@@ -558,13 +579,7 @@ impl Monitor {
 
     /// Waits for a monitor that said [`ChildNote::Closed`].
     pub fn join(self) -> Quiesced {
-        self.thread.join().unwrap_or(Quiesced {
-            streams: Vec::new(),
-            sink: None,
-            closed: true,
-            exit_shown: true,
-            own_exit: None,
-        })
+        self.thread.join().unwrap_or(Quiesced::ended(None))
     }
 }
 
@@ -667,13 +682,7 @@ fn run(
             if w.closed && !w.out.is_holding() {
                 notify(ChildNote::Closed { gen });
                 let Hand::Watching(w) = std::mem::replace(&mut *state, Hand::Ended) else { unreachable!() };
-                return Quiesced {
-                    streams: Vec::new(),
-                    sink: Some(w.sink),
-                    closed: true,
-                    exit_shown: true,
-                    own_exit: None,
-                };
+                return Quiesced::ended(Some(w.sink));
             }
         }
         // Back-pressure: while lines wait for the log, the pipes are not read.

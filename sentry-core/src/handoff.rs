@@ -263,6 +263,9 @@ pub(crate) struct HelperSnapshot {
     /// Its pidfd, kept open across the exec (see [`ProcessSnapshot::pidfd`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pidfd: Option<KeptFd>,
+    /// Its exit, told before the exec (see [`ProcessSnapshot::exited`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exited: Option<ExitedSnapshot>,
 }
 
 /// What `status` reports about the instance's history.
@@ -481,7 +484,7 @@ impl CoreSnapshot {
 }
 
 /// A child process, identified by (pid, starttime).
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct ProcessSnapshot {
     pub pid: i32,
     /// `/proc/PID/stat` starttime (clock ticks after boot).
@@ -491,6 +494,33 @@ pub(crate) struct ProcessSnapshot {
     /// same process without looking it up again (absent before 2026-12).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pidfd: Option<KeptFd>,
+    /// Its exit, when it was told before the exec but its process group
+    /// was not gone yet (absent before 2026-12-07: told again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exited: Option<ExitedSnapshot>,
+    /// The Unix time it was started at, when its log's `Started at` line
+    /// was not written yet (a start just before the exec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opening: Option<u64>,
+}
+
+/// An exit the core had told (recorded as an event) before the exec, and
+/// how far its monitor had got with it: the next image neither tells it
+/// again nor loses its console or log line.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ExitedSnapshot {
+    pub exit: crate::lifecycle::ChildExit,
+    /// Unix seconds of the exit.
+    pub at: u64,
+    pub ago_ms: u64,
+    /// Its group outlived it, and that was said.
+    pub lingering: bool,
+    /// The line told (`Exited at …`, `Cannot start …`).
+    pub text: String,
+    /// Whether the console had shown it.
+    pub shown: bool,
+    /// Whether the log had it.
+    pub logged: bool,
 }
 
 /// One output pipe and the bytes read from it that are not yet a line.
@@ -510,6 +540,10 @@ pub(crate) struct DrainingSnapshot {
     pub entry: String,
     pub pid: i32,
     pub streams: Vec<StreamSnapshot>,
+    /// Its exit line, if the console had not shown it or the log did not
+    /// have it yet (absent before 2026-12-07).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exited: Option<ExitedSnapshot>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -728,7 +762,14 @@ mod tests {
                         crashes: 0,
                         started_at: 5,
                         phase: PhaseSnapshot::Running {
-                            process: ProcessSnapshot { pid: 9, starttime: 7, up_ms: 8, pidfd: None },
+                            process: ProcessSnapshot {
+                                pid: 9,
+                                starttime: 7,
+                                up_ms: 8,
+                                pidfd: None,
+                                exited: None,
+                                opening: None,
+                            },
                         },
                         streams: vec![StreamSnapshot { fd, pending: vec![0xe2, 0x82], unfinished: b"t\n".to_vec() }],
                         error: None,

@@ -19,6 +19,9 @@ fn specs(scenario: &str) -> Vec<Spec> {
         ],
         // A crash loop with no delay: must be backed off, not spin.
         "crash" => vec![entry("crash", "sh", ["-c", "exit 3"], 0, 1)],
+        // A leader whose leftover outlives it and SIGTERM (tests/api.rs).
+        "lingerer" => vec![entry("lingerer", "sh", ["-c", "echo hi; (trap '' TERM; sleep 3; echo late) & exit 0"], 1000, 1)
+            .stop_timeout(Duration::from_secs(2))],
         // A console that cannot keep up (tests/logs.rs).
         "flood" => vec![entry(
             "flood",

@@ -10,13 +10,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::{Adoption, Core, CoreOptions, EntryRun, FoundChild, Mailbox, Post, Role, SlotRun, Suspended};
+use super::{Adoption, Core, CoreOptions, EntryRun, FoundChild, Mailbox, Post, Proc, Role, SlotRun, Suspended};
 use crate::budget::later;
 use crate::child::{Quiesced, Stream};
 use crate::config::{Config, EntryConfig, WatchConfig};
 use crate::handoff::{
-    CoreSnapshot, DrainingSnapshot, EntrySnapshot, ExitSnapshot, HelperSnapshot, KeptFd, NotifySnapshot, PhaseSnapshot,
-    ProcessSnapshot, SlotSnapshot, StreamSnapshot,
+    CoreSnapshot, DrainingSnapshot, EntrySnapshot, ExitSnapshot, ExitedSnapshot, HelperSnapshot, KeptFd,
+    NotifySnapshot, PhaseSnapshot, ProcessSnapshot, SlotSnapshot, StreamSnapshot,
 };
 use crate::lifecycle::{AfterStop, ChildExit, Event, Phase, Slot};
 use crate::output::LineSplitter;
@@ -63,7 +63,7 @@ impl Core {
             let streams = child.pipes.into_iter().map(|fd| Stream { fd, splitter: LineSplitter::default() }).collect();
             let gen = self.new_gen();
             let cgroup = self.cgroup_at(None, child.pid);
-            if let Err(e) = self.adopt_process(gen, child.pid, role, streams, &name, cgroup, None, None) {
+            if let Err(e) = self.adopt_process(gen, child.pid, role, streams, &name, cgroup, None, None, None) {
                 report.push(format!("cannot watch {name}.{}: {e}", child.pid));
                 if let Some((name, index)) = placed {
                     if let Some(e) = self.entries.iter_mut().find(|e| e.config.name == name) {
@@ -186,10 +186,12 @@ impl Core {
         let mut loose = Vec::new();
         let mut draining = Vec::new();
         let mut starttimes: HashMap<i32, u64> = HashMap::new();
-        for (_, row) in rows {
+        let mut exits: HashMap<i32, ExitedSnapshot> = HashMap::new();
+        let mut openings: HashMap<i32, u64> = HashMap::new();
+        for (_, mut row) in rows {
             // Before the park: a new child's is held by its monitor.
             let starttime = row.starttime();
-            let (q, pidfd) = match row.monitor {
+            let (q, pidfd) = match row.monitor.take() {
                 Some(m) => {
                     let (q, p) = m.park();
                     let pidfd = p.pidfd().filter(|_| !row.reaped).and_then(|fd| KeptFd::of(&fd).ok());
@@ -198,6 +200,7 @@ impl Core {
                 }
                 None => (None, None),
             };
+            let exited = exited_of(&row, q.as_ref(), now);
             if !row.reaped {
                 starttimes.insert(row.pid, starttime);
             }
@@ -206,19 +209,25 @@ impl Core {
                 (Role::Pipes { entry }, _) | (Role::Slot { entry, .. } | Role::Stuck { entry, .. }, true) => {
                     let streams = keep(q);
                     if !streams.is_empty() {
-                        draining.push(DrainingSnapshot { entry: entry.clone(), pid: row.pid, streams });
+                        draining.push(DrainingSnapshot { entry: entry.clone(), pid: row.pid, streams, exited });
                     }
                 }
                 (Role::Helper { target, .. }, true) => {
                     let streams = keep(q);
                     if !streams.is_empty() {
-                        draining.push(DrainingSnapshot { entry: target.clone(), pid: row.pid, streams });
+                        draining.push(DrainingSnapshot { entry: target.clone(), pid: row.pid, streams, exited });
                     }
                 }
                 (Role::Stray { .. }, true) => {}
                 (Role::Slot { .. }, false) => {
                     if let Some(q) = q {
+                        if let Some(at) = q.opening {
+                            openings.insert(row.pid, at);
+                        }
                         quiesced.insert(row.pid, q);
+                    }
+                    if let Some(x) = exited {
+                        exits.insert(row.pid, x);
                     }
                     if let Some(fd) = pidfd {
                         pidfds.insert(row.pid, fd);
@@ -239,6 +248,7 @@ impl Core {
                     cgroup,
                     stuck: Some(*index),
                     pidfd,
+                    exited,
                 }),
                 (Role::Helper { kill_at, killed, .. } | Role::Stray { kill_at, killed }, false) => {
                     let target = match &row.role {
@@ -261,6 +271,7 @@ impl Core {
                         cgroup,
                         stuck: None,
                         pidfd,
+                        exited,
                     })
                 }
             }
@@ -272,6 +283,8 @@ impl Core {
             starttime: starttimes.get(&pid).copied().unwrap_or(0),
             up_ms: now.saturating_duration_since(since).as_millis() as u64,
             pidfd: pidfds.remove(&pid),
+            exited: exits.remove(&pid),
+            opening: openings.remove(&pid),
         };
         let exited_ms_ago = |then: AfterStop| match then {
             AfterStop::Policy { exited_at } => Some(ago(exited_at)),
@@ -416,7 +429,9 @@ impl Core {
                     PhaseSnapshot::Idle => (Phase::Idle, None),
                     PhaseSnapshot::Failed => (Phase::Failed, None),
                     PhaseSnapshot::Pending { due_in_ms } => (Phase::Pending { due: at(*due_in_ms) }, None),
-                    PhaseSnapshot::Running { process: p } => (Phase::Running { pid: p.pid, since: since(p) }, Some(*p)),
+                    PhaseSnapshot::Running { process: p } => {
+                        (Phase::Running { pid: p.pid, since: since(p) }, Some(p.clone()))
+                    }
                     PhaseSnapshot::Stopping { process: p, kill_in_ms, respawn, exited_ms_ago, recover } => (
                         Phase::Stopping {
                             pid: p.pid,
@@ -424,7 +439,7 @@ impl Core {
                             kill_at: at(*kill_in_ms),
                             then: then(*respawn, *exited_ms_ago, *recover),
                         },
-                        Some(*p),
+                        Some(p.clone()),
                     ),
                     PhaseSnapshot::Killing { process: p, respawn, exited_ms_ago, give_up_in_ms, recover } => (
                         Phase::Killing {
@@ -433,7 +448,7 @@ impl Core {
                             give_up_at: at(*give_up_in_ms),
                             then: then(*respawn, *exited_ms_ago, *recover),
                         },
-                        Some(*p),
+                        Some(p.clone()),
                     ),
                     PhaseSnapshot::Unkillable { process: p, respawn, exited_ms_ago, recover } => (
                         Phase::Unkillable {
@@ -441,7 +456,7 @@ impl Core {
                             since: since(p),
                             then: then(*respawn, *exited_ms_ago, *recover),
                         },
-                        Some(*p),
+                        Some(p.clone()),
                     ),
                 };
                 let mut run = SlotRun::with(Slot { phase, crashes: ss.crashes }, ss.started_at, ss.error);
@@ -466,7 +481,7 @@ impl Core {
                     warnings.push(format!("{name}.{} is no longer our child: counted as an exit", p.pid));
                     gone.push((i, ss.index));
                     if !streams.is_empty() {
-                        if let Err(e) = core.drain_pipes(&name, p.pid, streams) {
+                        if let Err(e) = core.drain_pipes(&name, p.pid, streams, p.exited.clone()) {
                             warnings.push(format!("cannot drain {name}.{}: {e}", p.pid));
                         }
                     }
@@ -484,7 +499,8 @@ impl Core {
                     log_as: name.clone(),
                     cgroup,
                     known,
-                    opening: None,
+                    opening: p.opening,
+                    exited: p.exited.clone(),
                 });
                 slot_of.insert(gen, (i, ss.index));
             }
@@ -498,7 +514,7 @@ impl Core {
         }
         for d in snapshot.draining {
             let streams = adopt_streams(&d.streams, &mut warnings);
-            if let Err(e) = core.drain_pipes(&d.entry, d.pid, streams) {
+            if let Err(e) = core.drain_pipes(&d.entry, d.pid, streams, d.exited) {
                 warnings.push(format!("cannot drain {}.{}: {e}", d.entry, d.pid));
             }
         }
@@ -508,7 +524,7 @@ impl Core {
             let ours = pidfd.is_some() || proc::stat(h.pid).is_some_and(|s| (s.ppid, s.starttime) == (me, h.starttime));
             if !ours {
                 if !streams.is_empty() {
-                    let _ = core.drain_pipes(&h.target, h.pid, streams);
+                    let _ = core.drain_pipes(&h.target, h.pid, streams, h.exited.clone());
                 }
                 continue;
             }
@@ -525,9 +541,17 @@ impl Core {
             let stuck = matches!(role, Role::Stuck { .. });
             let gen = core.new_gen();
             let cgroup = core.cgroup_at(h.cgroup.as_deref(), h.pid);
-            if let Err(e) =
-                core.adopt_process(gen, h.pid, role, streams, &h.target, cgroup, Some((h.starttime, pidfd)), None)
-            {
+            if let Err(e) = core.adopt_process(
+                gen,
+                h.pid,
+                role,
+                streams,
+                &h.target,
+                cgroup,
+                Some((h.starttime, pidfd)),
+                None,
+                h.exited.clone(),
+            ) {
                 if !h.stray && !stuck {
                     core.helpers.release(&h.rule);
                 }
@@ -570,6 +594,22 @@ fn adopt_streams(snapshots: &[StreamSnapshot], warnings: &mut Vec<String>) -> Ve
             }
         })
         .collect()
+}
+
+/// The exit `row`'s process was told with (`tell_exit`) before the exec,
+/// and how far its monitor (`q`, as parked) had got with it.
+fn exited_of(row: &Proc, q: Option<&Quiesced>, now: Instant) -> Option<ExitedSnapshot> {
+    let exited = row.exited?;
+    let (shown, logged) = q.map_or((true, true), |q| (q.exit_shown, q.closed));
+    Some(ExitedSnapshot {
+        exit: row.exit.unwrap_or(ChildExit::Unknown),
+        at: row.exited_unix,
+        ago_ms: now.saturating_duration_since(exited).as_millis() as u64,
+        lingering: row.lingering,
+        text: row.told.clone()?,
+        shown,
+        logged,
+    })
 }
 
 #[cfg(test)]

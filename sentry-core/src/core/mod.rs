@@ -35,9 +35,9 @@ use crossbeam_channel::Sender;
 
 use crate::budget::later;
 use crate::cgroup::{self, Cgroup, Fence};
-use crate::child::{self, ChildNote, Monitor, Stream, Teller};
+use crate::child::{self, ChildNote, Monitor, Stream, Teller, Telling};
 use crate::config::{Config, EntryConfig, Rule};
-use crate::handoff::{CoreSnapshot, InfoSnapshot};
+use crate::handoff::{CoreSnapshot, ExitedSnapshot, InfoSnapshot};
 use crate::lifecycle::{self, AfterStop, ChildExit, Effect, Event, Phase, Policy, Slot, KILL_GRACE};
 use crate::logfile::{self, LogFile};
 use crate::output::{ConsoleHandle, LineSink, LineSplitter};
@@ -147,6 +147,8 @@ pub(crate) struct Proc {
     /// Why it never ran its program (learnt at its exit: starts do not
     /// wait for the exec, see `spawn`).
     pub start_error: Option<String>,
+    /// The line its exit was told with (`tell_exit`), for a handover.
+    pub told: Option<String>,
 }
 
 impl Proc {
@@ -177,6 +179,7 @@ impl Proc {
             role,
             monitor: None,
             start_error: None,
+            told: None,
             exited: None,
             exited_unix: 0,
             exit: None,
@@ -269,6 +272,8 @@ pub(crate) struct Adoption {
     /// The `[sentry]` line its monitor writes first to the log (a fresh
     /// start's `Started at T.`; none for a process adopted across an exec).
     pub opening: Option<u64>,
+    /// Its exit, told by the image before an exec (not told again).
+    pub exited: Option<ExitedSnapshot>,
 }
 
 /// A child found in /proc (after an unreadable snapshot), to adopt or stop.
@@ -714,7 +719,7 @@ impl Core {
         let pid = spawned.pid;
         let kill_at = later(Instant::now(), HELPER_TIMEOUT);
         let role = Role::Helper { target: target.to_string(), rule: rule.clone(), kill_at, killed: false };
-        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), target, cgroup, None, None) {
+        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), target, cgroup, None, None, None) {
             self.helpers.release(&rule);
             log::error!("cannot watch helper {target}.{pid}: {e}");
         }
@@ -735,8 +740,9 @@ impl Core {
         cgroup: Option<Cgroup>,
         known: Option<(u64, Option<OwnedFd>)>,
         opening: Option<u64>,
+        exited: Option<ExitedSnapshot>,
     ) -> std::io::Result<u64> {
-        let adoption = Adoption { gen, pid, role, streams, log_as: log_as.to_string(), cgroup, known, opening };
+        let adoption = Adoption { gen, pid, role, streams, log_as: log_as.to_string(), cgroup, known, opening, exited };
         self.adopt_all(vec![adoption]).pop().map_or(Ok(gen), |(_, e)| Err(e))
     }
 
@@ -760,11 +766,24 @@ impl Core {
                 None => (Proc::new(a.pid, a.role), None, None),
             };
             row.cgroup = a.cgroup;
+            let mut telling = Telling::new(a.opening, teller);
+            if let Some(x) = a.exited {
+                // Told by the image before: as it was, not again.
+                let now = Instant::now();
+                row.exited = Some(now.checked_sub(Duration::from_millis(x.ago_ms)).unwrap_or(now));
+                row.exited_unix = x.at;
+                row.exit = Some(x.exit);
+                row.check = Some((now, GROUP_CHECK_MIN));
+                row.lingering = x.lingering;
+                row.told = Some(x.text.clone());
+                telling.told = Some(x.text);
+                telling.shown |= x.shown;
+                telling.logged = x.logged;
+            }
             let sink = self.sink(&a.log_as, a.pid);
             let notify = self.notifier();
             let known = (pidfd, starttime);
-            let opening = a.opening;
-            starts.push(move || Monitor::start(a.gen, a.pid, known, a.streams, sink, false, opening, teller, notify));
+            starts.push(move || Monitor::start(a.gen, a.pid, known, a.streams, sink, false, telling, notify));
             rows.push((a.gen, row));
         }
         // What was said so far (a `Started` line) reaches the console before
@@ -898,11 +917,24 @@ impl Core {
     }
 
     /// Keeps draining the pipes of a process reaped by an earlier image.
-    fn drain_pipes(&mut self, entry: &str, pid: i32, streams: Vec<Stream>) -> std::io::Result<()> {
+    /// `exited`: its exit as the image before told it, if the console or
+    /// the log did not have it yet.
+    fn drain_pipes(
+        &mut self,
+        entry: &str,
+        pid: i32,
+        streams: Vec<Stream>,
+        exited: Option<ExitedSnapshot>,
+    ) -> std::io::Result<()> {
         let gen = self.new_gen();
         let sink = self.sink(entry, pid);
-        let monitor =
-            Monitor::start(gen, pid, (None, None), streams, sink, true, None, Teller::Nobody, self.notifier())?;
+        let mut telling = Telling::new(None, Teller::Nobody);
+        if let Some(x) = exited {
+            telling.told = Some(x.text);
+            telling.shown = x.shown;
+            telling.logged = x.logged;
+        }
+        let monitor = Monitor::start(gen, pid, (None, None), streams, sink, true, telling, self.notifier())?;
         let mut row = Proc::known(pid, Role::Pipes { entry: entry.to_string() }, 0);
         row.reaped = true;
         row.monitor = Some(monitor);
@@ -1483,7 +1515,9 @@ impl Core {
         let started = format!("Started at {started_at}.");
         self.options.console.event(&name, pid, &started);
         let role = Role::Slot { entry: name.clone(), index };
-        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), &name, cgroup, None, Some(started_at)) {
+        if let Err(e) =
+            self.adopt_process(gen, pid, role, streams_of(spawned), &name, cgroup, None, Some(started_at), None)
+        {
             log::error!("cannot watch {name}.{pid}: {e}");
             if let Some(run) = self.entries[i].slots.get_mut(&index) {
                 run.error = Some(format!("cannot watch the process: {e}"));
@@ -1900,14 +1934,15 @@ fn slot_state(slot: &Slot) -> SlotState {
 /// start …` in its place) is recorded as an event now; its monitor shows
 /// it on the console after the process's last output line and ends the
 /// log with it (see `child::run`). Without a monitor, the core shows it.
-fn tell_exit(console: &ConsoleHandle, row: &Proc, name: &str, text: String) {
+fn tell_exit(console: &ConsoleHandle, row: &mut Proc, name: &str, text: String) {
     match &row.monitor {
         Some(m) => {
             console.record(name, row.pid, &text);
-            m.set_closing(text);
+            m.set_closing(text.clone());
         }
         None => console.event(name, row.pid, &text),
     }
+    row.told = Some(text);
 }
 
 /// The pipes of a freshly spawned process, nothing read yet.
