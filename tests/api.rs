@@ -320,13 +320,16 @@ fn a_unix_socket_left_by_a_killed_instance_is_replaced_and_a_file_never_is() {
 #[test]
 fn an_exit_told_before_a_reload_is_told_once() {
     let s = Sentry::start(TCONF, "lingerer", &[]);
-    let pid = s.wait_pids("lingerer", 1)[0];
-    let tag = format!("lingerer.{pid} ");
+    // Its leader exits at once: its PID is read off the console.
+    let said = |what: &str| s.console().lines().filter(|l| l.contains(what)).map(str::to_string).collect::<Vec<_>>();
+    let first = wait_for("the leftover said", || said(" left in its ").first().cloned());
+    let tag = format!("{} ", first.split(' ').nth(1).unwrap());
+    let pid: i64 = tag.trim().split('.').nth(1).unwrap().parse().unwrap();
     let mine = |text: &str, what: &str| text.lines().filter(|l| l.contains(&tag) && l.contains(what)).count();
-    wait_for("the leftover said", || (mine(&s.console(), " left in its ") == 1).then_some(()));
     let out = s.cli(&["reload", "--exec", TCONF]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    wait_for("the replacement", || s.pids("lingerer").iter().any(|&p| p != pid).then_some(()));
+    wait_for("a replacement started", || (said("Started at ").len() >= 2).then_some(()));
+    wait_for("the log's exit line", || (mine(&s.log("lingerer"), "Exited at ") == 1).then_some(()));
     let a = addr(&s);
     let told: Vec<Value> = events(&a, "since=0")["events"]
         .as_array()
@@ -341,5 +344,5 @@ fn an_exit_told_before_a_reload_is_told_once() {
     assert_eq!(mine(&console, " left in its "), 1, "{console}");
     let at = told[0]["text"].as_str().unwrap();
     assert!(console.lines().any(|l| l.contains(&tag) && l.contains(at)), "the exit's own time: {at}\n{console}");
-    wait_for("the log's exit line", || (mine(&s.log("lingerer"), "Exited at ") == 1).then_some(()));
+    assert_eq!(mine(&s.log("lingerer"), "Exited at "), 1);
 }

@@ -254,14 +254,12 @@ pub(crate) struct Quiesced {
     pub exit_shown: bool,
     /// The exit line the thread made from its own look at the exit.
     pub own_exit: Option<String>,
-    /// The start time of the log's opening line, not written yet.
-    pub opening: Option<u64>,
 }
 
 impl Quiesced {
     /// What a thread that has ended hands back: nothing left to read or say.
     fn ended(sink: Option<LineSink>) -> Quiesced {
-        Quiesced { streams: Vec::new(), sink, closed: true, exit_shown: true, own_exit: None, opening: None }
+        Quiesced { streams: Vec::new(), sink, closed: true, exit_shown: true, own_exit: None }
     }
 
     /// Writes whatever the pipes hold right now and the unfinished last
@@ -363,7 +361,6 @@ impl Work {
     /// with those lines in front of its splitter's remainder.
     fn give_back(self) -> Quiesced {
         let Work { streams, ended, mut out, sink, closed, exit_shown, closing, .. } = self;
-        let opening = out.take_opening();
         let mut kept = Vec::new();
         for (i, mut stream) in streams.into_iter().enumerate() {
             if !ended[i] || out.holds(i) {
@@ -371,7 +368,7 @@ impl Work {
                 kept.push(stream);
             }
         }
-        Quiesced { streams: kept, sink: Some(sink), closed, exit_shown, own_exit: closing, opening }
+        Quiesced { streams: kept, sink: Some(sink), closed, exit_shown, own_exit: closing }
     }
 }
 

@@ -498,10 +498,6 @@ pub(crate) struct ProcessSnapshot {
     /// was not gone yet (absent before 2026-12-07: told again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exited: Option<ExitedSnapshot>,
-    /// The Unix time it was started at, when its log's `Started at` line
-    /// was not written yet (a start just before the exec).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub opening: Option<u64>,
 }
 
 /// An exit the core had told (recorded as an event) before the exec, and
@@ -762,14 +758,7 @@ mod tests {
                         crashes: 0,
                         started_at: 5,
                         phase: PhaseSnapshot::Running {
-                            process: ProcessSnapshot {
-                                pid: 9,
-                                starttime: 7,
-                                up_ms: 8,
-                                pidfd: None,
-                                exited: None,
-                                opening: None,
-                            },
+                            process: ProcessSnapshot { pid: 9, starttime: 7, up_ms: 8, pidfd: None, exited: None },
                         },
                         streams: vec![StreamSnapshot { fd, pending: vec![0xe2, 0x82], unfinished: b"t\n".to_vec() }],
                         error: None,

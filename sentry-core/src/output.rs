@@ -597,12 +597,6 @@ impl Outbox {
         self.opening = Some((started_at, sys::unix_now_ns()));
     }
 
-    /// The start time of the opening line, if it is not written yet (it
-    /// is then the holder's to write: a monitor parked for an exec).
-    pub fn take_opening(&mut self) -> Option<u64> {
-        self.opening.take().map(|(started_at, _)| started_at)
-    }
-
     /// The opening line, formatted.
     fn opening_line(sink: &LineSink, (started_at, ns): (u64, u64)) -> Vec<u8> {
         let mut line = Vec::new();

@@ -436,7 +436,8 @@ fn specs(scenario: &str) -> Vec<Spec> {
             let ms = Duration::from_millis;
             vec![entry("hangs", "python3", ["-c", HANGING_HTTP], 0, 1)
                 .ready(probe::http(&url).period(ms(100)).timeout(ms(100)))
-                .alive(probe::http(&url).period(ms(200)).timeout(ms(150)).failures(2))]
+                // From 1 s: a Python slow to listen on a busy machine is not "hung".
+                .alive(probe::http(&url).initial_delay(ms(1000)).period(ms(200)).timeout(ms(150)).failures(2))]
         }
         "probe-fn" => {
             let ms = Duration::from_millis;

@@ -187,7 +187,6 @@ impl Core {
         let mut draining = Vec::new();
         let mut starttimes: HashMap<i32, u64> = HashMap::new();
         let mut exits: HashMap<i32, ExitedSnapshot> = HashMap::new();
-        let mut openings: HashMap<i32, u64> = HashMap::new();
         for (_, mut row) in rows {
             // Before the park: a new child's is held by its monitor.
             let starttime = row.starttime();
@@ -221,9 +220,6 @@ impl Core {
                 (Role::Stray { .. }, true) => {}
                 (Role::Slot { .. }, false) => {
                     if let Some(q) = q {
-                        if let Some(at) = q.opening {
-                            openings.insert(row.pid, at);
-                        }
                         quiesced.insert(row.pid, q);
                     }
                     if let Some(x) = exited {
@@ -284,7 +280,6 @@ impl Core {
             up_ms: now.saturating_duration_since(since).as_millis() as u64,
             pidfd: pidfds.remove(&pid),
             exited: exits.remove(&pid),
-            opening: openings.remove(&pid),
         };
         let exited_ms_ago = |then: AfterStop| match then {
             AfterStop::Policy { exited_at } => Some(ago(exited_at)),
@@ -499,7 +494,7 @@ impl Core {
                     log_as: name.clone(),
                     cgroup,
                     known,
-                    opening: p.opening,
+                    opening: None,
                     exited: p.exited.clone(),
                 });
                 slot_of.insert(gen, (i, ss.index));
