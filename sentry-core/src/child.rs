@@ -476,9 +476,15 @@ impl Monitor {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a monitor reads at most two pipes"));
         }
         let ended = [false; MAX_STREAMS];
+        let mut out = Outbox::default();
+        // Here, not in the thread: a monitor parked for an exec before its
+        // thread first ran still hands the line over.
+        if let Some(started_at) = telling.opening {
+            out.set_opening(started_at);
+        }
         let work = Work {
             streams,
-            out: Outbox::default(),
+            out,
             ended,
             sink,
             closing: None,
@@ -505,7 +511,7 @@ impl Monitor {
                 }
             }
             let stop = Ends { gen, stop: stop_for_thread, finish: finish_for_thread };
-            run(pid, pidfd_for_thread, stop, &ends.0, (telling.opening, telling.teller), notify)
+            run(pid, pidfd_for_thread, stop, &ends.0, telling.teller, notify)
         })?;
         Ok(Monitor { pidfd, stop, finish, shared, thread, starttime })
     }
@@ -587,8 +593,7 @@ struct Ends {
     finish: Arc<AtomicBool>,
 }
 
-/// `lines`: the time the core started the child at, for its opening log
-/// line (none for a child adopted across an exec); and who tells the exit.
+/// `teller`: who tells the exit.
 ///
 /// A told exit is shown on the console as soon as the exit is seen and
 /// the pipes hold nothing more (so after everything the process wrote
@@ -603,11 +608,10 @@ fn run(
     pidfd: Option<Arc<OwnedFd>>,
     ends: Ends,
     shared: &Shared,
-    lines: (Option<u64>, Teller),
+    teller: Teller,
     notify: impl Fn(ChildNote),
 ) -> Quiesced {
     let Ends { gen, stop, finish } = ends;
-    let (opening, teller) = lines;
     let told_exit = teller != Teller::Nobody;
     // Until when the exit's line is waited for from the core, once all
     // else is done.
@@ -623,10 +627,6 @@ fn run(
     if let Hand::Watching(w) = &mut *shared.lock() {
         for (i, stream) in w.streams.iter_mut().enumerate() {
             w.out.resume(&w.sink, i, &mut stream.splitter);
-        }
-        // Formatted here, off the core's path; written with the first output.
-        if let Some(started_at) = opening {
-            w.out.set_opening(started_at);
         }
         w.out.flush(&w.sink);
     }

@@ -266,6 +266,9 @@ pub(crate) struct HelperSnapshot {
     /// Its exit, told before the exec (see [`ProcessSnapshot::exited`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exited: Option<ExitedSnapshot>,
+    /// See [`ProcessSnapshot::exit_shown`].
+    #[serde(default)]
+    pub exit_shown: bool,
 }
 
 /// What `status` reports about the instance's history.
@@ -498,6 +501,10 @@ pub(crate) struct ProcessSnapshot {
     /// was not gone yet (absent before 2026-12-07: told again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exited: Option<ExitedSnapshot>,
+    /// Its monitor had shown its exit on the console before the core told
+    /// it: the next image's monitor does not show it again.
+    #[serde(default)]
+    pub exit_shown: bool,
 }
 
 /// An exit the core had told (recorded as an event) before the exec, and
@@ -758,7 +765,14 @@ mod tests {
                         crashes: 0,
                         started_at: 5,
                         phase: PhaseSnapshot::Running {
-                            process: ProcessSnapshot { pid: 9, starttime: 7, up_ms: 8, pidfd: None, exited: None },
+                            process: ProcessSnapshot {
+                                pid: 9,
+                                starttime: 7,
+                                up_ms: 8,
+                                pidfd: None,
+                                exited: None,
+                                exit_shown: false,
+                            },
                         },
                         streams: vec![StreamSnapshot { fd, pending: vec![0xe2, 0x82], unfinished: b"t\n".to_vec() }],
                         error: None,

@@ -123,6 +123,18 @@ impl Drop for ConsoleHandle {
     }
 }
 
+/// Says how many console lines were dropped since it was last said, if any.
+fn say_dropped(out: &mut impl Write) {
+    let dropped = CONSOLE_DROPPED.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        let _ = writeln!(
+            out,
+            "Sentry: {dropped} console line{} dropped: the console could not keep up (the logs have every line).",
+            if dropped == 1 { "" } else { "s" }
+        );
+    }
+}
+
 impl Console {
     /// A console that writes to standard output from its own thread.
     pub fn stdout() -> Console {
@@ -153,18 +165,12 @@ impl Console {
                     // Best effort: a closed or broken stdout must not stop anything.
                     let _ = out.write_all(line.as_bytes());
                     if rx.is_empty() {
-                        let dropped = CONSOLE_DROPPED.swap(0, Ordering::Relaxed);
-                        if dropped > 0 {
-                            let _ = writeln!(
-                                out,
-                                "Sentry: {dropped} console line{} dropped: the console could not keep up (the logs have every line).",
-                                if dropped == 1 { "" } else { "s" }
-                            );
-                        }
+                        say_dropped(&mut out);
                         let _ = out.flush();
                         rotate_daemon_output();
                     }
                 }
+                say_dropped(&mut out);
                 let _ = out.flush();
             })
             .ok();

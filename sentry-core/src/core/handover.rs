@@ -63,7 +63,7 @@ impl Core {
             let streams = child.pipes.into_iter().map(|fd| Stream { fd, splitter: LineSplitter::default() }).collect();
             let gen = self.new_gen();
             let cgroup = self.cgroup_at(None, child.pid);
-            if let Err(e) = self.adopt_process(gen, child.pid, role, streams, &name, cgroup, None, None, None) {
+            if let Err(e) = self.adopt_process(gen, child.pid, role, streams, &name, cgroup, None, None, None, false) {
                 report.push(format!("cannot watch {name}.{}: {e}", child.pid));
                 if let Some((name, index)) = placed {
                     if let Some(e) = self.entries.iter_mut().find(|e| e.config.name == name) {
@@ -187,6 +187,7 @@ impl Core {
         let mut draining = Vec::new();
         let mut starttimes: HashMap<i32, u64> = HashMap::new();
         let mut exits: HashMap<i32, ExitedSnapshot> = HashMap::new();
+        let mut shown: std::collections::HashSet<i32> = std::collections::HashSet::new();
         for (_, mut row) in rows {
             // Before the park: a new child's is held by its monitor.
             let starttime = row.starttime();
@@ -200,6 +201,10 @@ impl Core {
                 None => (None, None),
             };
             let exited = exited_of(&row, q.as_ref(), now);
+            // Shown by the monitor before the core heard of the exit.
+            let exit_shown = q.as_ref().is_some_and(|q| q.exit_shown);
+            // Lines of an exit the console or the log did not have yet.
+            let owed = exited.as_ref().is_some_and(|x| !x.shown || !x.logged);
             if !row.reaped {
                 starttimes.insert(row.pid, starttime);
             }
@@ -207,13 +212,13 @@ impl Core {
             match (&row.role, row.reaped) {
                 (Role::Pipes { entry }, _) | (Role::Slot { entry, .. } | Role::Stuck { entry, .. }, true) => {
                     let streams = keep(q);
-                    if !streams.is_empty() {
+                    if !streams.is_empty() || owed {
                         draining.push(DrainingSnapshot { entry: entry.clone(), pid: row.pid, streams, exited });
                     }
                 }
                 (Role::Helper { target, .. }, true) => {
                     let streams = keep(q);
-                    if !streams.is_empty() {
+                    if !streams.is_empty() || owed {
                         draining.push(DrainingSnapshot { entry: target.clone(), pid: row.pid, streams, exited });
                     }
                 }
@@ -224,6 +229,9 @@ impl Core {
                     }
                     if let Some(x) = exited {
                         exits.insert(row.pid, x);
+                    }
+                    if exit_shown {
+                        shown.insert(row.pid);
                     }
                     if let Some(fd) = pidfd {
                         pidfds.insert(row.pid, fd);
@@ -245,6 +253,7 @@ impl Core {
                     stuck: Some(*index),
                     pidfd,
                     exited,
+                    exit_shown,
                 }),
                 (Role::Helper { kill_at, killed, .. } | Role::Stray { kill_at, killed }, false) => {
                     let target = match &row.role {
@@ -268,6 +277,7 @@ impl Core {
                         stuck: None,
                         pidfd,
                         exited,
+                        exit_shown,
                     })
                 }
             }
@@ -280,6 +290,7 @@ impl Core {
             up_ms: now.saturating_duration_since(since).as_millis() as u64,
             pidfd: pidfds.remove(&pid),
             exited: exits.remove(&pid),
+            exit_shown: shown.remove(&pid),
         };
         let exited_ms_ago = |then: AfterStop| match then {
             AfterStop::Policy { exited_at } => Some(ago(exited_at)),
@@ -496,6 +507,7 @@ impl Core {
                     known,
                     opening: None,
                     exited: p.exited.clone(),
+                    exit_shown: p.exit_shown,
                 });
                 slot_of.insert(gen, (i, ss.index));
             }
@@ -546,6 +558,7 @@ impl Core {
                 Some((h.starttime, pidfd)),
                 None,
                 h.exited.clone(),
+                h.exit_shown,
             ) {
                 if !h.stray && !stuck {
                     core.helpers.release(&h.rule);

@@ -274,6 +274,8 @@ pub(crate) struct Adoption {
     pub opening: Option<u64>,
     /// Its exit, told by the image before an exec (not told again).
     pub exited: Option<ExitedSnapshot>,
+    /// Its exit was shown on the console before the exec.
+    pub exit_shown: bool,
 }
 
 /// A child found in /proc (after an unreadable snapshot), to adopt or stop.
@@ -719,7 +721,8 @@ impl Core {
         let pid = spawned.pid;
         let kill_at = later(Instant::now(), HELPER_TIMEOUT);
         let role = Role::Helper { target: target.to_string(), rule: rule.clone(), kill_at, killed: false };
-        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), target, cgroup, None, None, None) {
+        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), target, cgroup, None, None, None, false)
+        {
             self.helpers.release(&rule);
             log::error!("cannot watch helper {target}.{pid}: {e}");
         }
@@ -741,8 +744,10 @@ impl Core {
         known: Option<(u64, Option<OwnedFd>)>,
         opening: Option<u64>,
         exited: Option<ExitedSnapshot>,
+        exit_shown: bool,
     ) -> std::io::Result<u64> {
-        let adoption = Adoption { gen, pid, role, streams, log_as: log_as.to_string(), cgroup, known, opening, exited };
+        let log_as = log_as.to_string();
+        let adoption = Adoption { gen, pid, role, streams, log_as, cgroup, known, opening, exited, exit_shown };
         self.adopt_all(vec![adoption]).pop().map_or(Ok(gen), |(_, e)| Err(e))
     }
 
@@ -767,6 +772,7 @@ impl Core {
             };
             row.cgroup = a.cgroup;
             let mut telling = Telling::new(a.opening, teller);
+            telling.shown |= a.exit_shown;
             if let Some(x) = a.exited {
                 // Told by the image before: as it was, not again.
                 let now = Instant::now();
@@ -1516,7 +1522,7 @@ impl Core {
         self.options.console.event(&name, pid, &started);
         let role = Role::Slot { entry: name.clone(), index };
         if let Err(e) =
-            self.adopt_process(gen, pid, role, streams_of(spawned), &name, cgroup, None, Some(started_at), None)
+            self.adopt_process(gen, pid, role, streams_of(spawned), &name, cgroup, None, Some(started_at), None, false)
         {
             log::error!("cannot watch {name}.{pid}: {e}");
             if let Some(run) = self.entries[i].slots.get_mut(&index) {
