@@ -7,6 +7,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -345,4 +346,50 @@ fn an_exit_told_before_a_reload_is_told_once() {
     let at = told[0]["text"].as_str().unwrap();
     assert!(console.lines().any(|l| l.contains(&tag) && l.contains(at)), "the exit's own time: {at}\n{console}");
     assert_eq!(mine(&s.log("lingerer"), "Exited at "), 1);
+}
+
+/// Reloads back to back while processes exit all the time: every process
+/// has exactly one `exited` event, one `Started` and one `Exited` line on
+/// the console, and one of each in its log — none lost at an exec, none
+/// told twice.
+#[test]
+fn reloads_among_exits_lose_and_double_no_start_or_exit() {
+    let s = Sentry::start(TCONF, "storm", &[]);
+    let count = |what: &str| s.console().lines().filter(|l| l.contains(what)).count();
+    wait_for("a first round of exits", || (count(" Exited at ") >= 20).then_some(()));
+    // Over about four seconds: each slot exits at least twice meanwhile.
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut reloads = 0;
+    while Instant::now() < until {
+        let out = s.cli(&["reload", "--exec", TCONF]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        reloads += 1;
+    }
+    assert!(reloads >= 5, "{reloads} reloads");
+    // One `exited` event per process (those of the stop itself are not in
+    // `/events`: it answers 503 once the stop begins).
+    let page = events(&addr(&s), "since=0");
+    let mut exits: HashMap<i64, usize> = HashMap::new();
+    for e in page["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "exited") {
+        *exits.entry(e["pid"].as_i64().unwrap()).or_default() += 1;
+    }
+    assert!(exits.values().all(|&n| n == 1), "{exits:?}");
+    assert!(s.cli(&["stop"]).status.success());
+    let console = s.console();
+    let log = s.log("storm");
+    let started: Vec<String> = console
+        .lines()
+        .filter(|l| l.contains(" Started at "))
+        .filter_map(|l| l.split(' ').nth(1).map(str::to_string))
+        .collect();
+    assert!(started.len() >= 40, "{} processes", started.len());
+    for tag in &started {
+        let on = |text: &str, what: &str| {
+            text.lines().filter(|l| l.contains(&format!(" {tag} ")) && l.contains(what)).count()
+        };
+        assert_eq!(on(&console, " Started at "), 1, "{tag} on the console:\n{console}");
+        assert_eq!(on(&console, " Exited at "), 1, "{tag} on the console:\n{console}");
+        assert_eq!(on(&log, "[sentry] Started at "), 1, "{tag} in the log:\n{log}");
+        assert_eq!(on(&log, "[sentry] Exited at "), 1, "{tag} in the log:\n{log}");
+    }
 }

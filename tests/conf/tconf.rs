@@ -22,6 +22,8 @@ fn specs(scenario: &str) -> Vec<Spec> {
         // A leader whose leftover outlives it and SIGTERM (tests/api.rs).
         "lingerer" => vec![entry("lingerer", "sh", ["-c", "echo hi; (trap '' TERM; sleep 3; echo late) & exit 0"], 1000, 1)
             .stop_timeout(Duration::from_secs(2))],
+        // Exits all the time (runs of 1 to 1.95 s), for reloads to land among (tests/api.rs).
+        "storm" => vec![entry("storm", "sh", ["-c", "echo a $$; sleep 1.$((SENTRY_INDEX * 5)); echo b $$; exit 1"], 0, 20)],
         // A console that cannot keep up (tests/logs.rs).
         "flood" => vec![entry(
             "flood",
