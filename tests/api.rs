@@ -393,3 +393,21 @@ fn reloads_among_exits_lose_and_double_no_start_or_exit() {
         assert_eq!(on(&log, "[sentry] Exited at "), 1, "{tag} in the log:\n{log}");
     }
 }
+
+/// What is said of a leader's leftovers comes after its exit, on the
+/// console and in its log: its output, `Exited`, then the leftover line.
+#[test]
+fn a_leftover_is_said_after_the_exit_that_left_it() {
+    let s = Sentry::start(TCONF, "lingerer", &[]);
+    let said = |what: &str| s.console().lines().filter(|l| l.contains(what)).map(str::to_string).collect::<Vec<_>>();
+    let first = wait_for("the leftover said", || said(" left in its ").first().cloned());
+    let tag = format!("{} ", first.split(' ').nth(1).unwrap());
+    wait_for("the log's leftover line", || {
+        s.log("lingerer").lines().any(|l| l.contains(&tag) && l.contains(" left in its ")).then_some(())
+    });
+    for (text, hi, exited) in [(s.console(), " hi", " Exited at "), (s.log("lingerer"), " hi", "[sentry] Exited at ")] {
+        let mine: Vec<&str> = text.lines().filter(|l| l.contains(&tag)).collect();
+        let at = |what: &str| mine.iter().position(|l| l.contains(what)).unwrap_or_else(|| panic!("{what}: {mine:?}"));
+        assert!(at(hi) < at(exited) && at(exited) < at(" left in its "), "{mine:?}");
+    }
+}

@@ -267,7 +267,7 @@ impl Quiesced {
     /// A log that cannot take them is tried a few more times, for at most
     /// about half a second, and then said so once.
     /// Then `closing`, the log's last line, and `shown`, the console's exit line.
-    pub fn drain_and_finish(self, closing: Option<String>, shown: Option<String>) {
+    pub fn drain_and_finish(self, closing: Option<String>, shown: Option<String>, notes: Vec<String>) {
         let Some(sink) = self.sink else { return };
         let mut buf = vec![0u8; READ_CHUNK];
         let mut out = Outbox::default();
@@ -278,9 +278,11 @@ impl Quiesced {
         }
         if let Some(text) = shown {
             sink.console.show_event(&sink.entry, sink.pid, &text);
+            notes.iter().for_each(|n| sink.console.show_event(&sink.entry, sink.pid, n));
         }
         if let Some(text) = closing {
             out.add_own(&text);
+            notes.iter().for_each(|n| out.add_own(n));
         }
         out.flush_last(&sink);
     }
@@ -321,7 +323,19 @@ struct Shared {
     /// The exit line from the core ([`Monitor::set_closing`]): a lock of
     /// its own, never held across I/O, so that the core does not wait for
     /// a thread that writes to a stuck disk under `state`.
-    closing: Mutex<Option<String>>,
+    closing: Mutex<Told>,
+}
+
+/// What the core told a monitor of its process's end.
+#[derive(Default)]
+struct Told {
+    /// The exit line ([`Monitor::set_closing`]).
+    text: Option<String>,
+    /// Lines about what came after the exit ([`Monitor::note_after_exit`]),
+    /// for the log; shown on the console with the exit line.
+    notes: Vec<String>,
+    /// The console's exit line was shown: a later note is the core's to show.
+    shown: bool,
 }
 
 // One per monitor, inside its `Arc`: boxing `Work` would only add an allocation.
@@ -495,7 +509,7 @@ impl Monitor {
         let shared = Arc::new(Shared {
             state: Mutex::new(Hand::Watching(work)),
             changed: Condvar::new(),
-            closing: Mutex::new(telling.told.clone()),
+            closing: Mutex::new(Told { text: telling.told.clone(), notes: Vec::new(), shown: telling.shown }),
         });
         let ends = EndsWatching(shared.clone());
         // A monitor's deepest path (a log write with its formatting, a
@@ -555,11 +569,11 @@ impl Monitor {
     pub fn end(self) {
         let shared = self.shared.clone();
         let quiesced = self.quiesce();
-        let told = shared.closing.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let line = told.or(quiesced.own_exit.clone());
+        let told = std::mem::take(&mut *shared.closing.lock().unwrap_or_else(|p| p.into_inner()));
+        let line = told.text.or(quiesced.own_exit.clone());
         let closing = if quiesced.closed { None } else { line.clone() };
         let shown = if quiesced.exit_shown { None } else { line };
-        quiesced.drain_and_finish(closing, shown);
+        quiesced.drain_and_finish(closing, shown, told.notes);
     }
 
     /// Tells the thread that the child and its process group are gone: it
@@ -577,7 +591,17 @@ impl Monitor {
     /// (`Exited at … with …`), written after its last output line — unless
     /// the thread saw the exit itself first and has its own.
     pub fn set_closing(&self, closing: String) {
-        self.shared.closing.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(closing);
+        self.shared.closing.lock().unwrap_or_else(|p| p.into_inner()).text.get_or_insert(closing);
+    }
+
+    /// A line about what came after the exit (its process group outlived
+    /// it): shown on the console after the exit line and written to the log
+    /// after it. Returns `false` when the console's exit line was shown
+    /// already: the caller shows `note` itself (it is then in order).
+    pub fn note_after_exit(&self, note: &str) -> bool {
+        let mut told = self.shared.closing.lock().unwrap_or_else(|p| p.into_inner());
+        told.notes.push(note.to_string());
+        !told.shown
     }
 
     /// Waits for a monitor that said [`ChildNote::Closed`].
@@ -635,7 +659,7 @@ fn run(
         let Hand::Watching(w) = &mut *state else { return shared.wait_released(state) };
         let done = |i: usize, w: &Work| w.ended[i] && !w.out.holds(i);
         let mut awaiting_closing = false;
-        let told = || shared.closing.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let told = || shared.closing.lock().unwrap_or_else(|p| p.into_inner()).text.clone();
         if exited && !w.exit_shown && !w.out.is_holding() && pipes_quiet(w) {
             let now = Instant::now();
             let by = *closing_by.get_or_insert(now + CLOSING_WAIT);
@@ -649,9 +673,14 @@ fn run(
             };
             if !awaiting_closing {
                 w.exit_shown = true;
+                // Under the lock: a note the core adds meanwhile is either
+                // shown here or by the core, after this line either way.
+                let mut told = shared.closing.lock().unwrap_or_else(|p| p.into_inner());
+                told.shown = true;
                 if let Some(text) = text {
                     w.sink.console.show_event(&w.sink.entry, w.sink.pid, &text);
                 }
+                told.notes.iter().for_each(|n| w.sink.console.show_event(&w.sink.entry, w.sink.pid, n));
             }
         }
         if exited && (0..w.streams.len()).all(|i| done(i, w)) {
@@ -673,6 +702,8 @@ fn run(
                     if let Some(text) = text {
                         w.out.add_own(&text);
                     }
+                    let notes = std::mem::take(&mut shared.closing.lock().unwrap_or_else(|p| p.into_inner()).notes);
+                    notes.iter().for_each(|n| w.out.add_own(n));
                     w.out.flush(&w.sink);
                 }
             }

@@ -1053,7 +1053,11 @@ impl Core {
                         ),
                         None => "Members of its process group are left: stopping them.".to_string(),
                     };
-                    self.options.console.event(&entry, pid, &text);
+                    // After the process's Exited line, on the console and in its log.
+                    match &row.monitor {
+                        Some(m) if m.note_after_exit(&text) => self.options.console.record(&entry, pid, &text),
+                        _ => self.options.console.event(&entry, pid, &text),
+                    }
                     if let Some(i) = self.entries.iter().position(|e| e.config.name == entry) {
                         self.apply(i, index, Event::LeaderExited { now: exited_at });
                     }
