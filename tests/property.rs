@@ -129,6 +129,15 @@ fn no_configuration_that_validation_accepts_panics_anything() {
         PANICS.fetch_add(1, Ordering::SeqCst);
         default_hook(info);
     }));
+    // Stop signals are drawn from SIGTERM, SIGINT, SIGKILL and SIGHUP with
+    // stop timeouts of up to a week: a signal this process was started
+    // ignoring (a background job ignores SIGINT and SIGQUIT) stays ignored
+    // in the children, as in any exec'd program, and a stop would wait that
+    // week. The test is about configurations, not about its caller.
+    for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP, libc::SIGTERM] {
+        // SAFETY: resets a disposition to the default; no handler is involved.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
     let marker = format!("prop{}", std::process::id());
     let (mut accepted, mut refused, mut processes) = (0, 0, 0);
     for seed in 0..80u64 {

@@ -655,8 +655,12 @@ impl Outbox {
             return true;
         }
         let Some(log) = &sink.log else {
+            // No log (an embedded supervisor without one): nothing is owed,
+            // the opening line included — else a closing monitor would wait
+            // for it for ever.
             self.queue.clear();
             self.cut = None;
+            self.opening = None;
             return true;
         };
         let mut state = log.lock();
@@ -860,6 +864,20 @@ mod tests {
         unsafe { libc::close(fds[0]) };
         assert!(took < Duration::from_secs(2), "close blocked for {took:?}");
         assert!((100..=200).contains(&dropped), "{dropped} of 200 lines of 1000 bytes dropped (a pipe holds 64 KiB)");
+    }
+
+    #[test]
+    fn without_a_log_nothing_is_owed_not_even_the_opening_line() {
+        // An embedded supervisor without a log directory: a process's end
+        // must not leave its monitor waiting to write its Started line.
+        let sink = LineSink::new("e", 7, None, ConsoleHandle::default(), 1024);
+        let mut out = Outbox::default();
+        out.set_opening(1);
+        out.add(&sink, 0, Record { text: b"a line".to_vec(), end: End::Newline });
+        out.opening_due();
+        assert!(out.is_holding());
+        assert!(out.flush(&sink));
+        assert!(!out.is_holding());
     }
 
     #[test]
