@@ -679,6 +679,90 @@ fn a_process_that_outlives_cgroup_kill_leaves_its_leaf_to_a_fresh_one() {
     assert_eq!(s.pids("frozen"), vec![new]);
 }
 
+/// How long process `pid` has run (`/proc/PID/stat` starttime against `/proc/uptime`).
+fn age(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let ticks: f64 = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(19)?.parse().ok()).unwrap_or(0.0);
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Duration::from_secs_f64((uptime - ticks / hz).max(0.0))
+}
+
+/// The directory's inode: a cgroup made again has another.
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0)
+}
+
+#[test]
+fn a_slots_next_process_reuses_its_vacant_leaf_and_counts_cpu_afresh_but_never_a_frozen_or_nested_one() {
+    // A slot restarted at once starts its next process in the same leaf
+    // when nothing is in it or below it and it is not frozen (cheaper
+    // than a fresh one; `tree.cpu_usec` then counts from the new start,
+    // also across a reload). A leaf holding a cgroup, or frozen, is made
+    // afresh: the next process must neither find its predecessor's
+    // cgroups nor start frozen.
+    if !cgroups_here() {
+        return;
+    }
+    let dir = TempDir::new("cg-again");
+    let burn = dir.path().join("burn");
+    std::fs::write(&burn, "").unwrap();
+    let s = Sentry::spawn_with(dir, TCONF, "cg-again", &[], &[("TBURN", burn.to_str().unwrap())]).waiting();
+    let (_, abs) = instance(&s);
+    let leaf = abs.join("again/0");
+    let cpu = || slot(&s.entry("again"), 0)["tree"]["cpu_usec"].as_u64().unwrap_or(u64::MAX);
+    let first = s.wait_pids("again", 1)[0];
+    wait_for("the first process to burn its CPU", || s.log("again").contains("burnt").then_some(()));
+    wait_for("its tree to count 0.2 s of CPU or more", || (cpu() >= 200_000).then_some(()));
+    let ino = inode(&leaf);
+    let next = |old: i32, why: &str| {
+        // A run shorter than 1 s is a crash, restarted only after a back-off
+        // (in a fresh leaf: a vacant one is kept only for a restart at once).
+        std::thread::sleep(Duration::from_millis(1100).saturating_sub(age(old)));
+        // SAFETY: SIGKILL to this instance's own child, still unreaped by it.
+        unsafe { libc::kill(old, libc::SIGKILL) };
+        let pid = wait_for(why, || s.pids("again").first().copied().filter(|&p| p != old));
+        wait_for("it to say it runs", || s.log("again").contains(&format!("run {pid}")).then_some(()));
+        pid
+    };
+
+    let second = next(first, "the second process");
+    assert_eq!(inode(&leaf), ino, "a vacant leaf is reused");
+    assert_eq!(cgroup_procs(&leaf), vec![second]);
+    let counted = cpu();
+    assert!(counted < 150_000, "the tree's CPU counts from the second start: {counted} µs");
+    let out = s.cli(&["reload", "--exec", TCONF]);
+    assert!(out.status.success(), "reload: {}", text(&out.stderr));
+    wait_for("the reload", || (s.status()["reexec_count"] == 1).then_some(()));
+    assert_eq!(s.pids("again"), vec![second]);
+    let counted = cpu();
+    assert!(counted < 150_000, "and so it does after a reload: {counted} µs");
+
+    // A cgroup below the leaf (its process made it): a fresh leaf, without it.
+    std::fs::create_dir(leaf.join("inner")).unwrap();
+    let third = next(second, "the third process");
+    assert_ne!(inode(&leaf), ino, "a leaf with a cgroup below it is made afresh");
+    assert!(!leaf.join("inner").exists(), "the predecessor's cgroup is gone");
+    assert_eq!(cgroup_procs(&leaf), vec![third]);
+
+    // A frozen leaf (its process froze it): a fresh one, not frozen.
+    let ino = inode(&leaf);
+    std::fs::write(leaf.join("cgroup.freeze"), "1").unwrap();
+    wait_for("the leaf to be frozen", || {
+        std::fs::read_to_string(leaf.join("cgroup.events")).ok()?.contains("frozen 1").then_some(())
+    });
+    let fourth = next(third, "the fourth process, not frozen");
+    assert_ne!(inode(&leaf), ino, "a frozen leaf is made afresh");
+    let events = std::fs::read_to_string(leaf.join("cgroup.events")).unwrap_or_default();
+    assert!(events.contains("frozen 0"), "{events}");
+    assert_eq!(cgroup_procs(&leaf), vec![fourth]);
+}
+
 #[test]
 fn check_says_which_containment_and_why_and_makes_no_cgroup() {
     if !cgroups_here() {

@@ -182,7 +182,7 @@ impl Core {
         // Every monitor stops; the pipes of unreaped processes go with their
         // slot or helper, those of reaped ones are drained by the next image.
         let mut quiesced: HashMap<i32, Quiesced> = HashMap::new();
-        let mut cgroups: HashMap<i32, std::path::PathBuf> = HashMap::new();
+        let mut cgroups: HashMap<i32, (std::path::PathBuf, u64)> = HashMap::new();
         let mut loose = Vec::new();
         let mut draining = Vec::new();
         let mut starttimes: HashMap<i32, u64> = HashMap::new();
@@ -209,6 +209,7 @@ impl Core {
                 starttimes.insert(row.pid, starttime);
             }
             let cgroup = row.cgroup.as_ref().map(|c| c.path().to_path_buf());
+            let cpu_base = row.cgroup.as_ref().map_or(0, crate::cgroup::Cgroup::cpu_base_usec);
             match (&row.role, row.reaped) {
                 (Role::Pipes { entry }, _) | (Role::Slot { entry, .. } | Role::Stuck { entry, .. }, true) => {
                     let streams = keep(q);
@@ -237,7 +238,7 @@ impl Core {
                         pidfds.insert(row.pid, fd);
                     }
                     if let Some(path) = cgroup {
-                        cgroups.insert(row.pid, path);
+                        cgroups.insert(row.pid, (path, cpu_base));
                     }
                 }
                 (Role::Stuck { entry, index }, false) => loose.push(HelperSnapshot {
@@ -331,6 +332,7 @@ impl Core {
                     Phase::Failed => PhaseSnapshot::Failed,
                 };
                 let streams = run.slot.pid().map(|pid| keep(quiesced.remove(&pid))).unwrap_or_default();
+                let cgroup = run.slot.pid().and_then(|pid| cgroups.remove(&pid));
                 slots.push(SlotSnapshot {
                     index: *index,
                     crashes: run.slot.crashes,
@@ -338,7 +340,8 @@ impl Core {
                     phase,
                     streams,
                     error: run.error.clone(),
-                    cgroup: run.slot.pid().and_then(|pid| cgroups.remove(&pid)),
+                    cgroup: cgroup.as_ref().map(|(path, _)| path.clone()),
+                    cgroup_cpu_base_usec: cgroup.map_or(0, |(_, base)| base),
                     ready: Some(run.ready),
                     exits_ms_ago: run
                         .health
@@ -495,7 +498,8 @@ impl Core {
                 }
                 let role = Role::Slot { entry: name.clone(), index: ss.index };
                 let gen = core.new_gen();
-                let cgroup = core.cgroup_at(ss.cgroup.as_deref(), p.pid);
+                let cgroup =
+                    core.cgroup_at(ss.cgroup.as_deref(), p.pid).map(|c| c.with_cpu_base(ss.cgroup_cpu_base_usec));
                 let known = Some((p.starttime, pidfd));
                 adoptions.push(Adoption {
                     gen,
