@@ -155,6 +155,9 @@ impl Core {
         // the new image probes afresh from the readiness each slot had.
         self.stop_probers(false);
         self.finish_reaps();
+        // A leaf kept for a start put off to the next turn: that start is
+        // the next image's, in a leaf of its own.
+        self.drop_spare_leaves(true);
         self.join_closed();
         let now = Instant::now();
         let rows = std::mem::take(&mut self.procs);

@@ -454,8 +454,9 @@ pub(crate) struct Core {
     /// Leaders taken out of the table this round, to reap at its end:
     /// (row, PID).
     reaps: Vec<(u64, i32)>,
-    /// Slots' vacant leaves ([`Cgroup::vacant`]) kept this round for the
-    /// slot's next process; removed at the round's end if none started.
+    /// Slots' vacant leaves ([`Cgroup::vacant`]) kept for the slot's next
+    /// process: removed at the round's end unless the slot's start is due
+    /// and was only put off by [`SPAWN_BATCH`] (`drop_spare_leaves`).
     spare_leaves: RefCell<Vec<SpareLeaf>>,
     logs: HashMap<String, Arc<LogFile>>,
     shutting_down: bool,
@@ -1687,15 +1688,34 @@ impl Core {
     /// and end. Each PID is reaped once, here: until then its zombie keeps
     /// the PID from being given to anyone else.
     fn finish_reaps(&mut self) {
-        for spare in self.spare_leaves.take() {
-            self.remove_cgroup(spare.gen, spare.cgroup, false);
-        }
+        self.drop_spare_leaves(false);
         for (gen, pid) in std::mem::take(&mut self.reaps) {
             sys::reap(pid);
             crate::spawn::reaped(pid);
             if let Some(m) = self.procs.get(&gen).and_then(|row| row.monitor.as_ref()) {
                 m.finish();
             }
+        }
+    }
+
+    /// Removes the spare leaves — all of them, or (`all` false) those whose
+    /// slot will not start this turn or the next: only a start that is due
+    /// now keeps its slot's leaf (a hundred restarts at once are started
+    /// [`SPAWN_BATCH`] per turn).
+    fn drop_spare_leaves(&mut self, all: bool) {
+        let now = Instant::now();
+        let due = |s: &SpareLeaf| {
+            let slot = self.entries.iter().find(|e| e.config.name == s.group && !e.removed).and_then(|e| {
+                let index: usize = s.name.parse().ok()?;
+                e.slots.get(&index)
+            });
+            slot.is_some_and(|run| matches!(run.slot.phase, Phase::Pending { due } if due <= now))
+        };
+        let (keep, drop): (Vec<SpareLeaf>, Vec<SpareLeaf>) =
+            self.spare_leaves.take().into_iter().partition(|s| !all && !self.shutting_down && due(s));
+        *self.spare_leaves.borrow_mut() = keep;
+        for spare in drop {
+            self.remove_cgroup(spare.gen, spare.cgroup, false);
         }
     }
 
@@ -1709,6 +1729,7 @@ impl Core {
     /// grandchildren) and writes what they had read, so no line is lost.
     fn close_monitors(&mut self) {
         self.finish_reaps();
+        self.drop_spare_leaves(true);
         self.join_closed();
         for (_, row) in std::mem::take(&mut self.procs) {
             if let Some(monitor) = row.monitor {
