@@ -764,6 +764,46 @@ fn a_slots_next_process_reuses_its_vacant_leaf_and_counts_cpu_afresh_but_never_a
 }
 
 #[test]
+fn forty_slots_killed_at_once_all_restart_in_their_own_leaves() {
+    // More restarts than one turn of the core starts (32): those put off
+    // to the next turn keep their leaves too, each slot its own.
+    if !cgroups_here() {
+        return;
+    }
+    let s = Sentry::spawn_with(TempDir::new("cg-forty"), TCONF, "soak-kill", &[], &[("TCOUNT", "40")]).waiting();
+    let (_, abs) = instance(&s);
+    let first = s.wait_pids("victim", 40);
+    let leaves: Vec<PathBuf> = (0..40).map(|i| abs.join(format!("victim/{i}"))).collect();
+    let inodes: Vec<u64> = leaves.iter().map(|l| inode(l)).collect();
+    // Each ran 1 s or more: a restart at once, not after a crash's back-off.
+    let youngest = first.iter().map(|&p| age(p)).min().unwrap_or_default();
+    std::thread::sleep(Duration::from_millis(1100).saturating_sub(youngest));
+    // All at once, as Sentry sees it: killed while Sentry is stopped, so
+    // that it finds forty exits in one turn.
+    // SAFETY: SIGSTOP, then SIGKILL to its children and SIGCONT, to this test's own instance.
+    unsafe { libc::kill(s.pid(), libc::SIGSTOP) };
+    for &pid in &first {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    wait_for("the forty to be gone", || first.iter().all(|&p| !alive(p)).then_some(()));
+    // SAFETY: as above.
+    unsafe { libc::kill(s.pid(), libc::SIGCONT) };
+    let next = wait_for("forty new processes", || {
+        let now = s.pids("victim");
+        (now.len() == 40 && now.iter().all(|p| !first.contains(p))).then_some(now)
+    });
+    for (i, leaf) in leaves.iter().enumerate() {
+        assert_eq!(inode(leaf), inodes[i], "slot {i}'s leaf was made again");
+        assert_eq!(cgroup_procs(leaf), vec![next[i]], "slot {i}");
+    }
+    assert_eq!(
+        std::fs::read_dir(abs.join("victim")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count(),
+        40
+    );
+}
+
+#[test]
 fn check_says_which_containment_and_why_and_makes_no_cgroup() {
     if !cgroups_here() {
         return;
