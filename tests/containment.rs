@@ -764,6 +764,107 @@ fn a_slots_next_process_reuses_its_vacant_leaf_and_counts_cpu_afresh_but_never_a
 }
 
 #[test]
+fn a_leaf_its_process_changed_is_made_afresh_for_the_next_one() {
+    // What a process (as root) can change about its own leaf and would
+    // otherwise pass to its successor: made `threaded` (the entry's cgroup
+    // becomes a threaded root, where no other slot's process can start),
+    // a limit of 0 cgroups below it, delegated by owner or mode, pressure
+    // accounting off. Each is changed while the leaf is empty and Sentry
+    // stopped (as the process itself would, just before it exits: a
+    // threaded leaf must be empty), then the next process must get a leaf
+    // as `mkdir` makes it. An unchanged leaf is still reused.
+    if !cgroups_here() {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = Sentry::spawn_with(TempDir::new("cg-changed"), TCONF, "cg-again", &[], &[]).waiting();
+    let (_, abs) = instance(&s);
+    let group = abs.join("again");
+    let leaf = group.join("0");
+    let mut pid = s.wait_pids("again", 1)[0];
+    let chown = |path: &Path| {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; chown of this test's own instance's cgroup file.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0, "chown {}", path.display());
+    };
+    type Change<'a> = (&'a str, Box<dyn Fn() + 'a>, Box<dyn Fn() -> bool + 'a>);
+    let read = |file: &str| std::fs::read_to_string(leaf.join(file)).unwrap_or_default().trim().to_string();
+    let owner = |file: &str| std::fs::metadata(leaf.join(file)).map(|m| (m.uid(), m.gid(), m.mode() & 0o7777)).ok();
+    let made = owner(".");
+    let cases: Vec<Change> = vec![
+        (
+            "made threaded",
+            Box::new(|| std::fs::write(leaf.join("cgroup.type"), "threaded").unwrap()),
+            Box::new(|| {
+                read("cgroup.type") == "domain"
+                    && std::fs::read_to_string(group.join("cgroup.type")).unwrap_or_default().trim() == "domain"
+            }),
+        ),
+        (
+            "no cgroups below it",
+            Box::new(|| std::fs::write(leaf.join("cgroup.max.descendants"), "0").unwrap()),
+            Box::new(|| read("cgroup.max.descendants") == "max"),
+        ),
+        (
+            "no depth below it",
+            Box::new(|| std::fs::write(leaf.join("cgroup.max.depth"), "0").unwrap()),
+            Box::new(|| read("cgroup.max.depth") == "max"),
+        ),
+        ("delegated by owner", Box::new(|| chown(&leaf)), Box::new(|| owner(".") == made)),
+        (
+            "cgroup.procs delegated by owner",
+            Box::new(|| chown(&leaf.join("cgroup.procs"))),
+            Box::new(|| owner("cgroup.procs").is_some_and(|o| Some((o.0, o.1)) == made.map(|m| (m.0, m.1)))),
+        ),
+        (
+            "cgroup.threads writable by all",
+            Box::new(|| {
+                std::fs::set_permissions(leaf.join("cgroup.threads"), std::fs::Permissions::from_mode(0o666)).unwrap()
+            }),
+            Box::new(|| owner("cgroup.threads").is_some_and(|o| o.2 == 0o644)),
+        ),
+        (
+            "pressure accounting off",
+            Box::new(|| {
+                if leaf.join("cgroup.pressure").exists() {
+                    std::fs::write(leaf.join("cgroup.pressure"), "0").unwrap();
+                }
+            }),
+            Box::new(|| !leaf.join("cgroup.pressure").exists() || read("cgroup.pressure") == "1"),
+        ),
+        ("unchanged", Box::new(|| {}), Box::new(|| true)),
+    ];
+    for (what, change, as_made) in cases {
+        // A run shorter than 1 s is a crash, restarted only after a back-off
+        // (in a fresh leaf: a vacant one is kept only for a restart at once).
+        std::thread::sleep(Duration::from_millis(1100).saturating_sub(age(pid)));
+        let ino = inode(&leaf);
+        // SAFETY: SIGSTOP, SIGKILL to its child and SIGCONT, all to this test's own instance.
+        unsafe { libc::kill(s.pid(), libc::SIGSTOP) };
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        wait_for("the leaf to be empty", || (!cgroup_populated(&leaf)).then_some(()));
+        change();
+        // SAFETY: as above.
+        unsafe { libc::kill(s.pid(), libc::SIGCONT) };
+        let old = pid;
+        pid = wait_for(what, || s.pids("again").first().copied().filter(|&p| p != old));
+        wait_for("it to say it runs", || s.log("again").contains(&format!("run {pid}")).then_some(()));
+        assert_eq!(cgroup_procs(&leaf), vec![pid], "{what}: the next process is in the slot's leaf");
+        if what == "unchanged" {
+            assert_eq!(inode(&leaf), ino, "an unchanged vacant leaf is reused");
+        } else {
+            assert_ne!(inode(&leaf), ino, "{what}: the leaf is made afresh");
+        }
+        assert!(as_made(), "{what}: the next process's leaf is as mkdir makes it");
+    }
+    // The entry can still grow: a second slot starts beside the first.
+    let out = s.cli(&["scale", "again", "2"]);
+    assert!(out.status.success(), "scale: {}", text(&out.stderr));
+    s.wait_pids("again", 2);
+}
+
+#[test]
 fn forty_slots_killed_at_once_all_restart_in_their_own_leaves() {
     // More restarts than one turn of the core starts (32): those put off
     // to the next turn keep their leaves too, each slot its own.

@@ -273,7 +273,7 @@ impl Tree {
     /// Makes a leaf `<group>/<name>` for one process — or, if a leaf of
     /// that name still holds processes or is `taken` (another row's, its
     /// zombie not yet reaped), `<group>/<name>.<gen>` (then `.<gen>.<k>`).
-    /// An empty leftover that nobody owns is reused.
+    /// An empty leftover that nobody owns is removed and made again.
     pub fn leaf(&self, group: &str, name: &str, gen: u64, taken: &dyn Fn(&Path) -> bool) -> io::Result<Cgroup> {
         let dir = self.root.join(group);
         // Mostly the group is there (a restart) and the leaf name is free: one mkdir.
@@ -308,9 +308,16 @@ impl Tree {
             match fs::create_dir(&path) {
                 Ok(()) => return Ok(self.cgroup(path)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    // An empty leftover nobody owns is made afresh: its
+                    // processes may have changed it (see `Cgroup::vacant`),
+                    // and its `cpu.stat` counts their time.
                     let leaf = self.cgroup(path);
-                    if !taken(&leaf.path) && !leaf.populated() {
-                        return Ok(leaf);
+                    if !taken(&leaf.path) && !leaf.populated() && leaf.remove().is_ok() {
+                        match fs::create_dir(&leaf.path) {
+                            Ok(()) => return Ok(leaf),
+                            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
                 Err(e) => return Err(e),
@@ -441,22 +448,45 @@ impl Cgroup {
     }
 
     /// Whether the next process of the same slot may start in it as in a
-    /// fresh one: no live process (`cgroup.events`: `populated 0`), not
-    /// frozen (`frozen 0`: a process may have frozen its own cgroup), and no
-    /// cgroup below it (`cgroup.stat`: `nr_descendants 0`). A cgroup that is
-    /// gone or unreadable is not. Cheaper than making a fresh one: the
-    /// `rmdir` and `mkdir` go, and so does the clone's cost of a cgroup no
-    /// process was ever in (the kernel makes its set of cgroups then; on a
-    /// hybrid layout, with a link to every v1 hierarchy): measured on this
-    /// project's 2-core VM, from an idle CPU, ~100 µs against ~250 µs.
-    /// Only under a tree without the memory controller: a leaf's
-    /// `memory.current` keeps the page cache its processes left charged to
-    /// it, which a fresh leaf does not inherit (`treemem` would count it).
+    /// fresh one: nothing in it or below it, and nothing its processes
+    /// could have changed about it differs from what `mkdir` made. Checked:
+    /// no live process (`cgroup.events`: `populated 0`); not frozen
+    /// (`frozen 0`; a process may have frozen its own cgroup); no cgroup
+    /// below it (`cgroup.stat`: `nr_descendants 0`); still a plain domain
+    /// (`cgroup.type`: `domain`; a process that made its leaf `threaded`
+    /// turns the entry's cgroup into a threaded root, where no other slot
+    /// could start); no limit on cgroups below it (`cgroup.max.descendants`
+    /// and `cgroup.max.depth`: `max`); no controller, so no controller's
+    /// knob (a `pids.max`, a `cpu.max`) a process could have set
+    /// (`cgroup.controllers` empty); pressure accounting on
+    /// (`cgroup.pressure`: `1`, where the file exists, Linux 6.1); and the
+    /// owner and mode of the leaf and of the files that delegate it
+    /// (`cgroup.procs`, `cgroup.threads`, `cgroup.subtree_control`)
+    /// unchanged — the same as its parent's, which Sentry made the same
+    /// way, and `0644` for the files (kernel cgroup-v2 documentation,
+    /// "Delegation"). A cgroup that is gone or unreadable is not vacant.
+    /// Extended attributes are not compared.
+    ///
+    /// Cheaper than making a fresh one: the `rmdir` and `mkdir` go, and so
+    /// does the clone's cost of a cgroup no process was ever in (the kernel
+    /// makes its set of cgroups then; on a hybrid layout, with a link to
+    /// every v1 hierarchy): measured on this project's 2-core VM, from an
+    /// idle CPU, ~100 µs with these checks against ~250 µs. Only under a
+    /// tree without the memory controller: a leaf's `memory.current` keeps
+    /// the page cache its processes left charged to it, which a fresh leaf
+    /// does not inherit (`treemem` would count it).
     pub fn vacant(&self) -> bool {
-        let events = read_small(&self.path.join("cgroup.events"));
-        let idle =
-            events.is_some_and(|t| stat_value(&t, "populated") == Some(0) && stat_value(&t, "frozen") != Some(1));
-        idle && read_small(&self.path.join("cgroup.stat")).is_some_and(|t| stat_value(&t, "nr_descendants") == Some(0))
+        let read = |file: &str| read_small(&self.path.join(file));
+        let is = |file: &str, value: &str| read(file).is_some_and(|t| t.trim() == value);
+        read("cgroup.events")
+            .is_some_and(|t| stat_value(&t, "populated") == Some(0) && stat_value(&t, "frozen") != Some(1))
+            && read("cgroup.stat").is_some_and(|t| stat_value(&t, "nr_descendants") == Some(0))
+            && is("cgroup.type", "domain")
+            && is("cgroup.max.descendants", "max")
+            && is("cgroup.max.depth", "max")
+            && is("cgroup.controllers", "")
+            && read("cgroup.pressure").is_none_or(|t| t.trim() == "1")
+            && as_made(&self.path)
     }
 
     /// Counts its CPU time from now on: for a process started in it after
@@ -597,6 +627,22 @@ fn read_small(path: &Path) -> Option<String> {
     let mut buf = [0u8; 512];
     let n = fs::File::open(path).and_then(|mut f| io::Read::read(&mut f, &mut buf)).ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Whether the owner and mode of the leaf at `dir` are its parent's (both
+/// made by Sentry's `mkdir`), and the files that delegate it are its
+/// owner's with the kernel's mode `0644` (see [`Cgroup::vacant`]).
+fn as_made(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(parent), Ok(leaf)) = (dir.parent().and_then(|p| fs::metadata(p).ok()), fs::metadata(dir)) else {
+        return false;
+    };
+    let owner = (parent.uid(), parent.gid());
+    (leaf.uid(), leaf.gid(), leaf.mode()) == (owner.0, owner.1, parent.mode())
+        && ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"].iter().all(|file| {
+            fs::metadata(dir.join(file))
+                .is_ok_and(|m| (m.uid(), m.gid(), m.mode() & 0o7777) == (owner.0, owner.1, 0o644))
+        })
 }
 
 /// `populated` of a `cgroup.events` text.
@@ -929,25 +975,70 @@ mod tests {
     }
 
     #[test]
-    fn only_an_empty_unfrozen_leaf_with_nothing_below_it_is_vacant_and_cpu_counts_from_its_reuse() {
-        // Fixture directories shaped like a leaf cgroup.
+    fn only_an_empty_leaf_as_mkdir_made_it_is_vacant_and_cpu_counts_from_its_reuse() {
+        // Fixture directories shaped like a leaf cgroup as `mkdir` makes
+        // it, each then changed in one way.
+        use std::os::unix::fs::PermissionsExt;
         let base = std::env::temp_dir().join(format!("sentry-cgroup-vacant-{}", std::process::id()));
-        let cases: [(Option<&str>, Option<&str>, bool, &str); 7] = [
-            (Some("populated 0\nfrozen 0\n"), Some("nr_descendants 0\nnr_dying_descendants 2\n"), true, "vacant"),
-            (Some("populated 1\nfrozen 0\n"), Some("nr_descendants 0\n"), false, "a process in it"),
-            (Some("populated 0\nfrozen 1\n"), Some("nr_descendants 0\n"), false, "frozen"),
-            (Some("populated 0\nfrozen 0\n"), Some("nr_descendants 1\n"), false, "a cgroup below it"),
-            (Some("populated 0\n"), Some("nr_descendants 0\n"), true, "no freezer (before Linux 5.2)"),
-            (None, Some("nr_descendants 0\n"), false, "cgroup.events unreadable"),
-            (Some("populated 0\nfrozen 0\n"), None, false, "cgroup.stat unreadable"),
+        let mode = |path: &Path, m: u32| fs::set_permissions(path, fs::Permissions::from_mode(m)).unwrap();
+        let chown = |path: &Path| {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a valid NUL-terminated path to this test's own fixture.
+            unsafe { libc::chown(c.as_ptr(), 65534, 65534) == 0 }
+        };
+        // A change to the fixture; false if it could not be made.
+        type Change = Box<dyn Fn(&Path) -> bool>;
+        let set = |file: &'static str, text: &'static str| -> Change {
+            Box::new(move |d: &Path| fs::write(d.join(file), text).is_ok())
+        };
+        let gone = |file: &'static str| -> Change { Box::new(move |d: &Path| fs::remove_file(d.join(file)).is_ok()) };
+        let chmod = |file: &'static str, m: u32| -> Change {
+            Box::new(move |d: &Path| fs::set_permissions(d.join(file), fs::Permissions::from_mode(m)).is_ok())
+        };
+        let cases: Vec<(&str, bool, Change)> = vec![
+            ("as made", true, Box::new(|_| true)),
+            ("no freezer (before Linux 5.2)", true, set("cgroup.events", "populated 0\n")),
+            ("no cgroup.pressure (before Linux 6.1)", true, gone("cgroup.pressure")),
+            ("a process in it", false, set("cgroup.events", "populated 1\nfrozen 0\n")),
+            ("frozen", false, set("cgroup.events", "populated 0\nfrozen 1\n")),
+            ("a cgroup below it", false, set("cgroup.stat", "nr_descendants 1\n")),
+            ("cgroup.events unreadable", false, gone("cgroup.events")),
+            ("cgroup.stat unreadable", false, gone("cgroup.stat")),
+            ("threaded", false, set("cgroup.type", "threaded\n")),
+            ("domain invalid", false, set("cgroup.type", "domain invalid\n")),
+            ("no cgroup below allowed", false, set("cgroup.max.descendants", "0\n")),
+            ("depth limited", false, set("cgroup.max.depth", "2\n")),
+            ("a controller", false, set("cgroup.controllers", "pids\n")),
+            ("pressure off", false, set("cgroup.pressure", "0\n")),
+            ("mode of the leaf", false, chmod(".", 0o777)),
+            ("mode of cgroup.procs", false, chmod("cgroup.procs", 0o666)),
+            ("owner of the leaf", false, Box::new(move |d| chown(d))),
+            ("owner of cgroup.subtree_control", false, Box::new(move |d| chown(&d.join("cgroup.subtree_control")))),
         ];
-        for (i, (events, stat, vacant, why)) in cases.into_iter().enumerate() {
-            let dir = base.join(i.to_string());
+        for (i, (why, vacant, change)) in cases.into_iter().enumerate() {
+            let parent = base.join(i.to_string());
+            let dir = parent.join("0");
             fs::create_dir_all(&dir).unwrap();
-            for (file, text) in [("cgroup.events", events), ("cgroup.stat", stat)] {
-                if let Some(text) = text {
-                    fs::write(dir.join(file), text).unwrap();
-                }
+            mode(&parent, 0o755);
+            mode(&dir, 0o755);
+            for (file, text) in [
+                ("cgroup.events", "populated 0\nfrozen 0\n"),
+                ("cgroup.stat", "nr_descendants 0\nnr_dying_descendants 2\n"),
+                ("cgroup.type", "domain\n"),
+                ("cgroup.max.descendants", "max\n"),
+                ("cgroup.max.depth", "max\n"),
+                ("cgroup.controllers", "\n"),
+                ("cgroup.pressure", "1\n"),
+                ("cgroup.procs", ""),
+                ("cgroup.threads", ""),
+                ("cgroup.subtree_control", "\n"),
+            ] {
+                fs::write(dir.join(file), text).unwrap();
+                mode(&dir.join(file), 0o644);
+            }
+            if !change(&dir) {
+                eprintln!("skipped {why}: the change needs root");
+                continue;
             }
             let leaf = Cgroup { path: dir, rel: "/x".to_string(), cpu_base_usec: 0 };
             assert_eq!(leaf.vacant(), vacant, "{why}");
