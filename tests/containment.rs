@@ -858,10 +858,27 @@ fn a_leaf_its_process_changed_is_made_afresh_for_the_next_one() {
         }
         assert!(as_made(), "{what}: the next process's leaf is as mkdir makes it");
     }
-    // The entry can still grow: a second slot starts beside the first.
+    // The entry can still grow: a second slot starts beside the first,
+    // in a fresh leaf even where an empty one of its name was left
+    // changed (by hand here; a leftover nobody owns).
+    let leftover = group.join("1");
+    std::fs::create_dir(&leftover).unwrap();
+    std::fs::write(leftover.join("cgroup.max.descendants"), "0").unwrap();
+    chown(&leftover);
+    let ino = inode(&leftover);
     let out = s.cli(&["scale", "again", "2"]);
     assert!(out.status.success(), "scale: {}", text(&out.stderr));
-    s.wait_pids("again", 2);
+    let second = *s.wait_pids("again", 2).iter().find(|&&p| p != pid).unwrap();
+    assert_eq!(cgroup_procs(&leftover), vec![second], "the second slot is in its leaf");
+    assert_ne!(inode(&leftover), ino, "a changed leftover is made afresh");
+    let max = std::fs::read_to_string(leftover.join("cgroup.max.descendants")).unwrap_or_default();
+    assert_eq!((max.trim(), owner_of(&leftover)), ("max", owner_of(&leaf)));
+}
+
+/// The owner of a file: (uid, gid).
+fn owner_of(path: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| (m.uid(), m.gid())).ok()
 }
 
 #[test]
