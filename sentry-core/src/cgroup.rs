@@ -3,8 +3,7 @@
 //! hierarchy (root, or a delegated subtree), an instance owns
 //! `<its own cgroup>/sentry.<NAME>.<hash of the canonical DIR>` and makes one
 //! leaf per process below it (`<ENTRY>/<SLOT>` for a slot, `<TARGET>/exec.<N>`
-//! for an `exec` helper; a slot's next process may reuse a vacant one, see
-//! [`Cgroup::vacant`]). A child is moved into its leaf between fork and
+//! for an `exec` helper). A child is moved into its leaf between fork and
 //! exec (a write of `0` to the leaf's `cgroup.procs`, opened before the
 //! fork), so none of its code, and none of its descendants, ever runs
 //! outside it. "Gone" means the leaf's `cgroup.events` says `populated 0`;
@@ -273,15 +272,31 @@ impl Tree {
     /// Makes a leaf `<group>/<name>` for one process — or, if a leaf of
     /// that name still holds processes or is `taken` (another row's, its
     /// zombie not yet reaped), `<group>/<name>.<gen>` (then `.<gen>.<k>`).
-    /// An empty leftover that nobody owns is removed and made again.
+    /// An empty leftover that nobody owns is removed and made again: a
+    /// leaf is always as `mkdir` makes it, never one a process could have
+    /// changed (its type, limits, files' owners and modes, extended
+    /// attributes, counters). A limit on cgroups below the instance's or
+    /// the group's cgroup (`cgroup.max.descendants`, `cgroup.max.depth`:
+    /// `mkdir` fails with EAGAIN), which only a process of the tree running
+    /// as root could have set, is lifted (`max`) and the `mkdir` tried again.
     pub fn leaf(&self, group: &str, name: &str, gen: u64, taken: &dyn Fn(&Path) -> bool) -> io::Result<Cgroup> {
         let dir = self.root.join(group);
         // Mostly the group is there (a restart) and the leaf name is free: one mkdir.
         let first = dir.join(name);
-        if fs::create_dir(&first).is_ok() {
+        let mkdir = |path: &Path| match fs::create_dir(path) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                for cgroup in [&self.root, &dir] {
+                    let _ = fs::write(cgroup.join("cgroup.max.descendants"), "max");
+                    let _ = fs::write(cgroup.join("cgroup.max.depth"), "max");
+                }
+                fs::create_dir(path)
+            }
+            other => other,
+        };
+        if mkdir(&first).is_ok() {
             return Ok(self.cgroup(first));
         }
-        let mut made = fs::create_dir(&dir);
+        let mut made = mkdir(&dir);
         if made.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
             // The instance's own cgroup was removed while empty (by hand):
             // make it again, as at the start.
@@ -292,7 +307,7 @@ impl Tree {
             if self.memory {
                 let _ = fs::write(self.root.join("cgroup.subtree_control"), "+memory");
             }
-            made = fs::create_dir(&dir);
+            made = mkdir(&dir);
         }
         match made {
             Ok(()) if self.memory => {
@@ -305,15 +320,12 @@ impl Tree {
             [name.to_string(), format!("{name}.{gen}")].into_iter().chain((1..=8).map(|k| format!("{name}.{gen}.{k}")));
         for candidate in candidates {
             let path = dir.join(&candidate);
-            match fs::create_dir(&path) {
+            match mkdir(&path) {
                 Ok(()) => return Ok(self.cgroup(path)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    // An empty leftover nobody owns is made afresh: its
-                    // processes may have changed it (see `Cgroup::vacant`),
-                    // and its `cpu.stat` counts their time.
                     let leaf = self.cgroup(path);
                     if !taken(&leaf.path) && !leaf.populated() && leaf.remove().is_ok() {
-                        match fs::create_dir(&leaf.path) {
+                        match mkdir(&leaf.path) {
                             Ok(()) => return Ok(leaf),
                             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                             Err(e) => return Err(e),
@@ -334,7 +346,7 @@ impl Tree {
 
     fn cgroup(&self, path: PathBuf) -> Cgroup {
         let rel = rel_path(&self.mount, &self.mount_root, &path).unwrap_or_else(|| path.display().to_string());
-        Cgroup { path, rel, cpu_base_usec: 0 }
+        Cgroup { path, rel }
     }
 
     /// Removes `<group>` if it is empty (its last leaf went away).
@@ -391,18 +403,13 @@ fn remove_tree(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// One leaf cgroup: the whole tree of one process Sentry started (or of
-/// a slot's processes one after another, see [`Cgroup::vacant`]).
+/// One leaf cgroup: the whole tree of one process Sentry started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Cgroup {
     /// Its directory.
     path: PathBuf,
     /// Its path as `/proc/PID/cgroup` shows it.
     rel: String,
-    /// `cpu.stat`'s `usage_usec` when its current process started in it
-    /// after an earlier one ([`Cgroup::count_cpu_from_now`]), microseconds:
-    /// its figures count from there.
-    cpu_base_usec: u64,
 }
 
 /// What a cgroup holds and has used.
@@ -410,8 +417,8 @@ pub(crate) struct Cgroup {
 pub(crate) struct Figures {
     /// Live processes in it and in cgroups below it (`cgroup.procs`).
     pub processes: usize,
-    /// CPU time used by everything that ran in it (`cpu.stat`
-    /// `usage_usec`; for a [`Cgroup`], since its current process started), in microseconds.
+    /// CPU time used by everything that ever ran in it (`cpu.stat`
+    /// `usage_usec`), in microseconds.
     pub cpu_usec: u64,
     /// Its memory in bytes: `memory.current` where the memory controller
     /// is enabled, else the summed PSS of its processes.
@@ -444,76 +451,10 @@ impl Cgroup {
     /// Whether any live process is in it (`cgroup.events`); a cgroup that
     /// is gone or unreadable holds nothing.
     pub fn populated(&self) -> bool {
-        read_small(&self.path.join("cgroup.events")).is_some_and(|t| events_populated(&t))
-    }
-
-    /// Whether the next process of the same slot may start in it as in a
-    /// fresh one: nothing in it or below it, and nothing its processes
-    /// could have changed about it differs from what `mkdir` made. Checked:
-    /// no live process (`cgroup.events`: `populated 0`); not frozen
-    /// (`frozen 0`; a process may have frozen its own cgroup); no cgroup
-    /// below it (`cgroup.stat`: `nr_descendants 0`); still a plain domain
-    /// (`cgroup.type`: `domain`; a process that made its leaf `threaded`
-    /// turns the entry's cgroup into a threaded root, where no other slot
-    /// could start); no limit on cgroups below it (`cgroup.max.descendants`
-    /// and `cgroup.max.depth`: `max`); no controller, so no controller's
-    /// knob (a `pids.max`, a `cpu.max`) a process could have set
-    /// (`cgroup.controllers` empty); pressure accounting on
-    /// (`cgroup.pressure`: `1`, where the file exists, Linux 6.1); and the
-    /// owner and mode of the leaf and of the files that delegate it
-    /// (`cgroup.procs`, `cgroup.threads`, `cgroup.subtree_control`)
-    /// unchanged — the same as its parent's, which Sentry made the same
-    /// way, and `0644` for the files (kernel cgroup-v2 documentation,
-    /// "Delegation"). A cgroup that is gone or unreadable is not vacant.
-    /// The files are read through the directory opened once (`openat`,
-    /// `fstatat`; the fd is not kept, so spare leaves hold none): 52 µs
-    /// for all of it on this project's VM, hot, against 18 µs for the
-    /// first two files alone.
-    /// Extended attributes are not compared.
-    ///
-    /// Cheaper than making a fresh one: the `rmdir` and `mkdir` go, and so
-    /// does the clone's cost of a cgroup no process was ever in (the kernel
-    /// makes its set of cgroups then; on a hybrid layout, with a link to
-    /// every v1 hierarchy): measured on this project's 2-core VM, from an
-    /// idle CPU, ~100 µs (before the checks of what a process could
-    /// change) against ~250 µs. Only under a tree without the memory
-    /// controller: a leaf's `memory.current` keeps the page cache its
-    /// processes left charged to it, which a fresh leaf does not inherit
-    /// (`treemem` would count it).
-    pub fn vacant(&self) -> bool {
-        let Ok(dir) = self.placement() else { return false };
-        let read = |file: &str| read_small_at(&dir, file);
-        let is = |file: &str, value: &str| read(file).is_some_and(|t| t.trim() == value);
-        read("cgroup.events")
-            .is_some_and(|t| stat_value(&t, "populated") == Some(0) && stat_value(&t, "frozen") != Some(1))
-            && read("cgroup.stat").is_some_and(|t| stat_value(&t, "nr_descendants") == Some(0))
-            && is("cgroup.type", "domain")
-            && is("cgroup.max.descendants", "max")
-            && is("cgroup.max.depth", "max")
-            && is("cgroup.controllers", "")
-            && read("cgroup.pressure").is_none_or(|t| t.trim() == "1")
-            && as_made(&dir)
-    }
-
-    /// Counts its CPU time from now on: for a process started in it after
-    /// an earlier one (`cpu.stat`'s `usage_usec` now is subtracted from
-    /// its figures).
-    pub fn count_cpu_from_now(&mut self) {
-        self.cpu_base_usec = read_small(&self.path.join("cpu.stat"))
-            .and_then(|t| stat_value(&t, "usage_usec"))
-            .unwrap_or(self.cpu_base_usec);
-    }
-
-    /// What [`Cgroup::count_cpu_from_now`] read, in microseconds (for the next image).
-    pub fn cpu_base_usec(&self) -> u64 {
-        self.cpu_base_usec
-    }
-
-    /// The same cgroup, counting CPU time from `base` microseconds (an
-    /// earlier image's [`Cgroup::cpu_base_usec`]).
-    pub fn with_cpu_base(mut self, base: u64) -> Cgroup {
-        self.cpu_base_usec = base;
-        self
+        // One read of a small file (it holds two short lines): no size query.
+        let mut buf = [0u8; 128];
+        let read = fs::File::open(self.path.join("cgroup.events")).and_then(|mut f| io::Read::read(&mut f, &mut buf));
+        read.is_ok_and(|n| events_populated(&String::from_utf8_lossy(&buf[..n])))
     }
 
     /// The PIDs of its live processes now.
@@ -556,8 +497,7 @@ impl Cgroup {
     /// What it holds and has used; `memory` says whether to read
     /// `memory.current` (the controller is on) or sum the PSS.
     pub fn figures(&self, memory: bool) -> Figures {
-        let f = figures_of(&self.path, memory);
-        Figures { cpu_usec: f.cpu_usec.saturating_sub(self.cpu_base_usec), ..f }
+        figures_of(&self.path, memory)
     }
 }
 
@@ -624,42 +564,6 @@ fn signal_members(dir: &Path, rel: &str, signal: Signal) -> usize {
             proc::cgroup_v2(*pid).is_some_and(|c| within(&c, rel)) && sys::pidfd_send_signal(fd.as_fd(), signal).is_ok()
         })
         .count()
-}
-
-/// A small cgroup file's text (`cgroup.events`, `cgroup.stat`,
-/// `cpu.stat`: a few short lines), in one read without a size query;
-/// `None` if it cannot be read.
-fn read_small(path: &Path) -> Option<String> {
-    let mut buf = [0u8; 512];
-    let n = fs::File::open(path).and_then(|mut f| io::Read::read(&mut f, &mut buf)).ok()?;
-    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-}
-
-/// Whether the owner and mode of the leaf open at `dir` are its parent's
-/// (both made by Sentry's `mkdir`), and the files that delegate it are its
-/// owner's with the kernel's mode `0644` (see [`Cgroup::vacant`]).
-fn as_made(dir: &OwnedFd) -> bool {
-    let stat = |name: &str| nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok();
-    let (Some(parent), Some(leaf)) = (stat(".."), nix::sys::stat::fstat(dir).ok()) else { return false };
-    let owner = (parent.st_uid, parent.st_gid);
-    (leaf.st_uid, leaf.st_gid, leaf.st_mode) == (owner.0, owner.1, parent.st_mode)
-        && ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"].iter().all(|file| {
-            stat(file).is_some_and(|m| (m.st_uid, m.st_gid, m.st_mode & 0o7777) == (owner.0, owner.1, 0o644))
-        })
-}
-
-/// The first 512 bytes of the file `name` in the directory open at `dir`.
-fn read_small_at(dir: &OwnedFd, name: &str) -> Option<String> {
-    let fd = nix::fcntl::openat(
-        dir,
-        name,
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .ok()?;
-    let mut buf = [0u8; 512];
-    let n = nix::unistd::read(&fd, &mut buf).ok()?;
-    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 /// `populated` of a `cgroup.events` text.
@@ -915,7 +819,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let mut sleep = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
         fs::write(dir.join("cgroup.procs"), format!("{}\n", sleep.id())).unwrap();
-        let leaf = Cgroup { path: dir.clone(), rel: "/not/where/the/sleep/is".to_string(), cpu_base_usec: 0 };
+        let leaf = Cgroup { path: dir.clone(), rel: "/not/where/the/sleep/is".to_string() };
         assert_eq!(leaf.signal(Signal::SIGKILL), 1);
         assert_eq!(fs::read_to_string(dir.join("cgroup.kill")).unwrap(), "1");
         assert!(sleep.try_wait().unwrap().is_none(), "not signalled one by one");
@@ -989,87 +893,5 @@ mod tests {
         assert!(!without.memory_current);
         assert!(without.memory_bytes > 0 && without.memory_bytes.abs_diff(pss) < 64 << 20, "{without:?} vs {pss}");
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn only_an_empty_leaf_as_mkdir_made_it_is_vacant_and_cpu_counts_from_its_reuse() {
-        // Fixture directories shaped like a leaf cgroup as `mkdir` makes
-        // it, each then changed in one way.
-        use std::os::unix::fs::PermissionsExt;
-        let base = std::env::temp_dir().join(format!("sentry-cgroup-vacant-{}", std::process::id()));
-        let mode = |path: &Path, m: u32| fs::set_permissions(path, fs::Permissions::from_mode(m)).unwrap();
-        let chown = |path: &Path| {
-            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-            // SAFETY: a valid NUL-terminated path to this test's own fixture.
-            unsafe { libc::chown(c.as_ptr(), 65534, 65534) == 0 }
-        };
-        // A change to the fixture; false if it could not be made.
-        type Change = Box<dyn Fn(&Path) -> bool>;
-        let set = |file: &'static str, text: &'static str| -> Change {
-            Box::new(move |d: &Path| fs::write(d.join(file), text).is_ok())
-        };
-        let gone = |file: &'static str| -> Change { Box::new(move |d: &Path| fs::remove_file(d.join(file)).is_ok()) };
-        let chmod = |file: &'static str, m: u32| -> Change {
-            Box::new(move |d: &Path| fs::set_permissions(d.join(file), fs::Permissions::from_mode(m)).is_ok())
-        };
-        let cases: Vec<(&str, bool, Change)> = vec![
-            ("as made", true, Box::new(|_| true)),
-            ("no freezer (before Linux 5.2)", true, set("cgroup.events", "populated 0\n")),
-            ("no cgroup.pressure (before Linux 6.1)", true, gone("cgroup.pressure")),
-            ("a process in it", false, set("cgroup.events", "populated 1\nfrozen 0\n")),
-            ("frozen", false, set("cgroup.events", "populated 0\nfrozen 1\n")),
-            ("a cgroup below it", false, set("cgroup.stat", "nr_descendants 1\n")),
-            ("cgroup.events unreadable", false, gone("cgroup.events")),
-            ("cgroup.stat unreadable", false, gone("cgroup.stat")),
-            ("threaded", false, set("cgroup.type", "threaded\n")),
-            ("domain invalid", false, set("cgroup.type", "domain invalid\n")),
-            ("no cgroup below allowed", false, set("cgroup.max.descendants", "0\n")),
-            ("depth limited", false, set("cgroup.max.depth", "2\n")),
-            ("a controller", false, set("cgroup.controllers", "pids\n")),
-            ("pressure off", false, set("cgroup.pressure", "0\n")),
-            ("mode of the leaf", false, chmod(".", 0o777)),
-            ("mode of cgroup.procs", false, chmod("cgroup.procs", 0o666)),
-            ("owner of the leaf", false, Box::new(move |d| chown(d))),
-            ("owner of cgroup.subtree_control", false, Box::new(move |d| chown(&d.join("cgroup.subtree_control")))),
-        ];
-        for (i, (why, vacant, change)) in cases.into_iter().enumerate() {
-            let parent = base.join(i.to_string());
-            let dir = parent.join("0");
-            fs::create_dir_all(&dir).unwrap();
-            mode(&parent, 0o755);
-            mode(&dir, 0o755);
-            for (file, text) in [
-                ("cgroup.events", "populated 0\nfrozen 0\n"),
-                ("cgroup.stat", "nr_descendants 0\nnr_dying_descendants 2\n"),
-                ("cgroup.type", "domain\n"),
-                ("cgroup.max.descendants", "max\n"),
-                ("cgroup.max.depth", "max\n"),
-                ("cgroup.controllers", "\n"),
-                ("cgroup.pressure", "1\n"),
-                ("cgroup.procs", ""),
-                ("cgroup.threads", ""),
-                ("cgroup.subtree_control", "\n"),
-            ] {
-                fs::write(dir.join(file), text).unwrap();
-                mode(&dir.join(file), 0o644);
-            }
-            if !change(&dir) {
-                eprintln!("skipped {why}: the change needs root");
-                continue;
-            }
-            let leaf = Cgroup { path: dir, rel: "/x".to_string(), cpu_base_usec: 0 };
-            assert_eq!(leaf.vacant(), vacant, "{why}");
-        }
-        let dir = base.join("cpu");
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("cpu.stat"), "usage_usec 4200\n").unwrap();
-        let mut leaf = Cgroup { path: dir.clone(), rel: "/x".to_string(), cpu_base_usec: 0 };
-        assert_eq!(leaf.figures(false).cpu_usec, 4200);
-        leaf.count_cpu_from_now();
-        assert_eq!((leaf.cpu_base_usec(), leaf.figures(false).cpu_usec), (4200, 0));
-        fs::write(dir.join("cpu.stat"), "usage_usec 5000\n").unwrap();
-        assert_eq!(leaf.figures(false).cpu_usec, 800);
-        assert_eq!(leaf.clone().with_cpu_base(6000).figures(false).cpu_usec, 0, "never below zero");
-        fs::remove_dir_all(&base).unwrap();
     }
 }

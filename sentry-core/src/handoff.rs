@@ -414,10 +414,6 @@ pub(crate) struct SlotSnapshot {
     /// Its process's cgroup directory, under cgroup containment.
     #[serde(default)]
     pub cgroup: Option<std::path::PathBuf>,
-    /// That cgroup's `cpu.stat` `usage_usec` when the process started in
-    /// it after an earlier one of the slot (0: a fresh cgroup), microseconds.
-    #[serde(default)]
-    pub cgroup_cpu_base_usec: u64,
     /// Whether its process passed its readiness probe (none: not known).
     #[serde(default)]
     pub ready: Option<bool>,
@@ -781,7 +777,6 @@ mod tests {
                         streams: vec![StreamSnapshot { fd, pending: vec![0xe2, 0x82], unfinished: b"t\n".to_vec() }],
                         error: None,
                         cgroup: Some("/sys/fs/cgroup/sentry.t.0/e/0".into()),
-                        cgroup_cpu_base_usec: 1234,
                         ready: Some(true),
                         exits_ms_ago: vec![5, 10],
                     }],

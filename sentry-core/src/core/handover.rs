@@ -155,9 +155,6 @@ impl Core {
         // the new image probes afresh from the readiness each slot had.
         self.stop_probers(false);
         self.finish_reaps();
-        // A leaf kept for a start put off to the next turn: that start is
-        // the next image's, in a leaf of its own.
-        self.drop_spare_leaves(true);
         self.join_closed();
         let now = Instant::now();
         let rows = std::mem::take(&mut self.procs);
@@ -185,7 +182,7 @@ impl Core {
         // Every monitor stops; the pipes of unreaped processes go with their
         // slot or helper, those of reaped ones are drained by the next image.
         let mut quiesced: HashMap<i32, Quiesced> = HashMap::new();
-        let mut cgroups: HashMap<i32, (std::path::PathBuf, u64)> = HashMap::new();
+        let mut cgroups: HashMap<i32, std::path::PathBuf> = HashMap::new();
         let mut loose = Vec::new();
         let mut draining = Vec::new();
         let mut starttimes: HashMap<i32, u64> = HashMap::new();
@@ -212,7 +209,6 @@ impl Core {
                 starttimes.insert(row.pid, starttime);
             }
             let cgroup = row.cgroup.as_ref().map(|c| c.path().to_path_buf());
-            let cpu_base = row.cgroup.as_ref().map_or(0, crate::cgroup::Cgroup::cpu_base_usec);
             match (&row.role, row.reaped) {
                 (Role::Pipes { entry }, _) | (Role::Slot { entry, .. } | Role::Stuck { entry, .. }, true) => {
                     let streams = keep(q);
@@ -241,7 +237,7 @@ impl Core {
                         pidfds.insert(row.pid, fd);
                     }
                     if let Some(path) = cgroup {
-                        cgroups.insert(row.pid, (path, cpu_base));
+                        cgroups.insert(row.pid, path);
                     }
                 }
                 (Role::Stuck { entry, index }, false) => loose.push(HelperSnapshot {
@@ -335,7 +331,6 @@ impl Core {
                     Phase::Failed => PhaseSnapshot::Failed,
                 };
                 let streams = run.slot.pid().map(|pid| keep(quiesced.remove(&pid))).unwrap_or_default();
-                let cgroup = run.slot.pid().and_then(|pid| cgroups.remove(&pid));
                 slots.push(SlotSnapshot {
                     index: *index,
                     crashes: run.slot.crashes,
@@ -343,8 +338,7 @@ impl Core {
                     phase,
                     streams,
                     error: run.error.clone(),
-                    cgroup: cgroup.as_ref().map(|(path, _)| path.clone()),
-                    cgroup_cpu_base_usec: cgroup.map_or(0, |(_, base)| base),
+                    cgroup: run.slot.pid().and_then(|pid| cgroups.remove(&pid)),
                     ready: Some(run.ready),
                     exits_ms_ago: run
                         .health
@@ -501,8 +495,7 @@ impl Core {
                 }
                 let role = Role::Slot { entry: name.clone(), index: ss.index };
                 let gen = core.new_gen();
-                let cgroup =
-                    core.cgroup_at(ss.cgroup.as_deref(), p.pid).map(|c| c.with_cpu_base(ss.cgroup_cpu_base_usec));
+                let cgroup = core.cgroup_at(ss.cgroup.as_deref(), p.pid);
                 let known = Some((p.starttime, pidfd));
                 adoptions.push(Adoption {
                     gen,

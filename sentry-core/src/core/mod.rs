@@ -454,10 +454,6 @@ pub(crate) struct Core {
     /// Leaders taken out of the table this round, to reap at its end:
     /// (row, PID).
     reaps: Vec<(u64, i32)>,
-    /// Slots' vacant leaves ([`Cgroup::vacant`]) kept for the slot's next
-    /// process: removed at the round's end unless the slot's start is due
-    /// and was only put off by [`SPAWN_BATCH`] (`drop_spare_leaves`).
-    spare_leaves: RefCell<Vec<SpareLeaf>>,
     logs: HashMap<String, Arc<LogFile>>,
     shutting_down: bool,
     suspending: bool,
@@ -497,7 +493,6 @@ impl Core {
             waiters: Vec::new(),
             closed: Vec::new(),
             reaps: Vec::new(),
-            spare_leaves: RefCell::new(Vec::new()),
             ledger_written: None,
             to_watch: Vec::new(),
             logs: HashMap::new(),
@@ -879,25 +874,11 @@ impl Core {
     /// nothing otherwise.
     fn leaf(&self, group: &str, name: &str, gen: u64) -> std::io::Result<(Option<Cgroup>, Option<OwnedFd>)> {
         let Some(tree) = self.options.fence.tree() else { return Ok((None, None)) };
-        let spare = {
-            let mut spares = self.spare_leaves.borrow_mut();
-            spares.iter().position(|s| s.group == group && s.name == name).map(|i| spares.swap_remove(i))
-        };
-        let leaf = match spare {
-            // The slot's previous process's leaf, vacant: counted afresh.
-            Some(SpareLeaf { gen: old, mut cgroup, .. }) => {
-                self.tree_cache.borrow_mut().remove(&old);
-                cgroup.count_cpu_from_now();
-                cgroup
-            }
-            None => {
-                let taken = |path: &std::path::Path| {
-                    self.procs.values().any(|p| p.cgroup.as_ref().is_some_and(|c| c.path() == path))
-                };
-                tree.leaf(group, name, gen, &taken)
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("cannot make its cgroup: {e}")))?
-            }
-        };
+        let taken =
+            |path: &std::path::Path| self.procs.values().any(|p| p.cgroup.as_ref().is_some_and(|c| c.path() == path));
+        let leaf = tree
+            .leaf(group, name, gen, &taken)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot make its cgroup: {e}")))?;
         match leaf.placement() {
             Ok(fd) => Ok((Some(leaf), Some(fd))),
             Err(e) => {
@@ -1036,30 +1017,18 @@ impl Core {
         }
         // One /proc pass for every process group due; a cgroup is one file.
         let mut live = None;
-        let reuse_leaves = self.options.fence.tree().is_some_and(|t| !t.has_memory());
         for gen in due {
             let Some(row) = self.procs.get_mut(&gen) else { continue };
-            // A slot's vacant leaf is kept for its next process; any other
-            // empty leaf goes at once, its rmdir being the look (EBUSY
+            // An empty leaf goes at once, its rmdir being the look (EBUSY
             // while a process is in it, or a cgroup below it).
-            let keep = reuse_leaves
-                && !row.lingering
-                && matches!(row.role, Role::Slot { .. })
-                && row.cgroup.as_ref().is_some_and(Cgroup::vacant);
-            let leaf = if keep {
-                Leaf::Keep
-            } else if row.cgroup.as_ref().is_some_and(Cgroup::remove_if_empty) {
-                Leaf::Removed
-            } else {
-                Leaf::Remove
-            };
-            let empty = leaf != Leaf::Remove
+            let removed = row.cgroup.as_ref().is_some_and(Cgroup::remove_if_empty);
+            let empty = removed
                 || match &row.cgroup {
                     Some(cgroup) => !cgroup.populated(),
                     None => !live.get_or_insert_with(crate::proc::live_groups).contains(&row.pid),
                 };
             if empty {
-                self.group_gone(gen, leaf, now);
+                self.group_gone(gen, removed, now);
                 continue;
             }
             let (_, step) = row.check.unwrap_or((now, GROUP_CHECK_MIN));
@@ -1107,9 +1076,9 @@ impl Core {
     /// The leader of row `gen` exited and its group is empty: take it out
     /// of the table, tell its slot (which may start the next process at
     /// once) and, at the end of the round, reap it and let its monitor
-    /// drain and close the pipes (`finish_reaps`). `leaf`: what becomes of
-    /// its cgroup.
-    fn group_gone(&mut self, gen: u64, leaf: Leaf, now: Instant) {
+    /// drain and close the pipes (`finish_reaps`). `removed`: its cgroup
+    /// is gone already.
+    fn group_gone(&mut self, gen: u64, removed: bool, now: Instant) {
         let Some(row) = self.procs.get_mut(&gen) else { return };
         let exit = match row.exit {
             Some(exit) if exit != ChildExit::Unknown => {
@@ -1142,15 +1111,7 @@ impl Core {
                 let text = format!("What outlived SIGKILL in the cgroup {} is gone.", cgroup.name());
                 self.options.console.event(entry, pid, &text);
             }
-            match (&role, leaf) {
-                (Role::Slot { entry, index }, Leaf::Keep) => self.spare_leaves.borrow_mut().push(SpareLeaf {
-                    group: entry.clone(),
-                    name: index.to_string(),
-                    gen,
-                    cgroup,
-                }),
-                (_, leaf) => self.remove_cgroup(gen, cgroup, leaf == Leaf::Removed),
-            }
+            self.remove_cgroup(gen, cgroup, removed);
         }
         if let Role::Slot { entry, index } = role {
             let Some(i) = self.entries.iter().position(|e| e.config.name == entry) else { return };
@@ -1688,34 +1649,12 @@ impl Core {
     /// and end. Each PID is reaped once, here: until then its zombie keeps
     /// the PID from being given to anyone else.
     fn finish_reaps(&mut self) {
-        self.drop_spare_leaves(false);
         for (gen, pid) in std::mem::take(&mut self.reaps) {
             sys::reap(pid);
             crate::spawn::reaped(pid);
             if let Some(m) = self.procs.get(&gen).and_then(|row| row.monitor.as_ref()) {
                 m.finish();
             }
-        }
-    }
-
-    /// Removes the spare leaves — all of them, or (`all` false) those whose
-    /// slot will not start this turn or the next: only a start that is due
-    /// now keeps its slot's leaf (a hundred restarts at once are started
-    /// [`SPAWN_BATCH`] per turn).
-    fn drop_spare_leaves(&mut self, all: bool) {
-        let now = Instant::now();
-        let due = |s: &SpareLeaf| {
-            let slot = self.entries.iter().find(|e| e.config.name == s.group && !e.removed).and_then(|e| {
-                let index: usize = s.name.parse().ok()?;
-                e.slots.get(&index)
-            });
-            slot.is_some_and(|run| matches!(run.slot.phase, Phase::Pending { due } if due <= now))
-        };
-        let (keep, drop): (Vec<SpareLeaf>, Vec<SpareLeaf>) =
-            self.spare_leaves.take().into_iter().partition(|s| !all && !self.shutting_down && due(s));
-        *self.spare_leaves.borrow_mut() = keep;
-        for spare in drop {
-            self.remove_cgroup(spare.gen, spare.cgroup, false);
         }
     }
 
@@ -1729,7 +1668,6 @@ impl Core {
     /// grandchildren) and writes what they had read, so no line is lost.
     fn close_monitors(&mut self) {
         self.finish_reaps();
-        self.drop_spare_leaves(true);
         self.join_closed();
         for (_, row) in std::mem::take(&mut self.procs) {
             if let Some(monitor) = row.monitor {
@@ -2015,28 +1953,6 @@ fn tell_exit(console: &ConsoleHandle, row: &mut Proc, name: &str, text: String) 
         None => console.event(name, row.pid, &text),
     }
     row.told = Some(text);
-}
-
-/// What becomes of the cgroup of a leader whose group is gone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Leaf {
-    /// Kept for the slot's next process ([`Cgroup::vacant`]).
-    Keep,
-    /// Removed already (its `rmdir` was the look).
-    Removed,
-    /// To remove, with whatever cgroups its processes left inside it.
-    Remove,
-}
-
-/// A slot's vacant leaf, kept for the slot's next process within the round.
-#[derive(Debug)]
-struct SpareLeaf {
-    /// The entry and the slot index, as [`Core::leaf`] is asked for them.
-    group: String,
-    name: String,
-    /// The row of the process that was in it.
-    gen: u64,
-    cgroup: Cgroup,
 }
 
 /// The pipes of a freshly spawned process, nothing read yet.
