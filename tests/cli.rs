@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -193,6 +194,26 @@ fn the_pidfile_lock_refuses_a_second_instance_and_replaces_a_stale_one() {
 }
 
 use std::os::unix::fs::PermissionsExt;
+
+#[test]
+fn a_sigterm_as_soon_as_the_pidfile_names_the_instance_is_a_clean_stop() {
+    // What a service manager may do: read the pidfile the moment it has a
+    // PID and send SIGTERM. The signal waits until Sentry's handlers are in
+    // place (blocked from the first instruction of `start`), so it is a
+    // clean stop with exit code 0, never a death by SIGTERM's default action.
+    for round in 0..5 {
+        let mut s = Sentry::spawn(TCONF, "basic", &[]);
+        let (pidfile, pid) = (s.file("tconf.pid"), s.pid().to_string());
+        // Read without a pause (a 20 ms poll would mostly miss the moment).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::read_to_string(&pidfile).map_or(true, |t| t.trim() != pid) {
+            assert!(Instant::now() < deadline, "round {round}: no pidfile naming {pid}");
+        }
+        // SAFETY: SIGTERM to the instance this test started.
+        unsafe { libc::kill(s.pid(), libc::SIGTERM) };
+        assert_eq!(s.wait_exit(), Some(0), "round {round}: {}", s.console());
+    }
+}
 
 #[test]
 fn scale_up_and_down_keeps_the_lowest_slots() {

@@ -38,7 +38,12 @@ const HANDLED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, S
 
 /// Starts a new instance in the foreground; returns after a clean stop.
 pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>, syslog: bool) -> Result<(), Error> {
-    // Process-wide settings first, while this is the only thread.
+    // Process-wide settings first, while this is the only thread. The
+    // signals Sentry handles wait, blocked, until their handlers are in
+    // place: a SIGTERM sent as soon as the pidfile names this process is a
+    // clean stop, not a death by the default action (threads started
+    // meanwhile keep them blocked; `forward` unblocks them on this one).
+    signals::block(&HANDLED);
     crate::events::init(crate::events::Destinations::from_environment(syslog));
     let limit = budget::raise_nofile(false);
     budget::limit_arenas();
