@@ -355,6 +355,20 @@ fn the_next_start_stops_everything_a_sigkilled_instance_left_in_its_cgroups() {
     assert_eq!(cgroup_tree_procs(&abs).len(), 3, "{}", describe(&cgroup_tree_procs(&abs)));
 }
 
+#[test]
+fn an_instance_without_processes_records_its_cgroup_too() {
+    // A watch alone starts no process, yet the instance has its cgroup: it
+    // is recorded from the first turn, so a SIGKILL leaves it to the next
+    // start (and to whoever cleans up after the DIR) as for any other.
+    if !cgroups_here() {
+        return;
+    }
+    let s = Sentry::spawn(TCONF, "bench-watch", &[]).waiting();
+    let (_, abs) = instance(&s);
+    assert!(abs.is_dir(), "the instance's cgroup {}", abs.display());
+    wait_for("DIR/tconf.procs to name it", || (recorded_cgroups(s.dir.path()) == vec![abs.clone()]).then_some(()));
+}
+
 /// A `main.rs` running `entries` (Rust expressions of `Spec`s).
 fn main_rs(entries: &[String]) -> String {
     format!(

@@ -487,7 +487,10 @@ impl Core {
             entries,
             procs: BTreeMap::new(),
             next_gen: 1,
-            ledger_dirty: false,
+            // Written at the first turn: the instance's cgroup is recorded
+            // even while no process runs (a watch alone), so a SIGKILL then
+            // still leaves the next start something to empty and remove.
+            ledger_dirty: true,
             rss_cache: RefCell::new(HashMap::new()),
             tree_cache: RefCell::new(HashMap::new()),
             waiters: Vec::new(),

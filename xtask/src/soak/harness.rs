@@ -215,11 +215,6 @@ impl Drop for Instance {
             std::thread::sleep(Duration::from_millis(20));
         }
         remove_recorded_cgroups(&self.dir);
-        // An instance that never had a process (a watch alone) recorded no
-        // cgroup; its own is still made, by name beside this process's.
-        if let Some(named) = instance_cgroup(&self.dir).filter(|c| c.is_dir()) {
-            remove_cgroup_tree(&named);
-        }
         if self.keep {
             eprintln!("soak: kept the run directory {}", self.dir.display());
         } else {
@@ -493,27 +488,6 @@ fn remove_recorded_cgroups(dir: &Path) {
         }
         remove_cgroup_tree(&root);
     }
-}
-
-/// The cgroup a `tconf` instance in `dir` makes below the cgroup of the
-/// process that started it (this one): `sentry.tconf.<FNV-1a 32 of the
-/// canonical dir, 8 hex digits>`, if cgroup v2 is mounted.
-fn instance_cgroup(dir: &Path) -> Option<PathBuf> {
-    use std::os::unix::ffi::OsStrExt;
-    let canonical = fs::canonicalize(dir).ok()?;
-    let hash =
-        canonical.as_os_str().as_bytes().iter().fold(0x811c_9dc5u32, |h, b| (h ^ *b as u32).wrapping_mul(0x0100_0193));
-    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
-    let own = own.lines().find_map(|l| l.strip_prefix("0::"))?.to_string();
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let (mount, root) = mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2").then_some(())?;
-        let fields: Vec<&str> = left.split_whitespace().collect();
-        Some((PathBuf::from(fields.get(4)?), fields.get(3)?.to_string()))
-    })?;
-    let below = if root == "/" { own.as_str() } else { own.strip_prefix(root.as_str())? };
-    Some(mount.join(below.trim_start_matches('/')).join(format!("sentry.tconf.{hash:08x}")))
 }
 
 fn remove_cgroup_tree(dir: &Path) {
