@@ -132,13 +132,18 @@ fn children_get_a_clean_process_state() {
         ("NOTIFY_SOCKET", "/leak/notify"),
         ("CARGOLIKE_KEPT", "1"),
     ];
-    let s = Sentry::spawn_with(TempDir::new("env"), TCONF, "env", &[], &probes).waiting();
+    // Started the way `cmd &` in a script and `nohup` start it, with
+    // signals ignored, which an exec hands on unless Sentry resets them.
+    let ignoring = ["sh", "-c", "trap '' INT QUIT HUP USR2 TSTP; exec \"$0\" \"$@\""];
+    let s = Sentry::spawn_wrapped(TempDir::new("env"), TCONF, "env", &ignoring, &[], &probes, None).waiting();
+    let sentry_ignores = u64::from_str_radix(&proc_status(s.pid(), "SigIgn").unwrap(), 16).unwrap();
+    assert_ne!(sentry_ignores & (1 << (libc::SIGQUIT - 1)), 0, "the test's premise: Sentry ignores SIGQUIT");
     let pid = wait_for("the probe", || s.pids("probe").first().copied());
     let f = stat_fields(pid).unwrap();
     assert_eq!(f[2], pid.to_string(), "own process group");
     assert_eq!(proc_status(pid, "SigBlk").unwrap(), "0000000000000000", "clean signal mask");
     let ignored = u64::from_str_radix(&proc_status(pid, "SigIgn").unwrap(), 16).unwrap();
-    assert_eq!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "default SIGPIPE");
+    assert_eq!(ignored, 0, "every signal at its default, SIGPIPE and what Sentry was started with ignored too");
     assert_eq!(std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap().to_str(), Some("/dev/null"));
     assert_eq!(fd_count(pid), 3, "no fd leaked into the child");
     assert!(std::fs::read_link(format!("/proc/{}/fd/{INHERITED_FD}", s.pid())).is_ok(), "Sentry inherited it");

@@ -37,7 +37,7 @@
 //!   Sentry installed starts at the default in the child (`clone3`'s
 //!   `CLONE_CLEAR_SIGHAND`; after glibc's `clone` the child resets each one:
 //!   its handler table is a copy, no `CLONE_SIGHAND`), the child sets SIGPIPE
-//!   to the default, then empties its mask just before `execve`. A signal for the child in between stays pending for the
+//!   and every signal Sentry was started with ignored to the default, then empties its mask just before `execve`. A signal for the child in between stays pending for the
 //!   new program; a Sentry handler never runs in the child — a SIGTERM there
 //!   would otherwise tell *Sentry* to stop.
 //! - Its fd table is Sentry's (`CLONE_FILES`) only until its first step,
@@ -164,8 +164,8 @@ struct Image {
     /// -1: leave the open-file limit.
     nofile: i64,
     /// Signals to reset to their default action (bit `n - 1` for signal `n`):
-    /// SIGPIPE after `clone3`, whose `CLONE_CLEAR_SIGHAND` resets every
-    /// handled one; SIGPIPE and every handled one after glibc's `clone`.
+    /// the ignored ones after `clone3`, whose `CLONE_CLEAR_SIGHAND` resets
+    /// every handled one; the ignored and the handled after glibc's `clone`.
     reset: u64,
     /// With a shared fd table (`CLONE_FILES`, see [`FdSet`]): the first fd
     /// the child's table leaves out when it unshares (-1: not shared).
@@ -517,8 +517,8 @@ const WAIT_FOR_EXEC: bool = !cfg!(target_arch = "x86_64");
 
 /// Starts `process` with stdin from `/dev/null`, stdout and stderr to fresh
 /// pipes, in a process group of its own, every signal at its default and
-/// unblocked (SIGPIPE too; what Sentry was started with `SIG_IGN` stays
-/// ignored, as across any exec), PDEATHSIG SIGKILL, and only fds 0–2 open
+/// unblocked (SIGPIPE too, and what Sentry was started with `SIG_IGN`),
+/// PDEATHSIG SIGKILL, and only fds 0–2 open
 /// across the exec. Returns once the child exists, not waiting for its
 /// exec. A program found nowhere (`execvp`'s search, by file type and
 /// permission bits) is an error here (`No such file or directory (os error
@@ -603,7 +603,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
         unshare_from: set.as_ref().map_or(-1, |s| s.top() + 1),
         unshared: std::sync::atomic::AtomicU32::new(0),
         nofile: process.nofile.map_or(-1, |n| n.min(i64::MAX as u64) as i64),
-        reset: 1 << (libc::SIGPIPE - 1),
+        reset: ignored_signals(),
         // SAFETY: getpid has no preconditions.
         parent: unsafe { libc::getpid() },
         shell_argv: shell_argv.as_mut_ptr(),
@@ -643,7 +643,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
                 Some(cloned) => cloned,
                 None => {
                     // No CLONE_CLEAR_SIGHAND: the child resets them one by one.
-                    image.reset = handled_signals();
+                    image.reset = handled_signals() | ignored_signals();
                     // SAFETY: as above.
                     unsafe { clone_glibc(&stack, &image, set.is_some()) }
                 }
@@ -905,21 +905,37 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     }
 }
 
-/// The signals whose disposition the child resets to the default (bit
-/// `n - 1` for signal `n`): those Sentry handles (a handler of Sentry's must
-/// never run in the child), and SIGPIPE, which Rust's runtime ignores.
+/// The signals Sentry handles (bit `n - 1` for signal `n`), which the child
+/// resets where `CLONE_CLEAR_SIGHAND` is not there to: a handler of Sentry's
+/// must never run in the child.
 fn handled_signals() -> u64 {
-    let mut set = 1u64 << (libc::SIGPIPE - 1);
-    for sig in 1..=64 {
-        // SAFETY: sigaction with a null new action only reads into `old`.
-        unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                && old.sa_sigaction != libc::SIG_DFL
-                && old.sa_sigaction != libc::SIG_IGN
-            {
-                set |= 1 << (sig - 1);
-            }
+    signals_where(|handler| handler != libc::SIG_DFL && handler != libc::SIG_IGN)
+}
+
+/// The signals ignored in Sentry (bit `n - 1` for signal `n`), which the
+/// child resets to the default as systemd does for a service: SIGPIPE,
+/// which Rust's runtime ignores, and whatever Sentry was started with
+/// ignored — `cmd &` in a script ignores SIGINT and SIGQUIT, `nohup` SIGHUP
+/// — which `execve` would otherwise hand on (execve(2): "the dispositions
+/// of ignored signals are left unchanged"). Read once: Sentry itself
+/// ignores nothing after its start.
+fn ignored_signals() -> u64 {
+    static IGNORED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *IGNORED.get_or_init(|| signals_where(|handler| handler == libc::SIG_IGN) | 1 << (libc::SIGPIPE - 1))
+}
+
+/// The signals whose current disposition `keep` accepts (bit `n - 1` for
+/// signal `n`); SIGKILL and SIGSTOP, which have none to change, never. Read
+/// with the raw system call: glibc's `sigaction` refuses 32 and 33, which it
+/// keeps for itself, but a process may be started with them ignored.
+fn signals_where(keep: impl Fn(libc::sighandler_t) -> bool) -> u64 {
+    let mut set = 0u64;
+    for sig in (1..=64).filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP) {
+        let mut old = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+        // SAFETY: rt_sigaction with a null new action only writes `old`, of the kernel's layout.
+        let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<KernelSigaction>(), &mut old, 8) };
+        if r == 0 && keep(old.handler) {
+            set |= 1 << (sig - 1);
         }
     }
     set
