@@ -650,6 +650,42 @@ fn status_shows_each_slots_cgroup_and_the_figures_of_its_whole_tree() {
     assert_eq!(s.entry("fam")["tree"]["processes"], 7);
 }
 
+/// The read(2) calls made so far by thread `tid` of process `pid` (`syscr`
+/// of its task's `io`).
+fn reads_by_thread(pid: i32, tid: i32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/io")).expect("task io accounting");
+    io.lines().find_map(|l| l.strip_prefix("syscr: ")).and_then(|n| n.trim().parse().ok()).expect("syscr")
+}
+
+#[test]
+fn status_figures_are_read_by_the_asker_not_by_the_core() {
+    // A status shows each process's resident size and each slot's cgroup
+    // figures: per process a statm, and a cgroup.procs, a cpu.stat and the
+    // PSS of its members (or memory.current). At 1 000 children those reads
+    // take ~150 ms; made by the core, every status held up every restart
+    // that long. The core runs on the main thread (TID = PID): its read(2)
+    // calls must not grow with the processes a status shows.
+    let n = 60;
+    let count = n.to_string();
+    let s = Sentry::spawn_with(TempDir::new("figures"), TCONF, "many", &[], &[("TCOUNT", count.as_str())]).waiting();
+    s.wait_pids("sleepers", n);
+    // What was read for the statuses above is shown again for a second
+    // without a read: let it go stale, so that the next status reads it all.
+    std::thread::sleep(Duration::from_millis(1200));
+    let core = s.pid();
+    let before = reads_by_thread(core, core);
+    let e = s.entry("sleepers");
+    let after = reads_by_thread(core, core);
+    let shown = e["processes"].as_array().unwrap();
+    assert_eq!(shown.len(), n);
+    assert!(shown.iter().all(|p| p["rss_bytes"].as_u64().is_some_and(|r| r > 0)), "every resident size is read: {e}");
+    if cgroups_here() {
+        assert!(e["slots"].as_array().unwrap().iter().all(|sl| sl["tree"]["processes"] == 1), "{e}");
+        assert_eq!(e["tree"]["processes"], n, "{e}");
+    }
+    assert!(after - before < 10, "the core thread made {} reads for one status of {n} processes", after - before);
+}
+
 #[test]
 fn a_process_that_outlives_cgroup_kill_leaves_its_leaf_to_a_fresh_one() {
     // A member frozen in a cgroup v1 freezer ignores even SIGKILL until it

@@ -493,15 +493,10 @@ impl Cgroup {
     pub fn remove(&self) -> io::Result<()> {
         remove_tree(&self.path)
     }
-
-    /// What it holds and has used; `memory` says whether to read
-    /// `memory.current` (the controller is on) or sum the PSS.
-    pub fn figures(&self, memory: bool) -> Figures {
-        figures_of(&self.path, memory)
-    }
 }
 
-/// The figures of the cgroup at `dir` (see [`Cgroup::figures`]).
+/// What the cgroup at `dir` holds and has used; `memory` says whether to
+/// read `memory.current` (the controller is on) or sum the PSS.
 pub(crate) fn figures_of(dir: &Path, memory: bool) -> Figures {
     let pids = pids_in(dir);
     let cpu_usec =

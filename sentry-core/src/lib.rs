@@ -62,6 +62,7 @@ mod core;
 mod dashboard;
 mod error;
 mod events;
+mod figures;
 mod handoff;
 mod http;
 mod instance;

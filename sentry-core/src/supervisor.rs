@@ -5,6 +5,7 @@
 //! a pidfile or stdout.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use crossbeam_channel::{after, bounded, never, select, Receiver, TryRecvError};
 
 use crate::config::Config;
 use crate::core::{Command, Core, CoreOptions, Post};
+use crate::figures;
 use crate::handoff::InfoSnapshot;
 use crate::output::ConsoleHandle;
 use crate::status::{EntryStatus, Status};
@@ -35,11 +37,15 @@ pub(crate) struct CoreHandle {
     /// Disconnected when the waits for a scale or restart to settle must
     /// end (the control server stops for a reload): `Error::Interrupted`.
     interrupt: Receiver<()>,
+    /// What its answers show of processes and cgroups, read here, on the
+    /// asking thread, not by the core; shared by the handle's clones.
+    figures: Arc<figures::Cache>,
 }
 
 impl CoreHandle {
     pub fn new(tx: Post) -> CoreHandle {
-        CoreHandle { tx, status_wait: None, settle_wait: None, cancel: never(), interrupt: never() }
+        let figures = Arc::default();
+        CoreHandle { tx, status_wait: None, settle_wait: None, cancel: never(), interrupt: never(), figures }
     }
 
     /// The same core, with bounded waits cut short when `cancel` disconnects.
@@ -55,17 +61,26 @@ impl CoreHandle {
 
     pub fn status(&self) -> Result<Status, Error> {
         let (reply, answer) = bounded(1);
-        self.ask(Command::Status { reply }, answer, self.status_wait, &never())
+        let unread = self.ask(Command::Status { reply }, answer, self.status_wait, &never())?;
+        Ok(unread.read(&self.figures))
     }
 
     pub fn scale(&self, entry: &str, count: usize) -> Result<EntryStatus, Error> {
         let (reply, answer) = bounded(1);
-        self.ask(Command::Scale { entry: entry.to_string(), count, reply }, answer, self.settle_wait, &self.interrupt)
+        let unread = self.ask(
+            Command::Scale { entry: entry.to_string(), count, reply },
+            answer,
+            self.settle_wait,
+            &self.interrupt,
+        )?;
+        Ok(unread.read(&self.figures))
     }
 
     pub fn restart(&self, entry: &str) -> Result<EntryStatus, Error> {
         let (reply, answer) = bounded(1);
-        self.ask(Command::Restart { entry: entry.to_string(), reply }, answer, self.settle_wait, &self.interrupt)
+        let unread =
+            self.ask(Command::Restart { entry: entry.to_string(), reply }, answer, self.settle_wait, &self.interrupt)?;
+        Ok(unread.read(&self.figures))
     }
 
     pub fn shutdown(&self) {

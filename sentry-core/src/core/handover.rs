@@ -660,7 +660,7 @@ mod tests {
         let options = options(None);
         let (back, warnings) = Core::restore(serde_json::from_str(&json).unwrap(), options, tx, rx);
         assert!(warnings.is_empty(), "{warnings:?}");
-        let status = back.status();
+        let status = back.status().unread();
         assert_eq!(status.watches.len(), 1);
         let w = &status.watches[0];
         assert_eq!((w.name.as_str(), w.pattern.as_str()), ("w", "^x"));
@@ -713,6 +713,6 @@ mod tests {
         let due = back.entries[0].slots[&0].slot.deadline().unwrap();
         assert!(due > Instant::now() + Duration::from_secs(86_400), "due far in the future, not now");
         assert!(back.next_deadline().is_some());
-        assert_eq!(back.status().entries[0].state, crate::EntryState::Backoff);
+        assert_eq!(back.status().unread().entries[0].state, crate::EntryState::Backoff);
     }
 }

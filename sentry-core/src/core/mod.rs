@@ -37,13 +37,14 @@ use crate::budget::later;
 use crate::cgroup::{self, Cgroup, Fence};
 use crate::child::{self, ChildNote, Monitor, Stream, Teller, Telling};
 use crate::config::{Config, EntryConfig, Rule};
+use crate::figures::{Reads, Unread};
 use crate::handoff::{CoreSnapshot, ExitedSnapshot, InfoSnapshot};
 use crate::lifecycle::{self, AfterStop, ChildExit, Effect, Event, Phase, Policy, Slot, KILL_GRACE};
 use crate::logfile::{self, LogFile};
 use crate::output::{ConsoleHandle, LineSink, LineSplitter};
 use crate::status::{
     Containment, EntryState, EntryStatus, ExitStatus, ProcessStatus, ReloadOutcome, RuleStatus, SlotState, SlotStatus,
-    Status, TreeStatus, UnkillableStatus, WatchStatus, FLAPPING_EXITS,
+    Status, UnkillableStatus, WatchStatus, FLAPPING_EXITS,
 };
 use crate::watch::{self, Hands, Report, Watcher};
 use crate::{leftovers, sys, Error, Signal, LINE_LIMIT};
@@ -54,11 +55,11 @@ pub(crate) enum Command {
     /// From a child's monitor thread.
     Child(ChildNote),
     /// Set an entry's number of processes; answered once the change is done.
-    Scale { entry: String, count: usize, reply: Sender<Result<EntryStatus, Error>> },
+    Scale { entry: String, count: usize, reply: Sender<Result<Unread<EntryStatus>, Error>> },
     /// Gracefully restart an entry's processes; answered once they are back.
-    Restart { entry: String, reply: Sender<Result<EntryStatus, Error>> },
+    Restart { entry: String, reply: Sender<Result<Unread<EntryStatus>, Error>> },
     /// Report the state (an error once shutting down).
-    Status { reply: Sender<Result<Status, Error>> },
+    Status { reply: Sender<Result<Unread<Status>, Error>> },
     /// Stop every child, then return from [`Core::run`].
     Shutdown,
     /// Record how a reload attempt ended (reported by status).
@@ -89,8 +90,6 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 const SPAWN_BATCH: usize = 32;
 /// At most this many queued commands are handled per turn of the loop.
 const COMMAND_BATCH: usize = 256;
-/// How long a process's resident size shown by status may be old.
-const RSS_FRESH: Duration = Duration::from_secs(1);
 
 /// How long an exited helper's or stray's group gets after SIGTERM.
 const LOOSE_GRACE: Duration = Duration::from_secs(5);
@@ -427,7 +426,7 @@ impl SlotRun {
 /// A command answered once its entry has settled.
 struct Waiter {
     entry: String,
-    reply: Sender<Result<EntryStatus, Error>>,
+    reply: Sender<Result<Unread<EntryStatus>, Error>>,
 }
 
 /// The supervision core. Build with [`Core::new`], then [`Core::run`].
@@ -439,11 +438,6 @@ pub(crate) struct Core {
     next_gen: u64,
     /// The table changed since the ledger was last written.
     ledger_dirty: bool,
-    /// Resident sizes read for status, with when: a flood of status
-    /// requests reads /proc at most once a second per process.
-    rss_cache: RefCell<HashMap<i32, (Instant, Option<u64>)>>,
-    /// The same for the figures of each row's cgroup, by generation.
-    tree_cache: RefCell<HashMap<u64, (Instant, cgroup::Figures)>>,
     waiters: Vec<Waiter>,
     /// Monitors that said [`ChildNote::Closed`], to join.
     closed: Vec<Monitor>,
@@ -491,8 +485,6 @@ impl Core {
             // even while no process runs (a watch alone), so a SIGKILL then
             // still leaves the next start something to empty and remove.
             ledger_dirty: true,
-            rss_cache: RefCell::new(HashMap::new()),
-            tree_cache: RefCell::new(HashMap::new()),
             waiters: Vec::new(),
             closed: Vec::new(),
             reaps: Vec::new(),
@@ -902,11 +894,10 @@ impl Core {
         }
     }
 
-    /// Removes row `gen`'s empty cgroup, and its group's directory once no
+    /// Removes a row's empty cgroup, and its group's directory once no
     /// process is wanted there any more (an entry scaled to 0 or removed, a
     /// watch's helpers): a restart does not remove and remake it.
-    fn remove_cgroup(&mut self, gen: u64, cgroup: Cgroup, removed: bool) {
-        self.tree_cache.borrow_mut().remove(&gen);
+    fn remove_cgroup(&mut self, cgroup: Cgroup, removed: bool) {
         if let Err(e) = if removed { Ok(()) } else { cgroup.remove() } {
             self.options.console.say(&format!("Cannot remove the cgroup {}: {e}.", cgroup.path().display()));
         }
@@ -1114,7 +1105,7 @@ impl Core {
                 let text = format!("What outlived SIGKILL in the cgroup {} is gone.", cgroup.name());
                 self.options.console.event(entry, pid, &text);
             }
-            self.remove_cgroup(gen, cgroup, removed);
+            self.remove_cgroup(cgroup, removed);
         }
         if let Role::Slot { entry, index } = role {
             let Some(i) = self.entries.iter().position(|e| e.config.name == entry) else { return };
@@ -1228,6 +1219,7 @@ impl Core {
                 self.waiters.push(Waiter { entry, reply });
             }
             Command::Status { reply } => {
+                // Only what the core knows: the asker reads the figures.
                 let _ = reply.send(if self.shutting_down { Err(Error::ShuttingDown) } else { Ok(self.status()) });
             }
             Command::Shutdown => self.begin_shutdown(now),
@@ -1619,7 +1611,11 @@ impl Core {
                         target: e.target,
                         error: error.clone(),
                     }),
-                    _ => Ok(entry_status(e, &report, &self.figures(), self.waiting_for(i))),
+                    _ => {
+                        let figures = self.figures();
+                        let shown = entry_status(e, &report, &figures, self.waiting_for(i));
+                        Ok(Unread::new(shown, figures.reads.into_inner()))
+                    }
                 };
                 let _ = w.reply.send(answer);
             }
@@ -1700,73 +1696,33 @@ impl Core {
         self.options.info.last_reload = Some(outcome);
     }
 
-    /// The resident size of `pid`, read at most once per [`RSS_FRESH`].
-    fn rss(&self, pid: i32) -> Option<u64> {
-        let now = Instant::now();
-        let mut cache = self.rss_cache.borrow_mut();
-        if cache.len() > 2 * self.procs.len() + 64 {
-            cache.retain(|_, (at, _)| now.saturating_duration_since(*at) < RSS_FRESH);
-        }
-        match cache.get(&pid) {
-            Some((at, rss)) if now.saturating_duration_since(*at) < RSS_FRESH => *rss,
-            _ => {
-                let rss = crate::proc::rss_bytes(pid);
-                cache.insert(pid, (now, rss));
-                rss
-            }
-        }
-    }
-
-    /// What status shows of each process: its resident size and its
-    /// cgroup's figures (each read at most once per [`RSS_FRESH`]).
+    /// What status names of each process, to be read by the asker (see `figures`).
     fn figures(&self) -> Figures<'_> {
         let rows = self.procs.iter().filter(|(_, p)| !p.reaped).map(|(gen, p)| (p.pid, *gen)).collect();
-        Figures { core: self, rows }
+        let memory = self.options.fence.tree().is_some_and(|t| t.has_memory());
+        Figures { core: self, rows, reads: RefCell::new(Reads::new(memory)) }
     }
 
-    /// The cgroup of row `gen` and its figures, if it has a cgroup.
-    fn tree(&self, gen: u64) -> Option<(String, TreeStatus)> {
-        let row = self.procs.get(&gen)?;
-        let cgroup = row.cgroup.as_ref()?;
-        let now = Instant::now();
-        let mut cache = self.tree_cache.borrow_mut();
-        let f = match cache.get(&gen) {
-            Some((at, f)) if now.saturating_duration_since(*at) < RSS_FRESH => *f,
-            _ => {
-                let memory = self.options.fence.tree().is_some_and(|t| t.has_memory());
-                let f = cgroup.figures(memory);
-                cache.insert(gen, (now, f));
-                f
-            }
-        };
-        let status = TreeStatus {
-            processes: f.processes,
-            cpu_usec: f.cpu_usec,
-            memory_bytes: f.memory_bytes,
-            memory_current: f.memory_current,
-        };
-        Some((cgroup.name().to_string(), status))
-    }
-
-    /// The whole state, as `GET /status` shows it.
-    pub fn status(&self) -> Status {
+    /// The whole state, as `GET /status` shows it, with its figures still
+    /// to read ([`Unread::read`], on the asker's thread).
+    pub fn status(&self) -> Unread<Status> {
         let info = &self.options.info;
         let report = self.watcher.as_ref().map(Watcher::report).unwrap_or_default();
-        Status {
+        let figures = self.figures();
+        let entries = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| entry_status(e, &report, &figures, self.waiting_for(i)))
+            .collect();
+        let status = Status {
             pid: std::process::id(),
             started_at: info.started_at,
             reexec_count: info.reexec_count,
             reexeced_at: info.reexeced_at,
             last_reload: info.last_reload.clone(),
             reloads_failed: info.reloads_failed,
-            entries: {
-                let figures = self.figures();
-                self.entries
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| entry_status(e, &report, &figures, self.waiting_for(i)))
-                    .collect()
-            },
+            entries,
             containment: match &self.options.fence {
                 Fence::Cgroup(tree) => Containment {
                     kind: "cgroup".to_string(),
@@ -1789,7 +1745,8 @@ impl Core {
                     rules: rule_status(&w.name, &w.rules, &report),
                 })
                 .collect(),
-        }
+        };
+        Unread::new(status, figures.reads.into_inner())
     }
 }
 
@@ -1816,31 +1773,33 @@ fn rule_status(owner: &str, rules: &[Rule], report: &Report) -> Vec<RuleStatus> 
         .collect()
 }
 
-/// What status reads of processes, for one answer.
+/// What status names of processes and their cgroups, for one answer: the
+/// reading is left to the asker (see `figures`), never done by the core.
 struct Figures<'a> {
     core: &'a Core,
     /// Unreaped rows by PID.
     rows: HashMap<i32, u64>,
+    /// The cgroups named so far.
+    reads: RefCell<Reads>,
 }
 
 impl Figures<'_> {
-    fn rss(&self, pid: i32) -> Option<u64> {
-        self.core.rss(pid)
+    /// The name of the cgroup of `pid`'s row, named for reading.
+    fn cgroup(&self, pid: i32) -> Option<String> {
+        let gen = *self.rows.get(&pid)?;
+        let cgroup = self.core.procs.get(&gen)?.cgroup.as_ref()?;
+        Some(self.reads.borrow_mut().name(gen, cgroup))
     }
 
-    fn tree(&self, pid: i32) -> Option<(String, TreeStatus)> {
-        self.core.tree(*self.rows.get(&pid)?)
-    }
-
-    /// The stuck trees of entry `entry`.
+    /// The stuck trees of entry `entry` (their processes counted by the asker).
     fn unkillable(&self, entry: &str) -> Vec<UnkillableStatus> {
         self.core
             .procs
             .iter()
             .filter_map(|(gen, p)| match &p.role {
                 Role::Stuck { entry: e, index } if e == entry && !p.reaped => {
-                    let (cgroup, tree) = self.core.tree(*gen)?;
-                    Some(UnkillableStatus { index: *index, pid: p.pid as u32, cgroup, processes: tree.processes })
+                    let cgroup = self.reads.borrow_mut().name(*gen, p.cgroup.as_ref()?);
+                    Some(UnkillableStatus { index: *index, pid: p.pid as u32, cgroup, processes: 0 })
                 }
                 _ => None,
             })
@@ -1851,16 +1810,8 @@ impl Figures<'_> {
 /// `waiting_for`: the entries it follows that are not ready, while its starts are held for them.
 fn entry_status(e: &EntryRun, report: &Report, figures: &Figures, waiting_for: Vec<String>) -> EntryStatus {
     let now = Instant::now();
-    let trees: BTreeMap<usize, (String, TreeStatus)> =
-        e.slots.iter().filter_map(|(index, s)| Some((*index, figures.tree(s.slot.pid()?)?))).collect();
-    let tree = (!trees.is_empty()).then(|| {
-        trees.values().fold(TreeStatus::default(), |sum, (_, t)| TreeStatus {
-            processes: sum.processes + t.processes,
-            cpu_usec: sum.cpu_usec + t.cpu_usec,
-            memory_bytes: sum.memory_bytes + t.memory_bytes,
-            memory_current: t.memory_current,
-        })
-    });
+    let cgroups: BTreeMap<usize, String> =
+        e.slots.iter().filter_map(|(index, s)| Some((*index, figures.cgroup(s.slot.pid()?)?))).collect();
     let pending = e.slots.values().any(|s| matches!(s.slot.phase, Phase::Pending { .. }));
     let state = if e.slots.values().any(|s| matches!(s.slot.phase, Phase::Failed)) {
         EntryState::Failed
@@ -1890,12 +1841,7 @@ fn entry_status(e: &EntryRun, report: &Report, figures: &Figures, waiting_for: V
             .iter()
             .filter_map(|(index, s)| {
                 let Phase::Running { pid, .. } = s.slot.phase else { return None };
-                Some(ProcessStatus {
-                    pid: pid as u32,
-                    index: *index,
-                    started_at: s.started_at,
-                    rss_bytes: figures.rss(pid),
-                })
+                Some(ProcessStatus { pid: pid as u32, index: *index, started_at: s.started_at, rss_bytes: None })
             })
             .collect(),
         last_exits: e
@@ -1919,12 +1865,12 @@ fn entry_status(e: &EntryRun, report: &Report, figures: &Figures, waiting_for: V
                 pid: s.slot.pid().map(|p| p as u32),
                 ready: e.config.ready.as_ref().map(|_| s.ready && matches!(s.slot.phase, Phase::Running { .. })),
                 error: s.error.clone(),
-                cgroup: trees.get(index).map(|(name, _)| name.clone()),
-                tree: trees.get(index).map(|(_, t)| *t),
+                cgroup: cgroups.get(index).cloned(),
+                tree: None,
             })
             .collect(),
         rules: rule_status(&e.config.name, &e.config.rules, report),
-        tree,
+        tree: None,
         unkillable: figures.unkillable(&e.config.name),
         after: e.config.follows().cloned().collect(),
         waiting_for: if pending { waiting_for } else { Vec::new() },
