@@ -7,8 +7,9 @@
 //! Figures, each over repeated samples (min / median / max): crash →
 //! respawn with delay 0, 100 killed at once → all back, bring-up of 1, 100
 //! and 1 000 children, the supervisor's RSS and PSS at those counts, idle
-//! CPU and context switches with 100 children, and (Sentry only) the
-//! reload pause Sentry prints itself (`Handover took`). The respawn, mass
+//! CPU and context switches with 100 children, and the reload pause Sentry
+//! prints itself (`Handover took`) beside the floor of a re-exec with a
+//! thread per child (N threads ended by an `execve` and made again). The respawn, mass
 //! and idle samples are taken in three rounds, each supervisor in turn, so
 //! that a slower minute of a shared machine weighs on all. A table on stdout,
 //! JSON under `<target>/bench/`. Never run by `cargo test`: nothing here
@@ -175,6 +176,7 @@ fn run(
         floor: progs.floor,
         scan: progs.scan,
         hog: progs.hog,
+        rethread: progs.rethread,
         tconf,
         work: work.to_path_buf(),
     };
@@ -563,12 +565,18 @@ fn bringups(ctx: &Ctx, kind: Kind, plan: &Plan, res: &mut Results) {
     }
 }
 
-/// (6) Sentry only: `tconf reload --exec <tconf>` at N children; what Sentry
-/// prints (`Handover took X ms`) and how long the command took. The console
-/// lines of the last reload at each size.
+/// (6) `tconf reload --exec <tconf>` at N children; what Sentry prints
+/// (`Handover took X ms`) and how long the command took; beside it, the
+/// floor of a re-exec with a thread per child (`rethread`: N threads ended
+/// by an `execve` and made again). The console lines of the last reload at
+/// each size.
 fn reloads(ctx: &Ctx, plan: &Plan, res: &mut Results) -> Vec<String> {
     let mut lines = Vec::new();
     for &(n, samples) in &plan.reloads {
+        match rethread(ctx, n, samples) {
+            Ok(v) => v.into_iter().for_each(|ms| res.add(&handover_figure(n), "ms", Kind::Floor, ms)),
+            Err(e) => res.error(Kind::Floor, &format!("rethread at {n}"), e),
+        }
         let mut stamps = Stamps::new(ctx, "reload");
         let outcome = (|| -> Outcome<Vec<String>> {
             let running = launch(Kind::Sentry, ctx, n, &stamps.path)?;
@@ -607,7 +615,7 @@ fn reloads(ctx: &Ctx, plan: &Plan, res: &mut Results) -> Vec<String> {
                         Ok(new.lines().find_map(handover_ms).map(|v| (v, new.clone())))
                     },
                 )?;
-                res.add(&format!("reload: \"Handover took\" at {n} children"), "ms", Kind::Sentry, handover.0);
+                res.add(&handover_figure(n), "ms", Kind::Sentry, handover.0);
                 res.add(
                     &format!("reload: `reload --exec` command at {n} children"),
                     "ms",
@@ -630,6 +638,32 @@ fn reloads(ctx: &Ctx, plan: &Plan, res: &mut Results) -> Vec<String> {
         }
     }
     lines
+}
+
+/// The reload figure at `n` children.
+fn handover_figure(n: usize) -> String {
+    format!("reload: \"Handover took\" at {n} children")
+}
+
+/// `samples` runs of the re-exec floor with `n` threads (ms each).
+fn rethread(ctx: &Ctx, n: usize, samples: usize) -> Outcome<Vec<f64>> {
+    let out = Command::new(&ctx.rethread)
+        .arg(n.to_string())
+        .arg(samples.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", ctx.rethread.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let values: Vec<f64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    if !out.status.success() || values.len() != samples {
+        return Err(format!(
+            "{} gave {text:?} ({}): {}",
+            ctx.rethread.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(values)
 }
 
 /// Processes running beside a watch while its scans are measured.

@@ -88,6 +88,75 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// The floor of a thread-per-child re-exec: `rethread N SAMPLES` makes N
+/// threads, each waiting in `poll` on 64 KiB of a stack region mapped once
+/// (as Sentry's monitors do), then execs itself, makes them again and
+/// prints how long that took from just before the `execve`, in ms; SAMPLES
+/// times over. What no supervisor with a thread per child can avoid in a
+/// reload: the kernel ending N threads in the `execve`, a new image, N
+/// threads made again — without state to carry or children to adopt.
+const RETHREAD_C: &str = r#"/* rethread N SAMPLES [T0]: the floor of a thread-per-child re-exec. */
+#define _GNU_SOURCE
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define STACK (64 * 1024)
+
+static int bell;
+
+static void *watch(void *arg) {
+    struct pollfd p = { bell, POLLIN, 0 };
+    for (;;) poll(&p, 1, -1);
+    return arg;
+}
+
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: rethread N SAMPLES\n");
+        return 2;
+    }
+    int n = atoi(argv[1]), left = atoi(argv[2]);
+    long long t0 = argc > 3 ? atoll(argv[3]) : 0;
+    bell = eventfd(0, EFD_CLOEXEC);
+    char *stacks = mmap(0, (size_t)n * STACK, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (bell < 0 || stacks == MAP_FAILED) return 1;
+    for (int i = 0; i < n; i++) {
+        pthread_attr_t a;
+        pthread_t t;
+        pthread_attr_init(&a);
+        pthread_attr_setstack(&a, stacks + (size_t)i * STACK, STACK);
+        if (pthread_create(&t, &a, watch, 0)) return 1;
+        pthread_attr_destroy(&a);
+    }
+    if (t0) {
+        printf("%.3f\n", (now_ns() - t0) / 1e6);
+        fflush(stdout);
+    }
+    if (left <= 0) return 0;
+    char nb[16], lb[16], tb[32];
+    snprintf(nb, sizeof nb, "%d", n);
+    snprintf(lb, sizeof lb, "%d", left - 1);
+    snprintf(tb, sizeof tb, "%lld", now_ns());
+    char *args[] = { argv[0], nb, lb, tb, 0 };
+    execv("/proc/self/exe", args);
+    perror("rethread: execv");
+    return 1;
+}
+"#;
+
 /// The floor of a watch scan: `scan N` reads `/proc/PID/stat` of every
 /// process N times over and prints the CPU time (user + system) one pass
 /// took, in microseconds — the least a scan by command line and memory can do.
@@ -191,6 +260,7 @@ pub struct Programs {
     pub floor: PathBuf,
     pub scan: PathBuf,
     pub hog: PathBuf,
+    pub rethread: PathBuf,
     /// Whether `stamp` is linked statically (no dynamic loader before its stamp).
     pub static_stamp: bool,
 }
@@ -202,7 +272,8 @@ pub fn build(dir: &Path) -> Result<Programs, String> {
     let (floor, _) = compile(dir, "floor", FLOOR_C)?;
     let (scan, _) = compile(dir, "scan", SCAN_C)?;
     let (hog, _) = compile(dir, "hog", HOG_C)?;
-    Ok(Programs { stamp, floor, scan, hog, static_stamp })
+    let (rethread, _) = compile(dir, "rethread", RETHREAD_C)?;
+    Ok(Programs { stamp, floor, scan, hog, rethread, static_stamp })
 }
 
 fn compile(dir: &Path, name: &str, source: &str) -> Result<(PathBuf, bool), String> {

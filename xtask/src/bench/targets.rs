@@ -16,6 +16,8 @@ pub struct Ctx {
     pub floor: PathBuf,
     pub scan: PathBuf,
     pub hog: PathBuf,
+    /// The floor of a re-exec with a thread per child.
+    pub rethread: PathBuf,
     pub tconf: PathBuf,
     /// The bench's temporary directory.
     pub work: PathBuf,
