@@ -40,6 +40,18 @@ pub(crate) struct Console {
     done: Receiver<()>,
     /// Set when `close` gave up: the thread writes nothing more.
     abandoned: Arc<AtomicBool>,
+    /// Lines sent and lines written, to tell an idle writer without waking it.
+    counts: Arc<Counts>,
+}
+
+/// Lines queued by every handle of a console, and lines its thread has
+/// written and flushed: equal when nothing is left to write.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Counted before a line is queued (and taken back if it is not).
+    sent: AtomicU64,
+    /// Counted once the line is on standard output (after the flush).
+    written: AtomicU64,
 }
 
 /// `DIR/NAME.out` when this instance runs detached (`start --daemon`) and
@@ -92,6 +104,7 @@ fn rotate_daemon_output() {
 #[derive(Default)]
 pub(crate) struct ConsoleHandle {
     tx: Option<Sender<Option<String>>>,
+    counts: Arc<Counts>,
     /// What a [`holding`](ConsoleHandle::holding) handle was told, kept
     /// until [`release`](ConsoleHandle::release) (at most [`CONSOLE_BACKLOG`]).
     held: Option<RefCell<Vec<Said>>>,
@@ -112,7 +125,7 @@ enum Said {
 /// A clone sends at once, even of a holding handle.
 impl Clone for ConsoleHandle {
     fn clone(&self) -> ConsoleHandle {
-        ConsoleHandle { tx: self.tx.clone(), held: None }
+        ConsoleHandle { tx: self.tx.clone(), counts: self.counts.clone(), held: None }
     }
 }
 
@@ -147,6 +160,8 @@ impl Console {
         let (done_tx, done) = bounded::<()>(0);
         let abandoned = Arc::new(AtomicBool::new(false));
         let stop = abandoned.clone();
+        let counts = Arc::new(Counts::default());
+        let progress = counts.clone();
         let thread = std::thread::Builder::new()
             .name("sentry-console".into())
             .stack_size(64 * 1024)
@@ -158,15 +173,18 @@ impl Console {
                 // SAFETY: the fd stays open for the life of the process; never closed here.
                 let file = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
                 let mut out = BufWriter::new(&*file);
+                let mut lines = 0;
                 while let Ok(Some(line)) = rx.recv() {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
                     // Best effort: a closed or broken stdout must not stop anything.
                     let _ = out.write_all(line.as_bytes());
+                    lines += 1;
                     if rx.is_empty() {
                         say_dropped(&mut out);
                         let _ = out.flush();
+                        progress.written.store(lines, Ordering::SeqCst);
                         rotate_daemon_output();
                     }
                 }
@@ -174,11 +192,33 @@ impl Console {
                 let _ = out.flush();
             })
             .ok();
-        Console { tx: thread.as_ref().map(|_| tx), thread, done, abandoned }
+        Console { tx: thread.as_ref().map(|_| tx), thread, done, abandoned, counts }
     }
 
     pub fn handle(&self) -> ConsoleHandle {
-        ConsoleHandle { tx: self.tx.clone(), held: None }
+        ConsoleHandle { tx: self.tx.clone(), counts: self.counts.clone(), held: None }
+    }
+
+    /// [`Console::close`] just before an `execve`, which ends the thread
+    /// anyway: when every line sent so far is written and flushed (and no
+    /// dropped line is owed a notice), the thread is told to end but not
+    /// woken and waited for — that round trip to a thread asleep on
+    /// another CPU cost 0.5–2.5 ms of a reload's unwatched window, measured
+    /// here. Otherwise as `close`. Returns how many queued lines were dropped.
+    pub fn close_before_exec(mut self) -> usize {
+        let idle = self.counts.written.load(Ordering::SeqCst) == self.counts.sent.load(Ordering::SeqCst);
+        if !idle || CONSOLE_DROPPED.load(Ordering::Relaxed) > 0 {
+            return self.close();
+        }
+        // Nothing of ours is written from here on: a line sent meanwhile is
+        // a line said after the close, which `close` would not write either.
+        self.abandoned.store(true, Ordering::Relaxed);
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.try_send(None);
+        }
+        // Detached: it ends when it wakes, or with the exec.
+        drop(self.thread.take());
+        0
     }
 
     /// Writes what is queued, then stops the writer thread — within
@@ -305,11 +345,16 @@ impl ConsoleHandle {
 
     fn send(&self, line: String) {
         if let Some(tx) = &self.tx {
+            self.counts.sent.fetch_add(1, Ordering::SeqCst);
             match tx.try_send(Some(line)) {
                 Err(TrySendError::Full(_)) => {
+                    self.counts.sent.fetch_sub(1, Ordering::SeqCst);
                     CONSOLE_DROPPED.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Disconnected(_)) => {
+                    self.counts.sent.fetch_sub(1, Ordering::SeqCst);
+                }
+                Ok(()) => {}
             }
         }
     }
@@ -864,6 +909,55 @@ mod tests {
         unsafe { libc::close(fds[0]) };
         assert!(took < Duration::from_secs(2), "close blocked for {took:?}");
         assert!((100..=200).contains(&dropped), "{dropped} of 200 lines of 1000 bytes dropped (a pipe holds 64 KiB)");
+    }
+
+    /// What arrives on the pipe `fd` until it holds `want`, or 10 s have passed.
+    fn read_until(fd: std::os::fd::RawFd, want: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains(want) && Instant::now() < deadline {
+            let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            let mut buf = [0u8; 4096];
+            // SAFETY: poll and read on the pipe's read end this test owns.
+            let n = unsafe {
+                libc::poll(&mut poll, 1, 100);
+                if poll.revents & libc::POLLIN == 0 {
+                    continue;
+                }
+                libc::read(fd, buf.as_mut_ptr().cast(), buf.len())
+            };
+            got.extend_from_slice(&buf[..n.max(0) as usize]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[test]
+    fn before_an_exec_every_line_said_is_written_whether_the_writer_is_idle_or_not() {
+        for round in 0..20 {
+            let mut fds = [0; 2];
+            // SAFETY: pipe2 fills the array.
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            let console = Console::writing_to(fds[1]);
+            for i in 0..50 {
+                console.handle().say(&format!("line {i}"));
+            }
+            let mut out = String::new();
+            if round % 2 == 1 {
+                // Idle: every line is out, nothing is left for the thread.
+                out = read_until(fds[0], "line 49\n");
+                let counts = &console.counts;
+                assert_eq!(counts.written.load(Ordering::SeqCst), counts.sent.load(Ordering::SeqCst));
+            }
+            // Otherwise at once, lines still in flight: they are waited for.
+            assert_eq!(console.close_before_exec(), 0);
+            if out.is_empty() {
+                out = read_until(fds[0], "line 49\n");
+            }
+            let want: String = (0..50).map(|i| format!("line {i}\n")).collect();
+            assert_eq!(out, want, "round {round}");
+            // SAFETY: the pipe's ends are this test's; the thread writes nothing more.
+            unsafe { (libc::close(fds[0]), libc::close(fds[1])) };
+        }
     }
 
     #[test]

@@ -615,7 +615,7 @@ impl Instance {
         let exec_at_ns = sys::unix_now_ns();
         // Everything said so far must reach the console before the exec —
         // within a deadline: a stdout nobody reads must not block it.
-        let console_dropped = self.console.take().map(Console::close).unwrap_or(0) as u64;
+        let console_dropped = self.console.take().map(Console::close_before_exec).unwrap_or(0) as u64;
         let events = crate::events::ring_snapshot();
         let kept = InstanceSnapshot { exec_at_ns, console_dropped, events, ..kept };
         let handoff = Handoff { version: HANDOFF_VERSION, instance: kept, core: snapshot };
