@@ -143,9 +143,21 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
         .map(|c| max_stop_wait(&c))
         .unwrap_or_default()
         .max(max_stop_wait(&Config::default()) + Duration::from_millis(old_stop));
-    let instance =
-        Instance::begin(paths, kept.exe.clone(), lock, kept.token.clone(), listener, pipe, kept.next_reload_id, settle)
-            .map_err(|(e, _)| e)?;
+    // The control server and the signal thread start once every monitor
+    // runs again: their threads are not made inside the unwatched window
+    // (a request waits in the listener's backlog meanwhile; the handled
+    // signals stay blocked, as across the exec).
+    let instance = Instance::prepare(
+        paths,
+        kept.exe.clone(),
+        lock,
+        kept.token.clone(),
+        listener,
+        pipe,
+        kept.next_reload_id,
+        settle,
+    )
+    .map_err(|(e, _)| e)?;
 
     let now = sys::unix_now();
     let mut info = handoff.core.info.clone();
@@ -173,6 +185,7 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     let restored_ns = sys::unix_now_ns();
     let unwatched_ms = restored_ns.saturating_sub(since) as f64 / 1e6;
     let after_exec_ms = restored_ns.saturating_sub(kept.exec_at_ns) as f64 / 1e6;
+    instance.serve()?;
     core.set_info(info.clone());
     match Config::from_specs(specs) {
         Ok(config) => core.reconfigure(config),
@@ -397,6 +410,8 @@ struct Instance {
     signals: Option<SignalThread>,
     /// The self-pipe while no thread reads it (during an exec attempt).
     idle_pipe: Option<SignalPipe>,
+    /// The control socket until [`Instance::serve`] serves it.
+    unserved: Option<Listener>,
     /// The longest a scale or restart may take to settle.
     settle: Duration,
     /// Dropped when a shutdown begins, which disconnects `shutdown`: from
@@ -412,6 +427,25 @@ impl Instance {
     /// On failure the lock is given back so the caller can release it.
     #[allow(clippy::too_many_arguments)]
     fn begin(
+        paths: Paths,
+        exe: PathBuf,
+        lock: PidLock,
+        token: String,
+        listener: Listener,
+        pipe: Option<SignalPipe>,
+        next_reload_id: u64,
+        settle: Duration,
+    ) -> Result<Instance, (Error, PidLock)> {
+        let mut instance = Instance::prepare(paths, exe, lock, token, listener, pipe, next_reload_id, settle)?;
+        match instance.serve() {
+            Ok(()) => Ok(instance),
+            Err(e) => Err((e, instance.lock)),
+        }
+    }
+
+    /// [`Instance::begin`] up to, not including, [`Instance::serve`].
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
         paths: Paths,
         exe: PathBuf,
         lock: PidLock,
@@ -441,7 +475,7 @@ impl Instance {
             Ok(r) => r,
             Err(e) => return Err((Error::io("cannot start the reloader", e), lock)),
         };
-        let mut instance = Instance {
+        Ok(Instance {
             paths,
             exe,
             lock,
@@ -453,21 +487,29 @@ impl Instance {
             reloader,
             signals: None,
             idle_pipe: pipe,
+            unserved: Some(listener),
             settle,
             closing: Arc::new(Mutex::new(Some(closing))),
             shutdown,
             fence: Fence::ProcessGroup("not decided yet".to_string()),
-        };
-        if let Err(e) = instance.listen(listener).and_then(|()| instance.forward_signals()) {
-            if let Some(server) = instance.http.lock().unwrap_or_else(|p| p.into_inner()).server.take() {
+        })
+    }
+
+    /// Serves the control interface on the listener [`Instance::prepare`]
+    /// kept and forwards the handled signals. On failure, the server and the
+    /// console are stopped.
+    fn serve(&mut self) -> Result<(), Error> {
+        let Some(listener) = self.unserved.take() else { return Ok(()) };
+        if let Err(e) = self.listen(listener).and_then(|()| self.forward_signals()) {
+            if let Some(server) = self.http.lock().unwrap_or_else(|p| p.into_inner()).server.take() {
                 server.stop();
             }
-            if let Some(c) = instance.console.take() {
+            if let Some(c) = self.console.take() {
                 let _ = c.close();
             }
-            return Err((e, instance.lock));
+            return Err(e);
         }
-        Ok(instance)
+        Ok(())
     }
 
     /// Where the control interface listens, as a user would reach it.
