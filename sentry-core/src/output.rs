@@ -945,8 +945,13 @@ mod tests {
             if round % 2 == 1 {
                 // Idle: every line is out, nothing is left for the thread.
                 out = read_until(fds[0], "line 49\n");
+                // The writer counts a line once its flush has returned.
                 let counts = &console.counts;
-                assert_eq!(counts.written.load(Ordering::SeqCst), counts.sent.load(Ordering::SeqCst));
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while counts.written.load(Ordering::SeqCst) != counts.sent.load(Ordering::SeqCst) {
+                    assert!(Instant::now() < deadline, "the writer never counted its lines written");
+                    std::thread::yield_now();
+                }
             }
             // Otherwise at once, lines still in flight: they are waited for.
             assert_eq!(console.close_before_exec(), 0);

@@ -71,14 +71,15 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>, syslog:
     };
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(&paths.name));
     let settle = max_stop_wait(&config);
-    let instance = match Instance::begin(paths.clone(), exe, lock, token, listener, None, 1, settle) {
-        Ok(i) => i,
-        Err((e, lock)) => {
-            let _ = std::fs::remove_file(paths.token_file());
-            lock.release();
-            return Err(e);
-        }
-    };
+    let instance =
+        match Instance::prepare(paths.clone(), exe, lock, token, listener, None, 1, settle).and_then(Instance::begin) {
+            Ok(i) => i,
+            Err((e, lock)) => {
+                let _ = std::fs::remove_file(paths.token_file());
+                lock.release();
+                return Err(e);
+            }
+        };
     instance.say(&format!("Sentry started (PID: {} saved in {}).", std::process::id(), paths.pidfile().display()));
     instance.say(&format!(
         "Control interface on {} (token in {}).",
@@ -238,8 +239,9 @@ fn resume_without_snapshot(specs: &[Spec], paths: &Paths, why: &str) -> Result<(
     // waiting `reload` sees this outcome and later tickets stay unique.
     let id = u64::MAX / 2;
     let settle = max_stop_wait(&config);
-    let instance =
-        Instance::begin(paths.clone(), exe, lock, token, listener, None, id + 1, settle).map_err(|(e, _)| e)?;
+    let instance = Instance::prepare(paths.clone(), exe, lock, token, listener, None, id + 1, settle)
+        .and_then(Instance::begin)
+        .map_err(|(e, _)| e)?;
     instance.say(&format!(
         "WARNING: Sentry reexec'd but could not read its handed-over state ({why}). \
          Adopting its children from /proc; output in flight may be lost."
@@ -423,27 +425,18 @@ struct Instance {
 }
 
 impl Instance {
-    /// Sets up console, reloader, signal forwarding and the HTTP server.
-    /// On failure the lock is given back so the caller can release it.
-    #[allow(clippy::too_many_arguments)]
-    fn begin(
-        paths: Paths,
-        exe: PathBuf,
-        lock: PidLock,
-        token: String,
-        listener: Listener,
-        pipe: Option<SignalPipe>,
-        next_reload_id: u64,
-        settle: Duration,
-    ) -> Result<Instance, (Error, PidLock)> {
-        let mut instance = Instance::prepare(paths, exe, lock, token, listener, pipe, next_reload_id, settle)?;
-        match instance.serve() {
-            Ok(()) => Ok(instance),
-            Err(e) => Err((e, instance.lock)),
+    /// Serves a [`prepare`](Instance::prepare)d instance at once. On
+    /// failure the lock is given back so the caller can release it.
+    fn begin(mut self) -> Result<Instance, (Error, PidLock)> {
+        match self.serve() {
+            Ok(()) => Ok(self),
+            Err(e) => Err((e, self.lock)),
         }
     }
 
-    /// [`Instance::begin`] up to, not including, [`Instance::serve`].
+    /// Sets up console, reloader and core channel, keeping the listener
+    /// for [`Instance::serve`]. On failure the lock is given back so the
+    /// caller can release it.
     #[allow(clippy::too_many_arguments)]
     fn prepare(
         paths: Paths,
