@@ -9,8 +9,11 @@
 //! The core answers with an [`Unread`] status: everything it knows, and
 //! the cgroups to read by name. [`Cache`] reads them, at most once a second
 //! per process and per cgroup, one asker at a time: a flood of requests
-//! costs one round of reads a second however many ask. This module knows
-//! the status types and the files; nothing of slots, HTTP or the core.
+//! costs one round of reads at a time however many ask. The figures are
+//! read just after the state was taken: a process that ends in between
+//! shows what is left of it (a zombie's resident size is 0, an emptied
+//! cgroup counts no process). This module knows the status types and the
+//! files; nothing of slots, HTTP or the core.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -58,9 +61,17 @@ impl<T: Shown> Unread<T> {
         Unread { shown, reads }
     }
 
-    /// The status with its figures, read through `cache`.
+    /// The status with its figures, read through `cache`. A figure counts
+    /// as fresh by its age when the status was asked for, not when the
+    /// lock was got: whoever waited behind another asker's reads takes
+    /// what those reads found, even when a round of reads takes longer
+    /// than [`FRESH`] (thousands of mappings per process make each PSS
+    /// read slow), so a flood costs one round at a time and an asker waits
+    /// for at most the round under way and its own.
     pub fn read(mut self, cache: &Cache) -> T {
+        let asked = Instant::now();
         let mut state = cache.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.asked = asked;
         state.prune(self.shown.rows());
         self.shown.fill(&self.reads, &mut state);
         self.shown
@@ -128,32 +139,44 @@ pub(crate) struct Cache {
 }
 
 /// The figures behind [`Cache`]'s lock, each with when it was read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct State {
     rss: HashMap<i32, (Instant, Option<u64>)>,
     trees: HashMap<u64, (Instant, cgroup::Figures)>,
+    /// When the status being filled was asked for.
+    asked: Instant,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State { rss: HashMap::new(), trees: HashMap::new(), asked: Instant::now() }
+    }
 }
 
 impl State {
+    /// Whether a figure read at `at` is fresh for the status being filled.
+    fn fresh(&self, at: Instant) -> bool {
+        self.asked.saturating_duration_since(at) < FRESH
+    }
+
     /// Forgets stale figures once there are many more than a status shows.
     fn prune(&mut self, rows: usize) {
-        let now = Instant::now();
+        let asked = self.asked;
         if self.rss.len() > 2 * rows + 64 {
-            self.rss.retain(|_, (at, _)| now.saturating_duration_since(*at) < FRESH);
+            self.rss.retain(|_, (at, _)| asked.saturating_duration_since(*at) < FRESH);
         }
         if self.trees.len() > 2 * rows + 64 {
-            self.trees.retain(|_, (at, _)| now.saturating_duration_since(*at) < FRESH);
+            self.trees.retain(|_, (at, _)| asked.saturating_duration_since(*at) < FRESH);
         }
     }
 
     /// The resident size of `pid` in bytes, read at most once per [`FRESH`].
     fn rss(&mut self, pid: i32) -> Option<u64> {
-        let now = Instant::now();
         match self.rss.get(&pid) {
-            Some((at, rss)) if now.saturating_duration_since(*at) < FRESH => *rss,
+            Some((at, rss)) if self.fresh(*at) => *rss,
             _ => {
                 let rss = crate::proc::rss_bytes(pid);
-                self.rss.insert(pid, (now, rss));
+                self.rss.insert(pid, (Instant::now(), rss));
                 rss
             }
         }
@@ -162,12 +185,11 @@ impl State {
     /// The figures of the cgroup a status names `name`, read at most once per [`FRESH`].
     fn tree(&mut self, reads: &Reads, name: &str) -> Option<TreeStatus> {
         let (gen, dir) = reads.cgroups.get(name)?;
-        let now = Instant::now();
         let f = match self.trees.get(gen) {
-            Some((at, f)) if now.saturating_duration_since(*at) < FRESH => *f,
+            Some((at, f)) if self.fresh(*at) => *f,
             _ => {
                 let f = cgroup::figures_of(dir, reads.memory);
-                self.trees.insert(*gen, (now, f));
+                self.trees.insert(*gen, (Instant::now(), f));
                 f
             }
         };
@@ -252,6 +274,29 @@ mod tests {
         assert_eq!(read(2), 9, "another row's cgroup of the same name is read anew");
         cache.state.lock().unwrap().trees.get_mut(&1).unwrap().0 -= FRESH;
         assert_eq!(read(1), 9, "stale: read again");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn an_asker_that_waited_behind_a_long_round_takes_what_it_read() {
+        let tmp = std::env::temp_dir().join(format!("sentry-figures-waited-{}", std::process::id()));
+        let dir = fake_cgroup(&tmp, "", 9);
+        let mut reads = Reads::new(false);
+        reads.cgroups.insert("/x".into(), (1, dir));
+        let now = Instant::now();
+        let figures = |usec| cgroup::Figures { processes: 0, cpu_usec: usec, memory_bytes: 0, memory_current: false };
+        let fill = |asked: Instant, read_at: Instant| {
+            let mut state = State { asked, ..State::default() };
+            state.trees.insert(1, (read_at, figures(5)));
+            let mut e = entry(vec![slot(0, Some("/x"))], vec![]);
+            e.fill(&reads, &mut state);
+            e.slots[0].tree.unwrap().cpu_usec
+        };
+        // Asked 3 s ago, behind a round of reads that took longer than
+        // FRESH: a figure that round read 1.5 s ago is taken as it is.
+        assert_eq!(fill(now - 3 * FRESH, now - 3 * FRESH / 2), 5);
+        // One read before the asker asked, and by then stale: read again.
+        assert_eq!(fill(now - FRESH / 2, now - 2 * FRESH), 9);
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }
