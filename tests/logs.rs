@@ -406,6 +406,16 @@ fn a_daemon_rotates_its_output_file_and_reopens_it_on_request() {
     });
     assert!(cli(&["reload", "--exec", TCONF]).status.success(), "reload in daemon mode");
     wait_for("the reload in tconf.out", || fs::read_to_string(&out_file).ok()?.contains("reexec'd").then_some(()));
+    // logrotate moves the file, a reload comes before its postrotate's
+    // reopen: the new image still reopens, though its output is no longer
+    // at the path.
+    fs::rename(&out_file, dir.path().join("tconf.out.older")).unwrap();
+    assert!(cli(&["reload", "--exec", TCONF]).status.success(), "reload after the move");
+    assert!(cli(&["logs", "--reopen"]).status.success());
+    assert!(cli(&["restart", "writer"]).status.success());
+    wait_for("a new tconf.out after a reload and a reopen", || {
+        fs::read_to_string(&out_file).ok()?.contains("Started at").then_some(())
+    });
     assert!(cli(&["stop"]).status.success());
 }
 

@@ -70,6 +70,11 @@ pub(crate) struct InstanceSnapshot {
     /// monitor running again.
     #[serde(default)]
     pub unwatched_since_ns: u64,
+    /// The old image wrote to `DIR/NAME.out` as a daemon (`start
+    /// --daemon`): the new one rotates and reopens it too, even when
+    /// logrotate has moved the file its standard output still is.
+    #[serde(default)]
+    pub daemon_output: bool,
     /// Console lines the old image dropped because standard output would
     /// not take them before the exec (the new image says so).
     #[serde(default)]
@@ -722,6 +727,7 @@ mod tests {
                 reload_id: 3,
                 exec_at_ns: 0,
                 unwatched_since_ns: 0,
+                daemon_output: false,
                 console_dropped: 0,
                 reload_note: None,
                 events: crate::events::Ring::default(),

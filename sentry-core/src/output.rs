@@ -72,6 +72,18 @@ pub(crate) fn adopt_daemon_output(path: &std::path::Path) {
     }
 }
 
+/// Takes `path` as the daemon's output whatever standard output is now: the
+/// image before this one wrote to it, and logrotate may have moved it
+/// since (a reopen then points standard output at the path again).
+pub(crate) fn keep_daemon_output(path: &std::path::Path) {
+    let _ = DAEMON_OUTPUT.set(path.to_path_buf());
+}
+
+/// Whether this instance writes to its daemon output file (`start --daemon`).
+pub(crate) fn is_daemon_output() -> bool {
+    DAEMON_OUTPUT.get().is_some()
+}
+
 /// Points standard output and error at a fresh opening of the daemon's
 /// output path (after logrotate moved it).
 pub(crate) fn reopen_daemon_output() {
@@ -184,8 +196,10 @@ impl Console {
                     if rx.is_empty() {
                         say_dropped(&mut out);
                         let _ = out.flush();
-                        progress.written.store(lines, Ordering::SeqCst);
                         rotate_daemon_output();
+                        // After the rotation too: an exec must not end
+                        // this thread between its rename and its dup2.
+                        progress.written.store(lines, Ordering::SeqCst);
                     }
                 }
                 say_dropped(&mut out);

@@ -124,6 +124,9 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     let kept = handoff.instance;
     crate::events::restore_ring(kept.events.clone());
     let paths = Paths { name: kept.name.clone(), dir: kept.dir.clone(), crate_dir: kept.crate_dir.clone() };
+    if kept.daemon_output {
+        crate::output::keep_daemon_output(&paths.dir.join(format!("{}.out", paths.name)));
+    }
     let lock = match kept.pidfile.adopt() {
         Some(fd) => PidLock::adopt(fd, paths.pidfile()),
         None => PidLock::acquire(&paths.pidfile())?,
@@ -628,6 +631,7 @@ impl Instance {
                 reload_id: plan.reload_id,
                 exec_at_ns: 0,
                 unwatched_since_ns: suspended.unwatched_since_ns,
+                daemon_output: crate::output::is_daemon_output(),
                 console_dropped: 0,
                 reload_note: plan.note.clone(),
                 events: crate::events::Ring::default(),
@@ -647,10 +651,12 @@ impl Instance {
             .chain(suspended.snapshot.pidfds())
             .collect();
         let Suspended { snapshot, fds: owned, unwatched_since_ns, parked } = suspended;
-        let exec_at_ns = sys::unix_now_ns();
         // Everything said so far must reach the console before the exec —
-        // within a deadline: a stdout nobody reads must not block it.
+        // within a deadline: a stdout nobody reads must not block it. That
+        // wait is before the exec, and counted so ("Handover took … of it
+        // after execve").
         let console_dropped = self.console.take().map(Console::close_before_exec).unwrap_or(0) as u64;
+        let exec_at_ns = sys::unix_now_ns();
         let events = crate::events::ring_snapshot();
         let kept = InstanceSnapshot { exec_at_ns, console_dropped, events, ..kept };
         let handoff = Handoff { version: HANDOFF_VERSION, instance: kept, core: snapshot };
