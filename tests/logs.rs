@@ -289,6 +289,8 @@ fn under_systemd_events_go_to_the_journal_with_their_fields() {
     let mut cmd = Command::new(TCONF);
     cmd.args(["start", "--dir"]).arg(dir.path()).env("TCONF", "rotate").env("TLINES", "1");
     cmd.env("JOURNAL_STREAM", &stream).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+    // Dropped last: the session is gone by then, and the instance's cgroups are removed.
+    let _cgroups = CgroupGuard::for_dir(dir.path());
     let mut child = in_own_session(&mut cmd).spawn().unwrap();
     let _guard = SessionGuard(child.id() as i32);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -382,6 +384,8 @@ fn the_printed_unit_runs_this_binary_in_this_dir_and_verifies() {
 #[test]
 fn a_daemon_rotates_its_output_file_and_reopens_it_on_request() {
     let dir = TempDir::new("daemon");
+    // Dropped last: the session is gone by then, and the instance's cgroups are removed.
+    let _cgroups = CgroupGuard::for_dir(dir.path());
     let sock = dir.path().join("syslog.sock");
     let socket = bind(&sock);
     let out = run(Command::new(TCONF)
