@@ -461,7 +461,7 @@ fn start_daemon(specs: &[Spec], paths: &Paths, http: Option<String>) -> Outcome 
     }
     std::fs::create_dir_all(&paths.dir)
         .map_err(|e| fail(Error::io(format!("cannot create {}", paths.dir.display()), e)))?;
-    let out_path = paths.dir.join(format!("{}.out", paths.name));
+    let out_path = paths.daemon_output();
     use std::os::unix::fs::OpenOptionsExt;
     let out = std::fs::OpenOptions::new()
         .create(true)

@@ -67,6 +67,11 @@ impl Paths {
     pub fn log_dir(&self) -> PathBuf {
         self.dir.join("log")
     }
+
+    /// `DIR/NAME.out`: the daemon's standard output and error (`start --daemon`).
+    pub fn daemon_output(&self) -> PathBuf {
+        self.dir.join(format!("{}.out", self.name))
+    }
 }
 
 /// How a user names the configuration crate when it cannot be found.

@@ -125,7 +125,7 @@ pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Err
     crate::events::restore_ring(kept.events.clone());
     let paths = Paths { name: kept.name.clone(), dir: kept.dir.clone(), crate_dir: kept.crate_dir.clone() };
     if kept.daemon_output {
-        crate::output::keep_daemon_output(&paths.dir.join(format!("{}.out", paths.name)));
+        crate::output::keep_daemon_output(&paths.daemon_output());
     }
     let lock = match kept.pidfile.adopt() {
         Some(fd) => PidLock::adopt(fd, paths.pidfile()),
@@ -451,7 +451,7 @@ impl Instance {
         next_reload_id: u64,
         settle: Duration,
     ) -> Result<Instance, (Error, PidLock)> {
-        crate::output::adopt_daemon_output(&paths.dir.join(format!("{}.out", paths.name)));
+        crate::output::adopt_daemon_output(&paths.daemon_output());
         let console = Console::stdout();
         let (tx, rx) = match crate::core::channel() {
             Ok(pair) => pair,
