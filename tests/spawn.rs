@@ -306,3 +306,44 @@ fn an_idle_supervisor_keeps_nothing_of_finished_launches() {
         held().is_empty().then_some(())
     });
 }
+
+/// A child's fd table is made of the few fds it needs, not copied from
+/// Sentry's — which holds three or four per child (pipes, pidfd, eventfd):
+/// a copy costs the start time with every fd and the exec closes each one
+/// again. What shows it from outside is `FDSize` in `/proc/PID/status`
+/// (proc(5): the fd slots allocated), which the exec keeps: 64, the
+/// smallest table, when the child had only Sentry's few lowest fds (its
+/// `close_range(…, CLOSE_RANGE_UNSHARE)` keeps the fds below the
+/// highest it needs). It holds in a burst of starts — a bring-up, half of
+/// them killed at once — where more children are between clone and exec
+/// than there are sets of low fds to go round. A few may still get a copy
+/// (a start waits only so long for a set), hence the tenth allowed.
+#[test]
+fn a_child_gets_a_fd_table_of_its_own_not_a_copy_of_sentrys() {
+    const N: usize = 300;
+    let count = N.to_string();
+    let s =
+        Sentry::spawn_with(TempDir::new("spawn-fdsize"), TCONF, "bench-stamp", &[], &[("TCOUNT", &count)]).waiting();
+    let copied = |pids: &[i32]| -> Vec<(i32, u32)> {
+        pids.iter()
+            .filter_map(|&p| Some((p, proc_status(p, "FDSize")?.parse::<u32>().ok()?)))
+            .filter(|&(_, slots)| slots > 64)
+            .collect()
+    };
+    let first = s.wait_pids("stamp", N);
+    assert!(fd_count(s.pid()) > 3 * N, "Sentry holds {} fds", fd_count(s.pid()));
+    let big = copied(&first);
+    assert!(big.len() <= N / 10, "children of the bring-up with Sentry's fds copied (PID, FDSize): {big:?}");
+
+    let killed: Vec<i32> = first.iter().copied().step_by(2).collect();
+    for &pid in &killed {
+        // SAFETY: SIGKILL to a child of the supervisor this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let again = wait_for("every killed child replaced", || {
+        Some(s.pids("stamp")).filter(|p| p.len() == N && !p.iter().any(|pid| killed.contains(pid)))
+    });
+    let fresh: Vec<i32> = again.into_iter().filter(|p| !first.contains(p)).collect();
+    let big = copied(&fresh);
+    assert!(big.len() <= N / 20, "replacements with Sentry's fds copied (PID, FDSize): {big:?}");
+}

@@ -45,8 +45,9 @@
 //!   of its own with the fds below `top` (see [`FdSet`]); it touches no fd
 //!   before that. Its `dup3`s onto 0, 1 and 2 come after, on its own table.
 //!   The caller leaves the set's fds alone until the child has said it
-//!   unshared (an atomic in its `Image`) or has been reaped. Without a free
-//!   set the table is copied at the clone, as by `fork`.
+//!   unshared (an atomic in its `Image`, also a futex the caller may wait
+//!   on for a set, bounded) or has been reaped. Without a free set the
+//!   table is copied at the clone, as by `fork`.
 //! - PDEATHSIG belongs to the forking thread (DESIGN): this runs on the core
 //!   thread, as `fork` did.
 //!
@@ -62,7 +63,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -170,8 +171,9 @@ struct Image {
     /// With a shared fd table (`CLONE_FILES`, see [`FdSet`]): the first fd
     /// the child's table leaves out when it unshares (-1: not shared).
     unshare_from: i32,
-    /// Set by the child once its fd table is its own: the parent may then
-    /// reuse the [`FdSet`].
+    /// [`SHARED`], [`AWAITED`] (the parent waits on it as a futex) or
+    /// [`UNSHARED`], which the child stores once its fd table is its own
+    /// (waking the parent if it waits): the [`FdSet`] may then be reused.
     unshared: std::sync::atomic::AtomicU32,
     /// Sentry's PID: a child whose parent is already gone by the time it
     /// asks for PDEATHSIG exits instead.
@@ -200,6 +202,13 @@ struct Inflight {
     _shell: (CString, Vec<*const libc::c_char>),
 }
 
+/// [`Image::unshared`]: the child still shares Sentry's fd table.
+const SHARED: u32 = 0;
+/// [`Image::unshared`]: as [`SHARED`], and the parent waits for the change.
+const AWAITED: u32 = 2;
+/// [`Image::unshared`]: the child's fd table is its own.
+const UNSHARED: u32 = 1;
+
 /// The launches of this thread (the core's): those in flight, stacks free
 /// for reuse, and failures not yet asked for (by PID).
 #[derive(Default)]
@@ -207,9 +216,6 @@ struct Launches {
     inflight: Vec<Inflight>,
     free: Vec<Stack>,
     failed: HashMap<i32, (String, io::Error)>,
-    /// Fd sets free for the next launch, and how many exist.
-    sets: Vec<FdSet>,
-    set_count: usize,
 }
 
 /// Free stacks kept for reuse.
@@ -229,15 +235,7 @@ impl Launches {
         loop {
             // A child with a table of its own no longer needs its set; the
             // fence can hang up only once the set no longer holds its end.
-            let unshared: Vec<FdSet> = self
-                .inflight
-                .iter_mut()
-                .filter(|l| l.image.unshared.load(Ordering::Acquire) != 0)
-                .filter_map(|l| l.set.take())
-                .collect();
-            for set in unshared {
-                self.give_back(Some(set));
-            }
+            self.reclaim_sets();
             let mut fds: Vec<libc::pollfd> = self
                 .inflight
                 .iter()
@@ -247,7 +245,6 @@ impl Launches {
             let left = deadline.saturating_duration_since(Instant::now());
             let timeout = if waiting { left.as_millis().min(i32::MAX as u128) as i32 } else { 0 };
             if fds.is_empty() {
-                self.trim();
                 return;
             }
             // SAFETY: valid pollfds for fds we own.
@@ -274,7 +271,6 @@ impl Launches {
                 }
                 self.inflight = kept;
             }
-            self.trim();
             let still = pid.is_some_and(|p| self.inflight.iter().any(|l| l.pid == p));
             if !still || Instant::now() >= deadline {
                 return;
@@ -282,18 +278,48 @@ impl Launches {
         }
     }
 
-    /// Puts `set` back in the pool, emptied; one that cannot be emptied is
-    /// closed and no longer counted.
-    fn give_back(&mut self, set: Option<FdSet>) {
-        let Some(set) = set else { return };
-        match set.release() {
-            Some(set) => self.sets.push(set),
-            None => self.set_count -= 1,
+    /// Gives back the fd sets of the children whose tables are their own.
+    fn reclaim_sets(&mut self) {
+        for launch in &mut self.inflight {
+            if launch.set.is_some() && launch.image.unshared.load(Ordering::Acquire) == UNSHARED {
+                give_back(launch.set.take());
+            }
+        }
+    }
+
+    /// A free fd set; when every set is held by a child of this thread not
+    /// yet past its first step, waits up to [`SET_PATIENCE`] for the oldest
+    /// such child to take it (that step is its first system call, so the
+    /// wait is for the child to get a CPU — which the waiting core gives
+    /// it). `None` if no set came: the child then gets a copy of the whole
+    /// table, as with `fork`.
+    fn take_set(&mut self) -> Option<FdSet> {
+        self.reclaim_sets();
+        if let Some(set) = SetPool::take() {
+            return Some(set);
+        }
+        let deadline = Instant::now() + SET_PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let oldest = self.inflight.iter().find(|l| l.set.is_some())?;
+            if left.is_zero() {
+                return None;
+            }
+            let flag = &oldest.image.unshared;
+            if flag.compare_exchange(SHARED, AWAITED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                || flag.load(Ordering::Acquire) == AWAITED
+            {
+                futex_wait(flag, AWAITED, left);
+            }
+            self.reclaim_sets();
+            if let Some(set) = SetPool::take() {
+                return Some(set);
+            }
         }
     }
 
     fn retire(&mut self, mut launch: Inflight) {
-        self.give_back(launch.set.take());
+        give_back(launch.set.take());
         drop(launch.fence);
         if self.free.len() < SPARE_STACKS {
             self.free.push(launch.stack);
@@ -305,7 +331,7 @@ impl Launches {
     fn ended(&mut self, pid: i32) {
         if let Some(at) = self.inflight.iter().position(|l| l.pid == pid) {
             let mut launch = self.inflight.swap_remove(at);
-            self.give_back(launch.set.take());
+            give_back(launch.set.take());
             // What it said before it died, if anything.
             if let Fence::Failed(e) = read_fence(&launch.fence) {
                 if self.failed.len() < FAILURES_KEPT {
@@ -315,40 +341,90 @@ impl Launches {
             self.retire(launch);
         }
     }
+}
 
-    /// With nothing in flight, keeps one free fd set and closes the rest:
-    /// a burst of starts (a kill storm) does not leave Sentry holding more
-    /// fds than one start needs.
-    fn trim(&mut self) {
-        if self.inflight.iter().all(|l| l.set.is_none()) {
-            while self.sets.len() > 1 {
-                self.sets.pop();
-                self.set_count -= 1;
+/// At most this many launches share Sentry's fd table at once: the fd
+/// sets made, 5 fds each, once per process image.
+const MAX_SETS: usize = 8;
+
+/// How long a start waits for a set held by a child not yet past its first
+/// step, before it copies the whole fd table instead.
+const SET_PATIENCE: Duration = Duration::from_millis(5);
+
+/// The process's free fd sets. They are made together, once ([`reserve`]),
+/// at the lowest free fd numbers, and kept: a set made later, when the
+/// low numbers hold children's pipes, would sit thousands of fds up and
+/// its child would copy every fd below it. A set whose fds cannot be
+/// reset to `/dev/null` is dropped for good.
+struct SetPool {
+    free: Vec<FdSet>,
+    made: bool,
+}
+
+static SETS: std::sync::Mutex<SetPool> = std::sync::Mutex::new(SetPool { free: Vec::new(), made: false });
+
+impl SetPool {
+    fn lock() -> std::sync::MutexGuard<'static, SetPool> {
+        SETS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn take() -> Option<FdSet> {
+        let mut pool = Self::lock();
+        if !pool.made {
+            pool.fill();
+        }
+        pool.free.pop()
+    }
+
+    fn fill(&mut self) {
+        self.made = true;
+        if !unshare_range_supported() {
+            return;
+        }
+        let Ok(null) = open_null() else { return };
+        for _ in 0..MAX_SETS {
+            match FdSet::new(null.as_fd()) {
+                Ok(set) => self.free.push(set),
+                Err(_) => break,
             }
         }
     }
+}
 
-    /// A free fd set, made if fewer than [`MAX_SETS`] exist and the
-    /// open-file limit allows; `None` otherwise (then the child gets a copy
-    /// of the whole table, as with `fork`).
-    fn take_set(&mut self) -> Option<FdSet> {
-        if let Some(set) = self.sets.pop() {
-            return Some(set);
-        }
-        if self.set_count >= MAX_SETS || !unshare_range_supported() {
-            return None;
-        }
-        let set = FdSet::new().ok()?;
-        self.set_count += 1;
-        Some(set)
+/// Makes the process's fd sets now, at the lowest free fd numbers, if they
+/// are not made yet (the core calls it before it opens any child's fds).
+pub(crate) fn reserve() {
+    let mut pool = SetPool::lock();
+    if !pool.made {
+        pool.fill();
     }
 }
 
-/// At most this many launches share Sentry's fd table at once.
-const MAX_SETS: usize = 8;
+/// Puts `set` back in the pool, emptied.
+fn give_back(set: Option<FdSet>) {
+    if let Some(set) = set.and_then(FdSet::release) {
+        SetPool::lock().free.push(set);
+    }
+}
+
+/// Waits until `flag` is no longer `expected`, at most `timeout` (a
+/// spurious or early return is harmless: the caller checks again).
+fn futex_wait(flag: &std::sync::atomic::AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as _ };
+    // SAFETY: a futex wait on an aligned u32 of ours, with a valid timespec.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            flag.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            &ts as *const libc::timespec,
+        );
+    }
+}
 
 /// Five fds reserved at the lowest numbers free when made (each
-/// `/dev/null`, close-on-exec), for one launch at a time. A child's stdin,
+/// `/dev/null`, close-on-exec; see [`SetPool`]), for one launch at a time. A child's stdin,
 /// stdout, stderr, fence and cgroup directory are moved into them before a
 /// clone that shares Sentry's fd table (`CLONE_FILES`); the child's first
 /// step, `close_range(top + 1, ~0, CLOSE_RANGE_UNSHARE)`, gives it a table
@@ -361,8 +437,17 @@ struct FdSet {
 }
 
 impl FdSet {
-    fn new() -> io::Result<FdSet> {
-        let one = || -> io::Result<OwnedFd> { above_stdio(open_null()?) };
+    /// Five copies of `null`, each at the lowest free number above 2.
+    fn new(null: BorrowedFd<'_>) -> io::Result<FdSet> {
+        let one = || -> io::Result<OwnedFd> {
+            // SAFETY: F_DUPFD_CLOEXEC makes a new fd owned by nobody else.
+            let fd = unsafe { libc::fcntl(null.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: as above.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        };
         Ok(FdSet { fds: [one()?, one()?, one()?, one()?, one()?] })
     }
 
@@ -387,7 +472,7 @@ impl FdSet {
     /// Back to `/dev/null` in every place (what it held is closed): ready
     /// for the next launch; `None` if that fails (the set is then dropped).
     fn release(self) -> Option<FdSet> {
-        let null = open_null().ok()?;
+        let null = null().ok()?;
         for i in 0..self.fds.len() {
             self.put(i, null.as_raw_fd()).ok()?;
         }
@@ -578,7 +663,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
             .enumerate()
             .try_for_each(|(i, fd)| s.put(i, fd));
         if placed.is_err() {
-            LAUNCHES.with(|l| l.borrow_mut().give_back(set.take()));
+            give_back(set.take());
         }
     }
     let credentials = process.credentials;
@@ -601,7 +686,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
         fence: set.as_ref().map_or(fence_write.as_raw_fd(), |s| s.raw(3)),
         place_in: -1,
         unshare_from: set.as_ref().map_or(-1, |s| s.top() + 1),
-        unshared: std::sync::atomic::AtomicU32::new(0),
+        unshared: std::sync::atomic::AtomicU32::new(SHARED),
         nofile: process.nofile.map_or(-1, |n| n.min(i64::MAX as u64) as i64),
         reset: ignored_signals(),
         // SAFETY: getpid has no preconditions.
@@ -614,7 +699,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
         let stack = match launches.free.pop().map_or_else(Stack::new, Ok) {
             Ok(stack) => stack,
             Err(e) => {
-                launches.give_back(set);
+                give_back(set);
                 return Err(e);
             }
         };
@@ -653,7 +738,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
             Ok(pid) => pid,
             Err(e) => {
                 launches.free.push(stack);
-                launches.give_back(set);
+                give_back(set);
                 return Err(e);
             }
         };
@@ -790,7 +875,11 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
             if r < 0 {
                 fail(Stage::Stdio, r);
             }
-            image.unshared.store(1, Ordering::Release);
+            if image.unshared.swap(UNSHARED, Ordering::AcqRel) == AWAITED {
+                let flag = image.unshared.as_ptr() as usize;
+                let op = (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as usize;
+                raw(libc::SYS_futex, [flag, op, 1, 0, 0, 0]);
+            }
         }
         let default = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
         for sig in 1..=64usize {

@@ -474,6 +474,8 @@ impl Core {
     /// A core for `config`, reading commands from `rx` (`tx` is handed to monitors).
     /// Its console lines are held while it works and sent before it waits.
     pub fn new(config: Config, mut options: CoreOptions, tx: Post, rx: Mailbox) -> Core {
+        // The spawn fd sets take the lowest free fds, before any child's.
+        crate::spawn::reserve();
         options.console = options.console.holding();
         let entries = config.entries.iter().cloned().map(EntryRun::new).collect();
         Core {
