@@ -13,10 +13,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::config::EntryConfig;
+use crate::handoff::KeptFd;
 use crate::lifecycle::ChildExit;
 use crate::output::{LineSink, LineSplitter, Outbox};
 use crate::spawn::{self, Credentials};
@@ -241,6 +242,26 @@ pub(crate) fn credentials_for(
 pub(crate) struct Stream {
     pub fd: OwnedFd,
     pub splitter: LineSplitter,
+    /// The pipe's identity as a reload hands it over, once known: read by
+    /// the monitor thread when it starts (or taken from the snapshot it
+    /// came in), so that a reload does not `fstat` every pipe while the
+    /// children are unwatched.
+    pub kept: Option<KeptFd>,
+}
+
+impl Stream {
+    /// A pipe whose identity is not read yet.
+    pub fn new(fd: OwnedFd, splitter: LineSplitter) -> Stream {
+        Stream { fd, splitter, kept: None }
+    }
+
+    /// What a reload hands over for this pipe.
+    pub fn kept(&self) -> io::Result<KeptFd> {
+        match self.kept {
+            Some(k) => Ok(k),
+            None => KeptFd::of(&self.fd),
+        }
+    }
 }
 
 /// What a monitor hands back when it is stopped before the end of its child.
@@ -288,6 +309,14 @@ impl Quiesced {
     }
 }
 
+/// What is known of a child before its monitor starts (see [`Monitor::start`]).
+#[derive(Default)]
+pub(crate) struct Known {
+    pub pidfd: Option<OwnedFd>,
+    pub starttime: Option<u64>,
+    pub pidfd_kept: Option<KeptFd>,
+}
+
 /// The thread watching one child.
 pub(crate) struct Monitor {
     /// The child's pidfd, shared with the thread (none when only pipes are left).
@@ -302,6 +331,9 @@ pub(crate) struct Monitor {
     thread: crate::thread::Thread<Quiesced>,
     /// The child's starttime once known (0 before).
     starttime: Arc<AtomicU64>,
+    /// The pidfd's identity as a reload hands it over, once known (read
+    /// by the thread when it starts, or set from the snapshot it came in).
+    pidfd_kept: Arc<OnceLock<KeptFd>>,
 }
 
 /// A monitor's state, shared by the core and the thread. The thread holds
@@ -419,13 +451,15 @@ pub(crate) struct Parked {
     stop: Arc<OwnedFd>,
     shared: Arc<Shared>,
     thread: Option<crate::thread::Thread<Quiesced>>,
+    pidfd_kept: Arc<OnceLock<KeptFd>>,
 }
 
 impl Parked {
-    /// The child's pidfd (kept open across the exec: the next image's
-    /// identity of the child).
-    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
-        self.pidfd.as_ref().map(|fd| fd.as_fd())
+    /// What a reload hands over for the child's pidfd (kept open across
+    /// the exec: the next image's identity of the child), if there is one.
+    pub fn pidfd_kept(&self) -> Option<KeptFd> {
+        let fd = self.pidfd.as_ref()?;
+        self.pidfd_kept.get().copied().or_else(|| KeptFd::of(&**fd).ok())
     }
 
     /// After a failed exec: lets the thread end, waits for it, and gives
@@ -457,24 +491,26 @@ impl Drop for Parked {
 impl Monitor {
     /// Starts watching `pid` (which must be our unreaped child), or only
     /// its pipes when `reaped` (the child is gone, its pipes may not be).
-    /// Its notes carry `gen`. `known` is the child's pidfd and starttime
-    /// when the caller has them already (kept across an exec); otherwise a
-    /// pidfd is opened, and the thread reads the starttime (off the core's
-    /// path; see [`Monitor::starttime`]).
+    /// Its notes carry `gen`. `known` is what the caller has already of the
+    /// child (kept across an exec): its pidfd, starttime and the pidfd's
+    /// identity; otherwise a pidfd is opened, and the thread reads the
+    /// others (off the core's path; see [`Monitor::starttime`]).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         gen: u64,
         pid: i32,
-        known: (Option<OwnedFd>, Option<u64>),
+        known: Known,
         streams: Vec<Stream>,
         sink: LineSink,
         reaped: bool,
         telling: Telling,
         notify: impl Fn(ChildNote) + Send + 'static,
     ) -> io::Result<Monitor> {
-        let (pidfd, starttime) = known;
+        let Known { pidfd, starttime, pidfd_kept } = known;
         let starttime = Arc::new(AtomicU64::new(starttime.unwrap_or(0)));
         let starttime_for_thread = starttime.clone();
+        let pidfd_kept = Arc::new(pidfd_kept.map_or_else(OnceLock::new, OnceLock::from));
+        let pidfd_kept_for_thread = pidfd_kept.clone();
         let pidfd = match (reaped, pidfd) {
             (true, _) => None,
             (false, Some(fd)) => Some(Arc::new(fd)),
@@ -524,24 +560,39 @@ impl Monitor {
                     starttime_for_thread.store(t, Ordering::Relaxed);
                 }
             }
+            // What a reload would otherwise read in its unwatched window.
+            if let Some(fd) = &pidfd_for_thread {
+                if pidfd_kept_for_thread.get().is_none() {
+                    if let Ok(k) = KeptFd::of(&**fd) {
+                        let _ = pidfd_kept_for_thread.set(k);
+                    }
+                }
+            }
+            if let Hand::Watching(work) = &mut *ends.0.lock() {
+                for stream in work.streams.iter_mut().filter(|s| s.kept.is_none()) {
+                    stream.kept = KeptFd::of(&stream.fd).ok();
+                }
+            }
             let stop = Ends { gen, stop: stop_for_thread, finish: finish_for_thread };
             run(pid, pidfd_for_thread, stop, &ends.0, telling.teller, notify)
         })?;
-        Ok(Monitor { pidfd, stop, finish, shared, thread, starttime })
+        Ok(Monitor { pidfd, stop, finish, shared, thread, starttime, pidfd_kept })
     }
 
     /// Takes the thread's pipes and their unwritten bytes without waking
     /// it, and leaves it parked (see [`Shared`]). A thread that has ended
     /// some other way is joined instead.
     pub fn park(self) -> (Quiesced, Parked) {
-        let Monitor { pidfd, stop, shared, thread, .. } = self;
+        let Monitor { pidfd, stop, shared, thread, pidfd_kept, .. } = self;
         let taken = std::mem::replace(&mut *shared.lock(), Hand::Taken);
         match taken {
-            Hand::Watching(work) => (work.give_back(), Parked { pidfd, stop, shared, thread: Some(thread) }),
+            Hand::Watching(work) => {
+                (work.give_back(), Parked { pidfd, stop, shared, thread: Some(thread), pidfd_kept })
+            }
             other => {
                 *shared.lock() = other;
                 let quiesced = thread.join().unwrap_or(Quiesced::ended(None));
-                (quiesced, Parked { pidfd, stop, shared, thread: None })
+                (quiesced, Parked { pidfd, stop, shared, thread: None, pidfd_kept })
             }
         }
     }

@@ -111,6 +111,7 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>, syslog:
 /// Continues an instance in a freshly exec'd image, from the snapshot in
 /// the memfd `fd`.
 pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Error> {
+    handoff::cloexec_all();
     crate::events::init(crate::events::Destinations::from_environment(false));
     // The original soft limit comes from the first image, not the raised one in force.
     budget::raise_nofile(true);

@@ -60,7 +60,7 @@ impl Core {
             };
             // Its pipes, read on where the previous image stopped (the bytes
             // that image held are lost with its snapshot).
-            let streams = child.pipes.into_iter().map(|fd| Stream { fd, splitter: LineSplitter::default() }).collect();
+            let streams = child.pipes.into_iter().map(|fd| Stream::new(fd, LineSplitter::default())).collect();
             let gen = self.new_gen();
             let cgroup = self.cgroup_at(None, child.pid);
             if let Err(e) = self.adopt_process(gen, child.pid, role, streams, &name, cgroup, None, None, None, false) {
@@ -171,7 +171,7 @@ impl Core {
             streams
                 .into_iter()
                 .filter_map(|mut s| {
-                    let fd = KeptFd::of(&s.fd).ok()?;
+                    let fd = s.kept().ok()?;
                     let pending = s.splitter.take_remainder();
                     let unfinished = s.splitter.take_unfinished();
                     fds.push(s.fd);
@@ -194,7 +194,7 @@ impl Core {
             let (q, pidfd) = match row.monitor.take() {
                 Some(m) => {
                     let (q, p) = m.park();
-                    let pidfd = p.pidfd().filter(|_| !row.reaped).and_then(|fd| KeptFd::of(&fd).ok());
+                    let pidfd = p.pidfd_kept().filter(|_| !row.reaped);
                     parked.push(p);
                     (Some(q), pidfd)
                 }
@@ -481,6 +481,7 @@ impl Core {
                 // A kept pidfd is the process itself (our child: only we
                 // reap it); without one, (ppid, starttime) is checked.
                 let pidfd = p.pidfd.and_then(KeptFd::adopt);
+                let pidfd_kept = pidfd.as_ref().and(p.pidfd);
                 let ours =
                     pidfd.is_some() || proc::stat(p.pid).is_some_and(|s| (s.ppid, s.starttime) == (me, p.starttime));
                 if !ours {
@@ -505,6 +506,7 @@ impl Core {
                     log_as: name.clone(),
                     cgroup,
                     known,
+                    pidfd_kept,
                     opening: None,
                     exited: p.exited.clone(),
                     exit_shown: p.exit_shown,
@@ -595,7 +597,11 @@ fn adopt_streams(snapshots: &[StreamSnapshot], warnings: &mut Vec<String>) -> Ve
     snapshots
         .iter()
         .filter_map(|s| match s.fd.adopt() {
-            Some(fd) => Some(Stream { fd, splitter: LineSplitter::resume(s.pending.clone(), s.unfinished.clone()) }),
+            Some(fd) => Some(Stream {
+                fd,
+                splitter: LineSplitter::resume(s.pending.clone(), s.unfinished.clone()),
+                kept: Some(s.fd),
+            }),
             None => {
                 warnings.push(format!("output pipe fd {} did not survive: dropped", s.fd.fd));
                 None

@@ -35,10 +35,10 @@ use crossbeam_channel::Sender;
 
 use crate::budget::later;
 use crate::cgroup::{self, Cgroup, Fence};
-use crate::child::{self, ChildNote, Monitor, Stream, Teller, Telling};
+use crate::child::{self, ChildNote, Known, Monitor, Stream, Teller, Telling};
 use crate::config::{Config, EntryConfig, Rule};
 use crate::figures::{Reads, Unread};
-use crate::handoff::{CoreSnapshot, ExitedSnapshot, InfoSnapshot};
+use crate::handoff::{CoreSnapshot, ExitedSnapshot, InfoSnapshot, KeptFd};
 use crate::lifecycle::{self, AfterStop, ChildExit, Effect, Event, Phase, Policy, Slot, KILL_GRACE};
 use crate::logfile::{self, LogFile};
 use crate::output::{ConsoleHandle, LineSink, LineSplitter};
@@ -268,6 +268,8 @@ pub(crate) struct Adoption {
     /// Its starttime and pidfd, when known (a restored child's); otherwise
     /// both are looked up.
     pub known: Option<(u64, Option<OwnedFd>)>,
+    /// The pidfd's identity as the snapshot gave it (a restored child's).
+    pub pidfd_kept: Option<KeptFd>,
     /// The `[sentry]` line its monitor writes first to the log (a fresh
     /// start's `Started at T.`; none for a process adopted across an exec).
     pub opening: Option<u64>,
@@ -744,7 +746,8 @@ impl Core {
         exit_shown: bool,
     ) -> std::io::Result<u64> {
         let log_as = log_as.to_string();
-        let adoption = Adoption { gen, pid, role, streams, log_as, cgroup, known, opening, exited, exit_shown };
+        let adoption =
+            Adoption { gen, pid, role, streams, log_as, cgroup, known, pidfd_kept: None, opening, exited, exit_shown };
         self.adopt_all(vec![adoption]).pop().map_or(Ok(gen), |(_, e)| Err(e))
     }
 
@@ -785,7 +788,7 @@ impl Core {
             }
             let sink = self.sink(&a.log_as, a.pid);
             let notify = self.notifier();
-            let known = (pidfd, starttime);
+            let known = Known { pidfd, starttime, pidfd_kept: a.pidfd_kept };
             starts.push(move || Monitor::start(a.gen, a.pid, known, a.streams, sink, false, telling, notify));
             rows.push((a.gen, row));
         }
@@ -936,7 +939,7 @@ impl Core {
             telling.shown = x.shown;
             telling.logged = x.logged;
         }
-        let monitor = Monitor::start(gen, pid, (None, None), streams, sink, true, telling, self.notifier())?;
+        let monitor = Monitor::start(gen, pid, Known::default(), streams, sink, true, telling, self.notifier())?;
         let mut row = Proc::known(pid, Role::Pipes { entry: entry.to_string() }, 0);
         row.reaped = true;
         row.monitor = Some(monitor);
@@ -1908,10 +1911,7 @@ fn tell_exit(console: &ConsoleHandle, row: &mut Proc, name: &str, text: String) 
 
 /// The pipes of a freshly spawned process, nothing read yet.
 fn streams_of(spawned: child::Spawned) -> Vec<Stream> {
-    vec![
-        Stream { fd: spawned.stdout, splitter: LineSplitter::default() },
-        Stream { fd: spawned.stderr, splitter: LineSplitter::default() },
-    ]
+    vec![Stream::new(spawned.stdout, LineSplitter::default()), Stream::new(spawned.stderr, LineSplitter::default())]
 }
 
 /// How long a stop of every child may take: the largest stop timeout, plus margin.
