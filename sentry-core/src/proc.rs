@@ -209,6 +209,28 @@ pub(crate) fn ticks_per_second() -> u64 {
     hz.max(1) as u64
 }
 
+/// `CLOCK_BOOTTIME` now, in ns: the clock a new task's start is stamped
+/// with (`start_boottime`, set by the kernel during its `clone`).
+pub(crate) fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The `starttime` `/proc/PID/stat` shows for a process cloned between two
+/// reads of [`boottime_ns`] (`before`, `after`), when both fall within one
+/// clock tick; `None` when a tick began in between (then it must be read).
+/// The kernel shows `start_boottime` in clock ticks, divided down
+/// (`nsec_to_clock_t`, fs/proc/array.c; proc_pid_stat(5)), and stamps it
+/// during the `clone` — so after `before` and before `after`. Reading the
+/// file instead costs ~50 µs (an open of a fresh `/proc/PID` and the
+/// formatting of fifty fields) at every start.
+pub(crate) fn starttime_between(before: u64, after: u64, ticks_per_second: u64) -> Option<u64> {
+    let tick = 1_000_000_000 / ticks_per_second.max(1);
+    (before <= after && before / tick == after / tick).then_some(before / tick)
+}
+
 /// When the machine booted (`btime` of `/proc/stat`), Unix seconds.
 pub(crate) fn boot_time() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
@@ -379,6 +401,23 @@ pub(crate) fn holds_flock(pid: u32, dev: u64, ino: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_starttime_is_known_from_the_clock_only_within_one_tick() {
+        let ms = 1_000_000;
+        let cases = [
+            (5 * ms, 6 * ms, 100, Some(0)),
+            (10 * ms, 19 * ms, 100, Some(1)),
+            (9 * ms, 10 * ms, 100, None),
+            (1_234 * ms, 1_234 * ms, 100, Some(123)),
+            (7 * ms, 6 * ms, 100, None),
+            (999 * ms, 1_000 * ms, 1000, None),
+            (999 * ms, 999 * ms + 1, 1000, Some(999)),
+        ];
+        for (before, after, hz, want) in cases {
+            assert_eq!(super::starttime_between(before, after, hz), want, "{before}..{after} at {hz} Hz");
+        }
+    }
+
     #[test]
     fn starttime_of_reads_what_the_full_parse_reads() {
         let me = std::process::id() as i32;

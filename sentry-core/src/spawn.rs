@@ -100,6 +100,9 @@ pub(crate) struct Spawned {
     pub pid: i32,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// Its `/proc/PID/stat` starttime, when the clock around the clone
+    /// says it ([`crate::proc::starttime_between`]).
+    pub starttime: Option<u64>,
 }
 
 /// Which step of the child failed (the first word of its fence message).
@@ -480,6 +483,12 @@ impl FdSet {
     }
 }
 
+/// Clock ticks per second, read once.
+fn ticks_per_second() -> u64 {
+    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(crate::proc::ticks_per_second)
+}
+
 /// Whether `close_range` knows `CLOSE_RANGE_UNSHARE` (Linux 5.9).
 fn unshare_range_supported() -> bool {
     static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -703,8 +712,10 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
                 return Err(e);
             }
         };
+        let mut clocked = (0, 0);
         let pid = {
             let _blocked = BlockedSignals::all();
+            clocked.0 = crate::proc::boottime_ns();
             let mut cloned = None;
             if let Some(cgroup) = process.cgroup {
                 if !CLONE3_REFUSED.load(Ordering::Relaxed) {
@@ -734,6 +745,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
                 }
             }
         };
+        clocked.1 = crate::proc::boottime_ns();
         let pid = match pid {
             Ok(pid) => pid,
             Err(e) => {
@@ -759,7 +771,8 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
             _groups: groups,
             _shell: (shell, shell_argv),
         });
-        Ok(Spawned { pid, stdout: out_read, stderr: err_read })
+        let starttime = crate::proc::starttime_between(clocked.0, clocked.1, ticks_per_second());
+        Ok(Spawned { pid, stdout: out_read, stderr: err_read, starttime })
     })
 }
 
@@ -1275,5 +1288,39 @@ mod tests {
             let want: Vec<Vec<u8>> = want.iter().map(|w| w.as_bytes().to_vec()).collect();
             assert_eq!(got, want, "{program} with PATH {path:?}");
         }
+    }
+
+    /// The starttime a start reports from its clock is the one /proc shows
+    /// (a wrong clock or unit would make the supervisor's identity of
+    /// every child wrong). Children made back to back cross clock ticks,
+    /// so both outcomes of the bracket occur.
+    #[test]
+    fn a_started_childs_starttime_is_what_proc_shows() {
+        let mut known = 0;
+        for _ in 0..200 {
+            let process = Process {
+                program: OsStr::new("/bin/sleep"),
+                args: &["5".to_string()],
+                env: &[],
+                cwd: None,
+                credentials: None,
+                cgroup: None,
+                nofile: None,
+            };
+            let spawned = start(&process).expect("start /bin/sleep");
+            let pid = spawned.pid;
+            let shown = crate::proc::starttime_of(pid).expect("its /proc/PID/stat");
+            // SAFETY: our own child, killed and reaped here.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            reaped(pid);
+            if let Some(t) = spawned.starttime {
+                assert_eq!(t, shown, "child {pid}");
+                known += 1;
+            }
+        }
+        assert!(known > 150, "only {known} of 200 starttimes known from the clock");
     }
 }

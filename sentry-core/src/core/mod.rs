@@ -718,9 +718,11 @@ impl Core {
             }
         };
         let pid = spawned.pid;
+        let known = spawned.starttime.map(|t| (t, None));
         let kill_at = later(Instant::now(), HELPER_TIMEOUT);
         let role = Role::Helper { target: target.to_string(), rule: rule.clone(), kill_at, killed: false };
-        if let Err(e) = self.adopt_process(gen, pid, role, streams_of(spawned), target, cgroup, None, None, None, false)
+        if let Err(e) =
+            self.adopt_process(gen, pid, role, streams_of(spawned), target, cgroup, known, None, None, false)
         {
             self.helpers.release(&rule);
             log::error!("cannot watch helper {target}.{pid}: {e}");
@@ -1516,6 +1518,9 @@ impl Core {
             }
         };
         let pid = spawned.pid;
+        // Its starttime from the clock around the clone, mostly: the monitor
+        // then does not read `/proc/PID/stat` (it does when this is `None`).
+        let known = spawned.starttime.map(|t| (t, None));
         let started_at = sys::unix_now();
         let now = Instant::now();
         if let Some(run) = self.entries[i].slots.get_mut(&index) {
@@ -1526,7 +1531,7 @@ impl Core {
         self.options.console.event(&name, pid, &started);
         let role = Role::Slot { entry: name.clone(), index };
         if let Err(e) =
-            self.adopt_process(gen, pid, role, streams_of(spawned), &name, cgroup, None, Some(started_at), None, false)
+            self.adopt_process(gen, pid, role, streams_of(spawned), &name, cgroup, known, Some(started_at), None, false)
         {
             log::error!("cannot watch {name}.{pid}: {e}");
             if let Some(run) = self.entries[i].slots.get_mut(&index) {
