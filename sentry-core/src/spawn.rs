@@ -24,8 +24,9 @@
 //!   fence's write end is close-on-exec and only the child holds it, so the
 //!   hang-up comes once the child has a memory of its own (its `execve`
 //!   replaced it) or has exited; nothing of ours is touched after that.
-//! - It writes to no memory but its own stack, one atomic (`unshared`) and
-//!   one pointer of its own launch's shell argv: what went wrong goes to
+//! - It writes to no memory but its own stack, two atomics (its launch's
+//!   `unshared`, the process's count of them) and one pointer of its own
+//!   launch's shell argv: what went wrong goes to
 //!   the fence pipe (8 bytes: step and errno) before it exits.
 //! - It calls nothing but system calls, made directly ([`raw`]): no `libc`
 //!   wrapper, so no `errno` — which lives in the calling thread's TLS, shared
@@ -45,9 +46,10 @@
 //!   of its own with the fds below `top` (see [`FdSet`]); it touches no fd
 //!   before that. Its `dup3`s onto 0, 1 and 2 come after, on its own table.
 //!   The caller leaves the set's fds alone until the child has said it
-//!   unshared (an atomic in its `Image`, also a futex the caller may wait
-//!   on for a set, bounded) or has been reaped. Without a free set the
-//!   table is copied at the clone, as by `fork`.
+//!   unshared (an atomic in its `Image`; it also counts itself in a
+//!   process-wide counter, a futex that a start waiting for a set waits
+//!   on, bounded) or has been reaped. Without a free set the table is
+//!   copied at the clone, as by `fork`.
 //! - PDEATHSIG belongs to the forking thread (DESIGN): this runs on the core
 //!   thread, as `fork` did.
 //!
@@ -174,9 +176,9 @@ struct Image {
     /// With a shared fd table (`CLONE_FILES`, see [`FdSet`]): the first fd
     /// the child's table leaves out when it unshares (-1: not shared).
     unshare_from: i32,
-    /// [`SHARED`], [`AWAITED`] (the parent waits on it as a futex) or
-    /// [`UNSHARED`], which the child stores once its fd table is its own
-    /// (waking the parent if it waits): the [`FdSet`] may then be reused.
+    /// [`SHARED`], or [`UNSHARED`], which the child stores once its fd
+    /// table is its own (then it counts itself in [`UNSHARED_COUNT`]): the
+    /// [`FdSet`] may then be reused.
     unshared: std::sync::atomic::AtomicU32,
     /// Sentry's PID: a child whose parent is already gone by the time it
     /// asks for PDEATHSIG exits instead.
@@ -207,10 +209,15 @@ struct Inflight {
 
 /// [`Image::unshared`]: the child still shares Sentry's fd table.
 const SHARED: u32 = 0;
-/// [`Image::unshared`]: as [`SHARED`], and the parent waits for the change.
-const AWAITED: u32 = 2;
 /// [`Image::unshared`]: the child's fd table is its own.
 const UNSHARED: u32 = 1;
+
+/// How many children have made their fd table their own: each child adds
+/// one, and wakes the starts waiting for a set ([`SET_WAITERS`]) — any
+/// child's step frees a set, not only the oldest's.
+static UNSHARED_COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// Starts waiting on [`UNSHARED_COUNT`] (a child wakes them only if any).
+static SET_WAITERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// The launches of this thread (the core's): those in flight, stacks free
 /// for reuse, and failures not yet asked for (by PID).
@@ -219,6 +226,19 @@ struct Launches {
     inflight: Vec<Inflight>,
     free: Vec<Stack>,
     failed: HashMap<i32, (String, io::Error)>,
+    /// [`UNSHARED_COUNT`] when a wait for a set last ran out with none: no
+    /// start waits again until another child has taken its step (children
+    /// that never will — frozen, stopped, killed before it — would
+    /// otherwise cost every start the whole wait).
+    fruitless: Option<u32>,
+}
+
+/// Whether a start that found no free set waits for one: only while sets
+/// are held by children of its own thread, and not again after a wait
+/// that ran out until some child has taken its first step since
+/// (`unshared`: [`UNSHARED_COUNT`] now).
+fn wait_for_set(held_by_ours: bool, unshared: u32, fruitless: Option<u32>) -> bool {
+    held_by_ours && fruitless != Some(unshared)
 }
 
 /// Free stacks kept for reuse.
@@ -291,34 +311,38 @@ impl Launches {
     }
 
     /// A free fd set; when every set is held by a child of this thread not
-    /// yet past its first step, waits up to [`SET_PATIENCE`] for the oldest
-    /// such child to take it (that step is its first system call, so the
-    /// wait is for the child to get a CPU — which the waiting core gives
-    /// it). `None` if no set came: the child then gets a copy of the whole
-    /// table, as with `fork`.
+    /// yet past its first step, waits up to [`SET_PATIENCE`] for any of
+    /// them to take it (that step is its first system call, so the wait
+    /// is for a child to get a CPU — which the waiting core gives it), but
+    /// not again after such a wait came to nothing until some child has
+    /// taken its step since ([`wait_for_set`]). `None` if no set came: the
+    /// child then gets a copy of the whole table, as with `fork`.
     fn take_set(&mut self) -> Option<FdSet> {
         self.reclaim_sets();
         if let Some(set) = SetPool::take() {
             return Some(set);
         }
+        let held_by_ours = self.inflight.iter().any(|l| l.set.is_some());
+        if !wait_for_set(held_by_ours, UNSHARED_COUNT.load(Ordering::SeqCst), self.fruitless) {
+            return None;
+        }
         let deadline = Instant::now() + SET_PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let oldest = self.inflight.iter().find(|l| l.set.is_some())?;
-            if left.is_zero() {
-                return None;
-            }
-            let flag = &oldest.image.unshared;
-            if flag.compare_exchange(SHARED, AWAITED, Ordering::AcqRel, Ordering::Acquire).is_ok()
-                || flag.load(Ordering::Acquire) == AWAITED
-            {
-                futex_wait(flag, AWAITED, left);
-            }
+        SET_WAITERS.fetch_add(1, Ordering::SeqCst);
+        let set = loop {
+            let seen = UNSHARED_COUNT.load(Ordering::SeqCst);
             self.reclaim_sets();
             if let Some(set) = SetPool::take() {
-                return Some(set);
+                break Some(set);
             }
-        }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.fruitless = Some(UNSHARED_COUNT.load(Ordering::SeqCst));
+                break None;
+            }
+            futex_wait(&UNSHARED_COUNT, seen, left);
+        };
+        SET_WAITERS.fetch_sub(1, Ordering::SeqCst);
+        set
     }
 
     fn retire(&mut self, mut launch: Inflight) {
@@ -888,10 +912,12 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
             if r < 0 {
                 fail(Stage::Stdio, r);
             }
-            if image.unshared.swap(UNSHARED, Ordering::AcqRel) == AWAITED {
-                let flag = image.unshared.as_ptr() as usize;
+            image.unshared.store(UNSHARED, Ordering::SeqCst);
+            UNSHARED_COUNT.fetch_add(1, Ordering::SeqCst);
+            if SET_WAITERS.load(Ordering::SeqCst) != 0 {
+                let count = UNSHARED_COUNT.as_ptr() as usize;
                 let op = (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as usize;
-                raw(libc::SYS_futex, [flag, op, 1, 0, 0, 0]);
+                raw(libc::SYS_futex, [count, op, i32::MAX as usize, 0, 0, 0]);
             }
         }
         let default = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
@@ -1287,6 +1313,21 @@ mod tests {
             let got = candidates_of(OsStr::new(program), &env(*path));
             let want: Vec<Vec<u8>> = want.iter().map(|w| w.as_bytes().to_vec()).collect();
             assert_eq!(got, want, "{program} with PATH {path:?}");
+        }
+    }
+
+    #[test]
+    fn a_start_waits_for_a_set_only_while_children_have_moved_on() {
+        // (held by ours, unshared count now, count when a wait last ran out) → wait
+        let cases = [
+            (true, 10, None, true),
+            (true, 10, Some(9), true),
+            (true, 10, Some(10), false),
+            (false, 10, None, false),
+            (false, 10, Some(3), false),
+        ];
+        for (held, now, fruitless, want) in cases {
+            assert_eq!(wait_for_set(held, now, fruitless), want, "{held} {now} {fruitless:?}");
         }
     }
 
