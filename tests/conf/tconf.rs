@@ -53,12 +53,17 @@ fn specs(scenario: &str) -> Vec<Spec> {
             0,
             1,
         )],
-        // Numbered lines, steadily; the last number written goes to TSIDE too
-        // (it stops advancing when the child blocks on its pipe).
+        // Numbered lines, steadily; the last number written goes to TSIDE too,
+        // if given (it stops advancing when the child blocks on its pipe).
+        // Without TSIDE nothing else is written: the file is replaced by a
+        // rename, which must never be tried on a device such as /dev/null.
         "counter" => {
-            let side = std::env::var("TSIDE").unwrap_or_else(|_| "/dev/null".to_string());
+            let side = match std::env::var("TSIDE") {
+                Ok(side) => format!("echo $i > {side}.tmp && mv {side}.tmp {side}; "),
+                Err(_) => String::new(),
+            };
             let script = format!(
-                "pad=$(printf '%0150d' 0); i=0; while :; do echo \"n $i $pad\"; echo $i > {side}.tmp && mv {side}.tmp {side}; i=$((i+1)); if [ $((i % 20)) = 0 ]; then sleep 0.01; fi; done"
+                "pad=$(printf '%0150d' 0); i=0; while :; do echo \"n $i $pad\"; {side}i=$((i+1)); if [ $((i % 20)) = 0 ]; then sleep 0.01; fi; done"
             );
             // TLOGSIZE: rotated at that size, every file kept.
             let counter = entry("counter", "sh", ["-c", script.as_str()], 0, 1);
