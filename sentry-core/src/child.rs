@@ -317,6 +317,16 @@ pub(crate) struct Known {
     pub pidfd_kept: Option<KeptFd>,
 }
 
+impl Known {
+    /// A child an earlier image handed over: its starttime, and its pidfd
+    /// (with what the snapshot recorded of it) if that fd is still the
+    /// recorded file.
+    pub fn handed_over(starttime: u64, pidfd: Option<KeptFd>) -> Known {
+        let fd = pidfd.and_then(KeptFd::adopt);
+        Known { pidfd_kept: pidfd.filter(|_| fd.is_some()), pidfd: fd, starttime: Some(starttime) }
+    }
+}
+
 /// The thread watching one child.
 pub(crate) struct Monitor {
     /// The child's pidfd, shared with the thread (none when only pipes are left).

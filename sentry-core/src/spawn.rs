@@ -397,15 +397,13 @@ impl SetPool {
 
     fn take() -> Option<FdSet> {
         let mut pool = Self::lock();
-        if !pool.made {
-            pool.fill();
-        }
+        pool.fill();
         pool.free.pop()
     }
 
+    /// Makes the sets, the first time only.
     fn fill(&mut self) {
-        self.made = true;
-        if !unshare_range_supported() {
+        if std::mem::replace(&mut self.made, true) || !unshare_range_supported() {
             return;
         }
         let Ok(null) = open_null() else { return };
@@ -421,10 +419,7 @@ impl SetPool {
 /// Makes the process's fd sets now, at the lowest free fd numbers, if they
 /// are not made yet (the core calls it before it opens any child's fds).
 pub(crate) fn reserve() {
-    let mut pool = SetPool::lock();
-    if !pool.made {
-        pool.fill();
-    }
+    SetPool::lock().fill();
 }
 
 /// Puts `set` back in the pool, emptied.
@@ -466,15 +461,7 @@ struct FdSet {
 impl FdSet {
     /// Five copies of `null`, each at the lowest free number above 2.
     fn new(null: BorrowedFd<'_>) -> io::Result<FdSet> {
-        let one = || -> io::Result<OwnedFd> {
-            // SAFETY: F_DUPFD_CLOEXEC makes a new fd owned by nobody else.
-            let fd = unsafe { libc::fcntl(null.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: as above.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        };
+        let one = || dup_above_stdio(null);
         Ok(FdSet { fds: [one()?, one()?, one()?, one()?, one()?] })
     }
 
@@ -505,12 +492,6 @@ impl FdSet {
         }
         Some(self)
     }
-}
-
-/// Clock ticks per second, read once.
-fn ticks_per_second() -> u64 {
-    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *HZ.get_or_init(crate::proc::ticks_per_second)
 }
 
 /// Whether `close_range` knows `CLOSE_RANGE_UNSHARE` (Linux 5.9).
@@ -795,7 +776,7 @@ pub(crate) fn start(process: &Process<'_>) -> io::Result<Spawned> {
             _groups: groups,
             _shell: (shell, shell_argv),
         });
-        let starttime = crate::proc::starttime_between(clocked.0, clocked.1, ticks_per_second());
+        let starttime = crate::proc::starttime_between(clocked.0, clocked.1, crate::proc::ticks_per_second());
         Ok(Spawned { pid, stdout: out_read, stderr: err_read, starttime })
     })
 }
@@ -1282,6 +1263,11 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
     }
+    dup_above_stdio(fd.as_fd())
+}
+
+/// A close-on-exec copy of `fd` at the lowest free number above 2.
+fn dup_above_stdio(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC makes a new fd owned by nobody else.
     let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
     if copy < 0 {

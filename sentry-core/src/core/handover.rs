@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::{Adoption, Core, CoreOptions, EntryRun, FoundChild, Mailbox, Post, Proc, Role, SlotRun, Suspended};
 use crate::budget::later;
-use crate::child::{Quiesced, Stream};
+use crate::child::{Known, Quiesced, Stream};
 use crate::config::{Config, EntryConfig, WatchConfig};
 use crate::handoff::{
     CoreSnapshot, DrainingSnapshot, EntrySnapshot, ExitSnapshot, ExitedSnapshot, HelperSnapshot, KeptFd,
@@ -63,7 +63,9 @@ impl Core {
             let streams = child.pipes.into_iter().map(|fd| Stream::new(fd, LineSplitter::default())).collect();
             let gen = self.new_gen();
             let cgroup = self.cgroup_at(None, child.pid);
-            if let Err(e) = self.adopt_process(gen, child.pid, role, streams, &name, cgroup, None, None, None, false) {
+            if let Err(e) =
+                self.adopt_process(gen, child.pid, role, streams, &name, cgroup, Known::default(), None, None, false)
+            {
                 report.push(format!("cannot watch {name}.{}: {e}", child.pid));
                 if let Some((name, index)) = placed {
                     if let Some(e) = self.entries.iter_mut().find(|e| e.config.name == name) {
@@ -480,10 +482,9 @@ impl Core {
                 let Some(p) = process else { continue };
                 // A kept pidfd is the process itself (our child: only we
                 // reap it); without one, (ppid, starttime) is checked.
-                let pidfd = p.pidfd.and_then(KeptFd::adopt);
-                let pidfd_kept = pidfd.as_ref().and(p.pidfd);
-                let ours =
-                    pidfd.is_some() || proc::stat(p.pid).is_some_and(|s| (s.ppid, s.starttime) == (me, p.starttime));
+                let known = Known::handed_over(p.starttime, p.pidfd);
+                let ours = known.pidfd.is_some()
+                    || proc::stat(p.pid).is_some_and(|s| (s.ppid, s.starttime) == (me, p.starttime));
                 if !ours {
                     warnings.push(format!("{name}.{} is no longer our child: counted as an exit", p.pid));
                     gone.push((i, ss.index));
@@ -497,7 +498,6 @@ impl Core {
                 let role = Role::Slot { entry: name.clone(), index: ss.index };
                 let gen = core.new_gen();
                 let cgroup = core.cgroup_at(ss.cgroup.as_deref(), p.pid);
-                let known = Some((p.starttime, pidfd));
                 adoptions.push(Adoption {
                     gen,
                     pid: p.pid,
@@ -506,7 +506,6 @@ impl Core {
                     log_as: name.clone(),
                     cgroup,
                     known,
-                    pidfd_kept,
                     opening: None,
                     exited: p.exited.clone(),
                     exit_shown: p.exit_shown,
@@ -529,8 +528,9 @@ impl Core {
         }
         for h in snapshot.helpers {
             let streams = adopt_streams(&h.streams, &mut warnings);
-            let pidfd = h.pidfd.and_then(KeptFd::adopt);
-            let ours = pidfd.is_some() || proc::stat(h.pid).is_some_and(|s| (s.ppid, s.starttime) == (me, h.starttime));
+            let known = Known::handed_over(h.starttime, h.pidfd);
+            let ours =
+                known.pidfd.is_some() || proc::stat(h.pid).is_some_and(|s| (s.ppid, s.starttime) == (me, h.starttime));
             if !ours {
                 if !streams.is_empty() {
                     let _ = core.drain_pipes(&h.target, h.pid, streams, h.exited.clone());
@@ -557,7 +557,7 @@ impl Core {
                 streams,
                 &h.target,
                 cgroup,
-                Some((h.starttime, pidfd)),
+                known,
                 None,
                 h.exited.clone(),
                 h.exit_shown,

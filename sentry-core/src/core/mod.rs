@@ -38,7 +38,7 @@ use crate::cgroup::{self, Cgroup, Fence};
 use crate::child::{self, ChildNote, Known, Monitor, Stream, Teller, Telling};
 use crate::config::{Config, EntryConfig, Rule};
 use crate::figures::{Reads, Unread};
-use crate::handoff::{CoreSnapshot, ExitedSnapshot, InfoSnapshot, KeptFd};
+use crate::handoff::{CoreSnapshot, ExitedSnapshot, InfoSnapshot};
 use crate::lifecycle::{self, AfterStop, ChildExit, Effect, Event, Phase, Policy, Slot, KILL_GRACE};
 use crate::logfile::{self, LogFile};
 use crate::output::{ConsoleHandle, LineSink, LineSplitter};
@@ -151,11 +151,6 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    /// A row for our new child `pid`, its starttime to be learnt.
-    fn new(pid: i32, role: Role) -> Proc {
-        Proc::known(pid, role, 0)
-    }
-
     /// Its starttime: as its monitor read it, or else from `/proc` now —
     /// the PID is still ours then (unreaped), so the number is its own. 0
     /// for a reaped row, whose identity nothing asks for.
@@ -170,7 +165,9 @@ impl Proc {
         self.starttime.get()
     }
 
-    /// A row for `pid` whose starttime was read already (a restored child's).
+    /// A row for `pid` with its starttime, if known already (a restored
+    /// child's, or a new one's from the clock around its clone); 0 to be
+    /// learnt (see [`Proc::starttime`]).
     fn known(pid: i32, role: Role, starttime: u64) -> Proc {
         Proc {
             pid,
@@ -265,11 +262,9 @@ pub(crate) struct Adoption {
     /// The entry its output is logged as.
     pub log_as: String,
     pub cgroup: Option<Cgroup>,
-    /// Its starttime and pidfd, when known (a restored child's); otherwise
-    /// both are looked up.
-    pub known: Option<(u64, Option<OwnedFd>)>,
-    /// The pidfd's identity as the snapshot gave it (a restored child's).
-    pub pidfd_kept: Option<KeptFd>,
+    /// What is known of it already (a restored child's pidfd and
+    /// starttime, a new child's starttime); the rest is looked up.
+    pub known: Known,
     /// The `[sentry]` line its monitor writes first to the log (a fresh
     /// start's `Started at T.`; none for a process adopted across an exec).
     pub opening: Option<u64>,
@@ -718,7 +713,7 @@ impl Core {
             }
         };
         let pid = spawned.pid;
-        let known = spawned.starttime.map(|t| (t, None));
+        let known = Known { starttime: spawned.starttime, ..Known::default() };
         let kill_at = later(Instant::now(), HELPER_TIMEOUT);
         let role = Role::Helper { target: target.to_string(), rule: rule.clone(), kill_at, killed: false };
         if let Err(e) =
@@ -742,14 +737,13 @@ impl Core {
         streams: Vec<Stream>,
         log_as: &str,
         cgroup: Option<Cgroup>,
-        known: Option<(u64, Option<OwnedFd>)>,
+        known: Known,
         opening: Option<u64>,
         exited: Option<ExitedSnapshot>,
         exit_shown: bool,
     ) -> std::io::Result<u64> {
         let log_as = log_as.to_string();
-        let adoption =
-            Adoption { gen, pid, role, streams, log_as, cgroup, known, pidfd_kept: None, opening, exited, exit_shown };
+        let adoption = Adoption { gen, pid, role, streams, log_as, cgroup, known, opening, exited, exit_shown };
         self.adopt_all(vec![adoption]).pop().map_or(Ok(gen), |(_, e)| Err(e))
     }
 
@@ -768,10 +762,8 @@ impl Core {
                 Role::Helper { .. } => Teller::Helper,
                 Role::Stray { .. } | Role::Pipes { .. } | Role::Stuck { .. } => Teller::Nobody,
             };
-            let (mut row, pidfd, starttime) = match a.known {
-                Some((t, pidfd)) => (Proc::known(a.pid, a.role, t), pidfd, Some(t)),
-                None => (Proc::new(a.pid, a.role), None, None),
-            };
+            let known = a.known;
+            let mut row = Proc::known(a.pid, a.role, known.starttime.unwrap_or(0));
             row.cgroup = a.cgroup;
             let mut telling = Telling::new(a.opening, teller);
             telling.shown |= a.exit_shown;
@@ -790,7 +782,6 @@ impl Core {
             }
             let sink = self.sink(&a.log_as, a.pid);
             let notify = self.notifier();
-            let known = Known { pidfd, starttime, pidfd_kept: a.pidfd_kept };
             starts.push(move || Monitor::start(a.gen, a.pid, known, a.streams, sink, false, telling, notify));
             rows.push((a.gen, row));
         }
@@ -1520,7 +1511,7 @@ impl Core {
         let pid = spawned.pid;
         // Its starttime from the clock around the clone, mostly: the monitor
         // then does not read `/proc/PID/stat` (it does when this is `None`).
-        let known = spawned.starttime.map(|t| (t, None));
+        let known = Known { starttime: spawned.starttime, ..Known::default() };
         let started_at = sys::unix_now();
         let now = Instant::now();
         if let Some(run) = self.entries[i].slots.get_mut(&index) {
