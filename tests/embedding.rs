@@ -74,7 +74,7 @@ fn an_embedded_supervisor_runs_scales_restarts_and_cleans_up() {
         assert!(!alive(*pid), "shutdown returns once every child is gone");
     }
     assert!(children_of(me).is_empty(), "no zombie left: every child was reaped");
-    wait_for("every thread to be joined", || (threads() == baseline).then_some(()));
+    assert_eq!(threads(), baseline, "shutdown joins every thread, the monitors' pool included");
 
     // Dropping does the same as shutdown.
     let dropped = Supervisor::start(vec![entry("idle", "sleep", ["1000"], 0, 2)]).unwrap();
@@ -85,5 +85,5 @@ fn an_embedded_supervisor_runs_scales_restarts_and_cleans_up() {
     drop(dropped);
     assert!(p.iter().all(|p| !alive(*p)));
     assert!(children_of(me).is_empty());
-    wait_for("every thread to be joined", || (threads() == baseline).then_some(()));
+    assert_eq!(threads(), baseline, "shutdown joins every thread, the monitors' pool included");
 }
