@@ -21,6 +21,9 @@ use std::time::Instant;
 pub const LOG_SIZE: u64 = 10 << 20;
 /// The default number of rotated files kept.
 pub const LOG_KEEP: usize = 5;
+/// Space reserved past the end of a log at once (bytes), so that most
+/// appends find theirs reserved already and cost no `fallocate`.
+const RESERVE_AHEAD: u64 = 64 * 1024;
 
 /// Bumped by [`reopen_all`]; each file compares it with what it last saw.
 static REOPENS: AtomicU64 = AtomicU64::new(0);
@@ -59,6 +62,10 @@ pub(crate) struct LogState {
     pub orphan: Vec<u8>,
     /// Since when writing fails (one warning when it starts, one when it ends).
     pub failing_since: Option<Instant>,
+    /// The space reserved in `file`: (the file's size after the last
+    /// append, the end of the last reservation), in bytes. A file found
+    /// smaller than that size was truncated: its reservation is gone.
+    reserved: Option<(u64, u64)>,
 }
 
 impl LogFile {
@@ -88,6 +95,7 @@ impl LogFile {
             owed_by: None,
             orphan: Vec::new(),
             failing_since: None,
+            reserved: None,
         };
         Arc::new(LogFile { path, size: AtomicU64::new(size), keep: AtomicUsize::new(keep), state: Mutex::new(state) })
     }
@@ -147,7 +155,7 @@ impl LogFile {
         } else {
             size
         };
-        if let Err(e) = reserve(&state.file, size, buf.len()) {
+        if let Err(e) = state.reserve(size, buf.len() as u64, limit) {
             return (0, Some(e));
         }
         let mut n = 0;
@@ -172,6 +180,7 @@ impl LogFile {
         match open_log(&self.path) {
             Ok(file) => {
                 state.file = file;
+                state.reserved = None;
                 state.reopened = asked;
                 state.detached = false;
             }
@@ -192,6 +201,7 @@ impl LogFile {
         match open_log(&self.path) {
             Ok(file) => {
                 state.file = file;
+                state.reserved = None;
                 Ok(())
             }
             Err(e) => {
@@ -253,9 +263,41 @@ pub(crate) fn open_log(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+impl LogState {
+    /// Makes sure the `len` bytes after the end (`size`) of the file are
+    /// allocated, reserving [`RESERVE_AHEAD`] at once (not past the
+    /// rotation size `limit`, when there is one) — or, when the disk has
+    /// not that much left, just `len`. A file that shrank since (truncated
+    /// by someone else, its blocks freed) is reserved again.
+    fn reserve(&mut self, size: u64, len: u64, limit: u64) -> io::Result<()> {
+        let end = size.saturating_add(len);
+        if let Some((seen, to)) = &mut self.reserved {
+            if *seen <= size && end <= *to {
+                *seen = end;
+                return Ok(());
+            }
+        }
+        let mut ahead = len.max(RESERVE_AHEAD);
+        if limit > 0 {
+            ahead = ahead.min(limit.saturating_sub(size)).max(len);
+        }
+        let reserved = match reserve(&self.file, size, ahead) {
+            Err(e) if ahead > len && e.raw_os_error() == Some(libc::ENOSPC) => {
+                reserve(&self.file, size, len).map(|()| len)
+            }
+            other => other.map(|()| ahead),
+        };
+        self.reserved = match reserved {
+            Ok(n) => Some((end, size.saturating_add(n))),
+            Err(_) => None,
+        };
+        reserved.map(|_| ())
+    }
+}
+
 /// Allocates `len` bytes after the end (`size`) of `file` without changing
 /// its size; file systems that cannot are written to without.
-fn reserve(file: &File, size: u64, len: usize) -> io::Result<()> {
+fn reserve(file: &File, size: u64, len: u64) -> io::Result<()> {
     // SAFETY: fallocate on an fd we own, with plain integer arguments.
     let r = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, size as i64, len as i64) };
     if r == 0 {
@@ -286,6 +328,47 @@ mod tests {
             let (n, e) = log.append(&mut st, line.as_bytes(), true);
             assert_eq!((n, e.map(|e| e.to_string())), (line.len(), None));
         }
+    }
+
+    /// Bytes the file has allocated (`st_blocks` are 512 bytes, stat(2)).
+    fn allocated(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn space_is_reserved_ahead_again_after_a_truncation_and_not_past_the_rotation_size() {
+        let d = dir("reserve");
+        let path = d.join("r.log");
+        let probe = d.join("probe");
+        let file = File::create(&probe).unwrap();
+        if reserve(&file, 0, RESERVE_AHEAD).is_err() || allocated(&probe) < RESERVE_AHEAD {
+            eprintln!("skipped: {} reserves no space (fallocate)", d.display());
+            return;
+        }
+        let log = LogFile::open(&path, 0, 0).unwrap();
+        write_lines(&log, 0, 1);
+        assert!(allocated(&path) >= RESERVE_AHEAD, "the first append reserves ahead");
+        // Later appends find their space reserved: no new reservation.
+        let before = log.lock().reserved.map(|(_, to)| to);
+        write_lines(&log, 1, 100);
+        assert_eq!(
+            log.lock().reserved,
+            Some((1200, before.unwrap())),
+            "what the first append reserved holds 1 200 bytes"
+        );
+        // Truncated by someone else (copytruncate): its blocks are freed, and reserved again.
+        fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+        assert!(allocated(&path) < RESERVE_AHEAD);
+        write_lines(&log, 100, 101);
+        assert!(allocated(&path) >= RESERVE_AHEAD, "reserved again after the truncation");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "line 000100\n");
+        // Never past the rotation size: 2 000 bytes, not 64 KiB.
+        let small = d.join("s.log");
+        let log = LogFile::open(&small, 2000, 1).unwrap();
+        write_lines(&log, 0, 1);
+        assert!(allocated(&small) < RESERVE_AHEAD, "{} bytes allocated", allocated(&small));
+        let _ = fs::remove_dir_all(&d);
     }
 
     #[test]
