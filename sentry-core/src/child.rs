@@ -27,11 +27,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// How long a monitor that has seen its child's exit (and written its
 /// last lines) waits for the core's line about it — which can say more
 /// than the exit status ("Cannot start …") — before it makes its own.
+/// The core wakes it with the line only if it waits (the core is usually
+/// first): in a burst of exits the core is late for most monitors, and
+/// looks every few ms cost 3–4 wake-ups per exit (measured, 100 killed).
 const CLOSING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-/// How often it looks meanwhile: after 1 ms, then twice as long each
-/// time, up to this (the core does not wake it: a few looks are cheaper
-/// than a wake-up on every exit, and the core is usually first).
-const CLOSING_TICK_MAX_MS: i32 = 64;
 /// The most output pipes one monitor reads (a child's stdout and stderr).
 const MAX_STREAMS: usize = 2;
 /// At the end, how many chunks of a pipe are read at most.
@@ -366,6 +365,10 @@ struct Shared {
     /// its own, never held across I/O, so that the core does not wait for
     /// a thread that writes to a stuck disk under `state`.
     closing: Mutex<Told>,
+    /// Set before the thread is woken to stop wherever it is
+    /// ([`Monitor::quiesce`]); a wake-up without it (or `finish`) only
+    /// brings the core's exit line.
+    halt: AtomicBool,
 }
 
 /// What the core told a monitor of its process's end.
@@ -378,6 +381,8 @@ struct Told {
     notes: Vec<String>,
     /// The console's exit line was shown: a later note is the core's to show.
     shown: bool,
+    /// The thread waits for `text`: [`Monitor::set_closing`] wakes it.
+    awaiting: bool,
 }
 
 // One per monitor, inside its `Arc`: boxing `Work` would only add an allocation.
@@ -555,7 +560,13 @@ impl Monitor {
         let shared = Arc::new(Shared {
             state: Mutex::new(Hand::Watching(work)),
             changed: Condvar::new(),
-            closing: Mutex::new(Told { text: telling.told.clone(), notes: Vec::new(), shown: telling.shown }),
+            closing: Mutex::new(Told {
+                text: telling.told.clone(),
+                notes: Vec::new(),
+                shown: telling.shown,
+                awaiting: false,
+            }),
+            halt: AtomicBool::new(false),
         });
         let ends = EndsWatching(shared.clone());
         // A monitor's deepest path (a log write with its formatting, a
@@ -620,6 +631,7 @@ impl Monitor {
     /// Stops the thread wherever it is and takes back the open pipes and
     /// their unwritten bytes. Lines already complete have been written.
     pub fn quiesce(self) -> Quiesced {
+        self.shared.halt.store(true, Ordering::SeqCst);
         sys::eventfd_signal(self.stop.as_fd());
         self.join()
     }
@@ -652,7 +664,13 @@ impl Monitor {
     /// (`Exited at … with …`), written after its last output line — unless
     /// the thread saw the exit itself first and has its own.
     pub fn set_closing(&self, closing: String) {
-        self.shared.closing.lock().unwrap_or_else(|p| p.into_inner()).text.get_or_insert(closing);
+        let mut told = self.shared.closing.lock().unwrap_or_else(|p| p.into_inner());
+        told.text.get_or_insert(closing);
+        let waits = std::mem::take(&mut told.awaiting);
+        drop(told);
+        if waits {
+            sys::eventfd_signal(self.stop.as_fd());
+        }
     }
 
     /// A line about what came after the exit (its process group outlived
@@ -701,7 +719,6 @@ fn run(
     // Until when the exit's line is waited for from the core, once all
     // else is done.
     let mut closing_by: Option<Instant> = None;
-    let mut closing_tick_ms = 1;
     let mut exited = pidfd.is_none();
     // The pidfd said the child is gone but the core had reaped it first:
     // not polled again; the core's finish follows.
@@ -798,10 +815,19 @@ fn run(
             n_fds += 1;
         }
         let fds = &mut all_fds[..n_fds];
-        let mut timeout = w.out.timeout_ms(Instant::now());
+        let now = Instant::now();
+        let mut timeout = w.out.timeout_ms(now);
         if awaiting_closing {
-            timeout = if timeout < 0 { closing_tick_ms } else { timeout.min(closing_tick_ms) };
-            closing_tick_ms = (closing_tick_ms * 2).min(CLOSING_TICK_MAX_MS);
+            // Said under the lock the core sets the line under: either it
+            // is there now, or the core sees this and wakes the thread.
+            let mut told = shared.closing.lock().unwrap_or_else(|p| p.into_inner());
+            if told.text.is_some() {
+                continue;
+            }
+            told.awaiting = true;
+            drop(told);
+            let left = closing_by.map_or(0, |by| by.saturating_duration_since(now).as_millis() as i32 + 1);
+            timeout = if timeout < 0 { left } else { timeout.min(left) };
         }
         // The wait, without the lock: the core may take the work meanwhile.
         drop(state);
@@ -812,12 +838,16 @@ fn run(
             continue;
         }
         if fds[reading.len()].revents != 0 {
-            // One count per request: `finish` (flag set first) and/or a stop.
-            let requests = sys::eventfd_take(stop.as_fd());
+            // A stop (`halt`), a finish, or the core's exit line: each
+            // flag is set before its wake-up, so none is missed.
+            sys::eventfd_take(stop.as_fd());
             let finishing = finish.swap(false, Ordering::SeqCst);
-            if !finishing || requests > 1 {
+            if shared.halt.load(Ordering::SeqCst) {
                 let Hand::Watching(w) = std::mem::replace(&mut *state, Hand::Ended) else { unreachable!() };
                 return w.give_back();
+            }
+            if !finishing {
+                continue;
             }
             // The child and its group are gone: take what the pipes hold
             // now, then end once every line is written — however long a
@@ -933,6 +963,66 @@ fn read_lines(i: usize, stream: &mut Stream, buf: &mut Vec<u8>, sink: &LineSink,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Voluntary context switches of this process's thread named `comm`.
+    fn switches_of(comm: &str) -> Option<u64> {
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            if std::fs::read_to_string(task.path().join("comm")).ok()?.trim_end() == comm {
+                let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+                let line = status.lines().find(|l| l.starts_with("voluntary_ctxt_switches:"))?;
+                return line.split_whitespace().nth(1)?.parse().ok();
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_monitor_waiting_for_the_cores_exit_line_sleeps_until_the_core_gives_it() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let dir = std::env::temp_dir().join(format!("sentry-monitor-wait-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.log");
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let out = OwnedFd::from(child.stdout.take().unwrap());
+        let log = crate::logfile::LogFile::open(&path, 0, 0).unwrap();
+        let sink = LineSink::new("w", pid, Some(log), crate::output::ConsoleHandle::default(), 1024);
+        let (tx, rx) = mpsc::channel();
+        let notify = move |note: ChildNote| {
+            let _ = tx.send(note);
+        };
+        let streams = vec![Stream::new(out, LineSplitter::default())];
+        let telling = Telling::new(None, Teller::Slot);
+        let monitor = Monitor::start(1, pid, Known::default(), streams, sink, false, telling, notify).unwrap();
+        child.kill().unwrap();
+        let note = rx.recv_timeout(Duration::from_secs(10)).expect("the monitor saw the exit");
+        assert!(matches!(note, ChildNote::Exited { gen: 1 }));
+        // Its pipe at end of file, the thread waits for the core's words.
+        let by = Instant::now() + Duration::from_secs(10);
+        while !monitor.shared.closing.lock().unwrap().awaiting {
+            assert!(Instant::now() < by, "the monitor never waited for the core's exit line");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let comm = format!("sentry-w.{pid}");
+        let before = switches_of(&comm).expect("the monitor thread");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(switches_of(&comm), Some(before), "it looked for the line instead of waiting to be woken");
+        monitor.set_closing("Exited with the core's words.".to_string());
+        let note = rx.recv_timeout(Duration::from_secs(10)).expect("the monitor ended once given the line");
+        assert!(matches!(note, ChildNote::Closed { gen: 1 }));
+        monitor.join();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.trim_end().ends_with("Exited with the core's words."), "{text}");
+        child.wait().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_childs_environment_is_sentrys_passed_on_then_its_own_sorted_with_the_last_word_winning() {
