@@ -244,3 +244,29 @@ fn a_restart_while_the_disk_is_full_loses_none_of_the_old_processs_lines() {
     drop(s);
     drop(mount);
 }
+
+/// Found by a hostile test: the image after a reload rewrote the address
+/// file, and a full disk ended the instance and every child with it.
+#[test]
+fn a_reload_with_the_instances_directory_on_a_full_disk_keeps_every_child() {
+    let dir = TempDir::new("fullreload");
+    let mount = match Mount::tmpfs(dir.path(), "4m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let s = Sentry::spawn_in(dir, TCONF, "basic", &[]).waiting();
+    let before = s.wait_pids("idle", 2);
+    let _ =
+        run(Command::new("dd").args(["if=/dev/zero", "bs=4k"]).arg(format!("of={}", mount.0.join("filler").display())));
+    let out = s.cli(&["reload", "--exec", TCONF]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(s.pids("idle"), before, "the same children, still running");
+    let status = s.cli(&["status", "--json"]);
+    assert!(status.status.success(), "the instance answers after the reload: {}", text(&status.stderr));
+    assert!(!mount.0.join("tconf.tmp").exists(), "no half-written file left");
+    drop(s);
+    drop(mount);
+}

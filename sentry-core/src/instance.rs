@@ -369,8 +369,14 @@ pub(crate) fn write_replacing(path: &Path, text: &str, mode: u32) -> Result<(), 
         .mode(mode)
         .open(&tmp)
         .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
-    file.write_all(text.as_bytes()).map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot create {}", path.display()), e))
+    let written = file
+        .write_all(text.as_bytes())
+        .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))
+        .and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot create {}", path.display()), e)));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]

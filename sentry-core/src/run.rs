@@ -548,8 +548,13 @@ impl Instance {
             shutdown: self.shutdown.clone(),
         };
         let server = ControlServer::start(listener, routes)?;
-        let bound = server.addr().to_string();
-        instance::write_replacing(&self.paths.addr_file(), &format!("{bound}\n"), 0o644)?;
+        let bound = format!("{}\n", server.addr());
+        // An image after a reload serves the same listener: its address is
+        // written already, and a full disk must not end the instance.
+        let addr_file = self.paths.addr_file();
+        if std::fs::read_to_string(&addr_file).ok().as_deref() != Some(bound.as_str()) {
+            instance::write_replacing(&addr_file, &bound, 0o644)?;
+        }
         self.http.lock().unwrap_or_else(|p| p.into_inner()).server = Some(server);
         Ok(())
     }
