@@ -86,4 +86,24 @@ fn an_embedded_supervisor_runs_scales_restarts_and_cleans_up() {
     assert!(p.iter().all(|p| !alive(*p)));
     assert!(children_of(me).is_empty());
     assert_eq!(threads(), baseline, "shutdown joins every thread, the monitors' pool included");
+
+    // Two at once: one's shutdown joins its threads while the other runs
+    // (found by a hostile helper: its monitors' threads waited 5 s in the
+    // pool the two share).
+    let other = Supervisor::start(vec![entry("other", "sleep", ["1000"], 0, 1)]).unwrap();
+    let kept = wait_for("the other's child", || pids(&other, "other").first().copied());
+    let with_other = wait_for("the other's threads to settle", || {
+        let n = threads();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        (threads() == n).then_some(n)
+    });
+    let first = Supervisor::start(vec![entry("many", "sleep", ["1000"], 0, 20)]).unwrap();
+    wait_for("twenty children", || (pids(&first, "many").len() == 20).then_some(()));
+    first.restart("many").unwrap();
+    assert_eq!(pids(&first, "many").len(), 20);
+    first.shutdown();
+    assert_eq!(threads(), with_other, "every thread of the one shut down is joined, the other's run on");
+    assert_eq!(pids(&other, "other"), vec![kept]);
+    other.shutdown();
+    assert_eq!(threads(), baseline);
 }

@@ -2,9 +2,10 @@
 //! pool of this module's own, each stack with a guard page below it, each
 //! thread running one closure at a time, joined for a value like
 //! `std::thread`'s. A thread whose closure ended waits for the next one
-//! (at most 5 s, at most 256 waiting) while a core runs, so a restart does
-//! not make and end a thread; when the last core ends, every thread of the
-//! pool is ended and joined. It knows nothing of what the threads do.
+//! (at most 5 s, at most 256 waiting, named `sentry-idle`) while a core
+//! runs, so a restart does not make and end a thread; when a core ends,
+//! the waiting threads are ended and joined, and when the last one ends,
+//! every thread of the pool. It knows nothing of what the threads do.
 //!
 //! Why not `std::thread`: a thread is made for every child at every start,
 //! and for every child again after a reload's exec, where the children are
@@ -26,6 +27,7 @@
 
 use std::ffi::c_void;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -39,6 +41,8 @@ const CHUNK: usize = 32;
 const MAX_IDLE: usize = 256;
 /// How long a thread waits for its next closure before it ends.
 const IDLE_LIFE: Duration = Duration::from_secs(5);
+/// The name of a thread waiting for its next closure.
+const IDLE_NAME: &[u8; 12] = b"sentry-idle\0";
 /// How long retiring the pool waits for threads still running a closure.
 const RETIRE_WAIT: Duration = Duration::from_secs(2);
 
@@ -94,6 +98,8 @@ enum Order {
 struct Worker {
     order: Mutex<Order>,
     given: Condvar,
+    /// Set (under the pool's lock) when the thread has ended.
+    ended: AtomicBool,
 }
 
 /// The process's pool (see [`Pool`]).
@@ -123,11 +129,13 @@ struct PoolState {
 }
 
 /// Held by each core while it runs (and by a suspended one): its monitors'
-/// threads are kept for the next ones. When the last holder drops it,
-/// every waiting thread is ended and joined, and threads still running a
-/// closure are waited for (at most [`RETIRE_WAIT`]) and joined too, so that
-/// an embedding host that shut its supervisor down has no thread of ours
-/// left.
+/// threads are kept for the next ones. When a holder drops it, every
+/// waiting thread is ended and joined — a core's monitors have all ended
+/// by then, and each thread waits among the others before its closure's
+/// value is given — so that an embedding host that shut one supervisor
+/// down has no thread of it left, even while another runs; when the last
+/// holder drops it, threads still running a closure are waited for (at
+/// most [`RETIRE_WAIT`]) and joined too.
 pub(crate) struct Users(&'static Pool);
 
 impl Users {
@@ -140,9 +148,8 @@ impl Drop for Users {
     fn drop(&mut self) {
         let mut state = self.0.lock();
         state.users -= 1;
-        if state.users == 0 {
-            self.0.retire(state);
-        }
+        let last = state.users == 0;
+        self.0.retire(state, last);
     }
 }
 
@@ -269,15 +276,24 @@ impl Pool {
         }
     }
 
-    /// Ends every waiting thread and joins every thread of the pool (those
-    /// running a closure, once it ends, for at most [`RETIRE_WAIT`]).
-    fn retire(&self, mut state: MutexGuard<'_, PoolState>) {
-        for worker in std::mem::take(&mut state.idle) {
+    /// Ends and joins every waiting thread, and with `all` every thread
+    /// of the pool (those running a closure once it ends, for at most
+    /// [`RETIRE_WAIT`]).
+    fn retire(&self, mut state: MutexGuard<'_, PoolState>, all: bool) {
+        let waiting = std::mem::take(&mut state.idle);
+        for worker in &waiting {
             *worker.order.lock().unwrap_or_else(|p| p.into_inner()) = Order::End;
             worker.given.notify_one();
         }
         let by = Instant::now() + RETIRE_WAIT;
-        while state.alive > 0 {
+        let busy = |state: &PoolState| {
+            if all {
+                state.alive > 0
+            } else {
+                waiting.iter().any(|w| !w.ended.load(Ordering::Relaxed))
+            }
+        };
+        while busy(&state) {
             let left = by.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -309,15 +325,19 @@ struct Start {
 extern "C" fn trampoline(arg: *mut c_void) -> *mut c_void {
     // SAFETY: `start_worker` leaked this box for this thread alone.
     let Start { pool, job, name, stack } = *unsafe { Box::from_raw(arg.cast::<Start>()) };
-    let me = Arc::new(Worker { order: Mutex::new(Order::Wait), given: Condvar::new() });
+    let me = Arc::new(Worker { order: Mutex::new(Order::Wait), given: Condvar::new(), ended: AtomicBool::new(false) });
     let mut next = Some((job, name));
     while let Some((mut job, name)) = next.take() {
         // SAFETY: a NUL-terminated name of at most 16 bytes.
         unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
         job.run();
         // Back among the waiting ones before the value is given: a spawn
-        // right after the join finds this thread.
+        // right after the join finds this thread. Named for no child meanwhile.
         let waits = pool.come_back(&me);
+        if waits {
+            // SAFETY: a NUL-terminated name of at most 16 bytes.
+            unsafe { libc::prctl(libc::PR_SET_NAME, IDLE_NAME.as_ptr()) };
+        }
         job.give();
         if waits {
             next = pool.next(&me);
@@ -325,6 +345,7 @@ extern "C" fn trampoline(arg: *mut c_void) -> *mut c_void {
     }
     let mut state = pool.lock();
     state.alive -= 1;
+    me.ended.store(true, Ordering::Relaxed);
     // SAFETY: pthread_self has no preconditions.
     state.ended.push((unsafe { libc::pthread_self() }, stack));
     pool.ended.notify_all();
@@ -525,6 +546,24 @@ mod tests {
         // Unused, a thread ends after its closure.
         let once = pool.spawn("sentry-once", tid).unwrap().join().unwrap();
         wait_until("an unused pool's thread to end", || !alive(once));
+    }
+
+    #[test]
+    fn a_user_leaving_ends_the_waiting_threads_but_not_those_still_running() {
+        let pool = own_pool(Duration::from_secs(60));
+        let (first_user, second_user) = (pool.enter(), pool.enter());
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let running = pool.spawn("sentry-busy", move || (tid(), rx.recv())).unwrap();
+        let waiting = pool.spawn("sentry-done", tid).unwrap().join().unwrap();
+        let name = std::fs::read_to_string(format!("/proc/self/task/{waiting}/comm")).unwrap();
+        assert_eq!(name, "sentry-idle\n", "a waiting thread is named for no child");
+        drop(first_user);
+        assert!(!alive(waiting), "the waiting thread was ended and joined");
+        tx.send(()).unwrap();
+        let (busy, _) = running.join().unwrap();
+        assert!(alive(busy), "the running one was left to its closure, and waits now");
+        drop(second_user);
+        assert!(!alive(busy));
     }
 
     #[test]
