@@ -411,3 +411,44 @@ fn a_leftover_is_said_after_the_exit_that_left_it() {
         assert!(at(hi) < at(exited) && at(exited) < at(" left in its "), "{mine:?}");
     }
 }
+
+/// Found by a hostile test: at a pids limit no thread could be made for a
+/// connection, and the client saw it closed without an answer. It gets a
+/// 503 that says why, and the next request, once a thread can start again,
+/// is served. Needs the cgroup v1 `pids` controller (skipped elsewhere).
+#[test]
+fn a_connection_no_thread_can_be_made_for_is_answered_503() {
+    let pids = std::path::Path::new("/sys/fs/cgroup/pids");
+    let group = pids.join(format!("sentry-test-threads-{}", std::process::id()));
+    if !pids.join("cgroup.procs").exists() || std::fs::create_dir(&group).is_err() {
+        eprintln!("skipped: no cgroup v1 pids controller to limit threads with");
+        return;
+    }
+    /// Lifts the limit and removes the group, even when the test fails
+    /// (dropped after the instance, whose session is killed first).
+    struct Group(std::path::PathBuf);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0.join("pids.max"), "max");
+            let by = Instant::now() + Duration::from_secs(10);
+            while std::fs::remove_dir(&self.0).is_err() && Instant::now() < by {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let group = Group(group);
+    let s = Sentry::start(TCONF, "basic", &[]);
+    s.wait_pids("idle", 2);
+    let addr = addr(&s);
+    let group = &group.0;
+    std::fs::write(group.join("cgroup.procs"), s.pid().to_string()).unwrap();
+    // No new thread from now on: the limit is what the group holds.
+    let current = std::fs::read_to_string(group.join("pids.current")).unwrap();
+    std::fs::write(group.join("pids.max"), current.trim()).unwrap();
+    let (code, head, body) = get(&addr, "/status", "");
+    std::fs::write(group.join("pids.max"), "max").unwrap();
+    assert_eq!(code, 503, "{head}\n{body}");
+    assert!(body.contains("no thread can be started"), "{body}");
+    let (code, _, body) = get(&addr, "/status", "");
+    assert_eq!(code, 200, "served again once threads can start: {body}");
+}

@@ -30,6 +30,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -309,18 +310,60 @@ fn serve_connection(stream: Stream, shared: &Arc<Shared>) {
         return; // closed: every connection is busy with the core
     };
     let for_thread = shared.clone();
+    // Taken back if no thread can be made for it.
+    let handed = Arc::new(Mutex::new(Some(stream)));
+    let for_thread_stream = handed.clone();
     let spawned =
         std::thread::Builder::new().name("sentry-http-conn".into()).stack_size(CONNECTION_STACK).spawn(move || {
             let shared = &*for_thread;
+            let Some(stream) = for_thread_stream.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
             // Declared after the stream, so dropped before it: the fd leaves
             // the table before it is closed (never shut down once reused).
-            let stream = stream;
             let _registration = Registration { shared, id };
             serve(&stream, id, shared);
         });
-    if spawned.is_err() {
-        // The closure (and the stream) are gone; only the row is left.
+    if let Err(e) = spawned {
         shared.forget(id);
+        if let Some(stream) = handed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if !REFUSING.swap(true, Ordering::Relaxed) {
+                log::warn!("cannot start a thread for a control connection: {e}; answering 503 until one starts");
+            }
+            refuse(&stream, shared);
+        }
+    } else {
+        REFUSING.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Whether connections are being refused for want of threads (warned once).
+static REFUSING: AtomicBool = AtomicBool::new(false);
+
+/// How long the accept loop spends on a connection it cannot serve.
+const REFUSE_DEADLINE: Duration = Duration::from_millis(20);
+
+/// Answers 503 on the accept loop's own thread, without reading the
+/// request, when no thread could be made for the connection (EAGAIN at a
+/// tasks or pids limit): the client hears why instead of a closed
+/// connection, and can try again. Bounded by [`REFUSE_DEADLINE`].
+fn refuse(stream: &Stream, shared: &Shared) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut conn =
+        Socket { stream, stop: shared.stop.as_raw_fd(), deadline: Instant::now() + REFUSE_DEADLINE, stopping: false };
+    // What the request has sent so far: unread, it would reset the connection at the close.
+    let mut sink = [0u8; 8192];
+    let _ = conn.read(&mut sink);
+    let body = error_body("no thread can be started to serve this request now (a tasks limit?); try again");
+    let answer = format!(
+        "HTTP/1.1 503 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\
+         Retry-After: 1\r\nCache-Control: no-store\r\n\r\n{body}",
+        reason(503),
+        body.len()
+    );
+    if conn.write_all(answer.as_bytes()).is_ok() {
+        stream.shutdown_write();
+        let _ = conn.read(&mut sink);
     }
 }
 
