@@ -270,3 +270,43 @@ fn a_reload_with_the_instances_directory_on_a_full_disk_keeps_every_child() {
     drop(s);
     drop(mount);
 }
+
+/// Found by a hostile test: under a file-size limit (`RLIMIT_FSIZE`, a
+/// unit's `LimitFSIZE=`) below the rotation size, the log's next append
+/// raised SIGXFSZ, which killed Sentry and every child, its last line cut.
+/// The log is rotated instead, every line whole and in order, and the
+/// child runs on.
+#[test]
+fn a_file_size_limit_rotates_the_log_instead_of_ending_sentry() {
+    const LIMIT: u64 = 100 * 1024;
+    if run(Command::new("prlimit").arg("--version")).status.code().is_none() {
+        eprintln!("skipped: no prlimit");
+        return;
+    }
+    let dir = TempDir::new("fsize");
+    let side = dir.path().join("counter.txt");
+    let log_dir = dir.path().join("log");
+    let limit = format!("--fsize={LIMIT}");
+    // Rotated at 10 MiB, every rotated file kept: only the limit rotates it here.
+    let envs = [("TSIDE", side.to_str().unwrap()), ("TLOGSIZE", "10485760")];
+    let mut s = Sentry::spawn_wrapped(dir, TCONF, "counter", &["prlimit", &limit], &[], &envs, None).waiting();
+    let pid = s.wait_pids("counter", 1)[0];
+    wait_for("the log to be rotated three times", || log_dir.join("counter.log.3").exists().then_some(()));
+    let written = wait_for("the child to go on", || read_number(&side).filter(|&n| n > 2000));
+    assert!(!s.has_exited(), "Sentry lives");
+    assert_eq!(s.pids("counter"), vec![pid], "and its child");
+    let mut files: Vec<(usize, PathBuf)> = fs::read_dir(&log_dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.strip_prefix("counter.log.")?.parse().ok()?, e.path())))
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    let mut log = String::new();
+    for path in files.into_iter().map(|(_, p)| p).chain([log_dir.join("counter.log")]) {
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.len() as u64 <= LIMIT, "{} is over the limit", path.display());
+        assert!(text.is_empty() || text.ends_with('\n'), "{} ends in a cut line", path.display());
+        log.push_str(&text);
+    }
+    assert_counted(&log, &format!("counter.{pid}"), written.saturating_sub(1100).min(1000));
+}

@@ -141,7 +141,12 @@ impl LogFile {
             Err(e) => return (0, Some(e)),
         };
         let limit = self.size.load(Ordering::Relaxed);
-        let size = if whole && limit > 0 && size > 0 && size + buf.len() as u64 > limit {
+        let end = size + buf.len() as u64;
+        // Past the file-size limit a write would stop short (and raise
+        // SIGXFSZ, which an instance ignores): rotated first, as at `limit`.
+        let fsize = file_size_limit();
+        let full = (limit > 0 && end > limit) || end > fsize;
+        let size = if whole && size > 0 && full {
             match self.rotate(state) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -155,7 +160,15 @@ impl LogFile {
         } else {
             size
         };
-        if let Err(e) = state.reserve(size, buf.len() as u64, limit) {
+        // Reserved ahead no further than either limit.
+        let cap = if limit > 0 {
+            limit.min(fsize)
+        } else if fsize < u64::MAX {
+            fsize
+        } else {
+            0
+        };
+        if let Err(e) = state.reserve(size, buf.len() as u64, cap) {
             return (0, Some(e));
         }
         let mut n = 0;
@@ -266,8 +279,8 @@ pub(crate) fn open_log(path: &Path) -> io::Result<File> {
 impl LogState {
     /// Makes sure the `len` bytes after the end (`size`) of the file are
     /// allocated, reserving [`RESERVE_AHEAD`] at once (not past the
-    /// rotation size `limit`, when there is one) — or, when the disk has
-    /// not that much left, just `len`. A file that shrank since (truncated
+    /// rotation size `limit`, when there is one) — or, when the disk or
+    /// the file-size limit has not that much room, just `len`. A file that shrank since (truncated
     /// by someone else, its blocks freed) is reserved again.
     fn reserve(&mut self, size: u64, len: u64, limit: u64) -> io::Result<()> {
         let end = size.saturating_add(len);
@@ -282,7 +295,8 @@ impl LogState {
             ahead = ahead.min(limit.saturating_sub(size)).max(len);
         }
         let reserved = match reserve(&self.file, size, ahead) {
-            Err(e) if ahead > len && e.raw_os_error() == Some(libc::ENOSPC) => {
+            // Not that much room, on the disk or under the file-size limit.
+            Err(e) if ahead > len && matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EFBIG)) => {
                 reserve(&self.file, size, len).map(|()| len)
             }
             other => other.map(|()| ahead),
@@ -293,6 +307,17 @@ impl LogState {
         };
         reserved.map(|_| ())
     }
+}
+
+/// The file-size limit in bytes (`RLIMIT_FSIZE`, setrlimit(2); a unit's
+/// `LimitFSIZE=`), read at every append: `prlimit` can change it.
+fn file_size_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) } != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        return u64::MAX;
+    }
+    limit.rlim_cur
 }
 
 /// Allocates `len` bytes after the end (`size`) of `file` without changing

@@ -117,6 +117,15 @@ pub(crate) fn default_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
+/// Ignores SIGXFSZ in the supervisor: a write past the file-size limit
+/// (`RLIMIT_FSIZE`, a unit's `LimitFSIZE=`) then fails with EFBIG, which
+/// the log handles, instead of killing Sentry and every child with it
+/// (setrlimit(2)). Children get the default back (`spawn`).
+pub(crate) fn ignore_sigxfsz() {
+    // SAFETY: setting a signal disposition to ignore has no preconditions.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+}
+
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
