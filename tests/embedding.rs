@@ -74,7 +74,7 @@ fn an_embedded_supervisor_runs_scales_restarts_and_cleans_up() {
         assert!(!alive(*pid), "shutdown returns once every child is gone");
     }
     assert!(children_of(me).is_empty(), "no zombie left: every child was reaped");
-    assert_eq!(threads(), baseline, "shutdown joins every thread, the monitors' pool included");
+    assert_eq!(threads(), baseline, "shutdown joins every thread");
 
     // Dropping does the same as shutdown.
     let dropped = Supervisor::start(vec![entry("idle", "sleep", ["1000"], 0, 2)]).unwrap();
@@ -85,11 +85,9 @@ fn an_embedded_supervisor_runs_scales_restarts_and_cleans_up() {
     drop(dropped);
     assert!(p.iter().all(|p| !alive(*p)));
     assert!(children_of(me).is_empty());
-    assert_eq!(threads(), baseline, "shutdown joins every thread, the monitors' pool included");
+    assert_eq!(threads(), baseline, "shutdown joins every thread");
 
-    // Two at once: one's shutdown joins its threads while the other runs
-    // (found by a hostile helper: its monitors' threads waited 5 s in the
-    // pool the two share).
+    // Two at once: one's shutdown joins its threads while the other runs.
     let other = Supervisor::start(vec![entry("other", "sleep", ["1000"], 0, 1)]).unwrap();
     let kept = wait_for("the other's child", || pids(&other, "other").first().copied());
     let with_other = wait_for("the other's threads to settle", || {

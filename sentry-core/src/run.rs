@@ -658,7 +658,7 @@ impl Instance {
             .chain(suspended.fds.iter().map(|f| f.as_raw_fd()))
             .chain(suspended.snapshot.pidfds())
             .collect();
-        let Suspended { snapshot, fds: owned, unwatched_since_ns, parked, threads } = suspended;
+        let Suspended { snapshot, fds: owned, unwatched_since_ns, parked } = suspended;
         // Everything said so far must reach the console before the exec —
         // within a deadline: a stdout nobody reads must not block it. That
         // wait is before the exec, and counted so ("Handover took … of it
@@ -695,7 +695,7 @@ impl Instance {
         self.console = Some(Console::stdout());
         say_dropped(self, console_dropped);
         self.http.lock().unwrap_or_else(|p| p.into_inner()).listener = Some(listener);
-        (error, Suspended { snapshot: handoff.core, fds: owned, unwatched_since_ns, parked, threads })
+        (error, Suspended { snapshot: handoff.core, fds: owned, unwatched_since_ns, parked })
     }
 
     /// Resumes after a failed exec: the same core state, the old configuration.

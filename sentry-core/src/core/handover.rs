@@ -380,7 +380,7 @@ impl Core {
             cgroup: self.options.fence.tree().map(|t| t.root().to_path_buf()),
             notify,
         };
-        Suspended { snapshot, fds, unwatched_since_ns, parked, threads: crate::thread::Users::enter() }
+        Suspended { snapshot, fds, unwatched_since_ns, parked }
     }
 
     /// Rebuilds a core from a snapshot taken by a previous image (or by this

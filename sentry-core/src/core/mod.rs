@@ -251,9 +251,6 @@ pub(crate) struct Suspended {
     /// (after a failed exec, [`child::Parked::release`] does); they hold
     /// the pidfds the snapshot names ([`CoreSnapshot::pidfds`]).
     pub parked: Vec<child::Parked>,
-    /// Keeps the monitors' pool threads for the next core (see
-    /// [`crate::thread::Users`]).
-    pub threads: crate::thread::Users,
 }
 
 /// A process to put in the process table and watch (see [`Core::adopt_all`]).
@@ -468,8 +465,6 @@ pub(crate) struct Core {
     options: CoreOptions,
     tx: Post,
     rx: Mailbox,
-    /// Keeps ended monitors' threads for the next ones while the core runs.
-    _threads: crate::thread::Users,
 }
 
 impl Core {
@@ -504,7 +499,6 @@ impl Core {
             notify: None,
             old_probers: Vec::new(),
             func_workers: HashMap::new(),
-            _threads: crate::thread::Users::enter(),
             options,
             tx,
             rx,
