@@ -310,3 +310,43 @@ fn a_file_size_limit_rotates_the_log_instead_of_ending_sentry() {
     }
     assert_counted(&log, &format!("counter.{pid}"), written.saturating_sub(1100).min(1000));
 }
+
+/// Found by a hostile test: with its log's disk full, an entry that keeps
+/// restarting left every ended process's monitor holding its unwritten
+/// lines — a thread and two pipes each, ~14 more threads a second, without
+/// end. Its starts now wait once more ended processes are draining than it
+/// has slots (plus a few), and go on when the disk has room again.
+#[test]
+fn a_restarting_entry_whose_log_is_stuck_waits_instead_of_piling_up_monitors() {
+    let dir = TempDir::new("stuck-storm");
+    let log_dir = dir.path().join("log");
+    let mount = match Mount::tmpfs(&log_dir, "1m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let filler = mount.0.join("filler");
+    let _ = run(Command::new("dd").args(["if=/dev/zero", "bs=4k"]).arg(format!("of={}", filler.display())));
+    // 20 slots, each process printing a line, living 1–2 s, exiting 1.
+    let s = Sentry::spawn_in(dir, TCONF, "storm", &[]).waiting();
+    let threads = || fs::read_dir(format!("/proc/{}/task", s.pid())).map(|d| d.count()).unwrap_or(0);
+    wait_for("the starts to wait for the output", || {
+        s.console().contains("Waiting for the output of ended processes to be written").then_some(())
+    });
+    // 20 running, at most 20 + 16 draining, and Sentry's own few.
+    let bound = 20 + 36 + 12;
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let n = threads();
+        assert!(n <= bound, "{n} threads with the log stuck");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before: std::collections::HashSet<i32> = s.pids("storm").into_iter().collect();
+    fs::remove_file(&filler).unwrap();
+    wait_for("new starts once the log has room", || s.pids("storm").iter().any(|p| !before.contains(p)).then_some(()));
+    wait_for("the ended processes' monitors to close", || (threads() <= 20 + 12).then_some(()));
+    drop(s);
+    drop(mount);
+}

@@ -88,6 +88,9 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// At most this many processes are started per turn of the loop.
 const SPAWN_BATCH: usize = 32;
+/// Ended processes of an entry whose output may still be being written,
+/// beyond its slot count, before its starts wait (see `Core::draining_over`).
+const DRAIN_SLACK: usize = 16;
 /// At most this many queued commands are handled per turn of the loop.
 const COMMAND_BATCH: usize = 256;
 
@@ -322,6 +325,9 @@ struct EntryRun {
     stop_begun: bool,
     /// Its held starts were announced ("Waiting for …"), until one starts.
     announced_wait: bool,
+    /// Its due starts wait for ended processes' output to be written
+    /// ([`Core::draining`]): looked at again when a monitor closes.
+    drain_held: bool,
 }
 
 impl EntryRun {
@@ -336,6 +342,7 @@ impl EntryRun {
             failures: VecDeque::new(),
             stop_begun: false,
             announced_wait: false,
+            drain_held: false,
             config,
         }
     }
@@ -1333,7 +1340,7 @@ impl Core {
         // A start held back (waiting for `.after`, or the entry ending)
         // is looked at again when something changes, not on a clock.
         let slots = self.entries.iter().enumerate().flat_map(|(i, e)| {
-            let held = self.held(i);
+            let held = self.held(i) || e.drain_held;
             e.slots.values().filter_map(move |s| match s.slot.phase {
                 Phase::Pending { .. } if held => None,
                 Phase::Running { .. } => s.watchdog_at(),
@@ -1368,8 +1375,15 @@ impl Core {
             if held && due.iter().any(|(_, spawn)| *spawn) {
                 self.announce_wait(i);
             }
+            let drain_held = !held && due.iter().any(|(_, spawn)| *spawn) && self.draining_over(i);
+            if drain_held && !self.entries[i].drain_held {
+                let name = self.entries[i].config.name.clone();
+                let text = "Waiting for the output of ended processes to be written before starting more.";
+                self.options.console.entry_event(&name, &name, text);
+            }
+            self.entries[i].drain_held = drain_held;
             for (index, spawn) in due {
-                if spawn && held {
+                if spawn && (held || drain_held) {
                     continue;
                 }
                 if spawn {
@@ -1390,6 +1404,24 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Whether more of entry `i`'s ended processes still have output being
+    /// written (their monitors not closed: the log cannot take it, a full
+    /// disk) than it has slots, plus [`DRAIN_SLACK`]: its starts then wait,
+    /// so that a restarting entry does not keep a thread and two pipes
+    /// for every process it ever ran while its log is stuck. A burst of
+    /// exits of every slot at once stays below it.
+    fn draining_over(&self, i: usize) -> bool {
+        let e = &self.entries[i];
+        let name = e.config.name.as_str();
+        let draining = self
+            .procs
+            .values()
+            .filter(|p| p.reaped && p.monitor.is_some())
+            .filter(|p| matches!(&p.role, Role::Slot { entry, .. } | Role::Pipes { entry } if entry == name))
+            .count();
+        draining > e.target + DRAIN_SLACK
     }
 
     /// Feeds `event` to slot `index` of entry `i` and performs the effects.
@@ -1586,7 +1618,7 @@ impl Core {
             let e = &self.entries[i];
             // A start held back for `.after` is where it will stay for now:
             // answered, with the entry `waiting`.
-            let held = self.held(i);
+            let held = self.held(i) || e.drain_held;
             let settled = e.slots.values().all(|s| match s.slot.phase {
                 Phase::Stopping { .. } | Phase::Killing { .. } => false,
                 Phase::Pending { due } => due > now || held,
