@@ -350,3 +350,36 @@ fn a_restarting_entry_whose_log_is_stuck_waits_instead_of_piling_up_monitors() {
     drop(s);
     drop(mount);
 }
+
+/// Found by a hostile test: under a file-size limit, one write bigger than
+/// the room left (a long line's pieces, a batch of lines) was cut at the
+/// limit, and the rest, owed to the full file, kept the log stuck for good.
+/// What does not fit goes to a fresh file after a rotation, cut after the
+/// last whole piece that fits; the child is never stuck.
+#[test]
+fn a_write_bigger_than_the_room_under_a_file_size_limit_goes_on_in_the_next_file() {
+    const LIMIT: usize = 100_000;
+    if run(Command::new("prlimit").arg("--version")).status.code().is_none() {
+        eprintln!("skipped: no prlimit");
+        return;
+    }
+    let dir = TempDir::new("fsize-long");
+    let log_dir = dir.path().join("log");
+    let limit = format!("--fsize={LIMIT}");
+    // Three 200 KiB lines (64 KiB pieces) on stdout while stderr writes short lines.
+    let s = Sentry::spawn_wrapped(dir, TCONF, "long", &["prlimit", &limit], &[], &[], None).waiting();
+    let pid = s.wait_pids("long", 1)[0];
+    let tag = format!("long.{pid}");
+    wait_for("the child's last line in the log", || s.log("long").contains(&format!("{tag} done\n")).then_some(()));
+    for e in fs::read_dir(&log_dir).unwrap().flatten() {
+        let text = fs::read_to_string(e.path()).unwrap();
+        assert!(text.len() <= LIMIT, "{} is over the limit", e.path().display());
+        assert!(text.is_empty() || text.ends_with('\n'), "{} ends in a cut line", e.path().display());
+        for line in text.lines() {
+            assert!(
+                line.contains(&format!(" {tag} ")) || line.contains(&format!(" {tag}+ ")),
+                "a cut line: {line:.200}"
+            );
+        }
+    }
+}

@@ -129,56 +129,77 @@ impl LogFile {
     /// Appends `buf` with as few writes as the file allows, after reserving
     /// the space (so that a full disk fails the reservation, not half a
     /// write). `whole`: `buf` starts a line and nothing is owed to the
-    /// current file, so a rotation or a reopen may come first. Returns how
-    /// much was written and the error that stopped it.
+    /// current file, so a rotation or a reopen may come first. Under a
+    /// file-size limit (`RLIMIT_FSIZE`, setrlimit(2)) no write passes it:
+    /// what does not fit goes to a fresh file after a rotation — cut after
+    /// the last whole line that fits, or, for a line longer than a whole
+    /// file may be, where the limit falls (the one case where a rotation
+    /// comes inside a line). Returns how much was written and the error
+    /// that stopped it.
     pub fn append(&self, state: &mut LogState, buf: &[u8], whole: bool) -> (usize, Option<io::Error>) {
         let whole = whole && state.orphan.is_empty() && state.owed_by.is_none();
         if whole {
             self.reopen_if_asked(state);
         }
-        let size = match state.file.metadata() {
+        let mut size = match state.file.metadata() {
             Ok(m) => m.len(),
             Err(e) => return (0, Some(e)),
         };
         let limit = self.size.load(Ordering::Relaxed);
-        let end = size + buf.len() as u64;
-        // Past the file-size limit a write would stop short (and raise
-        // SIGXFSZ, which an instance ignores): rotated first, as at `limit`.
         let fsize = file_size_limit();
-        let full = (limit > 0 && end > limit) || end > fsize;
-        let size = if whole && size > 0 && full {
-            match self.rotate(state) {
-                Ok(()) => 0,
-                Err(e) => {
-                    if !state.rotation_failing {
-                        state.rotation_failing = true;
-                        log::warn!("cannot rotate {}: {e}; it grows until it can", self.path.display());
-                    }
-                    size
-                }
-            }
-        } else {
-            size
-        };
-        // Reserved ahead no further than either limit.
-        let cap = if limit > 0 {
-            limit.min(fsize)
-        } else if fsize < u64::MAX {
-            fsize
-        } else {
-            0
-        };
-        if let Err(e) = state.reserve(size, buf.len() as u64, cap) {
-            return (0, Some(e));
-        }
         let mut n = 0;
         while n < buf.len() {
-            match (&state.file).write(&buf[n..]) {
-                Ok(0) => return (n, Some(io::ErrorKind::WriteZero.into())),
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return (n, Some(e)),
+            let rest = &buf[n..];
+            let end = size + rest.len() as u64;
+            // Past the file-size limit a write would stop short (and raise
+            // SIGXFSZ, which an instance ignores): rotated first, as at `limit`.
+            let over_limit = whole && n == 0 && limit > 0 && end > limit;
+            if size > 0 && (over_limit || end > fsize) && (whole || n > 0 || size >= fsize) {
+                match self.rotate(state) {
+                    Ok(()) => size = 0,
+                    Err(e) => {
+                        if !state.rotation_failing {
+                            state.rotation_failing = true;
+                            log::warn!("cannot rotate {}: {e}; it grows until it can", self.path.display());
+                        }
+                        if end > fsize {
+                            return (n, Some(e));
+                        }
+                    }
+                }
             }
+            let room = fsize.saturating_sub(size);
+            let take = if rest.len() as u64 <= room {
+                rest.len()
+            } else {
+                let room = room as usize;
+                rest[..room].iter().rposition(|&b| b == b'\n').map_or(room, |i| i + 1)
+            };
+            if take == 0 {
+                return (n, Some(io::Error::from_raw_os_error(libc::EFBIG)));
+            }
+            // Reserved ahead no further than either limit.
+            let cap = if limit > 0 {
+                limit.min(fsize)
+            } else if fsize < u64::MAX {
+                fsize
+            } else {
+                0
+            };
+            if let Err(e) = state.reserve(size, take as u64, cap) {
+                return (n, Some(e));
+            }
+            let mut k = 0;
+            while k < take {
+                match (&state.file).write(&rest[k..take]) {
+                    Ok(0) => return (n + k, Some(io::ErrorKind::WriteZero.into())),
+                    Ok(w) => k += w,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return (n + k, Some(e)),
+                }
+            }
+            n += take;
+            size += take as u64;
         }
         (n, None)
     }
@@ -247,7 +268,8 @@ pub(crate) fn shift(path: &Path, keep: usize) -> io::Result<()> {
     for k in (1..=top).rev() {
         ignore_missing(fs::rename(numbered(k), numbered(k + 1)))?;
     }
-    fs::rename(path, numbered(1))
+    // Moved away already (logrotate's `create` without our reopen): nothing to move.
+    ignore_missing(fs::rename(path, numbered(1)))
 }
 
 /// Opens a log file for appending, creating it with mode 0640 (children's
