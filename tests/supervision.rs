@@ -138,7 +138,8 @@ fn children_get_a_clean_process_state() {
     let s = Sentry::spawn_wrapped(TempDir::new("env"), TCONF, "env", &ignoring, &[], &probes, None).waiting();
     let sentry_ignores = u64::from_str_radix(&proc_status(s.pid(), "SigIgn").unwrap(), 16).unwrap();
     assert_ne!(sentry_ignores & (1 << (libc::SIGQUIT - 1)), 0, "the test's premise: Sentry ignores SIGQUIT");
-    assert_ne!(sentry_ignores & (1 << (libc::SIGXFSZ - 1)), 0, "and SIGXFSZ, as every instance does");
+    let sentry_catches = u64::from_str_radix(&proc_status(s.pid(), "SigCgt").unwrap(), 16).unwrap();
+    assert_ne!(sentry_catches & (1 << (libc::SIGXFSZ - 1)), 0, "and catches SIGXFSZ, as every instance does");
     let pid = wait_for("the probe", || s.pids("probe").first().copied());
     let f = stat_fields(pid).unwrap();
     assert_eq!(f[2], pid.to_string(), "own process group");

@@ -44,7 +44,7 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>, syslog:
     // clean stop, not a death by the default action (threads started
     // meanwhile keep them blocked; `forward` unblocks them on this one).
     signals::block(&HANDLED);
-    sys::ignore_sigxfsz();
+    sys::catch_sigxfsz();
     crate::events::init(crate::events::Destinations::from_environment(syslog));
     let limit = budget::raise_nofile(false);
     budget::limit_arenas();
@@ -113,7 +113,7 @@ pub(crate) fn start(specs: &[Spec], paths: &Paths, http: Option<String>, syslog:
 /// the memfd `fd`.
 pub(crate) fn resume(specs: &[Spec], paths: &Paths, fd: RawFd) -> Result<(), Error> {
     handoff::cloexec_all();
-    sys::ignore_sigxfsz();
+    sys::catch_sigxfsz();
     crate::events::init(crate::events::Destinations::from_environment(false));
     // The original soft limit comes from the first image, not the raised one in force.
     budget::raise_nofile(true);

@@ -1023,17 +1023,14 @@ fn handled_signals() -> u64 {
 
 /// The signals ignored in Sentry (bit `n - 1` for signal `n`), which the
 /// child resets to the default as systemd does for a service: SIGPIPE,
-/// which Rust's runtime ignores, SIGXFSZ, which an instance ignores
-/// (`sys::ignore_sigxfsz`), and whatever Sentry was started with
+/// which Rust's runtime ignores, and whatever Sentry was started with
 /// ignored — `cmd &` in a script ignores SIGINT and SIGQUIT, `nohup` SIGHUP
 /// — which `execve` would otherwise hand on (execve(2): "the dispositions
 /// of ignored signals are left unchanged"). Read once: Sentry itself
-/// ignores nothing else after its start.
+/// ignores nothing after its start.
 fn ignored_signals() -> u64 {
     static IGNORED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *IGNORED.get_or_init(|| {
-        signals_where(|handler| handler == libc::SIG_IGN) | 1 << (libc::SIGPIPE - 1) | 1 << (libc::SIGXFSZ - 1)
-    })
+    *IGNORED.get_or_init(|| signals_where(|handler| handler == libc::SIG_IGN) | 1 << (libc::SIGPIPE - 1))
 }
 
 /// The signals whose current disposition `keep` accepts (bit `n - 1` for

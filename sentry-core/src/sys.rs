@@ -117,13 +117,22 @@ pub(crate) fn default_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
-/// Ignores SIGXFSZ in the supervisor: a write past the file-size limit
-/// (`RLIMIT_FSIZE`, a unit's `LimitFSIZE=`) then fails with EFBIG, which
-/// the log handles, instead of killing Sentry and every child with it
-/// (setrlimit(2)). Children get the default back (`spawn`).
-pub(crate) fn ignore_sigxfsz() {
-    // SAFETY: setting a signal disposition to ignore has no preconditions.
-    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+/// Catches SIGXFSZ in the supervisor with a handler that does nothing: a
+/// write past the file-size limit (`RLIMIT_FSIZE`, a unit's
+/// `LimitFSIZE=`) then fails with EFBIG, which the log handles, instead of
+/// killing Sentry and every child with it (setrlimit(2)). A handler, not
+/// `SIG_IGN`: every `execve` — children, probes, builds — resets it to the
+/// default (execve(2)), where an ignored signal would be handed on.
+pub(crate) fn catch_sigxfsz() {
+    extern "C" fn nothing(_: libc::c_int) {}
+    // SAFETY: the handler is async-signal-safe (it does nothing); the
+    // sigaction struct is zeroed (empty mask) and then filled.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = nothing as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigaction(libc::SIGXFSZ, &action, std::ptr::null_mut());
+    }
 }
 
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
