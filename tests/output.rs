@@ -383,3 +383,32 @@ fn a_write_bigger_than_the_room_under_a_file_size_limit_goes_on_in_the_next_file
         }
     }
 }
+
+/// Found by a hostile test: a first start on a full disk left an empty
+/// pidfile, and with `--daemon` the daemon panicked (status 101) printing
+/// its error to the full disk. It fails with status 1 and leaves no pidfile.
+#[test]
+fn a_start_on_a_full_disk_fails_cleanly() {
+    let dir = TempDir::new("fullstart");
+    let mount = match Mount::tmpfs(dir.path(), "1m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let _ =
+        run(Command::new("dd").args(["if=/dev/zero", "bs=4k"]).arg(format!("of={}", mount.0.join("filler").display())));
+    let instance = mount.0.join("d");
+    for daemon in [false, true] {
+        let mut cmd = Command::new(TCONF);
+        cmd.arg("start").args(daemon.then_some("--daemon")).arg("--dir").arg(&instance).env("TCONF", "basic");
+        let out = run_within(in_own_session(&mut cmd), Duration::from_secs(60));
+        assert_eq!(out.status.code(), Some(1), "daemon {daemon}: {}", text(&out.stderr));
+        if daemon {
+            assert!(text(&out.stderr).contains("exit status: 1)"), "the daemon did not panic: {}", text(&out.stderr));
+        }
+        assert!(!instance.join("tconf.pid").exists(), "daemon {daemon}: a pidfile was left");
+    }
+    drop(mount);
+}

@@ -6,6 +6,7 @@
 //! control interface. Exit codes follow SPEC's table.
 
 use std::ffi::{OsStr, OsString};
+use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -54,7 +55,7 @@ pub fn sentry(specs: Vec<Spec>) -> ! {
             run(command, specs, &paths)
         }
         Err(message) => {
-            eprintln!("{}: {message}\n\n{}", program(), usage());
+            let _ = writeln!(std::io::stderr(), "{}: {message}\n\n{}", program(), usage());
             EXIT_USAGE
         }
     };
@@ -326,7 +327,9 @@ fn run(command: Subcommand, specs: Vec<Spec>, paths: &Paths) -> i32 {
     match result {
         Ok(()) => EXIT_OK,
         Err((code, message)) => {
-            eprintln!("{}: {message}", program());
+            // Not `eprintln!`, which panics when standard error cannot be
+            // written (a full disk, a file-size limit): the exit status says it.
+            let _ = writeln!(std::io::stderr(), "{}: {message}", program());
             code
         }
     }

@@ -253,7 +253,11 @@ impl PidLock {
             }
         }
         let mut lock = PidLock { file, path: path.to_path_buf() };
-        lock.write_pid().map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        if let Err(e) = lock.write_pid() {
+            // Locked, so ours to remove: no empty pidfile left (a full disk).
+            lock.release();
+            return Err(Error::io(format!("cannot write {}", path.display()), e));
+        }
         Ok(lock)
     }
 
