@@ -61,8 +61,12 @@ pub(crate) fn write(path: &Path, ledger: &Ledger) -> io::Result<()> {
     }
     let text = serde_json::to_string(ledger).map_err(io::Error::other)?;
     let aside = path.with_extension("procs.new");
-    std::fs::write(&aside, text)?;
-    std::fs::rename(&aside, path)
+    let written = std::fs::write(&aside, text).and_then(|()| std::fs::rename(&aside, path));
+    if written.is_err() {
+        // Half written (a full disk, a file-size limit): not left behind.
+        let _ = std::fs::remove_file(&aside);
+    }
+    written
 }
 
 /// Reads the ledger a previous instance left at `path` (none if it ended
