@@ -446,8 +446,12 @@ fn a_connection_no_thread_can_be_made_for_is_answered_503() {
     let current = std::fs::read_to_string(group.join("pids.current")).unwrap();
     std::fs::write(group.join("pids.max"), current.trim()).unwrap();
     let (code, head, body) = get(&addr, "/status", "");
+    let cli = s.cli(&["status"]);
     std::fs::write(group.join("pids.max"), "max").unwrap();
     assert_eq!(code, 503, "{head}\n{body}");
+    // Exit status 1, not 2 ("not running"): the instance runs.
+    assert_eq!(cli.status.code(), Some(1), "{}", text(&cli.stderr));
+    assert!(text(&cli.stderr).contains("no thread can be started"), "{}", text(&cli.stderr));
     assert!(body.contains("no thread can be started"), "{body}");
     let (code, _, body) = get(&addr, "/status", "");
     assert_eq!(code, 200, "served again once threads can start: {body}");

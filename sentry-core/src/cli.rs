@@ -341,8 +341,9 @@ type Outcome = Result<(), (i32, String)>;
 fn fail(e: Error) -> (i32, String) {
     let code = match e {
         Error::NotRunning { .. } | Error::ShuttingDown | Error::CoreGone => EXIT_NOT_RUNNING,
-        // The instance answered that it is shutting down.
-        Error::Control { status: 503, .. } => EXIT_NOT_RUNNING,
+        // The instance answered that it is shutting down (a 503 for
+        // anything else — no thread to serve it — is a failure of its own).
+        Error::Control { status: 503, ref message } if *message == Error::ShuttingDown.to_string() => EXIT_NOT_RUNNING,
         _ => EXIT_FAIL,
     };
     (code, e.to_string())
