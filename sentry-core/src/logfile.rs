@@ -147,12 +147,20 @@ impl LogFile {
         };
         let limit = self.size.load(Ordering::Relaxed);
         let fsize = file_size_limit();
+        // Reserved ahead no further than either limit.
+        let cap = if limit > 0 {
+            limit.min(fsize)
+        } else if fsize < u64::MAX {
+            fsize
+        } else {
+            0
+        };
         let mut n = 0;
         while n < buf.len() {
             let rest = &buf[n..];
             let end = size + rest.len() as u64;
-            // Past the file-size limit a write would stop short (and raise
-            // SIGXFSZ, which an instance ignores): rotated first, as at `limit`.
+            // Past the file-size limit a write would stop short (with
+            // SIGXFSZ, which an instance catches): rotated first, as at `limit`.
             let over_limit = whole && n == 0 && limit > 0 && end > limit;
             if size > 0 && (over_limit || end > fsize) && (whole || n > 0 || size >= fsize) {
                 match self.rotate(state) {
@@ -178,14 +186,6 @@ impl LogFile {
             if take == 0 {
                 return (n, Some(io::Error::from_raw_os_error(libc::EFBIG)));
             }
-            // Reserved ahead no further than either limit.
-            let cap = if limit > 0 {
-                limit.min(fsize)
-            } else if fsize < u64::MAX {
-                fsize
-            } else {
-                0
-            };
             if let Err(e) = state.reserve(size, take as u64, cap) {
                 return (n, Some(e));
             }
@@ -302,8 +302,9 @@ impl LogState {
     /// Makes sure the `len` bytes after the end (`size`) of the file are
     /// allocated, reserving [`RESERVE_AHEAD`] at once (not past the
     /// rotation size `limit`, when there is one) — or, when the disk or
-    /// the file-size limit has not that much room, just `len`. A file that shrank since (truncated
-    /// by someone else, its blocks freed) is reserved again.
+    /// the file-size limit has not that much room, just `len`. A file that
+    /// shrank since (truncated by someone else, its blocks freed) is
+    /// reserved again.
     fn reserve(&mut self, size: u64, len: u64, limit: u64) -> io::Result<()> {
         let end = size.saturating_add(len);
         if let Some((seen, to)) = &mut self.reserved {

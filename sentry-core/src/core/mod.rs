@@ -326,7 +326,7 @@ struct EntryRun {
     /// Its held starts were announced ("Waiting for …"), until one starts.
     announced_wait: bool,
     /// Its due starts wait for ended processes' output to be written
-    /// ([`Core::draining`]): looked at again when a monitor closes.
+    /// ([`Core::draining_over`]): looked at again when a monitor closes.
     drain_held: bool,
 }
 
